@@ -1,0 +1,255 @@
+package probe
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker/auth"
+	remoteserrors "github.com/containerd/containerd/v2/core/remotes/errors"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+)
+
+type scheme int
+
+const (
+	schemeNone scheme = iota
+	schemeBasic
+	schemeBearer
+)
+
+// challenge is what a registry's /v2/ asked for.
+type challenge struct {
+	scheme  scheme
+	realm   string
+	service string
+}
+
+// pingTTL is how long a /v2/ answer is reused: one round's worth of images
+// on the same endpoint share one ping.
+const pingTTL = 30 * time.Second
+
+type pingCache struct {
+	now func() time.Time
+	mu  sync.Mutex
+	m   map[string]pingEntry
+}
+
+type pingEntry struct {
+	ch      challenge
+	expires time.Time
+}
+
+func newPingCache(now func() time.Time) *pingCache {
+	return &pingCache{now: now, m: map[string]pingEntry{}}
+}
+
+// ping asks GET /v2/ which authentication the endpoint wants. Only
+// successful answers are cached.
+func (p *Prober) ping(ctx context.Context, base *url.URL) (challenge, error) {
+	key := base.String()
+	p.pings.mu.Lock()
+	e, ok := p.pings.m[key]
+	p.pings.mu.Unlock()
+	if ok && p.opts.Now().Before(e.expires) {
+		return e.ch, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base.JoinPath("v2").String()+"/", nil)
+	if err != nil {
+		return challenge{}, err
+	}
+	req.Header.Set("User-Agent", p.opts.UserAgent)
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return challenge{}, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	var ch challenge
+	switch {
+	case resp.StatusCode == http.StatusOK:
+	case resp.StatusCode == http.StatusUnauthorized:
+		ch = parseChallenge(resp.Header)
+		if ch.scheme == schemeNone {
+			return challenge{}, &statusError{pb.ImageStatus_IMAGE_STATUS_UNKNOWN, resp.StatusCode, "registry answered /v2/ with 401 but no WWW-Authenticate challenge pullwatch understands"}
+		}
+	case resp.StatusCode == http.StatusTooManyRequests:
+		return challenge{}, &statusError{pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED, resp.StatusCode, "registry rate limit reached (429 Too Many Requests on /v2/)"}
+	case resp.StatusCode >= 500:
+		return challenge{}, &statusError{pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, resp.StatusCode, fmt.Sprintf("registry answered %s on /v2/", resp.Status)}
+	default:
+		return challenge{}, &statusError{pb.ImageStatus_IMAGE_STATUS_UNKNOWN, resp.StatusCode, fmt.Sprintf("endpoint answered %s on /v2/: not a registry API", resp.Status)}
+	}
+	p.pings.mu.Lock()
+	p.pings.m[key] = pingEntry{ch: ch, expires: p.opts.Now().Add(pingTTL)}
+	p.pings.mu.Unlock()
+	return ch, nil
+}
+
+// parseChallenge picks the strongest challenge the registry offers, using
+// containerd's own WWW-Authenticate parser.
+func parseChallenge(h http.Header) challenge {
+	for _, c := range auth.ParseAuthHeader(h) {
+		switch c.Scheme {
+		case auth.BearerAuth:
+			if c.Parameters["realm"] != "" {
+				return challenge{scheme: schemeBearer, realm: c.Parameters["realm"], service: c.Parameters["service"]}
+			}
+		case auth.BasicAuth:
+			return challenge{scheme: schemeBasic}
+		}
+	}
+	return challenge{}
+}
+
+// authorize returns the Authorization header value for a manifest request.
+func (p *Prober) authorize(ctx context.Context, ch challenge, ref imageref.Ref, cred Credential) (string, error) {
+	switch ch.scheme {
+	case schemeBasic:
+		if cred.Secret == "" {
+			return "", nil // the HEAD's 401 says unauthorized
+		}
+		req := http.Request{Header: http.Header{}}
+		req.SetBasicAuth(cred.Username, cred.Secret)
+		return req.Header.Get("Authorization"), nil
+	case schemeBearer:
+		tok, err := p.tokens.get(ctx, p.client, ch, ref, cred, p.opts.UserAgent)
+		if err != nil {
+			return "", err
+		}
+		return "Bearer " + tok, nil
+	default:
+		return "", nil
+	}
+}
+
+// tokenCache keeps bearer tokens per realm, service, scope and credential
+// until they expire.
+type tokenCache struct {
+	now func() time.Time
+	mu  sync.Mutex
+	m   map[string]cachedToken
+}
+
+type cachedToken struct {
+	token   string
+	expires time.Time
+}
+
+// Tokens without expires_in are valid for 60 seconds (distribution's token spec).
+const defaultTokenLifetime = 60 * time.Second
+
+func newTokenCache(now func() time.Time) *tokenCache {
+	return &tokenCache{now: now, m: map[string]cachedToken{}}
+}
+
+func scope(ref imageref.Ref) string { return "repository:" + ref.Repository() + ":pull" }
+
+// tokenKey identifies a token; the credential enters only as a hash, so the
+// cache never holds a secret in its keys.
+func tokenKey(ch challenge, ref imageref.Ref, cred Credential) string {
+	h := sha256.Sum256([]byte(cred.Username + "\x00" + cred.Secret))
+	return ch.realm + "|" + ch.service + "|" + scope(ref) + "|" + hex.EncodeToString(h[:8])
+}
+
+func (c *tokenCache) forget(ch challenge, ref imageref.Ref, cred Credential) {
+	c.mu.Lock()
+	delete(c.m, tokenKey(ch, ref, cred))
+	c.mu.Unlock()
+}
+
+func (c *tokenCache) get(ctx context.Context, client *http.Client, ch challenge, ref imageref.Ref, cred Credential, ua string) (string, error) {
+	key := tokenKey(ch, ref, cred)
+	c.mu.Lock()
+	t, ok := c.m[key]
+	c.mu.Unlock()
+	if ok && c.now().Before(t.expires) {
+		return t.token, nil
+	}
+	resp, err := auth.FetchToken(ctx, client, http.Header{"User-Agent": {ua}}, auth.TokenOptions{
+		Realm:    ch.realm,
+		Service:  ch.service,
+		Scopes:   []string{scope(ref)},
+		Username: cred.Username,
+		Secret:   cred.Secret,
+	})
+	if err != nil {
+		return "", tokenError(err, ch.realm)
+	}
+	life := time.Duration(resp.ExpiresInSeconds) * time.Second
+	if life <= 0 {
+		life = defaultTokenLifetime
+	}
+	issued := resp.IssuedAt
+	if issued.IsZero() || issued.After(c.now()) {
+		issued = c.now()
+	}
+	// Renew a little early so a token does not expire mid-probe.
+	expires := issued.Add(life - life/10)
+	c.mu.Lock()
+	c.m[key] = cachedToken{token: resp.Token, expires: expires}
+	c.mu.Unlock()
+	return resp.Token, nil
+}
+
+// tokenError classifies a token server failure; its message names the
+// realm (a URL without credentials), never the credential.
+func tokenError(err error, realm string) error {
+	var us remoteserrors.ErrUnexpectedStatus
+	if errors.As(err, &us) {
+		switch {
+		case us.StatusCode == http.StatusUnauthorized:
+			return &statusError{pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED, us.StatusCode, "token server " + realm + " refused the credentials (401 Unauthorized)"}
+		case us.StatusCode == http.StatusForbidden:
+			return &statusError{pb.ImageStatus_IMAGE_STATUS_FORBIDDEN, us.StatusCode, "token server " + realm + " denied access (403 Forbidden)"}
+		case us.StatusCode == http.StatusTooManyRequests:
+			return &statusError{pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED, us.StatusCode, "token server " + realm + " rate limit reached (429)"}
+		case us.StatusCode >= 500:
+			return &statusError{pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, us.StatusCode, "token server " + realm + " answered " + us.Status}
+		default:
+			return &statusError{pb.ImageStatus_IMAGE_STATUS_UNKNOWN, us.StatusCode, "token server " + realm + " answered " + us.Status}
+		}
+	}
+	if errors.Is(err, auth.ErrNoToken) {
+		return &statusError{pb.ImageStatus_IMAGE_STATUS_UNKNOWN, 0, "token server " + realm + " sent no token"}
+	}
+	if errors.Is(err, errBodyTooLarge) {
+		return &statusError{pb.ImageStatus_IMAGE_STATUS_UNKNOWN, 0, "token server " + realm + " sent a response over 1 MiB"}
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("token server %s: %w", realm, ue.Err)
+	}
+	// An answer that is not a token response: the server is broken or hostile.
+	return &statusError{pb.ImageStatus_IMAGE_STATUS_UNKNOWN, 0, "token server " + realm + ": " + err.Error()}
+}
+
+var errBodyTooLarge = errors.New("response body over 1 MiB")
+
+// limitedBody fails reads past its limit instead of truncating silently.
+type limitedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, errBodyTooLarge
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
+}

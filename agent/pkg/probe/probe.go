@@ -1,0 +1,361 @@
+// Package probe asks a registry, the way a container runtime would, whether
+// an image's manifest can be pulled: a /v2/ ping, the bearer-token flow when
+// the registry asks for it, and a HEAD of the manifest. It never GETs a
+// manifest or a blob, so probing does not count against pull rate limits.
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
+	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+)
+
+// Media types a runtime accepts for a manifest, in the Accept header
+// containerd sends.
+var manifestMediaTypes = []string{
+	"application/vnd.docker.distribution.manifest.v2+json",
+	"application/vnd.docker.distribution.manifest.list.v2+json",
+	"application/vnd.oci.image.manifest.v1+json",
+	"application/vnd.oci.image.index.v1+json",
+}
+
+var acceptHeader = strings.Join(append(append([]string(nil), manifestMediaTypes...), "*/*"), ", ")
+
+// Credential is what the node would send to a registry. Source says where
+// it came from (anonymous, pull_secret, node_keyring, credential_provider);
+// it is the only part of a credential that may be shown anywhere.
+type Credential struct {
+	Username string
+	Secret   string
+	Source   string
+}
+
+// Credentials finds the credential for a registry host. The first version
+// of the agent has none (anonymous pulls); the node's keyring, pull secrets
+// and credential providers implement this later.
+type Credentials interface {
+	Lookup(ctx context.Context, ref imageref.Ref) (Credential, error)
+}
+
+// Anonymous is the Credentials that never has any.
+type Anonymous struct{}
+
+// Lookup implements Credentials.
+func (Anonymous) Lookup(context.Context, imageref.Ref) (Credential, error) {
+	return Credential{Source: "anonymous"}, nil
+}
+
+// Options configure a Prober.
+type Options struct {
+	// Timeout bounds one endpoint's probe (ping, token, HEAD). Default 10s.
+	Timeout time.Duration
+	// PerHostConcurrency bounds probes in flight per registry endpoint host. Default 4.
+	PerHostConcurrency int
+	// Transport overrides the HTTP transport (tests, TLS and proxy settings).
+	Transport http.RoundTripper
+	// Credentials default to Anonymous.
+	Credentials Credentials
+	// UserAgent sent with every request.
+	UserAgent string
+	// Now defaults to time.Now.
+	Now func() time.Time
+}
+
+// EndpointResult is one endpoint's answer.
+type EndpointResult struct {
+	Endpoint   hosts.Endpoint
+	Status     pb.ImageStatus
+	Reason     string
+	HTTPStatus int
+	Latency    time.Duration
+	CheckedAt  time.Time
+	// Digest the endpoint serves for the reference (Docker-Content-Digest).
+	Digest    string
+	MediaType string
+}
+
+// Result is an image's answer: what the runtime would get.
+type Result struct {
+	Status    pb.ImageStatus
+	Reason    string
+	Endpoints []EndpointResult
+	// Digest the winning endpoint serves.
+	Digest    string
+	Degraded  bool
+	CheckedAt time.Time
+	// CredentialSource says where the credential came from, never what it is.
+	CredentialSource string
+}
+
+// Prober probes registries. It is safe for concurrent use.
+type Prober struct {
+	client  *http.Client
+	opts    Options
+	tokens  *tokenCache
+	pings   *pingCache
+	limitMu sync.Mutex
+	limits  map[string]chan struct{}
+}
+
+// maxBodyBytes bounds what the prober reads of any response: a registry or
+// token server that answers with an endless body cannot grow our memory.
+const maxBodyBytes = 1 << 20
+
+// New builds a Prober.
+func New(opts Options) *Prober {
+	if opts.Timeout <= 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	if opts.PerHostConcurrency <= 0 {
+		opts.PerHostConcurrency = 4
+	}
+	if opts.Credentials == nil {
+		opts.Credentials = Anonymous{}
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = "pullwatch-agent"
+	}
+	rt := opts.Transport
+	if rt == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.Proxy = nil // the runtime's proxy settings, not the agent's environment, apply; see hosts
+		t.MaxIdleConnsPerHost = opts.PerHostConcurrency
+		rt = t
+	}
+	return &Prober{
+		client: &http.Client{
+			Transport: limitedBodies{rt},
+			// Registries redirect to storage; a HEAD follows like the runtime does.
+			CheckRedirect: func(req *http.Request, via []*http.Request) error {
+				if len(via) >= 10 {
+					return errors.New("stopped after 10 redirects")
+				}
+				return nil
+			},
+		},
+		opts:   opts,
+		tokens: newTokenCache(opts.Now),
+		pings:  newPingCache(opts.Now),
+		limits: map[string]chan struct{}{},
+	}
+}
+
+// Probe asks every endpoint, in order, for ref's manifest. The image's
+// status is the first endpoint that has it; when none has it, the last
+// endpoint's answer (the upstream, which is what the runtime reports).
+func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.Endpoint) Result {
+	res := Result{CheckedAt: p.opts.Now()}
+	cred, err := p.opts.Credentials.Lookup(ctx, ref)
+	if err != nil {
+		res.Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN
+		res.Reason = "looking up pull credentials: " + err.Error()
+		return res
+	}
+	res.CredentialSource = cred.Source
+	if len(endpoints) == 0 {
+		res.Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN
+		res.Reason = "no registry endpoint configured for " + ref.Registry()
+		return res
+	}
+	winner := -1
+	for i, ep := range endpoints {
+		er := p.probeEndpoint(ctx, ref, ep, cred)
+		res.Endpoints = append(res.Endpoints, er)
+		if winner < 0 && er.Status == pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+			winner = i
+		}
+	}
+	if winner >= 0 {
+		w := res.Endpoints[winner]
+		res.Status, res.Digest = w.Status, w.Digest
+		res.Reason = "manifest found at " + w.Endpoint.URL
+		res.Degraded = winner > 0
+		if res.Degraded {
+			failed := res.Endpoints[0]
+			res.Reason += fmt.Sprintf(" after %s failed: %s", failed.Endpoint.URL, failed.Reason)
+		}
+		return res
+	}
+	last := res.Endpoints[len(res.Endpoints)-1]
+	res.Status, res.Reason = last.Status, last.Reason
+	return res
+}
+
+func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, cred Credential) (er EndpointResult) {
+	start := p.opts.Now()
+	er = EndpointResult{Endpoint: ep, CheckedAt: start}
+	base, err := url.Parse(ep.URL)
+	if err != nil || base.Host == "" {
+		er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, fmt.Sprintf("endpoint URL %q is not valid", ep.URL)
+		return er
+	}
+	release, err := p.acquire(ctx, base.Host)
+	if err != nil {
+		er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "probe cancelled: "+err.Error()
+		return er
+	}
+	defer release()
+
+	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	defer func() { er.Latency = p.opts.Now().Sub(start) }()
+
+	ch, err := p.ping(ctx, base)
+	if err != nil {
+		er.Status, er.Reason, er.HTTPStatus = classifyError(ctx, err, p.opts.Timeout)
+		return er
+	}
+	authz, err := p.authorize(ctx, ch, ref, cred)
+	if err != nil {
+		er.Status, er.Reason, er.HTTPStatus = classifyError(ctx, err, p.opts.Timeout)
+		return er
+	}
+
+	u := base.JoinPath("v2", ref.Repository(), "manifests", ref.ManifestReference())
+	if ep.Role == hosts.RoleMirror && ep.Host != "" {
+		u.RawQuery = url.Values{"ns": {ep.Host}}.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, u.String(), nil)
+	if err != nil {
+		er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, err.Error()
+		return er
+	}
+	req.Header.Set("Accept", acceptHeader)
+	req.Header.Set("User-Agent", p.opts.UserAgent)
+	if authz != "" {
+		req.Header.Set("Authorization", authz)
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		er.Status, er.Reason, er.HTTPStatus = classifyError(ctx, err, p.opts.Timeout)
+		return er
+	}
+	resp.Body.Close()
+	er.HTTPStatus = resp.StatusCode
+	er.Digest = resp.Header.Get("Docker-Content-Digest")
+	er.MediaType = mediaType(resp.Header.Get("Content-Type"))
+	er.Status, er.Reason = classifyManifest(resp, er.MediaType, ref)
+	if er.Status == pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && ch.scheme == schemeBearer {
+		// A stale token: drop it so the next round fetches a new one.
+		p.tokens.forget(ch, ref, cred)
+	}
+	return er
+}
+
+// acquire takes one of the host's concurrency slots.
+func (p *Prober) acquire(ctx context.Context, host string) (func(), error) {
+	p.limitMu.Lock()
+	sem, ok := p.limits[host]
+	if !ok {
+		sem = make(chan struct{}, p.opts.PerHostConcurrency)
+		p.limits[host] = sem
+	}
+	p.limitMu.Unlock()
+	select {
+	case sem <- struct{}{}:
+		return func() { <-sem }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func mediaType(ct string) string {
+	mt, _, _ := strings.Cut(ct, ";")
+	return strings.TrimSpace(mt)
+}
+
+// classifyManifest maps a manifest HEAD answer to a status and reason.
+func classifyManifest(resp *http.Response, mt string, ref imageref.Ref) (pb.ImageStatus, string) {
+	code := resp.StatusCode
+	switch {
+	case code == http.StatusOK:
+		if mt != "" && !knownManifestType(mt) {
+			return pb.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT, fmt.Sprintf("registry serves media type %q, which the runtime does not pull", mt)
+		}
+		return pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "manifest found"
+	case code == http.StatusNotFound:
+		return pb.ImageStatus_IMAGE_STATUS_ABSENT, fmt.Sprintf("manifest unknown: %s:%s", ref.Repository(), ref.ManifestReference())
+	case code == http.StatusUnauthorized:
+		return pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED, "registry refused the credentials (401 Unauthorized)"
+	case code == http.StatusForbidden:
+		return pb.ImageStatus_IMAGE_STATUS_FORBIDDEN, "registry denied access (403 Forbidden)"
+	case code == http.StatusTooManyRequests:
+		reason := "registry rate limit reached (429 Too Many Requests)"
+		if ra := resp.Header.Get("Retry-After"); ra != "" {
+			reason += ", retry after " + ra
+		}
+		return pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED, reason
+	case code == http.StatusNotAcceptable || code == http.StatusUnsupportedMediaType:
+		return pb.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT, fmt.Sprintf("registry has no manifest in a format the runtime accepts (%s)", resp.Status)
+	case code >= 500:
+		// The registry is up but cannot serve: for the runtime that is the
+		// same as not reaching it.
+		return pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, fmt.Sprintf("registry answered %s", resp.Status)
+	default:
+		return pb.ImageStatus_IMAGE_STATUS_UNKNOWN, fmt.Sprintf("unexpected registry answer %s to a manifest HEAD", resp.Status)
+	}
+}
+
+func knownManifestType(mt string) bool {
+	for _, k := range manifestMediaTypes {
+		if mt == k {
+			return true
+		}
+	}
+	return false
+}
+
+// statusError is an HTTP answer that ended a probe early (ping or token).
+type statusError struct {
+	status pb.ImageStatus
+	code   int
+	reason string
+}
+
+func (e *statusError) Error() string { return e.reason }
+
+// classifyError turns a transport or flow error into a status, a reason
+// a person can act on, and the HTTP status when there was one.
+func classifyError(ctx context.Context, err error, timeout time.Duration) (pb.ImageStatus, string, int) {
+	var se *statusError
+	if errors.As(err, &se) {
+		return se.status, se.reason, se.code
+	}
+	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded {
+		return pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, fmt.Sprintf("timeout after %s", timeout), 0
+	}
+	if errors.Is(err, context.Canceled) {
+		return pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "probe cancelled", 0
+	}
+	// The URL is already in the report; the reason is what went wrong.
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	// DNS, connect, TLS and reset errors: the runtime would not get through.
+	return pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, err.Error(), 0
+}
+
+// limitedBodies caps every response body at maxBodyBytes.
+type limitedBodies struct{ next http.RoundTripper }
+
+func (l limitedBodies) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := l.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = &limitedBody{ReadCloser: resp.Body, left: maxBodyBytes}
+	return resp, nil
+}
