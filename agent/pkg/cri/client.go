@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -58,7 +59,11 @@ func (e *DialError) Error() string {
 	var b strings.Builder
 	b.WriteString("no CRI endpoint answered; tried:")
 	for i, ep := range e.Tried {
-		fmt.Fprintf(&b, "\n  %s: %v", ep, e.Errs[i])
+		msg := e.Errs[i].Error()
+		if st, ok := status.FromError(errors.Unwrap(e.Errs[i])); ok {
+			msg = st.Message()
+		}
+		fmt.Fprintf(&b, "\n  %s: %s", ep, msg)
 	}
 	b.WriteString("\nset --cri-endpoint (env PULLWATCH_CRI_ENDPOINT) to the runtime's socket, e.g. unix:///run/containerd/containerd.sock")
 	return b.String()

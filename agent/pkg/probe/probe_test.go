@@ -93,7 +93,9 @@ func (r *registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 
 type staticCreds Credential
 
-func (c staticCreds) Lookup(context.Context, imageref.Ref) (Credential, error) { return Credential(c), nil }
+func (c staticCreds) Lookup(context.Context, imageref.Ref) (Credential, error) {
+	return Credential(c), nil
+}
 
 func mustRef(t testing.TB, s string) imageref.Ref {
 	r, err := imageref.Parse(s)

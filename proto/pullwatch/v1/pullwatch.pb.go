@@ -509,6 +509,8 @@ func (x *NodeSnapshot) GetInterval() *durationpb.Duration {
 }
 
 // NodeUpdate carries what changed since the last message on this stream.
+// Images it does not name are unchanged as of observed_at (their check
+// times and latencies are those of the last message that carried them).
 type NodeUpdate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Name of the node; must equal the snapshot's node name on this stream.

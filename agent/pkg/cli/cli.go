@@ -1,0 +1,180 @@
+// Package cli is pullwatch-agent's command line: the run and check
+// commands, their flags (each with an environment variable) and exit codes.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/cri"
+	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
+	"github.com/pullwatch/pullwatch/agent/pkg/probe"
+	"github.com/pullwatch/pullwatch/agent/pkg/round"
+	"github.com/pullwatch/pullwatch/pkg/envflag"
+	"github.com/pullwatch/pullwatch/pkg/kubeapi"
+	"github.com/pullwatch/pullwatch/pkg/logging"
+)
+
+// Exit codes of pullwatch-agent.
+const (
+	ExitOK          = 0 // check: every image available; run: clean shutdown
+	ExitUnavailable = 1 // check: at least one image is not available
+	ExitSetup       = 2 // usage or setup error (bad flag, no CRI endpoint, ...)
+)
+
+// Version is set at build time with -ldflags "-X .../cli.Version=...".
+var Version = "dev"
+
+// Env is what a command sees of the outside world, so tests can run it
+// in-process.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	Hostname       func() (string, error)
+}
+
+// OSEnv is the real process environment.
+func OSEnv() Env {
+	return Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Hostname: os.Hostname}
+}
+
+const mainUsage = `Usage: pullwatch-agent <command> [flags]
+
+pullwatch-agent runs on every node (a DaemonSet) and tells which container
+images this node can no longer pull, and why: it asks the node's container
+runtime over CRI which images the node runs and has cached, and asks their
+registries for each manifest the way the runtime would (HEAD only; it never
+pulls layers).
+
+Commands:
+  run       the daemon: check every --interval and stream results to the aggregator
+  check     one round on this node; print a table (or JSON with -o json) and exit
+            0 when every image is available, 1 when any is not, 2 on a setup error
+  version   print the version
+
+Run 'pullwatch-agent <command> --help' for a command's flags.
+`
+
+// Main runs the agent's command line and returns the exit code.
+func Main(ctx context.Context, args []string, env Env) int {
+	if len(args) == 0 {
+		fmt.Fprint(env.Stderr, mainUsage)
+		return ExitSetup
+	}
+	switch args[0] {
+	case "run":
+		return runCommand(ctx, args[1:], env)
+	case "check":
+		return checkCommand(ctx, args[1:], env)
+	case "version", "--version":
+		fmt.Fprintln(env.Stdout, "pullwatch-agent", Version)
+		return ExitOK
+	case "help", "-h", "--help":
+		fmt.Fprint(env.Stdout, mainUsage)
+		return ExitOK
+	default:
+		fmt.Fprintf(env.Stderr, "pullwatch-agent: unknown command %q\n\n%s", args[0], mainUsage)
+		return ExitSetup
+	}
+}
+
+// common are the flags of both run and check.
+type common struct {
+	criEndpoint        string
+	criTimeout         time.Duration
+	nodeName           string
+	probeTimeout       time.Duration
+	perHostConcurrency int
+	concurrency        int
+	logLevel           slog.Level
+	logFormat          string
+	kubeconfig         string
+}
+
+func (c *common) register(s *envflag.Set, env Env) {
+	c.criTimeout = 10 * time.Second
+	c.probeTimeout = 10 * time.Second
+	c.perHostConcurrency = 4
+	c.concurrency = 16
+	c.logFormat = "text"
+	c.nodeName, _ = env.Hostname()
+	s.StringVar(&c.criEndpoint, "cri-endpoint", "",
+		"CRI `endpoint` of the node's container runtime (unix:///path). Empty: try "+strings.Join(cri.DefaultEndpoints, ", ")+" in that order and log which answered.")
+	s.Var((*envflag.PositiveDuration)(&c.criTimeout), "cri-timeout", "Timeout of each CRI call (`duration`).")
+	s.StringVar(&c.nodeName, "node-name", c.nodeName, "`name` of this node as Kubernetes knows it (the DaemonSet sets it from spec.nodeName). Default: the hostname.")
+	s.Env("node-name", "NODE_NAME")
+	s.Var((*envflag.PositiveDuration)(&c.probeTimeout), "probe-timeout", "Timeout of one endpoint's probe: /v2/ ping, token and manifest HEAD together (`duration`).")
+	s.Var(&envflag.IntRange{Value: &c.perHostConcurrency, Min: 1, Max: 64}, "per-host-concurrency", "Probes in flight at once against one registry endpoint (`count`, 1-64).")
+	s.Var(&envflag.IntRange{Value: &c.concurrency, Min: 1, Max: 256}, "concurrency", "Probes in flight at once in all (`count`, 1-256).")
+	s.Var((*envflag.LogLevel)(&c.logLevel), "log-level", "Least severe `level` to log: debug, info, warn or error.")
+	s.Var(&envflag.Choice{Value: &c.logFormat, Choices: []string{"text", "json"}}, "log-format", "Log `format` on stderr: text or json.")
+	s.StringVar(&c.kubeconfig, "kubeconfig", "", "`path` to a kubeconfig, used outside a cluster. Without one and outside a cluster, pull-secret lookup is off.")
+	s.Env("kubeconfig", "KUBECONFIG")
+}
+
+func (c *common) validate() error {
+	if c.nodeName == "" {
+		return errors.New("no node name: set --node-name (env NODE_NAME)")
+	}
+	return nil
+}
+
+// parse parses a command's flags; it returns false and the exit code when
+// the command should not go on.
+func parse(s *envflag.Set, args []string, env Env, c *common) (int, bool) {
+	err := s.Parse(args, env.Getenv, env.Stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK, false
+	}
+	if err == nil {
+		err = c.validate()
+	}
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "%s: %v\n", s.Name(), err)
+		return ExitSetup, false
+	}
+	return 0, true
+}
+
+// setup connects to the runtime and builds the checker.
+func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *cri.Client, error) {
+	if _, err := kubeapi.Announce(log, c.kubeconfig, "pull-secret lookup is"); err != nil {
+		return nil, nil, err
+	}
+	endpoints := cri.DefaultEndpoints
+	if c.criEndpoint != "" {
+		endpoints = []string{c.criEndpoint}
+	}
+	client, err := cri.Dial(ctx, endpoints, c.criTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	rt, err := client.Version(ctx)
+	if err != nil {
+		client.Close()
+		return nil, nil, err
+	}
+	log.Info("connected to the container runtime", "endpoint", client.Endpoint(), "runtime", rt.Name, "version", rt.Version, "node", c.nodeName)
+	return &round.Checker{
+		NodeName: c.nodeName,
+		Runtime:  client,
+		Resolver: hosts.Defaults{},
+		Prober: probe.New(probe.Options{
+			Timeout:            c.probeTimeout,
+			PerHostConcurrency: c.perHostConcurrency,
+			UserAgent:          "pullwatch-agent/" + Version,
+		}),
+		Concurrency: c.concurrency,
+	}, client, nil
+}
+
+func newLogger(env Env, c *common) *slog.Logger {
+	return logging.New(env.Stderr, c.logLevel, c.logFormat)
+}

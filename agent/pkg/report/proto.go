@@ -1,0 +1,79 @@
+package report
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+)
+
+// Snapshot converts the node's report to the wire snapshot. Status and role
+// words that are not part of the vocabulary become UNSPECIFIED, which the
+// aggregator refuses: they can only come from a bug.
+func (n Node) Snapshot(agentVersion string, interval time.Duration) *pb.NodeSnapshot {
+	s := &pb.NodeSnapshot{
+		Node: &pb.Node{
+			Name:         n.Node,
+			AgentVersion: agentVersion,
+			Runtime: &pb.Runtime{
+				Name:       n.Runtime.Name,
+				Version:    n.Runtime.Version,
+				ApiVersion: n.Runtime.APIVersion,
+				Endpoint:   n.Runtime.Endpoint,
+			},
+		},
+		ObservedAt: timestamppb.New(n.ObservedAt),
+		Interval:   durationpb.New(interval),
+	}
+	for _, im := range n.Images {
+		s.Images = append(s.Images, im.proto())
+	}
+	return s
+}
+
+func (im Image) proto() *pb.ImageReport {
+	status, _ := pb.ParseStatus(im.Status)
+	r := &pb.ImageReport{
+		Image:            im.Image,
+		ImageId:          im.ImageID,
+		RepoDigests:      im.RepoDigests,
+		Digest:           im.Digest,
+		InUse:            im.InUse,
+		Status:           status,
+		Reason:           im.Reason,
+		Registry:         im.Registry,
+		Degraded:         im.Degraded,
+		Drifted:          im.Drifted,
+		RegistryDigest:   im.RegistryDigest,
+		CredentialSource: im.CredentialSource,
+	}
+	if im.CheckedAt != nil {
+		r.CheckedAt = timestamppb.New(*im.CheckedAt)
+	}
+	for _, e := range im.Endpoints {
+		es, _ := pb.ParseStatus(e.Status)
+		role, _ := pb.ParseRole(e.Role)
+		r.Endpoints = append(r.Endpoints, &pb.EndpointResult{
+			Url:        e.URL,
+			Role:       role,
+			Status:     es,
+			Reason:     e.Reason,
+			Latency:    durationpb.New(time.Duration(e.LatencySeconds * float64(time.Second))),
+			CheckedAt:  timestamppb.New(e.CheckedAt),
+			HttpStatus: int32(e.HTTPStatus),
+		})
+	}
+	for _, p := range im.Pods {
+		r.Containers = append(r.Containers, &pb.ContainerRef{
+			Namespace:   p.Namespace,
+			Pod:         p.Pod,
+			PodUid:      p.PodUID,
+			Container:   p.Container,
+			ContainerId: p.ContainerID,
+			State:       p.State,
+		})
+	}
+	return r
+}

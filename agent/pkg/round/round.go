@@ -1,0 +1,156 @@
+// Package round runs one check of a node: read the runtime's inventory,
+// resolve each reference's registry endpoints as the runtime would, probe
+// them, and assemble the node's report.
+package round
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/cri"
+	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
+	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	"github.com/pullwatch/pullwatch/agent/pkg/probe"
+	"github.com/pullwatch/pullwatch/agent/pkg/report"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+)
+
+// Inventory is the runtime side (cri.Client).
+type Inventory interface {
+	Inventory(ctx context.Context) (*cri.Inventory, error)
+}
+
+// Prober is the registry side (probe.Prober).
+type Prober interface {
+	Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.Endpoint) probe.Result
+}
+
+// Checker runs rounds.
+type Checker struct {
+	NodeName string
+	Runtime  Inventory
+	Resolver hosts.Resolver
+	Prober   Prober
+	// Concurrency bounds probes in flight across all registries (per-host
+	// limits are the prober's). Default 16.
+	Concurrency int
+	Now         func() time.Time
+}
+
+// Run checks every image on the node once. Every image in the report has
+// been probed in this round: none is reported available before its check.
+func (c *Checker) Run(ctx context.Context) (report.Node, error) {
+	now := c.Now
+	if now == nil {
+		now = time.Now
+	}
+	inv, err := c.Runtime.Inventory(ctx)
+	if err != nil {
+		return report.Node{}, fmt.Errorf("read the runtime's inventory: %w", err)
+	}
+	entries := inv.Entries()
+	images := make([]report.Image, len(entries))
+
+	workers := c.Concurrency
+	if workers <= 0 {
+		workers = 16
+	}
+	sem := make(chan struct{}, workers)
+	var wg sync.WaitGroup
+	endpoints := c.endpointCache(ctx)
+	for i, e := range entries {
+		images[i] = baseImage(e)
+		if e.Problem != "" {
+			images[i].Status, images[i].Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN.Word(), e.Problem
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int, e cri.Entry) {
+			defer func() { <-sem; wg.Done() }()
+			eps, err := endpoints(e.Ref.Registry())
+			if err != nil {
+				images[i].Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN.Word()
+				images[i].Reason = err.Error()
+				return
+			}
+			applyResult(&images[i], e, c.Prober.Probe(ctx, e.Ref, eps))
+		}(i, e)
+	}
+	wg.Wait()
+	n := report.Node{Node: c.NodeName, Runtime: inv.Runtime, ObservedAt: now(), Images: images}
+	slog.DebugContext(ctx, "round done", "images", len(images), "all_available", n.AllAvailable())
+	return n, nil
+}
+
+// endpointCache resolves each registry host once per round.
+func (c *Checker) endpointCache(ctx context.Context) func(host string) ([]hosts.Endpoint, error) {
+	var mu sync.Mutex
+	type answer struct {
+		eps []hosts.Endpoint
+		err error
+	}
+	cache := map[string]answer{}
+	return func(host string) ([]hosts.Endpoint, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if a, ok := cache[host]; ok {
+			return a.eps, a.err
+		}
+		eps, err := c.Resolver.Endpoints(ctx, host)
+		if err != nil {
+			err = fmt.Errorf("resolve registry endpoints for %s: %w", host, err)
+		}
+		cache[host] = answer{eps, err}
+		return eps, err
+	}
+}
+
+func baseImage(e cri.Entry) report.Image {
+	im := report.Image{
+		ImageID:     e.ImageID,
+		RepoDigests: e.RepoDigests,
+		Digest:      e.Digest,
+		InUse:       e.InUse(),
+		Pods:        e.Uses,
+		Endpoints:   []report.Endpoint{},
+	}
+	if im.Pods == nil {
+		im.Pods = []cri.Use{}
+	}
+	if e.Problem == "" {
+		im.Image = e.Ref.String()
+		im.Registry = e.Ref.Registry()
+	} else {
+		im.Image = e.ImageID
+	}
+	return im
+}
+
+func applyResult(im *report.Image, e cri.Entry, res probe.Result) {
+	im.Status = res.Status.Word()
+	im.Reason = res.Reason
+	im.Degraded = res.Degraded
+	im.CredentialSource = res.CredentialSource
+	checked := res.CheckedAt
+	im.CheckedAt = &checked
+	// Tag drift: the tag now points at another manifest than the node runs.
+	if res.Digest != "" && e.Ref.Digest() == "" && e.Digest != "" && res.Digest != e.Digest {
+		im.Drifted = true
+		im.RegistryDigest = res.Digest
+	}
+	for _, er := range res.Endpoints {
+		im.Endpoints = append(im.Endpoints, report.Endpoint{
+			URL:            er.Endpoint.URL,
+			Role:           string(er.Endpoint.Role),
+			Status:         er.Status.Word(),
+			Reason:         er.Reason,
+			LatencySeconds: er.Latency.Seconds(),
+			HTTPStatus:     er.HTTPStatus,
+			CheckedAt:      er.CheckedAt,
+		})
+	}
+}
