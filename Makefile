@@ -1,0 +1,83 @@
+# pullwatch — see README.md. `make test` and `make demo` install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+MODULES        := proto pkg agent aggregator e2e
+TOOLS          := $(CURDIR)/.tools
+VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+STATICCHECK_VERSION        := v0.8.2
+CI             ?=
+OUT            := $(CURDIR)/_out
+DEMO_DIR       ?= /tmp/pullwatch-demo
+FUZZTIME       ?= 15s
+GOTEST_FLAGS   ?= -race -count=1
+
+export PATH := $(TOOLS):$(PATH)
+
+.PHONY: build deps tools proto proto-check lint vet unit integration test fuzz bench demo demo-down clean
+
+build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
+	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
+	cd aggregator && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o ../bin/pullwatch-aggregator ./cmd/pullwatch-aggregator
+
+deps: ## Debian packages for the real parts (containerd, registry, Prometheus, protoc); needs root
+	bash scripts/install-deps.sh
+
+tools: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/staticcheck
+
+$(TOOLS)/protoc-gen-go:
+	GOBIN=$(TOOLS) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+$(TOOLS)/protoc-gen-go-grpc:
+	GOBIN=$(TOOLS) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+$(TOOLS)/staticcheck:
+	GOBIN=$(TOOLS) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+proto: tools ## regenerate the committed Go code from proto/
+	cd proto && protoc -I . --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative pullwatch/v1/*.proto
+
+proto-check: tools ## fail when the committed generated code is stale
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	cd proto && protoc -I . --go_out=$$tmp --go_opt=paths=source_relative \
+		--go-grpc_out=$$tmp --go-grpc_opt=paths=source_relative pullwatch/v1/*.proto && \
+	for f in $$tmp/pullwatch/v1/*.go; do \
+		diff -u pullwatch/v1/$$(basename $$f) $$f > /dev/null || { echo "proto/pullwatch/v1/$$(basename $$f) is stale: run 'make proto' and commit"; exit 1; }; \
+	done && echo "generated proto code is up to date"
+
+vet:
+	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
+
+lint: tools vet ## go vet and staticcheck on every module, gofmt
+	@unformatted=$$(gofmt -l $(MODULES)); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	@for m in $(MODULES); do (cd $$m && staticcheck ./...) || exit 1; done
+	@echo "lint ok"
+
+unit: ## tests that need no root and no real parts
+	@for m in proto pkg agent aggregator; do (cd $$m && go test $(GOTEST_FLAGS) ./...) || exit 1; done
+
+integration: build ## tests on real containerd, registry and Prometheus (root; installs them)
+	bash scripts/install-deps.sh
+	cd e2e && PULLWATCH_BIN=$(CURDIR)/bin PULLWATCH_TEST_OUT=$(OUT) PULLWATCH_REQUIRE_REAL=$(if $(CI),1,$(PULLWATCH_REQUIRE_REAL)) \
+		go test $(GOTEST_FLAGS) -timeout 20m ./...
+
+test: deps proto-check lint unit integration ## everything CI runs
+
+fuzz: ## run each fuzz target for FUZZTIME
+	cd agent && go test ./pkg/imageref -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	cd agent && go test ./pkg/probe -run '^$$' -fuzz FuzzParseChallenge -fuzztime $(FUZZTIME)
+	cd aggregator && go test ./pkg/ingest -run '^$$' -fuzz FuzzValidate -fuzztime $(FUZZTIME)
+
+bench: ## benchmarks reported in docs/benchmarks.md
+	cd aggregator && go test -run '^$$' -bench . -benchmem ./...
+	cd agent && go test -run '^$$' -bench . -benchmem ./...
+
+demo: build ## local containerd + registry + aggregator + agent; prints the check table and metrics (root)
+	bash scripts/demo.sh up
+
+demo-down: ## stop what `make demo` started
+	bash scripts/demo.sh down
+
+clean:
+	rm -rf bin $(OUT)
