@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
+	"github.com/pullwatch/pullwatch/e2e/harness/prometheus"
+	"github.com/pullwatch/pullwatch/e2e/harness/registry"
+)
+
+// startAggregator runs pullwatch-aggregator on free loopback ports and
+// returns its gRPC and HTTP addresses.
+func startAggregator(t *testing.T, l *lab, extra ...string) (grpcAddr, httpAddr string, p *proc.Process) {
+	t.Helper()
+	gp, err := proc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hp, err := proc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcAddr, httpAddr = fmt.Sprintf("127.0.0.1:%d", gp), fmt.Sprintf("127.0.0.1:%d", hp)
+	p, err = proc.Start(proc.Spec{
+		Name:    "pullwatch-aggregator",
+		Path:    filepath.Join(l.bin, "pullwatch-aggregator"),
+		Args:    append([]string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr}, extra...),
+		LogFile: filepath.Join(t.TempDir(), "aggregator.log"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Stop(5 * time.Second) })
+	waitFor(t, 20*time.Second, "aggregator ready", func() (bool, string) {
+		code, body := httpGet("http://" + httpAddr + "/readyz")
+		return code == http.StatusOK, body
+	}, p)
+	return grpcAddr, httpAddr, p
+}
+
+func httpGet(url string) (int, string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// waitFor polls cond until it holds; on timeout it fails with cond's last
+// word and the logs of procs.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string), procs ...*proc.Process) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		last = detail
+		time.Sleep(200 * time.Millisecond)
+	}
+	var logs strings.Builder
+	for _, p := range procs {
+		fmt.Fprintf(&logs, "\n--- %s log:\n%s", p.Name(), p.LogTail(40))
+	}
+	t.Fatalf("timed out after %s waiting for %s; last saw:\n%s%s", timeout, what, last, logs.String())
+}
+
+// TestAgentStreamsToAggregator: the agent daemon streams to the aggregator,
+// whose /metrics shows each image's status, and a real Prometheus scrapes it.
+func TestAgentStreamsToAggregator(t *testing.T) {
+	l := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	ok := l.reg.Ref("stream/ok", "v1")
+	gone := l.reg.Ref("stream/gone", "v1")
+	if _, err := registry.PushImage(ctx, l.reg, "stream/ok", "v1", registry.ImageOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	goneDigest, err := registry.PushImage(ctx, l.reg, "stream/gone", "v1", registry.ImageOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{ok, gone} {
+		if _, err := l.containerd.PullImage(ctx, ref, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := registry.DeleteManifest(ctx, l.reg, "stream/gone", goneDigest); err != nil {
+		t.Fatal(err)
+	}
+
+	grpcAddr, httpAddr, agg := startAggregator(t, l)
+	agent, err := proc.Start(proc.Spec{
+		Name: "pullwatch-agent",
+		Path: filepath.Join(l.bin, "pullwatch-agent"),
+		Args: []string{"run", "--aggregator", grpcAddr, "--cri-endpoint", l.containerd.Endpoint(),
+			"--interval", "2s"},
+		Env:     []string{"NODE_NAME=stream-node"},
+		LogFile: filepath.Join(t.TempDir(), "agent.log"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = agent.Stop(5 * time.Second) })
+
+	want := []string{
+		fmt.Sprintf(`pullwatch_node_image_status{image=%q,node="stream-node",status="available"} 1`, ok),
+		fmt.Sprintf(`pullwatch_node_image_status{image=%q,node="stream-node",status="absent"} 1`, gone),
+		`pullwatch_agent_last_report_timestamp_seconds{node="stream-node"}`,
+	}
+	metricsURL := "http://" + httpAddr + "/metrics"
+	waitFor(t, 30*time.Second, "the node's statuses on /metrics", func() (bool, string) {
+		_, body := httpGet(metricsURL)
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				return false, "missing " + w + "\n" + grepLines(body, "pullwatch_")
+			}
+		}
+		return true, ""
+	}, agent, agg)
+
+	// One series per node and image: no zero series for other statuses.
+	_, body := httpGet(metricsURL)
+	if n := strings.Count(body, fmt.Sprintf(`pullwatch_node_image_status{image=%q,node="stream-node"`, gone)); n != 1 {
+		t.Errorf("%d status series for %s, want 1:\n%s", n, gone, grepLines(body, "pullwatch_node_image_status"))
+	}
+
+	// A real Prometheus scrapes the aggregator once and answers the query.
+	prom, err := prometheus.Start(ctx, t.TempDir(), []string{httpAddr}, prometheus.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = prom.Stop() })
+	samples, err := prom.WaitForQuery(ctx, `pullwatch_node_image_status{node="stream-node"}`, func(s []prometheus.Sample) bool {
+		found := map[string]bool{}
+		for _, x := range s {
+			found[x.Labels["image"]+" "+x.Labels["status"]] = x.Value == 1
+		}
+		return found[ok+" available"] && found[gone+" absent"]
+	}, 30*time.Second)
+	if err != nil {
+		t.Fatalf("prometheus query: %v (last answer %+v)", err, samples)
+	}
+
+	// SIGTERM stops the agent cleanly.
+	if err := agent.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if !agent.Wait(10 * time.Second) {
+		t.Fatalf("agent did not stop within 10s of SIGTERM:\n%s", agent.LogTail(20))
+	}
+	if err := agent.ExitErr(); err != nil {
+		t.Errorf("agent exit after SIGTERM: %v\n%s", err, agent.LogTail(20))
+	}
+}
+
+func grepLines(body, prefix string) string {
+	var out []string
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
