@@ -1,0 +1,149 @@
+// Command pullwatch-aggregator receives pullwatch-agent reports over gRPC
+// and exposes them as Prometheus metrics. Run it with --help for flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/pullwatch/pullwatch/pkg/kubeapi"
+	"github.com/pullwatch/pullwatch/pkg/logging"
+	"google.golang.org/grpc"
+
+	"github.com/pullwatch/pullwatch/aggregator/pkg/ingest"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/web"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes: 1 for failures while running, 2 for bad configuration.
+const (
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+func main() {
+	opts, err := options.Parse(os.Args[1:], os.Getenv, os.Stdout)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	case err != nil:
+		usageError(err)
+	}
+	log := logging.New(os.Stderr, opts.LogLevel, opts.LogFormat)
+	log.Info("starting "+options.Name, "version", version)
+
+	// The API is only detected for now; node-deletion tracking (Node and
+	// Pod informers) will be built on the returned config.
+	if _, err := kubeapi.Announce(log, opts.Kubeconfig, "node-deletion tracking is"); err != nil {
+		usageError(fmt.Errorf("%w (fix --kubeconfig / KUBECONFIG, or unset it to run without the Kubernetes API)", err))
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, log, opts); err != nil {
+		log.Error("aggregator failed", "error", err)
+		stop()
+		os.Exit(exitFailure)
+	}
+}
+
+func usageError(err error) {
+	fmt.Fprintf(os.Stderr, "%s: %v\nRun '%[1]s --help' for usage.\n", options.Name, err)
+	os.Exit(exitUsage)
+}
+
+// run serves gRPC and HTTP until ctx is cancelled, then shuts down.
+func run(ctx context.Context, log *slog.Logger, opts *options.Options) error {
+	store := state.New(opts.StaleAfter)
+	reports := metrics.NewReports(ingest.Kinds(), ingest.Reasons())
+	registry := metrics.NewRegistry(metrics.NewCollector(store), reports)
+	var ready web.Readiness
+
+	ingestSrv := ingest.NewServer(store, reports, log)
+	grpcSrv := ingest.NewGRPCServer(ingestSrv, opts.MaxReportBytes)
+	httpSrv := web.NewServer(web.NewHandler(registry, &ready))
+
+	// Listen before serving so that a taken port fails startup plainly.
+	var lc net.ListenConfig
+	grpcLis, err := lc.Listen(ctx, "tcp", opts.GRPCListen)
+	if err != nil {
+		return fmt.Errorf("--grpc-listen: %w", err)
+	}
+	httpLis, err := lc.Listen(ctx, "tcp", opts.HTTPListen)
+	if err != nil {
+		grpcLis.Close()
+		return fmt.Errorf("--http-listen: %w", err)
+	}
+	log.Info("listening", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
+		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes)
+
+	errc := make(chan error, 2)
+	go func() {
+		if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http server: %w", err)
+		}
+	}()
+	// The gRPC listener is bound, so agent connections queue from here on
+	// even before Serve accepts them: ready now. (Set here rather than in
+	// the goroutine so that it cannot land after shutdown's Set(false).)
+	ready.Set(true)
+	go func() {
+		if err := grpcSrv.Serve(grpcLis); err != nil {
+			errc <- fmt.Errorf("grpc server: %w", err)
+		}
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "timeout", opts.ShutdownTimeout.String())
+	case runErr = <-errc:
+	}
+
+	// Shutdown order: stop being ready so no new traffic is routed here,
+	// end agent streams so agents reconnect elsewhere, then let in-flight
+	// scrapes finish.
+	ready.Set(false)
+	deadline := time.Now().Add(opts.ShutdownTimeout)
+	ingestSrv.Drain()
+	stopGRPC(grpcSrv, time.Until(deadline), log)
+	shutdownCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	if err := httpSrv.Shutdown(shutdownCtx); err != nil {
+		runErr = errors.Join(runErr, fmt.Errorf("http shutdown: %w", err))
+	}
+	log.Info("stopped")
+	return runErr
+}
+
+// stopGRPC stops gracefully, or forcibly once timeout has passed.
+func stopGRPC(s *grpc.Server, timeout time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(done)
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		log.Warn("gRPC graceful stop timed out; closing remaining connections")
+		s.Stop()
+		<-done
+	}
+}

@@ -1,0 +1,233 @@
+// Package ingest is the aggregator's gRPC ReportService: it receives agent
+// streams, validates each message, applies it to the state store and acks it.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
+)
+
+// The kinds of report, as in pullwatch_reports_received_total{kind}.
+const (
+	KindSnapshot = "snapshot"
+	KindUpdate   = "update"
+)
+
+// Kinds lists every report kind, so that counters can start at zero.
+func Kinds() []string { return []string{KindSnapshot, KindUpdate} }
+
+// Observer is told about every report; metrics.Reports implements it.
+type Observer interface {
+	// ReportReceived counts a valid message, including an update that was
+	// answered with resync rather than applied.
+	ReportReceived(kind string)
+	// ReportRejected counts a refused message; reason is a Reason.
+	ReportRejected(reason string)
+}
+
+// Server implements pullwatchv1.ReportServiceServer.
+type Server struct {
+	pullwatchv1.UnimplementedReportServiceServer
+
+	store *state.Store
+	obs   Observer
+	log   *slog.Logger
+
+	drainOnce sync.Once
+	draining  chan struct{}
+}
+
+// NewServer returns a Server applying reports to store.
+func NewServer(store *state.Store, obs Observer, log *slog.Logger) *Server {
+	return &Server{store: store, obs: obs, log: log, draining: make(chan struct{})}
+}
+
+// NewGRPCServer returns a gRPC server with srv registered. A message over
+// maxReportBytes is refused by gRPC itself with codes.ResourceExhausted
+// before it is decoded; the stream ends and the agent reconnects.
+func NewGRPCServer(srv *Server, maxReportBytes int, opts ...grpc.ServerOption) *grpc.Server {
+	gs := grpc.NewServer(append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(maxReportBytes),
+		// Agents keep one stream open for as long as they run. Pinging
+		// quiet connections notices a node that vanished without closing
+		// TCP, so its stream (and pullwatch_agents_connected) is released
+		// within about 40s instead of hanging until the kernel gives up.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// Let agents send their own keepalive pings every 10s or more;
+		// gRPC's default (5 minutes) would cut them off with "too_many_pings".
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}, opts...)...)
+	pullwatchv1.RegisterReportServiceServer(gs, srv)
+	return gs
+}
+
+// Drain ends every open stream with codes.Unavailable so that agents
+// reconnect (to another replica, or to this one after a restart). Streams
+// never end on their own, so without Drain grpc.Server.GracefulStop would
+// always wait for its full timeout.
+func (s *Server) Drain() {
+	s.drainOnce.Do(func() { close(s.draining) })
+}
+
+// stream is what the server remembers about one agent stream.
+type stream struct {
+	node    string // set by the first accepted snapshot
+	lastSeq uint64
+	log     *slog.Logger
+}
+
+// Report serves one agent stream until the agent closes it, a message is
+// refused, or the server drains.
+func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
+	ctx := rs.Context()
+	s.store.StreamOpened()
+	defer s.store.StreamClosed()
+
+	st := &stream{log: s.log.With("peer", peerAddr(ctx))}
+	opened := time.Now()
+	defer func() {
+		// Durations as strings: slog's JSON handler would print nanoseconds.
+		args := []any{"node", st.node, "duration", time.Since(opened).Round(time.Millisecond).String()}
+		if err != nil {
+			args = append(args, "error", err)
+		}
+		st.log.InfoContext(ctx, "agent stream closed", args...)
+	}()
+
+	done := make(chan struct{})
+	defer close(done)
+	msgs := receive(rs, done)
+	for {
+		select {
+		case <-s.draining:
+			return status.Error(codes.Unavailable, "aggregator shutting down; reconnect and send a snapshot")
+		case r := <-msgs:
+			if r.err != nil {
+				return s.recvError(ctx, st, r.err)
+			}
+			ack, verr := s.accept(ctx, st, r.msg)
+			if verr != nil {
+				s.obs.ReportRejected(string(verr.Reason))
+				st.log.WarnContext(ctx, "report refused", "node", st.node, "sequence", r.msg.GetSequence(), "reason", verr.Reason, "error", verr.Error())
+				return status.Errorf(codes.InvalidArgument, "report %d refused: %s", r.msg.GetSequence(), verr)
+			}
+			if err := rs.Send(&pullwatchv1.AggregatorMessage{Body: &pullwatchv1.AggregatorMessage_Ack{Ack: ack}}); err != nil {
+				return fmt.Errorf("send ack %d: %w", ack.GetSequence(), err)
+			}
+		}
+	}
+}
+
+type received struct {
+	msg *pullwatchv1.AgentMessage
+	err error
+}
+
+// receive reads the stream in its own goroutine so that Report can also
+// wait for Drain (and, later, send Directives) while no message arrives.
+// Every result, the final error included, is delivered until Report closes
+// done; the stream's context is no signal here, because gRPC may cancel it
+// before Report has seen the Recv error that explains why. The goroutine
+// ends after the first error, or once done is closed: Report has returned,
+// so gRPC cancels the stream and Recv fails soon.
+func receive(rs pullwatchv1.ReportService_ReportServer, done <-chan struct{}) <-chan received {
+	ch := make(chan received)
+	go func() {
+		for {
+			msg, err := rs.Recv()
+			select {
+			case ch <- received{msg, err}:
+			case <-done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// recvError turns a failed Recv into Report's result.
+func (s *Server) recvError(ctx context.Context, st *stream, err error) error {
+	switch {
+	case errors.Is(err, io.EOF):
+		return nil // the agent closed its side: a clean end
+	case status.Code(err) == codes.ResourceExhausted:
+		// Over grpc.MaxRecvMsgSize: gRPC refused it before decoding.
+		s.obs.ReportRejected(string(ReasonTooLarge))
+		st.log.WarnContext(ctx, "report refused", "node", st.node, "reason", ReasonTooLarge, "error", err)
+	}
+	return fmt.Errorf("receive: %w", err)
+}
+
+// accept checks one message against the stream, applies it and returns
+// its Ack.
+func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentMessage) (*pullwatchv1.Ack, *Error) {
+	if err := validate(msg); err != nil {
+		return nil, err
+	}
+	if seq := msg.GetSequence(); seq <= st.lastSeq {
+		return nil, fail(ReasonBadSequence, "sequence", "%d after %d; sequence numbers start at 1 and increase strictly on each stream", seq, st.lastSeq)
+	}
+	st.lastSeq = msg.GetSequence()
+	ack := &pullwatchv1.Ack{Sequence: msg.GetSequence()}
+
+	switch body := msg.GetBody().(type) {
+	case *pullwatchv1.AgentMessage_Snapshot:
+		name := body.Snapshot.GetNode().GetName()
+		if err := st.sameNode("snapshot.node.name", name); err != nil {
+			return nil, err
+		}
+		s.store.ApplySnapshot(body.Snapshot)
+		s.obs.ReportReceived(KindSnapshot)
+		if st.node == "" {
+			st.node = name
+			st.log.InfoContext(ctx, "agent stream opened", "node", name, "images", len(body.Snapshot.GetImages()))
+		}
+	case *pullwatchv1.AgentMessage_Update:
+		name := body.Update.GetNodeName()
+		if st.node == "" {
+			ack.Resync = true
+			st.log.InfoContext(ctx, "update before any snapshot; asked the agent to resync", "node", name)
+		} else if err := st.sameNode("update.node_name", name); err != nil {
+			return nil, err
+		} else if !s.store.ApplyUpdate(body.Update) {
+			// The store forgot the node (for example it was deleted).
+			ack.Resync = true
+			st.log.InfoContext(ctx, "update for a node without state; asked the agent to resync", "node", name)
+		}
+		s.obs.ReportReceived(KindUpdate)
+	}
+	return ack, nil
+}
+
+// sameNode refuses a message about another node than the stream's first
+// snapshot: one stream reports one node.
+func (st *stream) sameNode(field, name string) *Error {
+	if st.node != "" && name != st.node {
+		return fail(ReasonNodeMismatch, field, "%s, but this stream reports node %s; use one stream per node", quote(name), quote(st.node))
+	}
+	return nil
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}

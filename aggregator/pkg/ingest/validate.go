@@ -1,0 +1,316 @@
+package ingest
+
+import (
+	"fmt"
+	"strings"
+
+	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Reason says why a report was refused. It is the "reason" label of
+// pullwatch_reports_rejected_total, so the set is fixed and small.
+type Reason string
+
+// The reasons a report is refused.
+const (
+	ReasonNoBody        Reason = "no_body"        // neither snapshot nor update
+	ReasonBadSequence   Reason = "bad_sequence"   // sequence not strictly increasing from 1
+	ReasonInvalidNode   Reason = "invalid_node"   // node name empty or not a DNS-1123 subdomain
+	ReasonNodeMismatch  Reason = "node_mismatch"  // another node than the stream's first snapshot
+	ReasonInvalidImage  Reason = "invalid_image"  // empty or duplicate image reference
+	ReasonInvalidStatus Reason = "invalid_status" // image or endpoint status UNSPECIFIED or unknown
+	ReasonInvalidRole   Reason = "invalid_role"   // endpoint role UNSPECIFIED or unknown
+	ReasonTooManyImages Reason = "too_many_images"
+	ReasonTooManyItems  Reason = "too_many_items" // endpoints, containers, repo digests or labels over limit
+	ReasonFieldTooLong  Reason = "field_too_long"
+	ReasonTooLarge      Reason = "too_large" // over --max-report-bytes; refused by gRPC itself
+)
+
+// Reasons lists every Reason as the string Observer.ReportRejected gets,
+// so that counters can start at zero.
+func Reasons() []string {
+	return []string{
+		string(ReasonNoBody), string(ReasonBadSequence), string(ReasonInvalidNode), string(ReasonNodeMismatch),
+		string(ReasonInvalidImage), string(ReasonInvalidStatus), string(ReasonInvalidRole),
+		string(ReasonTooManyImages), string(ReasonTooManyItems), string(ReasonFieldTooLong), string(ReasonTooLarge),
+	}
+}
+
+// Limits on what one message may carry. They bound memory per node and
+// the cardinality of the metrics built from it; real nodes stay far below.
+const (
+	// MaxImages bounds images per snapshot, and upserts plus removals per update.
+	MaxImages = 5000
+
+	maxEndpoints   = 32   // per image; a runtime tries a handful of mirrors
+	maxRepoDigests = 64   // per image
+	maxContainers  = 5000 // per image; above any node's max-pods times containers
+	maxLabels      = 256  // per node
+
+	maxImageRef = 512  // normalized reference; also each repo digest
+	maxReason   = 1024 // human explanations
+	maxURL      = 2048 // endpoint URLs
+	maxLabelKey = 317  // Kubernetes: 253-byte prefix, '/', 63-byte name
+	maxShort    = 256  // ids, digests, versions, hosts, names, label values
+)
+
+// Error is a refused report: which field, why, and the Reason for metrics.
+type Error struct {
+	Reason Reason
+	Field  string // path in the message, e.g. snapshot.images[3].endpoints[0].status
+	Msg    string
+}
+
+func (e *Error) Error() string { return e.Field + ": " + e.Msg }
+
+func fail(reason Reason, field, format string, args ...any) *Error {
+	return &Error{Reason: reason, Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Validate checks one message on its own: everything that does not depend
+// on earlier messages of the stream. It returns nil or an *Error.
+func Validate(msg *pullwatchv1.AgentMessage) error {
+	// Returning validate's result directly would turn a nil *Error into
+	// a non-nil error interface.
+	if err := validate(msg); err != nil {
+		return err
+	}
+	return nil
+}
+
+func validate(msg *pullwatchv1.AgentMessage) *Error {
+	switch body := msg.GetBody().(type) {
+	case *pullwatchv1.AgentMessage_Snapshot:
+		return validateSnapshot(body.Snapshot)
+	case *pullwatchv1.AgentMessage_Update:
+		return validateUpdate(body.Update)
+	default:
+		return fail(ReasonNoBody, "body", "message has neither snapshot nor update")
+	}
+}
+
+func validateSnapshot(s *pullwatchv1.NodeSnapshot) *Error {
+	if err := validateNode("snapshot.node", s.GetNode()); err != nil {
+		return err
+	}
+	if n := len(s.GetImages()); n > MaxImages {
+		return fail(ReasonTooManyImages, "snapshot.images", "%d images, limit %d", n, MaxImages)
+	}
+	return validateImages("snapshot.images", s.GetImages(), nil)
+}
+
+func validateUpdate(u *pullwatchv1.NodeUpdate) *Error {
+	if err := validateNodeName("update.node_name", u.GetNodeName()); err != nil {
+		return err
+	}
+	if n := len(u.GetUpserts()) + len(u.GetRemovedImages()); n > MaxImages {
+		return fail(ReasonTooManyImages, "update", "%d upserts plus removed_images, limit %d", n, MaxImages)
+	}
+	removed := make(map[string]bool, len(u.GetRemovedImages()))
+	for i, ref := range u.GetRemovedImages() {
+		field := fmt.Sprintf("update.removed_images[%d]", i)
+		if err := validateImageRef(field, ref, removed); err != nil {
+			return err
+		}
+		removed[ref] = true
+	}
+	// An image both upserted and removed would make the result depend on
+	// the order the aggregator applies them in; refuse it instead.
+	return validateImages("update.upserts", u.GetUpserts(), removed)
+}
+
+func validateNodeName(field, name string) *Error {
+	if name == "" {
+		return fail(ReasonInvalidNode, field, "empty; set it to the Kubernetes node name")
+	}
+	// IsDNS1123Subdomain also enforces the 253-byte limit.
+	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+		return fail(ReasonInvalidNode, field, "%s is not a valid node name: %s", quote(name), strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func validateNode(field string, n *pullwatchv1.Node) *Error {
+	if err := validateNodeName(field+".name", n.GetName()); err != nil {
+		return err
+	}
+	rt := n.GetRuntime()
+	if err := checkLengths(field,
+		lenCheck{"agent_version", n.GetAgentVersion(), maxShort},
+		lenCheck{"os", n.GetOs(), maxShort},
+		lenCheck{"architecture", n.GetArchitecture(), maxShort},
+		lenCheck{"variant", n.GetVariant(), maxShort},
+		lenCheck{"runtime.name", rt.GetName(), maxShort},
+		lenCheck{"runtime.version", rt.GetVersion(), maxShort},
+		lenCheck{"runtime.api_version", rt.GetApiVersion(), maxShort},
+		lenCheck{"runtime.endpoint", rt.GetEndpoint(), maxURL},
+	); err != nil {
+		return err
+	}
+	if err := checkCount(field+".labels", len(n.GetLabels()), maxLabels); err != nil {
+		return err
+	}
+	for k, v := range n.GetLabels() {
+		switch {
+		case len(k) > maxLabelKey:
+			return fail(ReasonFieldTooLong, field+".labels", "key %s: %d bytes, limit %d", quote(k), len(k), maxLabelKey)
+		case len(v) > maxShort:
+			return fail(ReasonFieldTooLong, fmt.Sprintf("%s.labels[%s]", field, quote(k)), "%d bytes, limit %d", len(v), maxShort)
+		}
+	}
+	return nil
+}
+
+// validateImages checks a list of image reports. Reports must name distinct
+// images, none of which may be in exclude.
+func validateImages(field string, images []*pullwatchv1.ImageReport, exclude map[string]bool) *Error {
+	seen := make(map[string]bool, len(images))
+	for i, im := range images {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if err := validateImageRef(f+".image", im.GetImage(), seen); err != nil {
+			return err
+		}
+		if exclude[im.GetImage()] {
+			return fail(ReasonInvalidImage, f+".image", "%s is also in removed_images", quote(im.GetImage()))
+		}
+		seen[im.GetImage()] = true
+		if err := validateImage(f, im); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateImageRef checks one image reference; seen holds the references
+// already listed, which must not repeat.
+func validateImageRef(field, ref string, seen map[string]bool) *Error {
+	switch {
+	case ref == "":
+		return fail(ReasonInvalidImage, field, "empty; set the normalized image reference")
+	case len(ref) > maxImageRef:
+		return fail(ReasonFieldTooLong, field, "%d bytes, limit %d", len(ref), maxImageRef)
+	case seen[ref]:
+		return fail(ReasonInvalidImage, field, "%s is listed twice", quote(ref))
+	}
+	return nil
+}
+
+// validateImage checks everything in one report except its reference.
+func validateImage(field string, im *pullwatchv1.ImageReport) *Error {
+	if err := validateStatus(field+".status", im.GetStatus()); err != nil {
+		return err
+	}
+	if err := checkLengths(field,
+		lenCheck{"image_id", im.GetImageId(), maxShort},
+		lenCheck{"digest", im.GetDigest(), maxShort},
+		lenCheck{"reason", im.GetReason(), maxReason},
+		lenCheck{"registry", im.GetRegistry(), maxShort},
+		lenCheck{"registry_digest", im.GetRegistryDigest(), maxShort},
+		lenCheck{"credential_source", im.GetCredentialSource(), maxShort},
+	); err != nil {
+		return err
+	}
+	if err := checkCount(field+".repo_digests", len(im.GetRepoDigests()), maxRepoDigests); err != nil {
+		return err
+	}
+	for i, d := range im.GetRepoDigests() {
+		if err := checkLengths(field, lenCheck{fmt.Sprintf("repo_digests[%d]", i), d, maxImageRef}); err != nil {
+			return err
+		}
+	}
+	if err := checkCount(field+".endpoints", len(im.GetEndpoints()), maxEndpoints); err != nil {
+		return err
+	}
+	for i, ep := range im.GetEndpoints() {
+		if err := validateEndpoint(fmt.Sprintf("%s.endpoints[%d]", field, i), ep); err != nil {
+			return err
+		}
+	}
+	if err := checkCount(field+".containers", len(im.GetContainers()), maxContainers); err != nil {
+		return err
+	}
+	for i, c := range im.GetContainers() {
+		if err := checkLengths(fmt.Sprintf("%s.containers[%d]", field, i),
+			lenCheck{"namespace", c.GetNamespace(), maxShort},
+			lenCheck{"pod", c.GetPod(), maxShort},
+			lenCheck{"pod_uid", c.GetPodUid(), maxShort},
+			lenCheck{"container", c.GetContainer(), maxShort},
+			lenCheck{"container_id", c.GetContainerId(), maxShort},
+			lenCheck{"state", c.GetState(), maxShort},
+		); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validateEndpoint(field string, ep *pullwatchv1.EndpointResult) *Error {
+	if err := validateStatus(field+".status", ep.GetStatus()); err != nil {
+		return err
+	}
+	// Like statuses, roles must be set: the agent always knows whether it
+	// asked a mirror or the upstream, and the role is a metric label.
+	const wantRole = "want ENDPOINT_ROLE_UPSTREAM (1) or ENDPOINT_ROLE_MIRROR (2)"
+	switch r := ep.GetRole(); {
+	case r == pullwatchv1.EndpointRole_ENDPOINT_ROLE_UNSPECIFIED:
+		return fail(ReasonInvalidRole, field+".role", "ENDPOINT_ROLE_UNSPECIFIED (0) is not valid; %s", wantRole)
+	case r.Word() == "":
+		return fail(ReasonInvalidRole, field+".role", "unknown value %d; %s", int32(r), wantRole)
+	}
+	return checkLengths(field,
+		lenCheck{"url", ep.GetUrl(), maxURL},
+		lenCheck{"reason", ep.GetReason(), maxReason},
+	)
+}
+
+// statusWords is the list of valid status words for error messages.
+var statusWords = func() string {
+	var words []string
+	for _, s := range pullwatchv1.Statuses() {
+		words = append(words, s.Word())
+	}
+	return strings.Join(words, ", ")
+}()
+
+func validateStatus(field string, s pullwatchv1.ImageStatus) *Error {
+	if s.Valid() {
+		return nil
+	}
+	if s == pullwatchv1.ImageStatus_IMAGE_STATUS_UNSPECIFIED {
+		return fail(ReasonInvalidStatus, field, "IMAGE_STATUS_UNSPECIFIED (0) is never valid; want one of %s (use unknown when not checked)", statusWords)
+	}
+	return fail(ReasonInvalidStatus, field, "unknown value %d; want one of %s", int32(s), statusWords)
+}
+
+type lenCheck struct {
+	name  string // relative to the checkLengths field
+	value string
+	limit int
+}
+
+func checkLengths(field string, checks ...lenCheck) *Error {
+	for _, c := range checks {
+		if len(c.value) > c.limit {
+			return fail(ReasonFieldTooLong, field+"."+c.name, "%d bytes, limit %d", len(c.value), c.limit)
+		}
+	}
+	return nil
+}
+
+func checkCount(field string, n, limit int) *Error {
+	if n > limit {
+		return fail(ReasonTooManyItems, field, "%d entries, limit %d", n, limit)
+	}
+	return nil
+}
+
+// quote quotes a value for an error message, cut short so that a refused
+// report cannot put kilobytes into a log line.
+func quote(s string) string {
+	const limit = 80
+	if len(s) > limit {
+		return fmt.Sprintf("%q... (%d bytes)", s[:limit], len(s))
+	}
+	return fmt.Sprintf("%q", s)
+}

@@ -1,0 +1,93 @@
+package ingest
+
+import (
+	"errors"
+	"slices"
+	"testing"
+
+	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+func TestValidateAcceptsValidMessages(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  *pullwatchv1.AgentMessage
+	}{
+		{"empty snapshot", snapshot(1, "node-a")},
+		{"snapshot with images", snapshot(1, "ip-10-0-0-1.eu-west-1.compute.internal", img("a:1"), img("b:1"))},
+		{"update", update(2, "node-a", []*pullwatchv1.ImageReport{img("a:1")}, "b:1")},
+		{"mirror endpoint", snapshot(1, "node-a", imgWith("a:1", func(im *pullwatchv1.ImageReport) {
+			im.Endpoints[0].Role = pullwatchv1.EndpointRole_ENDPOINT_ROLE_MIRROR
+		}))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := Validate(tt.msg); err != nil {
+				t.Errorf("Validate: %v", err)
+			}
+		})
+	}
+}
+
+func TestValidateNilParts(t *testing.T) {
+	// Messages built in Go (not decoded) can hold nil elements; the
+	// generated getters make them read as empty, which validation refuses.
+	tests := []struct {
+		name   string
+		msg    *pullwatchv1.AgentMessage
+		reason Reason
+	}{
+		{"nil message", nil, ReasonNoBody},
+		{"nil image", snapshot(1, "node-a", nil), ReasonInvalidImage},
+		{"nil endpoint", snapshot(1, "node-a", imgWith("a:1", func(im *pullwatchv1.ImageReport) {
+			im.Endpoints = []*pullwatchv1.EndpointResult{nil}
+		})), ReasonInvalidStatus},
+		{"nil snapshot", &pullwatchv1.AgentMessage{Body: &pullwatchv1.AgentMessage_Snapshot{}}, ReasonInvalidNode},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var verr *Error
+			if err := Validate(tt.msg); !errors.As(err, &verr) || verr.Reason != tt.reason {
+				t.Errorf("Validate = %v, want reason %s", err, tt.reason)
+			}
+		})
+	}
+}
+
+// FuzzValidate decodes arbitrary bytes as an AgentMessage and validates
+// it: validation must never panic, and every refusal must carry one of the
+// fixed reasons (they are a metric label).
+func FuzzValidate(f *testing.F) {
+	seeds := []*pullwatchv1.AgentMessage{
+		snapshot(1, "node-a", img("docker.io/library/nginx:1.27"), img("registry.example:5000/app@sha256:0123")),
+		update(2, "node-a", []*pullwatchv1.ImageReport{img("a:1")}, "b:1"),
+		snapshot(1, "Bad_Node", imgWith("a:1", func(im *pullwatchv1.ImageReport) { im.Status = 42 })),
+	}
+	for _, m := range seeds {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{})
+
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var msg pullwatchv1.AgentMessage
+		if err := proto.Unmarshal(b, &msg); err != nil {
+			return
+		}
+		err := Validate(&msg)
+		if err == nil {
+			return
+		}
+		var verr *Error
+		if !errors.As(err, &verr) {
+			t.Fatalf("Validate returned %T %v, want *Error", err, err)
+		}
+		if !slices.Contains(Reasons(), string(verr.Reason)) {
+			t.Fatalf("reason %q is not in Reasons()", verr.Reason)
+		}
+	})
+}

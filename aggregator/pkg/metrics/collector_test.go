@@ -1,0 +1,270 @@
+package metrics
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
+)
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) // unix 1767323045
+
+const (
+	upstream = pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM
+	mirror   = pullwatchv1.EndpointRole_ENDPOINT_ROLE_MIRROR
+
+	available   = pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE
+	absent      = pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT
+	unreachable = pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE
+	rateLimited = pullwatchv1.ImageStatus_IMAGE_STATUS_RATE_LIMITED
+)
+
+func endpoint(url string, role pullwatchv1.EndpointRole, st pullwatchv1.ImageStatus, httpStatus int32, latency time.Duration) *pullwatchv1.EndpointResult {
+	ep := &pullwatchv1.EndpointResult{Url: url, Role: role, Status: st, HttpStatus: httpStatus}
+	if latency > 0 {
+		ep.Latency = durationpb.New(latency)
+	}
+	return ep
+}
+
+// testStore has node-a, fresh, and node-b, which last reported 4 minutes
+// ago with stale-after 3m.
+func testStore() *state.Store {
+	now := t0
+	s := state.New(3*time.Minute, state.WithClock(func() time.Time { return now }))
+	s.ApplySnapshot(&pullwatchv1.NodeSnapshot{
+		Node: &pullwatchv1.Node{Name: "node-b"},
+		Images: []*pullwatchv1.ImageReport{{
+			Image: "quay.io/org/c:1", Registry: "quay.io", Status: rateLimited,
+			Endpoints: []*pullwatchv1.EndpointResult{endpoint("https://quay.io/v2", upstream, rateLimited, 429, 0)},
+		}},
+	})
+	now = now.Add(4 * time.Minute)
+	s.ApplySnapshot(&pullwatchv1.NodeSnapshot{
+		Node: &pullwatchv1.Node{Name: "node-a"},
+		Images: []*pullwatchv1.ImageReport{
+			{
+				Image: "docker.io/library/a:1", Registry: "docker.io", Status: available, InUse: true,
+				Endpoints: []*pullwatchv1.EndpointResult{
+					endpoint("https://mirror.example/v2", mirror, unreachable, 0, 2*time.Second),
+					endpoint("https://registry-1.docker.io/v2", upstream, available, 200, 250*time.Millisecond),
+				},
+			},
+			{
+				Image: "docker.io/library/b:1", Registry: "docker.io", Status: absent,
+				Endpoints: []*pullwatchv1.EndpointResult{
+					endpoint("https://mirror.example/v2", mirror, unreachable, 0, 3*time.Second),
+					endpoint("https://registry-1.docker.io/v2", upstream, absent, 404, 100*time.Millisecond),
+					{Url: "https://pull-only.example/v2", Role: mirror, Status: pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN, Skipped: true},
+				},
+			},
+		},
+	})
+	s.StreamOpened()
+	return s
+}
+
+func TestCollectorExposition(t *testing.T) {
+	const want = `
+# HELP pullwatch_agent_last_report_timestamp_seconds Unix time the aggregator last accepted a report from the node's agent.
+# TYPE pullwatch_agent_last_report_timestamp_seconds gauge
+pullwatch_agent_last_report_timestamp_seconds{node="node-a"} 1767323285
+pullwatch_agent_last_report_timestamp_seconds{node="node-b"} 1767323045
+# HELP pullwatch_agents_connected Number of agent report streams currently open.
+# TYPE pullwatch_agents_connected gauge
+pullwatch_agents_connected 1
+# HELP pullwatch_node_endpoint_latency_seconds Highest latency of the registry endpoint seen by the node's agent across the images in its latest results. No series when no result carries a latency.
+# TYPE pullwatch_node_endpoint_latency_seconds gauge
+pullwatch_node_endpoint_latency_seconds{endpoint="https://mirror.example/v2",node="node-a",registry="docker.io",role="mirror"} 3
+pullwatch_node_endpoint_latency_seconds{endpoint="https://registry-1.docker.io/v2",node="node-a",registry="docker.io",role="upstream"} 0.25
+# HELP pullwatch_node_endpoint_up 1 if the registry endpoint answered the node's agent (any HTTP response, whatever the status) for at least one image in its latest results, 0 if it was tried and never answered (unreachable or unknown). Endpoints the runtime skips for every image have no series.
+# TYPE pullwatch_node_endpoint_up gauge
+pullwatch_node_endpoint_up{endpoint="https://mirror.example/v2",node="node-a",registry="docker.io",role="mirror"} 0
+pullwatch_node_endpoint_up{endpoint="https://quay.io/v2",node="node-b",registry="quay.io",role="upstream"} 1
+pullwatch_node_endpoint_up{endpoint="https://registry-1.docker.io/v2",node="node-a",registry="docker.io",role="upstream"} 1
+# HELP pullwatch_node_image_in_use 1 if at least one container on the node (in any state) uses the image, else 0.
+# TYPE pullwatch_node_image_in_use gauge
+pullwatch_node_image_in_use{image="docker.io/library/a:1",node="node-a"} 1
+pullwatch_node_image_in_use{image="docker.io/library/b:1",node="node-a"} 0
+pullwatch_node_image_in_use{image="quay.io/org/c:1",node="node-b"} 0
+# HELP pullwatch_node_image_status Pull status of an image on a node, as the node's agent last reported it: 1 for the current status, one series per node and image. status is one of available, absent, unauthorized, forbidden, rate_limited, unreachable, platform_missing, bad_image_format, unknown. Stale nodes keep their last status; see pullwatch_node_stale.
+# TYPE pullwatch_node_image_status gauge
+pullwatch_node_image_status{image="docker.io/library/a:1",node="node-a",status="available"} 1
+pullwatch_node_image_status{image="docker.io/library/b:1",node="node-a",status="absent"} 1
+pullwatch_node_image_status{image="quay.io/org/c:1",node="node-b",status="rate_limited"} 1
+# HELP pullwatch_node_stale 1 if the node's agent has not reported for longer than --stale-after, else 0.
+# TYPE pullwatch_node_stale gauge
+pullwatch_node_stale{node="node-a"} 0
+pullwatch_node_stale{node="node-b"} 1
+# HELP pullwatch_nodes Number of nodes the aggregator has state for, by state: fresh (reported within --stale-after) or stale.
+# TYPE pullwatch_nodes gauge
+pullwatch_nodes{state="fresh"} 1
+pullwatch_nodes{state="stale"} 1
+`
+	if err := testutil.CollectAndCompare(NewCollector(testStore()), strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestOneStatusSeriesPerImage(t *testing.T) {
+	s := testStore()
+	c := NewCollector(s)
+	tests := []struct {
+		name   string
+		change func()
+		want   string // status of docker.io/library/a:1 on node-a
+	}{
+		{"initial", func() {}, "available"},
+		{"after an update changes the status", func() {
+			s.ApplyUpdate(&pullwatchv1.NodeUpdate{NodeName: "node-a", Upserts: []*pullwatchv1.ImageReport{
+				{Image: "docker.io/library/a:1", Status: pullwatchv1.ImageStatus_IMAGE_STATUS_UNAUTHORIZED},
+			}})
+		}, "unauthorized"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.change()
+			if n := testutil.CollectAndCount(c, "pullwatch_node_image_status"); n != 3 {
+				t.Errorf("%d pullwatch_node_image_status series for 3 node images, want 3", n)
+			}
+			want := fmt.Sprintf(`
+# HELP pullwatch_node_image_status %s
+# TYPE pullwatch_node_image_status gauge
+pullwatch_node_image_status{image="docker.io/library/a:1",node="node-a",status=%q} 1
+pullwatch_node_image_status{image="docker.io/library/b:1",node="node-a",status="absent"} 1
+pullwatch_node_image_status{image="quay.io/org/c:1",node="node-b",status="rate_limited"} 1
+`, helpOf(t, "pullwatch_node_image_status"), tt.want)
+			if err := testutil.CollectAndCompare(c, strings.NewReader(want), "pullwatch_node_image_status"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// helpOf returns a metric family's HELP text, so that tests about values
+// need not repeat it.
+func helpOf(t *testing.T, name string) string {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(testStore()))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetHelp()
+		}
+	}
+	t.Fatalf("no metric family %s", name)
+	return ""
+}
+
+func TestEmptyStore(t *testing.T) {
+	s := state.New(time.Minute)
+	c := NewCollector(s)
+	// Only the totals: pullwatch_nodes{state} twice and pullwatch_agents_connected.
+	if n := testutil.CollectAndCount(c); n != 3 {
+		t.Errorf("%d series from an empty store, want 3", n)
+	}
+}
+
+func TestLint(t *testing.T) {
+	reports := NewReports([]string{"snapshot", "update"}, []string{"invalid_node", "too_large"})
+	for name, c := range map[string]prometheus.Collector{
+		"collector": NewCollector(testStore()),
+		"reports":   reports,
+	} {
+		problems, err := testutil.CollectAndLint(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range problems {
+			t.Errorf("%s: %s: %s", name, p.Metric, p.Text)
+		}
+	}
+}
+
+func TestReports(t *testing.T) {
+	r := NewReports([]string{"snapshot", "update"}, []string{"invalid_node", "too_large"})
+	r.ReportReceived("snapshot")
+	r.ReportReceived("update")
+	r.ReportReceived("update")
+	r.ReportRejected("too_large")
+	const want = `
+# HELP pullwatch_reports_received_total Valid agent messages received, by kind (snapshot or update). Includes updates answered with resync because the stream had no snapshot yet.
+# TYPE pullwatch_reports_received_total counter
+pullwatch_reports_received_total{kind="snapshot"} 1
+pullwatch_reports_received_total{kind="update"} 2
+# HELP pullwatch_reports_rejected_total Agent messages refused, by reason; each refusal ends that agent's stream. Reasons: invalid_node, too_large.
+# TYPE pullwatch_reports_rejected_total counter
+pullwatch_reports_rejected_total{reason="invalid_node"} 0
+pullwatch_reports_rejected_total{reason="too_large"} 1
+`
+	if err := testutil.CollectAndCompare(r, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestRegistryGathers(t *testing.T) {
+	reg := NewRegistry(NewCollector(testStore()), NewReports([]string{"snapshot"}, nil))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, mf := range mfs {
+		have[mf.GetName()] = true
+	}
+	for _, name := range []string{"pullwatch_node_image_status", "pullwatch_reports_received_total", "go_goroutines", "process_start_time_seconds"} {
+		if !have[name] {
+			t.Errorf("registry has no %s", name)
+		}
+	}
+}
+
+// BenchmarkCollect measures one scrape's Collect for 1000 nodes with 50
+// images each (two endpoints per image), without encoding.
+func BenchmarkCollect(b *testing.B) {
+	s := state.New(time.Minute)
+	for n := range 1000 {
+		snap := &pullwatchv1.NodeSnapshot{Node: &pullwatchv1.Node{Name: fmt.Sprintf("node-%04d", n)}}
+		for i := range 50 {
+			snap.Images = append(snap.Images, &pullwatchv1.ImageReport{
+				Image: fmt.Sprintf("registry.example/team-%d/app:%d", i%10, i), Registry: "registry.example",
+				Status: available, InUse: i%2 == 0,
+				Endpoints: []*pullwatchv1.EndpointResult{
+					endpoint("https://mirror.example/v2", mirror, unreachable, 0, time.Second),
+					endpoint("https://registry.example/v2", upstream, available, 200, 30*time.Millisecond),
+				},
+			})
+		}
+		s.ApplySnapshot(snap)
+	}
+	c := NewCollector(s)
+
+	ch := make(chan prometheus.Metric, 1024)
+	drained := make(chan int)
+	go func() {
+		n := 0
+		for range ch {
+			n++
+		}
+		drained <- n
+	}()
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Collect(ch)
+	}
+	close(ch)
+	if n := <-drained; n == 0 {
+		b.Fatal("no metrics collected")
+	}
+}

@@ -1,0 +1,68 @@
+package metrics
+
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Reports counts agent messages. It implements ingest.Observer and is a
+// prometheus.Collector. Counters, unlike the state metrics, only ever grow,
+// so plain counter vectors are right here.
+type Reports struct {
+	received *prometheus.CounterVec
+	rejected *prometheus.CounterVec
+}
+
+// NewReports returns counters with a zero series for each kind and reason,
+// so that rate() and absent() work before the first report.
+func NewReports(kinds, reasons []string) *Reports {
+	r := &Reports{
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullwatch_reports_received_total",
+			Help: "Valid agent messages received, by kind (snapshot or update). Includes updates answered with resync because the stream had no snapshot yet.",
+		}, []string{"kind"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullwatch_reports_rejected_total",
+			Help: "Agent messages refused, by reason; each refusal ends that agent's stream. Reasons: " + strings.Join(reasons, ", ") + ".",
+		}, []string{"reason"}),
+	}
+	for _, k := range kinds {
+		r.received.WithLabelValues(k)
+	}
+	for _, reason := range reasons {
+		r.rejected.WithLabelValues(reason)
+	}
+	return r
+}
+
+// ReportReceived counts a valid message of the given kind.
+func (r *Reports) ReportReceived(kind string) { r.received.WithLabelValues(kind).Inc() }
+
+// ReportRejected counts a refused message.
+func (r *Reports) ReportRejected(reason string) { r.rejected.WithLabelValues(reason).Inc() }
+
+// Describe implements prometheus.Collector.
+func (r *Reports) Describe(ch chan<- *prometheus.Desc) {
+	r.received.Describe(ch)
+	r.rejected.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (r *Reports) Collect(ch chan<- prometheus.Metric) {
+	r.received.Collect(ch)
+	r.rejected.Collect(ch)
+}
+
+// NewRegistry returns a registry with the Go runtime and process
+// collectors and cs.
+func NewRegistry(cs ...prometheus.Collector) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	reg.MustRegister(cs...)
+	return reg
+}

@@ -1,0 +1,122 @@
+package options
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envOf(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+func TestParse(t *testing.T) {
+	defaults := Options{
+		GRPCListen:      ":9400",
+		HTTPListen:      ":8080",
+		StaleAfter:      3 * time.Minute,
+		MaxReportBytes:  16 << 20,
+		ShutdownTimeout: 10 * time.Second,
+		LogLevel:        slog.LevelInfo,
+		LogFormat:       "text",
+	}
+	with := func(edit func(*Options)) Options {
+		o := defaults
+		edit(&o)
+		return o
+	}
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want Options
+	}{
+		{"defaults", nil, nil, defaults},
+		{"flags", []string{
+			"--grpc-listen=127.0.0.1:19400", "--http-listen", ":18080", "--stale-after=90s",
+			"--max-report-bytes=1048576", "--shutdown-timeout=3s", "--log-level=debug", "--log-format=json",
+			"--kubeconfig=/tmp/kc",
+		}, nil, Options{
+			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
+			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
+			Kubeconfig: "/tmp/kc",
+		}},
+		{"environment", nil, map[string]string{
+			"PULLWATCH_GRPC_LISTEN": ":1", "PULLWATCH_STALE_AFTER": "5m", "PULLWATCH_LOG_LEVEL": "warn", "KUBECONFIG": "/a:/b",
+		}, with(func(o *Options) {
+			o.GRPCListen, o.StaleAfter, o.LogLevel, o.Kubeconfig = ":1", 5*time.Minute, slog.LevelWarn, "/a:/b"
+		})},
+		{"flag wins over environment", []string{"--stale-after=1m"}, map[string]string{"PULLWATCH_STALE_AFTER": "5m"},
+			with(func(o *Options) { o.StaleAfter = time.Minute })},
+		{"empty environment variable is unset", nil, map[string]string{"PULLWATCH_HTTP_LISTEN": ""}, defaults},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse(tt.args, envOf(tt.env), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if *got != tt.want {
+				t.Errorf("Parse = %+v\nwant    %+v", *got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseRefuses(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr []string // substrings: the flag or variable, and the fix
+	}{
+		{"bad duration", []string{"--stale-after=soon"}, nil, []string{"-stale-after", "want a positive duration"}},
+		{"zero duration", []string{"--stale-after=0s"}, nil, []string{"-stale-after", "want a positive duration"}},
+		{"bad duration in environment", nil, map[string]string{"PULLWATCH_STALE_AFTER": "soon"},
+			[]string{"PULLWATCH_STALE_AFTER", "--stale-after", "want a positive duration"}},
+		{"listen without port", []string{"--grpc-listen=localhost"}, nil, []string{"-grpc-listen", "want host:port"}},
+		{"bytes not a number", []string{"--max-report-bytes=16MiB"}, nil, []string{"-max-report-bytes", "want a whole number from 1024 to 1073741824"}},
+		{"bytes too small", []string{"--max-report-bytes=10"}, nil, []string{"-max-report-bytes", "want a whole number from 1024 to 1073741824"}},
+		{"bad log level", []string{"--log-level=loud"}, nil, []string{"-log-level", "want debug, info, warn or error"}},
+		{"bad log format", nil, map[string]string{"PULLWATCH_LOG_FORMAT": "xml"}, []string{"PULLWATCH_LOG_FORMAT", "want text or json"}},
+		{"unknown flag", []string{"--nope"}, nil, []string{"-nope"}},
+		{"positional argument", []string{"serve"}, nil, []string{`"serve"`, "all settings are flags"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(tt.args, envOf(tt.env), io.Discard)
+			if err == nil {
+				t.Fatal("Parse succeeded")
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q lacks %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	if _, err := Parse([]string{"--help"}, envOf(nil), &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("Parse(--help) error = %v, want flag.ErrHelp", err)
+	}
+	for _, want := range []string{
+		"Usage: pullwatch-aggregator",
+		"environment variable",
+		"--grpc-listen host:port",
+		"env PULLWATCH_GRPC_LISTEN, default :9400",
+		"env KUBECONFIG)",
+		"--stale-after duration",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("usage lacks %q:\n%s", want, out.String())
+		}
+	}
+}
