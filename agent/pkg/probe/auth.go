@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker/auth"
 	remoteserrors "github.com/containerd/containerd/v2/core/remotes/errors"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
@@ -113,7 +114,7 @@ func parseChallenge(h http.Header) challenge {
 }
 
 // authorize returns the Authorization header value for a manifest request.
-func (p *Prober) authorize(ctx context.Context, ch challenge, ref imageref.Ref, cred Credential) (string, error) {
+func (p *Prober) authorize(ctx context.Context, ch challenge, ref imageref.Ref, cred credentials.Credential) (string, error) {
 	switch ch.scheme {
 	case schemeBasic:
 		if cred.Secret == "" {
@@ -157,18 +158,18 @@ func scope(ref imageref.Ref) string { return "repository:" + ref.Repository() + 
 
 // tokenKey identifies a token; the credential enters only as a hash, so the
 // cache never holds a secret in its keys.
-func tokenKey(ch challenge, ref imageref.Ref, cred Credential) string {
+func tokenKey(ch challenge, ref imageref.Ref, cred credentials.Credential) string {
 	h := sha256.Sum256([]byte(cred.Username + "\x00" + cred.Secret))
 	return ch.realm + "|" + ch.service + "|" + scope(ref) + "|" + hex.EncodeToString(h[:8])
 }
 
-func (c *tokenCache) forget(ch challenge, ref imageref.Ref, cred Credential) {
+func (c *tokenCache) forget(ch challenge, ref imageref.Ref, cred credentials.Credential) {
 	c.mu.Lock()
 	delete(c.m, tokenKey(ch, ref, cred))
 	c.mu.Unlock()
 }
 
-func (c *tokenCache) get(ctx context.Context, client *http.Client, ch challenge, ref imageref.Ref, cred Credential, ua string) (string, error) {
+func (c *tokenCache) get(ctx context.Context, client *http.Client, ch challenge, ref imageref.Ref, cred credentials.Credential, ua string) (string, error) {
 	key := tokenKey(ch, ref, cred)
 	c.mu.Lock()
 	t, ok := c.m[key]

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -30,30 +31,6 @@ var manifestMediaTypes = []string{
 
 var acceptHeader = strings.Join(append(append([]string(nil), manifestMediaTypes...), "*/*"), ", ")
 
-// Credential is what the node would send to a registry. Source says where
-// it came from (anonymous, pull_secret, node_keyring, credential_provider);
-// it is the only part of a credential that may be shown anywhere.
-type Credential struct {
-	Username string
-	Secret   string
-	Source   string
-}
-
-// Credentials finds the credential for a registry host. The first version
-// of the agent has none (anonymous pulls); the node's keyring, pull secrets
-// and credential providers implement this later.
-type Credentials interface {
-	Lookup(ctx context.Context, ref imageref.Ref) (Credential, error)
-}
-
-// Anonymous is the Credentials that never has any.
-type Anonymous struct{}
-
-// Lookup implements Credentials.
-func (Anonymous) Lookup(context.Context, imageref.Ref) (Credential, error) {
-	return Credential{Source: "anonymous"}, nil
-}
-
 // Options configure a Prober.
 type Options struct {
 	// Timeout bounds one endpoint's probe (ping, token, HEAD). Default 10s.
@@ -62,8 +39,6 @@ type Options struct {
 	PerHostConcurrency int
 	// Transport overrides the HTTP transport (tests, TLS and proxy settings).
 	Transport http.RoundTripper
-	// Credentials default to Anonymous.
-	Credentials Credentials
 	// UserAgent sent with every request.
 	UserAgent string
 	// Now defaults to time.Now.
@@ -81,6 +56,8 @@ type EndpointResult struct {
 	// Digest the endpoint serves for the reference (Docker-Content-Digest).
 	Digest    string
 	MediaType string
+	// CredentialSource is the source of the credential this answer was got with.
+	CredentialSource string
 }
 
 // Result is an image's answer: what the runtime would get.
@@ -118,9 +95,6 @@ func New(opts Options) *Prober {
 	if opts.PerHostConcurrency <= 0 {
 		opts.PerHostConcurrency = 4
 	}
-	if opts.Credentials == nil {
-		opts.Credentials = Anonymous{}
-	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -152,18 +126,15 @@ func New(opts Options) *Prober {
 	}
 }
 
-// Probe asks every endpoint, in order, for ref's manifest. The image's
-// status is the first endpoint that has it; when none has it, the last
-// endpoint's answer (the upstream, which is what the runtime reports).
-func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.Endpoint) Result {
+// Probe asks every endpoint, in order, for ref's manifest, with each of
+// creds in turn (anonymous when there are none), as the runtime would. The
+// image's status is the first endpoint that has it; when none has it, the
+// last endpoint's answer (the upstream, which is what the runtime reports).
+func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.Endpoint, creds []credentials.Credential) Result {
 	res := Result{CheckedAt: p.opts.Now()}
-	cred, err := p.opts.Credentials.Lookup(ctx, ref)
-	if err != nil {
-		res.Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN
-		res.Reason = "looking up pull credentials: " + err.Error()
-		return res
+	if len(creds) == 0 {
+		creds = []credentials.Credential{{Source: credentials.SourceAnonymous}}
 	}
-	res.CredentialSource = cred.Source
 	if len(endpoints) == 0 {
 		res.Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN
 		res.Reason = "no registry endpoint configured for " + ref.Registry()
@@ -171,7 +142,7 @@ func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.
 	}
 	winner := -1
 	for i, ep := range endpoints {
-		er := p.probeEndpoint(ctx, ref, ep, cred)
+		er := p.probeWithCredentials(ctx, ref, ep, creds)
 		res.Endpoints = append(res.Endpoints, er)
 		if winner < 0 && er.Status == pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
 			winner = i
@@ -179,7 +150,7 @@ func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.
 	}
 	if winner >= 0 {
 		w := res.Endpoints[winner]
-		res.Status, res.Digest = w.Status, w.Digest
+		res.Status, res.Digest, res.CredentialSource = w.Status, w.Digest, w.CredentialSource
 		res.Reason = "manifest found at " + w.Endpoint.URL
 		res.Degraded = winner > 0
 		if res.Degraded {
@@ -193,7 +164,21 @@ func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.
 	return res
 }
 
-func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, cred Credential) (er EndpointResult) {
+// probeWithCredentials tries each credential until the endpoint accepts
+// one, as the kubelet tries each matching credential in turn.
+func (p *Prober) probeWithCredentials(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, creds []credentials.Credential) EndpointResult {
+	var er EndpointResult
+	for _, cred := range creds {
+		er = p.probeEndpoint(ctx, ref, ep, cred)
+		er.CredentialSource = cred.Source
+		if er.Status != pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && er.Status != pb.ImageStatus_IMAGE_STATUS_FORBIDDEN {
+			break
+		}
+	}
+	return er
+}
+
+func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, cred credentials.Credential) (er EndpointResult) {
 	start := p.opts.Now()
 	er = EndpointResult{Endpoint: ep, CheckedAt: start}
 	base, err := url.Parse(ep.URL)

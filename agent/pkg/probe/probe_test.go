@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -91,11 +92,6 @@ func (r *registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
-type staticCreds Credential
-
-func (c staticCreds) Lookup(context.Context, imageref.Ref) (Credential, error) {
-	return Credential(c), nil
-}
 
 func mustRef(t testing.TB, s string) imageref.Ref {
 	r, err := imageref.Parse(s)
@@ -110,7 +106,7 @@ func TestProbeClassification(t *testing.T) {
 	tests := []struct {
 		name       string
 		reg        *registry
-		creds      Credentials
+		creds      []credentials.Credential
 		timeout    time.Duration
 		want       pb.ImageStatus
 		wantReason string
@@ -118,13 +114,13 @@ func TestProbeClassification(t *testing.T) {
 		{"available", &registry{}, nil, 0, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "manifest found"},
 		{"absent", &registry{manifestStatus: 404}, nil, 0, pb.ImageStatus_IMAGE_STATUS_ABSENT, "manifest unknown"},
 		{"bearer anonymous", &registry{bearer: true}, nil, 0, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "manifest found"},
-		{"token refused", &registry{bearer: true, tokenStatus: 401}, staticCreds{Username: "u", Secret: secret, Source: "node_keyring"}, 0, pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED, "refused the credentials"},
+		{"token refused", &registry{bearer: true, tokenStatus: 401}, []credentials.Credential{{Username: "u", Secret: secret, Source: "node_keyring"}}, 0, pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED, "refused the credentials"},
 		{"token forbidden", &registry{bearer: true, tokenStatus: 403}, nil, 0, pb.ImageStatus_IMAGE_STATUS_FORBIDDEN, "denied"},
 		{"token server down", &registry{bearer: true, tokenStatus: 503}, nil, 0, pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, "503"},
 		{"token response too large", &registry{bearer: true, tokenBody: huge}, nil, 0, pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "over 1 MiB"},
 		{"token response garbage", &registry{bearer: true, tokenBody: "<html>"}, nil, 0, pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "decode token"},
 		{"basic without creds", &registry{basic: true}, nil, 0, pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED, "401"},
-		{"basic with creds", &registry{basic: true}, staticCreds{Username: "u", Secret: secret}, 0, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "manifest found"},
+		{"basic with creds", &registry{basic: true}, []credentials.Credential{{Username: "x", Secret: "wrong", Source: "pull_secret"}, {Username: "u", Secret: secret, Source: "node_keyring"}}, 0, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "manifest found"},
 		{"forbidden", &registry{manifestStatus: 403}, nil, 0, pb.ImageStatus_IMAGE_STATUS_FORBIDDEN, "403"},
 		{"rate limited", &registry{manifestStatus: 429, header: http.Header{"Retry-After": {"30"}}}, nil, 0, pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED, "retry after 30"},
 		{"server error", &registry{manifestStatus: 502}, nil, 0, pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, "502"},
@@ -137,8 +133,8 @@ func TestProbeClassification(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := httptest.NewServer(tt.reg)
 			defer srv.Close()
-			p := New(Options{Credentials: tt.creds, Timeout: tt.timeout})
-			res := p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/app:v1"), []hosts.Endpoint{{URL: srv.URL, Role: hosts.RoleUpstream}})
+			p := New(Options{Timeout: tt.timeout})
+			res := p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/app:v1"), []hosts.Endpoint{{URL: srv.URL, Role: hosts.RoleUpstream}}, tt.creds)
 			if res.Status != tt.want || !strings.Contains(res.Reason, tt.wantReason) {
 				t.Fatalf("got %s %q, want %s containing %q", res.Status.Word(), res.Reason, tt.want.Word(), tt.wantReason)
 			}
@@ -162,7 +158,7 @@ func TestUnreachable(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	res := New(Options{}).Probe(context.Background(), mustRef(t, addr+"/demo/app:v1"), []hosts.Endpoint{{URL: "http://" + addr, Role: hosts.RoleUpstream}})
+	res := New(Options{}).Probe(context.Background(), mustRef(t, addr+"/demo/app:v1"), []hosts.Endpoint{{URL: "http://" + addr, Role: hosts.RoleUpstream}}, nil)
 	if res.Status != pb.ImageStatus_IMAGE_STATUS_UNREACHABLE || !strings.Contains(res.Reason, "connection refused") || strings.Contains(res.Reason, "/v2/") {
 		t.Fatalf("got %s %q", res.Status.Word(), res.Reason)
 	}
@@ -175,7 +171,7 @@ func TestTokenCacheAndDigestPinned(t *testing.T) {
 	p := New(Options{})
 	eps := []hosts.Endpoint{{URL: srv.URL, Role: hosts.RoleUpstream}}
 	for i := 0; i < 3; i++ {
-		if res := p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/app@"+testDigest), eps); res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+		if res := p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/app@"+testDigest), eps, nil); res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
 			t.Fatalf("probe %d: %s %s", i, res.Status.Word(), res.Reason)
 		}
 	}
@@ -183,7 +179,7 @@ func TestTokenCacheAndDigestPinned(t *testing.T) {
 		t.Errorf("token fetched %d times, want 1 (cached)", n)
 	}
 	// Another repository needs another scope, so another token.
-	p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/other:v1"), eps)
+	p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/other:v1"), eps, nil)
 	if n := reg.tokenCalls.Load(); n != 2 {
 		t.Errorf("token fetched %d times, want 2", n)
 	}
@@ -209,7 +205,7 @@ func TestMirrorOrderAndDegraded(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res := New(Options{}).Probe(context.Background(), ref, tt.eps)
+			res := New(Options{}).Probe(context.Background(), ref, tt.eps, nil)
 			if res.Status != tt.want || res.Degraded != tt.degraded || len(res.Endpoints) != len(tt.eps) {
 				t.Fatalf("got %s degraded=%v endpoints=%d (%s)", res.Status.Word(), res.Degraded, len(res.Endpoints), res.Reason)
 			}
@@ -237,7 +233,7 @@ func TestPerHostConcurrency(t *testing.T) {
 	done := make(chan struct{})
 	for i := 0; i < 8; i++ {
 		go func(i int) {
-			p.Probe(context.Background(), mustRef(t, fmt.Sprintf("127.0.0.1:5000/demo/app%d:v1", i)), eps)
+			p.Probe(context.Background(), mustRef(t, fmt.Sprintf("127.0.0.1:5000/demo/app%d:v1", i)), eps, nil)
 			done <- struct{}{}
 		}(i)
 	}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
@@ -25,7 +26,7 @@ type Inventory interface {
 
 // Prober is the registry side (probe.Prober).
 type Prober interface {
-	Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.Endpoint) probe.Result
+	Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.Endpoint, creds []credentials.Credential) probe.Result
 }
 
 // Checker runs rounds.
@@ -34,6 +35,8 @@ type Checker struct {
 	Runtime  Inventory
 	Resolver hosts.Resolver
 	Prober   Prober
+	// Credentials default to none (anonymous pulls).
+	Credentials credentials.Provider
 	// Concurrency bounds probes in flight across all registries (per-host
 	// limits are the prober's). Default 16.
 	Concurrency int
@@ -77,13 +80,39 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 				images[i].Reason = err.Error()
 				return
 			}
-			applyResult(&images[i], e, c.Prober.Probe(ctx, e.Ref, eps))
+			creds, err := c.credentials().Lookup(ctx, e.Ref, pods(e.Uses))
+			if err != nil {
+				// The kubelet would pull without them; so do we, and say so.
+				slog.WarnContext(ctx, "pull credentials lookup failed; probing anonymously", "image", e.Ref.String(), "err", err)
+			}
+			applyResult(&images[i], e, c.Prober.Probe(ctx, e.Ref, eps, creds))
 		}(i, e)
 	}
 	wg.Wait()
 	n := report.Node{Node: c.NodeName, Runtime: inv.Runtime, ObservedAt: now(), Images: images}
 	slog.DebugContext(ctx, "round done", "images", len(images), "all_available", n.AllAvailable())
 	return n, nil
+}
+
+func (c *Checker) credentials() credentials.Provider {
+	if c.Credentials == nil {
+		return credentials.None{}
+	}
+	return c.Credentials
+}
+
+// pods are the distinct pods among an image's uses.
+func pods(uses []cri.Use) []credentials.Pod {
+	var out []credentials.Pod
+	seen := map[credentials.Pod]bool{}
+	for _, u := range uses {
+		p := credentials.Pod{Namespace: u.Namespace, Name: u.Pod}
+		if p.Name != "" && !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // endpointCache resolves each registry host once per round.
