@@ -1,15 +1,16 @@
 // Package hosts decides which registry endpoints the node's runtime would
-// try for a registry host, in the runtime's order.
-//
-// This first version knows containerd's defaults only (no hosts.toml, no
-// mirrors): one upstream endpoint per host. Mirror configuration from
-// hosts.toml and CRI-O's registries.conf plugs in behind Resolver.
+// try for an image, in the runtime's order, with the TLS settings the
+// runtime would use: containerd's hosts.toml (config_path) and legacy
+// registry.mirrors, or CRI-O's registries.conf.
 package hosts
 
 import (
 	"context"
 	"net"
+	"net/http"
 	"strings"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 )
 
 // Role of an endpoint for the runtime.
@@ -22,25 +23,43 @@ const (
 
 // Endpoint is one place the runtime would ask for a manifest.
 type Endpoint struct {
-	// Scheme and host, e.g. https://registry-1.docker.io or http://127.0.0.1:5000.
+	// URL is the registry API base the runtime uses, scheme, host and path:
+	// https://registry-1.docker.io/v2, http://127.0.0.1:5000/v2, or a
+	// hosts.toml override_path.
 	URL  string
 	Role Role
 	// Host is the registry host the image names (docker.io), sent to
 	// mirrors as ?ns= the way containerd does.
 	Host string
+	// Repository overrides the image's repository path at this endpoint
+	// (CRI-O prefix rewriting); empty means the image's own.
+	Repository string
+	// Client carries the TLS settings (ca, client certificate,
+	// skip_verify), proxy and resolver the runtime would use for this
+	// endpoint. Nil means the prober's default client.
+	Client *http.Client
+	// Header is sent with every request (hosts.toml header).
+	Header http.Header
+	// Skip, when set, says why the runtime would not ask this endpoint for
+	// this reference (e.g. a mirror without the resolve capability and a
+	// tag). Skipped endpoints are reported, not probed.
+	Skip string
+	// Source says which configuration produced the endpoint.
+	Source string
 }
 
-// Resolver returns the endpoints for a registry host, in the order the
-// runtime tries them.
+// Resolver returns the endpoints for an image, in the order the runtime
+// tries them.
 type Resolver interface {
-	Endpoints(ctx context.Context, registryHost string) ([]Endpoint, error)
+	Endpoints(ctx context.Context, ref imageref.Ref) ([]Endpoint, error)
 }
 
 // Defaults is containerd's behaviour without any registry configuration.
 type Defaults struct{}
 
 // Endpoints implements Resolver.
-func (Defaults) Endpoints(_ context.Context, host string) ([]Endpoint, error) {
+func (Defaults) Endpoints(_ context.Context, ref imageref.Ref) ([]Endpoint, error) {
+	host := ref.Registry()
 	apiHost := host
 	if host == "docker.io" {
 		apiHost = "registry-1.docker.io"
@@ -51,7 +70,7 @@ func (Defaults) Endpoints(_ context.Context, host string) ([]Endpoint, error) {
 		// unless told otherwise.
 		scheme = "http"
 	}
-	return []Endpoint{{URL: scheme + "://" + apiHost, Role: RoleUpstream, Host: host}}, nil
+	return []Endpoint{{URL: scheme + "://" + apiHost + "/v2", Role: RoleUpstream, Host: host, Source: "default"}}, nil
 }
 
 // IsLocalhost reports whether host (with optional port) is the loopback
@@ -66,4 +85,13 @@ func IsLocalhost(host string) bool {
 	}
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
+}
+
+// roleFor is mirror when the endpoint host is not the image's registry
+// (docker.io is served by registry-1.docker.io).
+func roleFor(registryHost, endpointHost string) Role {
+	if endpointHost == registryHost || (registryHost == "docker.io" && endpointHost == "registry-1.docker.io") {
+		return RoleUpstream
+	}
+	return RoleMirror
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,7 +17,6 @@ import (
 	remoteserrors "github.com/containerd/containerd/v2/core/remotes/errors"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
-	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -56,20 +56,19 @@ func newPingCache(now func() time.Time) *pingCache {
 
 // ping asks GET /v2/ which authentication the endpoint wants. Only
 // successful answers are cached.
-func (p *Prober) ping(ctx context.Context, base *url.URL) (challenge, error) {
-	key := base.String()
+func (p *Prober) ping(ctx context.Context, t target) (challenge, error) {
+	key := t.base.String()
 	p.pings.mu.Lock()
 	e, ok := p.pings.m[key]
 	p.pings.mu.Unlock()
 	if ok && p.opts.Now().Before(e.expires) {
 		return e.ch, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base.JoinPath("v2").String()+"/", nil)
+	req, err := p.newRequest(ctx, http.MethodGet, strings.TrimSuffix(t.base.String(), "/")+"/", t)
 	if err != nil {
 		return challenge{}, err
 	}
-	req.Header.Set("User-Agent", p.opts.UserAgent)
-	resp, err := p.client.Do(req)
+	resp, err := t.client.Do(req)
 	if err != nil {
 		return challenge{}, err
 	}
@@ -114,7 +113,7 @@ func parseChallenge(h http.Header) challenge {
 }
 
 // authorize returns the Authorization header value for a manifest request.
-func (p *Prober) authorize(ctx context.Context, ch challenge, ref imageref.Ref, cred credentials.Credential) (string, error) {
+func (p *Prober) authorize(ctx context.Context, ch challenge, t target, cred credentials.Credential) (string, error) {
 	switch ch.scheme {
 	case schemeBasic:
 		if cred.Secret == "" {
@@ -124,7 +123,7 @@ func (p *Prober) authorize(ctx context.Context, ch challenge, ref imageref.Ref, 
 		req.SetBasicAuth(cred.Username, cred.Secret)
 		return req.Header.Get("Authorization"), nil
 	case schemeBearer:
-		tok, err := p.tokens.get(ctx, p.client, ch, ref, cred, p.opts.UserAgent)
+		tok, err := p.tokens.get(ctx, t.client, ch, t.repo, cred, p.opts.UserAgent)
 		if err != nil {
 			return "", err
 		}
@@ -154,23 +153,23 @@ func newTokenCache(now func() time.Time) *tokenCache {
 	return &tokenCache{now: now, m: map[string]cachedToken{}}
 }
 
-func scope(ref imageref.Ref) string { return "repository:" + ref.Repository() + ":pull" }
+func scope(repo string) string { return "repository:" + repo + ":pull" }
 
 // tokenKey identifies a token; the credential enters only as a hash, so the
 // cache never holds a secret in its keys.
-func tokenKey(ch challenge, ref imageref.Ref, cred credentials.Credential) string {
+func tokenKey(ch challenge, repo string, cred credentials.Credential) string {
 	h := sha256.Sum256([]byte(cred.Username + "\x00" + cred.Secret))
-	return ch.realm + "|" + ch.service + "|" + scope(ref) + "|" + hex.EncodeToString(h[:8])
+	return ch.realm + "|" + ch.service + "|" + scope(repo) + "|" + hex.EncodeToString(h[:8])
 }
 
-func (c *tokenCache) forget(ch challenge, ref imageref.Ref, cred credentials.Credential) {
+func (c *tokenCache) forget(ch challenge, repo string, cred credentials.Credential) {
 	c.mu.Lock()
-	delete(c.m, tokenKey(ch, ref, cred))
+	delete(c.m, tokenKey(ch, repo, cred))
 	c.mu.Unlock()
 }
 
-func (c *tokenCache) get(ctx context.Context, client *http.Client, ch challenge, ref imageref.Ref, cred credentials.Credential, ua string) (string, error) {
-	key := tokenKey(ch, ref, cred)
+func (c *tokenCache) get(ctx context.Context, client *http.Client, ch challenge, repo string, cred credentials.Credential, ua string) (string, error) {
+	key := tokenKey(ch, repo, cred)
 	c.mu.Lock()
 	t, ok := c.m[key]
 	c.mu.Unlock()
@@ -180,7 +179,7 @@ func (c *tokenCache) get(ctx context.Context, client *http.Client, ch challenge,
 	resp, err := auth.FetchToken(ctx, client, http.Header{"User-Agent": {ua}}, auth.TokenOptions{
 		Realm:    ch.realm,
 		Service:  ch.service,
-		Scopes:   []string{scope(ref)},
+		Scopes:   []string{scope(repo)},
 		Username: cred.Username,
 		Secret:   cred.Secret,
 	})

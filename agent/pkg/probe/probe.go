@@ -58,6 +58,10 @@ type EndpointResult struct {
 	MediaType string
 	// CredentialSource is the source of the credential this answer was got with.
 	CredentialSource string
+	// Skipped: the runtime would not ask this endpoint for this reference.
+	Skipped bool
+	// RateLimitRemaining is the registry's ratelimit-remaining header, when sent.
+	RateLimitRemaining string
 }
 
 // Result is an image's answer: what the runtime would get.
@@ -81,6 +85,7 @@ type Prober struct {
 	pings   *pingCache
 	limitMu sync.Mutex
 	limits  map[string]chan struct{}
+	backoff map[string]time.Time // endpoint host → no requests before
 }
 
 // maxBodyBytes bounds what the prober reads of any response: a registry or
@@ -119,10 +124,11 @@ func New(opts Options) *Prober {
 				return nil
 			},
 		},
-		opts:   opts,
-		tokens: newTokenCache(opts.Now),
-		pings:  newPingCache(opts.Now),
-		limits: map[string]chan struct{}{},
+		opts:    opts,
+		tokens:  newTokenCache(opts.Now),
+		pings:   newPingCache(opts.Now),
+		limits:  map[string]chan struct{}{},
+		backoff: map[string]time.Time{},
 	}
 }
 
@@ -140,9 +146,15 @@ func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.
 		res.Reason = "no registry endpoint configured for " + ref.Registry()
 		return res
 	}
-	winner := -1
+	winner, lastAsked := -1, -1
 	for i, ep := range endpoints {
-		er := p.probeWithCredentials(ctx, ref, ep, creds)
+		var er EndpointResult
+		if ep.Skip != "" {
+			er = EndpointResult{Endpoint: ep, Status: pb.ImageStatus_IMAGE_STATUS_UNKNOWN, Reason: "not asked: " + ep.Skip, Skipped: true, CheckedAt: p.opts.Now()}
+		} else {
+			er = p.probeWithCredentials(ctx, ref, ep, creds)
+			lastAsked = i
+		}
 		res.Endpoints = append(res.Endpoints, er)
 		if winner < 0 && er.Status == pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
 			winner = i
@@ -152,15 +164,21 @@ func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.
 		w := res.Endpoints[winner]
 		res.Status, res.Digest, res.CredentialSource = w.Status, w.Digest, w.CredentialSource
 		res.Reason = "manifest found at " + w.Endpoint.URL
-		res.Degraded = winner > 0
-		if res.Degraded {
-			failed := res.Endpoints[0]
-			res.Reason += fmt.Sprintf(" after %s failed: %s", failed.Endpoint.URL, failed.Reason)
+		for _, failed := range res.Endpoints[:winner] {
+			if !failed.Skipped {
+				res.Degraded = true
+				res.Reason += fmt.Sprintf(" after %s failed: %s", failed.Endpoint.URL, failed.Reason)
+				break
+			}
 		}
 		return res
 	}
-	last := res.Endpoints[len(res.Endpoints)-1]
-	res.Status, res.Reason = last.Status, last.Reason
+	if lastAsked < 0 {
+		res.Status, res.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "the runtime would ask no endpoint for this reference: "+endpoints[0].Skip
+		return res
+	}
+	last := res.Endpoints[lastAsked]
+	res.Status, res.Reason, res.CredentialSource = last.Status, last.Reason, last.CredentialSource
 	return res
 }
 
@@ -178,15 +196,66 @@ func (p *Prober) probeWithCredentials(ctx context.Context, ref imageref.Ref, ep 
 	return er
 }
 
+// target is one endpoint as a request goes to it.
+type target struct {
+	base   *url.URL // API base, e.g. http://127.0.0.1:5000/v2
+	repo   string   // repository path at this endpoint
+	client *http.Client
+	header http.Header
+}
+
+func (p *Prober) target(ep hosts.Endpoint, ref imageref.Ref) (target, error) {
+	base, err := url.Parse(ep.URL)
+	if err != nil || base.Host == "" || (base.Scheme != "http" && base.Scheme != "https") {
+		return target{}, fmt.Errorf("endpoint URL %q is not an http(s) URL", ep.URL)
+	}
+	t := target{base: base, repo: ref.Repository(), client: p.client, header: ep.Header}
+	if ep.Repository != "" {
+		t.repo = ep.Repository
+	}
+	if ep.Client != nil {
+		c := *ep.Client
+		c.Transport = limitedBodies{transportOf(ep.Client)}
+		c.CheckRedirect = p.client.CheckRedirect
+		t.client = &c
+	}
+	return t, nil
+}
+
+func transportOf(c *http.Client) http.RoundTripper {
+	if c.Transport != nil {
+		return c.Transport
+	}
+	return http.DefaultTransport
+}
+
+// newRequest builds a request to t with the endpoint's headers.
+func (p *Prober) newRequest(ctx context.Context, method, u string, t target) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range t.header {
+		req.Header[k] = append([]string(nil), v...)
+	}
+	req.Header.Set("User-Agent", p.opts.UserAgent)
+	return req, nil
+}
+
 func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, cred credentials.Credential) (er EndpointResult) {
 	start := p.opts.Now()
 	er = EndpointResult{Endpoint: ep, CheckedAt: start}
-	base, err := url.Parse(ep.URL)
-	if err != nil || base.Host == "" {
-		er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, fmt.Sprintf("endpoint URL %q is not valid", ep.URL)
+	t, err := p.target(ep, ref)
+	if err != nil {
+		er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, err.Error()
 		return er
 	}
-	release, err := p.acquire(ctx, base.Host)
+	if until, ok := p.backingOff(t.base.Host); ok {
+		er.Status = pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED
+		er.Reason = fmt.Sprintf("not asked: backing off until %s after the registry answered 429", until.UTC().Format(time.RFC3339))
+		return er
+	}
+	release, err := p.acquire(ctx, t.base.Host)
 	if err != nil {
 		er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "probe cancelled: "+err.Error()
 		return er
@@ -197,32 +266,31 @@ func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.E
 	defer cancel()
 	defer func() { er.Latency = p.opts.Now().Sub(start) }()
 
-	ch, err := p.ping(ctx, base)
+	ch, err := p.ping(ctx, t)
 	if err != nil {
 		er.Status, er.Reason, er.HTTPStatus = classifyError(ctx, err, p.opts.Timeout)
 		return er
 	}
-	authz, err := p.authorize(ctx, ch, ref, cred)
+	authz, err := p.authorize(ctx, ch, t, cred)
 	if err != nil {
 		er.Status, er.Reason, er.HTTPStatus = classifyError(ctx, err, p.opts.Timeout)
 		return er
 	}
 
-	u := base.JoinPath("v2", ref.Repository(), "manifests", ref.ManifestReference())
+	u := t.base.JoinPath(t.repo, "manifests", ref.ManifestReference())
 	if ep.Role == hosts.RoleMirror && ep.Host != "" {
 		u.RawQuery = url.Values{"ns": {ep.Host}}.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, u.String(), nil)
+	req, err := p.newRequest(ctx, http.MethodHead, u.String(), t)
 	if err != nil {
 		er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, err.Error()
 		return er
 	}
 	req.Header.Set("Accept", acceptHeader)
-	req.Header.Set("User-Agent", p.opts.UserAgent)
 	if authz != "" {
 		req.Header.Set("Authorization", authz)
 	}
-	resp, err := p.client.Do(req)
+	resp, err := t.client.Do(req)
 	if err != nil {
 		er.Status, er.Reason, er.HTTPStatus = classifyError(ctx, err, p.opts.Timeout)
 		return er
@@ -231,10 +299,16 @@ func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.E
 	er.HTTPStatus = resp.StatusCode
 	er.Digest = resp.Header.Get("Docker-Content-Digest")
 	er.MediaType = mediaType(resp.Header.Get("Content-Type"))
-	er.Status, er.Reason = classifyManifest(resp, er.MediaType, ref)
-	if er.Status == pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && ch.scheme == schemeBearer {
-		// A stale token: drop it so the next round fetches a new one.
-		p.tokens.forget(ch, ref, cred)
+	er.RateLimitRemaining = resp.Header.Get("Ratelimit-Remaining")
+	er.Status, er.Reason = classifyManifest(resp, er.MediaType, t.repo, ref)
+	switch er.Status {
+	case pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED:
+		if ch.scheme == schemeBearer {
+			// A stale token: drop it so the next round fetches a new one.
+			p.tokens.forget(ch, t.repo, cred)
+		}
+	case pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED:
+		p.backOff(t.base.Host, resp.Header.Get("Retry-After"))
 	}
 	return er
 }
@@ -262,7 +336,7 @@ func mediaType(ct string) string {
 }
 
 // classifyManifest maps a manifest HEAD answer to a status and reason.
-func classifyManifest(resp *http.Response, mt string, ref imageref.Ref) (pb.ImageStatus, string) {
+func classifyManifest(resp *http.Response, mt, repo string, ref imageref.Ref) (pb.ImageStatus, string) {
 	code := resp.StatusCode
 	switch {
 	case code == http.StatusOK:
@@ -271,7 +345,7 @@ func classifyManifest(resp *http.Response, mt string, ref imageref.Ref) (pb.Imag
 		}
 		return pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "manifest found"
 	case code == http.StatusNotFound:
-		return pb.ImageStatus_IMAGE_STATUS_ABSENT, fmt.Sprintf("manifest unknown: %s:%s", ref.Repository(), ref.ManifestReference())
+		return pb.ImageStatus_IMAGE_STATUS_ABSENT, fmt.Sprintf("manifest unknown: %s:%s", repo, ref.ManifestReference())
 	case code == http.StatusUnauthorized:
 		return pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED, "registry refused the credentials (401 Unauthorized)"
 	case code == http.StatusForbidden:

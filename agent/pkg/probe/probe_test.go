@@ -92,7 +92,6 @@ func (r *registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
-
 func mustRef(t testing.TB, s string) imageref.Ref {
 	r, err := imageref.Parse(s)
 	if err != nil {
@@ -134,7 +133,7 @@ func TestProbeClassification(t *testing.T) {
 			srv := httptest.NewServer(tt.reg)
 			defer srv.Close()
 			p := New(Options{Timeout: tt.timeout})
-			res := p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/app:v1"), []hosts.Endpoint{{URL: srv.URL, Role: hosts.RoleUpstream}}, tt.creds)
+			res := p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/app:v1"), []hosts.Endpoint{{URL: srv.URL + "/v2", Role: hosts.RoleUpstream}}, tt.creds)
 			if res.Status != tt.want || !strings.Contains(res.Reason, tt.wantReason) {
 				t.Fatalf("got %s %q, want %s containing %q", res.Status.Word(), res.Reason, tt.want.Word(), tt.wantReason)
 			}
@@ -158,7 +157,7 @@ func TestUnreachable(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	res := New(Options{}).Probe(context.Background(), mustRef(t, addr+"/demo/app:v1"), []hosts.Endpoint{{URL: "http://" + addr, Role: hosts.RoleUpstream}}, nil)
+	res := New(Options{}).Probe(context.Background(), mustRef(t, addr+"/demo/app:v1"), []hosts.Endpoint{{URL: "http://" + addr + "/v2", Role: hosts.RoleUpstream}}, nil)
 	if res.Status != pb.ImageStatus_IMAGE_STATUS_UNREACHABLE || !strings.Contains(res.Reason, "connection refused") || strings.Contains(res.Reason, "/v2/") {
 		t.Fatalf("got %s %q", res.Status.Word(), res.Reason)
 	}
@@ -169,7 +168,7 @@ func TestTokenCacheAndDigestPinned(t *testing.T) {
 	srv := httptest.NewServer(reg)
 	defer srv.Close()
 	p := New(Options{})
-	eps := []hosts.Endpoint{{URL: srv.URL, Role: hosts.RoleUpstream}}
+	eps := []hosts.Endpoint{{URL: srv.URL + "/v2", Role: hosts.RoleUpstream}}
 	for i := 0; i < 3; i++ {
 		if res := p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/app@"+testDigest), eps, nil); res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
 			t.Fatalf("probe %d: %s %s", i, res.Status.Word(), res.Reason)
@@ -197,9 +196,9 @@ func TestMirrorOrderAndDegraded(t *testing.T) {
 		want     pb.ImageStatus
 		degraded bool
 	}{
-		{"mirror serves", []hosts.Endpoint{{URL: good.URL, Role: hosts.RoleMirror, Host: "127.0.0.1:5000"}, {URL: missing.URL, Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false},
-		{"fallback to upstream", []hosts.Endpoint{{URL: missing.URL, Role: hosts.RoleMirror, Host: "127.0.0.1:5000"}, {URL: good.URL, Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, true},
-		{"none", []hosts.Endpoint{{URL: missing.URL, Role: hosts.RoleMirror}, {URL: missing.URL, Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_ABSENT, false},
+		{"mirror serves", []hosts.Endpoint{{URL: good.URL + "/v2", Role: hosts.RoleMirror, Host: "127.0.0.1:5000"}, {URL: missing.URL + "/v2", Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false},
+		{"fallback to upstream", []hosts.Endpoint{{URL: missing.URL + "/v2", Role: hosts.RoleMirror, Host: "127.0.0.1:5000"}, {URL: good.URL + "/v2", Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, true},
+		{"none", []hosts.Endpoint{{URL: missing.URL + "/v2", Role: hosts.RoleMirror}, {URL: missing.URL + "/v2", Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_ABSENT, false},
 		{"no endpoints", nil, pb.ImageStatus_IMAGE_STATUS_UNKNOWN, false},
 		{"bad endpoint", []hosts.Endpoint{{URL: "::nope", Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_UNKNOWN, false},
 	}
@@ -229,7 +228,7 @@ func TestPerHostConcurrency(t *testing.T) {
 	}))
 	defer srv.Close()
 	p := New(Options{PerHostConcurrency: 2})
-	eps := []hosts.Endpoint{{URL: srv.URL, Role: hosts.RoleUpstream}}
+	eps := []hosts.Endpoint{{URL: srv.URL + "/v2", Role: hosts.RoleUpstream}}
 	done := make(chan struct{})
 	for i := 0; i < 8; i++ {
 		go func(i int) {
@@ -261,4 +260,57 @@ func FuzzParseChallenge(f *testing.F) {
 			t.Fatalf("bearer challenge without realm from %q", s)
 		}
 	})
+}
+
+func TestSkippedEndpointsAndHeaders(t *testing.T) {
+	var gotHeader atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotHeader.Store(r.Header.Get("X-Mirror-Token"))
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	}))
+	defer srv.Close()
+	ref := mustRef(t, "127.0.0.1:5000/demo/app:v1")
+	eps := []hosts.Endpoint{
+		{URL: "http://127.0.0.1:1/v2", Role: hosts.RoleMirror, Skip: "endpoint lacks the resolve capability, which a tag needs"},
+		{URL: srv.URL + "/v2", Role: hosts.RoleUpstream, Header: http.Header{"X-Mirror-Token": {"abc"}}},
+	}
+	res := New(Options{}).Probe(context.Background(), ref, eps, nil)
+	if res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || res.Degraded {
+		t.Fatalf("got %s degraded=%v: %s", res.Status.Word(), res.Degraded, res.Reason)
+	}
+	if !res.Endpoints[0].Skipped || res.Endpoints[0].Latency != 0 || !strings.Contains(res.Endpoints[0].Reason, "resolve capability") {
+		t.Errorf("skipped endpoint result %+v", res.Endpoints[0])
+	}
+	if gotHeader.Load() != "abc" {
+		t.Errorf("hosts.toml header not sent: %v", gotHeader.Load())
+	}
+	res = New(Options{}).Probe(context.Background(), ref, eps[:1], nil)
+	if res.Status != pb.ImageStatus_IMAGE_STATUS_UNKNOWN || !strings.Contains(res.Reason, "would ask no endpoint") {
+		t.Errorf("all skipped: %s %q", res.Status.Word(), res.Reason)
+	}
+}
+
+func TestRateLimitBackoff(t *testing.T) {
+	reg := &registry{manifestStatus: 429, header: http.Header{"Retry-After": {"120"}, "Ratelimit-Remaining": {"0;w=21600"}}}
+	srv := httptest.NewServer(reg)
+	defer srv.Close()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := New(Options{Now: func() time.Time { return now }})
+	eps := []hosts.Endpoint{{URL: srv.URL + "/v2", Role: hosts.RoleUpstream}}
+	ref := mustRef(t, "127.0.0.1:5000/demo/app:v1")
+	res := p.Probe(context.Background(), ref, eps, nil)
+	if res.Status != pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED || res.Endpoints[0].RateLimitRemaining != "0;w=21600" {
+		t.Fatalf("first probe: %s %+v", res.Status.Word(), res.Endpoints[0])
+	}
+	// Within Retry-After the registry is not asked again.
+	now = now.Add(time.Minute)
+	res = p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/other:v1"), eps, nil)
+	if res.Status != pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED || !strings.Contains(res.Reason, "backing off") || reg.headCalls.Load() != 1 {
+		t.Fatalf("during backoff: %s %q, %d HEADs", res.Status.Word(), res.Reason, reg.headCalls.Load())
+	}
+	now = now.Add(2 * time.Minute)
+	reg.manifestStatus = 200
+	if res = p.Probe(context.Background(), ref, eps, nil); res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || reg.headCalls.Load() != 2 {
+		t.Fatalf("after backoff: %s, %d HEADs", res.Status.Word(), reg.headCalls.Load())
+	}
 }

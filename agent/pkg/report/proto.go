@@ -56,13 +56,15 @@ func (im Image) proto() *pb.ImageReport {
 		es, _ := pb.ParseStatus(e.Status)
 		role, _ := pb.ParseRole(e.Role)
 		r.Endpoints = append(r.Endpoints, &pb.EndpointResult{
-			Url:        e.URL,
-			Role:       role,
-			Status:     es,
-			Reason:     e.Reason,
-			Latency:    durationpb.New(time.Duration(e.LatencySeconds * float64(time.Second))),
-			CheckedAt:  timestamppb.New(e.CheckedAt),
-			HttpStatus: int32(e.HTTPStatus),
+			Url:                e.URL,
+			Role:               role,
+			Status:             es,
+			Reason:             e.Reason,
+			Latency:            durationpb.New(time.Duration(e.LatencySeconds * float64(time.Second))),
+			CheckedAt:          timestamppb.New(e.CheckedAt),
+			HttpStatus:         int32(e.HTTPStatus),
+			Skipped:            e.Skipped,
+			RatelimitRemaining: e.RateLimitRemaining,
 		})
 	}
 	for _, p := range im.Pods {

@@ -46,6 +46,9 @@ type Endpoint struct {
 	LatencySeconds float64   `json:"latency_seconds"`
 	HTTPStatus     int       `json:"http_status,omitempty"`
 	CheckedAt      time.Time `json:"checked_at"`
+	// Skipped: the runtime would not ask this endpoint for this reference.
+	Skipped            bool   `json:"skipped,omitempty"`
+	RateLimitRemaining string `json:"ratelimit_remaining,omitempty"`
 }
 
 // AllAvailable reports whether every image on the node is available: the

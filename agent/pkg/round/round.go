@@ -63,7 +63,6 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 	}
 	sem := make(chan struct{}, workers)
 	var wg sync.WaitGroup
-	endpoints := c.endpointCache(ctx)
 	for i, e := range entries {
 		images[i] = baseImage(e)
 		if e.Problem != "" {
@@ -74,10 +73,10 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 		sem <- struct{}{}
 		go func(i int, e cri.Entry) {
 			defer func() { <-sem; wg.Done() }()
-			eps, err := endpoints(e.Ref.Registry())
+			eps, err := c.Resolver.Endpoints(ctx, e.Ref)
 			if err != nil {
 				images[i].Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN.Word()
-				images[i].Reason = err.Error()
+				images[i].Reason = fmt.Sprintf("resolve registry endpoints for %s: %v", e.Ref.Registry(), err)
 				return
 			}
 			creds, err := c.credentials().Lookup(ctx, e.Ref, pods(e.Uses))
@@ -115,29 +114,6 @@ func pods(uses []cri.Use) []credentials.Pod {
 	return out
 }
 
-// endpointCache resolves each registry host once per round.
-func (c *Checker) endpointCache(ctx context.Context) func(host string) ([]hosts.Endpoint, error) {
-	var mu sync.Mutex
-	type answer struct {
-		eps []hosts.Endpoint
-		err error
-	}
-	cache := map[string]answer{}
-	return func(host string) ([]hosts.Endpoint, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if a, ok := cache[host]; ok {
-			return a.eps, a.err
-		}
-		eps, err := c.Resolver.Endpoints(ctx, host)
-		if err != nil {
-			err = fmt.Errorf("resolve registry endpoints for %s: %w", host, err)
-		}
-		cache[host] = answer{eps, err}
-		return eps, err
-	}
-}
-
 func baseImage(e cri.Entry) report.Image {
 	im := report.Image{
 		ImageID:     e.ImageID,
@@ -173,13 +149,15 @@ func applyResult(im *report.Image, e cri.Entry, res probe.Result) {
 	}
 	for _, er := range res.Endpoints {
 		im.Endpoints = append(im.Endpoints, report.Endpoint{
-			URL:            er.Endpoint.URL,
-			Role:           string(er.Endpoint.Role),
-			Status:         er.Status.Word(),
-			Reason:         er.Reason,
-			LatencySeconds: er.Latency.Seconds(),
-			HTTPStatus:     er.HTTPStatus,
-			CheckedAt:      er.CheckedAt,
+			URL:                er.Endpoint.URL,
+			Role:               string(er.Endpoint.Role),
+			Status:             er.Status.Word(),
+			Reason:             er.Reason,
+			LatencySeconds:     er.Latency.Seconds(),
+			HTTPStatus:         er.HTTPStatus,
+			CheckedAt:          er.CheckedAt,
+			Skipped:            er.Skipped,
+			RateLimitRemaining: er.RateLimitRemaining,
 		})
 	}
 }

@@ -932,10 +932,14 @@ type EndpointResult struct {
 	// HTTP status of the manifest HEAD, 0 when none was received.
 	HttpStatus int32 `protobuf:"varint,7,opt,name=http_status,json=httpStatus,proto3" json:"http_status,omitempty"`
 	// True when the runtime would not try this endpoint for this reference
-	// (for example a pull-only mirror and a tag).
-	Skipped       bool `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// (for example a pull-only mirror and a tag). Status is then UNKNOWN and
+	// the reason says why.
+	Skipped bool `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// The registry's ratelimit-remaining header, verbatim, when it sent one
+	// (Docker Hub: "100;w=21600").
+	RatelimitRemaining string `protobuf:"bytes,9,opt,name=ratelimit_remaining,json=ratelimitRemaining,proto3" json:"ratelimit_remaining,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *EndpointResult) Reset() {
@@ -1022,6 +1026,13 @@ func (x *EndpointResult) GetSkipped() bool {
 		return x.Skipped
 	}
 	return false
+}
+
+func (x *EndpointResult) GetRatelimitRemaining() string {
+	if x != nil {
+		return x.RatelimitRemaining
+	}
+	return ""
 }
 
 type ContainerRef struct {
@@ -1178,7 +1189,7 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\bdegraded\x18\f \x01(\bR\bdegraded\x12\x18\n" +
 	"\adrifted\x18\r \x01(\bR\adrifted\x12'\n" +
 	"\x0fregistry_digest\x18\x0e \x01(\tR\x0eregistryDigest\x12+\n" +
-	"\x11credential_source\x18\x0f \x01(\tR\x10credentialSource\"\xc8\x02\n" +
+	"\x11credential_source\x18\x0f \x01(\tR\x10credentialSource\"\xf9\x02\n" +
 	"\x0eEndpointResult\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12.\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x1a.pullwatch.v1.EndpointRoleR\x04role\x121\n" +
@@ -1189,7 +1200,8 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"checked_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcheckedAt\x12\x1f\n" +
 	"\vhttp_status\x18\a \x01(\x05R\n" +
 	"httpStatus\x12\x18\n" +
-	"\askipped\x18\b \x01(\bR\askipped\"\xae\x01\n" +
+	"\askipped\x18\b \x01(\bR\askipped\x12/\n" +
+	"\x13ratelimit_remaining\x18\t \x01(\tR\x12ratelimitRemaining\"\xae\x01\n" +
 	"\fContainerRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x02 \x01(\tR\x03pod\x12\x17\n" +

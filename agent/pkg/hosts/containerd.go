@@ -1,0 +1,209 @@
+package hosts
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/containerd/errdefs"
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+)
+
+// ContainerdOptions configure the containerd resolver.
+type ContainerdOptions struct {
+	// ConfigFile is containerd's config.toml (default /etc/containerd/config.toml).
+	ConfigFile string
+	// ConfigPath overrides the registry config_path found in ConfigFile.
+	ConfigPath string
+	// HostRoot prefixes every file path read (the host's / as mounted in
+	// the agent's container, e.g. /host); "" reads paths as they are.
+	HostRoot string
+	// UpdateClient adjusts each endpoint's HTTP client after containerd's
+	// own settings (TLS) are applied: proxy and resolver.
+	UpdateClient func(*http.Client) error
+}
+
+// Containerd resolves endpoints the way containerd's CRI plugin does: the
+// hosts.toml files under config_path, read with containerd's own
+// core/remotes/docker/config package on every call (containerd re-reads
+// them on every pull too), or the legacy registry.mirrors table.
+type Containerd struct {
+	hosts   docker.RegistryHosts
+	mirrors map[string][]string
+	opts    ContainerdOptions
+	roots   []string
+
+	warnMu sync.Mutex
+	warned map[string]string // hosts.toml path → last warning
+}
+
+// NewContainerd reads containerd's configuration.
+func NewContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, error) {
+	if opts.ConfigFile == "" {
+		opts.ConfigFile = DefaultContainerdConfig
+	}
+	cfg, err := ReadContainerdConfig(filepath.Join(opts.HostRoot, opts.ConfigFile))
+	if err != nil {
+		return nil, err
+	}
+	configPath := cfg.ConfigPath
+	if opts.ConfigPath != "" {
+		configPath = opts.ConfigPath
+	}
+	c := &Containerd{opts: opts, warned: map[string]string{}}
+	if len(cfg.Mirrors) > 0 && configPath == "" {
+		// containerd refuses both at once; with mirrors only, it uses them.
+		c.mirrors = cfg.Mirrors
+		slog.InfoContext(ctx, "containerd registry mirrors from config.toml (deprecated registry.mirrors)", "files", cfg.Files, "hosts", len(cfg.Mirrors))
+	}
+	if configPath == "" {
+		configPath = DefaultConfigPath
+	}
+	for _, root := range filepath.SplitList(configPath) {
+		if root != "" {
+			c.roots = append(c.roots, filepath.Join(opts.HostRoot, root))
+		}
+	}
+	slog.InfoContext(ctx, "containerd registry configuration", "config_files", cfg.Files, "config_path", strings.Join(c.roots, ":"))
+	c.hosts = config.ConfigureHosts(ctx, config.HostOptions{
+		HostDir:      c.hostDir,
+		UpdateClient: opts.UpdateClient,
+	})
+	return c, nil
+}
+
+// hostDir finds the host's directory under the first config_path root
+// that has one, as containerd's CRI plugin does for a list of roots.
+func (c *Containerd) hostDir(host string) (string, error) {
+	for _, root := range c.roots {
+		dir, err := config.HostDirFromRoot(root)(host)
+		if err == nil {
+			return dir, nil
+		}
+		if !errdefs.IsNotFound(err) {
+			return "", fmt.Errorf("registry host directory for %s under %s: %w", host, root, err)
+		}
+	}
+	return "", errdefs.ErrNotFound
+}
+
+// Endpoints implements Resolver.
+func (c *Containerd) Endpoints(ctx context.Context, ref imageref.Ref) ([]Endpoint, error) {
+	host := ref.Registry()
+	if eps, ok := c.mirrors[host]; ok {
+		return c.legacyEndpoints(ctx, ref, eps)
+	}
+	c.checkHostsFile(ctx, host)
+	rhosts, err := c.hosts(host)
+	if err != nil {
+		return nil, fmt.Errorf("containerd registry hosts for %s: %w", host, err)
+	}
+	tag := ref.Digest() == ""
+	out := make([]Endpoint, 0, len(rhosts))
+	for _, rh := range rhosts {
+		ep := Endpoint{
+			URL:    (&url.URL{Scheme: rh.Scheme, Host: rh.Host, Path: rh.Path}).String(),
+			Role:   roleFor(host, rh.Host),
+			Host:   host,
+			Client: rh.Client,
+			Header: rh.Header,
+			Source: "hosts.toml",
+		}
+		// A tag needs pull and resolve; a digest only pull.
+		switch {
+		case rh.Capabilities&docker.HostCapabilityPull == 0:
+			ep.Skip = "endpoint lacks the pull capability"
+		case tag && rh.Capabilities&docker.HostCapabilityResolve == 0:
+			ep.Skip = "endpoint lacks the resolve capability, which a tag needs"
+		}
+		out = append(out, ep)
+	}
+	return out, nil
+}
+
+// legacyEndpoints are the registry.mirrors endpoints, upstream appended
+// after them unless listed, as containerd 1.x does.
+func (c *Containerd) legacyEndpoints(ctx context.Context, ref imageref.Ref, urls []string) ([]Endpoint, error) {
+	host := ref.Registry()
+	def, _ := Defaults{}.Endpoints(ctx, ref)
+	upstream := def[0].URL
+	var out []Endpoint
+	for _, raw := range urls {
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			return nil, fmt.Errorf("containerd config: mirror endpoint %q for %s is not a URL", raw, host)
+		}
+		if u.Path == "" || u.Path == "/" {
+			u.Path = "/v2"
+		}
+		out = append(out, Endpoint{URL: u.String(), Role: roleFor(host, u.Host), Host: host, Source: "config.toml registry.mirrors"})
+	}
+	listed := false
+	for _, ep := range out {
+		listed = listed || ep.URL == upstream
+	}
+	if !listed {
+		out = append(out, def[0])
+	}
+	if c.opts.UpdateClient != nil {
+		client := &http.Client{Transport: docker.DefaultHTTPTransport(nil)}
+		if err := c.opts.UpdateClient(client); err != nil {
+			return nil, err
+		}
+		for i := range out {
+			out[i].Client = client
+		}
+	}
+	return out, nil
+}
+
+// checkHostsFile warns once per change when a host's hosts.toml does not
+// parse: containerd then ignores it (falling back to certificate files),
+// and so does this resolver, but an operator wants to know.
+func (c *Containerd) checkHostsFile(ctx context.Context, host string) {
+	dir, err := c.hostDir(host)
+	if err != nil || dir == "" {
+		return
+	}
+	p := filepath.Join(dir, "hosts.toml")
+	b, err := readLimited(p)
+	warning := ""
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		warning = err.Error()
+	default:
+		var doc map[string]any
+		if err := toml.Unmarshal(b, &doc); err != nil {
+			warning = fmt.Sprintf("%s is not valid TOML (%v); containerd ignores it and uses the default endpoint", p, err)
+		}
+	}
+	c.warnMu.Lock()
+	defer c.warnMu.Unlock()
+	if c.warned[p] != warning && warning != "" {
+		slog.WarnContext(ctx, "malformed registry hosts file", "file", p, "problem", warning)
+	}
+	c.warned[p] = warning
+}
+
+func readLimited(p string) ([]byte, error) {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > maxConfigBytes {
+		return nil, fmt.Errorf("%s is larger than %d bytes", p, maxConfigBytes)
+	}
+	return os.ReadFile(p)
+}
