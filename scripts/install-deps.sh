@@ -20,6 +20,8 @@ PACKAGES=(
   ca-certificates
   curl
   procps            # pgrep/ps, used by the tests' leftover-process checks
+  chromium          # headless browser for the status page test
+  prometheus-alertmanager # alert delivery in the cluster-in-a-box tests
 )
 
 log() { printf 'install-deps: %s\n' "$*"; }
