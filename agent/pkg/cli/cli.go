@@ -10,11 +10,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
+	"github.com/pullwatch/pullwatch/agent/pkg/netpath"
 	"github.com/pullwatch/pullwatch/agent/pkg/probe"
 	"github.com/pullwatch/pullwatch/agent/pkg/round"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
@@ -96,6 +98,16 @@ type common struct {
 	logLevel           slog.Level
 	logFormat          string
 	kubeconfig         string
+
+	// The runtime's registry configuration and the node's network path.
+	hostRoot           string
+	containerdConfig   string
+	registryConfigPath string
+	registriesConf     string
+	registriesConfDir  string
+	proxyFrom          string
+	runtimeUnit        string
+	resolvConf         string
 }
 
 func (c *common) register(s *envflag.Set, env Env) {
@@ -117,6 +129,21 @@ func (c *common) register(s *envflag.Set, env Env) {
 	s.Var(&envflag.Choice{Value: &c.logFormat, Choices: []string{"text", "json"}}, "log-format", "Log `format` on stderr: text or json.")
 	s.StringVar(&c.kubeconfig, "kubeconfig", "", "`path` to a kubeconfig, used outside a cluster. Without one and outside a cluster, pull-secret lookup is off.")
 	s.Env("kubeconfig", "KUBECONFIG")
+
+	c.containerdConfig = hosts.DefaultContainerdConfig
+	c.registriesConf = hosts.DefaultRegistriesConf
+	c.registriesConfDir = hosts.DefaultRegistriesConfDir
+	c.proxyFrom = netpath.ProxyFromSystemd
+	c.resolvConf = "/etc/resolv.conf"
+	s.StringVar(&c.hostRoot, "host-root", "", "`dir` where the node's / is mounted in the agent's container (e.g. /host); prefixes every node file the agent reads: runtime configuration, systemd units, resolv.conf, pull credentials. Empty: read them in place.")
+	s.StringVar(&c.containerdConfig, "containerd-config", c.containerdConfig, "containerd's config.toml (`path`, imports followed): where the registry config_path or legacy mirrors are.")
+	s.StringVar(&c.registryConfigPath, "registry-config-path", "", "containerd registry host `dirs` (colon-separated, hosts.toml per host); overrides config_path from --containerd-config. Default: config_path, else "+hosts.DefaultConfigPath+".")
+	s.StringVar(&c.registriesConf, "registries-conf", c.registriesConf, "CRI-O's registries.conf (`path`), used when the runtime is CRI-O.")
+	s.StringVar(&c.registriesConfDir, "registries-conf-dir", c.registriesConfDir, "CRI-O's registries.conf.d (`dir`).")
+	s.Var(&envflag.Choice{Value: &c.proxyFrom, Choices: []string{netpath.ProxyFromSystemd, netpath.ProxyFromEnv, netpath.ProxyFromNone}}, "proxy-from",
+		"Where the runtime's proxy settings come from (`source`): systemd (HTTP(S)_PROXY/NO_PROXY in the runtime's unit and drop-ins, see --runtime-unit), env (the agent's own environment) or none.")
+	s.StringVar(&c.runtimeUnit, "runtime-unit", "", "The runtime's systemd unit `name` for --proxy-from=systemd, e.g. containerd.service. Default: from the runtime CRI reports (containerd.service or crio.service).")
+	s.StringVar(&c.resolvConf, "resolv-conf", c.resolvConf, "The node's resolv.conf (`path`, under --host-root): registry names resolve with its nameservers, whatever the agent pod's DNS policy.")
 }
 
 func (c *common) validate() error {
@@ -162,17 +189,83 @@ func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *
 		return nil, nil, err
 	}
 	log.Info("connected to the container runtime", "endpoint", client.Endpoint(), "runtime", rt.Name, "version", rt.Version, "node", c.nodeName)
+	path, err := c.networkPath(ctx, log, rt.Name)
+	if err != nil {
+		client.Close()
+		return nil, nil, err
+	}
+	resolver, err := c.registryResolver(ctx, rt.Name, path)
+	if err != nil {
+		client.Close()
+		return nil, nil, err
+	}
 	return &round.Checker{
 		NodeName: c.nodeName,
 		Runtime:  client,
-		Resolver: hosts.Defaults{},
+		Resolver: resolver,
 		Prober: probe.New(probe.Options{
 			Timeout:            c.probeTimeout,
 			PerHostConcurrency: c.perHostConcurrency,
 			UserAgent:          "pullwatch-agent/" + Version,
+			Transport:          path.Transport(),
 		}),
 		Concurrency: c.concurrency,
 	}, client, nil
+}
+
+// hostPath is a node file as the agent sees it.
+func (c *common) hostPath(p string) string { return filepath.Join(c.hostRoot, p) }
+
+// networkPath loads the runtime's proxy and the node's resolver.
+func (c *common) networkPath(ctx context.Context, log *slog.Logger, runtimeName string) (netpath.Path, error) {
+	unitName := c.runtimeUnit
+	if unitName == "" {
+		unitName = "containerd.service"
+		if runtimeName == "cri-o" {
+			unitName = "crio.service"
+		}
+	}
+	var units []string
+	for _, dir := range []string{"/lib/systemd/system", "/usr/lib/systemd/system", "/etc/systemd/system", "/run/systemd/system"} {
+		units = append(units, c.hostPath(filepath.Join(dir, unitName)), c.hostPath(filepath.Join(dir, unitName+".d")))
+	}
+	proxy, err := netpath.LoadProxy(ctx, c.proxyFrom, units, os.Getenv)
+	if err != nil {
+		return netpath.Path{}, fmt.Errorf("runtime proxy settings (--proxy-from=%s): %w", c.proxyFrom, err)
+	}
+	red := proxy.Redacted()
+	log.Info("registry probes use the runtime's proxy settings", "source", red.Source, "http_proxy", red.HTTPProxy, "https_proxy", red.HTTPSProxy, "no_proxy", red.NoProxy)
+	path := netpath.Path{Proxy: proxy}
+	if rc := c.hostPath(c.resolvConf); rc != "/etc/resolv.conf" {
+		if path.Resolver, err = netpath.LoadResolver(rc); err != nil {
+			return netpath.Path{}, err
+		}
+		log.Info("registry names resolve with the node's nameservers", "resolv_conf", rc, "nameservers", path.Resolver.Nameservers)
+	}
+	return path, nil
+}
+
+// registryResolver reads the runtime's registry configuration.
+func (c *common) registryResolver(ctx context.Context, runtimeName string, path netpath.Path) (hosts.Resolver, error) {
+	switch runtimeName {
+	case "containerd":
+		return hosts.NewContainerd(ctx, hosts.ContainerdOptions{
+			ConfigFile:   c.containerdConfig,
+			ConfigPath:   c.registryConfigPath,
+			HostRoot:     c.hostRoot,
+			UpdateClient: path.UpdateClient,
+		})
+	case "cri-o":
+		return hosts.NewCRIO(hosts.CRIOOptions{
+			RegistriesConf:    c.registriesConf,
+			RegistriesConfDir: c.registriesConfDir,
+			HostRoot:          c.hostRoot,
+			UpdateClient:      path.UpdateClient,
+		})
+	default:
+		slog.WarnContext(ctx, "unknown runtime: probing each registry at its default endpoint", "runtime", runtimeName)
+		return hosts.Defaults{}, nil
+	}
 }
 
 func newLogger(env Env, c *common) *slog.Logger {

@@ -1,0 +1,106 @@
+package netpath
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestSplitQuoted(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{`HTTP_PROXY=http://p:3128`, `HTTP_PROXY=http://p:3128`},
+		{`"HTTP_PROXY=http://p:3128" "NO_PROXY=localhost,10.0.0.0/8"`, `HTTP_PROXY=http://p:3128|NO_PROXY=localhost,10.0.0.0/8`},
+		{`A=1 'B=two words' C="x\"y"`, `A=1|B=two words|C=x"y`},
+		{`  `, ``},
+	}
+	for _, tt := range tests {
+		if got := strings.Join(splitQuoted(tt.in), "|"); got != tt.want {
+			t.Errorf("splitQuoted(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestLoadProxySystemd(t *testing.T) {
+	dir := t.TempDir()
+	unitFile := filepath.Join(dir, "containerd.service")
+	dropIns := filepath.Join(dir, "containerd.service.d")
+	os.MkdirAll(dropIns, 0o755)
+	os.WriteFile(unitFile, []byte("[Service]\nEnvironment=HTTP_PROXY=http://old:1\nExecStart=/usr/bin/containerd\n"), 0o644)
+	os.WriteFile(filepath.Join(dropIns, "10-proxy.conf"), []byte("[Service]\nEnvironment=\"HTTPS_PROXY=http://user:pw@proxy.example:3128\" \"NO_PROXY=localhost,127.0.0.1,.internal\"\n"), 0o644)
+	os.WriteFile(filepath.Join(dropIns, "20-http.conf"), []byte("[Service]\nEnvironment=HTTP_PROXY=http://proxy.example:3128\n"), 0o644)
+	os.WriteFile(filepath.Join(dropIns, "notes.txt"), []byte("ignored"), 0o644)
+
+	cfg, err := LoadProxy(context.Background(), ProxyFromSystemd, []string{unitFile, dropIns, filepath.Join(dir, "missing.d")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTPProxy != "http://proxy.example:3128" || cfg.HTTPSProxy != "http://user:pw@proxy.example:3128" || cfg.NoProxy != "localhost,127.0.0.1,.internal" {
+		t.Fatalf("cfg = %+v", cfg)
+	}
+	if strings.Contains(cfg.Redacted().HTTPSProxy, "pw") {
+		t.Errorf("Redacted leaks the password: %+v", cfg.Redacted())
+	}
+	f := cfg.Func()
+	for _, tt := range []struct{ url, proxy string }{
+		{"https://registry.example/v2/", "http://user:pw@proxy.example:3128"},
+		{"http://registry.example/v2/", "http://proxy.example:3128"},
+		{"https://mirror.internal/v2/", ""},
+	} {
+		req, _ := http.NewRequest("GET", tt.url, nil)
+		u, err := f(req)
+		got := ""
+		if u != nil {
+			got = u.String()
+		}
+		if err != nil || got != tt.proxy {
+			t.Errorf("proxy for %s = %q, %v; want %q", tt.url, got, err, tt.proxy)
+		}
+	}
+}
+
+func TestLoadProxyOther(t *testing.T) {
+	env := map[string]string{"https_proxy": "http://lower:1", "NO_PROXY": "x"}
+	cfg, err := LoadProxy(context.Background(), ProxyFromEnv, nil, func(k string) string { return env[k] })
+	if err != nil || cfg.HTTPSProxy != "http://lower:1" || cfg.NoProxy != "x" {
+		t.Fatalf("env: %+v %v", cfg, err)
+	}
+	if cfg, err := LoadProxy(context.Background(), ProxyFromNone, nil, nil); err != nil || cfg.Func() != nil {
+		t.Fatalf("none: %+v %v", cfg, err)
+	}
+	if _, err := LoadProxy(context.Background(), "dhcp", nil, nil); err == nil || !strings.Contains(err.Error(), `"dhcp"`) {
+		t.Fatalf("bad source: %v", err)
+	}
+}
+
+func TestLoadResolver(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "resolv.conf")
+	os.WriteFile(good, []byte("# node\nsearch example.com\nnameserver 127.0.0.53\nnameserver ::1\noptions ndots:2\n"), 0o644)
+	r, err := LoadResolver(good)
+	if err != nil || strings.Join(r.Nameservers, ",") != "127.0.0.53:53,[::1]:53" {
+		t.Fatalf("resolver %+v %v", r, err)
+	}
+	for name, content := range map[string]string{"empty": "search x\n", "bad": "nameserver not-an-ip\n"} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(content), 0o644)
+		if _, err := LoadResolver(p); err == nil || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: err %v", name, err)
+		}
+	}
+	if _, err := LoadResolver(filepath.Join(dir, "absent")); err == nil || !strings.Contains(err.Error(), "--resolv-conf") {
+		t.Errorf("absent: %v", err)
+	}
+}
+
+func FuzzSystemdUnit(f *testing.F) {
+	f.Add("[Service]\nEnvironment=\"HTTPS_PROXY=http://p:1\" NO_PROXY=x\n")
+	f.Add("[Service]\nEnvironment=\\\n")
+	f.Fuzz(func(t *testing.T, content string) {
+		p := filepath.Join(t.TempDir(), "u.conf")
+		os.WriteFile(p, []byte(content), 0o644)
+		_, _ = unitEnvironment(p)
+	})
+}
