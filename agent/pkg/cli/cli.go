@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/platforms"
+
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/netpath"
@@ -199,8 +201,10 @@ func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *
 		client.Close()
 		return nil, nil, err
 	}
+	platform := platforms.DefaultSpec()
 	return &round.Checker{
 		NodeName: c.nodeName,
+		Platform: platform,
 		Runtime:  client,
 		Resolver: resolver,
 		Prober: probe.New(probe.Options{
@@ -208,6 +212,7 @@ func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *
 			PerHostConcurrency: c.perHostConcurrency,
 			UserAgent:          "pullwatch-agent/" + Version,
 			Transport:          path.Transport(),
+			Platform:           &platform,
 		}),
 		Concurrency: c.concurrency,
 	}, client, nil

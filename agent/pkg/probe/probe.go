@@ -14,6 +14,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/platforms"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
@@ -43,6 +46,9 @@ type Options struct {
 	UserAgent string
 	// Now defaults to time.Now.
 	Now func() time.Time
+	// Platform is the node's (default: this process's, with the CPU
+	// variant, as containerd detects it).
+	Platform *ocispec.Platform
 }
 
 // EndpointResult is one endpoint's answer.
@@ -62,6 +68,8 @@ type EndpointResult struct {
 	Skipped bool
 	// RateLimitRemaining is the registry's ratelimit-remaining header, when sent.
 	RateLimitRemaining string
+
+	credential int // index of the credential this answer was got with
 }
 
 // Result is an image's answer: what the runtime would get.
@@ -69,8 +77,9 @@ type Result struct {
 	Status    pb.ImageStatus
 	Reason    string
 	Endpoints []EndpointResult
-	// Digest the winning endpoint serves.
+	// Digest and media type the winning endpoint serves.
 	Digest    string
+	MediaType string
 	Degraded  bool
 	CheckedAt time.Time
 	// CredentialSource says where the credential came from, never what it is.
@@ -83,6 +92,7 @@ type Prober struct {
 	opts    Options
 	tokens  *tokenCache
 	pings   *pingCache
+	indexes *indexCache
 	limitMu sync.Mutex
 	limits  map[string]chan struct{}
 	backoff map[string]time.Time // endpoint host → no requests before
@@ -102,6 +112,10 @@ func New(opts Options) *Prober {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Platform == nil {
+		def := platforms.DefaultSpec()
+		opts.Platform = &def
 	}
 	if opts.UserAgent == "" {
 		opts.UserAgent = "pullwatch-agent"
@@ -127,16 +141,31 @@ func New(opts Options) *Prober {
 		opts:    opts,
 		tokens:  newTokenCache(opts.Now),
 		pings:   newPingCache(opts.Now),
+		indexes: newIndexCache(),
 		limits:  map[string]chan struct{}{},
 		backoff: map[string]time.Time{},
 	}
 }
 
-// Probe asks every endpoint, in order, for ref's manifest, with each of
-// creds in turn (anonymous when there are none), as the runtime would. The
-// image's status is the first endpoint that has it; when none has it, the
-// last endpoint's answer (the upstream, which is what the runtime reports).
-func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.Endpoint, creds []credentials.Credential) Result {
+// Request is one image to probe.
+type Request struct {
+	Ref imageref.Ref
+	// Endpoints in the runtime's order.
+	Endpoints []hosts.Endpoint
+	// Credentials in the kubelet's order; none means anonymous.
+	Credentials []credentials.Credential
+	// NodeDigest is the manifest digest the node has for Ref, "" if unknown.
+	NodeDigest string
+}
+
+// Probe asks every endpoint, in order, for the reference's manifest, with
+// each credential in turn (anonymous when there are none), as the runtime
+// would. The image's status is the first endpoint that has it; when none
+// has it, the last endpoint's answer (the upstream, which is what the
+// runtime reports). When the tag now points at an index the node has not
+// pulled, the index must list the node's platform (platform_missing).
+func (p *Prober) Probe(ctx context.Context, req Request) Result {
+	ref, endpoints, creds := req.Ref, req.Endpoints, req.Credentials
 	res := Result{CheckedAt: p.opts.Now()}
 	if len(creds) == 0 {
 		creds = []credentials.Credential{{Source: credentials.SourceAnonymous}}
@@ -162,7 +191,7 @@ func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.
 	}
 	if winner >= 0 {
 		w := res.Endpoints[winner]
-		res.Status, res.Digest, res.CredentialSource = w.Status, w.Digest, w.CredentialSource
+		res.Status, res.Digest, res.MediaType, res.CredentialSource = w.Status, w.Digest, w.MediaType, w.CredentialSource
 		res.Reason = "manifest found at " + w.Endpoint.URL
 		for _, failed := range res.Endpoints[:winner] {
 			if !failed.Skipped {
@@ -170,6 +199,9 @@ func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.
 				res.Reason += fmt.Sprintf(" after %s failed: %s", failed.Endpoint.URL, failed.Reason)
 				break
 			}
+		}
+		if isIndex(w.MediaType) && ref.Digest() == "" && w.Digest != "" && w.Digest != req.NodeDigest {
+			p.checkPlatform(ctx, &res, ref, w, creds[w.credential])
 		}
 		return res
 	}
@@ -186,9 +218,9 @@ func (p *Prober) Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.
 // one, as the kubelet tries each matching credential in turn.
 func (p *Prober) probeWithCredentials(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, creds []credentials.Credential) EndpointResult {
 	var er EndpointResult
-	for _, cred := range creds {
+	for i, cred := range creds {
 		er = p.probeEndpoint(ctx, ref, ep, cred)
-		er.CredentialSource = cred.Source
+		er.CredentialSource, er.credential = cred.Source, i
 		if er.Status != pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && er.Status != pb.ImageStatus_IMAGE_STATUS_FORBIDDEN {
 			break
 		}

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
@@ -133,7 +136,7 @@ func TestProbeClassification(t *testing.T) {
 			srv := httptest.NewServer(tt.reg)
 			defer srv.Close()
 			p := New(Options{Timeout: tt.timeout})
-			res := p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/app:v1"), []hosts.Endpoint{{URL: srv.URL + "/v2", Role: hosts.RoleUpstream}}, tt.creds)
+			res := p.Probe(context.Background(), Request{Ref: mustRef(t, "127.0.0.1:5000/demo/app:v1"), Endpoints: []hosts.Endpoint{{URL: srv.URL + "/v2", Role: hosts.RoleUpstream}}, Credentials: tt.creds})
 			if res.Status != tt.want || !strings.Contains(res.Reason, tt.wantReason) {
 				t.Fatalf("got %s %q, want %s containing %q", res.Status.Word(), res.Reason, tt.want.Word(), tt.wantReason)
 			}
@@ -157,7 +160,7 @@ func TestUnreachable(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	res := New(Options{}).Probe(context.Background(), mustRef(t, addr+"/demo/app:v1"), []hosts.Endpoint{{URL: "http://" + addr + "/v2", Role: hosts.RoleUpstream}}, nil)
+	res := New(Options{}).Probe(context.Background(), Request{Ref: mustRef(t, addr+"/demo/app:v1"), Endpoints: []hosts.Endpoint{{URL: "http://" + addr + "/v2", Role: hosts.RoleUpstream}}, Credentials: nil})
 	if res.Status != pb.ImageStatus_IMAGE_STATUS_UNREACHABLE || !strings.Contains(res.Reason, "connection refused") || strings.Contains(res.Reason, "/v2/") {
 		t.Fatalf("got %s %q", res.Status.Word(), res.Reason)
 	}
@@ -170,7 +173,7 @@ func TestTokenCacheAndDigestPinned(t *testing.T) {
 	p := New(Options{})
 	eps := []hosts.Endpoint{{URL: srv.URL + "/v2", Role: hosts.RoleUpstream}}
 	for i := 0; i < 3; i++ {
-		if res := p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/app@"+testDigest), eps, nil); res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+		if res := p.Probe(context.Background(), Request{Ref: mustRef(t, "127.0.0.1:5000/demo/app@"+testDigest), Endpoints: eps, Credentials: nil}); res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
 			t.Fatalf("probe %d: %s %s", i, res.Status.Word(), res.Reason)
 		}
 	}
@@ -178,7 +181,7 @@ func TestTokenCacheAndDigestPinned(t *testing.T) {
 		t.Errorf("token fetched %d times, want 1 (cached)", n)
 	}
 	// Another repository needs another scope, so another token.
-	p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/other:v1"), eps, nil)
+	p.Probe(context.Background(), Request{Ref: mustRef(t, "127.0.0.1:5000/demo/other:v1"), Endpoints: eps, Credentials: nil})
 	if n := reg.tokenCalls.Load(); n != 2 {
 		t.Errorf("token fetched %d times, want 2", n)
 	}
@@ -204,7 +207,7 @@ func TestMirrorOrderAndDegraded(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res := New(Options{}).Probe(context.Background(), ref, tt.eps, nil)
+			res := New(Options{}).Probe(context.Background(), Request{Ref: ref, Endpoints: tt.eps, Credentials: nil})
 			if res.Status != tt.want || res.Degraded != tt.degraded || len(res.Endpoints) != len(tt.eps) {
 				t.Fatalf("got %s degraded=%v endpoints=%d (%s)", res.Status.Word(), res.Degraded, len(res.Endpoints), res.Reason)
 			}
@@ -232,7 +235,7 @@ func TestPerHostConcurrency(t *testing.T) {
 	done := make(chan struct{})
 	for i := 0; i < 8; i++ {
 		go func(i int) {
-			p.Probe(context.Background(), mustRef(t, fmt.Sprintf("127.0.0.1:5000/demo/app%d:v1", i)), eps, nil)
+			p.Probe(context.Background(), Request{Ref: mustRef(t, fmt.Sprintf("127.0.0.1:5000/demo/app%d:v1", i)), Endpoints: eps, Credentials: nil})
 			done <- struct{}{}
 		}(i)
 	}
@@ -274,7 +277,7 @@ func TestSkippedEndpointsAndHeaders(t *testing.T) {
 		{URL: "http://127.0.0.1:1/v2", Role: hosts.RoleMirror, Skip: "endpoint lacks the resolve capability, which a tag needs"},
 		{URL: srv.URL + "/v2", Role: hosts.RoleUpstream, Header: http.Header{"X-Mirror-Token": {"abc"}}},
 	}
-	res := New(Options{}).Probe(context.Background(), ref, eps, nil)
+	res := New(Options{}).Probe(context.Background(), Request{Ref: ref, Endpoints: eps, Credentials: nil})
 	if res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || res.Degraded {
 		t.Fatalf("got %s degraded=%v: %s", res.Status.Word(), res.Degraded, res.Reason)
 	}
@@ -284,7 +287,7 @@ func TestSkippedEndpointsAndHeaders(t *testing.T) {
 	if gotHeader.Load() != "abc" {
 		t.Errorf("hosts.toml header not sent: %v", gotHeader.Load())
 	}
-	res = New(Options{}).Probe(context.Background(), ref, eps[:1], nil)
+	res = New(Options{}).Probe(context.Background(), Request{Ref: ref, Endpoints: eps[:1], Credentials: nil})
 	if res.Status != pb.ImageStatus_IMAGE_STATUS_UNKNOWN || !strings.Contains(res.Reason, "would ask no endpoint") {
 		t.Errorf("all skipped: %s %q", res.Status.Word(), res.Reason)
 	}
@@ -298,19 +301,90 @@ func TestRateLimitBackoff(t *testing.T) {
 	p := New(Options{Now: func() time.Time { return now }})
 	eps := []hosts.Endpoint{{URL: srv.URL + "/v2", Role: hosts.RoleUpstream}}
 	ref := mustRef(t, "127.0.0.1:5000/demo/app:v1")
-	res := p.Probe(context.Background(), ref, eps, nil)
+	res := p.Probe(context.Background(), Request{Ref: ref, Endpoints: eps, Credentials: nil})
 	if res.Status != pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED || res.Endpoints[0].RateLimitRemaining != "0;w=21600" {
 		t.Fatalf("first probe: %s %+v", res.Status.Word(), res.Endpoints[0])
 	}
 	// Within Retry-After the registry is not asked again.
 	now = now.Add(time.Minute)
-	res = p.Probe(context.Background(), mustRef(t, "127.0.0.1:5000/demo/other:v1"), eps, nil)
+	res = p.Probe(context.Background(), Request{Ref: mustRef(t, "127.0.0.1:5000/demo/other:v1"), Endpoints: eps, Credentials: nil})
 	if res.Status != pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED || !strings.Contains(res.Reason, "backing off") || reg.headCalls.Load() != 1 {
 		t.Fatalf("during backoff: %s %q, %d HEADs", res.Status.Word(), res.Reason, reg.headCalls.Load())
 	}
 	now = now.Add(2 * time.Minute)
 	reg.manifestStatus = 200
-	if res = p.Probe(context.Background(), ref, eps, nil); res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || reg.headCalls.Load() != 2 {
+	if res = p.Probe(context.Background(), Request{Ref: ref, Endpoints: eps, Credentials: nil}); res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || reg.headCalls.Load() != 2 {
 		t.Fatalf("after backoff: %s, %d HEADs", res.Status.Word(), reg.headCalls.Load())
+	}
+}
+
+// indexRegistry serves one OCI index for every manifest request.
+func indexRegistry(t *testing.T, body string, lie bool) (*httptest.Server, *atomic.Int32) {
+	var gets atomic.Int32
+	d := digest.FromString(body).String()
+	if lie {
+		d = testDigest
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+		w.Header().Set("Docker-Content-Digest", d)
+		if r.Method == http.MethodGet {
+			gets.Add(1)
+			fmt.Fprint(w, body)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &gets
+}
+
+func TestPlatformCheck(t *testing.T) {
+	index := func(plats ...string) string {
+		var ms []string
+		for _, p := range plats {
+			os, arch, _ := strings.Cut(p, "/")
+			ms = append(ms, fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":1,"platform":{"os":%q,"architecture":%q}}`, testDigest, os, arch))
+		}
+		return `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` + strings.Join(ms, ",") + `]}`
+	}
+	node := &ocispec.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}
+	tests := []struct {
+		name       string
+		body       string
+		lie        bool
+		nodeDigest string
+		want       pb.ImageStatus
+		reason     string
+		gets       int32
+	}{
+		{"has the platform", index("linux/amd64", "linux/arm64"), false, "", pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "manifest found", 1},
+		{"missing the platform", index("linux/amd64", "linux/s390x"), false, "", pb.ImageStatus_IMAGE_STATUS_PLATFORM_MISSING, "no manifest for this node's platform linux/arm64/v8 (it has linux/amd64, linux/s390x)", 1},
+		{"node already runs this index", index("linux/s390x"), false, "same", pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "manifest found", 0},
+		{"body does not match digest", index("linux/s390x"), true, "", pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "platform check failed: index body has digest", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, gets := indexRegistry(t, tt.body, tt.lie)
+			nd := tt.nodeDigest
+			if nd == "same" {
+				nd = digest.FromString(tt.body).String()
+			}
+			p := New(Options{Platform: node})
+			req := Request{Ref: mustRef(t, "127.0.0.1:5000/demo/multi:v1"), Endpoints: []hosts.Endpoint{{URL: srv.URL + "/v2", Role: hosts.RoleUpstream}}, NodeDigest: nd}
+			for i := 0; i < 2; i++ { // the second round uses the cache
+				res := p.Probe(context.Background(), req)
+				if res.Status != tt.want || !strings.Contains(res.Reason, tt.reason) {
+					t.Fatalf("got %s %q, want %s with %q", res.Status.Word(), res.Reason, tt.want.Word(), tt.reason)
+				}
+			}
+			if tt.lie {
+				return // a failed check is not cached
+			}
+			if gets.Load() != tt.gets {
+				t.Errorf("%d GETs, want %d", gets.Load(), tt.gets)
+			}
+		})
 	}
 }

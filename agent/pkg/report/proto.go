@@ -17,6 +17,9 @@ func (n Node) Snapshot(agentVersion string, interval time.Duration) *pb.NodeSnap
 		Node: &pb.Node{
 			Name:         n.Node,
 			AgentVersion: agentVersion,
+			Os:           n.Platform.OS,
+			Architecture: n.Platform.Architecture,
+			Variant:      n.Platform.Variant,
 			Runtime: &pb.Runtime{
 				Name:       n.Runtime.Name,
 				Version:    n.Runtime.Version,

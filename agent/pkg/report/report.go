@@ -6,16 +6,20 @@ package report
 import (
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 )
 
 // Node is one round's result for a node. Its JSON field names are a
 // contract: extend, never rename.
 type Node struct {
-	Node       string      `json:"node"`
-	Runtime    cri.Runtime `json:"runtime"`
-	ObservedAt time.Time   `json:"observed_at"`
-	Images     []Image     `json:"images"`
+	Node    string      `json:"node"`
+	Runtime cri.Runtime `json:"runtime"`
+	// Platform is the node's, as images are matched against it: os/arch[/variant].
+	Platform   ocispec.Platform `json:"platform"`
+	ObservedAt time.Time        `json:"observed_at"`
+	Images     []Image          `json:"images"`
 }
 
 // Image is one normalized reference on the node.

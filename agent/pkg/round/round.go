@@ -10,10 +10,11 @@ import (
 	"sync"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
-	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	"github.com/pullwatch/pullwatch/agent/pkg/probe"
 	"github.com/pullwatch/pullwatch/agent/pkg/report"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -26,7 +27,7 @@ type Inventory interface {
 
 // Prober is the registry side (probe.Prober).
 type Prober interface {
-	Probe(ctx context.Context, ref imageref.Ref, endpoints []hosts.Endpoint, creds []credentials.Credential) probe.Result
+	Probe(ctx context.Context, req probe.Request) probe.Result
 }
 
 // Checker runs rounds.
@@ -41,6 +42,8 @@ type Checker struct {
 	// limits are the prober's). Default 16.
 	Concurrency int
 	Now         func() time.Time
+	// Platform is the node's.
+	Platform ocispec.Platform
 }
 
 // Run checks every image on the node once. Every image in the report has
@@ -84,11 +87,11 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 				// The kubelet would pull without them; so do we, and say so.
 				slog.WarnContext(ctx, "pull credentials lookup failed; probing anonymously", "image", e.Ref.String(), "err", err)
 			}
-			applyResult(&images[i], e, c.Prober.Probe(ctx, e.Ref, eps, creds))
+			applyResult(&images[i], e, c.Prober.Probe(ctx, probe.Request{Ref: e.Ref, Endpoints: eps, Credentials: creds, NodeDigest: e.Digest}))
 		}(i, e)
 	}
 	wg.Wait()
-	n := report.Node{Node: c.NodeName, Runtime: inv.Runtime, ObservedAt: now(), Images: images}
+	n := report.Node{Node: c.NodeName, Runtime: inv.Runtime, Platform: c.Platform, ObservedAt: now(), Images: images}
 	slog.DebugContext(ctx, "round done", "images", len(images), "all_available", n.AllAvailable())
 	return n, nil
 }
