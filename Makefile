@@ -16,7 +16,7 @@ GOTEST_FLAGS   ?= -race -count=1
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build deps tools proto proto-check lint vet unit integration test fuzz bench demo demo-down clean
+.PHONY: build kube deps tools proto proto-check lint vet unit integration test fuzz bench demo demo-down clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -57,10 +57,13 @@ lint: tools vet ## go vet and staticcheck on every module, gofmt
 unit: ## tests that need no root and no real parts
 	@for m in proto pkg agent aggregator; do (cd $$m && go test $(GOTEST_FLAGS) ./...) || exit 1; done
 
-integration: build ## tests on real containerd, registry and Prometheus (root; installs them)
+integration: build kube ## tests on real containerd, registry, Prometheus, kube-apiserver (root; installs them)
 	bash scripts/install-deps.sh
 	cd e2e && PULLWATCH_BIN=$(CURDIR)/bin PULLWATCH_TEST_OUT=$(OUT) PULLWATCH_REQUIRE_REAL=$(if $(CI),1,$(PULLWATCH_REQUIRE_REAL)) \
 		go test $(GOTEST_FLAGS) -timeout 20m ./...
+
+kube: ## build kube-apiserver and etcd for the tests into .cache/kube/bin (cached; minutes when cold)
+	bash scripts/build-kube.sh
 
 test: deps proto-check lint unit integration ## everything CI runs
 

