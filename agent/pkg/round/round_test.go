@@ -1,0 +1,122 @@
+package round
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
+	"github.com/pullwatch/pullwatch/agent/pkg/cri"
+	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
+	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	"github.com/pullwatch/pullwatch/agent/pkg/probe"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+)
+
+const (
+	d1 = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	d2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+)
+
+type fakeRuntime struct{ inv *cri.Inventory }
+
+func (f fakeRuntime) Inventory(context.Context) (*cri.Inventory, error) { return f.inv, nil }
+
+// fakeProber answers from a table by reference and records requests.
+type fakeProber struct {
+	mu   sync.Mutex
+	seen []probe.Request
+	res  map[string]probe.Result
+}
+
+func (f *fakeProber) Probe(_ context.Context, req probe.Request) probe.Result {
+	f.mu.Lock()
+	f.seen = append(f.seen, req)
+	f.mu.Unlock()
+	return f.res[req.Ref.String()]
+}
+
+type fakeCreds struct{}
+
+func (fakeCreds) Lookup(_ context.Context, ref imageref.Ref, pods []credentials.Pod) ([]credentials.Credential, error) {
+	if ref.Repository() == "broken" {
+		return nil, errors.New("keyring unreadable")
+	}
+	if len(pods) == 1 && pods[0].Name == "web" {
+		return []credentials.Credential{{Username: "u", Secret: "p", Source: credentials.SourcePullSecret}}, nil
+	}
+	return nil, nil
+}
+
+func TestRun(t *testing.T) {
+	inv := &cri.Inventory{
+		Runtime: cri.Runtime{Name: "containerd", Version: "1.6.20"},
+		Images: []cri.Image{
+			{ID: "sha256:aa", RepoTags: []string{"r.example/app:v1"}, RepoDigests: []string{"r.example/app@" + d1}},
+			{ID: "sha256:bb", RepoTags: []string{"r.example/broken:v1"}},
+		},
+		Sandboxes: map[string]cri.Sandbox{"s": {ID: "s", Name: "web", Namespace: "shop"}},
+		Containers: []cri.Container{
+			{ID: "c", Name: "app", PodSandboxID: "s", Image: "sha256:aa", State: "running"},
+			{ID: "g", Name: "ghost", PodSandboxID: "s", Image: "sha256:cc", State: "exited"},
+		},
+	}
+	fp := &fakeProber{res: map[string]probe.Result{
+		"r.example/app:v1": {Status: pb.ImageStatus_IMAGE_STATUS_AVAILABLE, Reason: "manifest found", Digest: d2, CredentialSource: "pull_secret",
+			Endpoints: []probe.EndpointResult{{Endpoint: hosts.Endpoint{URL: "https://r.example/v2", Role: hosts.RoleUpstream}, Status: pb.ImageStatus_IMAGE_STATUS_AVAILABLE}}},
+		"r.example/broken:v1": {Status: pb.ImageStatus_IMAGE_STATUS_ABSENT, Reason: "manifest unknown"},
+	}}
+	c := &Checker{NodeName: "n1", Runtime: fakeRuntime{inv}, Resolver: hosts.Defaults{}, Prober: fp, Credentials: fakeCreds{}}
+	node, err := c.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, im := range node.Images {
+		got[im.Image] = im.Status
+	}
+	if got["r.example/app:v1"] != "available" || got["r.example/broken:v1"] != "absent" || got["sha256:cc"] != "unknown" {
+		t.Fatalf("statuses %v", got)
+	}
+	for _, im := range node.Images {
+		switch im.Image {
+		case "r.example/app:v1":
+			if !im.Drifted || im.RegistryDigest != d2 || im.Digest != d1 || im.CredentialSource != "pull_secret" || len(im.Endpoints) != 1 || im.CheckedAt == nil {
+				t.Errorf("app: %+v", im)
+			}
+		case "sha256:cc":
+			if im.CheckedAt != nil || len(im.Pods) != 1 {
+				t.Errorf("ghost image: %+v", im)
+			}
+		}
+	}
+	// The pod's pull secret went to the probe; the lookup failure did not stop it.
+	for _, req := range fp.seen {
+		if req.Ref.String() == "r.example/app:v1" && (len(req.Credentials) != 1 || req.NodeDigest != d1) {
+			t.Errorf("request for app: %d credentials, node digest %q", len(req.Credentials), req.NodeDigest)
+		}
+	}
+	if node.AllAvailable() {
+		t.Error("AllAvailable with an absent image")
+	}
+
+	// JSON field names are a contract.
+	b, _ := json.Marshal(node)
+	for _, field := range []string{`"node":"n1"`, `"runtime":{"name":"containerd"`, `"image":"r.example/app:v1"`, `"in_use":true`, `"status":"available"`, `"endpoints":[{"url":"https://r.example/v2","role":"upstream"`, `"pods":[{"namespace":"shop","pod":"web","container":"app"`, `"drifted":true`} {
+		if !strings.Contains(string(b), field) {
+			t.Errorf("JSON lacks %s:\n%s", field, b)
+		}
+	}
+	var table bytes.Buffer
+	if err := node.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	out := table.String()
+	if !strings.Contains(out, "IMAGE") || strings.Index(out, "broken") > strings.Index(out, "r.example/app:v1") || !strings.Contains(out, "3 images: 1 available, 2 not available") {
+		t.Errorf("table (failing images first):\n%s", out)
+	}
+}
