@@ -66,11 +66,17 @@ func runAgent(t *testing.T, l *lab, args ...string) (string, string, int) {
 func check(t *testing.T, l *lab) (checkOutput, int) {
 	t.Helper()
 	stdout, stderr, code := runAgent(t, l, "check", "-o", "json", "--cri-endpoint", l.containerd.Endpoint(), "--node-name", "e2e-node")
+	return parseCheck(t, stdout, stderr), code
+}
+
+// parseCheck decodes `check -o json` output, failing with both streams.
+func parseCheck(t *testing.T, stdout, stderr string) checkOutput {
+	t.Helper()
 	var out checkOutput
 	if err := json.Unmarshal([]byte(stdout), &out); err != nil {
-		t.Fatalf("check -o json printed no JSON (exit %d): %v\nstdout:\n%s\nstderr:\n%s", code, err, stdout, stderr)
+		t.Fatalf("check -o json printed no JSON: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
 	}
-	return out, code
+	return out
 }
 
 func statuses(out checkOutput) map[string]string {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -434,6 +435,13 @@ func classifyError(ctx context.Context, err error, timeout time.Duration) (pb.Im
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
+	}
+	// Go names the nameserver of the agent's own resolv.conf in DNS errors,
+	// even when the node's resolver (netpath) sent the query elsewhere; the
+	// wrapped error names the server really asked.
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		dnsErr.Server = ""
 	}
 	// DNS, connect, TLS and reset errors: the runtime would not get through.
 	return pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, err.Error(), 0
