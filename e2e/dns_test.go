@@ -2,11 +2,15 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,35 +60,53 @@ func dnsServer(t *testing.T, addr, zone string) {
 	}()
 }
 
-// TestNodeResolver: registry names resolve with the nameservers of the
-// node's resolv.conf (--resolv-conf), not the agent's own.
-func TestNodeResolver(t *testing.T) {
-	l := need(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	const zone = "pullwatch.test"
-	dnsServer(t, "127.0.0.153:53", zone)
+const testZone = "pullwatch.test"
 
+// zoneImage serves a test nameserver for testZone and gives the lab node an
+// image under a name only that nameserver resolves; it returns the name
+// and its registry host. Not a loopback name, so containerd (and the
+// agent) would use https: the node's hosts.toml says this registry speaks
+// plain HTTP.
+func zoneImage(t *testing.T, l *lab) (name, host string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dnsServer(t, "127.0.0.153:53", testZone)
 	if _, err := registry.PushImage(ctx, l.reg, "dns/app", "v1", registry.ImageOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.containerd.PullImage(ctx, l.reg.Ref("dns/app", "v1"), nil); err != nil {
 		t.Fatal(err)
 	}
-	// The node knows the image by a name only its nameserver resolves.
 	_, port, _ := net.SplitHostPort(l.reg.Addr())
-	name := "registry." + zone + ":" + port + "/dns/app:v1"
+	host = "registry." + testZone + ":" + port
+	name = host + "/dns/app:v1"
 	tag := exec.CommandContext(ctx, "ctr", "--address", l.containerd.Socket(), "--namespace", "k8s.io", "images", "tag", "--force", l.reg.Ref("dns/app", "v1"), name)
 	if out, err := tag.CombinedOutput(); err != nil {
 		t.Fatalf("ctr images tag: %v\n%s", err, out)
 	}
-
-	// Not a loopback name, so containerd (and the agent) would use https:
-	// the node's hosts.toml says this registry speaks plain HTTP.
-	host := "registry." + zone + ":" + port
 	if err := l.containerd.SetHostsTOML(host, "server = \"http://"+host+"\"\n"); err != nil {
 		t.Fatal(err)
 	}
+	return name, host
+}
+
+func findImage(t *testing.T, out checkOutput, name, stdout string) (status, reason string) {
+	t.Helper()
+	for _, im := range out.Images {
+		if im.Image == name {
+			return im.Status, im.Reason
+		}
+	}
+	t.Fatalf("image %s not in the report:\n%s", name, stdout)
+	return "", ""
+}
+
+// TestNodeResolver: registry names resolve with the nameservers of the
+// node's resolv.conf (--resolv-conf), not the agent's own.
+func TestNodeResolver(t *testing.T) {
+	l := need(t)
+	name, _ := zoneImage(t, l)
 	dir := t.TempDir()
 	for _, tt := range []struct {
 		name, nameserver, status, reason string
@@ -99,20 +121,90 @@ func TestNodeResolver(t *testing.T) {
 			}
 			stdout, stderr, _ := runAgent(t, l, "check", "-o", "json", "--cri-endpoint", l.containerd.Endpoint(), "--resolv-conf", rc, "--probe-timeout", "5s",
 				"--containerd-config", l.containerd.ConfigPath())
-			out := parseCheck(t, stdout, stderr)
-			found := false
-			for _, im := range out.Images {
-				if im.Image != "registry."+zone+":"+port+"/dns/app:v1" {
-					continue
-				}
-				found = true
-				t.Logf("%s with nameserver %s: %s %q", im.Image, tt.nameserver, im.Status, im.Reason)
-				if im.Status != tt.status || !strings.Contains(im.Reason, tt.reason) {
-					t.Errorf("status %s %q, want %s containing %q", im.Status, im.Reason, tt.status, tt.reason)
-				}
+			status, reason := findImage(t, parseCheck(t, stdout, stderr), name, stdout)
+			t.Logf("%s with nameserver %s: %s %q", name, tt.nameserver, status, reason)
+			if status != tt.status || !strings.Contains(reason, tt.reason) {
+				t.Errorf("status %s %q, want %s containing %q", status, reason, tt.status, tt.reason)
 			}
-			if !found {
-				t.Fatalf("image %s not in the report:\n%s", name, stdout)
+		})
+	}
+}
+
+// forwardProxy is an HTTP proxy that counts the requests it forwards. It
+// resolves names with the nameserver at dnsAddr, like a proxy on the
+// node's network would.
+func forwardProxy(t *testing.T, dnsAddr string) (addr string, hits *atomic.Int32) {
+	t.Helper()
+	hits = &atomic.Int32{}
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, dnsAddr)
+	}}
+	transport := &http.Transport{DialContext: (&net.Dialer{Resolver: resolver}).DialContext}
+	t.Cleanup(transport.CloseIdleConnections)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		out, err := http.NewRequestWithContext(r.Context(), r.Method, r.URL.String(), nil)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		out.Header = r.Header.Clone()
+		out.Header.Del("Proxy-Authorization")
+		resp, err := transport.RoundTrip(out)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String(), hits
+}
+
+// TestNodeNetworkPath: with --host-root, the agent takes the runtime's
+// proxy from its systemd drop-in, the node's resolv.conf and the node's
+// hosts.toml, all from the node's files; --proxy-from=none goes direct.
+func TestNodeNetworkPath(t *testing.T) {
+	l := need(t)
+	name, host := zoneImage(t, l)
+	proxyAddr, hits := forwardProxy(t, "127.0.0.153:53")
+
+	root := t.TempDir()
+	files := map[string]string{
+		"etc/resolv.conf": "nameserver 127.0.0.153\n",
+		"etc/systemd/system/containerd.service.d/http-proxy.conf": "[Service]\nEnvironment=\"HTTP_PROXY=http://" + proxyAddr + "\" \"NO_PROXY=example.internal\"\n",
+		"etc/containerd/certs.d/" + host + "/hosts.toml":          "server = \"http://" + host + "\"\n",
+	}
+	for p, content := range files {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		proxyFrom string
+		viaProxy  bool
+	}{{"systemd", true}, {"none", false}} {
+		t.Run("proxy-from="+tt.proxyFrom, func(t *testing.T) {
+			before := hits.Load()
+			stdout, stderr, _ := runAgent(t, l, "check", "-o", "json", "--cri-endpoint", l.containerd.Endpoint(), "--host-root", root, "--proxy-from", tt.proxyFrom)
+			status, reason := findImage(t, parseCheck(t, stdout, stderr), name, stdout)
+			proxied := hits.Load() - before
+			t.Logf("%s: %s %q, %d requests through the proxy", name, status, reason, proxied)
+			if status != "available" || (proxied > 0) != tt.viaProxy {
+				t.Errorf("status %s, %d proxied requests; want available, via proxy %v\nstderr:\n%s", status, proxied, tt.viaProxy, stderr)
+			}
+			if tt.viaProxy && !strings.Contains(stderr, proxyAddr) {
+				t.Errorf("the log does not say which proxy is used:\n%s", stderr)
 			}
 		})
 	}
