@@ -67,10 +67,8 @@ kube: ## build kube-apiserver and etcd for the tests into .cache/kube/bin (cache
 
 test: deps proto-check lint unit integration ## everything CI runs
 
-fuzz: ## run each fuzz target for FUZZTIME
-	cd agent && go test ./pkg/imageref -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
-	cd agent && go test ./pkg/probe -run '^$$' -fuzz FuzzParseChallenge -fuzztime $(FUZZTIME)
-	cd aggregator && go test ./pkg/ingest -run '^$$' -fuzz FuzzValidate -fuzztime $(FUZZTIME)
+fuzz: ## run every fuzz target for FUZZTIME (default 15s)
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 bench: ## benchmarks reported in docs/benchmarks.md
 	cd aggregator && go test -run '^$$' -bench . -benchmem ./...

@@ -104,3 +104,16 @@ func FuzzSystemdUnit(f *testing.F) {
 		_, _ = unitEnvironment(p)
 	})
 }
+
+func FuzzLoadResolver(f *testing.F) {
+	f.Add("nameserver 10.0.0.10\nsearch a b\noptions ndots:5\n")
+	f.Add("nameserver fe80::1%eth0\n")
+	f.Fuzz(func(t *testing.T, content string) {
+		p := filepath.Join(t.TempDir(), "resolv.conf")
+		os.WriteFile(p, []byte(content), 0o644)
+		r, err := LoadResolver(p)
+		if err == nil && len(r.Nameservers) == 0 {
+			t.Fatal("resolver without nameservers")
+		}
+	})
+}

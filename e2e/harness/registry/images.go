@@ -133,6 +133,61 @@ func PushImage(ctx context.Context, reg *Registry, repo, tag string, opts ImageO
 	return d.String(), nil
 }
 
+// BuildIndex builds (without pushing) the multi-platform index PushIndex
+// would push: one image per platform ("os/arch[/variant]"), each built by
+// BuildImage with opts and that platform, listed with its platform. The
+// index is an OCI index with opts.OCI, else a Docker manifest list.
+func BuildIndex(repo, tag string, platforms []string, opts ImageOptions) (v1.ImageIndex, error) {
+	if len(platforms) == 0 {
+		return nil, fmt.Errorf("index %s:%s: no platforms", repo, tag)
+	}
+	var base v1.ImageIndex = empty.Index
+	if !opts.OCI {
+		base = mutate.IndexMediaType(base, types.DockerManifestList)
+	}
+	adds := make([]mutate.IndexAddendum, 0, len(platforms))
+	for _, plat := range platforms {
+		p, err := v1.ParsePlatform(plat)
+		if err != nil {
+			return nil, err
+		}
+		o := opts
+		o.Platform = plat
+		img, err := BuildImage(repo, tag, o)
+		if err != nil {
+			return nil, fmt.Errorf("index %s:%s, platform %s: %w", repo, tag, plat, err)
+		}
+		mt, err := img.MediaType()
+		if err != nil {
+			return nil, err
+		}
+		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{MediaType: mt, Platform: p}})
+	}
+	return mutate.AppendManifests(base, adds...), nil
+}
+
+// PushIndex pushes a multi-platform index (see BuildIndex) as
+// reg/repo:tag, with its per-platform images, and returns the index
+// digest ("sha256:…"), which is what a runtime records as the repo digest.
+func PushIndex(ctx context.Context, reg *Registry, repo, tag string, platforms []string, opts ImageOptions) (string, error) {
+	idx, err := BuildIndex(repo, tag, platforms, opts)
+	if err != nil {
+		return "", err
+	}
+	ref, err := name.ParseReference(reg.Ref(repo, tag))
+	if err != nil {
+		return "", err
+	}
+	if err := remote.WriteIndex(ref, idx, reg.remoteOptions(ctx, opts.Username, opts.Password)...); err != nil {
+		return "", fmt.Errorf("push index %s: %w", ref, err)
+	}
+	d, err := idx.Digest()
+	if err != nil {
+		return "", err
+	}
+	return d.String(), nil
+}
+
 // PushSleeper pushes an image whose entrypoint ["/sleep"] sleeps until
 // SIGTERM (/pause is the same binary): usable as the pod sandbox image and
 // as an app image. Run it with Command ["/sleep", "0"] for an init
