@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -85,10 +86,16 @@ func zoneImage(t *testing.T, l *lab) (name, host string) {
 	if out, err := tag.CombinedOutput(); err != nil {
 		t.Fatalf("ctr images tag: %v\n%s", err, out)
 	}
-	if err := l.containerd.SetHostsTOML(host, "server = \"http://"+host+"\"\n"); err != nil {
+	if err := l.containerd.SetHostsTOML(host, plainHTTPHosts(host)); err != nil {
 		t.Fatal(err)
 	}
 	return name, host
+}
+
+// plainHTTPHosts is a hosts.toml saying host speaks plain HTTP, in the
+// layout every containerd reads (1.6 refuses a file without [host]).
+func plainHTTPHosts(host string) string {
+	return fmt.Sprintf("server = %q\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+host, "http://"+host)
 }
 
 func findImage(t *testing.T, out checkOutput, name, stdout string) (status, reason string) {
@@ -179,7 +186,7 @@ func TestNodeNetworkPath(t *testing.T) {
 	files := map[string]string{
 		"etc/resolv.conf": "nameserver 127.0.0.153\n",
 		"etc/systemd/system/containerd.service.d/http-proxy.conf": "[Service]\nEnvironment=\"HTTP_PROXY=http://" + proxyAddr + "\" \"NO_PROXY=example.internal\"\n",
-		"etc/containerd/certs.d/" + host + "/hosts.toml":          "server = \"http://" + host + "\"\n",
+		"etc/containerd/certs.d/" + host + "/hosts.toml":          plainHTTPHosts(host),
 	}
 	for p, content := range files {
 		full := filepath.Join(root, p)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/platforms"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/netpath"
@@ -110,6 +111,12 @@ type common struct {
 	proxyFrom          string
 	runtimeUnit        string
 	resolvConf         string
+
+	// Pull credentials, found as the kubelet finds them.
+	dockerConfig   string
+	pullSecrets    string
+	providerConfig string
+	providerBinDir string
 }
 
 func (c *common) register(s *envflag.Set, env Env) {
@@ -146,6 +153,13 @@ func (c *common) register(s *envflag.Set, env Env) {
 		"Where the runtime's proxy settings come from (`source`): systemd (HTTP(S)_PROXY/NO_PROXY in the runtime's unit and drop-ins, see --runtime-unit), env (the agent's own environment) or none.")
 	s.StringVar(&c.runtimeUnit, "runtime-unit", "", "The runtime's systemd unit `name` for --proxy-from=systemd, e.g. containerd.service. Default: from the runtime CRI reports (containerd.service or crio.service).")
 	s.StringVar(&c.resolvConf, "resolv-conf", c.resolvConf, "The node's resolv.conf (`path`, under --host-root): registry names resolve with its nameservers, whatever the agent pod's DNS policy.")
+
+	c.pullSecrets = "on"
+	s.StringVar(&c.dockerConfig, "docker-config", "", "The node keyring (`path`, under --host-root): a config.json or .dockercfg file, or a dir holding one. Default: the kubelet's search path, /var/lib/kubelet/config.json first (see docs/credentials.md).")
+	s.Var(&envflag.Choice{Value: &c.pullSecrets, Choices: []string{"on", "off"}}, "pull-secrets",
+		"Use the imagePullSecrets of the pods on this node (`on|off`); needs the Kubernetes API and RBAC get on secrets.")
+	s.StringVar(&c.providerConfig, "image-credential-provider-config", "", "The kubelet's credential provider config (`path`, under --host-root), as its flag of that name. Empty: no plugins.")
+	s.StringVar(&c.providerBinDir, "image-credential-provider-bin-dir", "", "The kubelet's credential provider plugin `dir` (under --host-root), as its flag of that name.")
 }
 
 func (c *common) validate() error {
@@ -174,7 +188,12 @@ func parse(s *envflag.Set, args []string, env Env, c *common) (int, bool) {
 
 // setup connects to the runtime and builds the checker.
 func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *cri.Client, error) {
-	if _, err := kubeapi.Announce(log, c.kubeconfig, "pull-secret lookup is"); err != nil {
+	kube, err := kubeapi.Announce(log, c.kubeconfig, "pull-secret lookup is")
+	if err != nil {
+		return nil, nil, err
+	}
+	creds, err := c.credentials(ctx, log, kube)
+	if err != nil {
 		return nil, nil, err
 	}
 	endpoints := cri.DefaultEndpoints
@@ -196,7 +215,7 @@ func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *
 		client.Close()
 		return nil, nil, err
 	}
-	resolver, err := c.registryResolver(ctx, rt.Name, path)
+	resolver, err := c.registryResolver(ctx, rt, path)
 	if err != nil {
 		client.Close()
 		return nil, nil, err
@@ -214,8 +233,21 @@ func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *
 			Transport:          path.Transport(),
 			Platform:           &platform,
 		}),
+		Credentials: creds,
 		Concurrency: c.concurrency,
 	}, client, nil
+}
+
+// credentials builds the pull-credential sources in the kubelet's order.
+func (c *common) credentials(ctx context.Context, log *slog.Logger, kube *kubeapi.Config) (credentials.Chain, error) {
+	opts := credentials.Options{
+		NodeName: c.nodeName, HostRoot: c.hostRoot, DockerConfig: c.dockerConfig, PullSecrets: c.pullSecrets == "on",
+		ProviderConfig: c.providerConfig, ProviderBinDir: c.providerBinDir, UserAgent: "pullwatch-agent/" + Version, Log: log,
+	}
+	if kube != nil {
+		opts.Kube = kube.Rest
+	}
+	return credentials.New(ctx, opts)
 }
 
 // hostPath is a node file as the agent sees it.
@@ -251,14 +283,15 @@ func (c *common) networkPath(ctx context.Context, log *slog.Logger, runtimeName 
 }
 
 // registryResolver reads the runtime's registry configuration.
-func (c *common) registryResolver(ctx context.Context, runtimeName string, path netpath.Path) (hosts.Resolver, error) {
-	switch runtimeName {
+func (c *common) registryResolver(ctx context.Context, rt cri.Runtime, path netpath.Path) (hosts.Resolver, error) {
+	switch rt.Name {
 	case "containerd":
 		return hosts.NewContainerd(ctx, hosts.ContainerdOptions{
-			ConfigFile:   c.containerdConfig,
-			ConfigPath:   c.registryConfigPath,
-			HostRoot:     c.hostRoot,
-			UpdateClient: path.UpdateClient,
+			ConfigFile:     c.containerdConfig,
+			ConfigPath:     c.registryConfigPath,
+			HostRoot:       c.hostRoot,
+			UpdateClient:   path.UpdateClient,
+			RuntimeVersion: rt.Version,
 		})
 	case "cri-o":
 		return hosts.NewCRIO(hosts.CRIOOptions{
@@ -268,11 +301,13 @@ func (c *common) registryResolver(ctx context.Context, runtimeName string, path 
 			UpdateClient:      path.UpdateClient,
 		})
 	default:
-		slog.WarnContext(ctx, "unknown runtime: probing each registry at its default endpoint", "runtime", runtimeName)
+		slog.WarnContext(ctx, "unknown runtime: probing each registry at its default endpoint", "runtime", rt.Name)
 		return hosts.Defaults{}, nil
 	}
 }
 
 func newLogger(env Env, c *common) *slog.Logger {
-	return logging.New(env.Stderr, c.logLevel, c.logFormat)
+	log := logging.New(env.Stderr, c.logLevel, c.logFormat)
+	routeContainerdLogs(log)
+	return log
 }

@@ -32,6 +32,9 @@ type ContainerdOptions struct {
 	// UpdateClient adjusts each endpoint's HTTP client after containerd's
 	// own settings (TLS) are applied: proxy and resolver.
 	UpdateClient func(*http.Client) error
+	// RuntimeVersion is containerd's version as CRI reports it; before 1.7
+	// its hosts.toml reader differs (see legacyHosts).
+	RuntimeVersion string
 }
 
 // Containerd resolves endpoints the way containerd's CRI plugin does: the
@@ -46,6 +49,22 @@ type Containerd struct {
 
 	warnMu sync.Mutex
 	warned map[string]string // hosts.toml path → last warning
+	legacy bool              // containerd before 1.7: see legacyHosts
+}
+
+// legacyHosts reports whether containerd at version reads hosts.toml the
+// 1.6 way: a file without any [host] table is refused ("invalid `host`
+// tree") and the host falls back to its default endpoint, and a loopback
+// registry without configuration is plain HTTP (2.x tries HTTPS first).
+// The library this package uses is 2.x's, so those two cases are handled
+// here.
+func legacyHosts(version string) bool {
+	v := strings.TrimPrefix(version, "v")
+	var major, minor int
+	if _, err := fmt.Sscanf(v, "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major < 1 || (major == 1 && minor < 7)
 }
 
 // NewContainerd reads containerd's configuration.
@@ -61,7 +80,7 @@ func NewContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, er
 	if opts.ConfigPath != "" {
 		configPath = opts.ConfigPath
 	}
-	c := &Containerd{opts: opts, warned: map[string]string{}}
+	c := &Containerd{opts: opts, warned: map[string]string{}, legacy: legacyHosts(opts.RuntimeVersion)}
 	if len(cfg.Mirrors) > 0 && configPath == "" {
 		// containerd refuses both at once; with mirrors only, it uses them.
 		c.mirrors = cfg.Mirrors
@@ -104,7 +123,9 @@ func (c *Containerd) Endpoints(ctx context.Context, ref imageref.Ref) ([]Endpoin
 	if eps, ok := c.mirrors[host]; ok {
 		return c.legacyEndpoints(ctx, ref, eps)
 	}
-	c.checkHostsFile(ctx, host)
+	if c.checkHostsFile(ctx, host) == hostsIgnored {
+		return c.withDefaultClient(Defaults{}.Endpoints(ctx, ref))
+	}
 	rhosts, err := c.hosts(host)
 	if err != nil {
 		return nil, fmt.Errorf("containerd registry hosts for %s: %w", host, err)
@@ -156,25 +177,46 @@ func (c *Containerd) legacyEndpoints(ctx context.Context, ref imageref.Ref, urls
 	if !listed {
 		out = append(out, def[0])
 	}
+	return c.withDefaultClient(out, nil)
+}
+
+// withDefaultClient gives endpoints containerd's default transport on the
+// node's network path.
+func (c *Containerd) withDefaultClient(eps []Endpoint, err error) ([]Endpoint, error) {
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Transport: docker.DefaultHTTPTransport(nil)}
 	if c.opts.UpdateClient != nil {
-		client := &http.Client{Transport: docker.DefaultHTTPTransport(nil)}
 		if err := c.opts.UpdateClient(client); err != nil {
 			return nil, err
 		}
-		for i := range out {
-			out[i].Client = client
-		}
 	}
-	return out, nil
+	for i := range eps {
+		eps[i].Client = client
+	}
+	return eps, nil
 }
 
-// checkHostsFile warns once per change when a host's hosts.toml does not
-// parse: containerd then ignores it (falling back to certificate files),
-// and so does this resolver, but an operator wants to know.
-func (c *Containerd) checkHostsFile(ctx context.Context, host string) {
+// What checkHostsFile found.
+type hostsFile int
+
+const (
+	hostsUsed    hostsFile = iota // a hosts.toml containerd reads, or none
+	hostsIgnored                  // containerd ignores the host's configuration: default endpoint
+)
+
+// checkHostsFile warns once per change when a host's hosts.toml is one
+// containerd ignores (it does not parse, or containerd before 1.7 refuses
+// its layout): containerd then falls back to the default endpoint, and so
+// does this resolver, but an operator wants to know.
+func (c *Containerd) checkHostsFile(ctx context.Context, host string) hostsFile {
 	dir, err := c.hostDir(host)
 	if err != nil || dir == "" {
-		return
+		if c.legacy {
+			return hostsIgnored // 1.6 defaults: plain HTTP for loopback
+		}
+		return hostsUsed
 	}
 	p := filepath.Join(dir, "hosts.toml")
 	b, err := readLimited(p)
@@ -187,14 +229,20 @@ func (c *Containerd) checkHostsFile(ctx context.Context, host string) {
 		var doc map[string]any
 		if err := toml.Unmarshal(b, &doc); err != nil {
 			warning = fmt.Sprintf("%s is not valid TOML (%v); containerd ignores it and uses the default endpoint", p, err)
+		} else if _, hasHost := doc["host"]; c.legacy && !hasHost {
+			warning = fmt.Sprintf("%s has no [host] table, which containerd %s refuses (invalid `host` tree); it uses the default endpoint", p, c.opts.RuntimeVersion)
 		}
 	}
 	c.warnMu.Lock()
-	defer c.warnMu.Unlock()
 	if c.warned[p] != warning && warning != "" {
-		slog.WarnContext(ctx, "malformed registry hosts file", "file", p, "problem", warning)
+		slog.WarnContext(ctx, "registry hosts file ignored by the runtime", "file", p, "problem", warning)
 	}
 	c.warned[p] = warning
+	c.warnMu.Unlock()
+	if warning != "" {
+		return hostsIgnored
+	}
+	return hostsUsed
 }
 
 func readLimited(p string) ([]byte, error) {

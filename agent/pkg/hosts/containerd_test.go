@@ -205,3 +205,49 @@ func FuzzContainerdHostsTOML(f *testing.F) {
 		}
 	})
 }
+
+func TestLegacyHostsReader(t *testing.T) {
+	for v, want := range map[string]bool{"1.6.20~ds1": true, "v1.6.38": true, "1.7.27": false, "2.1.0": false, "": false, "garbage": false} {
+		if got := legacyHosts(v); got != want {
+			t.Errorf("legacyHosts(%q) = %v, want %v", v, got, want)
+		}
+	}
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs.d")
+	ca := filepath.Join(dir, "ca.pem")
+	writeFile(t, ca, testCA)
+	writeFile(t, filepath.Join(certs, "r.example", "hosts.toml"), "server = \"https://r.example\"\nca = \""+ca+"\"\n")
+	for _, tt := range []struct {
+		version, image, want string
+	}{
+		// 1.6 refuses a file without [host]: default endpoint.
+		{"1.6.20", "r.example/app:v1", "https://r.example/v2"},
+		// 1.6 talks plain HTTP to an unconfigured loopback registry.
+		{"1.6.20", "127.0.0.1:5000/app:v1", "http://127.0.0.1:5000/v2"},
+		// 2.x reads the file, and tries HTTPS first on loopback.
+		{"2.1.0", "r.example/app:v1", "https://r.example/v2"},
+		{"2.1.0", "127.0.0.1:5000/app:v1", "https://127.0.0.1:5000/v2"},
+	} {
+		c, err := NewContainerd(context.Background(), ContainerdOptions{ConfigFile: filepath.Join(dir, "none.toml"), ConfigPath: certs, RuntimeVersion: tt.version})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eps, err := c.Endpoints(context.Background(), mustRef(t, tt.image))
+		if err != nil || len(eps) != 1 || eps[0].URL != tt.want || eps[0].Client == nil {
+			t.Errorf("containerd %s, %s: %+v %v; want %s", tt.version, tt.image, eps, err, tt.want)
+		}
+	}
+}
+
+// testCA is a throwaway self-signed CA certificate (no key kept).
+const testCA = `-----BEGIN CERTIFICATE-----
+MIIBajCCARGgAwIBAgIBATAKBggqhkjOPQQDAjAcMRowGAYDVQQDExFwdWxsd2F0
+Y2ggdGVzdCBDQTAgFw03MDAxMDEwMDAwMDBaGA8yMTAwMDEwMTAwMDAwMFowHDEa
+MBgGA1UEAxMRcHVsbHdhdGNoIHRlc3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMB
+BwNCAAQjR1bcbQRxuBIv+Y0fPaNNTYK4fkWbE9T5fHt1AIEoq6xU4KfZ9k2iVwht
+UHKhrnDLIK68B5MgqYHQhoGfc1M6o0IwQDAOBgNVHQ8BAf8EBAMCAgQwDwYDVR0T
+AQH/BAUwAwEB/zAdBgNVHQ4EFgQUuTp76Ofs1SbdugoPEbgw4mvt7TIwCgYIKoZI
+zj0EAwIDRwAwRAIgeAkji/0xQv4ldtgriv1woguzNaAhJAwmZXuM3mtyoikCIGac
+pmKknYQcWYpfiZ+b55ysKROAdWCdgCmVKBpsYrLC
+-----END CERTIFICATE-----
+`

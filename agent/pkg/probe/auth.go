@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker/auth"
+	"golang.org/x/sync/singleflight"
 	remoteserrors "github.com/containerd/containerd/v2/core/remotes/errors"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
@@ -136,9 +137,10 @@ func (p *Prober) authorize(ctx context.Context, ch challenge, t target, cred cre
 // tokenCache keeps bearer tokens per realm, service, scope and credential
 // until they expire.
 type tokenCache struct {
-	now func() time.Time
-	mu  sync.Mutex
-	m   map[string]cachedToken
+	now    func() time.Time
+	mu     sync.Mutex
+	m      map[string]cachedToken
+	flight singleflight.Group // one token request per key at a time
 }
 
 type cachedToken struct {
@@ -176,16 +178,20 @@ func (c *tokenCache) get(ctx context.Context, client *http.Client, ch challenge,
 	if ok && c.now().Before(t.expires) {
 		return t.token, nil
 	}
-	resp, err := auth.FetchToken(ctx, client, http.Header{"User-Agent": {ua}}, auth.TokenOptions{
-		Realm:    ch.realm,
-		Service:  ch.service,
-		Scopes:   []string{scope(repo)},
-		Username: cred.Username,
-		Secret:   cred.Secret,
+	// Concurrent probes of one repository share one token request.
+	v, err, _ := c.flight.Do(key, func() (any, error) {
+		return auth.FetchToken(ctx, client, http.Header{"User-Agent": {ua}}, auth.TokenOptions{
+			Realm:    ch.realm,
+			Service:  ch.service,
+			Scopes:   []string{scope(repo)},
+			Username: cred.Username,
+			Secret:   cred.Secret,
+		})
 	})
 	if err != nil {
 		return "", tokenError(err, ch.realm)
 	}
+	resp := v.(*auth.FetchTokenResponse)
 	life := time.Duration(resp.ExpiresInSeconds) * time.Second
 	if life <= 0 {
 		life = defaultTokenLifetime

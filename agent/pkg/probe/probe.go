@@ -210,9 +210,40 @@ func (p *Prober) Probe(ctx context.Context, req Request) Result {
 		res.Status, res.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "the runtime would ask no endpoint for this reference: "+endpoints[0].Skip
 		return res
 	}
-	last := res.Endpoints[lastAsked]
-	res.Status, res.Reason, res.CredentialSource = last.Status, last.Reason, last.CredentialSource
+	failed := res.Endpoints[mostRelevantFailure(res.Endpoints)]
+	res.Status, res.Reason, res.CredentialSource = failed.Status, failed.Reason, failed.CredentialSource
+	if len(endpoints) > 1 {
+		res.Reason = failed.Endpoint.URL + ": " + failed.Reason
+	}
 	return res
+}
+
+// mostRelevantFailure picks the error the runtime reports when no endpoint
+// has the image, as containerd 2.x ranks them: an HTTP error other than
+// 404 (it says what to fix: credentials, rate limits) over a 404 over a
+// transport error; the first in host order among equals. (containerd 1.6
+// reports the first error that is not a 404, which agrees whenever an
+// HTTP error is among them.)
+func mostRelevantFailure(eps []EndpointResult) int {
+	rank := func(er EndpointResult) int {
+		switch {
+		case er.Skipped:
+			return -1
+		case er.Status == pb.ImageStatus_IMAGE_STATUS_ABSENT:
+			return 1
+		case er.HTTPStatus != 0 || er.Status == pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED:
+			return 2
+		default:
+			return 0
+		}
+	}
+	best := -1
+	for i, er := range eps {
+		if best < 0 || rank(er) > rank(eps[best]) {
+			best = i
+		}
+	}
+	return best
 }
 
 // probeWithCredentials tries each credential until the endpoint accepts
