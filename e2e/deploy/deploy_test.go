@@ -722,7 +722,7 @@ func TestAgentDaemonSet(t *testing.T) {
 		{"run command", slices.Equal(inv.subcommands, []string{"run"}), fmt.Sprintf("subcommands %q, want [run]", inv.subcommands)},
 		{"hostNetwork", spec.HostNetwork, "hostNetwork must be true: the agent probes registries from the node's network path"},
 		{"dnsPolicy", spec.DNSPolicy == corev1.DNSClusterFirstWithHostNet, fmt.Sprintf("dnsPolicy %q, want ClusterFirstWithHostNet (cluster DNS with hostNetwork)", spec.DNSPolicy)},
-		{"no token", spec.AutomountServiceAccountToken != nil && !*spec.AutomountServiceAccountToken, "automountServiceAccountToken must be false: the agent has no RBAC yet"},
+		{"token", spec.AutomountServiceAccountToken != nil && *spec.AutomountServiceAccountToken, "automountServiceAccountToken must be true: the agent reads its node's pods and their pull secrets"},
 		{"no liveness probe", c.LivenessProbe == nil && c.ReadinessProbe == nil, "the agent serves no health endpoint yet"},
 		{"rolling update", ds.Spec.UpdateStrategy.Type == appsv1.RollingUpdateDaemonSetStrategyType && ds.Spec.UpdateStrategy.RollingUpdate != nil && ds.Spec.UpdateStrategy.RollingUpdate.MaxUnavailable != nil,
 			fmt.Sprintf("updateStrategy %+v, want RollingUpdate with maxUnavailable", ds.Spec.UpdateStrategy)},
@@ -792,7 +792,7 @@ func TestAgentDaemonSet(t *testing.T) {
 		// What the agent may see of the host, each read-only. Extend this
 		// list deliberately (e.g. /etc/containerd for hosts.toml once the
 		// agent reads it).
-		allowed := []string{"/run/containerd/containerd.sock", "/etc"}
+		allowed := []string{"/run/containerd/containerd.sock", "/etc", "/var/lib/kubelet/config.json"}
 		for _, v := range spec.Volumes {
 			if v.HostPath == nil {
 				continue
@@ -942,7 +942,7 @@ func TestRBAC(t *testing.T) {
 	// What each ServiceAccount may do, cluster-wide: resource -> verbs.
 	want := map[string]map[string][]string{
 		aggregatorName: {"nodes": {"get", "list", "watch"}, "pods": {"get", "list", "watch"}},
-		agentName:      {},
+		agentName:      {"pods": {"list", "watch"}, "secrets": {"get"}},
 	}
 	roles := map[string]*rbacv1.ClusterRole{}
 	for _, r := range all[*rbacv1.ClusterRole](t) {

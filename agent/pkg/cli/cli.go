@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containerd/platforms"
+	"k8s.io/klog/v2"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
@@ -309,5 +310,6 @@ func (c *common) registryResolver(ctx context.Context, rt cri.Runtime, path netp
 func newLogger(env Env, c *common) *slog.Logger {
 	log := logging.New(env.Stderr, c.logLevel, c.logFormat)
 	routeContainerdLogs(log)
+	klog.SetSlogLogger(log.With("component", "client-go"))
 	return log
 }

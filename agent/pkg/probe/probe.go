@@ -365,6 +365,9 @@ func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.E
 	er.MediaType = mediaType(resp.Header.Get("Content-Type"))
 	er.RateLimitRemaining = resp.Header.Get("Ratelimit-Remaining")
 	er.Status, er.Reason = classifyManifest(resp, er.MediaType, t.repo, ref)
+	if er.Status == pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && cred.Secret == "" {
+		er.Reason = "registry requires credentials (401 Unauthorized) and the node has none for it"
+	}
 	switch er.Status {
 	case pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED:
 		if ch.scheme == schemeBearer {

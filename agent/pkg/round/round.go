@@ -84,8 +84,8 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 			}
 			creds, err := c.credentials().Lookup(ctx, e.Ref, pods(e.Uses))
 			if err != nil {
-				// The kubelet would pull without them; so do we, and say so.
-				slog.WarnContext(ctx, "pull credentials lookup failed; probing anonymously", "image", e.Ref.String(), "err", err)
+				// The kubelet pulls with what it found; so do we, and say so.
+				slog.WarnContext(ctx, "some pull credentials could not be read; probing with those found", "image", e.Ref.String(), "found", len(creds), "err", err)
 			}
 			applyResult(&images[i], e, c.Prober.Probe(ctx, probe.Request{Ref: e.Ref, Endpoints: eps, Credentials: creds, NodeDigest: e.Digest}))
 		}(i, e)

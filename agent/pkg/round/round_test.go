@@ -18,7 +18,10 @@ import (
 )
 
 const (
-	d1 = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	idA = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	idB = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+	idC = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+	d1  = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 	d2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
 )
 
@@ -56,13 +59,13 @@ func TestRun(t *testing.T) {
 	inv := &cri.Inventory{
 		Runtime: cri.Runtime{Name: "containerd", Version: "1.6.20"},
 		Images: []cri.Image{
-			{ID: "sha256:aa", RepoTags: []string{"r.example/app:v1"}, RepoDigests: []string{"r.example/app@" + d1}},
-			{ID: "sha256:bb", RepoTags: []string{"r.example/broken:v1"}},
+			{ID: idA, RepoTags: []string{"r.example/app:v1"}, RepoDigests: []string{"r.example/app@" + d1}},
+			{ID: idB, RepoTags: []string{"r.example/broken:v1"}},
 		},
 		Sandboxes: map[string]cri.Sandbox{"s": {ID: "s", Name: "web", Namespace: "shop"}},
 		Containers: []cri.Container{
-			{ID: "c", Name: "app", PodSandboxID: "s", Image: "sha256:aa", State: "running"},
-			{ID: "g", Name: "ghost", PodSandboxID: "s", Image: "sha256:cc", State: "exited"},
+			{ID: "c", Name: "app", PodSandboxID: "s", Image: idA, State: "running"},
+			{ID: "g", Name: "ghost", PodSandboxID: "s", Image: idC, State: "exited"},
 		},
 	}
 	fp := &fakeProber{res: map[string]probe.Result{
@@ -79,7 +82,7 @@ func TestRun(t *testing.T) {
 	for _, im := range node.Images {
 		got[im.Image] = im.Status
 	}
-	if got["r.example/app:v1"] != "available" || got["r.example/broken:v1"] != "absent" || got["sha256:cc"] != "unknown" {
+	if got["r.example/app:v1"] != "available" || got["r.example/broken:v1"] != "absent" || got[idC] != "unknown" {
 		t.Fatalf("statuses %v", got)
 	}
 	for _, im := range node.Images {
@@ -88,7 +91,7 @@ func TestRun(t *testing.T) {
 			if !im.Drifted || im.RegistryDigest != d2 || im.Digest != d1 || im.CredentialSource != "pull_secret" || len(im.Endpoints) != 1 || im.CheckedAt == nil {
 				t.Errorf("app: %+v", im)
 			}
-		case "sha256:cc":
+		case idC:
 			if im.CheckedAt != nil || len(im.Pods) != 1 {
 				t.Errorf("ghost image: %+v", im)
 			}
