@@ -33,6 +33,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -121,13 +122,91 @@ func decodeAll(file string, data []byte) ([]object, error) {
 	}
 	var objs []object
 	for i, doc := range docs {
-		obj, _, err := strict.Decode(doc, nil, nil)
+		obj, err := decodeMonitoring(doc)
+		if err == nil && obj == nil {
+			obj, _, err = strict.Decode(doc, nil, nil)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s, document %d: %w", file, i, err)
 		}
 		objs = append(objs, object{file: file, doc: i, obj: obj})
 	}
 	return objs, nil
+}
+
+// The Prometheus operator's kinds are not in client-go's scheme. They are
+// decoded strictly into the part of their schema deploy/ uses, and kept as
+// Unstructured objects for the checks on names and namespaces.
+type monitoringMeta struct {
+	Name      string            `json:"name"`
+	Namespace string            `json:"namespace"`
+	Labels    map[string]string `json:"labels,omitempty"`
+}
+
+type serviceMonitor struct {
+	APIVersion string         `json:"apiVersion"`
+	Kind       string         `json:"kind"`
+	Metadata   monitoringMeta `json:"metadata"`
+	Spec       struct {
+		Selector          metav1.LabelSelector `json:"selector"`
+		NamespaceSelector struct {
+			MatchNames []string `json:"matchNames,omitempty"`
+		} `json:"namespaceSelector"`
+		Endpoints []struct {
+			Port          string `json:"port"`
+			Path          string `json:"path,omitempty"`
+			Interval      string `json:"interval,omitempty"`
+			ScrapeTimeout string `json:"scrapeTimeout,omitempty"`
+		} `json:"endpoints"`
+	} `json:"spec"`
+}
+
+type prometheusRule struct {
+	APIVersion string         `json:"apiVersion"`
+	Kind       string         `json:"kind"`
+	Metadata   monitoringMeta `json:"metadata"`
+	Spec       struct {
+		Groups []struct {
+			Name  string `json:"name"`
+			Rules []struct {
+				Alert       string            `json:"alert,omitempty"`
+				Record      string            `json:"record,omitempty"`
+				Expr        string            `json:"expr"`
+				For         string            `json:"for,omitempty"`
+				Labels      map[string]string `json:"labels,omitempty"`
+				Annotations map[string]string `json:"annotations,omitempty"`
+			} `json:"rules"`
+		} `json:"groups"`
+	} `json:"spec"`
+}
+
+// decodeMonitoring decodes a monitoring.coreos.com/v1 document, or returns
+// nil, nil for any other.
+func decodeMonitoring(doc []byte) (runtime.Object, error) {
+	var tm metav1.TypeMeta
+	if err := yaml.Unmarshal(doc, &tm); err != nil {
+		return nil, err
+	}
+	if tm.APIVersion != "monitoring.coreos.com/v1" {
+		return nil, nil
+	}
+	var typed any
+	switch tm.Kind {
+	case "ServiceMonitor":
+		typed = &serviceMonitor{}
+	case "PrometheusRule":
+		typed = &prometheusRule{}
+	default:
+		return nil, fmt.Errorf("monitoring.coreos.com/v1 kind %q is not modelled by this test", tm.Kind)
+	}
+	if err := yaml.UnmarshalStrict(doc, typed); err != nil {
+		return nil, err
+	}
+	u := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+		return nil, err
+	}
+	return u, nil
 }
 
 var loadManifests = sync.OnceValues(func() ([]object, error) {
@@ -941,9 +1020,12 @@ func TestAggregatorPorts(t *testing.T) {
 func TestRBAC(t *testing.T) {
 	// What each ServiceAccount may do, cluster-wide: resource -> verbs.
 	want := map[string]map[string][]string{
-		aggregatorName: {"nodes": {"get", "list", "watch"}, "pods": {"get", "list", "watch"}},
+		// The aggregator's informers only list and watch (aggregator/pkg/kubewatch).
+		aggregatorName: {"nodes": {"list", "watch"}, "pods": {"list", "watch"}, "replicasets": {"list", "watch"}, "jobs": {"list", "watch"}},
 		agentName:      {"pods": {"list", "watch"}, "secrets": {"get"}},
 	}
+	// The API group of each resource.
+	groups := map[string]string{"nodes": "", "pods": "", "secrets": "", "replicasets": "apps", "jobs": "batch"}
 	roles := map[string]*rbacv1.ClusterRole{}
 	for _, r := range all[*rbacv1.ClusterRole](t) {
 		roles[r.Name] = r
@@ -977,8 +1059,10 @@ func TestRBAC(t *testing.T) {
 				if len(r.NonResourceURLs) > 0 || len(r.ResourceNames) > 0 {
 					t.Errorf("ClusterRole %s: unexpected rule %+v", role.Name, r)
 				}
-				if !slices.Equal(r.APIGroups, []string{""}) {
-					t.Errorf("ClusterRole %s: apiGroups %q, want only the core group", role.Name, r.APIGroups)
+				for _, res := range r.Resources {
+					if g, ok := groups[res]; !ok || !slices.Equal(r.APIGroups, []string{g}) {
+						t.Errorf("ClusterRole %s: %s in apiGroups %q, want [%q]", role.Name, res, r.APIGroups, g)
+					}
 				}
 				for _, res := range r.Resources {
 					got[s.Name][res] = slices.Sorted(slices.Values(slices.Concat(got[s.Name][res], r.Verbs)))
@@ -1336,5 +1420,52 @@ func TestDockerfiles(t *testing.T) {
 				t.Error("final stage: no USER (say which user, even root)")
 			}
 		})
+	}
+}
+
+// TestServiceMonitor: the ServiceMonitor selects the aggregator's Service
+// in its namespace and scrapes a port the Service has, at /metrics.
+func TestServiceMonitor(t *testing.T) {
+	var sms []*serviceMonitor
+	for _, o := range manifests(t) {
+		u, ok := o.obj.(*unstructured.Unstructured)
+		if !ok || u.GetKind() != "ServiceMonitor" {
+			continue
+		}
+		b, err := u.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sm := &serviceMonitor{}
+		if err := yaml.UnmarshalStrict(b, sm); err != nil {
+			t.Fatal(err)
+		}
+		sms = append(sms, sm)
+	}
+	if len(sms) != 1 {
+		t.Fatalf("%d ServiceMonitors in deploy/, want 1", len(sms))
+	}
+	sm := sms[0]
+	svc := only[*corev1.Service](t, aggregatorName)
+	sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sel.Matches(labels.Set(svc.Labels)) {
+		t.Errorf("ServiceMonitor selector %v does not match Service %s labels %v", sel, svc.Name, svc.Labels)
+	}
+	if !slices.Equal(sm.Spec.NamespaceSelector.MatchNames, []string{namespace}) {
+		t.Errorf("ServiceMonitor namespaceSelector %v, want [%s]", sm.Spec.NamespaceSelector.MatchNames, namespace)
+	}
+	if len(sm.Spec.Endpoints) != 1 {
+		t.Fatalf("ServiceMonitor endpoints %+v, want one", sm.Spec.Endpoints)
+	}
+	ep := sm.Spec.Endpoints[0]
+	found := false
+	for _, p := range svc.Spec.Ports {
+		found = found || p.Name == ep.Port
+	}
+	if !found || (ep.Path != "" && ep.Path != "/metrics") {
+		t.Errorf("ServiceMonitor endpoint port %q path %q, want a port of Service %s and /metrics", ep.Port, ep.Path, svc.Name)
 	}
 }

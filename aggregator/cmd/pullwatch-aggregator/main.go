@@ -18,8 +18,11 @@ import (
 	"github.com/pullwatch/pullwatch/pkg/kubeapi"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 	"google.golang.org/grpc"
+	"k8s.io/klog/v2"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/ingest"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
@@ -44,17 +47,20 @@ func main() {
 		usageError(err)
 	}
 	log := logging.New(os.Stderr, opts.LogLevel, opts.LogFormat)
+	// client-go logs through klog; send it to the same handler.
+	klog.SetSlogLogger(log)
 	log.Info("starting "+options.Name, "version", version)
 
-	// The API is only detected for now; node-deletion tracking (Node and
-	// Pod informers) will be built on the returned config.
-	if _, err := kubeapi.Announce(log, opts.Kubeconfig, "node-deletion tracking is"); err != nil {
+	// Without the API, nodes are never dropped, zones come from the labels
+	// agents send, and the compatibility metrics name pods.
+	kube, err := kubeapi.Announce(log, opts.Kubeconfig, "node-deletion tracking, Node zones and workload owners are")
+	if err != nil {
 		usageError(fmt.Errorf("%w (fix --kubeconfig / KUBECONFIG, or unset it to run without the Kubernetes API)", err))
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, log, opts); err != nil {
+	if err := run(ctx, log, opts, kube); err != nil {
 		log.Error("aggregator failed", "error", err)
 		stop()
 		os.Exit(exitFailure)
@@ -66,16 +72,40 @@ func usageError(err error) {
 	os.Exit(exitUsage)
 }
 
-// run serves gRPC and HTTP until ctx is cancelled, then shuts down.
-func run(ctx context.Context, log *slog.Logger, opts *options.Options) error {
+// analyzeEvery is how often the diagnosis runs on its own (scrapes and
+// the status page run it too), so that its changes are logged promptly.
+const analyzeEvery = 15 * time.Second
+
+// run serves gRPC and HTTP until ctx is cancelled, then shuts down. kube
+// is nil without the Kubernetes API.
+func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) error {
 	store := state.New(opts.StaleAfter)
+	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, Compat: opts.CompatMetrics}
+	var dir diagnose.Directory // nil without the API
+	if kube != nil {
+		watcher, err := kubewatch.New(kube.Rest, log, kubewatch.Options{
+			Owners:        opts.CompatMetrics,
+			OnNodeDeleted: func(name string) { store.Forget(name) },
+		})
+		if err != nil {
+			return err
+		}
+		watcher.Start(ctx)
+		dir = watcher
+		if opts.CompatMetrics {
+			collectorCfg.Owners = watcher
+		}
+	}
+	analyzer := diagnose.NewAnalyzer(store, dir, log)
+	go analyzer.Run(ctx, analyzeEvery)
+
 	reports := metrics.NewReports(ingest.Kinds(), ingest.Reasons())
-	registry := metrics.NewRegistry(metrics.NewCollector(store), reports)
+	registry := metrics.NewRegistry(metrics.NewCollector(store, analyzer, collectorCfg), reports)
 	var ready web.Readiness
 
 	ingestSrv := ingest.NewServer(store, reports, log)
 	grpcSrv := ingest.NewGRPCServer(ingestSrv, opts.MaxReportBytes)
-	httpSrv := web.NewServer(web.NewHandler(registry, &ready))
+	httpSrv := web.NewServer(web.NewHandler(registry, &ready, web.NewStatusPage(analyzer, store, log)))
 
 	// Listen before serving so that a taken port fails startup plainly.
 	var lc net.ListenConfig
@@ -89,7 +119,8 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options) error {
 		return fmt.Errorf("--http-listen: %w", err)
 	}
 	log.Info("listening", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
-		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes)
+		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
+		"node_image_series", opts.NodeImageSeries, "compat_metrics", opts.CompatMetrics)
 
 	errc := make(chan error, 2)
 	go func() {

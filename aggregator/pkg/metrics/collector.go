@@ -4,26 +4,31 @@
 // state store at scrape time by a custom Collector rather than kept in
 // gauge vectors: a series exists exactly as long as the state has its
 // subject, so nothing has to remember to delete series for images a node
-// no longer has.
+// no longer has. Every family is documented in docs/metrics.md.
 package metrics
 
 import (
+	"context"
+
 	"github.com/prometheus/client_golang/prometheus"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
 var (
 	imageStatusDesc = prometheus.NewDesc(
 		"pullwatch_node_image_status",
-		"Pull status of an image on a node, as the node's agent last reported it: 1 for the current status, one series per node and image. "+
+		"Pull status of an image on a node, as the node's agent last reported it: 1 for the current status, one series per node and image "+
+			"(with --node-image-series=failing only for images not available on the node). "+
 			"status is one of available, absent, unauthorized, forbidden, rate_limited, unreachable, platform_missing, bad_image_format, unknown. "+
 			"Stale nodes keep their last status; see pullwatch_node_stale.",
 		[]string{"node", "image", "status"}, nil)
 	imageInUseDesc = prometheus.NewDesc(
 		"pullwatch_node_image_in_use",
-		"1 if at least one container on the node (in any state) uses the image, else 0.",
+		"1 if at least one container on the node (in any state) uses the image, else 0. Same series selection as pullwatch_node_image_status.",
 		[]string{"node", "image"}, nil)
 	nodeStaleDesc = prometheus.NewDesc(
 		"pullwatch_node_stale",
@@ -49,19 +54,68 @@ var (
 		nil, nil)
 	nodesDesc = prometheus.NewDesc(
 		"pullwatch_nodes",
-		"Number of nodes the aggregator has state for, by state: fresh (reported within --stale-after) or stale.",
+		"Number of nodes the aggregator has state for, by state: fresh (reported within --stale-after), stale, "+
+			"or unregistered (the Kubernetes API has no Node of that name; only with the API).",
 		[]string{"state"}, nil)
+	imageNodesDesc = prometheus.NewDesc(
+		"pullwatch_image_nodes",
+		"Number of live nodes (fresh, and known to the Kubernetes API when it is used) that have the image, by the image's status on them. "+
+			"Only statuses some node has get a series.",
+		[]string{"image", "status"}, nil)
+	imageFailureDesc = prometheus.NewDesc(
+		"pullwatch_image_failure",
+		"Where an image that is not available on some live node fails: scope node, zone, cluster or image (the registry answered: absent, "+
+			"unauthorized, forbidden, platform_missing, bad_image_format). Value: the number of live nodes where it is not available. "+
+			"One series per failing image; none for images available everywhere.",
+		[]string{"image", "registry", "scope"}, nil)
+	registryFailureDesc = prometheus.NewDesc(
+		"pullwatch_registry_failure",
+		"Where a registry endpoint that does not answer some live node fails: scope node, zone, mirror (a mirror down from every node while the upstream answers) "+
+			"or cluster. Value: the number of live nodes it does not answer. One series per failing endpoint; none for endpoints that answer everywhere.",
+		[]string{"registry", "endpoint", "scope"}, nil)
 )
 
-// Collector computes the node, image, endpoint and agent metrics from a
-// state store at scrape time.
-type Collector struct {
-	store *state.Store
+// Owners resolves the workload behind a pod for the compatibility
+// metrics; kubewatch.Watcher implements it.
+type Owners interface {
+	// OwnersSynced reports whether Workload's answers are final.
+	OwnersSynced() bool
+	// Workload returns the lowercase kind and the name of the pod's
+	// workload (the pod itself when it has no controller).
+	Workload(namespace, pod string) (kind, name string)
+	// ContainerImage returns the container's image as the pod spec
+	// writes it, or "" when unknown.
+	ContainerImage(namespace, pod, container string) string
 }
 
-// NewCollector returns a Collector reading store.
-func NewCollector(store *state.Store) *Collector {
-	return &Collector{store: store}
+// Config selects what the Collector exports.
+type Config struct {
+	// NodeImageSeries is options.NodeImageSeriesAll (default) or
+	// options.NodeImageSeriesFailing.
+	NodeImageSeries string
+	// Compat turns on the k8s_image_availability_exporter_* families.
+	Compat bool
+	// Owners resolves pods to workloads for Compat; nil without the
+	// Kubernetes API (kind pod, name the pod).
+	Owners Owners
+}
+
+// Analyzer is what the Collector reads: diagnose.Analyzer.
+type Analyzer interface {
+	Analyze(ctx context.Context) *diagnose.Report
+}
+
+// Collector computes the node, image, endpoint, diagnosis and agent
+// metrics from a state store at scrape time.
+type Collector struct {
+	store    *state.Store
+	analyzer Analyzer
+	cfg      Config
+}
+
+// NewCollector returns a Collector reading store through analyzer.
+func NewCollector(store *state.Store, analyzer Analyzer, cfg Config) *Collector {
+	return &Collector{store: store, analyzer: analyzer, cfg: cfg}
 }
 
 // Describe implements prometheus.Collector.
@@ -69,89 +123,90 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		imageStatusDesc, imageInUseDesc, nodeStaleDesc, lastReportDesc,
 		endpointUpDesc, endpointLatencyDesc, agentsConnectedDesc, nodesDesc,
+		imageNodesDesc, imageFailureDesc, registryFailureDesc,
 	} {
 		ch <- d
+	}
+	if c.cfg.Compat {
+		for _, d := range compatDescs {
+			ch <- d
+		}
 	}
 }
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	var fresh, stale int
-	for _, n := range c.store.Nodes() {
-		if n.Stale {
+	r := c.analyzer.Analyze(context.Background())
+	onlyFailing := c.cfg.NodeImageSeries == options.NodeImageSeriesFailing
+	var fresh, stale, unregistered int
+	for i := range r.Nodes {
+		n := &r.Nodes[i]
+		switch {
+		case n.Unregistered:
+			unregistered++
+		case n.Stale:
 			stale++
-		} else {
+		default:
 			fresh++
 		}
-		collectNode(ch, n)
+		collectNode(ch, n, r.NodeEndpoints[i], onlyFailing)
 	}
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(fresh), "fresh")
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(stale), "stale")
+	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(unregistered), "unregistered")
 	ch <- prometheus.MustNewConstMetric(agentsConnectedDesc, prometheus.GaugeValue, float64(c.store.ConnectedAgents()))
+
+	for i := range r.Images {
+		f := &r.Images[i]
+		for _, st := range statuses {
+			if n := f.Counts[st]; n > 0 {
+				ch <- prometheus.MustNewConstMetric(imageNodesDesc, prometheus.GaugeValue, float64(n), f.Image, words[st])
+			}
+		}
+		if f.Scope != diagnose.ScopeNone {
+			ch <- prometheus.MustNewConstMetric(imageFailureDesc, prometheus.GaugeValue, float64(len(f.Failing)), f.Image, f.Registry, string(f.Scope))
+		}
+	}
+	for i := range r.Endpoints {
+		f := &r.Endpoints[i]
+		if f.Scope != diagnose.ScopeNone {
+			ch <- prometheus.MustNewConstMetric(registryFailureDesc, prometheus.GaugeValue, float64(len(f.Failing)), f.Registry, f.URL, string(f.Scope))
+		}
+	}
+	if c.cfg.Compat && (c.cfg.Owners == nil || c.cfg.Owners.OwnersSynced()) {
+		collectCompat(ch, r, c.cfg.Owners)
+	}
 }
 
-func collectNode(ch chan<- prometheus.Metric, n state.NodeView) {
+// statuses and words are the status vocabulary, computed once.
+var (
+	statuses = pullwatchv1.Statuses()
+	words    = func() map[pullwatchv1.ImageStatus]string {
+		m := map[pullwatchv1.ImageStatus]string{}
+		for _, st := range statuses {
+			m[st] = st.Word()
+		}
+		return m
+	}()
+)
+
+func collectNode(ch chan<- prometheus.Metric, n *diagnose.Node, endpoints []diagnose.NodeEndpoint, onlyFailing bool) {
 	ch <- prometheus.MustNewConstMetric(nodeStaleDesc, prometheus.GaugeValue, boolValue(n.Stale), n.Name)
 	ch <- prometheus.MustNewConstMetric(lastReportDesc, prometheus.GaugeValue, float64(n.LastReport.UnixNano())/1e9, n.Name)
-
-	endpoints := map[endpointKey]*endpointStats{}
 	for _, im := range n.Images {
-		// Validation guarantees a valid status, so Word is never empty.
-		ch <- prometheus.MustNewConstMetric(imageStatusDesc, prometheus.GaugeValue, 1, n.Name, im.GetImage(), im.GetStatus().Word())
+		if onlyFailing && im.GetStatus() == pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
+			continue
+		}
+		// Validation guarantees a valid status, so the word is never empty.
+		ch <- prometheus.MustNewConstMetric(imageStatusDesc, prometheus.GaugeValue, 1, n.Name, im.GetImage(), words[im.GetStatus()])
 		ch <- prometheus.MustNewConstMetric(imageInUseDesc, prometheus.GaugeValue, boolValue(im.GetInUse()), n.Name, im.GetImage())
-		for _, ep := range im.GetEndpoints() {
-			if ep.GetSkipped() {
-				continue
-			}
-			// Validation guarantees the role is upstream or mirror.
-			key := endpointKey{registry: im.GetRegistry(), url: ep.GetUrl(), role: ep.GetRole().Word()}
-			stats := endpoints[key]
-			if stats == nil {
-				stats = &endpointStats{}
-				endpoints[key] = stats
-			}
-			stats.add(ep)
+	}
+	for _, ep := range endpoints {
+		ch <- prometheus.MustNewConstMetric(endpointUpDesc, prometheus.GaugeValue, boolValue(ep.Up), n.Name, ep.Registry, ep.URL, ep.Role)
+		if ep.HasLatency {
+			ch <- prometheus.MustNewConstMetric(endpointLatencyDesc, prometheus.GaugeValue, ep.MaxLatency, n.Name, ep.Registry, ep.URL, ep.Role)
 		}
 	}
-	for key, stats := range endpoints {
-		ch <- prometheus.MustNewConstMetric(endpointUpDesc, prometheus.GaugeValue, boolValue(stats.answered), n.Name, key.registry, key.url, key.role)
-		if stats.hasLatency {
-			ch <- prometheus.MustNewConstMetric(endpointLatencyDesc, prometheus.GaugeValue, stats.maxLatency, n.Name, key.registry, key.url, key.role)
-		}
-	}
-}
-
-type endpointKey struct {
-	registry, url, role string
-}
-
-// endpointStats folds one node's results for one endpoint across images.
-type endpointStats struct {
-	answered   bool
-	hasLatency bool
-	maxLatency float64 // seconds
-}
-
-func (s *endpointStats) add(ep *pullwatchv1.EndpointResult) {
-	s.answered = s.answered || answered(ep)
-	if ep.GetLatency() != nil {
-		s.maxLatency = max(s.maxLatency, ep.GetLatency().AsDuration().Seconds())
-		s.hasLatency = true
-	}
-}
-
-// answered reports whether the registry sent any response. An HTTP status
-// proves it; without one, every status except unreachable and unknown
-// still describes an answer (absent is a 404, rate_limited a 429, ...).
-func answered(ep *pullwatchv1.EndpointResult) bool {
-	if ep.GetHttpStatus() != 0 {
-		return true
-	}
-	switch ep.GetStatus() {
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE, pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN:
-		return false
-	}
-	return ep.GetStatus().Valid()
 }
 
 func boolValue(b bool) float64 {

@@ -2,15 +2,22 @@ package metrics
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -71,6 +78,16 @@ func testStore() *state.Store {
 	return s
 }
 
+// newCollector returns a Collector over s with the default
+// configuration but compat off, unless cfgs give one.
+func newCollector(s *state.Store, cfgs ...Config) *Collector {
+	cfg := Config{NodeImageSeries: options.NodeImageSeriesAll}
+	if len(cfgs) > 0 {
+		cfg = cfgs[0]
+	}
+	return NewCollector(s, diagnose.NewAnalyzer(s, nil, slog.New(slog.NewTextHandler(io.Discard, nil))), cfg)
+}
+
 func TestCollectorExposition(t *testing.T) {
 	const want = `
 # HELP pullwatch_agent_last_report_timestamp_seconds Unix time the aggregator last accepted a report from the node's agent.
@@ -80,6 +97,13 @@ pullwatch_agent_last_report_timestamp_seconds{node="node-b"} 1767323045
 # HELP pullwatch_agents_connected Number of agent report streams currently open.
 # TYPE pullwatch_agents_connected gauge
 pullwatch_agents_connected 1
+# HELP pullwatch_image_failure Where an image that is not available on some live node fails: scope node, zone, cluster or image (the registry answered: absent, unauthorized, forbidden, platform_missing, bad_image_format). Value: the number of live nodes where it is not available. One series per failing image; none for images available everywhere.
+# TYPE pullwatch_image_failure gauge
+pullwatch_image_failure{image="docker.io/library/b:1",registry="docker.io",scope="image"} 1
+# HELP pullwatch_image_nodes Number of live nodes (fresh, and known to the Kubernetes API when it is used) that have the image, by the image's status on them. Only statuses some node has get a series.
+# TYPE pullwatch_image_nodes gauge
+pullwatch_image_nodes{image="docker.io/library/a:1",status="available"} 1
+pullwatch_image_nodes{image="docker.io/library/b:1",status="absent"} 1
 # HELP pullwatch_node_endpoint_latency_seconds Highest latency of the registry endpoint seen by the node's agent across the images in its latest results. No series when no result carries a latency.
 # TYPE pullwatch_node_endpoint_latency_seconds gauge
 pullwatch_node_endpoint_latency_seconds{endpoint="https://mirror.example/v2",node="node-a",registry="docker.io",role="mirror"} 3
@@ -89,12 +113,12 @@ pullwatch_node_endpoint_latency_seconds{endpoint="https://registry-1.docker.io/v
 pullwatch_node_endpoint_up{endpoint="https://mirror.example/v2",node="node-a",registry="docker.io",role="mirror"} 0
 pullwatch_node_endpoint_up{endpoint="https://quay.io/v2",node="node-b",registry="quay.io",role="upstream"} 1
 pullwatch_node_endpoint_up{endpoint="https://registry-1.docker.io/v2",node="node-a",registry="docker.io",role="upstream"} 1
-# HELP pullwatch_node_image_in_use 1 if at least one container on the node (in any state) uses the image, else 0.
+# HELP pullwatch_node_image_in_use 1 if at least one container on the node (in any state) uses the image, else 0. Same series selection as pullwatch_node_image_status.
 # TYPE pullwatch_node_image_in_use gauge
 pullwatch_node_image_in_use{image="docker.io/library/a:1",node="node-a"} 1
 pullwatch_node_image_in_use{image="docker.io/library/b:1",node="node-a"} 0
 pullwatch_node_image_in_use{image="quay.io/org/c:1",node="node-b"} 0
-# HELP pullwatch_node_image_status Pull status of an image on a node, as the node's agent last reported it: 1 for the current status, one series per node and image. status is one of available, absent, unauthorized, forbidden, rate_limited, unreachable, platform_missing, bad_image_format, unknown. Stale nodes keep their last status; see pullwatch_node_stale.
+# HELP pullwatch_node_image_status Pull status of an image on a node, as the node's agent last reported it: 1 for the current status, one series per node and image (with --node-image-series=failing only for images not available on the node). status is one of available, absent, unauthorized, forbidden, rate_limited, unreachable, platform_missing, bad_image_format, unknown. Stale nodes keep their last status; see pullwatch_node_stale.
 # TYPE pullwatch_node_image_status gauge
 pullwatch_node_image_status{image="docker.io/library/a:1",node="node-a",status="available"} 1
 pullwatch_node_image_status{image="docker.io/library/b:1",node="node-a",status="absent"} 1
@@ -103,19 +127,23 @@ pullwatch_node_image_status{image="quay.io/org/c:1",node="node-b",status="rate_l
 # TYPE pullwatch_node_stale gauge
 pullwatch_node_stale{node="node-a"} 0
 pullwatch_node_stale{node="node-b"} 1
-# HELP pullwatch_nodes Number of nodes the aggregator has state for, by state: fresh (reported within --stale-after) or stale.
+# HELP pullwatch_nodes Number of nodes the aggregator has state for, by state: fresh (reported within --stale-after), stale, or unregistered (the Kubernetes API has no Node of that name; only with the API).
 # TYPE pullwatch_nodes gauge
 pullwatch_nodes{state="fresh"} 1
 pullwatch_nodes{state="stale"} 1
+pullwatch_nodes{state="unregistered"} 0
+# HELP pullwatch_registry_failure Where a registry endpoint that does not answer some live node fails: scope node, zone, mirror (a mirror down from every node while the upstream answers) or cluster. Value: the number of live nodes it does not answer. One series per failing endpoint; none for endpoints that answer everywhere.
+# TYPE pullwatch_registry_failure gauge
+pullwatch_registry_failure{endpoint="https://mirror.example/v2",registry="docker.io",scope="mirror"} 1
 `
-	if err := testutil.CollectAndCompare(NewCollector(testStore()), strings.NewReader(want)); err != nil {
+	if err := testutil.CollectAndCompare(newCollector(testStore()), strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
 }
 
 func TestOneStatusSeriesPerImage(t *testing.T) {
 	s := testStore()
-	c := NewCollector(s)
+	c := newCollector(s)
 	tests := []struct {
 		name   string
 		change func()
@@ -153,7 +181,7 @@ pullwatch_node_image_status{image="quay.io/org/c:1",node="node-b",status="rate_l
 func helpOf(t *testing.T, name string) string {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(NewCollector(testStore()))
+	reg.MustRegister(newCollector(testStore(), Config{Compat: true}))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -169,17 +197,17 @@ func helpOf(t *testing.T, name string) string {
 
 func TestEmptyStore(t *testing.T) {
 	s := state.New(time.Minute)
-	c := NewCollector(s)
-	// Only the totals: pullwatch_nodes{state} twice and pullwatch_agents_connected.
-	if n := testutil.CollectAndCount(c); n != 3 {
-		t.Errorf("%d series from an empty store, want 3", n)
+	c := newCollector(s)
+	// Only the totals: pullwatch_nodes{state} three times and pullwatch_agents_connected.
+	if n := testutil.CollectAndCount(c); n != 4 {
+		t.Errorf("%d series from an empty store, want 4", n)
 	}
 }
 
 func TestLint(t *testing.T) {
 	reports := NewReports([]string{"snapshot", "update"}, []string{"invalid_node", "too_large"})
 	for name, c := range map[string]prometheus.Collector{
-		"collector": NewCollector(testStore()),
+		"collector": newCollector(testStore(), Config{Compat: true}),
 		"reports":   reports,
 	} {
 		problems, err := testutil.CollectAndLint(c)
@@ -214,7 +242,7 @@ pullwatch_reports_rejected_total{reason="too_large"} 1
 }
 
 func TestRegistryGathers(t *testing.T) {
-	reg := NewRegistry(NewCollector(testStore()), NewReports([]string{"snapshot"}, nil))
+	reg := NewRegistry(newCollector(testStore()), NewReports([]string{"snapshot"}, nil))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -230,41 +258,106 @@ func TestRegistryGathers(t *testing.T) {
 	}
 }
 
-// BenchmarkCollect measures one scrape's Collect for 1000 nodes with 50
-// images each (two endpoints per image), without encoding.
-func BenchmarkCollect(b *testing.B) {
+// benchStore is 1000 nodes with 50 images each, two endpoints per image
+// (a mirror that is down and an upstream that answers), every image
+// available. Every other image is in use by one container of a pod
+// named app-<i>-<node>, which benchOwners puts in Deployment app-<i>.
+func benchStore() *state.Store {
 	s := state.New(time.Minute)
 	for n := range 1000 {
-		snap := &pullwatchv1.NodeSnapshot{Node: &pullwatchv1.Node{Name: fmt.Sprintf("node-%04d", n)}}
+		node := fmt.Sprintf("node-%04d", n)
+		snap := &pullwatchv1.NodeSnapshot{Node: &pullwatchv1.Node{Name: node}}
 		for i := range 50 {
-			snap.Images = append(snap.Images, &pullwatchv1.ImageReport{
+			im := &pullwatchv1.ImageReport{
 				Image: fmt.Sprintf("registry.example/team-%d/app:%d", i%10, i), Registry: "registry.example",
 				Status: available, InUse: i%2 == 0,
 				Endpoints: []*pullwatchv1.EndpointResult{
 					endpoint("https://mirror.example/v2", mirror, unreachable, 0, time.Second),
 					endpoint("https://registry.example/v2", upstream, available, 200, 30*time.Millisecond),
 				},
-			})
+			}
+			if im.InUse {
+				im.Containers = []*pullwatchv1.ContainerRef{{Namespace: "apps", Pod: fmt.Sprintf("app-%d-%s", i, node), Container: "main"}}
+			}
+			snap.Images = append(snap.Images, im)
 		}
 		s.ApplySnapshot(snap)
 	}
-	c := NewCollector(s)
+	return s
+}
 
-	ch := make(chan prometheus.Metric, 1024)
-	drained := make(chan int)
-	go func() {
-		n := 0
-		for range ch {
-			n++
-		}
-		drained <- n
-	}()
-	b.ReportAllocs()
-	for b.Loop() {
-		c.Collect(ch)
+// benchOwners puts pod app-<i>-<node> in Deployment app-<i>.
+type benchOwners struct{}
+
+func (benchOwners) OwnersSynced() bool { return true }
+func (benchOwners) Workload(_, pod string) (string, string) {
+	return "deployment", pod[:strings.LastIndexByte(pod, '-')-len("node")-1]
+}
+func (benchOwners) ContainerImage(_, _, _ string) string { return "" }
+
+// BenchmarkCollect measures one scrape's Collect (diagnosis included,
+// encoding not) over benchStore for each cardinality setting, and reports
+// the number of series as series/op. Reproduce with:
+//
+//	cd aggregator && go test -run '^$' -bench BenchmarkCollect -benchmem ./pkg/metrics
+func BenchmarkCollect(b *testing.B) {
+	s := benchStore()
+	for _, bc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"node-image-series=all", Config{NodeImageSeries: options.NodeImageSeriesAll}},
+		{"node-image-series=failing", Config{NodeImageSeries: options.NodeImageSeriesFailing}},
+		{"node-image-series=all,compat", Config{NodeImageSeries: options.NodeImageSeriesAll, Compat: true, Owners: benchOwners{}}},
+		{"node-image-series=failing,compat", Config{NodeImageSeries: options.NodeImageSeriesFailing, Compat: true, Owners: benchOwners{}}},
+		{"node-image-series=failing,compat-without-api", Config{NodeImageSeries: options.NodeImageSeriesFailing, Compat: true}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			c := newCollector(s, bc.cfg)
+			ch := make(chan prometheus.Metric, 1024)
+			drained := make(chan int)
+			go func() {
+				n := 0
+				for range ch {
+					n++
+				}
+				drained <- n
+			}()
+			b.ReportAllocs()
+			loops := 0
+			for b.Loop() {
+				c.Collect(ch)
+				loops++
+			}
+			close(ch)
+			n := <-drained
+			if n == 0 {
+				b.Fatal("no metrics collected")
+			}
+			b.ReportMetric(float64(n/loops), "series/op")
+		})
 	}
-	close(ch)
-	if n := <-drained; n == 0 {
-		b.Fatal("no metrics collected")
+}
+
+// BenchmarkScrape measures a whole /metrics answer (gather and encode in
+// the text format) over benchStore, and reports its size.
+func BenchmarkScrape(b *testing.B) {
+	s := benchStore()
+	for _, mode := range []string{options.NodeImageSeriesAll, options.NodeImageSeriesFailing} {
+		b.Run("node-image-series="+mode, func(b *testing.B) {
+			h := promhttp.HandlerFor(NewRegistry(newCollector(s, Config{NodeImageSeries: mode, Compat: true, Owners: benchOwners{}})), promhttp.HandlerOpts{})
+			req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+			b.ReportAllocs()
+			size := 0
+			for b.Loop() {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				if rec.Code != http.StatusOK {
+					b.Fatalf("status %d", rec.Code)
+				}
+				size = rec.Body.Len()
+			}
+			b.ReportMetric(float64(size), "bytes/scrape")
+		})
 	}
 }

@@ -24,6 +24,8 @@ func TestParse(t *testing.T) {
 		ShutdownTimeout: 10 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
+		NodeImageSeries: "all",
+		CompatMetrics:   true,
 	}
 	with := func(edit func(*Options)) Options {
 		o := defaults
@@ -40,16 +42,18 @@ func TestParse(t *testing.T) {
 		{"flags", []string{
 			"--grpc-listen=127.0.0.1:19400", "--http-listen", ":18080", "--stale-after=90s",
 			"--max-report-bytes=1048576", "--shutdown-timeout=3s", "--log-level=debug", "--log-format=json",
-			"--kubeconfig=/tmp/kc",
+			"--kubeconfig=/tmp/kc", "--node-image-series=failing", "--compat-metrics=false",
 		}, nil, Options{
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
-			Kubeconfig: "/tmp/kc",
+			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing",
 		}},
 		{"environment", nil, map[string]string{
 			"PULLWATCH_GRPC_LISTEN": ":1", "PULLWATCH_STALE_AFTER": "5m", "PULLWATCH_LOG_LEVEL": "warn", "KUBECONFIG": "/a:/b",
+			"PULLWATCH_NODE_IMAGE_SERIES": "failing", "PULLWATCH_COMPAT_METRICS": "false",
 		}, with(func(o *Options) {
 			o.GRPCListen, o.StaleAfter, o.LogLevel, o.Kubeconfig = ":1", 5*time.Minute, slog.LevelWarn, "/a:/b"
+			o.NodeImageSeries, o.CompatMetrics = "failing", false
 		})},
 		{"flag wins over environment", []string{"--stale-after=1m"}, map[string]string{"PULLWATCH_STALE_AFTER": "5m"},
 			with(func(o *Options) { o.StaleAfter = time.Minute })},
@@ -85,6 +89,8 @@ func TestParseRefuses(t *testing.T) {
 		{"bad log level", []string{"--log-level=loud"}, nil, []string{"-log-level", "want debug, info, warn or error"}},
 		{"bad log format", nil, map[string]string{"PULLWATCH_LOG_FORMAT": "xml"}, []string{"PULLWATCH_LOG_FORMAT", "want text or json"}},
 		{"unknown flag", []string{"--nope"}, nil, []string{"-nope"}},
+		{"bad node image series", []string{"--node-image-series=some"}, nil, []string{"-node-image-series", "want all or failing"}},
+		{"bad compat switch", nil, map[string]string{"PULLWATCH_COMPAT_METRICS": "maybe"}, []string{"PULLWATCH_COMPAT_METRICS", "--compat-metrics"}},
 		{"positional argument", []string{"serve"}, nil, []string{`"serve"`, "all settings are flags"}},
 	}
 	for _, tt := range tests {
@@ -114,6 +120,8 @@ func TestHelp(t *testing.T) {
 		"env PULLWATCH_GRPC_LISTEN, default :9400",
 		"env KUBECONFIG)",
 		"--stale-after duration",
+		"env PULLWATCH_NODE_IMAGE_SERIES, default all",
+		"env PULLWATCH_COMPAT_METRICS, default true",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, out.String())

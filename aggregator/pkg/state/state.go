@@ -109,6 +109,17 @@ func (s *Store) ApplyUpdate(u *pullwatchv1.NodeUpdate) bool {
 	return true
 }
 
+// Forget drops everything known about a node (deleted from the cluster).
+// It reports whether the node was known. An agent still streaming for it
+// is asked to resync on its next update, which brings the node back.
+func (s *Store) Forget(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.nodes[name]
+	delete(s.nodes, name)
+	return ok
+}
+
 // timeOf is AsTime, except that an unset timestamp is the zero time rather
 // than 1970-01-01.
 func timeOf(ts *timestamppb.Timestamp) time.Time {

@@ -232,3 +232,22 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestForget(t *testing.T) {
+	s := New(time.Minute)
+	s.ApplySnapshot(snapshot("a", image("x", available)))
+	s.ApplySnapshot(snapshot("b", image("x", available)))
+	if !s.Forget("a") {
+		t.Error("Forget(a) = false for a known node")
+	}
+	if s.Forget("a") {
+		t.Error("Forget(a) = true the second time")
+	}
+	if got := len(s.Nodes()); got != 1 {
+		t.Errorf("%d nodes after Forget, want 1", got)
+	}
+	// The agent's next update is answered with a resync.
+	if s.ApplyUpdate(&pullwatchv1.NodeUpdate{NodeName: "a"}) {
+		t.Error("ApplyUpdate for a forgotten node succeeded")
+	}
+}

@@ -1,5 +1,5 @@
-// Package web is the aggregator's HTTP side: metrics, health and
-// readiness. The status page will be served at / later.
+// Package web is the aggregator's HTTP side: the status page at /,
+// metrics, health and readiness.
 package web
 
 import (
@@ -23,7 +23,7 @@ func (r *Readiness) Set(ready bool) { r.ready.Store(ready) }
 // Ready reports the current readiness.
 func (r *Readiness) Ready() bool { return r.ready.Load() }
 
-// index is served at / until the status page exists.
+// index is served at / when there is no status page.
 const index = `pullwatch-aggregator
 
 /metrics  Prometheus metrics
@@ -32,8 +32,9 @@ const index = `pullwatch-aggregator
 `
 
 // NewHandler returns the HTTP handler: /metrics from gatherer, /healthz,
-// /readyz from ready, and a short index at /. Anything else is 404.
-func NewHandler(gatherer prometheus.Gatherer, ready *Readiness) http.Handler {
+// /readyz from ready, and status at / (a short text index when status is
+// nil). Anything else is 404.
+func NewHandler(gatherer prometheus.Gatherer, ready *Readiness, status http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{
 		// Serve what could be gathered even if one collector fails,
@@ -50,9 +51,13 @@ func NewHandler(gatherer prometheus.Gatherer, ready *Readiness) http.Handler {
 		}
 		writeText(w, http.StatusServiceUnavailable, "not ready\n")
 	})
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		writeText(w, http.StatusOK, index)
-	})
+	if status != nil {
+		mux.Handle("GET /{$}", status)
+	} else {
+		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+			writeText(w, http.StatusOK, index)
+		})
+	}
 	return mux
 }
 

@@ -2,6 +2,7 @@ package web
 
 import (
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
@@ -22,8 +24,9 @@ func newTestServer(t *testing.T, ready *Readiness) *httptest.Server {
 		Node:   &pullwatchv1.Node{Name: "node-a"},
 		Images: []*pullwatchv1.ImageReport{{Image: "docker.io/library/a:1", Status: pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT}},
 	})
-	reg := metrics.NewRegistry(metrics.NewCollector(store), metrics.NewReports([]string{"snapshot", "update"}, []string{"invalid_node"}))
-	srv := httptest.NewServer(NewHandler(reg, ready))
+	analyzer := diagnose.NewAnalyzer(store, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	reg := metrics.NewRegistry(metrics.NewCollector(store, analyzer, metrics.Config{}), metrics.NewReports([]string{"snapshot", "update"}, []string{"invalid_node"}))
+	srv := httptest.NewServer(NewHandler(reg, ready, nil))
 	t.Cleanup(srv.Close)
 	return srv
 }

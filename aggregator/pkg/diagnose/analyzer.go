@@ -1,0 +1,166 @@
+package diagnose
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
+)
+
+// Directory is what the Kubernetes API says about nodes.
+type Directory interface {
+	// Node returns the node's zone label and whether the API has a Node
+	// of that name. synced is false until the API's node list has been
+	// loaded; then nothing is known and exists is meaningless.
+	Node(name string) (zone string, exists, synced bool)
+}
+
+// Inputs turns the store's views into Diagnose's input. The zone comes
+// from the Node object when dir has it, else from the label the agent
+// sent; a node is unregistered when dir is synced and has no such Node.
+// dir may be nil (no Kubernetes API): nothing is unregistered then.
+func Inputs(views []state.NodeView, dir Directory) []Node {
+	out := make([]Node, len(views))
+	for i, v := range views {
+		n := Node{Name: v.Name, Stale: v.Stale, Images: v.Images, Zone: v.Info.GetLabels()[ZoneLabel], Info: v.Info, LastReport: v.LastReport}
+		if dir != nil {
+			zone, exists, synced := dir.Node(v.Name)
+			switch {
+			case synced && !exists:
+				n.Unregistered = true
+			case exists && zone != "":
+				n.Zone = zone
+			}
+		}
+		out[i] = n
+	}
+	return out
+}
+
+// Analyzer diagnoses the store's current state and logs every change of
+// a finding's scope (or of the zones of a zone-scope finding), one line
+// per change. It is safe for concurrent use; analyses are serialized so
+// that changes are logged in order.
+type Analyzer struct {
+	store *state.Store
+	dir   Directory
+	log   *slog.Logger
+
+	mu   sync.Mutex
+	last map[subject]verdict
+}
+
+// subject is what a finding is about: an endpoint or an image.
+type subject struct {
+	endpoint EndpointKey
+	image    string
+}
+
+type verdict struct {
+	scope Scope
+	zones string
+}
+
+// NewAnalyzer returns an Analyzer of store; dir may be nil.
+func NewAnalyzer(store *state.Store, dir Directory, log *slog.Logger) *Analyzer {
+	return &Analyzer{store: store, dir: dir, log: log, last: map[subject]verdict{}}
+}
+
+// Analyze diagnoses the store as it is now and logs what changed since
+// the previous analysis.
+func (a *Analyzer) Analyze(ctx context.Context) *Report {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := Diagnose(Inputs(a.store.Nodes(), a.dir))
+	a.observe(ctx, r)
+	return r
+}
+
+// Run analyzes every interval until ctx ends, so that changes are logged
+// even when nobody scrapes.
+func (a *Analyzer) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.Analyze(ctx)
+		}
+	}
+}
+
+// maxLoggedNodes bounds the node names in one log line.
+const maxLoggedNodes = 10
+
+func (a *Analyzer) observe(ctx context.Context, r *Report) {
+	seen := make(map[subject]bool, len(r.Endpoints)+len(r.Images))
+	for _, f := range r.Endpoints {
+		s := subject{endpoint: f.EndpointKey}
+		seen[s] = true
+		a.compare(ctx, s, verdict{f.Scope, strings.Join(f.Zones, ",")}, func() []any {
+			return []any{"registry", f.Registry, "endpoint", f.URL, "role", f.Role,
+				"failing_nodes", len(f.Failing), "of_nodes", f.Nodes, "nodes", clip(f.Failing), "reason", f.Reason}
+		})
+	}
+	for _, f := range r.Images {
+		s := subject{image: f.Image}
+		seen[s] = true
+		a.compare(ctx, s, verdict{f.Scope, strings.Join(f.Zones, ",")}, func() []any {
+			return []any{"image", f.Image, "registry", f.Registry, "status", f.Worst.Word(),
+				"failing_nodes", len(f.Failing), "nodes", clip(f.Failing), "reason", f.Reason}
+		})
+	}
+	// Subjects no live node reports any more end their failure too.
+	for s, v := range a.last {
+		if seen[s] {
+			continue
+		}
+		delete(a.last, s)
+		if v.scope == ScopeNone {
+			continue
+		}
+		var args []any
+		if s.image != "" {
+			args = []any{"image", s.image}
+		} else {
+			args = []any{"registry", s.endpoint.Registry, "endpoint", s.endpoint.URL, "role", s.endpoint.Role}
+		}
+		a.log.InfoContext(ctx, "diagnosis changed", append([]any{"from", scopeWord(v.scope), "to", "none", "why", "no live node reports it"}, args...)...)
+	}
+}
+
+func (a *Analyzer) compare(ctx context.Context, s subject, now verdict, details func() []any) {
+	before, known := a.last[s]
+	a.last[s] = now
+	if before == now || (!known && now.scope == ScopeNone) {
+		return
+	}
+	args := []any{"from", scopeWord(before.scope), "to", scopeWord(now.scope)}
+	if now.zones != "" {
+		args = append(args, "zones", now.zones)
+	}
+	level := slog.LevelInfo
+	if now.scope != ScopeNone {
+		level = slog.LevelWarn
+	}
+	a.log.Log(ctx, level, "diagnosis changed", append(args, details()...)...)
+}
+
+func scopeWord(s Scope) string {
+	if s == ScopeNone {
+		return "none"
+	}
+	return string(s)
+}
+
+func clip(names []string) string {
+	if len(names) > maxLoggedNodes {
+		return strings.Join(names[:maxLoggedNodes], ",") + ",..."
+	}
+	return strings.Join(names, ",")
+}

@@ -1,0 +1,488 @@
+// Package diagnose decides, from every node's latest results, where a pull
+// failure lies: on one node, in one zone, at a mirror, for the whole
+// cluster, or with the image itself.
+//
+// Diagnose is a pure function of its input; Analyzer feeds it from the
+// state store and the Kubernetes API and logs each change.
+//
+// Only live nodes count: a stale node (its agent went silent) or an
+// unregistered one (the Kubernetes API has no Node of that name, for
+// example because it was deleted) is neither failing nor working. Their
+// per-node results are still in the report, for per-node metrics.
+package diagnose
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+	"time"
+
+	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+)
+
+// Scope says where a failure lies. The words are the "scope" label of
+// pullwatch_registry_failure and pullwatch_image_failure.
+type Scope string
+
+// The scopes. ScopeNone means nothing fails.
+const (
+	ScopeNone = Scope("")
+	// ScopeNode: fails from some nodes while others reach it (that
+	// node's egress, DNS, proxy, firewall or credentials).
+	ScopeNode = Scope("node")
+	// ScopeZone: fails from every node of one or more zones and works
+	// from nodes elsewhere.
+	ScopeZone = Scope("zone")
+	// ScopeMirror: a mirror endpoint fails from every node that tries it
+	// while its upstream answers them; images stay available, degraded.
+	ScopeMirror = Scope("mirror")
+	// ScopeCluster: fails from every node (registry outage, or egress
+	// all nodes share).
+	ScopeCluster = Scope("cluster")
+	// ScopeImage: the registry answers, but about this image it says
+	// absent, unauthorized, forbidden, platform_missing or
+	// bad_image_format.
+	ScopeImage = Scope("image")
+)
+
+// Scopes lists every scope but ScopeNone.
+func Scopes() []Scope {
+	return []Scope{ScopeNode, ScopeZone, ScopeMirror, ScopeCluster, ScopeImage}
+}
+
+// ZoneLabel is the well-known Node label the zone comes from.
+const ZoneLabel = "topology.kubernetes.io/zone"
+
+// Node is one node's input to Diagnose.
+type Node struct {
+	Name string
+	// Zone is the node's topology.kubernetes.io/zone; empty if unknown.
+	Zone string
+	// Stale is true when the node's agent has not reported for longer
+	// than --stale-after.
+	Stale bool
+	// Unregistered is true when the Kubernetes API has loaded its nodes
+	// and has none of this name (deleted, or an agent with a wrong
+	// NODE_NAME). Always false without the API.
+	Unregistered bool
+	// Images are the node's latest results, ordered by reference.
+	// Shared with the state store: never modified.
+	Images []*pullwatchv1.ImageReport
+	// Info and LastReport are carried for the report's readers (metrics,
+	// status page); Diagnose does not look at them.
+	Info       *pullwatchv1.Node
+	LastReport time.Time
+}
+
+// Live reports whether the node counts in cluster-wide findings.
+func (n *Node) Live() bool { return !n.Stale && !n.Unregistered }
+
+// EndpointKey names a registry endpoint as the metrics do.
+type EndpointKey struct {
+	// Registry is the registry host the images name (docker.io); a
+	// mirror serving several registries has one key per registry.
+	Registry string
+	// URL is the endpoint's base URL.
+	URL string
+	// Role is "upstream" or "mirror".
+	Role string
+}
+
+func (k EndpointKey) compare(o EndpointKey) int {
+	return cmp.Or(strings.Compare(k.Registry, o.Registry), strings.Compare(k.URL, o.URL), strings.Compare(k.Role, o.Role))
+}
+
+// NodeEndpoint is what one node saw of one endpoint across its images.
+type NodeEndpoint struct {
+	EndpointKey
+	// Up is true when the endpoint answered (any HTTP response) for at
+	// least one image. Endpoints the runtime skips for every image are
+	// not listed at all.
+	Up bool
+	// MaxLatency is the highest probe latency in seconds; HasLatency is
+	// false when no result carried one.
+	MaxLatency float64
+	HasLatency bool
+	// Reason is the reason of the first result that did not answer,
+	// when none did.
+	Reason string
+}
+
+// EndpointFinding is the diagnosis of one registry endpoint.
+type EndpointFinding struct {
+	EndpointKey
+	Scope Scope
+	// Nodes is how many live nodes tried the endpoint.
+	Nodes int
+	// Failing are the live nodes from which it never answered, by name.
+	Failing []string
+	// Zones are the zones that fail as a whole (ScopeZone only).
+	Zones []string
+	// Reason is one failing node's reason.
+	Reason string
+}
+
+// ImageFinding is the diagnosis of one image across live nodes.
+type ImageFinding struct {
+	Image    string
+	Registry string
+	Scope    Scope
+	// Counts is the number of live nodes per status, indexed by the
+	// ImageStatus value.
+	Counts [statusSlots]int
+	// Failing are the live nodes where the image is not available, by name.
+	Failing []string
+	// Zones are the zones that fail as a whole (ScopeZone only).
+	Zones []string
+	// Worst is the worst status on any live node (see Rank), and Reason
+	// the reason given with it on the first such node.
+	Worst  pullwatchv1.ImageStatus
+	Reason string
+	// InUse is true when a container uses the image on a live node.
+	InUse bool
+}
+
+// statusSlots is one more than the highest ImageStatus value this build
+// knows, so that Counts can be indexed by status.
+const statusSlots = int(pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN) + 1
+
+// Report is the outcome of Diagnose.
+type Report struct {
+	// Nodes is the input, in the order given.
+	Nodes []Node
+	// NodeEndpoints[i] is what Nodes[i] saw of each endpoint, ordered
+	// by key. It covers every node, live or not.
+	NodeEndpoints [][]NodeEndpoint
+	// Endpoints has one finding per endpoint some live node tried,
+	// ordered by key, healthy ones (ScopeNone) included.
+	Endpoints []EndpointFinding
+	// Images has one finding per image on a live node, ordered by
+	// reference, healthy ones included.
+	Images []ImageFinding
+	// Live is the number of live nodes.
+	Live int
+}
+
+// Rank orders statuses from best (available, 0) to worst. A definite
+// answer about the image ranks worse than a failure that may pass on the
+// next try, and unknown ranks lowest among failures because it carries
+// the least information:
+//
+//	available < unknown < rate_limited < unreachable < bad_image_format <
+//	platform_missing < unauthorized < forbidden < absent
+//
+// Statuses this build does not know rank with unknown.
+func Rank(s pullwatchv1.ImageStatus) int {
+	switch s {
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE:
+		return 0
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_RATE_LIMITED:
+		return 2
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE:
+		return 3
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT:
+		return 4
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_PLATFORM_MISSING:
+		return 5
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNAUTHORIZED:
+		return 6
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_FORBIDDEN:
+		return 7
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT:
+		return 8
+	}
+	return 1
+}
+
+// Worse reports whether a ranks worse than b.
+func Worse(a, b pullwatchv1.ImageStatus) bool { return Rank(a) > Rank(b) }
+
+// answeredFailure reports whether s is a failure the registry stated
+// about the image (it was reached): such failures have ScopeImage.
+func answeredFailure(s pullwatchv1.ImageStatus) bool {
+	switch s {
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT,
+		pullwatchv1.ImageStatus_IMAGE_STATUS_UNAUTHORIZED,
+		pullwatchv1.ImageStatus_IMAGE_STATUS_FORBIDDEN,
+		pullwatchv1.ImageStatus_IMAGE_STATUS_PLATFORM_MISSING,
+		pullwatchv1.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT:
+		return true
+	}
+	return false
+}
+
+// Answered reports whether the registry sent any response. An HTTP status
+// proves it; without one, every status except unreachable and unknown
+// still describes an answer (absent is a 404, rate_limited a 429, ...).
+func Answered(ep *pullwatchv1.EndpointResult) bool {
+	if ep.GetHttpStatus() != 0 {
+		return true
+	}
+	switch ep.GetStatus() {
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE, pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN:
+		return false
+	}
+	return ep.GetStatus().Valid()
+}
+
+// endpointAgg accumulates one endpoint over live nodes.
+type endpointAgg struct {
+	tried   []int // node indexes
+	failing []int
+	// upstreamUp counts failing nodes from which an upstream endpoint of
+	// the same registry answered.
+	upstreamUp int
+	reason     string
+}
+
+// imageAgg accumulates one image over live nodes.
+type imageAgg struct {
+	f       *ImageFinding
+	nodes   []int
+	failing []int
+	// answered is true when some node's failure is one the registry
+	// stated (ScopeImage).
+	answered bool
+	// regUp is true when a failing node reached the image's registry.
+	regUp bool
+}
+
+// registryAgg is a registry's reachability over live nodes.
+type registryAgg struct {
+	nodes []int // live nodes with results for the registry
+	down  []int // of those, nodes from which no endpoint answered
+}
+
+// nodeRegistry is one node's view of one registry.
+type nodeRegistry struct {
+	answered, upstreamAnswered bool
+}
+
+// Diagnose computes the findings for nodes. It does not modify them.
+func Diagnose(nodes []Node) *Report {
+	r := &Report{Nodes: nodes, NodeEndpoints: make([][]NodeEndpoint, len(nodes))}
+	for i := range nodes {
+		if nodes[i].Live() {
+			r.Live++
+		}
+	}
+	endpoints := map[EndpointKey]*endpointAgg{}
+	images := map[string]*imageAgg{}
+	registries := map[string]*registryAgg{}
+	// Reused per node.
+	epIndex := map[EndpointKey]int{}
+	regs := map[string]nodeRegistry{}
+
+	for i := range nodes {
+		n := &nodes[i]
+		clear(epIndex)
+		clear(regs)
+		var eps []NodeEndpoint
+		for _, im := range n.Images {
+			reg := regs[im.GetRegistry()]
+			for _, ep := range im.GetEndpoints() {
+				if ep.GetSkipped() {
+					continue
+				}
+				key := EndpointKey{Registry: im.GetRegistry(), URL: ep.GetUrl(), Role: roleWord(ep.GetRole())}
+				j, ok := epIndex[key]
+				if !ok {
+					j = len(eps)
+					epIndex[key] = j
+					eps = append(eps, NodeEndpoint{EndpointKey: key})
+				}
+				ne := &eps[j]
+				if Answered(ep) {
+					ne.Up = true
+					reg.answered = true
+					if ep.GetRole() == pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM {
+						reg.upstreamAnswered = true
+					}
+				} else if ne.Reason == "" {
+					ne.Reason = cmp.Or(ep.GetReason(), ep.GetStatus().Word())
+				}
+				if ep.GetLatency() != nil {
+					ne.MaxLatency = max(ne.MaxLatency, ep.GetLatency().AsDuration().Seconds())
+					ne.HasLatency = true
+				}
+			}
+			regs[im.GetRegistry()] = reg
+			if n.Live() {
+				addImage(images, i, n, im)
+			}
+		}
+		slices.SortFunc(eps, func(a, b NodeEndpoint) int { return a.compare(b.EndpointKey) })
+		r.NodeEndpoints[i] = eps
+		if !n.Live() {
+			continue
+		}
+		for _, ne := range eps {
+			agg := endpoints[ne.EndpointKey]
+			if agg == nil {
+				agg = &endpointAgg{}
+				endpoints[ne.EndpointKey] = agg
+			}
+			agg.tried = append(agg.tried, i)
+			if !ne.Up {
+				agg.failing = append(agg.failing, i)
+				if regs[ne.Registry].upstreamAnswered {
+					agg.upstreamUp++
+				}
+				if agg.reason == "" {
+					agg.reason = ne.Reason
+				}
+			}
+		}
+		for name, reg := range regs {
+			ra := registries[name]
+			if ra == nil {
+				ra = &registryAgg{}
+				registries[name] = ra
+			}
+			ra.nodes = append(ra.nodes, i)
+			if !reg.answered {
+				ra.down = append(ra.down, i)
+			}
+		}
+		// A failing image whose node still reached the registry fails
+		// for a reason of its own, not the registry's reachability.
+		for _, im := range n.Images {
+			if im.GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE && regs[im.GetRegistry()].answered {
+				images[im.GetImage()].regUp = true
+			}
+		}
+	}
+
+	r.Endpoints = make([]EndpointFinding, 0, len(endpoints))
+	for key, agg := range endpoints {
+		f := EndpointFinding{EndpointKey: key, Nodes: len(agg.tried), Reason: agg.reason}
+		f.Scope, f.Zones = spread(nodes, agg.failing, agg.tried, r.Live)
+		if f.Scope == ScopeCluster && key.Role == roleMirror && agg.upstreamUp > 0 {
+			f.Scope = ScopeMirror
+		}
+		f.Failing = names(nodes, agg.failing)
+		r.Endpoints = append(r.Endpoints, f)
+	}
+	slices.SortFunc(r.Endpoints, func(a, b EndpointFinding) int { return a.compare(b.EndpointKey) })
+
+	r.Images = make([]ImageFinding, 0, len(images))
+	for _, agg := range images {
+		f := agg.f
+		switch {
+		case len(agg.failing) == 0:
+		case agg.answered:
+			f.Scope = ScopeImage
+		case !agg.regUp && registries[f.Registry] != nil:
+			// Every failing node lost the registry as a whole: the scope
+			// is that of the registry's reachability.
+			ra := registries[f.Registry]
+			f.Scope, f.Zones = spread(nodes, ra.down, ra.nodes, r.Live)
+		default:
+			f.Scope, f.Zones = spread(nodes, agg.failing, agg.nodes, r.Live)
+		}
+		f.Failing = names(nodes, agg.failing)
+		r.Images = append(r.Images, *f)
+	}
+	slices.SortFunc(r.Images, func(a, b ImageFinding) int { return strings.Compare(a.Image, b.Image) })
+	return r
+}
+
+// The role words, as constants: EndpointRole.Word allocates, and it would
+// be called for every endpoint of every image of every node.
+const (
+	roleUpstream = "upstream"
+	roleMirror   = "mirror"
+)
+
+func roleWord(r pullwatchv1.EndpointRole) string {
+	switch r {
+	case pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM:
+		return roleUpstream
+	case pullwatchv1.EndpointRole_ENDPOINT_ROLE_MIRROR:
+		return roleMirror
+	}
+	return r.Word()
+}
+
+func addImage(images map[string]*imageAgg, i int, n *Node, im *pullwatchv1.ImageReport) {
+	agg := images[im.GetImage()]
+	if agg == nil {
+		agg = &imageAgg{f: &ImageFinding{Image: im.GetImage(), Registry: im.GetRegistry(), Worst: im.GetStatus(), Reason: im.GetReason()}}
+		images[im.GetImage()] = agg
+	}
+	f := agg.f
+	st := im.GetStatus()
+	if int(st) >= 0 && int(st) < statusSlots {
+		f.Counts[st]++
+	}
+	if Worse(st, f.Worst) {
+		f.Worst, f.Reason = st, im.GetReason()
+	}
+	f.InUse = f.InUse || im.GetInUse()
+	agg.nodes = append(agg.nodes, i)
+	if st != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
+		agg.failing = append(agg.failing, i)
+		agg.answered = agg.answered || answeredFailure(st)
+	}
+}
+
+// spread decides between node, zone and cluster scope for the failing
+// nodes among the population of live nodes that tried, both as indexes
+// into nodes; live is the number of live nodes in the cluster.
+//
+//   - no failing node: ScopeNone;
+//   - every node of the population fails: ScopeCluster, unless the
+//     population is a single node of a larger cluster (ScopeNode: one
+//     node cannot tell a registry outage from its own egress);
+//   - at least two nodes fail, every one has a zone, and every node of
+//     those zones fails: ScopeZone, with the zones;
+//   - otherwise ScopeNode.
+func spread(nodes []Node, failing, population []int, live int) (Scope, []string) {
+	switch {
+	case len(failing) == 0:
+		return ScopeNone, nil
+	case len(failing) == len(population):
+		if len(population) >= 2 || live <= 1 {
+			return ScopeCluster, nil
+		}
+		return ScopeNode, nil
+	case len(failing) < 2:
+		return ScopeNode, nil
+	}
+	zones := map[string]int{} // failing nodes per zone
+	for _, i := range failing {
+		z := nodes[i].Zone
+		if z == "" {
+			return ScopeNode, nil
+		}
+		zones[z]++
+	}
+	for _, i := range population {
+		if z := nodes[i].Zone; z != "" {
+			if _, hit := zones[z]; hit {
+				zones[z]--
+			}
+		}
+	}
+	out := make([]string, 0, len(zones))
+	for z, left := range zones {
+		if left != 0 { // the zone has nodes that work
+			return ScopeNode, nil
+		}
+		out = append(out, z)
+	}
+	slices.Sort(out)
+	return ScopeZone, out
+}
+
+func names(nodes []Node, idx []int) []string {
+	if len(idx) == 0 {
+		return nil
+	}
+	out := make([]string, len(idx))
+	for k, i := range idx {
+		out[k] = nodes[i].Name
+	}
+	slices.Sort(out)
+	return out
+}

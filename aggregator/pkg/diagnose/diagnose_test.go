@@ -1,0 +1,314 @@
+package diagnose
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+const (
+	available   = pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE
+	absent      = pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT
+	unauthz     = pullwatchv1.ImageStatus_IMAGE_STATUS_UNAUTHORIZED
+	forbidden   = pullwatchv1.ImageStatus_IMAGE_STATUS_FORBIDDEN
+	rateLimited = pullwatchv1.ImageStatus_IMAGE_STATUS_RATE_LIMITED
+	unreachable = pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE
+	platform    = pullwatchv1.ImageStatus_IMAGE_STATUS_PLATFORM_MISSING
+	badFormat   = pullwatchv1.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT
+	unknown     = pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN
+
+	upstream = pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM
+	mirror   = pullwatchv1.EndpointRole_ENDPOINT_ROLE_MIRROR
+
+	reg       = "registry.example"
+	upURL     = "https://registry.example"
+	mirrorURL = "https://mirror.example"
+)
+
+// The endpoint results the tests combine.
+var (
+	upOK      = &pullwatchv1.EndpointResult{Url: upURL, Role: upstream, Status: available, HttpStatus: 200, Latency: durationpb.New(20 * time.Millisecond)}
+	upAbsent  = &pullwatchv1.EndpointResult{Url: upURL, Role: upstream, Status: absent, HttpStatus: 404}
+	upDenied  = &pullwatchv1.EndpointResult{Url: upURL, Role: upstream, Status: unauthz, HttpStatus: 401}
+	upDown    = &pullwatchv1.EndpointResult{Url: upURL, Role: upstream, Status: unreachable, Reason: "dial tcp: connection refused", Latency: durationpb.New(2 * time.Second)}
+	up503     = &pullwatchv1.EndpointResult{Url: upURL, Role: upstream, Status: unreachable, HttpStatus: 503, Reason: "503 Service Unavailable"}
+	mirrorOK  = &pullwatchv1.EndpointResult{Url: mirrorURL, Role: mirror, Status: available, HttpStatus: 200}
+	mirrorDwn = &pullwatchv1.EndpointResult{Url: mirrorURL, Role: mirror, Status: unreachable, Reason: "i/o timeout"}
+	skipped   = &pullwatchv1.EndpointResult{Url: "https://pull-only.example", Role: mirror, Status: unknown, Skipped: true}
+)
+
+func image(ref string, st pullwatchv1.ImageStatus, eps ...*pullwatchv1.EndpointResult) *pullwatchv1.ImageReport {
+	return &pullwatchv1.ImageReport{Image: ref, Registry: reg, Status: st, Reason: st.Word(), InUse: true, Endpoints: eps}
+}
+
+func node(name, zone string, images ...*pullwatchv1.ImageReport) Node {
+	return Node{Name: name, Zone: zone, Images: images}
+}
+
+func stale(n Node) Node        { n.Stale = true; return n }
+func unregistered(n Node) Node { n.Unregistered = true; return n }
+
+// healthy is a node that reaches the registry and pulls app:1.
+func healthy(name, zone string) Node {
+	return node(name, zone, image("registry.example/app:1", available, upOK))
+}
+
+// cutOff is a node that cannot reach the registry at all.
+func cutOff(name, zone string) Node {
+	return node(name, zone, image("registry.example/app:1", unreachable, upDown))
+}
+
+type want struct {
+	scope   Scope
+	failing []string
+	zones   []string
+}
+
+func TestEndpointScope(t *testing.T) {
+	up := EndpointKey{Registry: reg, URL: upURL, Role: "upstream"}
+	mir := EndpointKey{Registry: reg, URL: mirrorURL, Role: "mirror"}
+	viaMirror := func(name, zone string, m, u *pullwatchv1.EndpointResult) Node {
+		st := available
+		if !Answered(m) && !Answered(u) {
+			st = unreachable
+		}
+		return node(name, zone, image("registry.example/app:1", st, m, u))
+	}
+	tests := []struct {
+		name  string
+		nodes []Node
+		key   EndpointKey
+		want  want
+	}{
+		{"healthy", []Node{healthy("a", "z1"), healthy("b", "z2")}, up, want{scope: ScopeNone}},
+		{"node: one of three", []Node{healthy("a", "z1"), cutOff("b", "z1"), healthy("c", "z2")}, up,
+			want{ScopeNode, []string{"b"}, nil}},
+		{"node: two failing in a zone that also has a working node",
+			[]Node{cutOff("a", "z1"), cutOff("b", "z1"), healthy("c", "z1"), healthy("d", "z2")}, up,
+			want{ScopeNode, []string{"a", "b"}, nil}},
+		{"node: failing nodes without a zone", []Node{cutOff("a", ""), cutOff("b", ""), healthy("c", "")}, up,
+			want{ScopeNode, []string{"a", "b"}, nil}},
+		{"node: a single failing node is never a zone", []Node{cutOff("a", "z1"), healthy("b", "z2")}, up,
+			want{ScopeNode, []string{"a"}, nil}},
+		{"zone: every node of z1", []Node{cutOff("a", "z1"), cutOff("b", "z1"), healthy("c", "z2"), healthy("d", "z2")}, up,
+			want{ScopeZone, []string{"a", "b"}, []string{"z1"}}},
+		{"zone: two whole zones", []Node{cutOff("a", "z1"), cutOff("b", "z2"), healthy("c", "z3")}, up,
+			want{ScopeZone, []string{"a", "b"}, []string{"z1", "z2"}}},
+		{"cluster: every node", []Node{cutOff("a", "z1"), cutOff("b", "z2"), cutOff("c", "z2")}, up,
+			want{ScopeCluster, []string{"a", "b", "c"}, nil}},
+		{"cluster: a one-node cluster", []Node{cutOff("a", "")}, up, want{ScopeCluster, []string{"a"}, nil}},
+		{"node: the only node using a registry in a larger cluster",
+			[]Node{cutOff("a", "z1"), node("b", "z1", &pullwatchv1.ImageReport{Image: "other.example/x:1", Registry: "other.example", Status: available,
+				Endpoints: []*pullwatchv1.EndpointResult{{Url: "https://other.example", Role: upstream, Status: available, HttpStatus: 200}}})}, up,
+			want{ScopeNode, []string{"a"}, nil}},
+		{"mirror: down from every node, upstream answers",
+			[]Node{viaMirror("a", "z1", mirrorDwn, upOK), viaMirror("b", "z2", mirrorDwn, upOK)}, mir,
+			want{ScopeMirror, []string{"a", "b"}, nil}},
+		{"mirror: the upstream answers from only some nodes is still a mirror finding",
+			[]Node{viaMirror("a", "z1", mirrorDwn, upOK), viaMirror("b", "z2", mirrorDwn, upDown)}, mir,
+			want{ScopeMirror, []string{"a", "b"}, nil}},
+		{"cluster: mirror and upstream down everywhere",
+			[]Node{viaMirror("a", "z1", mirrorDwn, upDown), viaMirror("b", "z2", mirrorDwn, upDown)}, mir,
+			want{ScopeCluster, []string{"a", "b"}, nil}},
+		{"node: a mirror down from one node only",
+			[]Node{viaMirror("a", "z1", mirrorDwn, upOK), viaMirror("b", "z1", mirrorOK, upOK)}, mir,
+			want{ScopeNode, []string{"a"}, nil}},
+		{"node: upstream cut from one node, the mirror still serves it",
+			[]Node{viaMirror("a", "z1", mirrorOK, upDown), viaMirror("b", "z1", mirrorOK, upOK)}, up,
+			want{ScopeNode, []string{"a"}, nil}},
+		{"answered errors are no endpoint failure",
+			[]Node{node("a", "z1", image("registry.example/gone:1", absent, upAbsent)), node("b", "z1", image("registry.example/gone:1", unauthz, upDenied))}, up,
+			want{scope: ScopeNone}},
+		{"5xx answers count as answered",
+			[]Node{node("a", "z1", image("registry.example/app:1", unreachable, up503)), healthy("b", "z1")}, up,
+			want{scope: ScopeNone}},
+		{"stale nodes do not count as failing", []Node{stale(cutOff("a", "z1")), healthy("b", "z1"), healthy("c", "z2")}, up,
+			want{scope: ScopeNone}},
+		{"stale nodes do not count as working", []Node{cutOff("a", "z1"), cutOff("b", "z1"), stale(healthy("c", "z2"))}, up,
+			want{ScopeCluster, []string{"a", "b"}, nil}},
+		{"unregistered (deleted) nodes are dropped", []Node{unregistered(cutOff("a", "z1")), healthy("b", "z1"), healthy("c", "z2")}, up,
+			want{scope: ScopeNone}},
+		{"a deleted node does not make a node failure a cluster one",
+			[]Node{cutOff("a", "z1"), unregistered(cutOff("b", "z1")), healthy("c", "z2")}, up,
+			want{ScopeNode, []string{"a"}, nil}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Diagnose(tt.nodes)
+			i := slices.IndexFunc(r.Endpoints, func(f EndpointFinding) bool { return f.EndpointKey == tt.key })
+			if i < 0 {
+				t.Fatalf("no finding for %+v in %+v", tt.key, r.Endpoints)
+			}
+			f := r.Endpoints[i]
+			got := want{f.Scope, f.Failing, f.Zones}
+			if got.scope != tt.want.scope || !slices.Equal(got.failing, tt.want.failing) || !slices.Equal(got.zones, tt.want.zones) {
+				t.Errorf("finding = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestImageScope(t *testing.T) {
+	const app = "registry.example/app:1"
+	other := func(name, zone string) Node {
+		// A node without app:1 that reaches the registry with another image.
+		return node(name, zone, image("registry.example/other:1", available, upOK))
+	}
+	tests := []struct {
+		name  string
+		nodes []Node
+		want  want
+		worst pullwatchv1.ImageStatus
+	}{
+		{"available everywhere", []Node{healthy("a", "z1"), healthy("b", "z2")}, want{scope: ScopeNone}, available},
+		{"degraded through a mirror is available",
+			[]Node{node("a", "z1", image(app, available, mirrorDwn, upOK)), healthy("b", "z2")}, want{scope: ScopeNone}, available},
+		{"image: absent everywhere",
+			[]Node{node("a", "z1", image(app, absent, upAbsent)), node("b", "z2", image(app, absent, upAbsent))},
+			want{ScopeImage, []string{"a", "b"}, nil}, absent},
+		{"image: unauthorized on one node",
+			[]Node{node("a", "z1", image(app, unauthz, upDenied)), healthy("b", "z2")},
+			want{ScopeImage, []string{"a"}, nil}, unauthz},
+		{"image: forbidden",
+			[]Node{node("a", "z1", image(app, forbidden, upDenied)), node("b", "z1", image(app, forbidden, upDenied))},
+			want{ScopeImage, []string{"a", "b"}, nil}, forbidden},
+		{"image: platform missing on the arm64 node",
+			[]Node{node("a", "z1", image(app, platform, upOK)), healthy("b", "z1")},
+			want{ScopeImage, []string{"a"}, nil}, platform},
+		{"image: bad format",
+			[]Node{node("a", "z1", image(app, badFormat, upOK))},
+			want{ScopeImage, []string{"a"}, nil}, badFormat},
+		{"image: absent wins over unreachable elsewhere",
+			[]Node{node("a", "z1", image(app, absent, upAbsent)), cutOff("b", "z2")},
+			want{ScopeImage, []string{"a", "b"}, nil}, absent},
+		{"node: one node lost the registry", []Node{healthy("a", "z1"), cutOff("b", "z1"), healthy("c", "z2")},
+			want{ScopeNode, []string{"b"}, nil}, unreachable},
+		{"node: the only node with the image lost the registry, others reach it",
+			[]Node{cutOff("a", "z1"), other("b", "z1"), other("c", "z2")},
+			want{ScopeNode, []string{"a"}, nil}, unreachable},
+		{"zone: the whole zone lost the registry",
+			[]Node{cutOff("a", "z1"), cutOff("b", "z1"), healthy("c", "z2"), other("d", "z2")},
+			want{ScopeZone, []string{"a", "b"}, []string{"z1"}}, unreachable},
+		{"cluster: no node reaches the registry", []Node{cutOff("a", "z1"), cutOff("b", "z2")},
+			want{ScopeCluster, []string{"a", "b"}, nil}, unreachable},
+		{"cluster: 503 for this image on every node that has it, although the registry answers",
+			[]Node{node("a", "z1", image(app, unreachable, up503)), node("b", "z2", image(app, unreachable, up503)), other("c", "z1")},
+			want{ScopeCluster, []string{"a", "b"}, nil}, unreachable},
+		{"node: rate limited on one node",
+			[]Node{node("a", "z1", image(app, rateLimited, &pullwatchv1.EndpointResult{Url: upURL, Role: upstream, Status: rateLimited, HttpStatus: 429})), healthy("b", "z1")},
+			want{ScopeNode, []string{"a"}, nil}, rateLimited},
+		{"stale nodes do not count as failing",
+			[]Node{stale(cutOff("a", "z1")), healthy("b", "z1")}, want{scope: ScopeNone}, available},
+		{"deleted nodes are dropped",
+			[]Node{unregistered(node("a", "z1", image(app, absent, upAbsent))), healthy("b", "z1")}, want{scope: ScopeNone}, available},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Diagnose(tt.nodes)
+			i := slices.IndexFunc(r.Images, func(f ImageFinding) bool { return f.Image == app })
+			if i < 0 {
+				t.Fatalf("no finding for %s in %+v", app, r.Images)
+			}
+			f := r.Images[i]
+			got := want{f.Scope, f.Failing, f.Zones}
+			if got.scope != tt.want.scope || !slices.Equal(got.failing, tt.want.failing) || !slices.Equal(got.zones, tt.want.zones) {
+				t.Errorf("finding = %+v, want %+v", got, tt.want)
+			}
+			if f.Worst != tt.worst {
+				t.Errorf("worst = %s, want %s", f.Worst.Word(), tt.worst.Word())
+			}
+		})
+	}
+}
+
+func TestImageCountsOnlyLiveNodes(t *testing.T) {
+	const app = "registry.example/app:1"
+	r := Diagnose([]Node{
+		healthy("a", ""), cutOff("b", ""), stale(cutOff("c", "")), unregistered(healthy("d", "")),
+		node("e", "", image(app, absent, upAbsent)),
+	})
+	if r.Live != 3 {
+		t.Errorf("Live = %d, want 3", r.Live)
+	}
+	f := r.Images[slices.IndexFunc(r.Images, func(f ImageFinding) bool { return f.Image == app })]
+	want := map[pullwatchv1.ImageStatus]int{available: 1, unreachable: 1, absent: 1}
+	for _, st := range pullwatchv1.Statuses() {
+		if f.Counts[st] != want[st] {
+			t.Errorf("Counts[%s] = %d, want %d", st.Word(), f.Counts[st], want[st])
+		}
+	}
+}
+
+func TestNodeEndpoints(t *testing.T) {
+	r := Diagnose([]Node{
+		node("a", "", image("registry.example/app:1", available, mirrorDwn, upOK, skipped), image("registry.example/b:1", absent, mirrorDwn, upAbsent)),
+		stale(cutOff("b", "")),
+	})
+	want := [][]NodeEndpoint{
+		{
+			{EndpointKey: EndpointKey{reg, mirrorURL, "mirror"}, Up: false, Reason: "i/o timeout"},
+			{EndpointKey: EndpointKey{reg, upURL, "upstream"}, Up: true, MaxLatency: 0.02, HasLatency: true},
+		},
+		{{EndpointKey: EndpointKey{reg, upURL, "upstream"}, Up: false, MaxLatency: 2, HasLatency: true, Reason: "dial tcp: connection refused"}},
+	}
+	for i := range want {
+		if !slices.Equal(r.NodeEndpoints[i], want[i]) {
+			t.Errorf("node %s endpoints = %+v, want %+v", r.Nodes[i].Name, r.NodeEndpoints[i], want[i])
+		}
+	}
+}
+
+func TestRank(t *testing.T) {
+	// Best to worst; every known status once.
+	order := []pullwatchv1.ImageStatus{available, unknown, rateLimited, unreachable, badFormat, platform, unauthz, forbidden, absent}
+	if len(order) != len(pullwatchv1.Statuses()) {
+		t.Fatalf("order lists %d statuses, the vocabulary has %d", len(order), len(pullwatchv1.Statuses()))
+	}
+	for i := 1; i < len(order); i++ {
+		if !Worse(order[i], order[i-1]) || Worse(order[i-1], order[i]) {
+			t.Errorf("%s should rank worse than %s", order[i].Word(), order[i-1].Word())
+		}
+	}
+	if Rank(pullwatchv1.ImageStatus(99)) != Rank(unknown) {
+		t.Error("an unknown enum value should rank with unknown")
+	}
+}
+
+func TestRoleWord(t *testing.T) {
+	for _, r := range []pullwatchv1.EndpointRole{upstream, mirror, pullwatchv1.EndpointRole_ENDPOINT_ROLE_UNSPECIFIED, pullwatchv1.EndpointRole(7)} {
+		if got, want := roleWord(r), r.Word(); got != want {
+			t.Errorf("roleWord(%v) = %q, want %q", r, got, want)
+		}
+	}
+}
+
+// BenchmarkDiagnose: 1000 nodes in 3 zones with 50 images each, two
+// endpoints per image (a mirror down everywhere, an upstream that answers),
+// one node cut off from the registry. Reproduce with:
+//
+//	cd aggregator && go test -run '^$' -bench BenchmarkDiagnose -benchmem ./pkg/diagnose
+func BenchmarkDiagnose(b *testing.B) {
+	nodes := make([]Node, 1000)
+	for n := range nodes {
+		images := make([]*pullwatchv1.ImageReport, 50)
+		for i := range images {
+			st, up := available, upOK
+			if n == 7 {
+				st, up = unreachable, upDown
+			}
+			images[i] = image(fmt.Sprintf("registry.example/team-%d/app:%d", i%10, i), st, mirrorDwn, up)
+		}
+		nodes[n] = node(fmt.Sprintf("node-%04d", n), fmt.Sprintf("zone-%d", n%3), images...)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		r := Diagnose(nodes)
+		if len(r.Images) != 50 || r.Images[0].Scope != ScopeNode {
+			b.Fatalf("unexpected report: %d images, scope %q", len(r.Images), r.Images[0].Scope)
+		}
+	}
+}

@@ -1,0 +1,294 @@
+// Package kubewatch is what the aggregator reads from the Kubernetes API,
+// through client-go informers: Nodes (which exist, and their zone),
+// and, for the compatibility metrics, Pods, ReplicaSets and Jobs (which
+// workload runs a container: Pod → ReplicaSet → Deployment, Pod → Job →
+// CronJob, Pod → DaemonSet/StatefulSet/...).
+//
+// It watches only metadata where that is enough (Nodes, ReplicaSets,
+// Jobs) and keeps a stripped copy of Pods (names, owners, container
+// images), so its memory stays small in large clusters. The RBAC it needs
+// is get/list/watch on nodes and pods, and on replicasets (apps) and jobs
+// (batch) when owners are watched.
+package kubewatch
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+)
+
+// ZoneLabel is the Node label the zone comes from.
+const ZoneLabel = corev1.LabelTopologyZone
+
+var (
+	nodesResource       = corev1.SchemeGroupVersion.WithResource("nodes")
+	replicaSetsResource = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "replicasets"}
+	jobsResource        = schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: "jobs"}
+)
+
+// Options configure a Watcher.
+type Options struct {
+	// Owners turns on the Pod, ReplicaSet and Job informers that
+	// Workload and ContainerImage need.
+	Owners bool
+	// OnNodeDeleted is called with the name of each Node the API deletes.
+	OnNodeDeleted func(name string)
+}
+
+// Watcher answers questions about nodes and workloads from informer
+// caches. Its methods are safe for concurrent use.
+type Watcher struct {
+	log  *slog.Logger
+	opts Options
+
+	metaFactory metadatainformer.SharedInformerFactory
+	podFactory  informers.SharedInformerFactory
+
+	nodes       cache.SharedIndexInformer
+	pods        cache.SharedIndexInformer // nil without Owners
+	replicaSets cache.SharedIndexInformer
+	jobs        cache.SharedIndexInformer
+
+	nodesSynced, ownersSynced atomic.Bool
+}
+
+// New returns a Watcher for the API at cfg. Start starts it.
+func New(cfg *rest.Config, log *slog.Logger, opts Options) (*Watcher, error) {
+	cfg = rest.CopyConfig(cfg)
+	cfg.UserAgent = "pullwatch-aggregator"
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client for %s: %w", cfg.Host, err)
+	}
+	meta, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("metadata client for %s: %w", cfg.Host, err)
+	}
+	return NewForClients(kube, meta, log, opts), nil
+}
+
+// NewForClients returns a Watcher using the given clients (fakes in tests).
+func NewForClients(kube kubernetes.Interface, meta metadata.Interface, log *slog.Logger, opts Options) *Watcher {
+	w := &Watcher{log: log, opts: opts}
+	// No periodic resync: nothing here reconciles, the caches only answer.
+	w.metaFactory = metadatainformer.NewSharedInformerFactoryWithOptions(meta, 0, metadatainformer.WithTransform(stripMetadata))
+	w.nodes = w.metaFactory.ForResource(nodesResource).Informer()
+	if _, err := w.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: w.nodeDeleted}); err != nil {
+		// Only possible once the informer has stopped.
+		log.Error("node informer refused its handler", "error", err)
+	}
+	if opts.Owners {
+		w.replicaSets = w.metaFactory.ForResource(replicaSetsResource).Informer()
+		w.jobs = w.metaFactory.ForResource(jobsResource).Informer()
+		w.podFactory = informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTransform(stripPod))
+		w.pods = w.podFactory.Core().V1().Pods().Informer()
+	}
+	return w
+}
+
+// Start starts the informers and returns at once; the caches load in the
+// background. Until the node list is loaded, Node answers synced=false;
+// until the pods and their owners are loaded, OwnersSynced is false. Both
+// are logged when they happen. Start stops everything when ctx ends.
+func (w *Watcher) Start(ctx context.Context) {
+	w.metaFactory.Start(ctx.Done())
+	if w.podFactory != nil {
+		w.podFactory.Start(ctx.Done())
+	}
+	go w.waitSynced(ctx, "nodes", &w.nodesSynced, w.nodes.HasSynced)
+	if w.opts.Owners {
+		go w.waitSynced(ctx, "pods, replicasets and jobs", &w.ownersSynced, w.pods.HasSynced, w.replicaSets.HasSynced, w.jobs.HasSynced)
+	}
+}
+
+// syncWarnAfter is how long a cache may take to load before the
+// aggregator warns (typically missing RBAC, or an unreachable API).
+const syncWarnAfter = 30 * time.Second
+
+func (w *Watcher) waitSynced(ctx context.Context, what string, flag *atomic.Bool, synced ...cache.InformerSynced) {
+	start := time.Now()
+	warn := time.AfterFunc(syncWarnAfter, func() {
+		w.log.WarnContext(ctx, "Kubernetes API: "+what+" not loaded yet; check the aggregator's RBAC and the API server", "waited", syncWarnAfter.String())
+	})
+	defer warn.Stop()
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return
+	}
+	flag.Store(true)
+	w.log.InfoContext(ctx, "Kubernetes API: "+what+" loaded", "took", time.Since(start).Round(time.Millisecond).String())
+}
+
+func (w *Watcher) nodeDeleted(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		return
+	}
+	w.log.Info("node deleted from the cluster; dropping its results", "node", m.GetName())
+	if w.opts.OnNodeDeleted != nil {
+		w.opts.OnNodeDeleted(m.GetName())
+	}
+}
+
+// Node implements diagnose.Directory: the node's zone label, whether the
+// API has the node, and whether the node list has been loaded.
+func (w *Watcher) Node(name string) (zone string, exists, synced bool) {
+	if !w.nodesSynced.Load() {
+		return "", false, false
+	}
+	obj, exists, err := w.nodes.GetIndexer().GetByKey(name)
+	if err != nil || !exists {
+		return "", false, true
+	}
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		return "", true, true
+	}
+	return m.GetLabels()[ZoneLabel], true, true
+}
+
+// OwnersSynced reports whether pods, replicasets and jobs are loaded, so
+// that Workload's answers are final. Always false without Options.Owners.
+func (w *Watcher) OwnersSynced() bool { return w.ownersSynced.Load() }
+
+// Workload returns the kind (lowercase: deployment, statefulset,
+// daemonset, cronjob, job, replicaset, pod, or any other controller's
+// kind) and name of the workload that runs the pod. A pod without a
+// controller, or one the API does not know, is its own workload (kind
+// pod). A ReplicaSet or Job not in the cache stands for itself.
+func (w *Watcher) Workload(namespace, pod string) (kind, name string) {
+	if w.pods == nil {
+		return "pod", pod
+	}
+	obj, ok, _ := w.pods.GetIndexer().GetByKey(namespace + "/" + pod)
+	if !ok {
+		return "pod", pod
+	}
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return "pod", pod
+	}
+	c := metav1.GetControllerOfNoCopy(p)
+	if c == nil {
+		return "pod", pod
+	}
+	switch {
+	case c.Kind == "ReplicaSet" && groupOf(c.APIVersion) == "apps":
+		return w.ownerOf(w.replicaSets, namespace, c)
+	case c.Kind == "Job" && groupOf(c.APIVersion) == "batch":
+		return w.ownerOf(w.jobs, namespace, c)
+	}
+	return strings.ToLower(c.Kind), c.Name
+}
+
+// ownerOf returns the controller of the ReplicaSet or Job c names, or c
+// itself when it has none or is not cached.
+func (w *Watcher) ownerOf(inf cache.SharedIndexInformer, namespace string, c *metav1.OwnerReference) (string, string) {
+	if obj, ok, _ := inf.GetIndexer().GetByKey(namespace + "/" + c.Name); ok {
+		if m, ok := obj.(metav1.Object); ok {
+			if top := metav1.GetControllerOfNoCopy(m); top != nil {
+				return strings.ToLower(top.Kind), top.Name
+			}
+		}
+	}
+	return strings.ToLower(c.Kind), c.Name
+}
+
+// ContainerImage returns the image of the named container as the pod
+// spec writes it (init and ephemeral containers included), or "" when
+// the pod or container is unknown.
+func (w *Watcher) ContainerImage(namespace, pod, container string) string {
+	if w.pods == nil {
+		return ""
+	}
+	obj, ok, _ := w.pods.GetIndexer().GetByKey(namespace + "/" + pod)
+	if !ok {
+		return ""
+	}
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return ""
+	}
+	for _, cs := range [][]corev1.Container{p.Spec.Containers, p.Spec.InitContainers} {
+		for _, c := range cs {
+			if c.Name == container {
+				return c.Image
+			}
+		}
+	}
+	for _, c := range p.Spec.EphemeralContainers {
+		if c.Name == container {
+			return c.Image
+		}
+	}
+	return ""
+}
+
+func groupOf(apiVersion string) string {
+	if i := strings.IndexByte(apiVersion, '/'); i >= 0 {
+		return apiVersion[:i]
+	}
+	return ""
+}
+
+// stripMetadata keeps what the caches are asked: name, namespace, the
+// zone label and owner references. Annotations and managed fields are
+// most of a Node's or ReplicaSet's metadata.
+func stripMetadata(obj any) (any, error) {
+	m, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		return obj, nil // a DeletedFinalStateUnknown: keep as is
+	}
+	out := &metav1.PartialObjectMetadata{TypeMeta: m.TypeMeta, ObjectMeta: metav1.ObjectMeta{
+		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+		OwnerReferences: m.OwnerReferences,
+	}}
+	if z, ok := m.Labels[ZoneLabel]; ok {
+		out.Labels = map[string]string{ZoneLabel: z}
+	}
+	return out, nil
+}
+
+// stripPod keeps a pod's identity, owners and container names and images.
+func stripPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+		Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+		OwnerReferences: p.OwnerReferences,
+	}}
+	keep := func(cs []corev1.Container) []corev1.Container {
+		if len(cs) == 0 {
+			return nil
+		}
+		out := make([]corev1.Container, len(cs))
+		for i, c := range cs {
+			out[i] = corev1.Container{Name: c.Name, Image: c.Image}
+		}
+		return out
+	}
+	out.Spec.Containers = keep(p.Spec.Containers)
+	out.Spec.InitContainers = keep(p.Spec.InitContainers)
+	for _, c := range p.Spec.EphemeralContainers {
+		out.Spec.EphemeralContainers = append(out.Spec.EphemeralContainers,
+			corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: c.Name, Image: c.Image}})
+	}
+	return out, nil
+}

@@ -1,0 +1,210 @@
+package kubewatch
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	metafake "k8s.io/client-go/metadata/fake"
+)
+
+func meta(apiVersion, kind, namespace, name string, labels map[string]string, owner *metav1.OwnerReference) *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{
+		TypeMeta:   metav1.TypeMeta{APIVersion: apiVersion, Kind: kind},
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Labels: labels, Annotations: map[string]string{"big": "annotation"}},
+	}
+	if owner != nil {
+		m.OwnerReferences = []metav1.OwnerReference{*owner}
+	}
+	return m
+}
+
+func controller(apiVersion, kind, name string) *metav1.OwnerReference {
+	yes := true
+	return &metav1.OwnerReference{APIVersion: apiVersion, Kind: kind, Name: name, UID: types.UID("uid-" + name), Controller: &yes}
+}
+
+func pod(namespace, name string, owner *metav1.OwnerReference, containers ...string) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
+	if owner != nil {
+		p.OwnerReferences = []metav1.OwnerReference{*owner}
+	}
+	for i := 0; i+1 < len(containers); i += 2 {
+		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: containers[i], Image: containers[i+1], Command: []string{"x"}})
+	}
+	return p
+}
+
+func testScheme(t *testing.T) *runtime.Scheme {
+	t.Helper()
+	s := metafake.NewTestScheme()
+	if err := metav1.AddMetaToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// started returns a synced Watcher over fake clients holding objs.
+func started(t *testing.T, opts Options, pods []runtime.Object, metas ...runtime.Object) (*Watcher, *metafake.FakeMetadataClient) {
+	t.Helper()
+	metaClient := metafake.NewSimpleMetadataClient(testScheme(t), metas...)
+	w := NewForClients(kubefake.NewClientset(pods...), metaClient, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	w.Start(ctx)
+	waitUntil(t, "caches synced", func() bool {
+		_, _, synced := w.Node("x")
+		return synced && (!opts.Owners || w.OwnersSynced())
+	})
+	return w, metaClient
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestNodes(t *testing.T) {
+	var mu sync.Mutex
+	var deleted []string
+	w, client := started(t, Options{OnNodeDeleted: func(name string) {
+		mu.Lock()
+		defer mu.Unlock()
+		deleted = append(deleted, name)
+	}}, nil,
+		meta("v1", "Node", "", "node-a", map[string]string{ZoneLabel: "zone-1", "other": "x"}, nil),
+		meta("v1", "Node", "", "node-b", nil, nil),
+	)
+	tests := []struct {
+		node   string
+		zone   string
+		exists bool
+	}{
+		{"node-a", "zone-1", true},
+		{"node-b", "", true},
+		{"node-c", "", false},
+	}
+	for _, tt := range tests {
+		zone, exists, synced := w.Node(tt.node)
+		if zone != tt.zone || exists != tt.exists || !synced {
+			t.Errorf("Node(%s) = %q, %v, %v; want %q, %v, true", tt.node, zone, exists, synced, tt.zone, tt.exists)
+		}
+	}
+
+	if err := client.Resource(nodesResource).Delete(context.Background(), "node-b", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "node-b deleted", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(deleted) == 1 && deleted[0] == "node-b"
+	})
+	if _, exists, _ := w.Node("node-b"); exists {
+		t.Error("node-b still exists after its deletion")
+	}
+}
+
+func TestNotSynced(t *testing.T) {
+	w := NewForClients(kubefake.NewClientset(), metafake.NewSimpleMetadataClient(testScheme(t)), slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Owners: true})
+	// Not started.
+	if _, _, synced := w.Node("a"); synced {
+		t.Error("Node says synced before Start")
+	}
+	if w.OwnersSynced() {
+		t.Error("OwnersSynced before Start")
+	}
+}
+
+func TestWorkload(t *testing.T) {
+	pods := []runtime.Object{
+		pod("shop", "web-7d9f-abcde", controller("apps/v1", "ReplicaSet", "web-7d9f"), "app", "nginx:1.27", "sidecar", "envoy:1"),
+		pod("shop", "lonely-rs-xyz", controller("apps/v1", "ReplicaSet", "lonely-rs")),
+		pod("shop", "gone-rs-xyz", controller("apps/v1", "ReplicaSet", "gone-rs")),
+		pod("shop", "db-0", controller("apps/v1", "StatefulSet", "db")),
+		pod("kube-system", "agent-x1", controller("apps/v1", "DaemonSet", "agent")),
+		pod("batch", "report-28000-q", controller("batch/v1", "Job", "report-28000")),
+		pod("batch", "once-q", controller("batch/v1", "Job", "once")),
+		pod("shop", "bare", nil),
+		pod("argo", "roll-abc-1", controller("apps/v1", "ReplicaSet", "roll-abc")),
+		pod("kube-system", "etcd-node-a", controller("v1", "Node", "node-a")),
+	}
+	metas := []runtime.Object{
+		meta("apps/v1", "ReplicaSet", "shop", "web-7d9f", nil, controller("apps/v1", "Deployment", "web")),
+		meta("apps/v1", "ReplicaSet", "shop", "lonely-rs", nil, nil),
+		meta("apps/v1", "ReplicaSet", "argo", "roll-abc", nil, controller("argoproj.io/v1alpha1", "Rollout", "roll")),
+		meta("batch/v1", "Job", "batch", "report-28000", nil, controller("batch/v1", "CronJob", "report")),
+		meta("batch/v1", "Job", "batch", "once", nil, nil),
+	}
+	w, _ := started(t, Options{Owners: true}, pods, metas...)
+	tests := []struct {
+		namespace, pod string
+		kind, name     string
+	}{
+		{"shop", "web-7d9f-abcde", "deployment", "web"},
+		{"shop", "lonely-rs-xyz", "replicaset", "lonely-rs"},
+		{"shop", "gone-rs-xyz", "replicaset", "gone-rs"},
+		{"shop", "db-0", "statefulset", "db"},
+		{"kube-system", "agent-x1", "daemonset", "agent"},
+		{"batch", "report-28000-q", "cronjob", "report"},
+		{"batch", "once-q", "job", "once"},
+		{"shop", "bare", "pod", "bare"},
+		{"shop", "not-in-api", "pod", "not-in-api"},
+		{"argo", "roll-abc-1", "rollout", "roll"},
+		{"kube-system", "etcd-node-a", "node", "node-a"},
+	}
+	for _, tt := range tests {
+		kind, name := w.Workload(tt.namespace, tt.pod)
+		if kind != tt.kind || name != tt.name {
+			t.Errorf("Workload(%s/%s) = %s/%s, want %s/%s", tt.namespace, tt.pod, kind, name, tt.kind, tt.name)
+		}
+	}
+
+	images := []struct{ namespace, pod, container, want string }{
+		{"shop", "web-7d9f-abcde", "app", "nginx:1.27"},
+		{"shop", "web-7d9f-abcde", "sidecar", "envoy:1"},
+		{"shop", "web-7d9f-abcde", "nope", ""},
+		{"shop", "not-in-api", "app", ""},
+	}
+	for _, tt := range images {
+		if got := w.ContainerImage(tt.namespace, tt.pod, tt.container); got != tt.want {
+			t.Errorf("ContainerImage(%s/%s, %s) = %q, want %q", tt.namespace, tt.pod, tt.container, got, tt.want)
+		}
+	}
+}
+
+func TestWithoutOwners(t *testing.T) {
+	w, _ := started(t, Options{}, []runtime.Object{pod("shop", "web-1", controller("apps/v1", "DaemonSet", "web"), "app", "nginx")})
+	if kind, name := w.Workload("shop", "web-1"); kind != "pod" || name != "web-1" {
+		t.Errorf("Workload without owner informers = %s/%s, want pod/web-1", kind, name)
+	}
+	if w.OwnersSynced() {
+		t.Error("OwnersSynced without owner informers")
+	}
+}
+
+func TestStrip(t *testing.T) {
+	m, _ := stripMetadata(meta("v1", "Node", "", "n", map[string]string{ZoneLabel: "z", "big": "x"}, controller("v1", "X", "y")))
+	pm := m.(*metav1.PartialObjectMetadata)
+	if len(pm.Annotations) != 0 || len(pm.Labels) != 1 || pm.Labels[ZoneLabel] != "z" || len(pm.OwnerReferences) != 1 {
+		t.Errorf("stripped metadata = %+v", pm.ObjectMeta)
+	}
+	p, _ := stripPod(pod("ns", "p", nil, "app", "img:1"))
+	sp := p.(*corev1.Pod)
+	if len(sp.Spec.Containers) != 1 || sp.Spec.Containers[0].Image != "img:1" || sp.Spec.Containers[0].Command != nil {
+		t.Errorf("stripped pod = %+v", sp.Spec)
+	}
+}

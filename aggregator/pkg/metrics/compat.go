@@ -1,0 +1,95 @@
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+
+	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+)
+
+// The k8s-image-availability-exporter families, in its order. Each
+// container gets one series in every family: 1 in the family of its
+// current status, 0 in the others, as that exporter does.
+var compatNames = []string{
+	"available", "absent", "bad_image_format", "registry_unavailable",
+	"authentication_failure", "authorization_failure", "unknown_error",
+}
+
+var compatLabels = []string{"namespace", "container", "image", "kind", "name"}
+
+var compatDescs = func() []*prometheus.Desc {
+	out := make([]*prometheus.Desc, len(compatNames))
+	for i, name := range compatNames {
+		out[i] = prometheus.NewDesc("k8s_image_availability_exporter_"+name, compatHelp(name), compatLabels, nil)
+	}
+	return out
+}()
+
+func compatHelp(name string) string {
+	return "Compatibility with k8s-image-availability-exporter: 1 if the container's image is " + name + " on the worst of the live nodes running it, else 0. " +
+		"Every container has a series in each of the 7 families. See docs/metrics.md for how pullwatch statuses map to these."
+}
+
+// compatIndex maps a pullwatch status to its family in compatNames:
+// available→available, absent→absent, bad_image_format and
+// platform_missing→bad_image_format, unreachable→registry_unavailable,
+// unauthorized→authentication_failure, forbidden→authorization_failure,
+// rate_limited and unknown→unknown_error.
+func compatIndex(st pullwatchv1.ImageStatus) int {
+	switch st {
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE:
+		return 0
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT:
+		return 1
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT, pullwatchv1.ImageStatus_IMAGE_STATUS_PLATFORM_MISSING:
+		return 2
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE:
+		return 3
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNAUTHORIZED:
+		return 4
+	case pullwatchv1.ImageStatus_IMAGE_STATUS_FORBIDDEN:
+		return 5
+	}
+	return 6
+}
+
+// compatKey is one container of one workload, as the labels say.
+type compatKey struct {
+	namespace, container, image, kind, name string
+}
+
+// collectCompat emits the compatibility families: per workload container
+// and image, the worst status (diagnose.Rank) across the live nodes that
+// run it. Containers the agent could not tie to a pod are left out.
+func collectCompat(ch chan<- prometheus.Metric, r *diagnose.Report, owners Owners) {
+	worst := map[compatKey]pullwatchv1.ImageStatus{}
+	for i := range r.Nodes {
+		n := &r.Nodes[i]
+		if !n.Live() {
+			continue
+		}
+		for _, im := range n.Images {
+			for _, ct := range im.GetContainers() {
+				if ct.GetNamespace() == "" || ct.GetPod() == "" || ct.GetContainer() == "" {
+					continue
+				}
+				k := compatKey{namespace: ct.GetNamespace(), container: ct.GetContainer(), image: im.GetImage(), kind: "pod", name: ct.GetPod()}
+				if owners != nil {
+					k.kind, k.name = owners.Workload(k.namespace, ct.GetPod())
+					if spec := owners.ContainerImage(k.namespace, ct.GetPod(), k.container); spec != "" {
+						k.image = spec
+					}
+				}
+				if prev, seen := worst[k]; !seen || diagnose.Worse(im.GetStatus(), prev) {
+					worst[k] = im.GetStatus()
+				}
+			}
+		}
+	}
+	for k, st := range worst {
+		current := compatIndex(st)
+		for i, d := range compatDescs {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, boolValue(i == current), k.namespace, k.container, k.image, k.kind, k.name)
+		}
+	}
+}
