@@ -68,3 +68,17 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyValues(t *testing.T) {
+	var m map[string]string
+	kv := &KeyValues{Value: &m}
+	if err := kv.Set("topology.kubernetes.io/zone=eu-1a, team = infra"); err != nil || m["topology.kubernetes.io/zone"] != "eu-1a" || m["team"] != "infra" {
+		t.Fatalf("Set: %v %v", m, err)
+	}
+	if kv.String() != "team=infra,topology.kubernetes.io/zone=eu-1a" {
+		t.Errorf("String = %q", kv.String())
+	}
+	if err := kv.Set("novalue"); err == nil || !strings.Contains(err.Error(), "key=value") {
+		t.Errorf("Set(novalue) = %v", err)
+	}
+}

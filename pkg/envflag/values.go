@@ -102,3 +102,40 @@ func (r *IntRange) Set(s string) error {
 	*r.Value = v
 	return nil
 }
+
+// KeyValues is a comma-separated list of key=value pairs.
+type KeyValues struct {
+	Value *map[string]string
+}
+
+func (kv *KeyValues) String() string {
+	if kv.Value == nil || len(*kv.Value) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(*kv.Value))
+	for k := range *kv.Value {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for i, k := range keys {
+		keys[i] = k + "=" + (*kv.Value)[k]
+	}
+	return strings.Join(keys, ",")
+}
+
+// Set implements flag.Value.
+func (kv *KeyValues) Set(s string) error {
+	m := map[string]string{}
+	for _, pair := range strings.Split(s, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok || strings.TrimSpace(k) == "" {
+			return fmt.Errorf("%q is not key=value; want key=value,key=value", pair)
+		}
+		m[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	}
+	*kv.Value = m
+	return nil
+}

@@ -96,6 +96,7 @@ type common struct {
 	criEndpoint        string
 	criTimeout         time.Duration
 	nodeName           string
+	nodeLabels         map[string]string
 	probeTimeout       time.Duration
 	perHostConcurrency int
 	concurrency        int
@@ -132,6 +133,7 @@ func (c *common) register(s *envflag.Set, env Env) {
 	s.Var((*envflag.PositiveDuration)(&c.criTimeout), "cri-timeout", "Timeout of each CRI call (`duration`).")
 	s.StringVar(&c.nodeName, "node-name", c.nodeName, "`name` of this node as Kubernetes knows it (the DaemonSet sets it from spec.nodeName). Default: the hostname.")
 	s.Env("node-name", "NODE_NAME")
+	s.Var(&envflag.KeyValues{Value: &c.nodeLabels}, "node-labels", "Labels the agent reports for its node, `key=value,...`, e.g. topology.kubernetes.io/zone=eu-1a. The aggregator prefers the Node object's labels when it reads the Kubernetes API; without it, these give the zone for the failure diagnosis.")
 	s.Var((*envflag.PositiveDuration)(&c.probeTimeout), "probe-timeout", "Timeout of one endpoint's probe: /v2/ ping, token and manifest HEAD together (`duration`).")
 	s.Var(&envflag.IntRange{Value: &c.perHostConcurrency, Min: 1, Max: 64}, "per-host-concurrency", "Probes in flight at once against one registry endpoint (`count`, 1-64).")
 	s.Var(&envflag.IntRange{Value: &c.concurrency, Min: 1, Max: 256}, "concurrency", "Probes in flight at once in all (`count`, 1-256).")
@@ -225,6 +227,7 @@ func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *
 	return &round.Checker{
 		NodeName: c.nodeName,
 		Platform: platform,
+		Labels:   c.nodeLabels,
 		Runtime:  client,
 		Resolver: resolver,
 		Prober: probe.New(probe.Options{

@@ -20,6 +20,7 @@ func (n Node) Snapshot(agentVersion string, interval time.Duration) *pb.NodeSnap
 			Os:           n.Platform.OS,
 			Architecture: n.Platform.Architecture,
 			Variant:      n.Platform.Variant,
+			Labels:       n.Labels,
 			Runtime: &pb.Runtime{
 				Name:       n.Runtime.Name,
 				Version:    n.Runtime.Version,

@@ -44,6 +44,8 @@ type Checker struct {
 	Now         func() time.Time
 	// Platform is the node's.
 	Platform ocispec.Platform
+	// Labels describe the node to the aggregator (e.g. its zone).
+	Labels map[string]string
 }
 
 // Run checks every image on the node once. Every image in the report has
@@ -91,7 +93,7 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 		}(i, e)
 	}
 	wg.Wait()
-	n := report.Node{Node: c.NodeName, Runtime: inv.Runtime, Platform: c.Platform, ObservedAt: now(), Images: images}
+	n := report.Node{Node: c.NodeName, Runtime: inv.Runtime, Platform: c.Platform, Labels: c.Labels, ObservedAt: now(), Images: images}
 	slog.DebugContext(ctx, "round done", "images", len(images), "all_available", n.AllAvailable())
 	return n, nil
 }
