@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker/auth"
-	"golang.org/x/sync/singleflight"
 	remoteserrors "github.com/containerd/containerd/v2/core/remotes/errors"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"

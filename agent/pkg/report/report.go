@@ -17,11 +17,11 @@ type Node struct {
 	Node    string      `json:"node"`
 	Runtime cri.Runtime `json:"runtime"`
 	// Platform is the node's, as images are matched against it: os/arch[/variant].
-	Platform   ocispec.Platform `json:"platform"`
+	Platform ocispec.Platform `json:"platform"`
 	// Labels are what --node-labels says about the node (e.g. its zone).
-	Labels map[string]string `json:"labels,omitempty"`
-	ObservedAt time.Time        `json:"observed_at"`
-	Images     []Image          `json:"images"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	ObservedAt time.Time         `json:"observed_at"`
+	Images     []Image           `json:"images"`
 }
 
 // Image is one normalized reference on the node.

@@ -22,7 +22,7 @@ const (
 	idB = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 	idC = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
 	d1  = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
-	d2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	d2  = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
 )
 
 type fakeRuntime struct{ inv *cri.Inventory }
