@@ -16,7 +16,7 @@ GOTEST_FLAGS   ?= -race -count=1
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube deps tools proto proto-check lint vet unit integration test fuzz bench demo demo-down clean
+.PHONY: build kube e2e deps tools proto proto-check lint vet unit integration test fuzz bench demo demo-down clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -57,15 +57,20 @@ lint: tools vet ## go vet and staticcheck on every module, gofmt
 unit: ## tests that need no root and no real parts
 	@for m in proto pkg agent aggregator; do (cd $$m && go test $(GOTEST_FLAGS) ./...) || exit 1; done
 
+E2E_ENV = PULLWATCH_BIN=$(CURDIR)/bin PULLWATCH_TEST_OUT=$(OUT) PULLWATCH_REQUIRE_REAL=$(if $(CI),1,$(PULLWATCH_REQUIRE_REAL))
+
 integration: build kube ## tests on real containerd, registry, Prometheus, kube-apiserver (root; installs them)
 	bash scripts/install-deps.sh
-	cd e2e && PULLWATCH_BIN=$(CURDIR)/bin PULLWATCH_TEST_OUT=$(OUT) PULLWATCH_REQUIRE_REAL=$(if $(CI),1,$(PULLWATCH_REQUIRE_REAL)) \
-		go test $(GOTEST_FLAGS) -timeout 20m ./...
+	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -timeout 20m $$(go list ./... | grep -v '/e2e/cluster$$')
+
+e2e: build ## cluster in a box: 3 nodes in network namespaces, faults, alerts end to end (root; ~2.5 min)
+	bash scripts/install-deps.sh
+	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -v -timeout 12m ./cluster/
 
 kube: ## build kube-apiserver and etcd for the tests into .cache/kube/bin (cached; minutes when cold)
 	bash scripts/build-kube.sh
 
-test: deps proto-check lint unit integration ## everything CI runs
+test: deps proto-check lint unit integration e2e ## everything CI runs
 
 fuzz: ## run every fuzz target for FUZZTIME (default 15s)
 	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh

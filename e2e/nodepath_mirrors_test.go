@@ -74,8 +74,9 @@ func TestNodePathMirrors(t *testing.T) {
 			}},
 		},
 		{
-			name: "upstream down: available via the mirror", image: both, down: []*registry.Registry{up},
-			want: wantImage{status: "available", reasonHas: []string{mirrorURL}, endpoints: []wantEndpoint{
+			// Degraded too: one failure more (the mirror) and pulls fail.
+			name: "upstream down: available via the mirror, degraded", image: both, down: []*registry.Registry{up},
+			want: wantImage{status: "available", degraded: true, reasonHas: []string{mirrorURL, upURL}, endpoints: []wantEndpoint{
 				{url: mirrorURL, role: "mirror", status: "available", http: 200},
 				{url: upURL, role: "upstream", status: "unreachable", reasonHas: "connection refused"},
 			}},

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# make demo / make demo-down: real containerd + registry on 127.0.0.1 (via
-# e2e/cmd/pwlab), then the aggregator and an agent, then what they see.
+# make demo / make demo-down: the cluster in a box (e2e/cmd/pwlab cluster):
+# three "nodes" in network namespaces, each with its own containerd and
+# agent, registries, the aggregator, Prometheus and Alertmanager; node-2
+# loses its egress, and the summary shows what pullwatch makes of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-/tmp/pullwatch-demo}
-GRPC=127.0.0.1:19400
 HTTP=127.0.0.1:18080
 BIN=$PWD/bin
 
@@ -24,9 +25,10 @@ stop_pid() { # name
 }
 
 down() {
-  stop_pid agent
-  stop_pid aggregator
   if [ -d "$DEMO_DIR" ]; then
+    (cd e2e && go run ./cmd/pwlab cluster down --dir "$DEMO_DIR") || true
+    # A single-node demo from an older checkout, if one is still up.
+    stop_pid agent; stop_pid aggregator
     (cd e2e && go run ./cmd/pwlab down --dir "$DEMO_DIR") || true
   fi
   echo "demo stopped"
@@ -34,43 +36,19 @@ down() {
 
 up() {
   if [ "$(id -u)" != 0 ]; then
-    echo "make demo needs root: it installs Debian packages and starts containerd" >&2
+    echo "make demo needs root: it installs Debian packages, creates network namespaces and starts containerd" >&2
     exit 2
   fi
   bash scripts/install-deps.sh
-  [ -x "$BIN/pullwatch-agent" ] || make build
+  [ -x "$BIN/pullwatch-agent" ] && [ -x "$BIN/pullwatch-aggregator" ] || make build
   mkdir -p "$DEMO_DIR"
-  stop_pid agent; stop_pid aggregator
-
-  say "starting containerd and a registry on 127.0.0.1, pushing and pulling demo images"
-  (cd e2e && go run ./cmd/pwlab up --dir "$DEMO_DIR")
-  # shellcheck disable=SC1091
-  . "$DEMO_DIR/env"
-
-  say "starting pullwatch-aggregator (gRPC $GRPC, HTTP $HTTP)"
-  nohup "$BIN/pullwatch-aggregator" --grpc-listen "$GRPC" --http-listen "$HTTP" --stale-after 1m \
-    > "$DEMO_DIR/aggregator.log" 2>&1 & echo $! > "$DEMO_DIR/aggregator.pid"
-
-  say "starting pullwatch-agent run (node demo-node, every 15s)"
-  nohup "$BIN/pullwatch-agent" run --aggregator "$GRPC" --cri-endpoint "$PULLWATCH_CRI_ENDPOINT" \
-    --node-name demo-node --interval 15s > "$DEMO_DIR/agent.log" 2>&1 & echo $! > "$DEMO_DIR/agent.pid"
-
-  say "pullwatch-agent check (one round on this node)"
-  "$BIN/pullwatch-agent" check --cri-endpoint "$PULLWATCH_CRI_ENDPOINT" --node-name demo-node --log-level warn || true
-
-  say "the aggregator's pullwatch_ metrics"
-  for _ in $(seq 60); do
-    if curl -fsS "http://$HTTP/metrics" 2>/dev/null | grep -q '^pullwatch_node_image_status{'; then break; fi
-    sleep 0.5
-  done
-  curl -fsS "http://$HTTP/metrics" | grep '^pullwatch_' | grep -v '^pullwatch_reports_' || {
-    echo "the aggregator shows no node yet; logs:"; tail -20 "$DEMO_DIR/agent.log" "$DEMO_DIR/aggregator.log"; exit 1; }
-
-  say "running"
-  echo "metrics:    http://$HTTP/metrics"
-  echo "logs:       $DEMO_DIR/agent.log  $DEMO_DIR/aggregator.log"
-  echo "CRI:        $PULLWATCH_CRI_ENDPOINT   registry: $PULLWATCH_REGISTRY"
-  echo "stop with:  make demo-down"
+  say "cluster in a box: 3 nodes (network namespaces, each with its own containerd and agent), an upstream and a mirror registry, the aggregator, Prometheus and Alertmanager; then node-2 loses its egress"
+  # DEMO_ALERT_FOR=15s makes the alerts fire during the demo instead of
+  # after the shipped for: durations.
+  (cd e2e && go run ./cmd/pwlab cluster up --dir "$DEMO_DIR" --bin "$BIN" --http-port "${HTTP##*:}" --break-node node-2 ${DEMO_ALERT_FOR:+--alert-for "$DEMO_ALERT_FOR"})
+  say "running until: make demo-down"
+  echo "status page: http://$HTTP/   metrics: http://$HTTP/metrics"
+  echo "again:       (cd e2e && go run ./cmd/pwlab cluster status --dir $DEMO_DIR)"
 }
 
 case "${1:-up}" in

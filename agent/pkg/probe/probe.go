@@ -194,10 +194,13 @@ func (p *Prober) Probe(ctx context.Context, req Request) Result {
 		w := res.Endpoints[winner]
 		res.Status, res.Digest, res.MediaType, res.CredentialSource = w.Status, w.Digest, w.MediaType, w.CredentialSource
 		res.Reason = "manifest found at " + w.Endpoint.URL
-		for _, failed := range res.Endpoints[:winner] {
-			if !failed.Skipped {
+		// Degraded: available, but an endpoint the runtime would use for
+		// this image failed — before the winner (the pull needs the
+		// fallback) or after it (one failure more and the pull fails).
+		for i, other := range res.Endpoints {
+			if i != winner && !other.Skipped && other.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
 				res.Degraded = true
-				res.Reason += fmt.Sprintf(" after %s failed: %s", failed.Endpoint.URL, failed.Reason)
+				res.Reason += fmt.Sprintf("; %s failed: %s", other.Endpoint.URL, other.Reason)
 				break
 			}
 		}

@@ -199,7 +199,8 @@ func TestMirrorOrderAndDegraded(t *testing.T) {
 		want     pb.ImageStatus
 		degraded bool
 	}{
-		{"mirror serves", []hosts.Endpoint{{URL: good.URL + "/v2", Role: hosts.RoleMirror, Host: "127.0.0.1:5000"}, {URL: missing.URL + "/v2", Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false},
+		{"mirror serves, upstream lacks it", []hosts.Endpoint{{URL: good.URL + "/v2", Role: hosts.RoleMirror, Host: "127.0.0.1:5000"}, {URL: missing.URL + "/v2", Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, true},
+		{"mirror and upstream serve", []hosts.Endpoint{{URL: good.URL + "/v2", Role: hosts.RoleMirror, Host: "127.0.0.1:5000"}, {URL: good.URL + "/v2", Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false},
 		{"fallback to upstream", []hosts.Endpoint{{URL: missing.URL + "/v2", Role: hosts.RoleMirror, Host: "127.0.0.1:5000"}, {URL: good.URL + "/v2", Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, true},
 		{"none", []hosts.Endpoint{{URL: missing.URL + "/v2", Role: hosts.RoleMirror}, {URL: missing.URL + "/v2", Role: hosts.RoleUpstream}}, pb.ImageStatus_IMAGE_STATUS_ABSENT, false},
 		{"no endpoints", nil, pb.ImageStatus_IMAGE_STATUS_UNKNOWN, false},

@@ -6,6 +6,11 @@
 //	pwlab up     --dir DIR   start the lab (says so if it is already up)
 //	pwlab status --dir DIR   show what is running
 //	pwlab down   --dir DIR   stop everything and remove the lab's state
+//
+// pwlab cluster up|status|break|heal|down --dir DIR does the same for the
+// cluster in a box of package e2e/cluster (several nodes in network
+// namespaces, registries, aggregator, Prometheus, Alertmanager): see
+// cluster.go.
 package main
 
 import (
@@ -32,6 +37,7 @@ Usage:
   pwlab up     --dir DIR [--registry-port N] [--timeout D]
   pwlab status --dir DIR
   pwlab down   --dir DIR
+  pwlab cluster up|status|break|heal|down --dir DIR   (see pwlab cluster help)
 
 up      starts containerd (CRI, runc, overlayfs) and a plain-HTTP registry on
         127.0.0.1, pushes demo/app:v1, demo/app:v2, demo/tools:1.0,
@@ -69,6 +75,8 @@ func main() {
 		err = runDown(args)
 	case "status":
 		err = runStatus(args)
+	case "cluster":
+		err = runCluster(args)
 	case "help", "-h", "-help", "--help":
 		fmt.Print(usage)
 		return

@@ -49,6 +49,13 @@ type Options struct {
 	LogLevel string
 	// StartTimeout bounds the wait for CRI Version to answer (default 30s).
 	StartTimeout time.Duration
+	// Netns is a network namespace (a name under /run/netns, as ip netns
+	// uses) to run containerd in, through nsenter --net: its pulls, and
+	// the host-network pods it runs, use that namespace's network. Only
+	// the network namespace changes, so its mounts stay visible here and
+	// its unix sockets reachable. The namespace needs loopback up (the CRI
+	// stream server listens on 127.0.0.1).
+	Netns string
 }
 
 // Containerd is a running containerd with a CRI client connected to it.
@@ -117,14 +124,20 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 	if err := os.WriteFile(c.configPath, []byte(c.config(opts)), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := proc.Start(proc.Spec{
+	spec := proc.Spec{
 		Name:    "containerd",
 		Path:    opts.Binary,
 		Args:    []string{"--config", c.configPath},
 		Dir:     dir,
 		LogFile: c.logPath,
 		Detach:  opts.Detach,
-	})
+	}
+	if opts.Netns != "" {
+		// nsenter execs containerd in place: the pid stays the same.
+		spec.Args = append([]string{"--net=/run/netns/" + opts.Netns, "--", spec.Path}, spec.Args...)
+		spec.Path = "nsenter"
+	}
+	p, err := proc.Start(spec)
 	if err != nil {
 		c.removeSockDir()
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -31,11 +32,24 @@ const Binary = "docker-registry"
 
 // Options configure Start.
 type Options struct {
-	// Port to listen on at 127.0.0.1; 0 picks a free one.
+	// Port to listen on; 0 picks a free one (on 127.0.0.1 of this
+	// process's network namespace).
 	Port int
-	// TLS serves HTTPS with a server certificate for 127.0.0.1, ::1 and
-	// localhost signed by a CA generated in dir (see CAFile).
+	// Host is the IP address to listen on (default 127.0.0.1); it is also
+	// the host in image references (Addr) and, with TLS, in the
+	// certificate.
+	Host string
+	// TLS serves HTTPS with a server certificate for 127.0.0.1, ::1,
+	// localhost, Host and CertIPs, signed by a CA generated in dir (see
+	// CAFile). Certificates already in dir are kept.
 	TLS bool
+	// CertIPs are more IP addresses for the server certificate.
+	CertIPs []net.IP
+	// Netns is a network namespace (a name under /run/netns, as ip netns
+	// uses) to run the registry in, through nsenter --net. Host must then
+	// be an address of that namespace; this process must be able to reach
+	// it (see e2e/harness/netns).
+	Netns string
 	// Htpasswd enables basic auth with these users (user → password).
 	Htpasswd map[string]string
 	// Token enables the registry's bearer-token auth (auth.token). The token
@@ -77,6 +91,7 @@ type state struct {
 	CAFile string   `json:"caFile,omitempty"`
 	Users  []string `json:"users,omitempty"`
 	Binary string   `json:"binary"`
+	Netns  string   `json:"netns,omitempty"`
 }
 
 // Start writes config.yml under dir (storage in dir/data, logs to
@@ -87,6 +102,12 @@ func Start(ctx context.Context, dir string, opts Options) (*Registry, error) {
 	}
 	if opts.Token != nil && len(opts.Htpasswd) > 0 {
 		return nil, errors.New("registry: Token and Htpasswd are mutually exclusive")
+	}
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	if net.ParseIP(opts.Host) == nil {
+		return nil, fmt.Errorf("registry: Host %q is not an IP address", opts.Host)
 	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
@@ -120,7 +141,7 @@ func Start(ctx context.Context, dir string, opts Options) (*Registry, error) {
 				return nil, err
 			}
 		}
-		r.addr = "127.0.0.1:" + strconv.Itoa(port)
+		r.addr = net.JoinHostPort(opts.Host, strconv.Itoa(port))
 		if err := r.writeConfig(); err != nil {
 			return nil, err
 		}
@@ -158,7 +179,7 @@ func Attach(dir string) (*Registry, error) {
 	r := &Registry{
 		dir:        dir,
 		addr:       st.Addr,
-		opts:       Options{TLS: st.TLS, Binary: st.Binary},
+		opts:       Options{TLS: st.TLS, Binary: st.Binary, Netns: st.Netns},
 		configPath: filepath.Join(dir, "config.yml"),
 		logPath:    filepath.Join(dir, "registry.log"),
 		caFile:     st.CAFile,
@@ -182,14 +203,20 @@ func Attach(dir string) (*Registry, error) {
 }
 
 func (r *Registry) start(ctx context.Context) error {
-	p, err := proc.Start(proc.Spec{
+	spec := proc.Spec{
 		Name:    "registry",
 		Path:    r.opts.Binary,
 		Args:    []string{"serve", r.configPath},
 		Dir:     r.dir,
 		LogFile: r.logPath,
 		Detach:  r.opts.Detach,
-	})
+	}
+	if r.opts.Netns != "" {
+		// nsenter execs the registry in place: the pid stays the same.
+		spec.Args = append([]string{"--net=/run/netns/" + r.opts.Netns, "--", spec.Path}, spec.Args...)
+		spec.Path = "nsenter"
+	}
+	p, err := proc.Start(spec)
 	if err != nil {
 		return err
 	}
@@ -265,7 +292,8 @@ func (r *Registry) Pid() int {
 	return r.proc.Pid()
 }
 
-// Addr is "127.0.0.1:PORT"; it is also the registry host in image references.
+// Addr is "HOST:PORT" ("127.0.0.1:PORT" by default); it is also the
+// registry host in image references.
 func (r *Registry) Addr() string { return r.addr }
 
 // URL is "http://127.0.0.1:PORT" or "https://…" with TLS.
@@ -400,7 +428,7 @@ func (r *Registry) writeConfig() error {
 }
 
 func (r *Registry) writeState() error {
-	st := state{Addr: r.addr, TLS: r.opts.TLS, CAFile: r.caFile, Binary: r.opts.Binary}
+	st := state{Addr: r.addr, TLS: r.opts.TLS, CAFile: r.caFile, Binary: r.opts.Binary, Netns: r.opts.Netns}
 	for u := range r.opts.Htpasswd {
 		st.Users = append(st.Users, u)
 	}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -23,7 +24,11 @@ func (r *Registry) ensureCerts() error {
 	certFile := filepath.Join(r.dir, "server.crt")
 	keyFile := filepath.Join(r.dir, "server.key")
 	if !exists(caFile) || !exists(certFile) || !exists(keyFile) {
-		if err := generateCerts(caFile, certFile, keyFile); err != nil {
+		ips := slices.Clone(r.opts.CertIPs)
+		if ip := net.ParseIP(r.opts.Host); ip != nil {
+			ips = append(ips, ip)
+		}
+		if err := generateCerts(caFile, certFile, keyFile, ips); err != nil {
 			return fmt.Errorf("registry TLS: %w", err)
 		}
 	}
@@ -65,7 +70,9 @@ func GenerateCA(commonName string) (*x509.Certificate, *ecdsa.PrivateKey, error)
 	return cert, key, err
 }
 
-func generateCerts(caFile, certFile, keyFile string) error {
+// generateCerts writes a CA and a server certificate it signs for
+// 127.0.0.1, ::1, localhost and extraIPs.
+func generateCerts(caFile, certFile, keyFile string, extraIPs []net.IP) error {
 	ca, caKey, err := GenerateCA("pullwatch e2e registry CA")
 	if err != nil {
 		return err
@@ -81,7 +88,7 @@ func generateCerts(caFile, certFile, keyFile string) error {
 		NotAfter:     time.Now().Add(10 * 365 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		IPAddresses:  sanIPs(extraIPs),
 		DNSNames:     []string{"localhost"},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
@@ -99,6 +106,17 @@ func generateCerts(caFile, certFile, keyFile string) error {
 		return err
 	}
 	return writePEM(keyFile, "PRIVATE KEY", keyDER, 0o600)
+}
+
+// sanIPs is 127.0.0.1 and ::1 followed by extra, without duplicates.
+func sanIPs(extra []net.IP) []net.IP {
+	out := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	for _, ip := range extra {
+		if !slices.ContainsFunc(out, ip.Equal) {
+			out = append(out, ip)
+		}
+	}
+	return out
 }
 
 func writePEM(path, typ string, der []byte, mode os.FileMode) error {
