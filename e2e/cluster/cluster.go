@@ -575,15 +575,15 @@ func (n *Node) AgentLog() string { return n.agentLog }
 type CheckResult struct {
 	Node   string `json:"node"`
 	Images []struct {
-		Image     string `json:"image"`
-		Status    string `json:"status"`
-		Reason    string `json:"reason"`
-		Degraded  bool   `json:"degraded"`
-		InUse     bool   `json:"in_use"`
+		Image    string `json:"image"`
+		Status   string `json:"status"`
+		Reason   string `json:"reason"`
+		Degraded bool   `json:"degraded"`
+		InUse    bool   `json:"in_use"`
 		// CredentialSource says where the credential the answer was got
 		// with came from (empty: anonymous).
 		CredentialSource string `json:"credential_source"`
-		Endpoints []struct {
+		Endpoints        []struct {
 			URL    string `json:"url"`
 			Role   string `json:"role"`
 			Status string `json:"status"`
