@@ -7,7 +7,6 @@ package alertmanager
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -173,25 +172,7 @@ func (a *Alertmanager) start(ctx context.Context, opts Options) error {
 		_ = p.Stop(5 * time.Second)
 		return err
 	}
-	err = proc.Poll(ctx, 30*time.Second, 100*time.Millisecond, func() error {
-		if p.Exited() {
-			return fmt.Errorf("alertmanager exited: %v: %w", p.ExitErr(), proc.ErrStop)
-		}
-		resp, err := a.get(ctx, "/-/ready")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New("/-/ready: " + resp.Status)
-		}
-		return nil
-	})
-	if err != nil {
-		_ = p.Stop(5 * time.Second)
-		return fmt.Errorf("alertmanager on %s not ready: %w\n--- %s (tail) ---\n%s", a.addr, err, a.logPath, proc.LogTail(a.logPath, 30))
-	}
-	return nil
+	return proc.WaitHTTPReady(ctx, p, a.client, a.URL()+"/-/ready", 30*time.Second)
 }
 
 func config(opts Options) string {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -483,4 +484,35 @@ func ReadPidFile(path string) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// WaitHTTPReady polls url until it answers 200, for at most timeout,
+// giving up early when p exits. On failure it stops p and returns an error
+// with the tail of p's log, so a daemon that never came up says why.
+func WaitHTTPReady(ctx context.Context, p *Process, client *http.Client, url string, timeout time.Duration) error {
+	err := Poll(ctx, timeout, 100*time.Millisecond, func() error {
+		if p.Exited() {
+			return fmt.Errorf("%s exited: %v: %w", p.Name(), p.ExitErr(), ErrStop)
+		}
+		reqCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(reqCtx, http.MethodGet, url, nil)
+		if err != nil {
+			return fmt.Errorf("%w: %w", err, ErrStop)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		return nil
+	})
+	if err != nil {
+		_ = p.Stop(5 * time.Second)
+		return fmt.Errorf("%s not ready at %s: %w\n--- %s (tail) ---\n%s", p.Name(), url, err, p.LogFile(), LogTail(p.LogFile(), 30))
+	}
+	return nil
 }

@@ -6,7 +6,6 @@ package prometheus
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -119,25 +118,7 @@ func (p *Prometheus) start(ctx context.Context, opts Options) error {
 		return err
 	}
 	p.proc = pr
-	err = proc.Poll(ctx, 30*time.Second, 100*time.Millisecond, func() error {
-		if pr.Exited() {
-			return fmt.Errorf("prometheus exited: %v: %w", pr.ExitErr(), proc.ErrStop)
-		}
-		resp, err := p.get(ctx, "/-/ready")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New("/-/ready: " + resp.Status)
-		}
-		return nil
-	})
-	if err != nil {
-		_ = pr.Stop(5 * time.Second)
-		return fmt.Errorf("prometheus on %s not ready: %w\n--- %s (tail) ---\n%s", p.addr, err, p.logPath, proc.LogTail(p.logPath, 30))
-	}
-	return nil
+	return proc.WaitHTTPReady(ctx, pr, p.client, p.URL()+"/-/ready", 30*time.Second)
 }
 
 func config(targets []string, opts Options) string {
