@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
@@ -44,8 +45,10 @@ type Server struct {
 	pullwatchv1.UnimplementedReportServiceServer
 
 	store *state.Store
-	obs   Observer
-	log   *slog.Logger
+	// maxReportBytes bounds one agent message (0: no bound beyond gRPC's).
+	maxReportBytes int
+	obs            Observer
+	log            *slog.Logger
 
 	drainOnce sync.Once
 	draining  chan struct{}
@@ -56,12 +59,19 @@ func NewServer(store *state.Store, obs Observer, log *slog.Logger) *Server {
 	return &Server{store: store, obs: obs, log: log, draining: make(chan struct{})}
 }
 
-// NewGRPCServer returns a gRPC server with srv registered. A message over
-// maxReportBytes is refused by gRPC itself with codes.ResourceExhausted
-// before it is decoded; the stream ends and the agent reconnects.
+// wireSlack is how far past maxReportBytes gRPC still receives a message,
+// so that the server itself refuses it with the contract's InvalidArgument
+// (a report too large is malformed like any other); past the slack, gRPC
+// refuses it with ResourceExhausted before reading it. Memory per message
+// is bounded by maxReportBytes + wireSlack either way.
+const wireSlack = 1 << 20
+
+// NewGRPCServer returns a gRPC server with srv registered, refusing
+// messages over maxReportBytes.
 func NewGRPCServer(srv *Server, maxReportBytes int, opts ...grpc.ServerOption) *grpc.Server {
+	srv.maxReportBytes = maxReportBytes
 	gs := grpc.NewServer(append([]grpc.ServerOption{
-		grpc.MaxRecvMsgSize(maxReportBytes),
+		grpc.MaxRecvMsgSize(maxReportBytes + wireSlack),
 		// Agents keep one stream open for as long as they run. Pinging
 		// quiet connections notices a node that vanished without closing
 		// TCP, so its stream (and pullwatch_agents_connected) is released
@@ -168,7 +178,8 @@ func (s *Server) recvError(ctx context.Context, st *stream, err error) error {
 	case errors.Is(err, io.EOF):
 		return nil // the agent closed its side: a clean end
 	case status.Code(err) == codes.ResourceExhausted:
-		// Over grpc.MaxRecvMsgSize: gRPC refused it before decoding.
+		// Over the wire ceiling (grpc.MaxRecvMsgSize): gRPC refused it
+		// before decoding, and told the agent ResourceExhausted itself.
 		s.obs.ReportRejected(string(ReasonTooLarge))
 		st.log.WarnContext(ctx, "report refused", "node", st.node, "reason", ReasonTooLarge, "error", err)
 	}
@@ -178,6 +189,9 @@ func (s *Server) recvError(ctx context.Context, st *stream, err error) error {
 // accept checks one message against the stream, applies it and returns
 // its Ack.
 func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentMessage) (*pullwatchv1.Ack, *Error) {
+	if size := proto.Size(msg); s.maxReportBytes > 0 && size > s.maxReportBytes {
+		return nil, fail(ReasonTooLarge, "message", "%d bytes, larger than max %d (the aggregator's --max-report-bytes)", size, s.maxReportBytes)
+	}
 	if err := validate(msg); err != nil {
 		return nil, err
 	}

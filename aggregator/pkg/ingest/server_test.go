@@ -327,8 +327,11 @@ func TestReportRefuses(t *testing.T) {
 			Node: &pullwatchv1.Node{Name: "node-a", Labels: map[string]string{"zone": strings.Repeat("z", maxShort+1)}},
 		}}},
 			codes.InvalidArgument, ReasonFieldTooLong, `snapshot.node.labels["zone"]: 257 bytes, limit 256`},
-		// Valid but over the server's 1 MiB: gRPC refuses it before decoding.
+		// Valid but over the server's 1 MiB: the server refuses it.
 		{"over max report bytes", nil, snapshot(1, "node-a", images(1100, func(im *pullwatchv1.ImageReport) { im.Reason = strings.Repeat("r", 1000) })...),
+			codes.InvalidArgument, ReasonTooLarge, "larger than max 1048576 (the aggregator's --max-report-bytes)"},
+		// Past the wire slack too: gRPC refuses it before reading it.
+		{"far over max report bytes", nil, snapshot(1, "node-a", images(2500, func(im *pullwatchv1.ImageReport) { im.Reason = strings.Repeat("r", 1000) })...),
 			codes.ResourceExhausted, ReasonTooLarge, "larger than max"},
 	}
 
