@@ -103,11 +103,16 @@ func TestAgentStreamsToAggregator(t *testing.T) {
 	}
 
 	grpcAddr, httpAddr, agg := startAggregator(t, l)
+	agentPort, err := proc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentHTTP := fmt.Sprintf("127.0.0.1:%d", agentPort)
 	agent, err := proc.Start(proc.Spec{
 		Name: "pullwatch-agent",
 		Path: filepath.Join(l.bin, "pullwatch-agent"),
 		Args: []string{"run", "--aggregator", grpcAddr, "--cri-endpoint", l.containerd.Endpoint(),
-			"--interval", "2s"},
+			"--interval", "2s", "--http-listen", agentHTTP},
 		Env:     []string{"NODE_NAME=stream-node"},
 		LogFile: filepath.Join(t.TempDir(), "agent.log"),
 	})
@@ -131,6 +136,19 @@ func TestAgentStreamsToAggregator(t *testing.T) {
 		}
 		return true, ""
 	}, agent, agg)
+
+	// The agent's own endpoint: ready once a round is published and the
+	// stream is up, and its metrics count the rounds.
+	waitFor(t, 10*time.Second, "the agent's /readyz", func() (bool, string) {
+		code, body := httpGet("http://" + agentHTTP + "/readyz")
+		return code == http.StatusOK, body
+	}, agent)
+	if code, body := httpGet("http://" + agentHTTP + "/healthz"); code != http.StatusOK {
+		t.Errorf("agent /healthz: %d %s", code, body)
+	}
+	if _, body := httpGet("http://" + agentHTTP + "/metrics"); !strings.Contains(body, `pullwatch_agent_rounds_total{result="ok"}`) || !strings.Contains(body, "pullwatch_agent_stream_connected 1") {
+		t.Errorf("agent /metrics lacks its round and stream metrics:\n%s", grepLines(body, "pullwatch_agent"))
+	}
 
 	// One series per node and image: no zero series for other statuses.
 	_, body := httpGet(metricsURL)

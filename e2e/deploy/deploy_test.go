@@ -802,10 +802,12 @@ func TestAgentDaemonSet(t *testing.T) {
 		{"hostNetwork", spec.HostNetwork, "hostNetwork must be true: the agent probes registries from the node's network path"},
 		{"dnsPolicy", spec.DNSPolicy == corev1.DNSClusterFirstWithHostNet, fmt.Sprintf("dnsPolicy %q, want ClusterFirstWithHostNet (cluster DNS with hostNetwork)", spec.DNSPolicy)},
 		{"token", spec.AutomountServiceAccountToken != nil && *spec.AutomountServiceAccountToken, "automountServiceAccountToken must be true: the agent reads its node's pods and their pull secrets"},
-		{"no liveness probe", c.LivenessProbe == nil && c.ReadinessProbe == nil, "the agent serves no health endpoint yet"},
+		{"liveness probe", c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path == "/healthz" && c.LivenessProbe.HTTPGet.Port.String() == "health", "want an httpGet /healthz liveness probe on the health port"},
+		{"readiness probe", c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path == "/readyz" && c.ReadinessProbe.HTTPGet.Port.String() == "health", "want an httpGet /readyz readiness probe on the health port"},
 		{"rolling update", ds.Spec.UpdateStrategy.Type == appsv1.RollingUpdateDaemonSetStrategyType && ds.Spec.UpdateStrategy.RollingUpdate != nil && ds.Spec.UpdateStrategy.RollingUpdate.MaxUnavailable != nil,
 			fmt.Sprintf("updateStrategy %+v, want RollingUpdate with maxUnavailable", ds.Spec.UpdateStrategy)},
-		{"no ports", len(c.Ports) == 0, "the agent listens on no port (and with hostNetwork would take it from the node)"},
+		{"health port", len(c.Ports) == 1 && c.Ports[0].Name == "health" && envValue(c, "PULLWATCH_HTTP_LISTEN") == fmt.Sprintf(":%d", c.Ports[0].ContainerPort),
+			fmt.Sprintf("ports %+v: want exactly the health port, the one PULLWATCH_HTTP_LISTEN listens on", c.Ports)},
 	}
 	for _, ck := range checks {
 		if !ck.ok {
@@ -1468,4 +1470,14 @@ func TestServiceMonitor(t *testing.T) {
 	if !found || (ep.Path != "" && ep.Path != "/metrics") {
 		t.Errorf("ServiceMonitor endpoint port %q path %q, want a port of Service %s and /metrics", ep.Port, ep.Path, svc.Name)
 	}
+}
+
+// envValue is the literal value of a container's environment variable.
+func envValue(c *corev1.Container, name string) string {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	return ""
 }

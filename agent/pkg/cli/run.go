@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/events"
+	"github.com/pullwatch/pullwatch/agent/pkg/health"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 )
@@ -27,10 +30,12 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	interval := time.Minute
 	watchEvents := true
 	containerdAddr := ""
+	httpListen := ""
 	s.StringVar(&aggregator, "aggregator", "", "gRPC `address` of pullwatch-aggregator, e.g. pullwatch-aggregator.pullwatch.svc:9400. Required.")
 	s.Var((*envflag.PositiveDuration)(&interval), "interval", "Time between two checks of every image (`duration`).")
 	s.BoolVar(&watchEvents, "events", true, "Also check soon after containerd image and container events (containerd only).")
 	s.StringVar(&containerdAddr, "containerd-address", "", "containerd `socket` for events. Empty: the CRI endpoint, when the runtime is containerd.")
+	s.StringVar(&httpListen, "http-listen", "", "`host:port` for /healthz (rounds keep succeeding), /readyz (first round published, stream up) and /metrics (the agent's own metrics). Empty: off. The agent shares the node's network: pick a free node port.")
 	if code, ok := parse(s, args, env, &c); !ok {
 		return code
 	}
@@ -57,6 +62,17 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	sc := stream.New(conn, log.With("aggregator", aggregator))
 	done := make(chan struct{})
 	go func() { sc.Run(ctx); close(done) }()
+
+	monitor := health.New(interval, sc.Connected)
+	if httpListen != "" {
+		stopHTTP, err := serveHTTP(ctx, httpListen, monitor.Handler())
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "pullwatch-agent run: --http-listen %s: %v\n", httpListen, err)
+			return ExitSetup
+		}
+		defer stopHTTP()
+		log.Info("serving /healthz, /readyz and /metrics", "address", httpListen)
+	}
 
 	trigger := make(chan string, 1)
 	if watchEvents {
@@ -91,6 +107,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		switch {
 		case errors.Is(err, context.Canceled) || ctx.Err() != nil:
 		case err != nil:
+			monitor.Round(time.Since(start), nil, err)
 			log.Error("round failed", "err", err)
 		default:
 			failing := 0
@@ -99,6 +116,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 					failing++
 				}
 			}
+			monitor.Round(time.Since(start), &node, nil)
 			log.Info("round done", "trigger", reason, "images", len(node.Images), "not_available", failing, "took", time.Since(start).Round(time.Millisecond))
 			sc.Publish(node.Snapshot(Version, interval))
 		}
@@ -113,4 +131,20 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 			log.Debug("early round", "trigger", reason)
 		}
 	}
+}
+
+// serveHTTP serves h on addr until the returned stop is called.
+func serveHTTP(ctx context.Context, addr string, h http.Handler) (stop func(), err error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}, nil
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -27,9 +28,10 @@ type Client struct {
 	conn *grpc.ClientConn
 	log  *slog.Logger
 
-	mu     sync.Mutex
-	latest *pb.NodeSnapshot
-	wake   chan struct{}
+	mu        sync.Mutex
+	latest    *pb.NodeSnapshot
+	wake      chan struct{}
+	connected atomic.Bool
 
 	// MinBackoff and MaxBackoff bound reconnect waits (defaults 1s, 30s).
 	MinBackoff, MaxBackoff time.Duration
@@ -61,6 +63,10 @@ func (c *Client) current() *pb.NodeSnapshot {
 	defer c.mu.Unlock()
 	return c.latest
 }
+
+// Connected reports whether a stream is open and its last message was
+// acknowledged.
+func (c *Client) Connected() bool { return c.connected.Load() }
 
 // Run keeps a stream open until ctx ends.
 func (c *Client) Run(ctx context.Context) {
@@ -97,6 +103,7 @@ func (c *Client) Run(ctx context.Context) {
 func (c *Client) session(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer c.connected.Store(false)
 	st, err := pb.NewReportServiceClient(c.conn).Report(ctx)
 	if err != nil {
 		return fmt.Errorf("open report stream: %w", err)
@@ -166,6 +173,7 @@ func (c *Client) session(ctx context.Context) error {
 		if err := c.awaitAck(ctx, seq, acks, recvErr); err != nil {
 			return fmt.Errorf("%s %d: %w", kind, seq, err)
 		}
+		c.connected.Store(true)
 		sent = cur
 		select {
 		case <-ctx.Done():

@@ -1,0 +1,149 @@
+// Package health is the agent's own HTTP endpoint: /healthz (rounds keep
+// happening), /readyz (a first round has been published and the stream to
+// the aggregator is up) and /metrics (the agent's own metrics, documented in
+// docs/metrics.md). The node's image results are not exported here: the
+// aggregator owns those series.
+package health
+
+import (
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/report"
+)
+
+// Monitor records the agent's rounds.
+type Monitor struct {
+	interval  time.Duration
+	now       func() time.Time
+	connected func() bool
+
+	mu        sync.Mutex
+	started   time.Time
+	lastRound time.Time // last successful round
+	published bool
+
+	rounds   *prometheus.CounterVec
+	duration prometheus.Histogram
+	lastOK   prometheus.Gauge
+	images   *prometheus.GaugeVec
+	streamUp prometheus.GaugeFunc
+	registry *prometheus.Registry
+}
+
+// New returns a Monitor for rounds every interval; connected reports
+// whether the stream to the aggregator is up.
+func New(interval time.Duration, connected func() bool) *Monitor {
+	m := &Monitor{interval: interval, now: time.Now, connected: connected}
+	m.started = m.now()
+	m.rounds = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pullwatch_agent_rounds_total",
+		Help: "Rounds (inventory, probes, report) the agent ran, by result: ok or error.",
+	}, []string{"result"})
+	m.duration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "pullwatch_agent_round_duration_seconds",
+		Help:    "How long one round took: CRI inventory plus every probe.",
+		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60},
+	})
+	m.lastOK = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pullwatch_agent_last_round_timestamp_seconds",
+		Help: "Unix time the last successful round ended.",
+	})
+	m.images = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pullwatch_agent_images",
+		Help: "Images in the last successful round, by status.",
+	}, []string{"status"})
+	m.streamUp = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pullwatch_agent_stream_connected",
+		Help: "1 while the report stream to the aggregator is up and acknowledged, else 0.",
+	}, func() float64 {
+		if m.connected != nil && m.connected() {
+			return 1
+		}
+		return 0
+	})
+	for _, r := range []string{"ok", "error"} {
+		m.rounds.WithLabelValues(r)
+	}
+	m.registry = prometheus.NewRegistry()
+	m.registry.MustRegister(m.rounds, m.duration, m.lastOK, m.images, m.streamUp,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Round records one round: its duration and, when it succeeded, the
+// node's report.
+func (m *Monitor) Round(took time.Duration, node *report.Node, err error) {
+	m.duration.Observe(took.Seconds())
+	if err != nil {
+		m.rounds.WithLabelValues("error").Inc()
+		return
+	}
+	m.rounds.WithLabelValues("ok").Inc()
+	now := m.now()
+	m.lastOK.Set(float64(now.UnixNano()) / 1e9)
+	counts := map[string]float64{}
+	for _, im := range node.Images {
+		counts[im.Status]++
+	}
+	m.images.Reset()
+	for st, n := range counts {
+		m.images.WithLabelValues(st).Set(n)
+	}
+	m.mu.Lock()
+	m.lastRound, m.published = now, true
+	m.mu.Unlock()
+}
+
+// healthy: a successful round within three intervals (plus a minute of
+// slack for slow registries), or still starting.
+func (m *Monitor) healthy() (bool, string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	limit := 3*m.interval + time.Minute
+	ref, what := m.lastRound, "last successful round"
+	if ref.IsZero() {
+		ref, what = m.started, "start"
+	}
+	if age := m.now().Sub(ref); age > limit {
+		return false, "no successful round for " + age.Round(time.Second).String() + " since " + what
+	}
+	return true, "ok"
+}
+
+func (m *Monitor) ready() (bool, string) {
+	m.mu.Lock()
+	published := m.published
+	m.mu.Unlock()
+	switch {
+	case !published:
+		return false, "no round finished yet"
+	case m.connected != nil && !m.connected():
+		return false, "not connected to the aggregator"
+	}
+	return true, "ok"
+}
+
+// Handler serves /healthz, /readyz and /metrics.
+func (m *Monitor) Handler() http.Handler {
+	mux := http.NewServeMux()
+	probe := func(check func() (bool, string)) http.HandlerFunc {
+		return func(w http.ResponseWriter, _ *http.Request) {
+			ok, why := check()
+			if !ok {
+				http.Error(w, why, http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		}
+	}
+	mux.Handle("/healthz", probe(m.healthy))
+	mux.Handle("/readyz", probe(m.ready))
+	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	return mux
+}

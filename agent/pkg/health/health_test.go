@@ -1,0 +1,67 @@
+package health
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/report"
+)
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	b, _ := io.ReadAll(rec.Body)
+	return rec.Code, string(b)
+}
+
+func TestProbes(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	connected := false
+	m := New(time.Minute, func() bool { return connected })
+	m.now = func() time.Time { return now }
+	m.started = now
+	h := m.Handler()
+
+	steps := []struct {
+		do              func()
+		healthz, readyz int
+		why             string
+	}{
+		{func() {}, 200, 503, "no round finished yet"},
+		{func() {
+			m.Round(time.Second, &report.Node{Images: []report.Image{{Status: "available"}, {Status: "absent"}}}, nil)
+		}, 200, 503, "not connected"},
+		{func() { connected = true }, 200, 200, ""},
+		{func() { now = now.Add(3 * time.Minute); m.Round(time.Second, nil, errors.New("CRI down")) }, 200, 200, ""},
+		{func() { now = now.Add(2 * time.Minute) }, 503, 200, ""},
+	}
+	for i, s := range steps {
+		s.do()
+		hc, body := get(t, h, "/healthz")
+		rc, rbody := get(t, h, "/readyz")
+		if hc != s.healthz || rc != s.readyz || !strings.Contains(body+rbody, s.why) {
+			t.Fatalf("step %d: healthz %d %q, readyz %d %q; want %d, %d, %q", i, hc, body, rc, rbody, s.healthz, s.readyz, s.why)
+		}
+	}
+	if got := testutil.ToFloat64(m.rounds.WithLabelValues("error")); got != 1 {
+		t.Errorf("error rounds = %v", got)
+	}
+	if got := testutil.ToFloat64(m.images.WithLabelValues("absent")); got != 1 {
+		t.Errorf("absent images = %v", got)
+	}
+	if problems, err := testutil.GatherAndLint(m.registry); err != nil || len(problems) > 0 {
+		t.Errorf("metric lint: %v %v", problems, err)
+	}
+	code, body := get(t, h, "/metrics")
+	if code != 200 || !strings.Contains(body, "pullwatch_agent_stream_connected 1") {
+		t.Errorf("/metrics %d:\n%s", code, body)
+	}
+}
