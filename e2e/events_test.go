@@ -1,0 +1,57 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
+	"github.com/pullwatch/pullwatch/e2e/harness/registry"
+)
+
+// TestAgentEventsTriggerRounds: with an interval far longer than the test,
+// an image pulled on the node reaches the aggregator within seconds,
+// because the agent follows containerd's events (containerd v2 client).
+func TestAgentEventsTriggerRounds(t *testing.T) {
+	l := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	grpcAddr, httpAddr, agg := startAggregator(t, l)
+	agent, err := proc.Start(proc.Spec{
+		Name: "pullwatch-agent",
+		Path: filepath.Join(l.bin, "pullwatch-agent"),
+		Args: []string{"run", "--aggregator", grpcAddr, "--cri-endpoint", l.containerd.Endpoint(),
+			"--interval", "1h", "--node-name", "events-node"},
+		LogFile: filepath.Join(t.TempDir(), "agent.log"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = agent.Stop(5 * time.Second) })
+	metricsURL := "http://" + httpAddr + "/metrics"
+	waitFor(t, 30*time.Second, "the first round on /metrics", func() (bool, string) {
+		_, body := httpGet(metricsURL)
+		return strings.Contains(body, `pullwatch_agent_last_report_timestamp_seconds{node="events-node"}`), grepLines(body, "pullwatch_agent")
+	}, agent, agg)
+
+	if _, err := registry.PushImage(ctx, l.reg, "events/new", "v1", registry.ImageOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pulled := time.Now()
+	if _, err := l.containerd.PullImage(ctx, l.reg.Ref("events/new", "v1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf(`pullwatch_node_image_status{image=%q,node="events-node",status="available"} 1`, l.reg.Ref("events/new", "v1"))
+	waitFor(t, 20*time.Second, "the pulled image on /metrics without waiting for the 1h interval", func() (bool, string) {
+		_, body := httpGet(metricsURL)
+		return strings.Contains(body, want), grepLines(body, "pullwatch_node_image_status")
+	}, agent, agg)
+	t.Logf("image pulled at %s reached the aggregator %s later", pulled.Format(time.TimeOnly), time.Since(pulled).Round(100*time.Millisecond))
+	if !strings.Contains(proc.LogTail(agent.LogFile(), 50), "containerd event") {
+		t.Errorf("the agent's log does not name the event that triggered the round:\n%s", agent.LogTail(30))
+	}
+}
