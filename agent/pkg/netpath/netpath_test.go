@@ -2,6 +2,8 @@ package netpath
 
 import (
 	"context"
+	"errors"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -116,4 +118,19 @@ func FuzzLoadResolver(f *testing.F) {
 			t.Fatal("resolver without nameservers")
 		}
 	})
+}
+
+func TestApplyKeepsDialer(t *testing.T) {
+	var dialed []string
+	tr := &http.Transport{DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
+		dialed = append(dialed, addr)
+		return nil, errors.New("test dialer")
+	}}
+	// A resolver whose nameserver is this process's fake: answer by hand.
+	p := Path{}
+	p.Apply(tr)
+	_, _ = tr.DialContext(context.Background(), "tcp", "127.0.0.1:5000")
+	if len(dialed) != 1 || dialed[0] != "127.0.0.1:5000" {
+		t.Fatalf("the transport's own dialer was not kept: %v", dialed)
+	}
 }

@@ -1,6 +1,7 @@
 package netpath
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,18 +15,41 @@ type Path struct {
 	Resolver *Resolver
 }
 
-func (p Path) dialer() *net.Dialer {
-	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
-	if p.Resolver != nil {
-		d.Resolver = p.Resolver.Net()
-	}
-	return d
-}
-
-// Apply sets the proxy and resolver on t.
+// Apply sets the proxy and resolver on t. A dialer t already has (say,
+// hosts.toml's dial_timeout) is kept: names are resolved with the node's
+// resolver first and that dialer is given the address.
 func (p Path) Apply(t *http.Transport) {
 	t.Proxy = p.Proxy.Func()
-	t.DialContext = p.dialer().DialContext
+	dial := t.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
+	if p.Resolver == nil {
+		t.DialContext = dial
+		return
+	}
+	resolver := p.Resolver.Net()
+	t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || net.ParseIP(host) != nil {
+			return dial(ctx, network, addr)
+		}
+		ips, err := resolver.LookupIPAddr(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		var firstErr error
+		for _, ip := range ips {
+			conn, err := dial(ctx, network, net.JoinHostPort(ip.String(), port))
+			if err == nil {
+				return conn, nil
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		return nil, firstErr
+	}
 }
 
 // UpdateClient applies the path to a client built by containerd's hosts
