@@ -148,6 +148,9 @@ type cachedToken struct {
 	expires time.Time
 }
 
+// tokenTimeout bounds a token request made without a deadline.
+const tokenTimeout = 30 * time.Second
+
 // Tokens without expires_in are valid for 60 seconds (distribution's token spec).
 const defaultTokenLifetime = 60 * time.Second
 
@@ -178,9 +181,17 @@ func (c *tokenCache) get(ctx context.Context, client *http.Client, ch challenge,
 	if ok && c.now().Before(t.expires) {
 		return t.token, nil
 	}
-	// Concurrent probes of one repository share one token request.
+	// Concurrent probes of one repository share one token request. It
+	// runs on its own deadline, so one caller giving up does not fail the
+	// others that wait on it.
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(tokenTimeout)
+	}
 	v, err, _ := c.flight.Do(key, func() (any, error) {
-		return auth.FetchToken(ctx, client, http.Header{"User-Agent": {ua}}, auth.TokenOptions{
+		fctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+		defer cancel()
+		return auth.FetchToken(fctx, client, http.Header{"User-Agent": {ua}}, auth.TokenOptions{
 			Realm:    ch.realm,
 			Service:  ch.service,
 			Scopes:   []string{scope(repo)},
