@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
+	"github.com/pullwatch/pullwatch/e2e/harness/prometheus"
 )
 
 // Binary is the Alertmanager executable as Debian installs it.
@@ -186,20 +187,12 @@ func config(opts Options) string {
 		}
 		b.WriteString(q(l))
 	}
-	fmt.Fprintf(&b, "]\n  group_wait: %s\n  group_interval: %s\n  repeat_interval: %s\n", dur(opts.GroupWait), dur(opts.GroupInterval), dur(opts.RepeatInterval))
+	fmt.Fprintf(&b, "]\n  group_wait: %s\n  group_interval: %s\n  repeat_interval: %s\n", prometheus.Duration(opts.GroupWait), prometheus.Duration(opts.GroupInterval), prometheus.Duration(opts.RepeatInterval))
 	b.WriteString("receivers:\n  - name: test\n")
 	if opts.WebhookURL != "" {
 		fmt.Fprintf(&b, "    webhook_configs:\n      - url: %s\n        send_resolved: true\n", q(opts.WebhookURL))
 	}
 	return b.String()
-}
-
-// dur renders d in Alertmanager's duration syntax.
-func dur(d time.Duration) string {
-	if d%time.Second == 0 {
-		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
-	}
-	return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
 }
 
 // Addr is "127.0.0.1:PORT"; URL is "http://" + Addr (what Prometheus's

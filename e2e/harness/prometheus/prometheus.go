@@ -126,7 +126,7 @@ func config(targets []string, opts Options) string {
 	timeout := opts.ScrapeInterval
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by the pullwatch e2e harness\nglobal:\n  scrape_interval: %s\n  scrape_timeout: %s\n  evaluation_interval: %s\n",
-		promDuration(opts.ScrapeInterval), promDuration(timeout), promDuration(opts.EvaluationInterval))
+		Duration(opts.ScrapeInterval), Duration(timeout), Duration(opts.EvaluationInterval))
 	if len(opts.RuleFiles) > 0 {
 		b.WriteString("rule_files:\n")
 		for _, f := range opts.RuleFiles {
@@ -144,8 +144,9 @@ func config(targets []string, opts Options) string {
 	return b.String()
 }
 
-// promDuration renders d in Prometheus's duration syntax (e.g. "1500ms").
-func promDuration(d time.Duration) string {
+// Duration renders d in the duration syntax of Prometheus and Alertmanager
+// configuration (e.g. "1500ms").
+func Duration(d time.Duration) string {
 	if d%time.Second == 0 {
 		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
 	}
