@@ -21,6 +21,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
 
 // aggNeedKube starts a real kube-apiserver (and etcd) for the test, or
@@ -28,7 +29,7 @@ import (
 func aggNeedKube(t *testing.T, ctx context.Context) *kubeapi.Cluster {
 	t.Helper()
 	if _, err := kubeapi.LocateBinaries(""); err != nil {
-		if os.Getenv("PULLWATCH_REQUIRE_REAL") == "1" || !errors.Is(err, kubeapi.ErrNoBinaries) {
+		if proc.RealRequired() || !errors.Is(err, kubeapi.ErrNoBinaries) {
 			t.Fatal(err)
 		}
 		t.Skip(err)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
 
 // chromium returns Debian's headless-capable Chromium, or skips (fails
@@ -23,10 +25,7 @@ func chromium(t *testing.T) string {
 			return p
 		}
 	}
-	if os.Getenv("PULLWATCH_REQUIRE_REAL") == "1" {
-		t.Fatal("chromium is required (PULLWATCH_REQUIRE_REAL=1) but not installed: apt-get install chromium")
-	}
-	t.Skip("chromium not installed (apt-get install chromium); status page not rendered")
+	proc.SkipOrFail(t, "needs chromium (apt-get install chromium) to render the status page")
 	return ""
 }
 

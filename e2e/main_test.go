@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
 
@@ -36,11 +37,11 @@ func TestMain(m *testing.M) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if reason := missingPrerequisites(); reason != "" {
-			if os.Getenv("PULLWATCH_REQUIRE_REAL") == "1" {
+			if proc.RealRequired() {
 				fmt.Fprintf(os.Stderr, "e2e: real parts required (PULLWATCH_REQUIRE_REAL=1) but %s\n", reason)
 				return 1
 			}
-			skipReason = reason + "; run scripts/install-deps.sh as root"
+			skipReason = reason
 			return m.Run()
 		}
 		l, err := startLab(ctx)
@@ -56,15 +57,7 @@ func TestMain(m *testing.M) {
 }
 
 func missingPrerequisites() string {
-	if os.Geteuid() != 0 {
-		return "not root"
-	}
-	for _, b := range []string{"containerd", "runc", "docker-registry", "prometheus"} {
-		if _, err := exec.LookPath(b); err != nil {
-			return b + " is not installed"
-		}
-	}
-	return ""
+	return proc.Missing("containerd", "runc", "docker-registry", "prometheus")
 }
 
 // need skips the test when the real parts are not there.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/pullwatch/pullwatch/e2e/harness/alertmanager"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/netns"
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	"github.com/pullwatch/pullwatch/e2e/harness/prometheus"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
@@ -44,11 +44,11 @@ func TestMain(m *testing.M) {
 
 func runMain(m *testing.M) int {
 	if reason := missingPrerequisites(); reason != "" {
-		if os.Getenv("PULLWATCH_REQUIRE_REAL") == "1" {
+		if proc.RealRequired() {
 			fmt.Fprintf(os.Stderr, "cluster: real parts required (PULLWATCH_REQUIRE_REAL=1) but %s\n", reason)
 			return 1
 		}
-		skipReason = reason + "; run scripts/install-deps.sh as root"
+		skipReason = reason
 		return m.Run()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -130,21 +130,8 @@ func teardown(c *Cluster) {
 }
 
 func missingPrerequisites() string {
-	if os.Geteuid() != 0 {
-		return "not root"
-	}
 	bins := []string{containerd.Binary, "runc", "containerd-shim-runc-v2", registry.Binary, prometheus.Binary, alertmanager.Binary, "go"}
-	bins = append(bins, netns.Binaries...)
-	var missing []string
-	for _, b := range bins {
-		if _, err := exec.LookPath(b); err != nil {
-			missing = append(missing, b)
-		}
-	}
-	if len(missing) > 0 {
-		return strings.Join(missing, ", ") + " not installed"
-	}
-	return ""
+	return proc.Missing(append(bins, netns.Binaries...)...)
 }
 
 // need skips the test when the real parts are not there.

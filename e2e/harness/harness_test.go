@@ -27,23 +27,7 @@ import (
 // installed; with PULLWATCH_REQUIRE_REAL=1 it fails instead.
 func requireReal(t *testing.T, bins ...string) {
 	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	for _, b := range bins {
-		if _, err := exec.LookPath(b); err != nil {
-			missing = append(missing, b)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("needs %s: run scripts/install-deps.sh as root", strings.Join(missing, ", "))
-	if os.Getenv("PULLWATCH_REQUIRE_REAL") == "1" {
-		t.Fatal(msg + " (PULLWATCH_REQUIRE_REAL=1)")
-	}
-	t.Skip(msg)
+	proc.RequireReal(t, bins...)
 }
 
 // expectNoProcesses registers a cleanup (run after every later-registered

@@ -22,23 +22,8 @@ import (
 // off and the summary saying so; status and break work on it from another
 // process; down removes every process, the network and the state.
 func TestClusterUpDown(t *testing.T) {
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
 	bins := []string{containerd.Binary, "runc", "containerd-shim-runc-v2", registry.Binary, prometheus.Binary, alertmanager.Binary, "go"}
-	for _, b := range append(bins, netns.Binaries...) {
-		if _, err := exec.LookPath(b); err != nil {
-			missing = append(missing, b)
-		}
-	}
-	if len(missing) > 0 {
-		msg := "needs " + strings.Join(missing, ", ") + ": run scripts/install-deps.sh as root"
-		if os.Getenv("PULLWATCH_REQUIRE_REAL") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	proc.RequireReal(t, append(bins, netns.Binaries...)...)
 	tmp := t.TempDir()
 	bin := filepath.Join(tmp, "pwlab")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {

@@ -20,22 +20,7 @@ import (
 // registry running after pwlab exits, a second up says so, down removes
 // everything.
 func TestUpDown(t *testing.T) {
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	for _, b := range []string{containerd.Binary, "runc", "containerd-shim-runc-v2", registry.Binary, "go"} {
-		if _, err := exec.LookPath(b); err != nil {
-			missing = append(missing, b)
-		}
-	}
-	if len(missing) > 0 {
-		msg := "needs " + strings.Join(missing, ", ") + ": run scripts/install-deps.sh as root"
-		if os.Getenv("PULLWATCH_REQUIRE_REAL") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	proc.RequireReal(t, containerd.Binary, "runc", "containerd-shim-runc-v2", registry.Binary, "go")
 	tmp := t.TempDir()
 	bin := filepath.Join(tmp, "pwlab")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {

@@ -27,21 +27,10 @@ import (
 // kube-apiserver built; with PULLWATCH_REQUIRE_REAL=1 it fails instead.
 func requireKube(t *testing.T) {
 	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
+	proc.RequireReal(t)
 	if _, err := kubeapi.LocateBinaries(""); err != nil {
-		missing = append(missing, err.Error())
+		proc.SkipOrFail(t, "needs "+err.Error())
 	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "needs " + strings.Join(missing, "; ")
-	if os.Getenv("PULLWATCH_REQUIRE_REAL") == "1" {
-		t.Fatal(msg + " (PULLWATCH_REQUIRE_REAL=1)")
-	}
-	t.Skip(msg)
 }
 
 func clientFromKubeconfig(t *testing.T, path string) kubernetes.Interface {

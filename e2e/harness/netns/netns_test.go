@@ -18,22 +18,7 @@ import (
 
 func need(t *testing.T) {
 	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	for _, b := range Binaries {
-		if _, err := exec.LookPath(b); err != nil {
-			missing = append(missing, b)
-		}
-	}
-	if len(missing) > 0 {
-		msg := "needs " + strings.Join(missing, ", ")
-		if os.Getenv("PULLWATCH_REQUIRE_REAL") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	proc.RequireReal(t, Binaries...)
 }
 
 // TestNetwork: two namespaces on a bridge reach each other and the
