@@ -5,18 +5,16 @@ SHELL := /bin/bash
 MODULES        := proto pkg agent aggregator e2e
 TOOLS          := $(CURDIR)/.tools
 VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-PROTOC_GEN_GO_VERSION      := v1.36.12
-PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
-STATICCHECK_VERSION        := v0.8.2
 CI             ?=
 OUT            := $(CURDIR)/_out
 DEMO_DIR       ?= /tmp/pullwatch-demo
 FUZZTIME       ?= 15s
+TEST_FUZZTIME  ?= 3s
 GOTEST_FLAGS   ?= -race -count=1
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube e2e deps tools proto proto-check lint vet unit integration test fuzz bench demo demo-down clean
+.PHONY: build kube e2e deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench demo demo-down clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -25,15 +23,15 @@ build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 deps: ## Debian packages for the real parts (containerd, registry, Prometheus, protoc); needs root
 	bash scripts/install-deps.sh
 
-tools: $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/staticcheck
+tools: ## Go tools (protoc-gen-go, protoc-gen-go-grpc, staticcheck) into .tools/, as pinned in scripts/deps.txt
+	bash scripts/install-deps.sh go $(TOOLS)
 
-$(TOOLS)/protoc-gen-go:
-	GOBIN=$(TOOLS) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
-$(TOOLS)/protoc-gen-go-grpc:
-	GOBIN=$(TOOLS) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
-$(TOOLS)/staticcheck:
-	GOBIN=$(TOOLS) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
-
+# protoc comes from Debian's protobuf-compiler and the well-known types that
+# pullwatch.proto imports (google/protobuf/duration.proto, timestamp.proto) from
+# libprotobuf-dev, which puts them in /usr/include where Debian's protoc looks by
+# default. Chosen over a pinned `buf` with bundled includes because both are
+# Debian packages already in scripts/deps.txt, versioned with the OS like
+# every other real part, and need no second code generator.
 proto: tools ## regenerate the committed Go code from proto/
 	cd proto && protoc -I . --go_out=. --go_opt=paths=source_relative \
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative pullwatch/v1/*.proto
@@ -70,7 +68,13 @@ e2e: build ## cluster in a box: 3 nodes in network namespaces, faults, alerts en
 kube: ## build kube-apiserver and etcd for the tests into .cache/kube/bin (cached; minutes when cold)
 	bash scripts/build-kube.sh
 
-test: deps proto-check lint unit integration e2e ## everything CI runs
+test: deps proto-check lint unit fuzz-short integration e2e ## everything CI runs
+
+fuzz-short: ## every fuzz target for TEST_FUZZTIME (default 3s), as make test runs them
+	FUZZTIME=$(TEST_FUZZTIME) bash scripts/fuzz.sh
+
+test-fresh: ## run .ci/run on a fresh clone of HEAD inside a debootstrapped Debian 12 root (root; ~30 min cold)
+	bash scripts/test-fresh.sh
 
 fuzz: ## run every fuzz target for FUZZTIME (default 15s)
 	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
