@@ -110,12 +110,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 			monitor.Round(time.Since(start), nil, err)
 			log.Error("round failed", "err", err)
 		default:
-			failing := 0
-			for _, im := range node.Images {
-				if im.Status != "available" {
-					failing++
-				}
-			}
+			failing := node.Failing()
 			monitor.Round(time.Since(start), &node, nil)
 			log.Info("round done", "trigger", reason, "images", len(node.Images), "not_available", failing, "took", time.Since(start).Round(time.Millisecond))
 			sc.Publish(node.Snapshot(Version, interval))

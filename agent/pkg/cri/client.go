@@ -42,10 +42,10 @@ type Client struct {
 
 // Runtime identifies the container runtime behind the endpoint.
 type Runtime struct {
-	Name       string `json:"name"`
-	Version    string `json:"version"`
-	APIVersion string `json:"api_version,omitempty"`
-	Endpoint   string `json:"endpoint,omitempty"`
+	Name       string
+	Version    string
+	APIVersion string
+	Endpoint   string
 }
 
 // DialError is returned when no endpoint answered; it names every endpoint

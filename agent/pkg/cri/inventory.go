@@ -48,14 +48,15 @@ type Sandbox struct {
 	ID, Name, Namespace, UID string
 }
 
-// Use says which container uses an image.
+// Use says which container uses an image. (report.Pod is how the agent's
+// report shows it.)
 type Use struct {
-	Namespace   string `json:"namespace"`
-	Pod         string `json:"pod"`
-	PodUID      string `json:"pod_uid,omitempty"`
-	Container   string `json:"container"`
-	ContainerID string `json:"container_id,omitempty"`
-	State       string `json:"state,omitempty"`
+	Namespace   string
+	Pod         string
+	PodUID      string
+	Container   string
+	ContainerID string
+	State       string
 }
 
 // Entry is one registry reference the node would pull: the image it

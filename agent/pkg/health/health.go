@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/report"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
 // Monitor records the agent's rounds.
@@ -87,13 +88,13 @@ func (m *Monitor) Round(took time.Duration, node *report.Node, err error) {
 	m.rounds.WithLabelValues("ok").Inc()
 	now := m.now()
 	m.lastOK.Set(float64(now.UnixNano()) / 1e9)
-	counts := map[string]float64{}
+	counts := map[pb.ImageStatus]float64{}
 	for _, im := range node.Images {
 		counts[im.Status]++
 	}
 	m.images.Reset()
 	for st, n := range counts {
-		m.images.WithLabelValues(st).Set(n)
+		m.images.WithLabelValues(st.Word()).Set(n)
 	}
 	m.mu.Lock()
 	m.lastRound, m.published = now, true

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/report"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
 func get(t *testing.T, h http.Handler, path string) (int, string) {
@@ -37,7 +38,7 @@ func TestProbes(t *testing.T) {
 	}{
 		{func() {}, 200, 503, "no round finished yet"},
 		{func() {
-			m.Round(time.Second, &report.Node{Images: []report.Image{{Status: "available"}, {Status: "absent"}}}, nil)
+			m.Round(time.Second, &report.Node{Images: []report.Image{{Outcome: report.Outcome{Status: pb.ImageStatus_IMAGE_STATUS_AVAILABLE}}, {Outcome: report.Outcome{Status: pb.ImageStatus_IMAGE_STATUS_ABSENT}}}}, nil)
 		}, 200, 503, "not connected"},
 		{func() { connected = true }, 200, 200, ""},
 		{func() { now = now.Add(3 * time.Minute); m.Round(time.Second, nil, errors.New("CRI down")) }, 200, 200, ""},

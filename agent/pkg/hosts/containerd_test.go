@@ -117,7 +117,7 @@ func TestContainerdEndpoints(t *testing.T) {
 		}
 		var got []string
 		for _, ep := range eps {
-			s := ep.URL + " " + string(ep.Role)
+			s := ep.URL + " " + ep.Role.Word()
 			if ep.Skip != "" {
 				s += " skip"
 			}

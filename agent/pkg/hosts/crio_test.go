@@ -54,7 +54,7 @@ insecure = true
 		}
 		var got []string
 		for _, ep := range eps {
-			s := ep.URL + " " + ep.Repository + " " + string(ep.Role)
+			s := ep.URL + " " + ep.Repository + " " + ep.Role.Word()
 			if ep.Skip != "" {
 				s += " skip"
 			}

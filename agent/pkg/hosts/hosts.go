@@ -11,14 +11,17 @@ import (
 	"strings"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
-// Role of an endpoint for the runtime.
-type Role string
+// Role of an endpoint for the runtime: the report's and the wire's
+// pullwatch.v1 EndpointRole, whose words are "upstream" and "mirror".
+type Role = pb.EndpointRole
 
+// The roles.
 const (
-	RoleUpstream Role = "upstream"
-	RoleMirror   Role = "mirror"
+	RoleUpstream = pb.EndpointRole_ENDPOINT_ROLE_UPSTREAM
+	RoleMirror   = pb.EndpointRole_ENDPOINT_ROLE_MIRROR
 )
 
 // Endpoint is one place the runtime would ask for a manifest.

@@ -42,7 +42,7 @@ func newIndexCache() *indexCache { return &indexCache{m: map[string][]ocispec.Pl
 // pullwatch ever sends: once per index digest the node has not pulled, so
 // a moved tag is checked before the node's next pull) and sets
 // platform_missing when it lacks the node's platform.
-func (p *Prober) checkPlatform(ctx context.Context, res *Result, ref imageref.Ref, w EndpointResult, cred credentials.Credential) {
+func (p *Prober) checkPlatform(ctx context.Context, res *Result, ref imageref.Ref, w answer, cred credentials.Credential) {
 	plats, err := p.indexPlatforms(ctx, ref, w, cred)
 	if err != nil {
 		// The HEAD answered; the platform check is a refinement. Say so.
@@ -61,13 +61,13 @@ func (p *Prober) checkPlatform(ctx context.Context, res *Result, ref imageref.Re
 	}
 	res.Status = pb.ImageStatus_IMAGE_STATUS_PLATFORM_MISSING
 	res.Reason = fmt.Sprintf("index %s at %s has no manifest for this node's platform %s (it has %s)",
-		w.Digest, w.Endpoint.URL, platforms.Format(*p.opts.Platform), strings.Join(names, ", "))
+		w.digest, w.URL, platforms.Format(*p.opts.Platform), strings.Join(names, ", "))
 }
 
-func (p *Prober) indexPlatforms(ctx context.Context, ref imageref.Ref, w EndpointResult, cred credentials.Credential) ([]ocispec.Platform, error) {
-	dgst, err := digest.Parse(w.Digest)
+func (p *Prober) indexPlatforms(ctx context.Context, ref imageref.Ref, w answer, cred credentials.Credential) ([]ocispec.Platform, error) {
+	dgst, err := digest.Parse(w.digest)
 	if err != nil {
-		return nil, fmt.Errorf("registry sent digest %q: %w", w.Digest, err)
+		return nil, fmt.Errorf("registry sent digest %q: %w", w.digest, err)
 	}
 	p.indexes.mu.Lock()
 	plats, ok := p.indexes.m[dgst.String()]
@@ -76,7 +76,7 @@ func (p *Prober) indexPlatforms(ctx context.Context, ref imageref.Ref, w Endpoin
 		return plats, nil
 	}
 
-	t, err := p.target(w.Endpoint, ref)
+	t, err := p.target(w.ep, ref)
 	if err != nil {
 		return nil, err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	"github.com/pullwatch/pullwatch/agent/pkg/report"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -52,39 +53,28 @@ type Options struct {
 	Platform *ocispec.Platform
 }
 
-// EndpointResult is one endpoint's answer.
-type EndpointResult struct {
-	Endpoint   hosts.Endpoint
-	Status     pb.ImageStatus
-	Reason     string
-	HTTPStatus int
-	Latency    time.Duration
-	CheckedAt  time.Time
-	// Digest the endpoint serves for the reference (Docker-Content-Digest).
-	Digest    string
-	MediaType string
-	// CredentialSource is the source of the credential this answer was got with.
-	CredentialSource string
-	// Skipped: the runtime would not ask this endpoint for this reference.
-	Skipped bool
-	// RateLimitRemaining is the registry's ratelimit-remaining header, when sent.
-	RateLimitRemaining string
-
-	credential int // index of the credential this answer was got with
+// answer is one endpoint's answer: the report's account of it, and what
+// the prober needs besides to pick the image's answer and check its index.
+type answer struct {
+	report.Endpoint
+	ep hosts.Endpoint
+	// digest and mediaType the endpoint serves for the reference
+	// (Docker-Content-Digest, Content-Type).
+	digest, mediaType string
+	// credentialSource is the source of the credential the answer was got
+	// with, credential its index in the request's credentials.
+	credentialSource string
+	credential       int
 }
 
-// Result is an image's answer: what the runtime would get.
+// Result is an image's answer: what the runtime would get. Its Outcome is
+// what the node's report shows (Drifted is the caller's: it compares the
+// node's digest with Digest).
 type Result struct {
-	Status    pb.ImageStatus
-	Reason    string
-	Endpoints []EndpointResult
+	report.Outcome
 	// Digest and media type the winning endpoint serves.
 	Digest    string
 	MediaType string
-	Degraded  bool
-	CheckedAt time.Time
-	// CredentialSource says where the credential came from, never what it is.
-	CredentialSource string
 }
 
 // Prober probes registries. It is safe for concurrent use.
@@ -167,7 +157,8 @@ type Request struct {
 // pulled, the index must list the node's platform (platform_missing).
 func (p *Prober) Probe(ctx context.Context, req Request) Result {
 	ref, endpoints, creds := req.Ref, req.Endpoints, req.Credentials
-	res := Result{CheckedAt: p.opts.Now()}
+	checked := p.opts.Now()
+	res := Result{Outcome: report.Outcome{CheckedAt: &checked}}
 	if len(creds) == 0 {
 		creds = []credentials.Credential{{Source: credentials.SourceAnonymous}}
 	}
@@ -176,49 +167,62 @@ func (p *Prober) Probe(ctx context.Context, req Request) Result {
 		res.Reason = "no registry endpoint configured for " + ref.Registry()
 		return res
 	}
+	answers := make([]answer, 0, len(endpoints))
 	winner, lastAsked := -1, -1
 	for i, ep := range endpoints {
-		var er EndpointResult
+		var a answer
 		if ep.Skip != "" {
-			er = EndpointResult{Endpoint: ep, Status: pb.ImageStatus_IMAGE_STATUS_UNKNOWN, Reason: "not asked: " + ep.Skip, Skipped: true, CheckedAt: p.opts.Now()}
+			a = answer{Endpoint: endpointReport(ep, p.opts.Now()), ep: ep}
+			a.Status, a.Reason, a.Skipped = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "not asked: "+ep.Skip, true
 		} else {
-			er = p.probeWithCredentials(ctx, ref, ep, creds)
+			a = p.probeWithCredentials(ctx, ref, ep, creds)
 			lastAsked = i
 		}
-		res.Endpoints = append(res.Endpoints, er)
-		if winner < 0 && er.Status == pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+		answers = append(answers, a)
+		res.Endpoints = append(res.Endpoints, a.Endpoint)
+		if winner < 0 && a.Status == pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
 			winner = i
 		}
 	}
-	if winner >= 0 {
-		w := res.Endpoints[winner]
-		res.Status, res.Digest, res.MediaType, res.CredentialSource = w.Status, w.Digest, w.MediaType, w.CredentialSource
-		res.Reason = "manifest found at " + w.Endpoint.URL
-		// Degraded: available, but an endpoint the runtime would use for
-		// this image failed — before the winner (the pull needs the
-		// fallback) or after it (one failure more and the pull fails).
-		for i, other := range res.Endpoints {
-			if i != winner && !other.Skipped && other.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
-				res.Degraded = true
-				res.Reason += fmt.Sprintf("; %s failed: %s", other.Endpoint.URL, other.Reason)
-				break
-			}
-		}
-		if isIndex(w.MediaType) && ref.Digest() == "" && w.Digest != "" && w.Digest != req.NodeDigest {
-			p.checkPlatform(ctx, &res, ref, w, creds[w.credential])
-		}
-		return res
-	}
-	if lastAsked < 0 {
+	switch {
+	case winner >= 0:
+		p.won(ctx, &res, req, answers, winner, creds)
+	case lastAsked < 0:
 		res.Status, res.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "the runtime would ask no endpoint for this reference: "+endpoints[0].Skip
-		return res
-	}
-	failed := res.Endpoints[mostRelevantFailure(res.Endpoints)]
-	res.Status, res.Reason, res.CredentialSource = failed.Status, failed.Reason, failed.CredentialSource
-	if len(endpoints) > 1 {
-		res.Reason = failed.Endpoint.URL + ": " + failed.Reason
+	default:
+		failed := answers[mostRelevantFailure(answers)]
+		res.Status, res.Reason, res.CredentialSource = failed.Status, failed.Reason, failed.credentialSource
+		if len(endpoints) > 1 {
+			res.Reason = failed.URL + ": " + failed.Reason
+		}
 	}
 	return res
+}
+
+// won sets the image's answer from the winning endpoint's, and checks the
+// index it serves for the node's platform when the node has not pulled it.
+func (p *Prober) won(ctx context.Context, res *Result, req Request, answers []answer, winner int, creds []credentials.Credential) {
+	w := answers[winner]
+	res.Status, res.Digest, res.MediaType, res.CredentialSource = w.Status, w.digest, w.mediaType, w.credentialSource
+	res.Reason = "manifest found at " + w.URL
+	// Degraded: available, but an endpoint the runtime would use for
+	// this image failed — before the winner (the pull needs the
+	// fallback) or after it (one failure more and the pull fails).
+	for i, other := range answers {
+		if i != winner && !other.Skipped && other.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+			res.Degraded = true
+			res.Reason += fmt.Sprintf("; %s failed: %s", other.URL, other.Reason)
+			break
+		}
+	}
+	if isIndex(w.mediaType) && req.Ref.Digest() == "" && w.digest != "" && w.digest != req.NodeDigest {
+		p.checkPlatform(ctx, res, req.Ref, w, creds[w.credential])
+	}
+}
+
+// endpointReport starts the report's account of an endpoint's answer.
+func endpointReport(ep hosts.Endpoint, checked time.Time) report.Endpoint {
+	return report.Endpoint{URL: ep.URL, Role: ep.Role, CheckedAt: checked}
 }
 
 // mostRelevantFailure picks the error the runtime reports when no endpoint
@@ -226,23 +230,24 @@ func (p *Prober) Probe(ctx context.Context, req Request) Result {
 // 404 (it says what to fix: credentials, rate limits) over a 404 over a
 // transport error; the first in host order among equals. (containerd 1.6
 // reports the first error that is not a 404, which agrees whenever an
-// HTTP error is among them.)
-func mostRelevantFailure(eps []EndpointResult) int {
-	rank := func(er EndpointResult) int {
+// HTTP error is among them.) A rate_limited answer without an HTTP status
+// (backing off after a 429) counts as the 429 it stands for.
+func mostRelevantFailure(answers []answer) int {
+	rank := func(a answer) int {
 		switch {
-		case er.Skipped:
+		case a.Skipped:
 			return -1
-		case er.Status == pb.ImageStatus_IMAGE_STATUS_ABSENT:
+		case a.Status == pb.ImageStatus_IMAGE_STATUS_ABSENT:
 			return 1
-		case er.HTTPStatus != 0 || er.Status == pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED:
+		case pb.Answered(a.Status, a.HTTPStatus):
 			return 2
 		default:
 			return 0
 		}
 	}
 	best := -1
-	for i, er := range eps {
-		if best < 0 || rank(er) > rank(eps[best]) {
+	for i, a := range answers {
+		if best < 0 || rank(a) > rank(answers[best]) {
 			best = i
 		}
 	}
@@ -251,16 +256,16 @@ func mostRelevantFailure(eps []EndpointResult) int {
 
 // probeWithCredentials tries each credential until the endpoint accepts
 // one, as the kubelet tries each matching credential in turn.
-func (p *Prober) probeWithCredentials(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, creds []credentials.Credential) EndpointResult {
-	var er EndpointResult
+func (p *Prober) probeWithCredentials(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, creds []credentials.Credential) answer {
+	var a answer
 	for i, cred := range creds {
-		er = p.probeEndpoint(ctx, ref, ep, cred)
-		er.CredentialSource, er.credential = cred.Source, i
-		if er.Status != pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && er.Status != pb.ImageStatus_IMAGE_STATUS_FORBIDDEN {
+		a = p.probeEndpoint(ctx, ref, ep, cred)
+		a.credentialSource, a.credential = cred.Source, i
+		if a.Status != pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && a.Status != pb.ImageStatus_IMAGE_STATUS_FORBIDDEN {
 			break
 		}
 	}
-	return er
+	return a
 }
 
 // target is one endpoint as a request goes to it.
@@ -309,9 +314,9 @@ func (p *Prober) newRequest(ctx context.Context, method, u string, t target) (*h
 	return req, nil
 }
 
-func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, cred credentials.Credential) (er EndpointResult) {
+func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, cred credentials.Credential) (er answer) {
 	start := p.opts.Now()
-	er = EndpointResult{Endpoint: ep, CheckedAt: start}
+	er = answer{Endpoint: endpointReport(ep, start), ep: ep}
 	t, err := p.target(ep, ref)
 	if err != nil {
 		er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, err.Error()
@@ -331,7 +336,7 @@ func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.E
 
 	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
-	defer func() { er.Latency = p.opts.Now().Sub(start) }()
+	defer func() { er.LatencySeconds = p.opts.Now().Sub(start).Seconds() }()
 
 	ch, err := p.ping(ctx, t)
 	if err != nil {
@@ -364,10 +369,10 @@ func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.E
 	}
 	resp.Body.Close()
 	er.HTTPStatus = resp.StatusCode
-	er.Digest = resp.Header.Get("Docker-Content-Digest")
-	er.MediaType = mediaType(resp.Header.Get("Content-Type"))
+	er.digest = resp.Header.Get("Docker-Content-Digest")
+	er.mediaType = mediaType(resp.Header.Get("Content-Type"))
 	er.RateLimitRemaining = resp.Header.Get("Ratelimit-Remaining")
-	er.Status, er.Reason = classifyManifest(resp, er.MediaType, t.repo, ref)
+	er.Status, er.Reason = classifyManifest(resp, er.mediaType, t.repo, ref)
 	if er.Status == pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && cred.Secret == "" {
 		er.Reason = "registry requires credentials (401 Unauthorized) and the node has none for it"
 	}

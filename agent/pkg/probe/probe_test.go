@@ -143,7 +143,7 @@ func TestProbeClassification(t *testing.T) {
 			if strings.Contains(res.Reason, secret) || strings.Contains(fmt.Sprint(res), secret) {
 				t.Fatalf("secret leaked into result: %+v", res)
 			}
-			if len(res.Endpoints) != 1 || res.Endpoints[0].Latency <= 0 {
+			if len(res.Endpoints) != 1 || res.Endpoints[0].LatencySeconds <= 0 {
 				t.Fatalf("endpoint results %+v", res.Endpoints)
 			}
 			if tt.want == pb.ImageStatus_IMAGE_STATUS_AVAILABLE && res.Digest != testDigest {
@@ -282,7 +282,7 @@ func TestSkippedEndpointsAndHeaders(t *testing.T) {
 	if res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || res.Degraded {
 		t.Fatalf("got %s degraded=%v: %s", res.Status.Word(), res.Degraded, res.Reason)
 	}
-	if !res.Endpoints[0].Skipped || res.Endpoints[0].Latency != 0 || !strings.Contains(res.Endpoints[0].Reason, "resolve capability") {
+	if !res.Endpoints[0].Skipped || res.Endpoints[0].LatencySeconds != 0 || !strings.Contains(res.Endpoints[0].Reason, "resolve capability") {
 		t.Errorf("skipped endpoint result %+v", res.Endpoints[0])
 	}
 	if gotHeader.Load() != "abc" {

@@ -9,9 +9,9 @@ import (
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
-// Snapshot converts the node's report to the wire snapshot. Status and role
-// words that are not part of the vocabulary become UNSPECIFIED, which the
-// aggregator refuses: they can only come from a bug.
+// Snapshot converts the node's report to the wire snapshot. Statuses and
+// roles are the wire's enums already; an UNSPECIFIED one, which the
+// aggregator refuses, can only come from a bug.
 func (n Node) Snapshot(agentVersion string, interval time.Duration) *pb.NodeSnapshot {
 	s := &pb.NodeSnapshot{
 		Node: &pb.Node{
@@ -38,14 +38,13 @@ func (n Node) Snapshot(agentVersion string, interval time.Duration) *pb.NodeSnap
 }
 
 func (im Image) proto() *pb.ImageReport {
-	status, _ := pb.ParseStatus(im.Status)
 	r := &pb.ImageReport{
 		Image:            im.Image,
 		ImageId:          im.ImageID,
 		RepoDigests:      im.RepoDigests,
 		Digest:           im.Digest,
 		InUse:            im.InUse,
-		Status:           status,
+		Status:           im.Status,
 		Reason:           im.Reason,
 		Registry:         im.Registry,
 		Degraded:         im.Degraded,
@@ -57,19 +56,7 @@ func (im Image) proto() *pb.ImageReport {
 		r.CheckedAt = timestamppb.New(*im.CheckedAt)
 	}
 	for _, e := range im.Endpoints {
-		es, _ := pb.ParseStatus(e.Status)
-		role, _ := pb.ParseRole(e.Role)
-		r.Endpoints = append(r.Endpoints, &pb.EndpointResult{
-			Url:                e.URL,
-			Role:               role,
-			Status:             es,
-			Reason:             e.Reason,
-			Latency:            durationpb.New(time.Duration(e.LatencySeconds * float64(time.Second))),
-			CheckedAt:          timestamppb.New(e.CheckedAt),
-			HttpStatus:         int32(e.HTTPStatus),
-			Skipped:            e.Skipped,
-			RatelimitRemaining: e.RateLimitRemaining,
-		})
+		r.Endpoints = append(r.Endpoints, e.proto())
 	}
 	for _, p := range im.Pods {
 		r.Containers = append(r.Containers, &pb.ContainerRef{
@@ -82,4 +69,18 @@ func (im Image) proto() *pb.ImageReport {
 		})
 	}
 	return r
+}
+
+func (e Endpoint) proto() *pb.EndpointResult {
+	return &pb.EndpointResult{
+		Url:                e.URL,
+		Role:               e.Role,
+		Status:             e.Status,
+		Reason:             e.Reason,
+		Latency:            durationpb.New(time.Duration(e.LatencySeconds * float64(time.Second))),
+		CheckedAt:          timestamppb.New(e.CheckedAt),
+		HttpStatus:         int32(e.HTTPStatus),
+		Skipped:            e.Skipped,
+		RatelimitRemaining: e.RateLimitRemaining,
+	}
 }

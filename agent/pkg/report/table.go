@@ -19,7 +19,7 @@ func (n Node) WriteTable(w io.Writer) error {
 	failing, ok := 0, 0
 	for _, pass := range []bool{false, true} {
 		for _, im := range n.Images {
-			if (im.Status == "available") != pass {
+			if im.Available() != pass {
 				continue
 			}
 			if pass {
@@ -27,7 +27,7 @@ func (n Node) WriteTable(w io.Writer) error {
 			} else {
 				failing++
 			}
-			status := im.Status
+			status := im.Status.Word()
 			if im.Degraded {
 				status += " (degraded)"
 			}
@@ -76,7 +76,7 @@ func endpoints(im Image) string {
 	}
 	var out []string
 	for _, e := range im.Endpoints {
-		out = append(out, fmt.Sprintf("%s %s %.0fms", e.Role, e.Status, e.LatencySeconds*1000))
+		out = append(out, fmt.Sprintf("%s %s %.0fms", e.Role.Word(), e.Status.Word(), e.LatencySeconds*1000))
 	}
 	return strings.Join(out, "; ")
 }

@@ -71,7 +71,7 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 	for i, e := range entries {
 		images[i] = baseImage(e)
 		if e.Problem != "" {
-			images[i].Status, images[i].Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN.Word(), e.Problem
+			images[i].Status, images[i].Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, e.Problem
 			continue
 		}
 		wg.Add(1)
@@ -80,7 +80,7 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 			defer func() { <-sem; wg.Done() }()
 			eps, err := c.Resolver.Endpoints(ctx, e.Ref)
 			if err != nil {
-				images[i].Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN.Word()
+				images[i].Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN
 				images[i].Reason = fmt.Sprintf("resolve registry endpoints for %s: %v", e.Ref.Registry(), err)
 				return
 			}
@@ -93,7 +93,8 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 		}(i, e)
 	}
 	wg.Wait()
-	n := report.Node{Node: c.NodeName, Runtime: inv.Runtime, Platform: c.Platform, Labels: c.Labels, ObservedAt: now(), Images: images}
+	rt := report.Runtime{Name: inv.Runtime.Name, Version: inv.Runtime.Version, APIVersion: inv.Runtime.APIVersion, Endpoint: inv.Runtime.Endpoint}
+	n := report.Node{Node: c.NodeName, Runtime: rt, Platform: c.Platform, Labels: c.Labels, ObservedAt: now(), Images: images}
 	slog.DebugContext(ctx, "round done", "images", len(images), "all_available", n.AllAvailable())
 	return n, nil
 }
@@ -125,11 +126,11 @@ func baseImage(e cri.Entry) report.Image {
 		RepoDigests: e.RepoDigests,
 		Digest:      e.Digest,
 		InUse:       e.InUse(),
-		Pods:        e.Uses,
-		Endpoints:   []report.Endpoint{},
+		Outcome:     report.Outcome{Endpoints: []report.Endpoint{}},
+		Pods:        make([]report.Pod, len(e.Uses)),
 	}
-	if im.Pods == nil {
-		im.Pods = []cri.Use{}
+	for i, u := range e.Uses {
+		im.Pods[i] = report.Pod{Namespace: u.Namespace, Pod: u.Pod, PodUID: u.PodUID, Container: u.Container, ContainerID: u.ContainerID, State: u.State}
 	}
 	if e.Problem == "" {
 		im.Image = e.Ref.String()
@@ -140,29 +141,16 @@ func baseImage(e cri.Entry) report.Image {
 	return im
 }
 
+// applyResult puts the probe's answer into the image's report and compares
+// the digest the registry serves with the node's.
 func applyResult(im *report.Image, e cri.Entry, res probe.Result) {
-	im.Status = res.Status.Word()
-	im.Reason = res.Reason
-	im.Degraded = res.Degraded
-	im.CredentialSource = res.CredentialSource
-	checked := res.CheckedAt
-	im.CheckedAt = &checked
+	im.Outcome = res.Outcome
+	if im.Endpoints == nil {
+		im.Endpoints = []report.Endpoint{}
+	}
 	// Tag drift: the tag now points at another manifest than the node runs.
 	if res.Digest != "" && e.Ref.Digest() == "" && e.Digest != "" && res.Digest != e.Digest {
 		im.Drifted = true
 		im.RegistryDigest = res.Digest
-	}
-	for _, er := range res.Endpoints {
-		im.Endpoints = append(im.Endpoints, report.Endpoint{
-			URL:                er.Endpoint.URL,
-			Role:               string(er.Endpoint.Role),
-			Status:             er.Status.Word(),
-			Reason:             er.Reason,
-			LatencySeconds:     er.Latency.Seconds(),
-			HTTPStatus:         er.HTTPStatus,
-			CheckedAt:          er.CheckedAt,
-			Skipped:            er.Skipped,
-			RateLimitRemaining: er.RateLimitRemaining,
-		})
 	}
 }

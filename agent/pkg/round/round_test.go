@@ -8,12 +8,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	"github.com/pullwatch/pullwatch/agent/pkg/probe"
+	"github.com/pullwatch/pullwatch/agent/pkg/report"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -68,10 +70,11 @@ func TestRun(t *testing.T) {
 			{ID: "g", Name: "ghost", PodSandboxID: "s", Image: idC, State: "exited"},
 		},
 	}
+	checked := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	fp := &fakeProber{res: map[string]probe.Result{
-		"r.example/app:v1": {Status: pb.ImageStatus_IMAGE_STATUS_AVAILABLE, Reason: "manifest found", Digest: d2, CredentialSource: "pull_secret",
-			Endpoints: []probe.EndpointResult{{Endpoint: hosts.Endpoint{URL: "https://r.example/v2", Role: hosts.RoleUpstream}, Status: pb.ImageStatus_IMAGE_STATUS_AVAILABLE}}},
-		"r.example/broken:v1": {Status: pb.ImageStatus_IMAGE_STATUS_ABSENT, Reason: "manifest unknown"},
+		"r.example/app:v1": {Digest: d2, Outcome: report.Outcome{Status: pb.ImageStatus_IMAGE_STATUS_AVAILABLE, Reason: "manifest found", CredentialSource: "pull_secret", CheckedAt: &checked,
+			Endpoints: []report.Endpoint{{URL: "https://r.example/v2", Role: hosts.RoleUpstream, Status: pb.ImageStatus_IMAGE_STATUS_AVAILABLE}}}},
+		"r.example/broken:v1": {Outcome: report.Outcome{Status: pb.ImageStatus_IMAGE_STATUS_ABSENT, Reason: "manifest unknown", CheckedAt: &checked}},
 	}}
 	c := &Checker{NodeName: "n1", Runtime: fakeRuntime{inv}, Resolver: hosts.Defaults{}, Prober: fp, Credentials: fakeCreds{}}
 	node, err := c.Run(context.Background())
@@ -80,7 +83,7 @@ func TestRun(t *testing.T) {
 	}
 	got := map[string]string{}
 	for _, im := range node.Images {
-		got[im.Image] = im.Status
+		got[im.Image] = im.Status.Word()
 	}
 	if got["r.example/app:v1"] != "available" || got["r.example/broken:v1"] != "absent" || got[idC] != "unknown" {
 		t.Fatalf("statuses %v", got)

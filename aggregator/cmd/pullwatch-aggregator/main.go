@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
-	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/ingest"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
@@ -81,7 +81,7 @@ const analyzeEvery = 15 * time.Second
 func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) error {
 	store := state.New(opts.StaleAfter)
 	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, Compat: opts.CompatMetrics}
-	var dir diagnose.Directory // nil without the API
+	var dir analyzer.Directory // nil without the API
 	if kube != nil {
 		watcher, err := kubewatch.New(kube.Rest, log, kubewatch.Options{
 			Owners:        opts.CompatMetrics,
@@ -96,16 +96,16 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 			collectorCfg.Owners = watcher
 		}
 	}
-	analyzer := diagnose.NewAnalyzer(store, dir, log)
-	go analyzer.Run(ctx, analyzeEvery)
+	an := analyzer.NewAnalyzer(store, dir, log)
+	go an.Run(ctx, analyzeEvery)
 
 	reports := metrics.NewReports(ingest.Kinds(), ingest.Reasons())
-	registry := metrics.NewRegistry(metrics.NewCollector(store, analyzer, collectorCfg), reports)
+	registry := metrics.NewRegistry(metrics.NewCollector(store, an, collectorCfg), reports)
 	var ready web.Readiness
 
 	ingestSrv := ingest.NewServer(store, reports, log)
 	grpcSrv := ingest.NewGRPCServer(ingestSrv, opts.MaxReportBytes)
-	httpSrv := web.NewServer(web.NewHandler(registry, &ready, web.NewStatusPage(analyzer, store, log)))
+	httpSrv := web.NewServer(web.NewHandler(registry, &ready, web.NewStatusPage(an, store, log)))
 
 	// Listen before serving so that a taken port fails startup plainly.
 	var lc net.ListenConfig

@@ -2,8 +2,10 @@
 // failure lies: on one node, in one zone, at a mirror, for the whole
 // cluster, or with the image itself.
 //
-// Diagnose is a pure function of its input; Analyzer feeds it from the
-// state store and the Kubernetes API and logs each change.
+// Diagnose is a pure function of its input (package analyzer feeds it
+// from the state store and the Kubernetes API and logs each change). What
+// a status means (its rank, whether the registry stated it) is the
+// pullwatch.v1 vocabulary's.
 //
 // Only live nodes count: a stale node (its agent went silent) or an
 // unregistered one (the Kubernetes API has no Node of that name, for
@@ -75,7 +77,36 @@ type Node struct {
 }
 
 // Live reports whether the node counts in cluster-wide findings.
-func (n *Node) Live() bool { return !n.Stale && !n.Unregistered }
+func (n *Node) Live() bool { return n.State() == NodeFresh }
+
+// NodeState is how the aggregator regards a node. The words are the
+// "state" label of pullwatch_nodes and what the status page shows.
+type NodeState string
+
+// The node states.
+const (
+	// NodeFresh: reported within --stale-after and, with the Kubernetes
+	// API, known to it. Only fresh nodes are live.
+	NodeFresh = NodeState("fresh")
+	// NodeStale: its agent has not reported for longer than --stale-after.
+	NodeStale = NodeState("stale")
+	// NodeUnregistered: the Kubernetes API has no Node of that name.
+	NodeUnregistered = NodeState("unregistered")
+)
+
+// NodeStates lists every node state, in the order metrics export them.
+func NodeStates() []NodeState { return []NodeState{NodeFresh, NodeStale, NodeUnregistered} }
+
+// State classifies the node; unregistered wins over stale.
+func (n *Node) State() NodeState {
+	switch {
+	case n.Unregistered:
+		return NodeUnregistered
+	case n.Stale:
+		return NodeStale
+	}
+	return NodeFresh
+}
 
 // EndpointKey names a registry endpoint as the metrics do.
 type EndpointKey struct {
@@ -134,7 +165,7 @@ type ImageFinding struct {
 	Failing []string
 	// Zones are the zones that fail as a whole (ScopeZone only).
 	Zones []string
-	// Worst is the worst status on any live node (see Rank), and Reason
+	// Worst is the worst status on any live node (see ImageStatus.Rank), and Reason
 	// the reason given with it on the first such node.
 	Worst  pullwatchv1.ImageStatus
 	Reason string
@@ -161,68 +192,6 @@ type Report struct {
 	Images []ImageFinding
 	// Live is the number of live nodes.
 	Live int
-}
-
-// Rank orders statuses from best (available, 0) to worst. A definite
-// answer about the image ranks worse than a failure that may pass on the
-// next try, and unknown ranks lowest among failures because it carries
-// the least information:
-//
-//	available < unknown < rate_limited < unreachable < bad_image_format <
-//	platform_missing < unauthorized < forbidden < absent
-//
-// Statuses this build does not know rank with unknown.
-func Rank(s pullwatchv1.ImageStatus) int {
-	switch s {
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE:
-		return 0
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_RATE_LIMITED:
-		return 2
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE:
-		return 3
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT:
-		return 4
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_PLATFORM_MISSING:
-		return 5
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNAUTHORIZED:
-		return 6
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_FORBIDDEN:
-		return 7
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT:
-		return 8
-	}
-	return 1
-}
-
-// Worse reports whether a ranks worse than b.
-func Worse(a, b pullwatchv1.ImageStatus) bool { return Rank(a) > Rank(b) }
-
-// answeredFailure reports whether s is a failure the registry stated
-// about the image (it was reached): such failures have ScopeImage.
-func answeredFailure(s pullwatchv1.ImageStatus) bool {
-	switch s {
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT,
-		pullwatchv1.ImageStatus_IMAGE_STATUS_UNAUTHORIZED,
-		pullwatchv1.ImageStatus_IMAGE_STATUS_FORBIDDEN,
-		pullwatchv1.ImageStatus_IMAGE_STATUS_PLATFORM_MISSING,
-		pullwatchv1.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT:
-		return true
-	}
-	return false
-}
-
-// Answered reports whether the registry sent any response. An HTTP status
-// proves it; without one, every status except unreachable and unknown
-// still describes an answer (absent is a 404, rate_limited a 429, ...).
-func Answered(ep *pullwatchv1.EndpointResult) bool {
-	if ep.GetHttpStatus() != 0 {
-		return true
-	}
-	switch ep.GetStatus() {
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE, pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN:
-		return false
-	}
-	return ep.GetStatus().Valid()
 }
 
 // endpointAgg accumulates one endpoint over live nodes.
@@ -266,143 +235,159 @@ func Diagnose(nodes []Node) *Report {
 			r.Live++
 		}
 	}
-	endpoints := map[EndpointKey]*endpointAgg{}
-	images := map[string]*imageAgg{}
-	registries := map[string]*registryAgg{}
-	// Reused per node.
-	epIndex := map[EndpointKey]int{}
-	regs := map[string]nodeRegistry{}
-
+	a := &aggregation{
+		endpoints:  map[EndpointKey]*endpointAgg{},
+		images:     map[string]*imageAgg{},
+		registries: map[string]*registryAgg{},
+		epIndex:    map[EndpointKey]int{},
+		regs:       map[string]nodeRegistry{},
+	}
 	for i := range nodes {
-		n := &nodes[i]
-		clear(epIndex)
-		clear(regs)
-		var eps []NodeEndpoint
-		for _, im := range n.Images {
-			reg := regs[im.GetRegistry()]
-			for _, ep := range im.GetEndpoints() {
-				if ep.GetSkipped() {
-					continue
-				}
-				key := EndpointKey{Registry: im.GetRegistry(), URL: ep.GetUrl(), Role: roleWord(ep.GetRole())}
-				j, ok := epIndex[key]
-				if !ok {
-					j = len(eps)
-					epIndex[key] = j
-					eps = append(eps, NodeEndpoint{EndpointKey: key})
-				}
-				ne := &eps[j]
-				if Answered(ep) {
-					ne.Up = true
-					reg.answered = true
-					if ep.GetRole() == pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM {
-						reg.upstreamAnswered = true
-					}
-				} else if ne.Reason == "" {
-					ne.Reason = cmp.Or(ep.GetReason(), ep.GetStatus().Word())
-				}
-				if ep.GetLatency() != nil {
-					ne.MaxLatency = max(ne.MaxLatency, ep.GetLatency().AsDuration().Seconds())
-					ne.HasLatency = true
-				}
+		r.NodeEndpoints[i] = a.scan(i, &nodes[i])
+		if nodes[i].Live() {
+			a.addLive(i, &nodes[i], r.NodeEndpoints[i])
+		}
+	}
+	r.Endpoints = a.endpointFindings(nodes, r.Live)
+	r.Images = a.imageFindings(nodes, r.Live)
+	return r
+}
+
+// aggregation accumulates the findings over the nodes.
+type aggregation struct {
+	endpoints  map[EndpointKey]*endpointAgg
+	images     map[string]*imageAgg
+	registries map[string]*registryAgg
+	// The node being scanned: its endpoints' indexes and its view of
+	// each registry. Reused per node.
+	epIndex map[EndpointKey]int
+	regs    map[string]nodeRegistry
+}
+
+// scan returns what node i saw of each endpoint, ordered by key, and
+// records its view of each registry in a.regs; a live node's images go
+// into the image findings.
+func (a *aggregation) scan(i int, n *Node) []NodeEndpoint {
+	clear(a.epIndex)
+	clear(a.regs)
+	var eps []NodeEndpoint
+	for _, im := range n.Images {
+		reg := a.regs[im.GetRegistry()]
+		for _, ep := range im.GetEndpoints() {
+			if ep.GetSkipped() {
+				continue
 			}
-			regs[im.GetRegistry()] = reg
-			if n.Live() {
-				addImage(images, i, n, im)
+			key := EndpointKey{Registry: im.GetRegistry(), URL: ep.GetUrl(), Role: ep.GetRole().Word()}
+			j, ok := a.epIndex[key]
+			if !ok {
+				j = len(eps)
+				a.epIndex[key] = j
+				eps = append(eps, NodeEndpoint{EndpointKey: key})
+			}
+			ne := &eps[j]
+			if ep.Answered() {
+				ne.Up = true
+				reg.answered = true
+				if ep.GetRole() == pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM {
+					reg.upstreamAnswered = true
+				}
+			} else if ne.Reason == "" {
+				ne.Reason = cmp.Or(ep.GetReason(), ep.GetStatus().Word())
+			}
+			if ep.GetLatency() != nil {
+				ne.MaxLatency = max(ne.MaxLatency, ep.GetLatency().AsDuration().Seconds())
+				ne.HasLatency = true
 			}
 		}
-		slices.SortFunc(eps, func(a, b NodeEndpoint) int { return a.compare(b.EndpointKey) })
-		r.NodeEndpoints[i] = eps
-		if !n.Live() {
-			continue
+		a.regs[im.GetRegistry()] = reg
+		if n.Live() {
+			addImage(a.images, i, n, im)
 		}
-		for _, ne := range eps {
-			agg := endpoints[ne.EndpointKey]
-			if agg == nil {
-				agg = &endpointAgg{}
-				endpoints[ne.EndpointKey] = agg
-			}
-			agg.tried = append(agg.tried, i)
-			if !ne.Up {
-				agg.failing = append(agg.failing, i)
-				if regs[ne.Registry].upstreamAnswered {
-					agg.upstreamUp++
-				}
-				if agg.reason == "" {
-					agg.reason = ne.Reason
-				}
-			}
+	}
+	slices.SortFunc(eps, func(x, y NodeEndpoint) int { return x.compare(y.EndpointKey) })
+	return eps
+}
+
+// addLive counts live node i, just scanned, in the endpoint and registry
+// aggregates.
+func (a *aggregation) addLive(i int, n *Node, eps []NodeEndpoint) {
+	for _, ne := range eps {
+		agg := a.endpoints[ne.EndpointKey]
+		if agg == nil {
+			agg = &endpointAgg{}
+			a.endpoints[ne.EndpointKey] = agg
 		}
-		for name, reg := range regs {
-			ra := registries[name]
-			if ra == nil {
-				ra = &registryAgg{}
-				registries[name] = ra
+		agg.tried = append(agg.tried, i)
+		if !ne.Up {
+			agg.failing = append(agg.failing, i)
+			if a.regs[ne.Registry].upstreamAnswered {
+				agg.upstreamUp++
 			}
-			ra.nodes = append(ra.nodes, i)
-			if !reg.answered {
-				ra.down = append(ra.down, i)
-			}
-		}
-		// A failing image whose node still reached the registry fails
-		// for a reason of its own, not the registry's reachability.
-		for _, im := range n.Images {
-			if im.GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE && regs[im.GetRegistry()].answered {
-				images[im.GetImage()].regUp = true
+			if agg.reason == "" {
+				agg.reason = ne.Reason
 			}
 		}
 	}
+	for name, reg := range a.regs {
+		ra := a.registries[name]
+		if ra == nil {
+			ra = &registryAgg{}
+			a.registries[name] = ra
+		}
+		ra.nodes = append(ra.nodes, i)
+		if !reg.answered {
+			ra.down = append(ra.down, i)
+		}
+	}
+	// A failing image whose node still reached the registry fails
+	// for a reason of its own, not the registry's reachability.
+	for _, im := range n.Images {
+		if im.GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE && a.regs[im.GetRegistry()].answered {
+			a.images[im.GetImage()].regUp = true
+		}
+	}
+}
 
-	r.Endpoints = make([]EndpointFinding, 0, len(endpoints))
-	for key, agg := range endpoints {
+func (a *aggregation) endpointFindings(nodes []Node, live int) []EndpointFinding {
+	out := make([]EndpointFinding, 0, len(a.endpoints))
+	for key, agg := range a.endpoints {
 		f := EndpointFinding{EndpointKey: key, Nodes: len(agg.tried), Reason: agg.reason}
-		f.Scope, f.Zones = spread(nodes, agg.failing, agg.tried, r.Live)
+		f.Scope, f.Zones = spread(nodes, agg.failing, agg.tried, live)
 		if f.Scope == ScopeCluster && key.Role == roleMirror && agg.upstreamUp > 0 {
 			f.Scope = ScopeMirror
 		}
 		f.Failing = names(nodes, agg.failing)
-		r.Endpoints = append(r.Endpoints, f)
+		out = append(out, f)
 	}
-	slices.SortFunc(r.Endpoints, func(a, b EndpointFinding) int { return a.compare(b.EndpointKey) })
+	slices.SortFunc(out, func(x, y EndpointFinding) int { return x.compare(y.EndpointKey) })
+	return out
+}
 
-	r.Images = make([]ImageFinding, 0, len(images))
-	for _, agg := range images {
+func (a *aggregation) imageFindings(nodes []Node, live int) []ImageFinding {
+	out := make([]ImageFinding, 0, len(a.images))
+	for _, agg := range a.images {
 		f := agg.f
 		switch {
 		case len(agg.failing) == 0:
 		case agg.answered:
 			f.Scope = ScopeImage
-		case !agg.regUp && registries[f.Registry] != nil:
+		case !agg.regUp && a.registries[f.Registry] != nil:
 			// Every failing node lost the registry as a whole: the scope
 			// is that of the registry's reachability.
-			ra := registries[f.Registry]
-			f.Scope, f.Zones = spread(nodes, ra.down, ra.nodes, r.Live)
+			ra := a.registries[f.Registry]
+			f.Scope, f.Zones = spread(nodes, ra.down, ra.nodes, live)
 		default:
-			f.Scope, f.Zones = spread(nodes, agg.failing, agg.nodes, r.Live)
+			f.Scope, f.Zones = spread(nodes, agg.failing, agg.nodes, live)
 		}
 		f.Failing = names(nodes, agg.failing)
-		r.Images = append(r.Images, *f)
+		out = append(out, *f)
 	}
-	slices.SortFunc(r.Images, func(a, b ImageFinding) int { return strings.Compare(a.Image, b.Image) })
-	return r
+	slices.SortFunc(out, func(x, y ImageFinding) int { return strings.Compare(x.Image, y.Image) })
+	return out
 }
 
-// The role words, as constants: EndpointRole.Word allocates, and it would
-// be called for every endpoint of every image of every node.
-const (
-	roleUpstream = "upstream"
-	roleMirror   = "mirror"
-)
-
-func roleWord(r pullwatchv1.EndpointRole) string {
-	switch r {
-	case pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM:
-		return roleUpstream
-	case pullwatchv1.EndpointRole_ENDPOINT_ROLE_MIRROR:
-		return roleMirror
-	}
-	return r.Word()
-}
+// roleMirror is the word of a mirror endpoint's role in EndpointKey.
+var roleMirror = pullwatchv1.EndpointRole_ENDPOINT_ROLE_MIRROR.Word()
 
 func addImage(images map[string]*imageAgg, i int, n *Node, im *pullwatchv1.ImageReport) {
 	agg := images[im.GetImage()]
@@ -415,14 +400,14 @@ func addImage(images map[string]*imageAgg, i int, n *Node, im *pullwatchv1.Image
 	if int(st) >= 0 && int(st) < statusSlots {
 		f.Counts[st]++
 	}
-	if Worse(st, f.Worst) {
+	if st.Worse(f.Worst) {
 		f.Worst, f.Reason = st, im.GetReason()
 	}
 	f.InUse = f.InUse || im.GetInUse()
 	agg.nodes = append(agg.nodes, i)
 	if st != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
 		agg.failing = append(agg.failing, i)
-		agg.answered = agg.answered || answeredFailure(st)
+		agg.answered = agg.answered || st.Stated()
 	}
 }
 

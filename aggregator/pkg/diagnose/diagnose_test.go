@@ -73,7 +73,7 @@ func TestEndpointScope(t *testing.T) {
 	mir := EndpointKey{Registry: reg, URL: mirrorURL, Role: "mirror"}
 	viaMirror := func(name, zone string, m, u *pullwatchv1.EndpointResult) Node {
 		st := available
-		if !Answered(m) && !Answered(u) {
+		if !m.Answered() && !u.Answered() {
 			st = unreachable
 		}
 		return node(name, zone, image("registry.example/app:1", st, m, u))
@@ -262,26 +262,19 @@ func TestNodeEndpoints(t *testing.T) {
 	}
 }
 
-func TestRank(t *testing.T) {
-	// Best to worst; every known status once.
-	order := []pullwatchv1.ImageStatus{available, unknown, rateLimited, unreachable, badFormat, platform, unauthz, forbidden, absent}
-	if len(order) != len(pullwatchv1.Statuses()) {
-		t.Fatalf("order lists %d statuses, the vocabulary has %d", len(order), len(pullwatchv1.Statuses()))
-	}
-	for i := 1; i < len(order); i++ {
-		if !Worse(order[i], order[i-1]) || Worse(order[i-1], order[i]) {
-			t.Errorf("%s should rank worse than %s", order[i].Word(), order[i-1].Word())
-		}
-	}
-	if Rank(pullwatchv1.ImageStatus(99)) != Rank(unknown) {
-		t.Error("an unknown enum value should rank with unknown")
-	}
-}
-
-func TestRoleWord(t *testing.T) {
-	for _, r := range []pullwatchv1.EndpointRole{upstream, mirror, pullwatchv1.EndpointRole_ENDPOINT_ROLE_UNSPECIFIED, pullwatchv1.EndpointRole(7)} {
-		if got, want := roleWord(r), r.Word(); got != want {
-			t.Errorf("roleWord(%v) = %q, want %q", r, got, want)
+func TestNodeState(t *testing.T) {
+	for _, tt := range []struct {
+		n    Node
+		want NodeState
+		live bool
+	}{
+		{healthy("a", ""), NodeFresh, true},
+		{stale(healthy("a", "")), NodeStale, false},
+		{unregistered(healthy("a", "")), NodeUnregistered, false},
+		{unregistered(stale(healthy("a", ""))), NodeUnregistered, false},
+	} {
+		if got := tt.n.State(); got != tt.want || tt.n.Live() != tt.live {
+			t.Errorf("stale=%v unregistered=%v: state %s live %v, want %s %v", tt.n.Stale, tt.n.Unregistered, got, tt.n.Live(), tt.want, tt.live)
 		}
 	}
 }

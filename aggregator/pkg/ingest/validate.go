@@ -264,23 +264,14 @@ func validateEndpoint(field string, ep *pullwatchv1.EndpointResult) *Error {
 	)
 }
 
-// statusWords is the list of valid status words for error messages.
-var statusWords = func() string {
-	var words []string
-	for _, s := range pullwatchv1.Statuses() {
-		words = append(words, s.Word())
-	}
-	return strings.Join(words, ", ")
-}()
-
 func validateStatus(field string, s pullwatchv1.ImageStatus) *Error {
 	if s.Valid() {
 		return nil
 	}
 	if s == pullwatchv1.ImageStatus_IMAGE_STATUS_UNSPECIFIED {
-		return fail(ReasonInvalidStatus, field, "IMAGE_STATUS_UNSPECIFIED (0) is never valid; want one of %s (use unknown when not checked)", statusWords)
+		return fail(ReasonInvalidStatus, field, "IMAGE_STATUS_UNSPECIFIED (0) is never valid; want one of %s (use unknown when not checked)", pullwatchv1.StatusWords())
 	}
-	return fail(ReasonInvalidStatus, field, "unknown value %d; want one of %s", int32(s), statusWords)
+	return fail(ReasonInvalidStatus, field, "unknown value %d; want one of %s", int32(s), pullwatchv1.StatusWords())
 }
 
 type lenCheck struct {

@@ -145,7 +145,7 @@ func (w *Watcher) nodeDeleted(obj any) {
 	}
 }
 
-// Node implements diagnose.Directory: the node's zone label, whether the
+// Node implements analyzer.Directory: the node's zone label, whether the
 // API has the node, and whether the node list has been loaded.
 func (w *Watcher) Node(name string) (zone string, exists, synced bool) {
 	if !w.nodesSynced.Load() {

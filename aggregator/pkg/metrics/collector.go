@@ -14,7 +14,6 @@ import (
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
-	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -23,7 +22,7 @@ var (
 		"pullwatch_node_image_status",
 		"Pull status of an image on a node, as the node's agent last reported it: 1 for the current status, one series per node and image "+
 			"(with --node-image-series=failing only for images not available on the node). "+
-			"status is one of available, absent, unauthorized, forbidden, rate_limited, unreachable, platform_missing, bad_image_format, unknown. "+
+			"status is one of "+pullwatchv1.StatusWords()+". "+
 			"Stale nodes keep their last status; see pullwatch_node_stale.",
 		[]string{"node", "image", "status"}, nil)
 	imageInUseDesc = prometheus.NewDesc(
@@ -88,10 +87,19 @@ type Owners interface {
 	ContainerImage(namespace, pod, container string) string
 }
 
+// The values of Config.NodeImageSeries (and of --node-image-series).
+const (
+	// NodeImageSeriesAll exports per-node image series for every image.
+	NodeImageSeriesAll = "all"
+	// NodeImageSeriesFailing exports them only for images not available
+	// on the node; the cluster-wide image series stay complete.
+	NodeImageSeriesFailing = "failing"
+)
+
 // Config selects what the Collector exports.
 type Config struct {
-	// NodeImageSeries is options.NodeImageSeriesAll (default) or
-	// options.NodeImageSeriesFailing.
+	// NodeImageSeries is NodeImageSeriesAll (default) or
+	// NodeImageSeriesFailing.
 	NodeImageSeries string
 	// Compat turns on the k8s_image_availability_exporter_* families.
 	Compat bool
@@ -100,7 +108,7 @@ type Config struct {
 	Owners Owners
 }
 
-// Analyzer is what the Collector reads: diagnose.Analyzer.
+// Analyzer is what the Collector reads: analyzer.Analyzer.
 type Analyzer interface {
 	Analyze(ctx context.Context) *diagnose.Report
 }
@@ -137,30 +145,23 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	r := c.analyzer.Analyze(context.Background())
-	onlyFailing := c.cfg.NodeImageSeries == options.NodeImageSeriesFailing
-	var fresh, stale, unregistered int
+	onlyFailing := c.cfg.NodeImageSeries == NodeImageSeriesFailing
+	states := map[diagnose.NodeState]int{}
 	for i := range r.Nodes {
 		n := &r.Nodes[i]
-		switch {
-		case n.Unregistered:
-			unregistered++
-		case n.Stale:
-			stale++
-		default:
-			fresh++
-		}
+		states[n.State()]++
 		collectNode(ch, n, r.NodeEndpoints[i], onlyFailing)
 	}
-	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(fresh), "fresh")
-	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(stale), "stale")
-	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(unregistered), "unregistered")
+	for _, st := range diagnose.NodeStates() {
+		ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(states[st]), string(st))
+	}
 	ch <- prometheus.MustNewConstMetric(agentsConnectedDesc, prometheus.GaugeValue, float64(c.store.ConnectedAgents()))
 
 	for i := range r.Images {
 		f := &r.Images[i]
 		for _, st := range statuses {
 			if n := f.Counts[st]; n > 0 {
-				ch <- prometheus.MustNewConstMetric(imageNodesDesc, prometheus.GaugeValue, float64(n), f.Image, words[st])
+				ch <- prometheus.MustNewConstMetric(imageNodesDesc, prometheus.GaugeValue, float64(n), f.Image, st.Word())
 			}
 		}
 		if f.Scope != diagnose.ScopeNone {
@@ -178,17 +179,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// statuses and words are the status vocabulary, computed once.
-var (
-	statuses = pullwatchv1.Statuses()
-	words    = func() map[pullwatchv1.ImageStatus]string {
-		m := map[pullwatchv1.ImageStatus]string{}
-		for _, st := range statuses {
-			m[st] = st.Word()
-		}
-		return m
-	}()
-)
+// statuses is the status vocabulary, listed once.
+var statuses = pullwatchv1.Statuses()
 
 func collectNode(ch chan<- prometheus.Metric, n *diagnose.Node, endpoints []diagnose.NodeEndpoint, onlyFailing bool) {
 	ch <- prometheus.MustNewConstMetric(nodeStaleDesc, prometheus.GaugeValue, boolValue(n.Stale), n.Name)
@@ -198,7 +190,7 @@ func collectNode(ch chan<- prometheus.Metric, n *diagnose.Node, endpoints []diag
 			continue
 		}
 		// Validation guarantees a valid status, so the word is never empty.
-		ch <- prometheus.MustNewConstMetric(imageStatusDesc, prometheus.GaugeValue, 1, n.Name, im.GetImage(), words[im.GetStatus()])
+		ch <- prometheus.MustNewConstMetric(imageStatusDesc, prometheus.GaugeValue, 1, n.Name, im.GetImage(), im.GetStatus().Word())
 		ch <- prometheus.MustNewConstMetric(imageInUseDesc, prometheus.GaugeValue, boolValue(im.GetInUse()), n.Name, im.GetImage())
 	}
 	for _, ep := range endpoints {

@@ -16,8 +16,7 @@ import (
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
-	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -81,11 +80,11 @@ func testStore() *state.Store {
 // newCollector returns a Collector over s with the default
 // configuration but compat off, unless cfgs give one.
 func newCollector(s *state.Store, cfgs ...Config) *Collector {
-	cfg := Config{NodeImageSeries: options.NodeImageSeriesAll}
+	cfg := Config{NodeImageSeries: NodeImageSeriesAll}
 	if len(cfgs) > 0 {
 		cfg = cfgs[0]
 	}
-	return NewCollector(s, diagnose.NewAnalyzer(s, nil, slog.New(slog.NewTextHandler(io.Discard, nil))), cfg)
+	return NewCollector(s, analyzer.NewAnalyzer(s, nil, slog.New(slog.NewTextHandler(io.Discard, nil))), cfg)
 }
 
 func TestCollectorExposition(t *testing.T) {
@@ -306,11 +305,11 @@ func BenchmarkCollect(b *testing.B) {
 		name string
 		cfg  Config
 	}{
-		{"node-image-series=all", Config{NodeImageSeries: options.NodeImageSeriesAll}},
-		{"node-image-series=failing", Config{NodeImageSeries: options.NodeImageSeriesFailing}},
-		{"node-image-series=all,compat", Config{NodeImageSeries: options.NodeImageSeriesAll, Compat: true, Owners: benchOwners{}}},
-		{"node-image-series=failing,compat", Config{NodeImageSeries: options.NodeImageSeriesFailing, Compat: true, Owners: benchOwners{}}},
-		{"node-image-series=failing,compat-without-api", Config{NodeImageSeries: options.NodeImageSeriesFailing, Compat: true}},
+		{"node-image-series=all", Config{NodeImageSeries: NodeImageSeriesAll}},
+		{"node-image-series=failing", Config{NodeImageSeries: NodeImageSeriesFailing}},
+		{"node-image-series=all,compat", Config{NodeImageSeries: NodeImageSeriesAll, Compat: true, Owners: benchOwners{}}},
+		{"node-image-series=failing,compat", Config{NodeImageSeries: NodeImageSeriesFailing, Compat: true, Owners: benchOwners{}}},
+		{"node-image-series=failing,compat-without-api", Config{NodeImageSeries: NodeImageSeriesFailing, Compat: true}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			c := newCollector(s, bc.cfg)
@@ -343,7 +342,7 @@ func BenchmarkCollect(b *testing.B) {
 // the text format) over benchStore, and reports its size.
 func BenchmarkScrape(b *testing.B) {
 	s := benchStore()
-	for _, mode := range []string{options.NodeImageSeriesAll, options.NodeImageSeriesFailing} {
+	for _, mode := range []string{NodeImageSeriesAll, NodeImageSeriesFailing} {
 		b.Run("node-image-series="+mode, func(b *testing.B) {
 			h := promhttp.HandlerFor(NewRegistry(newCollector(s, Config{NodeImageSeries: mode, Compat: true, Owners: benchOwners{}})), promhttp.HandlerOpts{})
 			req := httptest.NewRequest(http.MethodGet, "/metrics", nil)

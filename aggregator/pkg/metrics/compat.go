@@ -9,11 +9,9 @@ import (
 
 // The k8s-image-availability-exporter families, in its order. Each
 // container gets one series in every family: 1 in the family of its
-// current status, 0 in the others, as that exporter does.
-var compatNames = []string{
-	"available", "absent", "bad_image_format", "registry_unavailable",
-	"authentication_failure", "authorization_failure", "unknown_error",
-}
+// current status (pullwatchv1.ImageStatus.CompatFamily), 0 in the others,
+// as that exporter does.
+var compatNames = pullwatchv1.CompatFamilies()
 
 var compatLabels = []string{"namespace", "container", "image", "kind", "name"}
 
@@ -30,36 +28,13 @@ func compatHelp(name string) string {
 		"Every container has a series in each of the 7 families. See docs/metrics.md for how pullwatch statuses map to these."
 }
 
-// compatIndex maps a pullwatch status to its family in compatNames:
-// available→available, absent→absent, bad_image_format and
-// platform_missing→bad_image_format, unreachable→registry_unavailable,
-// unauthorized→authentication_failure, forbidden→authorization_failure,
-// rate_limited and unknown→unknown_error.
-func compatIndex(st pullwatchv1.ImageStatus) int {
-	switch st {
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE:
-		return 0
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT:
-		return 1
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT, pullwatchv1.ImageStatus_IMAGE_STATUS_PLATFORM_MISSING:
-		return 2
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE:
-		return 3
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_UNAUTHORIZED:
-		return 4
-	case pullwatchv1.ImageStatus_IMAGE_STATUS_FORBIDDEN:
-		return 5
-	}
-	return 6
-}
-
 // compatKey is one container of one workload, as the labels say.
 type compatKey struct {
 	namespace, container, image, kind, name string
 }
 
 // collectCompat emits the compatibility families: per workload container
-// and image, the worst status (diagnose.Rank) across the live nodes that
+// and image, the worst status (ImageStatus.Rank) across the live nodes that
 // run it. Containers the agent could not tie to a pod are left out.
 func collectCompat(ch chan<- prometheus.Metric, r *diagnose.Report, owners Owners) {
 	worst := map[compatKey]pullwatchv1.ImageStatus{}
@@ -80,14 +55,14 @@ func collectCompat(ch chan<- prometheus.Metric, r *diagnose.Report, owners Owner
 						k.image = spec
 					}
 				}
-				if prev, seen := worst[k]; !seen || diagnose.Worse(im.GetStatus(), prev) {
+				if prev, seen := worst[k]; !seen || im.GetStatus().Worse(prev) {
 					worst[k] = im.GetStatus()
 				}
 			}
 		}
 	}
 	for k, st := range worst {
-		current := compatIndex(st)
+		current := st.CompatFamily()
 		for i, d := range compatDescs {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, boolValue(i == current), k.namespace, k.container, k.image, k.kind, k.name)
 		}

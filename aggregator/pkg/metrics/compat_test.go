@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 
-	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -140,14 +139,14 @@ func TestCompatStatusMapping(t *testing.T) {
 		pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN: "unknown_error",
 	}
 	for _, st := range pullwatchv1.Statuses() {
-		if got := compatNames[compatIndex(st)]; got != want[st] {
+		if got := compatNames[st.CompatFamily()]; got != want[st] {
 			t.Errorf("%s maps to %s, want %s", st.Word(), got, want[st])
 		}
 	}
 }
 
 func TestNodeImageSeriesFailing(t *testing.T) {
-	c := newCollector(testStore(), Config{NodeImageSeries: options.NodeImageSeriesFailing})
+	c := newCollector(testStore(), Config{NodeImageSeries: NodeImageSeriesFailing})
 	want := fmt.Sprintf(`
 # HELP pullwatch_node_image_status %s
 # TYPE pullwatch_node_image_status gauge

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 )
 
@@ -21,19 +22,11 @@ type Options struct {
 	LogLevel        slog.Level
 	LogFormat       string // "text" or "json"
 	Kubeconfig      string
-	// NodeImageSeries is NodeImageSeriesAll or NodeImageSeriesFailing.
+	// NodeImageSeries is metrics.NodeImageSeriesAll or
+	// metrics.NodeImageSeriesFailing.
 	NodeImageSeries string
 	CompatMetrics   bool
 }
-
-// The values of --node-image-series.
-const (
-	// NodeImageSeriesAll exports per-node image series for every image.
-	NodeImageSeriesAll = "all"
-	// NodeImageSeriesFailing exports them only for images not available
-	// on the node; the cluster-wide image series stay complete.
-	NodeImageSeriesFailing = "failing"
-)
 
 // Name is the program name used in usage and error messages.
 const Name = "pullwatch-aggregator"
@@ -63,7 +56,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		ShutdownTimeout: 10 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
-		NodeImageSeries: NodeImageSeriesAll,
+		NodeImageSeries: metrics.NodeImageSeriesAll,
 		CompatMetrics:   true,
 	}
 	s := envflag.New(Name, Name+" [flags]", summary)
@@ -80,7 +73,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	s.StringVar(&o.Kubeconfig, "kubeconfig", "",
 		"`path` (or list of paths, as in $KUBECONFIG) to a kubeconfig, used outside a cluster. Without one and outside a cluster, node-deletion tracking, Node zones and workload owners are off.")
 	s.Env("kubeconfig", "KUBECONFIG")
-	s.Var(&envflag.Choice{Value: &o.NodeImageSeries, Choices: []string{NodeImageSeriesAll, NodeImageSeriesFailing}}, "node-image-series",
+	s.Var(&envflag.Choice{Value: &o.NodeImageSeries, Choices: []string{metrics.NodeImageSeriesAll, metrics.NodeImageSeriesFailing}}, "node-image-series",
 		"Which images get per-node series (pullwatch_node_image_status, pullwatch_node_image_in_use): `all`, or failing (only images not available on the node; "+
 			"about 50,000 fewer series per 1,000 nodes with 50 images). Cluster-wide series are complete either way. See docs/metrics.md.")
 	s.BoolVar(&o.CompatMetrics, "compat-metrics", o.CompatMetrics,

@@ -18,7 +18,7 @@ import (
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
 )
 
-// Analyzer is what the status page reads: diagnose.Analyzer.
+// Analyzer is what the status page reads: analyzer.Analyzer.
 type Analyzer interface {
 	Analyze(ctx context.Context) *diagnose.Report
 }
@@ -133,7 +133,48 @@ func (p *StatusPage) build(r *diagnose.Report) pageData {
 	now := p.now()
 	d := pageData{Generated: now.UTC().Format("2006-01-02 15:04:05 MST"), Live: r.Live, Connected: p.agents.ConnectedAgents()}
 
-	// Columns: every endpoint any node tried, with its scope when failing.
+	keys := d.addEndpoints(r)
+
+	// Rows: one per node, the ones with something wrong first.
+	for i := range r.Nodes {
+		n := &r.Nodes[i]
+		switch n.State() {
+		case diagnose.NodeUnregistered:
+			d.Unregistered++
+		case diagnose.NodeStale:
+			d.Stale++
+		default:
+			d.Fresh++
+		}
+		d.Rows = append(d.Rows, nodeRow(n, r.NodeEndpoints[i], keys, now))
+	}
+	slices.SortStableFunc(d.Rows, func(a, b row) int { return cmp.Compare(rowRank(b), rowRank(a)) })
+	for _, rw := range d.Rows {
+		if rowRank(rw) == 0 {
+			d.HealthyNodes++
+		}
+	}
+
+	for _, f := range r.Images {
+		if f.Scope == diagnose.ScopeNone {
+			continue
+		}
+		d.Images = append(d.Images, imageRow{
+			Image: f.Image, Registry: f.Registry, Scope: string(f.Scope), Status: f.Worst.Word(),
+			Failing: len(f.Failing), Of: total(f.Counts[:]), Nodes: listNames(f.Failing), Zones: strings.Join(f.Zones, ", "),
+			Reason: f.Reason, InUse: f.InUse,
+		})
+	}
+	slices.SortStableFunc(d.Images, func(a, b imageRow) int {
+		return cmp.Or(cmp.Compare(scopeRank(b.Scope), scopeRank(a.Scope)), boolRank(b.InUse)-boolRank(a.InUse))
+	})
+	return d
+}
+
+// addEndpoints fills the failing endpoints table and the grid's columns:
+// every endpoint any node tried, with its scope when failing. It returns
+// the columns' keys in order.
+func (d *pageData) addEndpoints(r *diagnose.Report) []diagnose.EndpointKey {
 	scopes := map[diagnose.EndpointKey]diagnose.Scope{}
 	for _, f := range r.Endpoints {
 		scopes[f.EndpointKey] = f.Scope
@@ -160,84 +201,53 @@ func (p *StatusPage) build(r *diagnose.Report) pageData {
 	for _, k := range keys {
 		d.Columns = append(d.Columns, column{Registry: k.Registry, URL: k.URL, Role: k.Role, Scope: string(scopes[k])})
 	}
+	return keys
+}
 
-	// Rows: one per node, the ones with something wrong first.
-	for i := range r.Nodes {
-		n := &r.Nodes[i]
-		rw := row{Node: n.Name, Zone: n.Zone, Age: age(now.Sub(n.LastReport)), State: "fresh", Images: len(n.Images)}
+// nodeRow is a node's row of the grid: one cell per column key.
+func nodeRow(n *diagnose.Node, eps []diagnose.NodeEndpoint, keys []diagnose.EndpointKey, now time.Time) row {
+	rw := row{Node: n.Name, Zone: n.Zone, Age: age(now.Sub(n.LastReport)), State: string(n.State()), Images: len(n.Images)}
+	if info := n.Info; info != nil {
+		var parts []string
+		if v := info.GetAgentVersion(); v != "" {
+			parts = append(parts, "agent "+v)
+		}
+		if rt := strings.TrimSpace(info.GetRuntime().GetName() + " " + info.GetRuntime().GetVersion()); rt != "" {
+			parts = append(parts, rt)
+		}
+		rw.Agent = strings.Join(parts, " · ")
+	}
+	byKey := map[diagnose.EndpointKey]diagnose.NodeEndpoint{}
+	for _, ep := range eps {
+		byKey[ep.EndpointKey] = ep
+	}
+	for _, k := range keys {
+		ep, ok := byKey[k]
 		switch {
-		case n.Unregistered:
-			rw.State = "unregistered"
-			d.Unregistered++
-		case n.Stale:
-			rw.State = "stale"
-			d.Stale++
+		case !ok:
+			rw.Cells = append(rw.Cells, cell{Class: "unused", Text: "not used"})
+		case ep.Up:
+			c := cell{Class: "up", Text: "up"}
+			if ep.HasLatency {
+				c.Detail = latency(ep.MaxLatency)
+			}
+			rw.Cells = append(rw.Cells, c)
 		default:
-			d.Fresh++
-		}
-		if info := n.Info; info != nil {
-			var parts []string
-			if v := info.GetAgentVersion(); v != "" {
-				parts = append(parts, "agent "+v)
-			}
-			if rt := strings.TrimSpace(info.GetRuntime().GetName() + " " + info.GetRuntime().GetVersion()); rt != "" {
-				parts = append(parts, rt)
-			}
-			rw.Agent = strings.Join(parts, " · ")
-		}
-		byKey := map[diagnose.EndpointKey]diagnose.NodeEndpoint{}
-		for _, ep := range r.NodeEndpoints[i] {
-			byKey[ep.EndpointKey] = ep
-		}
-		for _, k := range keys {
-			ep, ok := byKey[k]
-			switch {
-			case !ok:
-				rw.Cells = append(rw.Cells, cell{Class: "unused", Text: "not used"})
-			case ep.Up:
-				c := cell{Class: "up", Text: "up"}
-				if ep.HasLatency {
-					c.Detail = latency(ep.MaxLatency)
-				}
-				rw.Cells = append(rw.Cells, c)
-			default:
-				rw.Cells = append(rw.Cells, cell{Class: "down", Text: "DOWN", Detail: shorten(ep.Reason, 48), Title: ep.Reason})
-			}
-		}
-		var worst []string
-		for _, im := range n.Images {
-			if im.GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
-				rw.Failing++
-				worst = append(worst, im.GetStatus().Word())
-			}
-		}
-		if rw.Failing > 0 {
-			slices.Sort(worst)
-			rw.FailingText = summarizeWords(worst)
-		}
-		d.Rows = append(d.Rows, rw)
-	}
-	slices.SortStableFunc(d.Rows, func(a, b row) int { return cmp.Compare(rowRank(b), rowRank(a)) })
-	for _, rw := range d.Rows {
-		if rowRank(rw) == 0 {
-			d.HealthyNodes++
+			rw.Cells = append(rw.Cells, cell{Class: "down", Text: "DOWN", Detail: shorten(ep.Reason, 48), Title: ep.Reason})
 		}
 	}
-
-	for _, f := range r.Images {
-		if f.Scope == diagnose.ScopeNone {
-			continue
+	var worst []string
+	for _, im := range n.Images {
+		if im.GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
+			rw.Failing++
+			worst = append(worst, im.GetStatus().Word())
 		}
-		d.Images = append(d.Images, imageRow{
-			Image: f.Image, Registry: f.Registry, Scope: string(f.Scope), Status: f.Worst.Word(),
-			Failing: len(f.Failing), Of: total(f.Counts[:]), Nodes: listNames(f.Failing), Zones: strings.Join(f.Zones, ", "),
-			Reason: f.Reason, InUse: f.InUse,
-		})
 	}
-	slices.SortStableFunc(d.Images, func(a, b imageRow) int {
-		return cmp.Or(cmp.Compare(scopeRank(b.Scope), scopeRank(a.Scope)), boolRank(b.InUse)-boolRank(a.InUse))
-	})
-	return d
+	if rw.Failing > 0 {
+		slices.Sort(worst)
+		rw.FailingText = summarizeWords(worst)
+	}
+	return rw
 }
 
 // rowRank puts nodes with a down endpoint first, then failing images,
@@ -253,7 +263,7 @@ func rowRank(r row) int {
 	if r.Failing > 0 {
 		rank += 2
 	}
-	if r.State != "fresh" {
+	if r.State != string(diagnose.NodeFresh) {
 		rank++
 	}
 	return rank

@@ -13,7 +13,7 @@ import (
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -53,7 +53,7 @@ func statusStore() *state.Store {
 func serveStatus(t *testing.T) (*http.Response, string) {
 	t.Helper()
 	store := statusStore()
-	page := NewStatusPage(diagnose.NewAnalyzer(store, nil, slog.New(slog.NewTextHandler(io.Discard, nil))), store, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	page := NewStatusPage(analyzer.NewAnalyzer(store, nil, slog.New(slog.NewTextHandler(io.Discard, nil))), store, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	page.now = func() time.Time { return time.Date(2026, 1, 2, 3, 9, 35, 0, time.UTC) }
 	srv := httptest.NewServer(NewHandler(nil, &Readiness{}, page))
 	t.Cleanup(srv.Close)
@@ -142,7 +142,7 @@ func TestStatusPageEscapes(t *testing.T) {
 
 func TestStatusPageEmpty(t *testing.T) {
 	store := state.New(time.Minute)
-	page := NewStatusPage(diagnose.NewAnalyzer(store, nil, slog.New(slog.NewTextHandler(io.Discard, nil))), store, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	page := NewStatusPage(analyzer.NewAnalyzer(store, nil, slog.New(slog.NewTextHandler(io.Discard, nil))), store, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	rec := httptest.NewRecorder()
 	page.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
 	for _, want := range []string{"No agent has reported yet.", "Every image is available", "Every registry endpoint answers"} {

@@ -11,7 +11,7 @@ import (
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 
-	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
@@ -24,7 +24,7 @@ func newTestServer(t *testing.T, ready *Readiness) *httptest.Server {
 		Node:   &pullwatchv1.Node{Name: "node-a"},
 		Images: []*pullwatchv1.ImageReport{{Image: "docker.io/library/a:1", Status: pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT}},
 	})
-	analyzer := diagnose.NewAnalyzer(store, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	analyzer := analyzer.NewAnalyzer(store, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	reg := metrics.NewRegistry(metrics.NewCollector(store, analyzer, metrics.Config{}), metrics.NewReports([]string{"snapshot", "update"}, []string{"invalid_node"}))
 	srv := httptest.NewServer(NewHandler(reg, ready, nil))
 	t.Cleanup(srv.Close)

@@ -1,4 +1,4 @@
-package diagnose
+package analyzer
 
 import (
 	"bytes"
@@ -9,9 +9,30 @@ import (
 	"time"
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
+
+const (
+	available   = pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE
+	absent      = pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT
+	unreachable = pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE
+	upstream    = pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM
+	upURL       = "https://registry.example"
+)
+
+// The endpoint results the tests combine (as in diagnose's tests).
+var (
+	upOK     = &pullwatchv1.EndpointResult{Url: upURL, Role: upstream, Status: available, HttpStatus: 200, Latency: durationpb.New(20 * time.Millisecond)}
+	upAbsent = &pullwatchv1.EndpointResult{Url: upURL, Role: upstream, Status: absent, HttpStatus: 404}
+	upDown   = &pullwatchv1.EndpointResult{Url: upURL, Role: upstream, Status: unreachable, Reason: "dial tcp: connection refused", Latency: durationpb.New(2 * time.Second)}
+)
+
+func image(ref string, st pullwatchv1.ImageStatus, eps ...*pullwatchv1.EndpointResult) *pullwatchv1.ImageReport {
+	return &pullwatchv1.ImageReport{Image: ref, Registry: "registry.example", Status: st, Reason: st.Word(), InUse: true, Endpoints: eps}
+}
 
 // fakeDirectory is the Kubernetes API's view of nodes.
 type fakeDirectory struct {
@@ -26,22 +47,22 @@ func (d fakeDirectory) Node(name string) (string, bool, bool) {
 
 func TestInputs(t *testing.T) {
 	views := []state.NodeView{
-		{Name: "a", Info: &pullwatchv1.Node{Name: "a", Labels: map[string]string{ZoneLabel: "agent-zone"}}},
-		{Name: "b", Info: &pullwatchv1.Node{Name: "b", Labels: map[string]string{ZoneLabel: "agent-zone"}}, Stale: true},
+		{Name: "a", Info: &pullwatchv1.Node{Name: "a", Labels: map[string]string{diagnose.ZoneLabel: "agent-zone"}}},
+		{Name: "b", Info: &pullwatchv1.Node{Name: "b", Labels: map[string]string{diagnose.ZoneLabel: "agent-zone"}}, Stale: true},
 		{Name: "gone", Info: &pullwatchv1.Node{Name: "gone"}},
 	}
 	tests := []struct {
 		name string
 		dir  Directory
-		want []Node // Name, Zone, Stale, Unregistered only
+		want []diagnose.Node // Name, Zone, Stale, Unregistered only
 	}{
-		{"no API: zones from the agents, nothing unregistered", nil, []Node{
+		{"no API: zones from the agents, nothing unregistered", nil, []diagnose.Node{
 			{Name: "a", Zone: "agent-zone"}, {Name: "b", Zone: "agent-zone", Stale: true}, {Name: "gone"},
 		}},
-		{"API not synced yet: as without it", fakeDirectory{synced: false}, []Node{
+		{"API not synced yet: as without it", fakeDirectory{synced: false}, []diagnose.Node{
 			{Name: "a", Zone: "agent-zone"}, {Name: "b", Zone: "agent-zone", Stale: true}, {Name: "gone"},
 		}},
-		{"API: its zones win, unknown nodes are unregistered", fakeDirectory{synced: true, zones: map[string]string{"a": "api-zone", "b": ""}}, []Node{
+		{"API: its zones win, unknown nodes are unregistered", fakeDirectory{synced: true, zones: map[string]string{"a": "api-zone", "b": ""}}, []diagnose.Node{
 			{Name: "a", Zone: "api-zone"}, {Name: "b", Zone: "agent-zone", Stale: true}, {Name: "gone", Unregistered: true},
 		}},
 	}

@@ -1,4 +1,7 @@
-package diagnose
+// Package analyzer feeds diagnose from the state store and the Kubernetes
+// API's view of nodes, and logs every change of a finding. diagnose itself
+// stays a pure function of its input.
+package analyzer
 
 import (
 	"context"
@@ -7,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -18,14 +22,14 @@ type Directory interface {
 	Node(name string) (zone string, exists, synced bool)
 }
 
-// Inputs turns the store's views into Diagnose's input. The zone comes
+// Inputs turns the store's views into diagnose.Diagnose's input. The zone comes
 // from the Node object when dir has it, else from the label the agent
 // sent; a node is unregistered when dir is synced and has no such Node.
 // dir may be nil (no Kubernetes API): nothing is unregistered then.
-func Inputs(views []state.NodeView, dir Directory) []Node {
-	out := make([]Node, len(views))
+func Inputs(views []state.NodeView, dir Directory) []diagnose.Node {
+	out := make([]diagnose.Node, len(views))
 	for i, v := range views {
-		n := Node{Name: v.Name, Stale: v.Stale, Images: v.Images, Zone: v.Info.GetLabels()[ZoneLabel], Info: v.Info, LastReport: v.LastReport}
+		n := diagnose.Node{Name: v.Name, Stale: v.Stale, Images: v.Images, Zone: v.Info.GetLabels()[diagnose.ZoneLabel], Info: v.Info, LastReport: v.LastReport}
 		if dir != nil {
 			zone, exists, synced := dir.Node(v.Name)
 			switch {
@@ -55,12 +59,12 @@ type Analyzer struct {
 
 // subject is what a finding is about: an endpoint or an image.
 type subject struct {
-	endpoint EndpointKey
+	endpoint diagnose.EndpointKey
 	image    string
 }
 
 type verdict struct {
-	scope Scope
+	scope diagnose.Scope
 	zones string
 }
 
@@ -71,10 +75,10 @@ func NewAnalyzer(store *state.Store, dir Directory, log *slog.Logger) *Analyzer 
 
 // Analyze diagnoses the store as it is now and logs what changed since
 // the previous analysis.
-func (a *Analyzer) Analyze(ctx context.Context) *Report {
+func (a *Analyzer) Analyze(ctx context.Context) *diagnose.Report {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	r := Diagnose(Inputs(a.store.Nodes(), a.dir))
+	r := diagnose.Diagnose(Inputs(a.store.Nodes(), a.dir))
 	a.observe(ctx, r)
 	return r
 }
@@ -97,7 +101,7 @@ func (a *Analyzer) Run(ctx context.Context, interval time.Duration) {
 // maxLoggedNodes bounds the node names in one log line.
 const maxLoggedNodes = 10
 
-func (a *Analyzer) observe(ctx context.Context, r *Report) {
+func (a *Analyzer) observe(ctx context.Context, r *diagnose.Report) {
 	seen := make(map[subject]bool, len(r.Endpoints)+len(r.Images))
 	for _, f := range r.Endpoints {
 		s := subject{endpoint: f.EndpointKey}
@@ -121,7 +125,7 @@ func (a *Analyzer) observe(ctx context.Context, r *Report) {
 			continue
 		}
 		delete(a.last, s)
-		if v.scope == ScopeNone {
+		if v.scope == diagnose.ScopeNone {
 			continue
 		}
 		var args []any
@@ -137,7 +141,7 @@ func (a *Analyzer) observe(ctx context.Context, r *Report) {
 func (a *Analyzer) compare(ctx context.Context, s subject, now verdict, details func() []any) {
 	before, known := a.last[s]
 	a.last[s] = now
-	if before == now || (!known && now.scope == ScopeNone) {
+	if before == now || (!known && now.scope == diagnose.ScopeNone) {
 		return
 	}
 	args := []any{"from", scopeWord(before.scope), "to", scopeWord(now.scope)}
@@ -145,14 +149,14 @@ func (a *Analyzer) compare(ctx context.Context, s subject, now verdict, details 
 		args = append(args, "zones", now.zones)
 	}
 	level := slog.LevelInfo
-	if now.scope != ScopeNone {
+	if now.scope != diagnose.ScopeNone {
 		level = slog.LevelWarn
 	}
 	a.log.Log(ctx, level, "diagnosis changed", append(args, details()...)...)
 }
 
-func scopeWord(s Scope) string {
-	if s == ScopeNone {
+func scopeWord(s diagnose.Scope) string {
+	if s == diagnose.ScopeNone {
 		return "none"
 	}
 	return string(s)
