@@ -56,8 +56,9 @@ const mainUsage = `Usage: pullwatch-agent <command> [flags]
 pullwatch-agent runs on every node (a DaemonSet) and tells which container
 images this node can no longer pull, and why: it asks the node's container
 runtime over CRI which images the node runs and has cached, and asks their
-registries for each manifest the way the runtime would (HEAD only; it never
-pulls layers).
+registries for each manifest the way the runtime would (a HEAD; it never
+pulls layers, and GETs only an index a moved tag points at, to check the
+node's platform).
 
 Commands:
   run       the daemon: check every --interval and stream results to the aggregator

@@ -38,9 +38,9 @@ const maxIndexCache = 4096
 
 func newIndexCache() *indexCache { return &indexCache{m: map[string][]ocispec.Platform{}} }
 
-// checkPlatform reads the index the winning endpoint serves (the only GET
-// pullwatch ever sends: once per index digest the node has not pulled, so
-// a moved tag is checked before the node's next pull) and sets
+// checkPlatform reads the index the winning endpoint serves (the only
+// manifest GET pullwatch sends: once per index digest the node has not
+// pulled, so a moved tag is checked before the node's next pull) and sets
 // platform_missing when it lacks the node's platform.
 func (p *Prober) checkPlatform(ctx context.Context, res *Result, ref imageref.Ref, w answer, cred credentials.Credential) {
 	plats, err := p.indexPlatforms(ctx, ref, w, cred)

@@ -1,7 +1,9 @@
 // Package probe asks a registry, the way a container runtime would, whether
 // an image's manifest can be pulled: a /v2/ ping, the bearer-token flow when
-// the registry asks for it, and a HEAD of the manifest. It never GETs a
-// manifest or a blob, so probing does not count against pull rate limits.
+// the registry asks for it, and a HEAD of the manifest, which does not count
+// against pull rate limits. It never GETs a blob; the one manifest GET is
+// the platform check (platform.go): an index a moved tag now points at,
+// once per index digest.
 package probe
 
 import (
