@@ -75,28 +75,40 @@ func ParseStatus(word string) (ImageStatus, error) {
 
 // MarshalText writes the status word, so that JSON (and slog) show
 // "available" rather than a number. UNSPECIFIED is written as "".
-func (s ImageStatus) MarshalText() ([]byte, error) {
-	if s == ImageStatus_IMAGE_STATUS_UNSPECIFIED {
+func (s ImageStatus) MarshalText() ([]byte, error) { return marshalWord(s, "image status") }
+
+// UnmarshalText reads a status word; "" is UNSPECIFIED.
+func (s *ImageStatus) UnmarshalText(text []byte) error { return unmarshalWord(s, text, ParseStatus) }
+
+// word is an enum of this package with words.
+type word interface {
+	~int32
+	Word() string
+}
+
+// marshalWord writes v's word, "" for the zero value (UNSPECIFIED).
+func marshalWord[T word](v T, what string) ([]byte, error) {
+	if v == 0 {
 		return []byte{}, nil
 	}
-	w := s.Word()
+	w := v.Word()
 	if w == "" {
-		return nil, fmt.Errorf("image status %d is not one this build knows", int32(s))
+		return nil, fmt.Errorf("%s %d is not one this build knows", what, int32(v))
 	}
 	return []byte(w), nil
 }
 
-// UnmarshalText reads a status word; "" is UNSPECIFIED.
-func (s *ImageStatus) UnmarshalText(text []byte) error {
+// unmarshalWord reads a word into dst with parse; "" is the zero value.
+func unmarshalWord[T word](dst *T, text []byte, parse func(string) (T, error)) error {
 	if len(text) == 0 {
-		*s = ImageStatus_IMAGE_STATUS_UNSPECIFIED
+		*dst = 0
 		return nil
 	}
-	v, err := ParseStatus(string(text))
+	v, err := parse(string(text))
 	if err != nil {
 		return err
 	}
-	*s = v
+	*dst = v
 	return nil
 }
 
@@ -234,27 +246,7 @@ func ParseRole(word string) (EndpointRole, error) {
 }
 
 // MarshalText writes the role word; UNSPECIFIED is written as "".
-func (r EndpointRole) MarshalText() ([]byte, error) {
-	if r == EndpointRole_ENDPOINT_ROLE_UNSPECIFIED {
-		return []byte{}, nil
-	}
-	w := r.Word()
-	if w == "" {
-		return nil, fmt.Errorf("endpoint role %d is not one this build knows", int32(r))
-	}
-	return []byte(w), nil
-}
+func (r EndpointRole) MarshalText() ([]byte, error) { return marshalWord(r, "endpoint role") }
 
 // UnmarshalText reads a role word; "" is UNSPECIFIED.
-func (r *EndpointRole) UnmarshalText(text []byte) error {
-	if len(text) == 0 {
-		*r = EndpointRole_ENDPOINT_ROLE_UNSPECIFIED
-		return nil
-	}
-	v, err := ParseRole(string(text))
-	if err != nil {
-		return err
-	}
-	*r = v
-	return nil
-}
+func (r *EndpointRole) UnmarshalText(text []byte) error { return unmarshalWord(r, text, ParseRole) }
