@@ -65,7 +65,7 @@ e2e: build ## cluster in a box: 3 nodes in network namespaces, faults, alerts en
 	bash scripts/install-deps.sh
 	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -v -timeout 12m ./cluster/
 
-kube: ## build kube-apiserver and etcd for the tests into .cache/kube/bin (cached; minutes when cold)
+kube: ## build etcd, kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, kubectl into .cache/kube/bin (cached; minutes when cold)
 	bash scripts/build-kube.sh
 
 test: deps proto-check lint unit fuzz-short integration e2e ## everything CI runs
