@@ -91,10 +91,10 @@ type Options struct {
 
 // Node is a running node.
 type Node struct {
-	opts      Options
-	dir       string
-	nsFile    string
-	cgroup    string
+	opts                       Options
+	dir                        string
+	nsFile                     string
+	cgroup                     string
 	containerd, kubelet, proxy *proc.Process
 }
 
