@@ -17,6 +17,7 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -77,7 +78,16 @@ type Options struct {
 	EtcdArgs []string
 	// ReadyTimeout bounds the wait for kube-apiserver's /readyz; default 60s.
 	ReadyTimeout time.Duration
+	// ServingIPs are more addresses the serving certificate is valid for,
+	// e.g. the box bridge's address that kubelets in network namespaces
+	// use (with --bind-address and --advertise-address in APIServerArgs).
+	ServingIPs []net.IP
 }
+
+// KubeletClientUser is the identity kube-apiserver presents to kubelets
+// (logs, exec, port-forward): a client certificate of the cluster CA in
+// system:masters, so a kubelet's webhook authorizer admits it.
+const KubeletClientUser = "kube-apiserver-kubelet-client"
 
 // Binaries are the executables Start runs.
 type Binaries struct {
@@ -225,7 +235,11 @@ func (c *Cluster) writeFiles() error {
 		return err
 	}
 	c.pki = p
-	certPEM, keyPEM, err := p.serving()
+	certPEM, keyPEM, err := p.serving(c.opts.ServingIPs)
+	if err != nil {
+		return err
+	}
+	kcCertPEM, kcKeyPEM, err := p.client(KubeletClientUser, []string{"system:masters"})
 	if err != nil {
 		return err
 	}
@@ -242,6 +256,8 @@ func (c *Cluster) writeFiles() error {
 		{"apiserver.crt", certPEM, 0o644},
 		{"apiserver.key", keyPEM, 0o600},
 		{"sa.key", saPEM, 0o600},
+		{"kubelet-client.crt", kcCertPEM, 0o644},
+		{"kubelet-client.key", kcKeyPEM, 0o600},
 	} {
 		if err := writeFile(filepath.Join(c.dir, f.name), f.data, f.mode); err != nil {
 			return err
@@ -370,6 +386,9 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 			"--endpoint-reconciler-type=none",
 			"--service-cluster-ip-range=" + ServiceClusterIPRange,
 			"--allow-privileged=true",
+			"--kubelet-client-certificate=" + filepath.Join(c.dir, "kubelet-client.crt"),
+			"--kubelet-client-key=" + filepath.Join(c.dir, "kubelet-client.key"),
+			"--kubelet-preferred-address-types=InternalIP,Hostname",
 			"--profiling=false",
 			"--v=1",
 		}
@@ -436,6 +455,10 @@ func (c *Cluster) EtcdURL() string { return c.etcdURL }
 // CAFile is the PEM file of the CA that signed the serving certificate (and
 // the client certificates of KubeconfigFor).
 func (c *Cluster) CAFile() string { return c.caFile }
+
+// SAKeyFile is the PEM RSA key that signs ServiceAccount tokens (what
+// kube-controller-manager's --service-account-private-key-file takes).
+func (c *Cluster) SAKeyFile() string { return c.saKey }
 
 // CAData is CAFile's content.
 func (c *Cluster) CAData() []byte { return slices.Clone(c.pki.caPEM) }

@@ -54,12 +54,13 @@ func newPKI() (*pki, error) {
 	return &pki{ca: ca, caKey: key, caPEM: pemBytes("CERTIFICATE", der)}, nil
 }
 
-// serving returns a PEM certificate and key for the API server.
-func (p *pki) serving() (certPEM, keyPEM []byte, err error) {
+// serving returns a PEM certificate and key for the API server, valid for
+// loopback, the kubernetes Service's cluster IP and extraIPs.
+func (p *pki) serving(extraIPs []net.IP) (certPEM, keyPEM []byte, err error) {
 	return p.issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver", Organization: []string{"pullwatch e2e"}},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 96, 0, 1)},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 96, 0, 1)}, extraIPs...),
 		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 			"kubernetes.default.svc.cluster.local"},
 	})

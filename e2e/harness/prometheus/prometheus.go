@@ -39,6 +39,9 @@ type Options struct {
 	ExtraArgs []string
 	// Binary overrides the executable (default "prometheus").
 	Binary string
+	// ScrapeConfigs, when set, replaces the one static job: the YAML list
+	// items under scrape_configs (e.g. a kubernetes_sd_configs job).
+	ScrapeConfigs string
 }
 
 // Prometheus is a running Prometheus server.
@@ -132,6 +135,10 @@ func config(targets []string, opts Options) string {
 		for _, f := range opts.RuleFiles {
 			fmt.Fprintf(&b, "  - %s\n", q(f))
 		}
+	}
+	if opts.ScrapeConfigs != "" {
+		b.WriteString("scrape_configs:\n" + opts.ScrapeConfigs)
+		return b.String()
 	}
 	fmt.Fprintf(&b, "scrape_configs:\n  - job_name: %s\n    metrics_path: %s\n    static_configs:\n      - targets: [", q(opts.JobName), q(opts.MetricsPath))
 	for i, t := range targets {
