@@ -110,7 +110,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 			monitor.Round(time.Since(start), nil, err)
 			log.Error("round failed", "err", err)
 		default:
-			failing := node.Failing()
+			failing := node.NotAvailable()
 			monitor.Round(time.Since(start), &node, nil)
 			log.Info("round done", "trigger", reason, "images", len(node.Images), "not_available", failing, "took", time.Since(start).Round(time.Millisecond))
 			sc.Publish(node.Snapshot(Version, interval))

@@ -96,8 +96,8 @@ type Pod struct {
 // Available reports whether the image can be pulled.
 func (im Image) Available() bool { return im.Status == pb.ImageStatus_IMAGE_STATUS_AVAILABLE }
 
-// Failing counts the node's images that are not available.
-func (n Node) Failing() int {
+// NotAvailable counts the node's images whose status is not available.
+func (n Node) NotAvailable() int {
 	failing := 0
 	for _, im := range n.Images {
 		if !im.Available() {
@@ -109,4 +109,4 @@ func (n Node) Failing() int {
 
 // AllAvailable reports whether every image on the node is available: the
 // exit status of `check`.
-func (n Node) AllAvailable() bool { return n.Failing() == 0 }
+func (n Node) AllAvailable() bool { return n.NotAvailable() == 0 }

@@ -83,7 +83,7 @@ func TestTable(t *testing.T) {
 	if strings.Index(out, "sha256:ghost") > strings.Index(out, "r.example/app:v1") {
 		t.Errorf("failing images not first:\n%s", out)
 	}
-	if sample().AllAvailable() || sample().Failing() != 1 {
+	if sample().AllAvailable() || sample().NotAvailable() != 1 {
 		t.Error("AllAvailable/Failing wrong")
 	}
 }
