@@ -34,6 +34,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/alertmanager"
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/netns"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
@@ -49,7 +50,7 @@ type Options struct {
 	// Dir holds every part's state and logs (required; created).
 	Dir string
 	// Bin has pullwatch-agent and pullwatch-aggregator (default:
-	// FindBinaries("", Dir/bin)).
+	// checkout.Binaries("", Dir/bin)).
 	Bin string
 	// Nodes is the number of nodes, named node-1 … node-N (default 3).
 	Nodes int
@@ -207,7 +208,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	if opts.Bin == "" {
-		if opts.Bin, err = FindBinaries(ctx, "", filepath.Join(dir, "bin")); err != nil {
+		if opts.Bin, err = checkout.Binaries(ctx, "", filepath.Join(dir, "bin")); err != nil {
 			return nil, err
 		}
 	}
@@ -236,7 +237,7 @@ func (c *Cluster) logf(format string, a ...any) {
 func (c *Cluster) start(ctx context.Context) error {
 	t0 := time.Now()
 	var err error
-	agent := filepath.Join(c.opts.Bin, AgentBinary)
+	agent := filepath.Join(c.opts.Bin, checkout.AgentBinary)
 	if c.agentFlags, err = agentFlags(ctx, agent); err != nil {
 		return err
 	}
@@ -520,7 +521,7 @@ func (n *Node) startAgent() error {
 	}
 	spec, err := n.NS.Spec(proc.Spec{
 		Name:    "pullwatch-agent " + n.Name,
-		Path:    filepath.Join(n.c.opts.Bin, AgentBinary),
+		Path:    filepath.Join(n.c.opts.Bin, checkout.AgentBinary),
 		Args:    n.agentArgs,
 		Env:     isolatedEnv,
 		LogFile: n.agentLog,
@@ -597,7 +598,7 @@ type CheckResult struct {
 func (n *Node) Check(ctx context.Context) (CheckResult, string, error) {
 	var res CheckResult
 	args := append([]string{"check", "-o", "json", "--log-level", "warn"}, n.agentCommonArgs()...)
-	cmd := n.NS.Command(ctx, filepath.Join(n.c.opts.Bin, AgentBinary), args...)
+	cmd := n.NS.Command(ctx, filepath.Join(n.c.opts.Bin, checkout.AgentBinary), args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -621,7 +622,7 @@ func (c *Cluster) startAggregator(ctx context.Context) error {
 	a := &Aggregator{
 		GRPC:   net.JoinHostPort(c.Net.Gateway().String(), strconv.Itoa(gport)),
 		HTTP:   "127.0.0.1:" + strconv.Itoa(hport),
-		bin:    filepath.Join(c.opts.Bin, AggregatorBinary),
+		bin:    filepath.Join(c.opts.Bin, checkout.AggregatorBinary),
 		log:    filepath.Join(c.dir, "aggregator.log"),
 		detach: c.opts.Detach,
 	}

@@ -42,6 +42,8 @@ import (
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 )
 
 const (
@@ -341,7 +343,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	code := m.Run()
+	code := lab.Run(m) // dashboard_test.go runs on the shared lab
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

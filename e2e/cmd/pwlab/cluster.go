@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/e2e/cluster"
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 )
 
 const clusterUsage = `pwlab cluster — pullwatch's cluster in a box, for make demo
@@ -110,13 +111,13 @@ func clusterUp(args []string) error {
 		fmt.Printf("pwlab: removed leftovers of earlier runs: %s\n", strings.Join(removed, "; "))
 	}
 	if *bin == "" {
-		if root, err := cluster.RepoRoot(); err == nil && os.Getenv(cluster.BinEnv) == "" {
-			if d := filepath.Join(root, "bin"); fileExists(filepath.Join(d, cluster.AgentBinary)) && fileExists(filepath.Join(d, cluster.AggregatorBinary)) {
+		if root, err := checkout.Root(); err == nil && os.Getenv(checkout.BinEnv) == "" {
+			if d := filepath.Join(root, "bin"); checkout.HasBinaries(d) {
 				*bin = d
 			}
 		}
 	}
-	binDir, err := cluster.FindBinaries(ctx, *bin, filepath.Join(dir, "bin"))
+	binDir, err := checkout.Binaries(ctx, *bin, filepath.Join(dir, "bin"))
 	if err != nil {
 		return err
 	}
@@ -192,7 +193,7 @@ func printClusterStatus(c *cluster.Cluster) error {
 	fmt.Printf("logs:         %s/{aggregator.log,node-*/agent.log,node-*/containerd/containerd.log,upstream,mirror}\n", c.Dir())
 	if n := c.Nodes[0]; n.NS != nil {
 		fmt.Printf("inside node:  nsenter --net=%s -- %s check --node-name %s --cri-endpoint %s --containerd-config %s --proxy-from none\n",
-			n.NS.Path(), filepath.Join(c.Bin(), cluster.AgentBinary), n.Name, n.Containerd.Endpoint(), n.Containerd.ConfigPath())
+			n.NS.Path(), filepath.Join(c.Bin(), checkout.AgentBinary), n.Name, n.Containerd.Endpoint(), n.Containerd.ConfigPath())
 	}
 	fmt.Printf("stop with:    make demo-down   (pwlab cluster down --dir %s)\n", c.Dir())
 	return nil
@@ -334,9 +335,4 @@ func clusterEntries(dir string) []string {
 		names = append(names, filepath.Base(n))
 	}
 	return names
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }

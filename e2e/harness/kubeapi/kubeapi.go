@@ -20,7 +20,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -33,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
 
@@ -92,7 +92,7 @@ func LocateBinaries(binDir string) (Binaries, error) {
 		binDir = os.Getenv("PULLWATCH_KUBE_BIN")
 	}
 	if binDir == "" {
-		root, err := RepoRoot()
+		root, err := checkout.Root()
 		if err != nil {
 			return Binaries{}, fmt.Errorf("%w: %v; set PULLWATCH_KUBE_BIN or Options.BinDir", ErrNoBinaries, err)
 		}
@@ -110,31 +110,6 @@ func LocateBinaries(binDir string) (Binaries, error) {
 			ErrNoBinaries, strings.Join(missing, ", "))
 	}
 	return b, nil
-}
-
-// RepoRoot is the directory holding go.work, found by walking up from this
-// package's source directory, then from the working directory.
-func RepoRoot() (string, error) {
-	var starts []string
-	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		starts = append(starts, filepath.Dir(file))
-	}
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
-	}
-	for _, d := range starts {
-		for {
-			if _, err := os.Stat(filepath.Join(d, "go.work")); err == nil {
-				return d, nil
-			}
-			parent := filepath.Dir(d)
-			if parent == d {
-				break
-			}
-			d = parent
-		}
-	}
-	return "", errors.New("no go.work above the kubeapi package or the working directory")
 }
 
 // Cluster is a running etcd + kube-apiserver pair.

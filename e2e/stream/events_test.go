@@ -1,4 +1,4 @@
-package e2e
+package stream_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
@@ -16,15 +17,15 @@ import (
 // an image pulled on the node reaches the aggregator within seconds,
 // because the agent follows containerd's events (containerd v2 client).
 func TestAgentEventsTriggerRounds(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	grpcAddr, httpAddr, agg := startAggregator(t, l)
+	grpcAddr, httpAddr, agg := l.StartAggregator(t)
 	agent, err := proc.Start(proc.Spec{
 		Name: "pullwatch-agent",
-		Path: filepath.Join(l.bin, "pullwatch-agent"),
-		Args: []string{"run", "--aggregator", grpcAddr, "--cri-endpoint", l.containerd.Endpoint(),
+		Path: filepath.Join(l.Bin, "pullwatch-agent"),
+		Args: []string{"run", "--aggregator", grpcAddr, "--cri-endpoint", l.Containerd.Endpoint(),
 			"--interval", "1h", "--node-name", "events-node"},
 		LogFile: filepath.Join(t.TempDir(), "agent.log"),
 	})
@@ -33,22 +34,22 @@ func TestAgentEventsTriggerRounds(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = agent.Stop(5 * time.Second) })
 	metricsURL := "http://" + httpAddr + "/metrics"
-	waitFor(t, 30*time.Second, "the first round on /metrics", func() (bool, string) {
-		_, body := httpGet(metricsURL)
-		return strings.Contains(body, `pullwatch_agent_last_report_timestamp_seconds{node="events-node"}`), grepLines(body, "pullwatch_agent")
+	lab.WaitFor(t, 30*time.Second, "the first round on /metrics", func() (bool, string) {
+		_, body := lab.HTTPGet(metricsURL)
+		return strings.Contains(body, `pullwatch_agent_last_report_timestamp_seconds{node="events-node"}`), lab.GrepLines(body, "pullwatch_agent")
 	}, agent, agg)
 
-	if _, err := registry.PushImage(ctx, l.reg, "events/new", "v1", registry.ImageOptions{}); err != nil {
+	if _, err := registry.PushImage(ctx, l.Reg, "events/new", "v1", registry.ImageOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	pulled := time.Now()
-	if _, err := l.containerd.PullImage(ctx, l.reg.Ref("events/new", "v1"), nil); err != nil {
+	if _, err := l.Containerd.PullImage(ctx, l.Reg.Ref("events/new", "v1"), nil); err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf(`pullwatch_node_image_status{image=%q,node="events-node",status="available"} 1`, l.reg.Ref("events/new", "v1"))
-	waitFor(t, 20*time.Second, "the pulled image on /metrics without waiting for the 1h interval", func() (bool, string) {
-		_, body := httpGet(metricsURL)
-		return strings.Contains(body, want), grepLines(body, "pullwatch_node_image_status")
+	want := fmt.Sprintf(`pullwatch_node_image_status{image=%q,node="events-node",status="available"} 1`, l.Reg.Ref("events/new", "v1"))
+	lab.WaitFor(t, 20*time.Second, "the pulled image on /metrics without waiting for the 1h interval", func() (bool, string) {
+		_, body := lab.HTTPGet(metricsURL)
+		return strings.Contains(body, want), lab.GrepLines(body, "pullwatch_node_image_status")
 	}, agent, agg)
 	t.Logf("image pulled at %s reached the aggregator %s later", pulled.Format(time.TimeOnly), time.Since(pulled).Round(100*time.Millisecond))
 	if !strings.Contains(proc.LogTail(agent.LogFile(), 50), "containerd event") {
