@@ -263,17 +263,13 @@ func (c *Cluster) writeFiles() error {
 // port picked here was taken before etcd bound it.
 func (c *Cluster) startEtcd(ctx context.Context) error {
 	logFile := filepath.Join(c.dir, "etcd.log")
-	for attempt := 0; ; attempt++ {
-		clientPort, err := proc.FreePort()
-		if err != nil {
-			return err
-		}
+	return proc.StartOnFreePort(0, logFile, func(clientPort int) error {
 		peerPort, err := proc.FreePort()
 		if err != nil {
 			return err
 		}
 		if peerPort == clientPort {
-			continue
+			return proc.ErrPortInUse
 		}
 		c.etcdURL = "http://127.0.0.1:" + strconv.Itoa(clientPort)
 		c.peerPort = peerPort
@@ -298,29 +294,21 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 			return fmt.Errorf("kubeapi: %w", err)
 		}
 		c.etcd = p
-		err = c.waitReady(ctx, p, 30*time.Second, c.etcdURL+"/health", nil)
-		if err == nil {
-			return nil
+		if err := c.waitReady(ctx, p, 30*time.Second, c.etcdURL+"/health", nil); err != nil {
+			_ = p.Stop(5 * time.Second)
+			return fmt.Errorf("kubeapi: etcd did not become healthy: %w\netcd.log (tail):\n%s", err, p.LogTail(30))
 		}
-		_ = p.Stop(5 * time.Second)
-		if attempt < 2 && strings.Contains(p.LogTail(30), "address already in use") {
-			continue
-		}
-		return fmt.Errorf("kubeapi: etcd did not become healthy: %w\netcd.log (tail):\n%s", err, p.LogTail(30))
-	}
+		return nil
+	})
 }
 
 // startAPIServer starts kube-apiserver on a free port (retrying like
 // startEtcd) and waits for /readyz.
 func (c *Cluster) startAPIServer(ctx context.Context) error {
 	logFile := filepath.Join(c.dir, "kube-apiserver.log")
-	for attempt := 0; ; attempt++ {
-		port, err := proc.FreePort()
-		if err != nil {
-			return err
-		}
+	return proc.StartOnFreePort(0, logFile, func(port int) error {
 		if port == c.peerPort || "http://127.0.0.1:"+strconv.Itoa(port) == c.etcdURL {
-			continue
+			return proc.ErrPortInUse
 		}
 		c.url = "https://127.0.0.1:" + strconv.Itoa(port)
 		args := []string{
@@ -355,17 +343,13 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		}
 		c.apiser = p
 		hdr := http.Header{"Authorization": {"Bearer " + c.tokens[AdminUser]}}
-		err = c.waitReady(ctx, p, c.opts.ReadyTimeout, c.url+"/readyz", hdr)
-		if err == nil {
-			return nil
+		if err := c.waitReady(ctx, p, c.opts.ReadyTimeout, c.url+"/readyz", hdr); err != nil {
+			_ = p.Stop(10 * time.Second)
+			return fmt.Errorf("kubeapi: kube-apiserver not ready: %w\nkube-apiserver.log (tail):\n%s\netcd.log (tail):\n%s",
+				err, p.LogTail(40), c.etcd.LogTail(10))
 		}
-		_ = p.Stop(10 * time.Second)
-		if attempt < 2 && strings.Contains(p.LogTail(50), "address already in use") {
-			continue
-		}
-		return fmt.Errorf("kubeapi: kube-apiserver not ready: %w\nkube-apiserver.log (tail):\n%s\netcd.log (tail):\n%s",
-			err, p.LogTail(40), c.etcd.LogTail(10))
-	}
+		return nil
+	})
 }
 
 // waitReady polls url until it answers 200, the process exits, or timeout.
