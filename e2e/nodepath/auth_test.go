@@ -12,6 +12,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
+	"github.com/pullwatch/pullwatch/e2e/harness/certs"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
@@ -32,7 +33,7 @@ func TestNodePathTLSHtpasswd(t *testing.T) {
 	host, url := reg.Addr(), reg.URL()
 
 	// A CA that did not sign the registry's certificate.
-	otherCA, _, err := registry.GenerateCA("some other CA")
+	otherCA, _, err := certs.CA("some other CA")
 	if err != nil {
 		t.Fatal(err)
 	}
