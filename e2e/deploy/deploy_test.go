@@ -7,7 +7,11 @@
 // binary its build stage writes.
 //
 // Needs the Go toolchain (the binaries are built from ../../agent and
-// ../../aggregator) and nothing else; no cluster, no Docker.
+// ../../aggregator) and nothing else; no cluster, no Docker. The one
+// exception, TestAggregatorDashboardQueries (dashboard_test.go), runs the
+// shipped alerting rules and Grafana dashboards on a real Prometheus that
+// scrapes a real aggregator on the shared lab (harness/lab): it needs root
+// and the real parts, and skips without them.
 package deploy_test
 
 import (
