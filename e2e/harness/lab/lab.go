@@ -137,10 +137,16 @@ func (l *Lab) stop() {
 		_ = l.Reg.Stop()
 	}
 	// Keep logs for a failed run's artifacts; state is large, logs are not.
+	// Each test package has a lab of its own: its logs are named for the
+	// package (go test runs a package's tests in its directory).
+	pkg := "e2e"
+	if wd, err := os.Getwd(); err == nil {
+		pkg = filepath.Base(wd)
+	}
 	if out, err := OutDir(); err == nil {
 		for _, f := range []string{"containerd/containerd.log", "registry/registry.log"} {
 			if b, err := os.ReadFile(filepath.Join(l.Dir, f)); err == nil {
-				_ = os.WriteFile(filepath.Join(out, filepath.Base(f)), b, 0o644)
+				_ = os.WriteFile(filepath.Join(out, pkg+"-"+filepath.Base(f)), b, 0o644)
 			}
 		}
 	}
