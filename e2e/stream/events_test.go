@@ -3,7 +3,6 @@ package stream_test
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,17 +21,7 @@ func TestAgentEventsTriggerRounds(t *testing.T) {
 	defer cancel()
 
 	grpcAddr, httpAddr, agg := l.StartAggregator(t)
-	agent, err := proc.Start(proc.Spec{
-		Name: "pullwatch-agent",
-		Path: filepath.Join(l.Bin, "pullwatch-agent"),
-		Args: []string{"run", "--aggregator", grpcAddr, "--cri-endpoint", l.Containerd.Endpoint(),
-			"--interval", "1h", "--node-name", "events-node"},
-		LogFile: filepath.Join(t.TempDir(), "agent.log"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = agent.Stop(5 * time.Second) })
+	agent := l.StartAgent(t, grpcAddr, nil, "--interval", "1h", "--node-name", "events-node")
 	metricsURL := "http://" + httpAddr + "/metrics"
 	lab.WaitFor(t, 30*time.Second, "the first round on /metrics", func() (bool, string) {
 		_, body := lab.HTTPGet(metricsURL)

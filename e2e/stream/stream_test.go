@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -47,18 +46,7 @@ func TestAgentStreamsToAggregator(t *testing.T) {
 		t.Fatal(err)
 	}
 	agentHTTP := fmt.Sprintf("127.0.0.1:%d", agentPort)
-	agent, err := proc.Start(proc.Spec{
-		Name: "pullwatch-agent",
-		Path: filepath.Join(l.Bin, "pullwatch-agent"),
-		Args: []string{"run", "--aggregator", grpcAddr, "--cri-endpoint", l.Containerd.Endpoint(),
-			"--interval", "2s", "--http-listen", agentHTTP},
-		Env:     []string{"NODE_NAME=stream-node"},
-		LogFile: filepath.Join(t.TempDir(), "agent.log"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = agent.Stop(5 * time.Second) })
+	agent := l.StartAgent(t, grpcAddr, []string{"NODE_NAME=stream-node"}, "--interval", "2s", "--http-listen", agentHTTP)
 
 	want := []string{
 		fmt.Sprintf(`pullwatch_node_image_status{image=%q,node="stream-node",status="available"} 1`, ok),

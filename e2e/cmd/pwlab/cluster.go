@@ -199,6 +199,17 @@ func printClusterStatus(c *cluster.Cluster) error {
 	return nil
 }
 
+// parseAndAttach parses a cluster command's flags and attaches to the
+// cluster in its --dir.
+func parseAndAttach(fs *flag.FlagSet, dirFlag *string, args []string) (string, *cluster.Cluster, error) {
+	dir, err := parse(fs, dirFlag, args)
+	if err != nil {
+		return "", nil, err
+	}
+	c, err := attachCluster(dir)
+	return dir, c, err
+}
+
 func attachCluster(dir string) (*cluster.Cluster, error) {
 	c, err := cluster.Attach(dir, os.Stdout)
 	if errors.Is(err, cluster.ErrNotUp) {
@@ -215,11 +226,7 @@ func attachCluster(dir string) (*cluster.Cluster, error) {
 
 func clusterStatus(args []string) error {
 	fs, dirFlag := clusterFlags("status", "Print what the aggregator and Prometheus say about the cluster now.")
-	dir, err := parse(fs, dirFlag, args)
-	if err != nil {
-		return err
-	}
-	c, err := attachCluster(dir)
+	dir, c, err := parseAndAttach(fs, dirFlag, args)
 	if err != nil {
 		return err
 	}
@@ -246,11 +253,7 @@ func clusterBreak(args []string) error {
 	fs, dirFlag := clusterFlags("break", "Cut a node's egress to registries (iptables REJECT in its namespace).")
 	node := fs.String("node", "node-2", "the node")
 	from := fs.String("from", "upstream,mirror", "registries to cut it from: upstream, mirror or both (comma-separated)")
-	dir, err := parse(fs, dirFlag, args)
-	if err != nil {
-		return err
-	}
-	c, err := attachCluster(dir)
+	dir, c, err := parseAndAttach(fs, dirFlag, args)
 	if err != nil {
 		return err
 	}
@@ -278,11 +281,7 @@ func clusterBreak(args []string) error {
 
 func clusterHeal(args []string) error {
 	fs, dirFlag := clusterFlags("heal", "Undo every fault: iptables rules, stopped registries, killed agents.")
-	dir, err := parse(fs, dirFlag, args)
-	if err != nil {
-		return err
-	}
-	c, err := attachCluster(dir)
+	_, c, err := parseAndAttach(fs, dirFlag, args)
 	if err != nil {
 		return err
 	}

@@ -43,6 +43,25 @@ func (l *Lab) StartAggregator(t testing.TB, extra ...string) (grpcAddr, httpAddr
 	return grpcAddr, httpAddr, p
 }
 
+// StartAgent runs the agent daemon (`pullwatch-agent run`) on the lab
+// node, reporting to the aggregator at grpcAddr, with env and extra args;
+// its log is kept with the test's artifacts, and it stops with the test.
+func (l *Lab) StartAgent(t testing.TB, grpcAddr string, env []string, extra ...string) *proc.Process {
+	t.Helper()
+	p, err := proc.Start(proc.Spec{
+		Name:    checkout.AgentBinary,
+		Path:    filepath.Join(l.Bin, checkout.AgentBinary),
+		Args:    append([]string{"run", "--aggregator", grpcAddr, "--cri-endpoint", l.Containerd.Endpoint()}, extra...),
+		Env:     env,
+		LogFile: filepath.Join(t.TempDir(), "agent.log"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Stop(5 * time.Second) })
+	return p
+}
+
 // HTTPGet returns the status code and body of url (0 and the error when
 // it does not answer).
 func HTTPGet(url string) (int, string) {

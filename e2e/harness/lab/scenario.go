@@ -91,18 +91,7 @@ func (l *Lab) StartScenario(t testing.TB, prefix, node string, aggArgs ...string
 	}
 
 	s.GRPCAddr, s.HTTPAddr, s.Agg = l.StartAggregator(t, aggArgs...)
-	s.Agent, err = proc.Start(proc.Spec{
-		Name: "pullwatch-agent",
-		Path: filepath.Join(l.Bin, "pullwatch-agent"),
-		Args: []string{"run", "--aggregator", s.GRPCAddr, "--cri-endpoint", l.Containerd.Endpoint(), "--interval", "2s"},
-		Env:  []string{"NODE_NAME=" + node},
-		// Keep the agent's log with the test's artifacts.
-		LogFile: filepath.Join(t.TempDir(), "agent.log"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Agent.Stop(5 * time.Second) })
+	s.Agent = l.StartAgent(t, s.GRPCAddr, []string{"NODE_NAME=" + node}, "--interval", "2s")
 
 	want := []string{
 		fmt.Sprintf(`pullwatch_node_image_status{image=%q,node=%q,status="available"} 1`, s.OK, node),
