@@ -2,7 +2,6 @@ package aggregator_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,26 +22,7 @@ import (
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
 	"github.com/pullwatch/pullwatch/e2e/harness/lab"
-	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
-
-// aggNeedKube starts a real kube-apiserver (and etcd) for the test, or
-// skips when they are not built (fails with PULLWATCH_REQUIRE_REAL=1).
-func aggNeedKube(t *testing.T, ctx context.Context) *kubeapi.Cluster {
-	t.Helper()
-	if _, err := kubeapi.LocateBinaries(""); err != nil {
-		if proc.RealRequired() || !errors.Is(err, kubeapi.ErrNoBinaries) {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	c, err := kubeapi.Start(ctx, t.TempDir(), kubeapi.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop() })
-	return c
-}
 
 // aggApplyRBAC creates the aggregator's ClusterRole and ClusterRoleBinding
 // exactly as deploy/aggregator.yaml has them, and returns a kubeconfig for
@@ -114,7 +94,7 @@ func TestAggregatorKubernetes(t *testing.T) {
 	l := lab.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c := aggNeedKube(t, ctx)
+	c := lab.Kube(ctx, t)
 	kubeconfig := aggApplyRBAC(t, ctx, c)
 	cs := c.Client()
 

@@ -2,9 +2,6 @@ package credentials_test
 
 import (
 	"context"
-	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,23 +31,9 @@ var agentRBAC = []rbacv1.PolicyRule{
 // without the secrets rule, unauthorized.
 func TestCredentialsPullSecret(t *testing.T) {
 	l := lab.Need(t)
-	if _, err := kubeapi.LocateBinaries(""); err != nil {
-		if errors.Is(err, kubeapi.ErrNoBinaries) && os.Getenv("PULLWATCH_REQUIRE_REAL") != "1" {
-			t.Skipf("no kube-apiserver to test pull secrets against: %v", err)
-		}
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cluster, err := kubeapi.Start(ctx, filepath.Join(t.TempDir(), "kube"), kubeapi.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cluster.Stop(); err != nil {
-			t.Errorf("stop kube-apiserver: %v", err)
-		}
-	})
+	cluster := lab.Kube(ctx, t)
 
 	cl := newCredLab(t, l, "cred-pullsecret")
 	const node, ns = "cred-node", "shop"
