@@ -1,9 +1,9 @@
 // Package lab holds the e2e tests' fixtures, one per kind of lab: the node
 // every test of a package shares (one containerd, one registry, the built
-// binaries; Need), a node and registries of a test's own (FreshNode,
-// Registry), an aggregator with the real agent on the shared node in a
-// known state (StartScenario), and the ways tests run the binaries
-// against them (Agent, Node.Check, StartAggregator).
+// binaries; Need), a node, registries and a kube-apiserver of a test's own
+// (FreshNode, Registry, Kube), an aggregator with the real agent on the
+// shared node in a known state (StartScenario), and the ways tests run the
+// binaries against them (Agent, Node.Check, StartAggregator, StartAgent).
 //
 // The parts need root and the Debian packages (scripts/install-deps.sh).
 // Without them the tests skip, unless PULLWATCH_REQUIRE_REAL=1 (CI), when
