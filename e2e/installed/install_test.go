@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubecluster"
 	"github.com/pullwatch/pullwatch/e2e/harness/prometheus"
 )
@@ -59,7 +59,7 @@ func install(c *kubecluster.Cluster) error {
 	if err != nil {
 		return err
 	}
-	root, err := kubeapi.RepoRoot()
+	root, err := checkout.Root()
 	if err != nil {
 		return err
 	}
