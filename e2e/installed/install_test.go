@@ -70,4 +70,3 @@ func install(c *kubecluster.Cluster) error {
 	prom, err = c.StartPrometheus(ctx, filepath.Join(root, "deploy", "rules", "pullwatch.rules.yaml"))
 	return err
 }
-
