@@ -61,7 +61,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, log, opts, kube); err != nil {
-		log.Error("aggregator failed", "error", err)
+		log.Error("aggregator failed", logging.ErrKey, err)
 		stop()
 		os.Exit(exitFailure)
 	}
