@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +21,7 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/report"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream/streamtest"
+	"github.com/pullwatch/pullwatch/pkg/logging/logtest"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -83,24 +82,6 @@ func (f *fakeTriggers) Watch(ctx context.Context, trigger func(string)) error {
 	}
 }
 
-// logBuffer is a log destination the test reads while the daemon writes.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // rig is a daemon wired to fakes: scripted rounds and triggers, a real
 // stream client talking to an in-process aggregator, a real health monitor
 // served on a loopback port.
@@ -111,7 +92,7 @@ type rig struct {
 	triggers *fakeTriggers
 	agg      *streamtest.Server
 	monitor  *health.Monitor
-	logs     *logBuffer
+	logs     *logtest.Buffer
 	url      string
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -120,10 +101,12 @@ type rig struct {
 func newRig(t *testing.T, interval time.Duration) *rig {
 	t.Helper()
 	r := &rig{t: t, rounds: newFakeRounds(), triggers: &fakeTriggers{fire: make(chan string)},
-		agg: streamtest.NewServer(100), logs: &logBuffer{}}
+		agg: streamtest.NewServer(100)}
 	sc := stream.New(streamtest.Start(t, r.agg), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	sc.MinBackoff, sc.MaxBackoff = 10*time.Millisecond, 20*time.Millisecond
 	r.monitor = health.New(interval, sc.Connected)
+	var log *slog.Logger
+	log, r.logs = logtest.New()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +115,7 @@ func newRig(t *testing.T, interval time.Duration) *rig {
 	r.d = &Daemon{
 		Rounds: r.rounds, Stream: sc, Health: r.monitor, Triggers: r.triggers, HTTP: ln,
 		Interval: interval, AgentVersion: "v-test",
-		Log: slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Log: log,
 	}
 	return r
 }
