@@ -59,11 +59,15 @@ type Endpoint struct {
 
 // AllAvailable reports whether every image on the node is available: the
 // exit status of `check`.
-func (n Node) AllAvailable() bool {
+func (n Node) AllAvailable() bool { return n.NotAvailable() == 0 }
+
+// NotAvailable counts the node's images whose status is not available.
+func (n Node) NotAvailable() int {
+	count := 0
 	for _, im := range n.Images {
 		if im.Status != "available" {
-			return false
+			count++
 		}
 	}
-	return true
+	return count
 }
