@@ -14,7 +14,7 @@ GOTEST_FLAGS   ?= -race -count=1
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench demo demo-down clean
+.PHONY: build kube e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench demo demo-cluster demo-down clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -91,7 +91,10 @@ bench: ## benchmarks reported in docs/benchmarks.md
 demo: build ## local containerd + registry + aggregator + agent; prints the check table and metrics (root)
 	bash scripts/demo.sh up
 
-demo-down: ## stop what `make demo` started
+demo-cluster: build ## the box with real kubelets and deploy/ installed; prints KUBECONFIG=... (root; minutes)
+	bash scripts/demo.sh cluster
+
+demo-down: ## stop what `make demo` or `make demo-cluster` started
 	bash scripts/demo.sh down
 
 clean:

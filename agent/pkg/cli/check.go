@@ -23,7 +23,7 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 	if code, ok := parse(s, args, env, &c); !ok {
 		return code
 	}
-	log := newLogger(env, &c)
+	ctx, log := newLogger(ctx, env, &c)
 	checker, client, err := c.setup(ctx, log)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent check: %v\n", err)

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/containerd/platforms"
-	"k8s.io/klog/v2"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
@@ -219,7 +218,7 @@ func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *
 		client.Close()
 		return nil, nil, err
 	}
-	resolver, err := c.registryResolver(ctx, rt, path)
+	resolver, err := c.registryResolver(ctx, log, rt, path)
 	if err != nil {
 		client.Close()
 		return nil, nil, err
@@ -288,7 +287,7 @@ func (c *common) networkPath(ctx context.Context, log *slog.Logger, runtimeName 
 }
 
 // registryResolver reads the runtime's registry configuration.
-func (c *common) registryResolver(ctx context.Context, rt cri.Runtime, path netpath.Path) (hosts.Resolver, error) {
+func (c *common) registryResolver(ctx context.Context, log *slog.Logger, rt cri.Runtime, path netpath.Path) (hosts.Resolver, error) {
 	switch rt.Name {
 	case "containerd":
 		return hosts.NewContainerd(ctx, hosts.ContainerdOptions{
@@ -306,14 +305,16 @@ func (c *common) registryResolver(ctx context.Context, rt cri.Runtime, path netp
 			UpdateClient:      path.UpdateClient,
 		})
 	default:
-		slog.WarnContext(ctx, "unknown runtime: probing each registry at its default endpoint", "runtime", rt.Name)
+		log.WarnContext(ctx, "unknown runtime: probing each registry at its default endpoint", "runtime", rt.Name)
 		return hosts.Defaults{}, nil
 	}
 }
 
-func newLogger(env Env, c *common) *slog.Logger {
+// newLogger builds the logger the flags ask for, routes client-go's and
+// containerd's logging into it, and returns it and ctx carrying it.
+func newLogger(ctx context.Context, env Env, c *common) (context.Context, *slog.Logger) {
 	log := logging.New(env.Stderr, c.logLevel, c.logFormat)
 	routeContainerdLogs(log)
-	klog.SetSlogLogger(log.With("component", "client-go"))
-	return log
+	logging.RouteKlog(log)
+	return logging.NewContext(ctx, log), log
 }

@@ -7,11 +7,14 @@ import (
 
 	clog "github.com/containerd/log"
 	"github.com/sirupsen/logrus"
+
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // routeContainerdLogs sends what containerd's libraries log (hosts.toml
 // warnings, HTTPS fallback notes: they log through logrus) into the
 // agent's slog logger, so --log-format and --log-level hold for every line.
+// logrus's error key ("error", WithError) becomes logging.ErrKey.
 func routeContainerdLogs(log *slog.Logger) {
 	l := clog.L.Logger
 	l.SetOutput(io.Discard)
@@ -38,6 +41,9 @@ func (h slogHook) Fire(e *logrus.Entry) error {
 	for k, v := range e.Data {
 		if err, ok := v.(error); ok {
 			v = err.Error()
+		}
+		if k == logrus.ErrorKey {
+			k = logging.ErrKey
 		}
 		attrs = append(attrs, slog.Any(k, v))
 	}

@@ -2,15 +2,16 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"log/slog"
 	"net"
-	"net/http"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/cri"
+	"github.com/pullwatch/pullwatch/agent/pkg/daemon"
 	"github.com/pullwatch/pullwatch/agent/pkg/events"
 	"github.com/pullwatch/pullwatch/agent/pkg/health"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
@@ -22,29 +23,42 @@ const runSummary = `Runs the agent daemon: checks every image on this node every
 results to the aggregator over gRPC: a full snapshot after every connect,
 then only what changed. Stops cleanly on SIGINT or SIGTERM.`
 
+// runFlags are the flags of run.
+type runFlags struct {
+	common
+	aggregator     string
+	interval       time.Duration
+	watchEvents    bool
+	containerdAddr string
+	httpListen     string
+}
+
+func (f *runFlags) register(s *envflag.Set, env Env) {
+	f.common.register(s, env)
+	f.interval = time.Minute
+	f.watchEvents = true
+	s.StringVar(&f.aggregator, "aggregator", "", "gRPC `address` of pullwatch-aggregator, e.g. pullwatch-aggregator.pullwatch.svc:9400. Required.")
+	s.Var((*envflag.PositiveDuration)(&f.interval), "interval", "Time between two checks of every image (`duration`).")
+	s.BoolVar(&f.watchEvents, "events", true, "Also check soon after containerd image and container events (containerd only).")
+	s.StringVar(&f.containerdAddr, "containerd-address", "", "containerd `socket` for events. Empty: the CRI endpoint, when the runtime is containerd.")
+	s.StringVar(&f.httpListen, "http-listen", "", "`host:port` for /healthz (rounds keep succeeding), /readyz (first round published, stream up) and /metrics (the agent's own metrics). Empty: off. The agent shares the node's network: pick a free node port.")
+}
+
+// runCommand parses run's flags, wires the daemon's parts and runs it
+// until ctx ends.
 func runCommand(ctx context.Context, args []string, env Env) int {
 	s := envflag.New("pullwatch-agent run", "pullwatch-agent run --aggregator HOST:PORT [flags]", runSummary)
-	var c common
-	c.register(s, env)
-	aggregator := ""
-	interval := time.Minute
-	watchEvents := true
-	containerdAddr := ""
-	httpListen := ""
-	s.StringVar(&aggregator, "aggregator", "", "gRPC `address` of pullwatch-aggregator, e.g. pullwatch-aggregator.pullwatch.svc:9400. Required.")
-	s.Var((*envflag.PositiveDuration)(&interval), "interval", "Time between two checks of every image (`duration`).")
-	s.BoolVar(&watchEvents, "events", true, "Also check soon after containerd image and container events (containerd only).")
-	s.StringVar(&containerdAddr, "containerd-address", "", "containerd `socket` for events. Empty: the CRI endpoint, when the runtime is containerd.")
-	s.StringVar(&httpListen, "http-listen", "", "`host:port` for /healthz (rounds keep succeeding), /readyz (first round published, stream up) and /metrics (the agent's own metrics). Empty: off. The agent shares the node's network: pick a free node port.")
-	if code, ok := parse(s, args, env, &c); !ok {
+	var f runFlags
+	f.register(s, env)
+	if code, ok := parse(s, args, env, &f.common); !ok {
 		return code
 	}
-	if aggregator == "" {
+	if f.aggregator == "" {
 		fmt.Fprintln(env.Stderr, "pullwatch-agent run: no aggregator address: set --aggregator (env PULLWATCH_AGGREGATOR), or use 'pullwatch-agent check' for one local round")
 		return ExitSetup
 	}
-	log := newLogger(env, &c)
-	checker, client, err := c.setup(ctx, log)
+	ctx, log := newLogger(ctx, env, &f.common)
+	checker, client, err := f.setup(ctx, log)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
 		return ExitSetup
@@ -53,93 +67,51 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 
 	// Transport security and node-bound credentials come with the trust
 	// issue; until then the stream is plaintext inside the cluster network.
-	conn, err := grpc.NewClient(aggregator, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(f.aggregator, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "pullwatch-agent run: aggregator address %q: %v\n", aggregator, err)
+		fmt.Fprintf(env.Stderr, "pullwatch-agent run: aggregator address %q: %v\n", f.aggregator, err)
 		return ExitSetup
 	}
 	defer conn.Close()
-	sc := stream.New(conn, log.With("aggregator", aggregator))
-	done := make(chan struct{})
-	go func() { sc.Run(ctx); close(done) }()
-
-	monitor := health.New(interval, sc.Connected)
-	if httpListen != "" {
-		stopHTTP, err := serveHTTP(ctx, httpListen, monitor.Handler())
-		if err != nil {
-			fmt.Fprintf(env.Stderr, "pullwatch-agent run: --http-listen %s: %v\n", httpListen, err)
+	sc := stream.New(conn, log.With("aggregator", f.aggregator))
+	d := &daemon.Daemon{
+		Rounds:       checker,
+		Stream:       sc,
+		Health:       health.New(f.interval, sc.Connected),
+		Interval:     f.interval,
+		AgentVersion: Version,
+		Log:          log,
+	}
+	if f.httpListen != "" {
+		var lc net.ListenConfig
+		if d.HTTP, err = lc.Listen(ctx, "tcp", f.httpListen); err != nil {
+			fmt.Fprintf(env.Stderr, "pullwatch-agent run: --http-listen %s: %v\n", f.httpListen, err)
 			return ExitSetup
 		}
-		defer stopHTTP()
-		log.Info("serving /healthz, /readyz and /metrics", "address", httpListen)
+		log.Info("serving /healthz, /readyz and /metrics", "address", f.httpListen)
 	}
+	d.Triggers = f.triggers(ctx, log, client)
 
-	trigger := make(chan string, 1)
-	if watchEvents {
-		addr := containerdAddr
-		if addr == "" && checker.Runtime != nil {
-			if rt, err := client.Version(ctx); err == nil && rt.Name == "containerd" {
-				addr = client.Endpoint()
-			}
-		}
-		if addr != "" {
-			go func() {
-				err := events.Watch(ctx, addr, 2*time.Second, func(reason string) {
-					select {
-					case trigger <- reason:
-					default:
-					}
-				})
-				if err != nil {
-					log.Warn("containerd events unavailable; checking on the interval only", "err", err)
-				}
-			}()
-		} else {
-			log.Info("runtime is not containerd; checking on the interval only")
-		}
-	}
-
-	log.Info("agent running", "interval", interval, "aggregator", aggregator)
-	reason := "start"
-	for {
-		start := time.Now()
-		node, err := checker.Run(ctx)
-		switch {
-		case errors.Is(err, context.Canceled) || ctx.Err() != nil:
-		case err != nil:
-			monitor.Round(time.Since(start), nil, err)
-			log.Error("round failed", "err", err)
-		default:
-			failing := node.NotAvailable()
-			monitor.Round(time.Since(start), &node, nil)
-			log.Info("round done", "trigger", reason, "images", len(node.Images), "not_available", failing, "took", time.Since(start).Round(time.Millisecond))
-			sc.Publish(node.Snapshot(Version, interval))
-		}
-		select {
-		case <-ctx.Done():
-			log.Info("shutting down")
-			<-done
-			return ExitOK
-		case <-time.After(interval):
-			reason = "interval"
-		case reason = <-trigger:
-			log.Debug("early round", "trigger", reason)
-		}
-	}
+	log.Info("agent running", "interval", f.interval, "aggregator", f.aggregator)
+	d.Run(ctx)
+	return ExitOK
 }
 
-// serveHTTP serves h on addr until the returned stop is called.
-func serveHTTP(ctx context.Context, addr string, h http.Handler) (stop func(), err error) {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
+// triggers returns containerd's event watcher when --events is on and the
+// runtime is containerd (or --containerd-address is set), else nil.
+func (f *runFlags) triggers(ctx context.Context, log *slog.Logger, client *cri.Client) daemon.Triggers {
+	if !f.watchEvents {
+		return nil
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	return func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}, nil
+	addr := f.containerdAddr
+	if addr == "" {
+		if rt, err := client.Version(ctx); err == nil && rt.Name == "containerd" {
+			addr = client.Endpoint()
+		}
+	}
+	if addr == "" {
+		log.Info("runtime is not containerd; checking on the interval only")
+		return nil
+	}
+	return events.Watcher{Address: addr, Debounce: 2 * time.Second, Log: log}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // configFile is one place the node keyring may come from.
@@ -199,7 +200,7 @@ func (k *NodeKeyring) load(ctx context.Context) *keyring {
 		}
 		if err != nil {
 			k.reportOnce(ctx, f.path, slog.LevelError, "node keyring file skipped, as the kubelet skips it; fix or remove the file",
-				"file", f.path, "err", err.Error())
+				"file", f.path, logging.ErrKey, err.Error())
 			continue
 		}
 		if len(cfg.ignored) > 0 {

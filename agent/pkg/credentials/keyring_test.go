@@ -1,45 +1,24 @@
 package credentials
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	"github.com/pullwatch/pullwatch/pkg/logging/logtest"
 )
-
-// logBuffer captures every log record, debug included.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // quiet is for tests that do not read the log.
 var quiet = slog.New(slog.DiscardHandler)
 
-func testLogger() (*slog.Logger, *logBuffer) {
-	b := &logBuffer{}
-	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug})), b
-}
+// testLogger captures every log record, debug included.
+func testLogger() (*slog.Logger, *logtest.Buffer) { return logtest.New() }
 
 func mustRef(t testing.TB, s string) imageref.Ref {
 	t.Helper()

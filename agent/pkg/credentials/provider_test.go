@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pullwatch/pullwatch/pkg/logging/logtest"
 )
 
 // scriptPlugin is a credential provider plugin written as a shell script:
@@ -77,7 +79,7 @@ func response(cacheKeyType, cacheDuration string, auth map[string][2]string) str
 	return string(b)
 }
 
-func loadPlugins(t *testing.T, l *pluginLab, now *time.Time) (*Plugins, *logBuffer) {
+func loadPlugins(t *testing.T, l *pluginLab, now *time.Time) (*Plugins, *logtest.Buffer) {
 	t.Helper()
 	log, logs := testLogger()
 	opts := PluginsOptions{Config: l.config, BinDir: l.binDir, Log: log, Timeout: 2 * time.Second,

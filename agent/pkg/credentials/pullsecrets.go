@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // PullSecretsOptions configure PullSecrets.
@@ -238,7 +239,7 @@ func (p *PullSecrets) fetch(ctx context.Context, key secretKey) cachedSecret {
 	case apierrors.IsForbidden(err):
 		p.logOnce(ctx, "forbidden|"+key.namespace, slog.LevelError,
 			"the agent may not get secrets: grant it `get` on secrets (docs/credentials.md) or run with --pull-secrets=off",
-			"namespace", key.namespace, "err", err.Error())
+			"namespace", key.namespace, logging.ErrKey, err.Error())
 		c.err = fmt.Errorf("not allowed to get the secret (RBAC): %w", err)
 		return c
 	case err != nil:

@@ -9,6 +9,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // Options are the agent's credential settings (its flags).
@@ -91,7 +93,7 @@ func New(ctx context.Context, opts Options) (Chain, error) {
 		if err != nil {
 			// The kubelet would not start with it; the agent goes on without
 			// plugins and says why, so one node's file does not stop it.
-			log.ErrorContext(ctx, "credential provider plugins off", "err", err.Error())
+			log.ErrorContext(ctx, "credential provider plugins off", logging.ErrKey, err.Error())
 			plugins = nil
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -16,6 +15,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // DefaultEndpoints are tried in this order when no endpoint is configured:
@@ -82,7 +83,7 @@ func Dial(ctx context.Context, endpoints []string, callTimeout time.Duration) (*
 		}
 		derr.Tried = append(derr.Tried, ep)
 		derr.Errs = append(derr.Errs, err)
-		slog.DebugContext(ctx, "CRI endpoint did not answer", "endpoint", ep, "err", err)
+		logging.FromContext(ctx).DebugContext(ctx, "CRI endpoint did not answer", "endpoint", ep, logging.ErrKey, err)
 	}
 	return nil, derr
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // Namespace is where the CRI plugin keeps Kubernetes' images and containers.
@@ -25,17 +27,32 @@ var filters = []string{
 	`topic=="/tasks/start"`,
 }
 
-// Watch subscribes to containerd at address (a socket path or unix://
-// endpoint) and calls trigger after each burst of relevant events, at most
-// once per debounce. A broken stream (containerd restarted) is
-// re-subscribed with backoff. Watch returns when ctx ends.
-func Watch(ctx context.Context, address string, debounce time.Duration, trigger func(reason string)) error {
-	address = strings.TrimPrefix(address, "unix://")
+// Watcher subscribes to containerd's events: a trigger source for the
+// daemon.
+type Watcher struct {
+	// Address is containerd's socket path or unix:// endpoint.
+	Address string
+	// Debounce is the least time between two triggers.
+	Debounce time.Duration
+	// Log is where re-subscriptions are logged (default: the context's).
+	Log *slog.Logger
+}
+
+// Watch subscribes to containerd at w.Address and calls trigger after each
+// burst of relevant events, at most once per w.Debounce. A broken stream
+// (containerd restarted) is re-subscribed with backoff. Watch returns when
+// ctx ends, or at once with an error when containerd cannot be reached.
+func (w Watcher) Watch(ctx context.Context, trigger func(reason string)) error {
+	address, debounce := strings.TrimPrefix(w.Address, "unix://"), w.Debounce
 	client, err := containerd.New(address, containerd.WithDefaultNamespace(Namespace), containerd.WithTimeout(5*time.Second))
 	if err != nil {
 		return fmt.Errorf("connect to containerd at %s for events: %w", address, err)
 	}
 	defer client.Close()
+	log := w.Log
+	if log == nil {
+		log = logging.FromContext(ctx)
+	}
 
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -47,7 +64,7 @@ func Watch(ctx context.Context, address string, debounce time.Duration, trigger 
 		if time.Since(start) > time.Minute {
 			backoff = time.Second
 		}
-		slog.WarnContext(ctx, "containerd event stream ended; re-subscribing", "address", address, "err", err, "retry_in", backoff)
+		log.WarnContext(ctx, "containerd event stream ended; re-subscribing", "address", address, logging.ErrKey, err, "retry_in", backoff)
 		select {
 		case <-ctx.Done():
 			return nil

@@ -1,8 +1,8 @@
 // Package health is the agent's own HTTP endpoint: /healthz (rounds keep
-// happening), /readyz (a first round has been published and the stream to
-// the aggregator is up) and /metrics (the agent's own metrics, documented in
-// docs/metrics.md). The node's image results are not exported here: the
-// aggregator owns those series.
+// happening), /readyz (a first round has been published, the stream to the
+// aggregator is up and the agent is not shutting down) and /metrics (the
+// agent's own metrics, documented in docs/metrics.md). The node's image
+// results are not exported here: the aggregator owns those series.
 package health
 
 import (
@@ -28,6 +28,7 @@ type Monitor struct {
 	started   time.Time
 	lastRound time.Time // last successful round
 	published bool
+	stopping  bool
 
 	rounds   *prometheus.CounterVec
 	duration prometheus.Histogram
@@ -117,11 +118,20 @@ func (m *Monitor) healthy() (bool, string) {
 	return true, "ok"
 }
 
+// Stopping makes /readyz fail from now on: the agent is shutting down.
+func (m *Monitor) Stopping() {
+	m.mu.Lock()
+	m.stopping = true
+	m.mu.Unlock()
+}
+
 func (m *Monitor) ready() (bool, string) {
 	m.mu.Lock()
-	published := m.published
+	published, stopping := m.published, m.stopping
 	m.mu.Unlock()
 	switch {
+	case stopping:
+		return false, "shutting down"
 	case !published:
 		return false, "no round finished yet"
 	case m.connected != nil && !m.connected():

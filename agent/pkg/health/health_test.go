@@ -43,6 +43,7 @@ func TestProbes(t *testing.T) {
 		{func() { connected = true }, 200, 200, ""},
 		{func() { now = now.Add(3 * time.Minute); m.Round(time.Second, nil, errors.New("CRI down")) }, 200, 200, ""},
 		{func() { now = now.Add(2 * time.Minute) }, 503, 200, ""},
+		{m.Stopping, 503, 503, "shutting down"},
 	}
 	for i, s := range steps {
 		s.do()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // ContainerdOptions configure the containerd resolver.
@@ -84,7 +84,7 @@ func NewContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, er
 	if len(cfg.Mirrors) > 0 && configPath == "" {
 		// containerd refuses both at once; with mirrors only, it uses them.
 		c.mirrors = cfg.Mirrors
-		slog.InfoContext(ctx, "containerd registry mirrors from config.toml (deprecated registry.mirrors)", "files", cfg.Files, "hosts", len(cfg.Mirrors))
+		logging.FromContext(ctx).InfoContext(ctx, "containerd registry mirrors from config.toml (deprecated registry.mirrors)", "files", cfg.Files, "hosts", len(cfg.Mirrors))
 	}
 	if configPath == "" {
 		configPath = DefaultConfigPath
@@ -94,7 +94,7 @@ func NewContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, er
 			c.roots = append(c.roots, filepath.Join(opts.HostRoot, root))
 		}
 	}
-	slog.InfoContext(ctx, "containerd registry configuration", "config_files", cfg.Files, "config_path", strings.Join(c.roots, ":"))
+	logging.FromContext(ctx).InfoContext(ctx, "containerd registry configuration", "config_files", cfg.Files, "config_path", strings.Join(c.roots, ":"))
 	c.hosts = config.ConfigureHosts(ctx, config.HostOptions{
 		HostDir:      c.hostDir,
 		UpdateClient: opts.UpdateClient,
@@ -235,7 +235,7 @@ func (c *Containerd) checkHostsFile(ctx context.Context, host string) hostsFile 
 	}
 	c.warnMu.Lock()
 	if c.warned[p] != warning && warning != "" {
-		slog.WarnContext(ctx, "registry hosts file ignored by the runtime", "file", p, "problem", warning)
+		logging.FromContext(ctx).WarnContext(ctx, "registry hosts file ignored by the runtime", "file", p, "problem", warning)
 	}
 	c.warned[p] = warning
 	c.warnMu.Unlock()

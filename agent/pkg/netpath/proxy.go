@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,6 +16,8 @@ import (
 
 	"github.com/coreos/go-systemd/v22/unit"
 	"golang.org/x/net/http/httpproxy"
+
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // Proxy sources for --proxy-from.
@@ -89,7 +90,7 @@ func LoadProxy(ctx context.Context, source string, unitFiles []string, getenv fu
 		if len(read) == 0 {
 			cfg.Source = "systemd (no unit files found: direct connections)"
 		}
-		slog.DebugContext(ctx, "runtime proxy from systemd", "files", read)
+		logging.FromContext(ctx).DebugContext(ctx, "runtime proxy from systemd", "files", read)
 		return cfg, nil
 	default:
 		return ProxyConfig{}, fmt.Errorf("proxy source %q: want env, systemd or none", source)

@@ -6,7 +6,6 @@ package round
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/probe"
 	"github.com/pullwatch/pullwatch/agent/pkg/report"
+	"github.com/pullwatch/pullwatch/pkg/logging"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -87,7 +87,7 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 			creds, err := c.credentials().Lookup(ctx, e.Ref, pods(e.Uses))
 			if err != nil {
 				// The kubelet pulls with what it found; so do we, and say so.
-				slog.WarnContext(ctx, "some pull credentials could not be read; probing with those found", "image", e.Ref.String(), "found", len(creds), "err", err)
+				logging.FromContext(ctx).WarnContext(ctx, "some pull credentials could not be read; probing with those found", "image", e.Ref.String(), "found", len(creds), logging.ErrKey, err)
 			}
 			applyResult(&images[i], e, c.Prober.Probe(ctx, probe.Request{Ref: e.Ref, Endpoints: eps, Credentials: creds, NodeDigest: e.Digest}))
 		}(i, e)
@@ -95,7 +95,7 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 	wg.Wait()
 	rt := report.Runtime{Name: inv.Runtime.Name, Version: inv.Runtime.Version, APIVersion: inv.Runtime.APIVersion, Endpoint: inv.Runtime.Endpoint}
 	n := report.Node{Node: c.NodeName, Runtime: rt, Platform: c.Platform, Labels: c.Labels, ObservedAt: now(), Images: images}
-	slog.DebugContext(ctx, "round done", "images", len(images), "all_available", n.AllAvailable())
+	logging.FromContext(ctx).DebugContext(ctx, "round done", "images", len(images), "all_available", n.AllAvailable())
 	return n, nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/pullwatch/pullwatch/pkg/logging"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -89,7 +90,7 @@ func (c *Client) Run(ctx context.Context) {
 			backoff = c.MinBackoff // the stream was healthy for a while
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
-		c.log.Warn("stream to aggregator ended; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
+		c.log.Warn("stream to aggregator ended; reconnecting", logging.ErrKey, err, "retry_in", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return

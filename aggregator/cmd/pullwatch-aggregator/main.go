@@ -18,7 +18,6 @@ import (
 	"github.com/pullwatch/pullwatch/pkg/kubeapi"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 	"google.golang.org/grpc"
-	"k8s.io/klog/v2"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/ingest"
@@ -48,7 +47,7 @@ func main() {
 	}
 	log := logging.New(os.Stderr, opts.LogLevel, opts.LogFormat)
 	// client-go logs through klog; send it to the same handler.
-	klog.SetSlogLogger(log)
+	logging.RouteKlog(log)
 	log.Info("starting "+options.Name, "version", version)
 
 	// Without the API, nodes are never dropped, zones come from the labels
@@ -61,7 +60,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, log, opts, kube); err != nil {
-		log.Error("aggregator failed", "error", err)
+		log.Error("aggregator failed", logging.ErrKey, err)
 		stop()
 		os.Exit(exitFailure)
 	}
@@ -79,34 +78,10 @@ const analyzeEvery = 15 * time.Second
 // run serves gRPC and HTTP until ctx is cancelled, then shuts down. kube
 // is nil without the Kubernetes API.
 func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) error {
-	store := state.New(opts.StaleAfter)
-	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, Compat: opts.CompatMetrics}
-	var dir analyzer.Directory // nil without the API
-	if kube != nil {
-		watcher, err := kubewatch.New(kube.Rest, log, kubewatch.Options{
-			Owners:        opts.CompatMetrics,
-			OnNodeDeleted: func(name string) { store.Forget(name) },
-		})
-		if err != nil {
-			return err
-		}
-		watcher.Start(ctx)
-		dir = watcher
-		if opts.CompatMetrics {
-			collectorCfg.Owners = watcher
-		}
+	srv, err := newServers(ctx, log, opts, kube)
+	if err != nil {
+		return err
 	}
-	an := analyzer.NewAnalyzer(store, dir, log)
-	go an.Run(ctx, analyzeEvery)
-
-	reports := metrics.NewReports(ingest.Kinds(), ingest.Reasons())
-	registry := metrics.NewRegistry(metrics.NewCollector(store, an, collectorCfg), reports)
-	var ready web.Readiness
-
-	ingestSrv := ingest.NewServer(store, reports, log)
-	grpcSrv := ingest.NewGRPCServer(ingestSrv, opts.MaxReportBytes)
-	httpSrv := web.NewServer(web.NewHandler(registry, &ready, web.NewStatusPage(an, store, log)))
-
 	// Listen before serving so that a taken port fails startup plainly.
 	var lc net.ListenConfig
 	grpcLis, err := lc.Listen(ctx, "tcp", opts.GRPCListen)
@@ -122,43 +97,95 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
 		"node_image_series", opts.NodeImageSeries, "compat_metrics", opts.CompatMetrics)
 
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "timeout", opts.ShutdownTimeout.String())
+	case runErr = <-srv.serve(grpcLis, httpLis):
+	}
+	if err := srv.shutdown(ctx, log, opts.ShutdownTimeout); err != nil {
+		runErr = errors.Join(runErr, err)
+	}
+	log.Info("stopped")
+	return runErr
+}
+
+// servers are the aggregator's gRPC and HTTP servers, wired to the state,
+// the diagnosis and the metrics.
+type servers struct {
+	ingest *ingest.Server
+	grpc   *grpc.Server
+	http   *http.Server
+	ready  web.Readiness
+}
+
+// newServers builds the state, the Kubernetes watches (when kube is set)
+// and the analyzer, starts the watches and the analyzer under ctx, and
+// returns the servers over them.
+func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) (*servers, error) {
+	store := state.New(opts.StaleAfter)
+	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, Compat: opts.CompatMetrics}
+	var dir analyzer.Directory // nil without the API
+	if kube != nil {
+		watcher, err := kubewatch.New(kube.Rest, log, kubewatch.Options{
+			Owners:        opts.CompatMetrics,
+			OnNodeDeleted: func(name string) { store.Forget(name) },
+		})
+		if err != nil {
+			return nil, err
+		}
+		watcher.Start(ctx)
+		dir = watcher
+		if opts.CompatMetrics {
+			collectorCfg.Owners = watcher
+		}
+	}
+	an := analyzer.NewAnalyzer(store, dir, log)
+	go an.Run(ctx, analyzeEvery)
+
+	reports := metrics.NewReports(ingest.Kinds(), ingest.Reasons())
+	registry := metrics.NewRegistry(metrics.NewCollector(store, an, collectorCfg), reports)
+	s := &servers{ingest: ingest.NewServer(store, reports, log)}
+	s.grpc = ingest.NewGRPCServer(s.ingest, opts.MaxReportBytes)
+	s.http = web.NewServer(web.NewHandler(registry, &s.ready, web.NewStatusPage(an, store, log)))
+	return s, nil
+}
+
+// serve serves on the listeners and marks the aggregator ready. The
+// returned channel receives a server's error should one stop.
+func (s *servers) serve(grpcLis, httpLis net.Listener) <-chan error {
 	errc := make(chan error, 2)
 	go func() {
-		if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+		if err := s.http.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("http server: %w", err)
 		}
 	}()
 	// The gRPC listener is bound, so agent connections queue from here on
 	// even before Serve accepts them: ready now. (Set here rather than in
 	// the goroutine so that it cannot land after shutdown's Set(false).)
-	ready.Set(true)
+	s.ready.Set(true)
 	go func() {
-		if err := grpcSrv.Serve(grpcLis); err != nil {
+		if err := s.grpc.Serve(grpcLis); err != nil {
 			errc <- fmt.Errorf("grpc server: %w", err)
 		}
 	}()
+	return errc
+}
 
-	var runErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "timeout", opts.ShutdownTimeout.String())
-	case runErr = <-errc:
-	}
-
-	// Shutdown order: stop being ready so no new traffic is routed here,
-	// end agent streams so agents reconnect elsewhere, then let in-flight
-	// scrapes finish.
-	ready.Set(false)
-	deadline := time.Now().Add(opts.ShutdownTimeout)
-	ingestSrv.Drain()
-	stopGRPC(grpcSrv, time.Until(deadline), log)
+// shutdown stops being ready so no new traffic is routed here, ends agent
+// streams so agents reconnect elsewhere, then lets in-flight scrapes
+// finish, all within timeout.
+func (s *servers) shutdown(ctx context.Context, log *slog.Logger, timeout time.Duration) error {
+	s.ready.Set(false)
+	deadline := time.Now().Add(timeout)
+	s.ingest.Drain()
+	stopGRPC(s.grpc, time.Until(deadline), log)
 	shutdownCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
-	if err := httpSrv.Shutdown(shutdownCtx); err != nil {
-		runErr = errors.Join(runErr, fmt.Errorf("http shutdown: %w", err))
+	if err := s.http.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("http shutdown: %w", err)
 	}
-	log.Info("stopped")
-	return runErr
+	return nil
 }
 
 // stopGRPC stops gracefully, or forcibly once timeout has passed.

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // The kinds of report, as in pullwatch_reports_received_total{kind}.
@@ -113,7 +114,7 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 		// Durations as strings: slog's JSON handler would print nanoseconds.
 		args := []any{"node", st.node, "duration", time.Since(opened).Round(time.Millisecond).String()}
 		if err != nil {
-			args = append(args, "error", err)
+			args = append(args, logging.ErrKey, err)
 		}
 		st.log.InfoContext(ctx, "agent stream closed", args...)
 	}()
@@ -132,7 +133,7 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 			ack, verr := s.accept(ctx, st, r.msg)
 			if verr != nil {
 				s.obs.ReportRejected(string(verr.Reason))
-				st.log.WarnContext(ctx, "report refused", "node", st.node, "sequence", r.msg.GetSequence(), "reason", verr.Reason, "error", verr.Error())
+				st.log.WarnContext(ctx, "report refused", "node", st.node, "sequence", r.msg.GetSequence(), "reason", verr.Reason, logging.ErrKey, verr.Error())
 				return status.Errorf(codes.InvalidArgument, "report %d refused: %s", r.msg.GetSequence(), verr)
 			}
 			if err := rs.Send(&pullwatchv1.AggregatorMessage{Body: &pullwatchv1.AggregatorMessage_Ack{Ack: ack}}); err != nil {
@@ -181,7 +182,7 @@ func (s *Server) recvError(ctx context.Context, st *stream, err error) error {
 		// Over the wire ceiling (grpc.MaxRecvMsgSize): gRPC refused it
 		// before decoding, and told the agent ResourceExhausted itself.
 		s.obs.ReportRejected(string(ReasonTooLarge))
-		st.log.WarnContext(ctx, "report refused", "node", st.node, "reason", ReasonTooLarge, "error", err)
+		st.log.WarnContext(ctx, "report refused", "node", st.node, "reason", ReasonTooLarge, logging.ErrKey, err)
 	}
 	return fmt.Errorf("receive: %w", err)
 }

@@ -28,6 +28,8 @@ import (
 	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // ZoneLabel is the Node label the zone comes from.
@@ -88,7 +90,7 @@ func NewForClients(kube kubernetes.Interface, meta metadata.Interface, log *slog
 	w.nodes = w.metaFactory.ForResource(nodesResource).Informer()
 	if _, err := w.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: w.nodeDeleted}); err != nil {
 		// Only possible once the informer has stopped.
-		log.Error("node informer refused its handler", "error", err)
+		log.Error("node informer refused its handler", logging.ErrKey, err)
 	}
 	if opts.Owners {
 		w.replicaSets = w.metaFactory.ForResource(replicaSetsResource).Informer()

@@ -16,6 +16,7 @@ import (
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // Analyzer is what the status page reads: analyzer.Analyzer.
@@ -55,7 +56,7 @@ func (p *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	data := p.build(p.analyzer.Analyze(r.Context()))
 	var buf bytes.Buffer
 	if err := statusTemplate.Execute(&buf, data); err != nil {
-		p.log.ErrorContext(r.Context(), "status page", "error", err)
+		p.log.ErrorContext(r.Context(), "status page", logging.ErrKey, err)
 		http.Error(w, "status page: "+err.Error(), http.StatusInternalServerError)
 		return
 	}

@@ -21,7 +21,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -34,6 +33,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
 
@@ -102,7 +102,7 @@ func LocateBinaries(binDir string) (Binaries, error) {
 		binDir = os.Getenv("PULLWATCH_KUBE_BIN")
 	}
 	if binDir == "" {
-		root, err := RepoRoot()
+		root, err := checkout.Root()
 		if err != nil {
 			return Binaries{}, fmt.Errorf("%w: %v; set PULLWATCH_KUBE_BIN or Options.BinDir", ErrNoBinaries, err)
 		}
@@ -120,31 +120,6 @@ func LocateBinaries(binDir string) (Binaries, error) {
 			ErrNoBinaries, strings.Join(missing, ", "))
 	}
 	return b, nil
-}
-
-// RepoRoot is the directory holding go.work, found by walking up from this
-// package's source directory, then from the working directory.
-func RepoRoot() (string, error) {
-	var starts []string
-	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		starts = append(starts, filepath.Dir(file))
-	}
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
-	}
-	for _, d := range starts {
-		for {
-			if _, err := os.Stat(filepath.Join(d, "go.work")); err == nil {
-				return d, nil
-			}
-			parent := filepath.Dir(d)
-			if parent == d {
-				break
-			}
-			d = parent
-		}
-	}
-	return "", errors.New("no go.work above the kubeapi package or the working directory")
 }
 
 // Cluster is a running etcd + kube-apiserver pair.
@@ -304,17 +279,13 @@ func (c *Cluster) writeFiles() error {
 // port picked here was taken before etcd bound it.
 func (c *Cluster) startEtcd(ctx context.Context) error {
 	logFile := filepath.Join(c.dir, "etcd.log")
-	for attempt := 0; ; attempt++ {
-		clientPort, err := proc.FreePort()
-		if err != nil {
-			return err
-		}
+	return proc.StartOnFreePort(0, logFile, func(clientPort int) error {
 		peerPort, err := proc.FreePort()
 		if err != nil {
 			return err
 		}
 		if peerPort == clientPort {
-			continue
+			return proc.ErrPortInUse
 		}
 		c.etcdURL = "http://127.0.0.1:" + strconv.Itoa(clientPort)
 		c.peerPort = peerPort
@@ -339,29 +310,21 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 			return fmt.Errorf("kubeapi: %w", err)
 		}
 		c.etcd = p
-		err = c.waitReady(ctx, p, 30*time.Second, c.etcdURL+"/health", nil)
-		if err == nil {
-			return nil
+		if err := c.waitReady(ctx, p, 30*time.Second, c.etcdURL+"/health", nil); err != nil {
+			_ = p.Stop(5 * time.Second)
+			return fmt.Errorf("kubeapi: etcd did not become healthy: %w\netcd.log (tail):\n%s", err, p.LogTail(30))
 		}
-		_ = p.Stop(5 * time.Second)
-		if attempt < 2 && strings.Contains(p.LogTail(30), "address already in use") {
-			continue
-		}
-		return fmt.Errorf("kubeapi: etcd did not become healthy: %w\netcd.log (tail):\n%s", err, p.LogTail(30))
-	}
+		return nil
+	})
 }
 
 // startAPIServer starts kube-apiserver on a free port (retrying like
 // startEtcd) and waits for /readyz.
 func (c *Cluster) startAPIServer(ctx context.Context) error {
 	logFile := filepath.Join(c.dir, "kube-apiserver.log")
-	for attempt := 0; ; attempt++ {
-		port, err := proc.FreePort()
-		if err != nil {
-			return err
-		}
+	return proc.StartOnFreePort(0, logFile, func(port int) error {
 		if port == c.peerPort || "http://127.0.0.1:"+strconv.Itoa(port) == c.etcdURL {
-			continue
+			return proc.ErrPortInUse
 		}
 		c.url = "https://127.0.0.1:" + strconv.Itoa(port)
 		args := []string{
@@ -399,17 +362,13 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		}
 		c.apiser = p
 		hdr := http.Header{"Authorization": {"Bearer " + c.tokens[AdminUser]}}
-		err = c.waitReady(ctx, p, c.opts.ReadyTimeout, c.url+"/readyz", hdr)
-		if err == nil {
-			return nil
+		if err := c.waitReady(ctx, p, c.opts.ReadyTimeout, c.url+"/readyz", hdr); err != nil {
+			_ = p.Stop(10 * time.Second)
+			return fmt.Errorf("kubeapi: kube-apiserver not ready: %w\nkube-apiserver.log (tail):\n%s\netcd.log (tail):\n%s",
+				err, p.LogTail(40), c.etcd.LogTail(10))
 		}
-		_ = p.Stop(10 * time.Second)
-		if attempt < 2 && strings.Contains(p.LogTail(50), "address already in use") {
-			continue
-		}
-		return fmt.Errorf("kubeapi: kube-apiserver not ready: %w\nkube-apiserver.log (tail):\n%s\netcd.log (tail):\n%s",
-			err, p.LogTail(40), c.etcd.LogTail(10))
-	}
+		return nil
+	})
 }
 
 // waitReady polls url until it answers 200, the process exits, or timeout.

@@ -386,3 +386,6 @@ func (c *Cluster) Stop() error {
 	}
 	return errors.Join(errs...)
 }
+
+// BinDir is the directory of the kube binaries (kubectl among them).
+func (c *Cluster) BinDir() string { return c.bin }

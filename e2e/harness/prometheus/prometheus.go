@@ -87,23 +87,14 @@ func Start(ctx context.Context, dir string, scrapeTargets []string, opts Options
 	if err := os.WriteFile(p.configPath, []byte(config(scrapeTargets, opts)), 0o644); err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
-		port := opts.Port
-		if port == 0 {
-			if port, err = proc.FreePort(); err != nil {
-				return nil, err
-			}
-		}
+	err = proc.StartOnFreePort(opts.Port, p.logPath, func(port int) error {
 		p.addr = "127.0.0.1:" + strconv.Itoa(port)
-		err = p.start(ctx, opts)
-		if err == nil {
-			return p, nil
-		}
-		if opts.Port == 0 && attempt < 2 && strings.Contains(proc.LogTail(p.logPath, 20), "address already in use") {
-			continue
-		}
+		return p.start(ctx, opts)
+	})
+	if err != nil {
 		return nil, err
 	}
+	return p, nil
 }
 
 func (p *Prometheus) start(ctx context.Context, opts Options) error {

@@ -1,4 +1,4 @@
-package e2e
+package credentials_test
 
 import (
 	"encoding/json"
@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 )
 
 // TestCredentialsProviderPlugin: the kubelet's credential provider exec
@@ -16,7 +18,7 @@ import (
 // (anonymous), the failure logged without the plugin's stderr; an image
 // outside matchImages never runs the plugin.
 func TestCredentialsProviderPlugin(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	cl := newCredLab(t, l, "cred-plugin")
 	const name = "pullwatch-e2e-credprovider"
 	binDir := buildCredProvider(t, name)
@@ -64,7 +66,7 @@ func TestCredentialsProviderPlugin(t *testing.T) {
 
 	t.Run("right credentials", func(t *testing.T) {
 		cfg, logFile := config(t, cl.reg.Addr(), map[string]string{"CREDPROVIDER_USERNAME": cl.user, "CREDPROVIDER_PASSWORD": cl.pass})
-		run := cl.node.check(t, args(cfg)...)
+		run := cl.node.Check(t, args(cfg)...)
 		cl.expectCredential(t, run, "available", "credential_provider")
 		if got := requests(logFile); len(got) != 1 || got[0] != repoName {
 			t.Errorf("plugin requests %q, want one for %s (the repository name, as the kubelet asks)", got, repoName)
@@ -79,37 +81,37 @@ func TestCredentialsProviderPlugin(t *testing.T) {
 		}
 		_, port, _ := strings.Cut(cl.reg.Addr(), ":")
 		cfg, _ := config(t, "127.0.0.*:"+port, map[string]string{"CREDPROVIDER_FILE": credFile})
-		cl.expectCredential(t, cl.node.check(t, args(cfg)...), "available", "credential_provider")
+		cl.expectCredential(t, cl.node.Check(t, args(cfg)...), "available", "credential_provider")
 	})
 
 	t.Run("wrong credentials", func(t *testing.T) {
 		cfg, _ := config(t, cl.reg.Addr(), map[string]string{"CREDPROVIDER_USERNAME": cl.user, "CREDPROVIDER_PASSWORD": "wrong-" + cl.pass})
-		cl.expectCredential(t, cl.node.check(t, args(cfg)...), "unauthorized", "credential_provider")
-		_ = cl.node.expectPull(t, cl.ref, cl.authWith(cl.user, "wrong-"+cl.pass), false, "the plugin's credentials are wrong")
+		cl.expectCredential(t, cl.node.Check(t, args(cfg)...), "unauthorized", "credential_provider")
+		_ = cl.node.ExpectPull(t, cl.ref, cl.authWith(cl.user, "wrong-"+cl.pass), false, "the plugin's credentials are wrong")
 	})
 
 	t.Run("failing plugin: logged without its stderr", func(t *testing.T) {
 		cfg, _ := config(t, cl.reg.Addr(), map[string]string{"CREDPROVIDER_FAIL": "stderr-has-" + cl.pass})
-		run := cl.node.check(t, args(cfg)...)
+		run := cl.node.Check(t, args(cfg)...)
 		cl.expectCredential(t, run, "unauthorized", "anonymous")
-		if !strings.Contains(run.stderr, "credential provider "+name) || !strings.Contains(run.stderr, "exit status 1") {
-			t.Errorf("the plugin's failure is not logged with its name and exit status%s", run.dump())
+		if !strings.Contains(run.Stderr, "credential provider "+name) || !strings.Contains(run.Stderr, "exit status 1") {
+			t.Errorf("the plugin's failure is not logged with its name and exit status%s", run.Dump())
 		}
 	})
 
 	t.Run("image outside matchImages: plugin not run", func(t *testing.T) {
 		cfg, logFile := config(t, "registry.invalid", map[string]string{"CREDPROVIDER_USERNAME": cl.user, "CREDPROVIDER_PASSWORD": cl.pass})
-		cl.expectCredential(t, cl.node.check(t, args(cfg)...), "unauthorized", "anonymous")
+		cl.expectCredential(t, cl.node.Check(t, args(cfg)...), "unauthorized", "anonymous")
 		if got := requests(logFile); len(got) != 0 {
 			t.Errorf("plugin ran for %q", got)
 		}
 	})
 
 	t.Run("config file absent: plugins off, said once", func(t *testing.T) {
-		run := cl.node.check(t, args(filepath.Join(t.TempDir(), "absent.yaml"))...)
+		run := cl.node.Check(t, args(filepath.Join(t.TempDir(), "absent.yaml"))...)
 		cl.expectCredential(t, run, "unauthorized", "anonymous")
-		if n := strings.Count(run.stderr, "credential provider plugins off"); n != 1 {
-			t.Errorf("%d log lines about plugins being off, want 1%s", n, run.dump())
+		if n := strings.Count(run.Stderr, "credential provider plugins off"); n != 1 {
+			t.Errorf("%d log lines about plugins being off, want 1%s", n, run.Dump())
 		}
 	})
 }

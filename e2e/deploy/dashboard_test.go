@@ -1,4 +1,4 @@
-package e2e
+package deploy_test
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 	"github.com/pullwatch/pullwatch/e2e/harness/prometheus"
 )
 
@@ -46,25 +48,25 @@ type grafanaDashboard struct {
 // The rules evaluate without error, and the alert expressions pick out
 // what the scenario broke.
 func TestAggregatorDashboardQueries(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	const node = "dash-node"
-	s := aggStartScenario(t, l, "aggdash", node)
+	s := l.StartScenario(t, "aggdash", node)
 
 	// Wait for the diagnosis of the stopped registry: one node, so every
 	// node fails it (cluster scope).
-	wantFailure := regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_registry_failure\{endpoint="[^"]+",registry=%q,scope="cluster"\} 1$`, s.deadRegistry))
-	waitFor(t, 30*time.Second, "the registry failure on /metrics", func() (bool, string) {
-		_, body := httpGet(s.metricsURL())
-		return wantFailure.MatchString(body), "missing " + wantFailure.String() + "\n" + grepLines(body, "pullwatch_registry_failure") + "\n" + grepLines(body, "pullwatch_node_endpoint")
-	}, s.agent, s.agg)
+	wantFailure := regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_registry_failure\{endpoint="[^"]+",registry=%q,scope="cluster"\} 1$`, s.DeadRegistry))
+	lab.WaitFor(t, 30*time.Second, "the registry failure on /metrics", func() (bool, string) {
+		_, body := lab.HTTPGet(s.MetricsURL())
+		return wantFailure.MatchString(body), "missing " + wantFailure.String() + "\n" + lab.GrepLines(body, "pullwatch_registry_failure") + "\n" + lab.GrepLines(body, "pullwatch_node_endpoint")
+	}, s.Agent, s.Agg)
 
-	root, err := filepath.Abs("..")
+	root, err := checkout.Root()
 	if err != nil {
 		t.Fatal(err)
 	}
-	prom, err := prometheus.Start(ctx, t.TempDir(), []string{s.httpAddr}, prometheus.Options{
+	prom, err := prometheus.Start(ctx, t.TempDir(), []string{s.HTTPAddr}, prometheus.Options{
 		RuleFiles: []string{filepath.Join(root, "deploy", "rules", "pullwatch.rules.yaml")},
 	})
 	if err != nil {
@@ -126,9 +128,9 @@ func TestAggregatorDashboardQueries(t *testing.T) {
 		}{
 			// The lab node is the only node: the stopped registry fails
 			// from every node, so it is an outage, not a node problem.
-			{"PullwatchRegistryOutage", map[string]string{"registry": s.deadRegistry}},
+			{"PullwatchRegistryOutage", map[string]string{"registry": s.DeadRegistry}},
 			{"PullwatchRegistryUnreachableFromNode", nil},
-			{"PullwatchImageAbsent", map[string]string{"image": s.gone, "status": "absent"}},
+			{"PullwatchImageAbsent", map[string]string{"image": s.Gone, "status": "absent"}},
 			{"PullwatchImageUnavailableOnNode", nil},
 			{"PullwatchMirrorDown", nil},
 			{"PullwatchAgentMissing", nil},
@@ -168,11 +170,11 @@ func TestAggregatorDashboardQueries(t *testing.T) {
 	t.Run("compatibility metrics", func(t *testing.T) {
 		// Without the Kubernetes API the workload is the pod.
 		for container, family := range map[string]string{"ok": "available", "gone": "absent", "dead": "registry_unavailable"} {
-			expr := fmt.Sprintf(`k8s_image_availability_exporter_%s{namespace=%q,container=%q,kind="pod",name=%q}`, family, s.namespace, container, s.pod)
+			expr := fmt.Sprintf(`k8s_image_availability_exporter_%s{namespace=%q,container=%q,kind="pod",name=%q}`, family, s.Namespace, container, s.Pod)
 			if _, err := prom.WaitForQuery(ctx, expr, func(smp []prometheus.Sample) bool { return len(smp) == 1 && smp[0].Value == 1 }, 10*time.Second); err != nil {
 				t.Errorf("container %s: %v", container, err)
 			}
-			other := fmt.Sprintf(`sum(k8s_image_availability_exporter_unknown_error{namespace=%q,container=%q})`, s.namespace, container)
+			other := fmt.Sprintf(`sum(k8s_image_availability_exporter_unknown_error{namespace=%q,container=%q})`, s.Namespace, container)
 			if smp, err := prom.Query(ctx, other); err != nil || len(smp) != 1 || smp[0].Value != 0 {
 				t.Errorf("container %s: %s = %+v (%v), want 0", container, other, smp, err)
 			}

@@ -1,7 +1,6 @@
-package e2e
+package nodepath_test
 
 import (
-	"context"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -12,6 +11,10 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
+	"github.com/pullwatch/pullwatch/e2e/harness/certs"
+	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 	"github.com/pullwatch/pullwatch/e2e/harness/tokenserver"
 )
@@ -23,14 +26,14 @@ import (
 // pulling with the same hosts.toml agrees, and with credentials it pulls
 // exactly where TLS works.
 func TestNodePathTLSHtpasswd(t *testing.T) {
-	l := need(t)
-	reg := npRegistry(t, "tls-htpasswd", registry.Options{TLS: true, Htpasswd: map[string]string{"puller": "pull-secret-1"}})
+	l := lab.Need(t)
+	reg := lab.Registry(t, "tls-htpasswd", registry.Options{TLS: true, Htpasswd: map[string]string{"puller": "pull-secret-1"}})
 	user, pass, _ := reg.Credentials()
 	creds := &runtimeapi.AuthConfig{Username: user, Password: pass}
 	host, url := reg.Addr(), reg.URL()
 
 	// A CA that did not sign the registry's certificate.
-	otherCA, _, err := registry.GenerateCA("some other CA")
+	otherCA, _, err := certs.CA("some other CA")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,27 +45,27 @@ func TestNodePathTLSHtpasswd(t *testing.T) {
 	// table is needed by containerd before 1.7.2x, which otherwise rejects
 	// the file ("invalid `host` tree", containerd#10027).
 	withCA := fmt.Sprintf("server = %q\nca = %q\n\n[host]\n", url, reg.CAFile())
-	node := npFreshNode(t, l, map[string]string{host: withCA})
+	node := l.FreshNode(t, containerd.Options{Hosts: map[string]string{host: withCA}})
 
 	ref := reg.Ref("np/private", "v1")
-	npPush(t, "np/private", "v1", registry.ImageOptions{}, reg)
-	node.pull(t, ref, creds) // the kubelet passes pull credentials with each PullImage
+	lab.Push(t, "np/private", "v1", registry.ImageOptions{}, reg)
+	node.Pull(t, ref, creds) // the kubelet passes pull credentials with each PullImage
 
-	asked := wantEndpoint{url: url + "/v2", role: "upstream", status: "unauthorized", http: 401}
-	untrusted := wantEndpoint{url: url + "/v2", role: "upstream", status: "unreachable", reasonHas: "x509"}
+	asked := agentcheck.WantEndpoint{URL: url + "/v2", Role: "upstream", Status: "unauthorized", HTTP: 401}
+	untrusted := agentcheck.WantEndpoint{URL: url + "/v2", Role: "upstream", Status: "unreachable", ReasonHas: "x509"}
 	cases := []struct {
 		name  string
 		hosts string
-		want  wantImage // status "": only the runtime's agreement is checked
+		want  agentcheck.Want // status "": only the runtime's agreement is checked
 	}{
 		{
 			name: "ca for the server, no credentials: unauthorized", hosts: withCA,
-			want: wantImage{status: "unauthorized", reasonHas: []string{"401"}, endpoints: []wantEndpoint{asked}},
+			want: agentcheck.Want{Status: "unauthorized", ReasonHas: []string{"401"}, Endpoints: []agentcheck.WantEndpoint{asked}},
 		},
 		{
 			name:  "skip_verify for the server, no credentials: unauthorized",
 			hosts: fmt.Sprintf("server = %q\nskip_verify = true\n\n[host]\n", url),
-			want:  wantImage{status: "unauthorized", reasonHas: []string{"401"}, endpoints: []wantEndpoint{asked}},
+			want:  agentcheck.Want{Status: "unauthorized", ReasonHas: []string{"401"}, Endpoints: []agentcheck.WantEndpoint{asked}},
 		},
 		{
 			// containerd lists the URL twice: the [host] entry (with the CA)
@@ -71,19 +74,19 @@ func TestNodePathTLSHtpasswd(t *testing.T) {
 			// node needs credentials, not a CA.
 			name:  "ca in a [host] section for the server's URL, no credentials: unauthorized",
 			hosts: fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = %q\n", url, url, reg.CAFile()),
-			want:  wantImage{status: "unauthorized", reasonHas: []string{"401"}, endpoints: []wantEndpoint{asked, untrusted}},
+			want:  agentcheck.Want{Status: "unauthorized", ReasonHas: []string{"401"}, Endpoints: []agentcheck.WantEndpoint{asked, untrusted}},
 		},
 		{
 			name:  "neither ca nor skip_verify: unreachable, x509",
 			hosts: fmt.Sprintf("server = %q\n\n[host]\n", url),
-			want: wantImage{status: "unreachable", reasonHas: []string{"x509"}, endpoints: []wantEndpoint{
-				{url: url + "/v2", role: "upstream", status: "unreachable", reasonHas: "certificate signed by unknown authority"},
+			want: agentcheck.Want{Status: "unreachable", ReasonHas: []string{"x509"}, Endpoints: []agentcheck.WantEndpoint{
+				{URL: url + "/v2", Role: "upstream", Status: "unreachable", ReasonHas: "certificate signed by unknown authority"},
 			}},
 		},
 		{
 			name:  "a ca that did not sign the certificate: unreachable, x509",
 			hosts: fmt.Sprintf("server = %q\nca = %q\n\n[host]\n", url, otherCAFile),
-			want:  wantImage{status: "unreachable", reasonHas: []string{"x509"}, endpoints: []wantEndpoint{untrusted}},
+			want:  agentcheck.Want{Status: "unreachable", ReasonHas: []string{"x509"}, Endpoints: []agentcheck.WantEndpoint{untrusted}},
 		},
 		{
 			// Without any [host] table containerd 1.6 (and 1.7 before the
@@ -96,18 +99,18 @@ func TestNodePathTLSHtpasswd(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if err := node.c.SetHostsTOML(host, c.hosts); err != nil {
+			if err := node.Containerd.SetHostsTOML(host, c.hosts); err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("hosts.toml for %s:\n%s", host, c.hosts)
-			run := node.check(t)
-			im := run.expect(t, ref, c.want)
-			node.expectRuntime(t, ref, nil, im.Status)
+			run := node.Check(t)
+			im := run.Expect(t, ref, c.want)
+			node.ExpectRuntime(t, ref, nil, im.Status)
 			// With the credentials the node lacks, the pull works exactly
 			// when the agent's only complaint was the missing credentials.
-			_ = node.expectPull(t, ref, creds, im.Status == "unauthorized" || im.Status == "available", "the agent said "+im.Status)
-			if strings.Contains(run.stdout+run.stderr, pass) {
-				t.Errorf("the registry password appears in the agent's output%s", run.dump())
+			_ = node.ExpectPull(t, ref, creds, im.Status == "unauthorized" || im.Status == "available", "the agent said "+im.Status)
+			if strings.Contains(run.Stdout+run.Stderr, pass) {
+				t.Errorf("the registry password appears in the agent's output%s", run.Dump())
 			}
 		})
 	}
@@ -120,35 +123,35 @@ func TestNodePathTLSHtpasswd(t *testing.T) {
 // granting a token without access (what Docker Hub does for a private
 // repository) → unauthorized. No hosts.toml: the shared lab's containerd.
 func TestNodePathTokenAuth(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	ts, err := tokenserver.Start(t.TempDir(), tokenserver.Options{Users: map[string]string{"pusher": "push-secret-1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(ts.Close)
 	t.Logf("token server: realm %s, service %s", ts.Realm(), ts.Service())
-	reg := npRegistry(t, "token-auth", registry.Options{Token: ts.TokenAuth()})
-	node := npLabNode(l)
+	reg := lab.Registry(t, "token-auth", registry.Options{Token: ts.TokenAuth()})
+	node := l.Node()
 
 	repo := "np/token/app"
 	push := registry.ImageOptions{Username: "pusher", Password: "push-secret-1"}
 	v1, v2 := reg.Ref(repo, "v1"), reg.Ref(repo, "v2")
-	npPush(t, repo, "v1", push, reg)
-	npPush(t, repo, "v2", push, reg)
-	node.pull(t, v1, nil)
-	node.pull(t, v2, nil)
-	t.Cleanup(func() { npRemoveImages(t, node, v1, v2) })
+	lab.Push(t, repo, "v1", push, reg)
+	lab.Push(t, repo, "v2", push, reg)
+	node.Pull(t, v1, nil)
+	node.Pull(t, v2, nil)
+	t.Cleanup(func() { node.RemoveImages(t, v1, v2) })
 
 	fromAgent := func(r tokenserver.Request) bool { return strings.HasPrefix(r.UserAgent, "pullwatch") }
-	available := wantImage{status: "available", endpoints: []wantEndpoint{
-		{url: "://" + reg.Addr() + "/v2", role: "upstream", status: "available", http: 200},
+	available := agentcheck.Want{Status: "available", Endpoints: []agentcheck.WantEndpoint{
+		{URL: "://" + reg.Addr() + "/v2", Role: "upstream", Status: "available", HTTP: 200},
 	}}
 	cases := []struct {
 		name      string
 		anonymous tokenserver.Anonymous
 		delay     time.Duration // the token server's
 		args      []string
-		want      wantImage
+		want      agentcheck.Want
 		// wantTokens is how many token requests the agent makes in one
 		// check (-1: not checked).
 		wantTokens int
@@ -165,15 +168,15 @@ func TestNodePathTokenAuth(t *testing.T) {
 		},
 		{
 			name: "token server refuses anonymous: unauthorized", anonymous: tokenserver.AnonymousRefuse,
-			want: wantImage{status: "unauthorized", reasonHas: []string{ts.Realm(), "401"}, endpoints: []wantEndpoint{
-				{url: "://" + reg.Addr() + "/v2", role: "upstream", status: "unauthorized", http: 401},
+			want: agentcheck.Want{Status: "unauthorized", ReasonHas: []string{ts.Realm(), "401"}, Endpoints: []agentcheck.WantEndpoint{
+				{URL: "://" + reg.Addr() + "/v2", Role: "upstream", Status: "unauthorized", HTTP: 401},
 			}},
 			wantTokens: -1,
 		},
 		{
 			name: "token without access: unauthorized", anonymous: tokenserver.AnonymousNoAccess,
-			want: wantImage{status: "unauthorized", endpoints: []wantEndpoint{
-				{url: "://" + reg.Addr() + "/v2", role: "upstream", status: "unauthorized", http: 401},
+			want: agentcheck.Want{Status: "unauthorized", Endpoints: []agentcheck.WantEndpoint{
+				{URL: "://" + reg.Addr() + "/v2", Role: "upstream", Status: "unauthorized", HTTP: 401},
 			}},
 			wantTokens: -1,
 		},
@@ -184,7 +187,7 @@ func TestNodePathTokenAuth(t *testing.T) {
 			ts.SetDelay(c.delay)
 			t.Cleanup(func() { ts.SetDelay(0) })
 			before := len(ts.Requests())
-			run := node.check(t, c.args...)
+			run := node.Check(t, c.args...)
 			got := 0
 			for _, r := range ts.Requests()[before:] {
 				if fromAgent(r) {
@@ -194,24 +197,12 @@ func TestNodePathTokenAuth(t *testing.T) {
 			}
 			t.Logf("token server (anonymous=%s, delay %s) answered %d token requests from the agent (args %v)", c.anonymous, c.delay, got, c.args)
 			for _, ref := range []string{v1, v2} {
-				im := run.expect(t, ref, c.want)
-				node.expectRuntime(t, ref, nil, im.Status)
+				im := run.Expect(t, ref, c.want)
+				node.ExpectRuntime(t, ref, nil, im.Status)
 			}
 			if c.wantTokens >= 0 && got != c.wantTokens {
-				t.Errorf("the agent asked the token server %d times for %s (2 tags, one realm, service and scope), want %d%s", got, repo, c.wantTokens, run.dump())
+				t.Errorf("the agent asked the token server %d times for %s (2 tags, one realm, service and scope), want %d%s", got, repo, c.wantTokens, run.Dump())
 			}
 		})
-	}
-}
-
-// npRemoveImages removes images from a shared node so later tests there
-// do not see them.
-func npRemoveImages(t *testing.T, n *npNode, refs ...string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, ref := range refs {
-		if _, err := n.c.Images().RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
-			t.Logf("remove %s: %v", ref, err)
-		}
 	}
 }

@@ -1,4 +1,4 @@
-package e2e
+package aggregator_test
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
 
@@ -68,28 +69,28 @@ func tail(s string, n int) string {
 // failure is node-scoped; the absent image is listed with scope image and
 // the registry's reason. The screenshot is saved with the test output.
 func TestAggregatorStatusPage(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	bin := chromium(t)
 	const node = "status-node"
-	s := aggStartScenario(t, l, "aggstatus", node)
-	aggReportSnapshot(t, s.grpcAddr, s.aggSyntheticNode(t, l, "status-node-b", "zone-b", true))
-	aggReportSnapshot(t, s.grpcAddr, s.aggSyntheticNode(t, l, "status-node-c", "zone-c", true))
+	s := l.StartScenario(t, "aggstatus", node)
+	lab.ReportSnapshot(t, s.GRPCAddr, s.SyntheticNode(t, "status-node-b", "zone-b", true))
+	lab.ReportSnapshot(t, s.GRPCAddr, s.SyntheticNode(t, "status-node-c", "zone-c", true))
 
 	// The diagnosis: the stopped registry fails from one node of three.
-	wantScope := regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_registry_failure\{endpoint="[^"]+",registry=%q,scope="node"\} 1$`, s.deadRegistry))
-	waitFor(t, 30*time.Second, "a node-scope registry failure", func() (bool, string) {
-		_, body := httpGet(s.metricsURL())
-		return wantScope.MatchString(body), grepLines(body, "pullwatch_registry_failure") + "\n" + grepLines(body, "pullwatch_image_failure")
-	}, s.agg, s.agent)
+	wantScope := regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_registry_failure\{endpoint="[^"]+",registry=%q,scope="node"\} 1$`, s.DeadRegistry))
+	lab.WaitFor(t, 30*time.Second, "a node-scope registry failure", func() (bool, string) {
+		_, body := lab.HTTPGet(s.MetricsURL())
+		return wantScope.MatchString(body), lab.GrepLines(body, "pullwatch_registry_failure") + "\n" + lab.GrepLines(body, "pullwatch_image_failure")
+	}, s.Agg, s.Agent)
 
-	dom := runChromium(t, bin, s.pageURL(), "--dump-dom")
+	dom := runChromium(t, bin, s.PageURL(), "--dump-dom")
 	// The grid row of the lab node: first (it has a down endpoint), with
 	// a DOWN cell that carries the refusal.
 	row := regexp.MustCompile(`(?s)<tr class="fresh"><td class="node mono">` + regexp.QuoteMeta(node) + `</td>.*?</tr>`).FindString(dom)
 	if row == "" {
 		t.Fatalf("the grid has no row for %s:\n%s", node, dom)
 	}
-	for _, want := range []string{`<td class="down" title="dial tcp ` + s.deadRegistry, `>DOWN<small>`, `<td class="up">up<small>`} {
+	for _, want := range []string{`<td class="down" title="dial tcp ` + s.DeadRegistry, `>DOWN<small>`, `<td class="up">up<small>`} {
 		if !strings.Contains(row, want) {
 			t.Errorf("row of %s lacks %q:\n%s", node, want, row)
 		}
@@ -102,8 +103,8 @@ func TestAggregatorStatusPage(t *testing.T) {
 		// The other nodes, healthy, with their zones.
 		`status-node-b<small>zone zone-b</small></td>`,
 		// Failing images with scope and reason.
-		s.gone, `<span class="badge scope-image">image</span>`, `manifest unknown`,
-		s.dead, `<span class="badge scope-node">node</span>`,
+		s.Gone, `<span class="badge scope-image">image</span>`, `manifest unknown`,
+		s.Dead, `<span class="badge scope-node">node</span>`,
 		// Freshness.
 		`<span class="state-fresh">fresh</span><small>last report`,
 		"<b>3</b> live nodes",
@@ -113,12 +114,12 @@ func TestAggregatorStatusPage(t *testing.T) {
 		}
 	}
 
-	out, err := outDir()
+	out, err := lab.OutDir()
 	if err != nil {
 		t.Fatal(err)
 	}
 	shot := filepath.Join(out, "aggregator-status.png")
-	runChromium(t, bin, s.pageURL(), "--screenshot="+shot, "--hide-scrollbars")
+	runChromium(t, bin, s.PageURL(), "--screenshot="+shot, "--hide-scrollbars")
 	st, err := os.Stat(shot)
 	if err != nil || st.Size() < 10_000 {
 		t.Fatalf("screenshot %s: %v (size %v)", shot, err, st)

@@ -1,10 +1,7 @@
-package e2e
+package credentials_test
 
 import (
 	"context"
-	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,8 +9,10 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 )
 
 // agentRBAC is the ClusterRole docs/credentials.md asks for: list/watch
@@ -31,24 +30,10 @@ var agentRBAC = []rbacv1.PolicyRule{
 // --pull-secrets=off, or a pod naming a secret with the wrong password, or
 // without the secrets rule, unauthorized.
 func TestCredentialsPullSecret(t *testing.T) {
-	l := need(t)
-	if _, err := kubeapi.LocateBinaries(""); err != nil {
-		if errors.Is(err, kubeapi.ErrNoBinaries) && os.Getenv("PULLWATCH_REQUIRE_REAL") != "1" {
-			t.Skipf("no kube-apiserver to test pull secrets against: %v", err)
-		}
-		t.Fatal(err)
-	}
+	l := lab.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cluster, err := kubeapi.Start(ctx, filepath.Join(t.TempDir(), "kube"), kubeapi.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cluster.Stop(); err != nil {
-			t.Errorf("stop kube-apiserver: %v", err)
-		}
-	})
+	cluster := lab.Kube(ctx, t)
 
 	cl := newCredLab(t, l, "cred-pullsecret")
 	const node, ns = "cred-node", "shop"
@@ -91,20 +76,20 @@ func TestCredentialsPullSecret(t *testing.T) {
 			Images: []string{cl.ref}, ImagePullSecrets: secrets}); err != nil {
 			t.Fatal(err)
 		}
-		sandbox, err := cl.node.c.RunPod(ctx, containerd.PodSpec{Namespace: ns, Name: name,
+		sandbox, err := cl.node.Containerd.RunPod(ctx, containerd.PodSpec{Namespace: ns, Name: name,
 			Containers: []containerd.ContainerSpec{{Name: "c0", Image: cl.ref}}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			_ = cl.node.c.RemovePod(context.Background(), sandbox)
+			_ = cl.node.Containerd.RemovePod(context.Background(), sandbox)
 			_ = admin.CoreV1().Pods(ns).Delete(context.Background(), name, metav1.DeleteOptions{})
 		})
 		t.Logf("pod %s/%s on node %s (API) and on this node's containerd (sandbox %s), imagePullSecrets %v", ns, name, apiNode, sandbox, secrets)
 	}
-	check := func(t *testing.T, extra ...string) npRun {
+	check := func(t *testing.T, extra ...string) agentcheck.Result {
 		t.Helper()
-		return cl.node.check(t, append([]string{"--node-name", node, "--kubeconfig", kubeconfig, "--log-level", "debug"}, extra...)...)
+		return cl.node.Check(t, append([]string{"--node-name", node, "--kubeconfig", kubeconfig, "--log-level", "debug"}, extra...)...)
 	}
 
 	t.Run("cached image, no pod: anonymous", func(t *testing.T) {
@@ -120,15 +105,15 @@ func TestCredentialsPullSecret(t *testing.T) {
 		runPod(t, node, "private-web", "regcred")
 		run := check(t)
 		cl.expectCredential(t, run, "available", "pull_secret")
-		if !strings.Contains(run.stderr, "pull-secret lookup on") {
-			t.Errorf("the log does not say pull-secret lookup is on%s", run.dump())
+		if !strings.Contains(run.Stderr, "pull-secret lookup on") {
+			t.Errorf("the log does not say pull-secret lookup is on%s", run.Dump())
 		}
 
 		t.Run("--pull-secrets=off: unauthorized", func(t *testing.T) {
 			run := check(t, "--pull-secrets", "off")
 			cl.expectCredential(t, run, "unauthorized", "anonymous")
-			if !strings.Contains(run.stderr, "pull-secret lookup off") {
-				t.Errorf("the log does not say pull-secret lookup is off%s", run.dump())
+			if !strings.Contains(run.Stderr, "pull-secret lookup off") {
+				t.Errorf("the log does not say pull-secret lookup is off%s", run.Dump())
 			}
 		})
 
@@ -144,17 +129,17 @@ func TestCredentialsPullSecret(t *testing.T) {
 				}
 			})
 			// RBAC changes reach the authorizer through its informer.
-			var run npRun
+			var run agentcheck.Result
 			for deadline := time.Now().Add(30 * time.Second); ; {
 				run = check(t)
-				if strings.Contains(run.stderr, "grant it `get` on secrets") || time.Now().After(deadline) {
+				if strings.Contains(run.Stderr, "grant it `get` on secrets") || time.Now().After(deadline) {
 					break
 				}
 				time.Sleep(time.Second)
 			}
 			cl.expectCredential(t, run, "unauthorized", "anonymous")
-			if !strings.Contains(run.stderr, "grant it `get` on secrets") {
-				t.Errorf("the log does not say which RBAC is missing%s", run.dump())
+			if !strings.Contains(run.Stderr, "grant it `get` on secrets") {
+				t.Errorf("the log does not say which RBAC is missing%s", run.Dump())
 			}
 		})
 	})
@@ -167,6 +152,6 @@ func TestCredentialsPullSecret(t *testing.T) {
 	t.Run("pod naming only a stale secret: unauthorized", func(t *testing.T) {
 		runPod(t, node, "stale-web", "stale", "missing")
 		cl.expectCredential(t, check(t), "unauthorized", "pull_secret")
-		_ = cl.node.expectPull(t, cl.ref, cl.authWith(cl.user, "old-"+cl.pass), false, "the pull secret is stale")
+		_ = cl.node.ExpectPull(t, cl.ref, cl.authWith(cl.user, "old-"+cl.pass), false, "the pull secret is stale")
 	})
 }

@@ -1,4 +1,4 @@
-package e2e
+package credentials_test
 
 // Helpers for the TestCredentials* tests: a TLS + htpasswd registry the
 // node trusts through hosts.toml, a containerd that has pulled (with the
@@ -6,7 +6,6 @@ package e2e
 // readers for what the agent says about pull credentials.
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -17,18 +16,20 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
 
 // credLab is a private registry and a node that runs an image from it.
 type credLab struct {
 	reg        *registry.Registry
-	node       *npNode
+	node       *lab.Node
 	user, pass string
 	ref        string
 }
@@ -38,29 +39,19 @@ type credLab struct {
 // registry's CA through hosts.toml (and able to run pods: the lab's pause
 // image), pushes a runnable image and pulls it into the node with the
 // credentials.
-func newCredLab(t *testing.T, l *lab, name string) *credLab {
+func newCredLab(t *testing.T, l *lab.Lab, name string) *credLab {
 	t.Helper()
 	pass := "pw-" + randomHex(t, 12)
-	reg := npRegistry(t, name, registry.Options{TLS: true, Htpasswd: map[string]string{"puller": pass}})
+	reg := lab.Registry(t, name, registry.Options{TLS: true, Htpasswd: map[string]string{"puller": pass}})
 	hostsTOML := fmt.Sprintf("server = %q\nca = %q\n\n[host]\n", reg.URL(), reg.CAFile())
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := containerd.Start(ctx, filepath.Join(t.TempDir(), "containerd"), containerd.Options{
+	node := l.FreshNode(t, containerd.Options{
 		Hosts:        map[string]string{reg.Addr(): hostsTOML},
-		SandboxImage: l.reg.Ref("e2e/pause", "v1"),
+		SandboxImage: l.PauseImage(),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Errorf("stop containerd: %v", err)
-		}
-	})
-	cl := &credLab{reg: reg, node: &npNode{c: c, bin: l.bin}, user: "puller", pass: pass, ref: reg.Ref("cred/app", "v1")}
-	npPush(t, "cred/app", "v1", registry.ImageOptions{Sleeper: true}, reg)
-	cl.node.pull(t, cl.ref, cl.auth())
+	cl := &credLab{reg: reg, node: node, user: "puller", pass: pass, ref: reg.Ref("cred/app", "v1")}
+	lab.Push(t, "cred/app", "v1", registry.ImageOptions{Sleeper: true}, reg)
+	cl.node.Pull(t, cl.ref, cl.auth())
 	return cl
 }
 
@@ -95,36 +86,25 @@ func (cl *credLab) dockerConfig(t *testing.T, key, user, pass string) string {
 // expectCredential checks an image's status and credential_source and that
 // the password appears nowhere in the agent's output (debug logs included
 // when the run asked for them).
-func (cl *credLab) expectCredential(t *testing.T, run npRun, status, source string) {
+func (cl *credLab) expectCredential(t *testing.T, run agentcheck.Result, status, source string) {
 	t.Helper()
-	var out struct {
-		Images []struct {
-			Image            string `json:"image"`
-			Status           string `json:"status"`
-			Reason           string `json:"reason"`
-			CredentialSource string `json:"credential_source"`
-		} `json:"images"`
-	}
-	if err := json.Unmarshal([]byte(run.stdout), &out); err != nil {
-		t.Fatalf("JSON: %v%s", err, run.dump())
-	}
 	found := false
-	for _, im := range out.Images {
+	for _, im := range run.Report.Images {
 		if im.Image != cl.ref {
 			continue
 		}
 		found = true
 		t.Logf("%s: status=%s credential_source=%q reason=%q", im.Image, im.Status, im.CredentialSource, im.Reason)
 		if im.Status != status || im.CredentialSource != source {
-			t.Errorf("%s: status %q credential_source %q, want %q %q%s", im.Image, im.Status, im.CredentialSource, status, source, run.dump())
+			t.Errorf("%s: status %q credential_source %q, want %q %q%s", im.Image, im.Status, im.CredentialSource, status, source, run.Dump())
 		}
 	}
 	if !found {
-		t.Fatalf("%s not in the report%s", cl.ref, run.dump())
+		t.Fatalf("%s not in the report%s", cl.ref, run.Dump())
 	}
 	for _, leak := range []string{cl.pass, base64.StdEncoding.EncodeToString([]byte(cl.user + ":" + cl.pass))} {
-		if strings.Contains(run.stdout+run.stderr, leak) {
-			t.Errorf("the registry password appears in the agent's output%s", run.dump())
+		if strings.Contains(run.Stdout+run.Stderr, leak) {
+			t.Errorf("the registry password appears in the agent's output%s", run.Dump())
 		}
 	}
 }
@@ -134,7 +114,12 @@ func (cl *credLab) expectCredential(t *testing.T, run npRun, status, source stri
 func buildCredProvider(t *testing.T, name string) string {
 	t.Helper()
 	dir := t.TempDir()
+	root, err := checkout.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "./harness/credprovider")
+	cmd.Dir = filepath.Join(root, "e2e")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build the credential provider plugin: %v\n%s", err, out)
 	}

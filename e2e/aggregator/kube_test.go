@@ -1,8 +1,7 @@
-package e2e
+package aggregator_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,28 +18,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
-	"github.com/pullwatch/pullwatch/e2e/harness/proc"
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 )
-
-// aggNeedKube starts a real kube-apiserver (and etcd) for the test, or
-// skips when they are not built (fails with PULLWATCH_REQUIRE_REAL=1).
-func aggNeedKube(t *testing.T, ctx context.Context) *kubeapi.Cluster {
-	t.Helper()
-	if _, err := kubeapi.LocateBinaries(""); err != nil {
-		if proc.RealRequired() || !errors.Is(err, kubeapi.ErrNoBinaries) {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	c, err := kubeapi.Start(ctx, t.TempDir(), kubeapi.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop() })
-	return c
-}
 
 // aggApplyRBAC creates the aggregator's ClusterRole and ClusterRoleBinding
 // exactly as deploy/aggregator.yaml has them, and returns a kubeconfig for
@@ -48,7 +30,11 @@ func aggNeedKube(t *testing.T, ctx context.Context) *kubeapi.Cluster {
 // test proves the shipped RBAC is enough.
 func aggApplyRBAC(t *testing.T, ctx context.Context, c *kubeapi.Cluster) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "deploy", "aggregator.yaml"))
+	root, err := checkout.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "deploy", "aggregator.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,10 +91,10 @@ func controllerRef(apiVersion, kind, name string, uid string) metav1.OwnerRefere
 // make a zone-scope diagnosis, a node deleted from the cluster is dropped,
 // and a node the API does not know counts as unregistered.
 func TestAggregatorKubernetes(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c := aggNeedKube(t, ctx)
+	c := lab.Kube(ctx, t)
 	kubeconfig := aggApplyRBAC(t, ctx, c)
 	cs := c.Client()
 
@@ -123,7 +109,7 @@ func TestAggregatorKubernetes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := aggStartScenario(t, l, "aggkube", "kube-node-a1", "--kubeconfig", kubeconfig)
+	s := l.StartScenario(t, "aggkube", "kube-node-a1", "--kubeconfig", kubeconfig)
 
 	// A Deployment's ReplicaSet and a CronJob's Job, with a pod each on the
 	// lab node: created in the API (nothing reconciles them) and run in
@@ -138,7 +124,7 @@ func TestAggregatorKubernetes(t *testing.T) {
 		Spec: appsv1.ReplicaSetSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: s.ok}}}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: s.OK}}}},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -147,7 +133,7 @@ func TestAggregatorKubernetes(t *testing.T) {
 	job, err := cs.BatchV1().Jobs(ns).Create(ctx, &batchv1.Job{
 		ObjectMeta: metav1.ObjectMeta{Name: "nightly-29000", OwnerReferences: []metav1.OwnerReference{controllerRef("batch/v1", "CronJob", "nightly", "6f1c1b1e-0000-4000-8000-000000000002")}},
 		Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{
-			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: "main", Image: s.gone}}}}},
+			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: "main", Image: s.Gone}}}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -156,8 +142,8 @@ func TestAggregatorKubernetes(t *testing.T) {
 		name, container, image string
 		owner                  metav1.OwnerReference
 	}{
-		{"web-5d4f8-x2x9q", "app", s.ok, controllerRef("apps/v1", "ReplicaSet", rs.Name, string(rs.UID))},
-		{"nightly-29000-7kq2z", "main", s.gone, controllerRef("batch/v1", "Job", job.Name, string(job.UID))},
+		{"web-5d4f8-x2x9q", "app", s.OK, controllerRef("apps/v1", "ReplicaSet", rs.Name, string(rs.UID))},
+		{"nightly-29000-7kq2z", "main", s.Gone, controllerRef("batch/v1", "Job", job.Name, string(job.UID))},
 	}
 	for _, p := range pods {
 		if _, err := c.CreatePod(ctx, kubeapi.PodOptions{
@@ -167,7 +153,7 @@ func TestAggregatorKubernetes(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		sandbox, err := l.containerd.RunPod(ctx, containerd.PodSpec{Namespace: ns, Name: p.name,
+		sandbox, err := l.Containerd.RunPod(ctx, containerd.PodSpec{Namespace: ns, Name: p.name,
 			Containers: []containerd.ContainerSpec{{Name: p.container, Image: p.image}}})
 		if err != nil {
 			t.Fatal(err)
@@ -175,42 +161,42 @@ func TestAggregatorKubernetes(t *testing.T) {
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			_ = l.containerd.RemovePod(ctx, sandbox)
+			_ = l.Containerd.RemovePod(ctx, sandbox)
 		})
 	}
 
 	// The other nodes, over the aggregator's gRPC API: a2 (zone-a) cannot
 	// reach the stopped registry either, b1 (zone-b) can. No zone labels
 	// from these agents: the zones must come from the Node objects.
-	aggReportSnapshot(t, s.grpcAddr, s.aggSyntheticNode(t, l, "kube-node-a2", "", false))
-	aggReportSnapshot(t, s.grpcAddr, s.aggSyntheticNode(t, l, "kube-node-b1", "", true))
-	aggReportSnapshot(t, s.grpcAddr, s.aggSyntheticNode(t, l, "kube-node-gone", "", true))
-	aggReportSnapshot(t, s.grpcAddr, s.aggSyntheticNode(t, l, "kube-node-unknown", "", true))
+	lab.ReportSnapshot(t, s.GRPCAddr, s.SyntheticNode(t, "kube-node-a2", "", false))
+	lab.ReportSnapshot(t, s.GRPCAddr, s.SyntheticNode(t, "kube-node-b1", "", true))
+	lab.ReportSnapshot(t, s.GRPCAddr, s.SyntheticNode(t, "kube-node-gone", "", true))
+	lab.ReportSnapshot(t, s.GRPCAddr, s.SyntheticNode(t, "kube-node-unknown", "", true))
 
 	want := []*regexp.Regexp{
-		regexp.MustCompile(regexp.QuoteMeta(fmt.Sprintf(`k8s_image_availability_exporter_available{container="app",image=%q,kind="deployment",name="web",namespace="shop"} 1`, s.ok))),
-		regexp.MustCompile(regexp.QuoteMeta(fmt.Sprintf(`k8s_image_availability_exporter_absent{container="main",image=%q,kind="cronjob",name="nightly",namespace="shop"} 1`, s.gone))),
+		regexp.MustCompile(regexp.QuoteMeta(fmt.Sprintf(`k8s_image_availability_exporter_available{container="app",image=%q,kind="deployment",name="web",namespace="shop"} 1`, s.OK))),
+		regexp.MustCompile(regexp.QuoteMeta(fmt.Sprintf(`k8s_image_availability_exporter_absent{container="main",image=%q,kind="cronjob",name="nightly",namespace="shop"} 1`, s.Gone))),
 		// The scenario's own pod is not in the API: it is its own workload.
-		regexp.MustCompile(regexp.QuoteMeta(fmt.Sprintf(`k8s_image_availability_exporter_registry_unavailable{container="dead",image=%q,kind="pod",name=%q,namespace=%q} 1`, s.dead, s.pod, s.namespace))),
+		regexp.MustCompile(regexp.QuoteMeta(fmt.Sprintf(`k8s_image_availability_exporter_registry_unavailable{container="dead",image=%q,kind="pod",name=%q,namespace=%q} 1`, s.Dead, s.Pod, s.Namespace))),
 		// Zone a (a1 and a2) lost the stopped registry; zone b reaches it.
-		regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_registry_failure\{endpoint="[^"]+",registry=%q,scope="zone"\} 2$`, s.deadRegistry)),
-		regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_image_failure\{image=%q,registry=%q,scope="zone"\} 2$`, s.dead, s.deadRegistry)),
+		regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_registry_failure\{endpoint="[^"]+",registry=%q,scope="zone"\} 2$`, s.DeadRegistry)),
+		regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_image_failure\{image=%q,registry=%q,scope="zone"\} 2$`, s.Dead, s.DeadRegistry)),
 		regexp.MustCompile(`(?m)^pullwatch_nodes\{state="unregistered"\} 1$`),
 		regexp.MustCompile(`(?m)^pullwatch_nodes\{state="fresh"\} 4$`),
 	}
-	waitFor(t, 60*time.Second, "workloads, zone diagnosis and node states on /metrics", func() (bool, string) {
-		_, body := httpGet(s.metricsURL())
+	lab.WaitFor(t, 60*time.Second, "workloads, zone diagnosis and node states on /metrics", func() (bool, string) {
+		_, body := lab.HTTPGet(s.MetricsURL())
 		for _, w := range want {
 			if !w.MatchString(body) {
-				return false, "missing " + w.String() + "\n" + grepLines(body, "k8s_image_availability_exporter_a") + "\n" +
-					grepLines(body, "pullwatch_registry_failure") + "\n" + grepLines(body, "pullwatch_nodes")
+				return false, "missing " + w.String() + "\n" + lab.GrepLines(body, "k8s_image_availability_exporter_a") + "\n" +
+					lab.GrepLines(body, "pullwatch_registry_failure") + "\n" + lab.GrepLines(body, "pullwatch_nodes")
 			}
 		}
 		return true, ""
-	}, s.agg, s.agent)
+	}, s.Agg, s.Agent)
 
 	// The status page shows the zones, from the API.
-	_, page := httpGet(s.pageURL())
+	_, page := lab.HTTPGet(s.PageURL())
 	for _, w := range []string{`kube-node-a1<small>zone zone-a</small>`, `<small>zones zone-a</small>`, `<span class="state-unregistered">unregistered</span>`} {
 		if !strings.Contains(page, w) {
 			t.Errorf("status page lacks %q", w)
@@ -221,12 +207,12 @@ func TestAggregatorKubernetes(t *testing.T) {
 	if err := cs.CoreV1().Nodes().Delete(ctx, "kube-node-gone", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "kube-node-gone dropped", func() (bool, string) {
-		_, body := httpGet(s.metricsURL())
+	lab.WaitFor(t, 30*time.Second, "kube-node-gone dropped", func() (bool, string) {
+		_, body := lab.HTTPGet(s.MetricsURL())
 		return !strings.Contains(body, `node="kube-node-gone"`) && strings.Contains(body, `pullwatch_nodes{state="fresh"} 3`),
-			grepLines(body, "pullwatch_node_stale") + "\n" + grepLines(body, "pullwatch_nodes")
-	}, s.agg)
-	if !strings.Contains(s.agg.LogTail(200), `msg="node deleted from the cluster; dropping its results" node=kube-node-gone`) {
-		t.Errorf("the aggregator did not log the node's deletion:\n%s", s.agg.LogTail(40))
+			lab.GrepLines(body, "pullwatch_node_stale") + "\n" + lab.GrepLines(body, "pullwatch_nodes")
+	}, s.Agg)
+	if !strings.Contains(s.Agg.LogTail(200), `msg="node deleted from the cluster; dropping its results" node=kube-node-gone`) {
+		t.Errorf("the aggregator did not log the node's deletion:\n%s", s.Agg.LogTail(40))
 	}
 }

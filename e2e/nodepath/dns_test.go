@@ -1,4 +1,4 @@
-package e2e
+package nodepath_test
 
 import (
 	"context"
@@ -17,6 +17,8 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
 
@@ -68,25 +70,25 @@ const testZone = "pullwatch.test"
 // and its registry host. Not a loopback name, so containerd (and the
 // agent) would use https: the node's hosts.toml says this registry speaks
 // plain HTTP.
-func zoneImage(t *testing.T, l *lab) (name, host string) {
+func zoneImage(t *testing.T, l *lab.Lab) (name, host string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dnsServer(t, "127.0.0.153:53", testZone)
-	if _, err := registry.PushImage(ctx, l.reg, "dns/app", "v1", registry.ImageOptions{}); err != nil {
+	if _, err := registry.PushImage(ctx, l.Reg, "dns/app", "v1", registry.ImageOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.containerd.PullImage(ctx, l.reg.Ref("dns/app", "v1"), nil); err != nil {
+	if _, err := l.Containerd.PullImage(ctx, l.Reg.Ref("dns/app", "v1"), nil); err != nil {
 		t.Fatal(err)
 	}
-	_, port, _ := net.SplitHostPort(l.reg.Addr())
+	_, port, _ := net.SplitHostPort(l.Reg.Addr())
 	host = "registry." + testZone + ":" + port
 	name = host + "/dns/app:v1"
-	tag := exec.CommandContext(ctx, "ctr", "--address", l.containerd.Socket(), "--namespace", "k8s.io", "images", "tag", "--force", l.reg.Ref("dns/app", "v1"), name)
+	tag := exec.CommandContext(ctx, "ctr", "--address", l.Containerd.Socket(), "--namespace", "k8s.io", "images", "tag", "--force", l.Reg.Ref("dns/app", "v1"), name)
 	if out, err := tag.CombinedOutput(); err != nil {
 		t.Fatalf("ctr images tag: %v\n%s", err, out)
 	}
-	if err := l.containerd.SetHostsTOML(host, plainHTTPHosts(host)); err != nil {
+	if err := l.Containerd.SetHostsTOML(host, plainHTTPHosts(host)); err != nil {
 		t.Fatal(err)
 	}
 	return name, host
@@ -98,7 +100,7 @@ func plainHTTPHosts(host string) string {
 	return fmt.Sprintf("server = %q\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+host, "http://"+host)
 }
 
-func findImage(t *testing.T, out checkOutput, name, stdout string) (status, reason string) {
+func findImage(t *testing.T, out agentcheck.Report, name, stdout string) (status, reason string) {
 	t.Helper()
 	for _, im := range out.Images {
 		if im.Image == name {
@@ -112,7 +114,7 @@ func findImage(t *testing.T, out checkOutput, name, stdout string) (status, reas
 // TestNodeResolver: registry names resolve with the nameservers of the
 // node's resolv.conf (--resolv-conf), not the agent's own.
 func TestNodeResolver(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	name, _ := zoneImage(t, l)
 	dir := t.TempDir()
 	for _, tt := range []struct {
@@ -126,9 +128,9 @@ func TestNodeResolver(t *testing.T) {
 			if err := os.WriteFile(rc, []byte("nameserver "+tt.nameserver+"\noptions timeout:1 attempts:1\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			stdout, stderr, _ := runAgent(t, l, "check", "-o", "json", "--cri-endpoint", l.containerd.Endpoint(), "--resolv-conf", rc, "--probe-timeout", "5s",
-				"--containerd-config", l.containerd.ConfigPath())
-			status, reason := findImage(t, parseCheck(t, stdout, stderr), name, stdout)
+			r := l.Agent(t, "check", "-o", "json", "--cri-endpoint", l.Containerd.Endpoint(), "--resolv-conf", rc, "--probe-timeout", "5s",
+				"--containerd-config", l.Containerd.ConfigPath())
+			status, reason := findImage(t, r.JSON(t), name, r.Stdout)
 			t.Logf("%s with nameserver %s: %s %q", name, tt.nameserver, status, reason)
 			if status != tt.status || !strings.Contains(reason, tt.reason) {
 				t.Errorf("status %s %q, want %s containing %q", status, reason, tt.status, tt.reason)
@@ -178,7 +180,7 @@ func forwardProxy(t *testing.T, dnsAddr string) (addr string, hits *atomic.Int32
 // proxy from its systemd drop-in, the node's resolv.conf and the node's
 // hosts.toml, all from the node's files; --proxy-from=none goes direct.
 func TestNodeNetworkPath(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	name, host := zoneImage(t, l)
 	proxyAddr, hits := forwardProxy(t, "127.0.0.153:53")
 
@@ -203,8 +205,9 @@ func TestNodeNetworkPath(t *testing.T) {
 	}{{"systemd", true}, {"none", false}} {
 		t.Run("proxy-from="+tt.proxyFrom, func(t *testing.T) {
 			before := hits.Load()
-			stdout, stderr, _ := runAgent(t, l, "check", "-o", "json", "--cri-endpoint", l.containerd.Endpoint(), "--host-root", root, "--proxy-from", tt.proxyFrom)
-			status, reason := findImage(t, parseCheck(t, stdout, stderr), name, stdout)
+			r := l.Agent(t, "check", "-o", "json", "--cri-endpoint", l.Containerd.Endpoint(), "--host-root", root, "--proxy-from", tt.proxyFrom)
+			status, reason := findImage(t, r.JSON(t), name, r.Stdout)
+			stderr := r.Stderr
 			proxied := hits.Load() - before
 			t.Logf("%s: %s %q, %d requests through the proxy", name, status, reason, proxied)
 			if status != "available" || (proxied > 0) != tt.viaProxy {

@@ -1,4 +1,4 @@
-package e2e
+package nodepath_test
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
 
@@ -14,31 +16,31 @@ import (
 // node pulled it. The image stays available (drift is informational) and
 // the report carries both digests: the node's and the registry's.
 func TestNodePathTagDrift(t *testing.T) {
-	l := need(t)
-	node := npLabNode(l)
-	reg := npRegistry(t, "drift", registry.Options{})
+	l := lab.Need(t)
+	node := l.Node()
+	reg := lab.Registry(t, "drift", registry.Options{})
 
 	moved, steady := reg.Ref("np/drift", "v1"), reg.Ref("np/steady", "v1")
-	old := npPush(t, "np/drift", "v1", registry.ImageOptions{Files: map[string][]byte{"etc/release": []byte("1\n")}}, reg)
-	steadyDigest := npPush(t, "np/steady", "v1", registry.ImageOptions{}, reg)
-	node.pull(t, moved, nil)
-	node.pull(t, steady, nil)
-	t.Cleanup(func() { npRemoveImages(t, node, moved, steady) })
-	repushed := npPush(t, "np/drift", "v1", registry.ImageOptions{Files: map[string][]byte{"etc/release": []byte("2\n")}}, reg)
+	old := lab.Push(t, "np/drift", "v1", registry.ImageOptions{Files: map[string][]byte{"etc/release": []byte("1\n")}}, reg)
+	steadyDigest := lab.Push(t, "np/steady", "v1", registry.ImageOptions{}, reg)
+	node.Pull(t, moved, nil)
+	node.Pull(t, steady, nil)
+	t.Cleanup(func() { node.RemoveImages(t, moved, steady) })
+	repushed := lab.Push(t, "np/drift", "v1", registry.ImageOptions{Files: map[string][]byte{"etc/release": []byte("2\n")}}, reg)
 	if repushed == old {
 		t.Fatal("the second push has the first one's digest")
 	}
 
-	run := node.check(t)
-	im := run.expect(t, moved, wantImage{status: "available", drifted: true, endpoints: []wantEndpoint{
-		{url: "://" + reg.Addr() + "/v2", role: "upstream", status: "available", http: 200},
+	run := node.Check(t)
+	im := run.Expect(t, moved, agentcheck.Want{Status: "available", Drifted: true, Endpoints: []agentcheck.WantEndpoint{
+		{URL: "://" + reg.Addr() + "/v2", Role: "upstream", Status: "available", HTTP: 200},
 	}})
 	if im.Digest != old || im.RegistryDigest != repushed {
-		t.Errorf("%s: digest %s, registry_digest %s; want the node's %s and the registry's %s%s", moved, im.Digest, im.RegistryDigest, old, repushed, run.dump())
+		t.Errorf("%s: digest %s, registry_digest %s; want the node's %s and the registry's %s%s", moved, im.Digest, im.RegistryDigest, old, repushed, run.Dump())
 	}
-	im = run.expect(t, steady, wantImage{status: "available"})
+	im = run.Expect(t, steady, agentcheck.Want{Status: "available"})
 	if im.Digest != steadyDigest || im.RegistryDigest != "" {
-		t.Errorf("%s: digest %s, registry_digest %q; want %s and none%s", steady, im.Digest, im.RegistryDigest, steadyDigest, run.dump())
+		t.Errorf("%s: digest %s, registry_digest %q; want %s and none%s", steady, im.Digest, im.RegistryDigest, steadyDigest, run.Dump())
 	}
 }
 
@@ -49,9 +51,9 @@ func TestNodePathTagDrift(t *testing.T) {
 // Controls: the tag moved to another index that still has the node's
 // platform (available, drifted), and an index left alone (available).
 func TestNodePathPlatformMissing(t *testing.T) {
-	l := need(t)
-	node := npLabNode(l)
-	reg := npRegistry(t, "multiarch", registry.Options{})
+	l := lab.Need(t)
+	node := l.Node()
+	reg := lab.Registry(t, "multiarch", registry.Options{})
 
 	native := "linux/" + runtime.GOARCH
 	var foreign []string
@@ -76,21 +78,21 @@ func TestNodePathPlatformMissing(t *testing.T) {
 		name       string
 		repo       string
 		repushWith []string // nil: not pushed again
-		want       wantImage
+		want       agentcheck.Want
 	}{
 		{
 			name: "tag moved to an index without the node's platform", repo: "np/multiarch/gone",
 			repushWith: foreign,
-			want:       wantImage{status: "platform_missing", drifted: true, reasonHas: []string{runtime.GOARCH, foreign[0]}},
+			want:       agentcheck.Want{Status: "platform_missing", Drifted: true, ReasonHas: []string{runtime.GOARCH, foreign[0]}},
 		},
 		{
 			name: "tag moved to an index that still has the node's platform", repo: "np/multiarch/moved",
 			repushWith: []string{native, foreign[1]},
-			want:       wantImage{status: "available", drifted: true},
+			want:       agentcheck.Want{Status: "available", Drifted: true},
 		},
 		{
 			name: "index unchanged", repo: "np/multiarch/steady",
-			want: wantImage{status: "available"},
+			want: agentcheck.Want{Status: "available"},
 		},
 	}
 	// Set every case up first, then one check sees them all.
@@ -100,25 +102,25 @@ func TestNodePathPlatformMissing(t *testing.T) {
 		ref := reg.Ref(c.repo, "v1")
 		refs = append(refs, ref)
 		pulled[ref] = pushIndex(c.repo, []string{native, foreign[0]}, "1\n")
-		node.pull(t, ref, nil)
+		node.Pull(t, ref, nil)
 		now[ref] = pulled[ref]
 		if c.repushWith != nil {
 			now[ref] = pushIndex(c.repo, c.repushWith, "2\n")
 		}
 	}
-	t.Cleanup(func() { npRemoveImages(t, node, refs...) })
+	t.Cleanup(func() { node.RemoveImages(t, refs...) })
 
-	run := node.check(t)
+	run := node.Check(t)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			ref := reg.Ref(c.repo, "v1")
-			im := run.expect(t, ref, c.want)
+			im := run.Expect(t, ref, c.want)
 			wantRegistryDigest := ""
-			if c.want.drifted {
+			if c.want.Drifted {
 				wantRegistryDigest = now[ref]
 			}
 			if im.Digest != pulled[ref] || im.RegistryDigest != wantRegistryDigest {
-				t.Errorf("digest %s, registry_digest %q; want the node's index %s and %q%s", im.Digest, im.RegistryDigest, pulled[ref], wantRegistryDigest, run.dump())
+				t.Errorf("digest %s, registry_digest %q; want the node's index %s and %q%s", im.Digest, im.RegistryDigest, pulled[ref], wantRegistryDigest, run.Dump())
 			}
 		})
 	}

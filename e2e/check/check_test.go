@@ -1,121 +1,55 @@
-package e2e
+package check_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
 
-// checkOutput is the part of `check -o json` the tests read; the field
-// names are the contract users rely on.
-type checkOutput struct {
-	Node    string `json:"node"`
-	Runtime struct {
-		Name    string `json:"name"`
-		Version string `json:"version"`
-	} `json:"runtime"`
-	Images []struct {
-		Image     string `json:"image"`
-		Digest    string `json:"digest"`
-		InUse     bool   `json:"in_use"`
-		Status    string `json:"status"`
-		Reason    string `json:"reason"`
-		Endpoints []struct {
-			URL            string  `json:"url"`
-			Role           string  `json:"role"`
-			Status         string  `json:"status"`
-			LatencySeconds float64 `json:"latency_seconds"`
-		} `json:"endpoints"`
-		Pods []struct {
-			Namespace string `json:"namespace"`
-			Pod       string `json:"pod"`
-			Container string `json:"container"`
-		} `json:"pods"`
-	} `json:"images"`
-}
-
-// runAgent runs pullwatch-agent with args and returns stdout, stderr and
+// check runs `check -o json` on the lab node and returns the report and
 // the exit code.
-func runAgent(t *testing.T, l *lab, args ...string) (string, string, int) {
+func check(t *testing.T, l *lab.Lab) (agentcheck.Report, int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(l.bin, "pullwatch-agent"), args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run pullwatch-agent %v: %v", args, err)
-	}
-	return stdout.String(), stderr.String(), code
-}
-
-func check(t *testing.T, l *lab) (checkOutput, int) {
-	t.Helper()
-	stdout, stderr, code := runAgent(t, l, "check", "-o", "json", "--cri-endpoint", l.containerd.Endpoint(), "--node-name", "e2e-node")
-	return parseCheck(t, stdout, stderr), code
-}
-
-// parseCheck decodes `check -o json` output, failing with both streams.
-func parseCheck(t *testing.T, stdout, stderr string) checkOutput {
-	t.Helper()
-	var out checkOutput
-	if err := json.Unmarshal([]byte(stdout), &out); err != nil {
-		t.Fatalf("check -o json printed no JSON: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
-	}
-	return out
-}
-
-func statuses(out checkOutput) map[string]string {
-	m := map[string]string{}
-	for _, im := range out.Images {
-		m[im.Image] = im.Status
-	}
-	return m
+	r := l.Agent(t, "check", "-o", "json", "--cri-endpoint", l.Containerd.Endpoint(), "--node-name", "e2e-node")
+	return r.JSON(t), r.Code
 }
 
 // TestCheckOnRealParts walks one node through the statuses the skeleton
 // promises: available, then absent once the manifest is deleted, then
 // unreachable once the registry is stopped.
 func TestCheckOnRealParts(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
 	// Images: an app and an init container in a real pod, a cached image
 	// no container uses, and one whose manifest will disappear.
-	app := l.reg.Ref("check/app", "v1")
-	tools := l.reg.Ref("check/tools", "1.0")
-	cached := l.reg.Ref("check/cached", "v1")
-	gone := l.reg.Ref("check/gone", "v1")
+	app := l.Reg.Ref("check/app", "v1")
+	tools := l.Reg.Ref("check/tools", "1.0")
+	cached := l.Reg.Ref("check/cached", "v1")
+	gone := l.Reg.Ref("check/gone", "v1")
 	for _, p := range []struct{ repo, tag string }{{"check/app", "v1"}, {"check/tools", "1.0"}, {"check/cached", "v1"}} {
-		if _, err := registry.PushSleeper(ctx, l.reg, p.repo, p.tag); err != nil {
+		if _, err := registry.PushSleeper(ctx, l.Reg, p.repo, p.tag); err != nil {
 			t.Fatal(err)
 		}
 	}
-	goneDigest, err := registry.PushImage(ctx, l.reg, "check/gone", "v1", registry.ImageOptions{})
+	goneDigest, err := registry.PushImage(ctx, l.Reg, "check/gone", "v1", registry.ImageOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, ref := range []string{app, tools, cached, gone} {
-		if _, err := l.containerd.PullImage(ctx, ref, nil); err != nil {
+		if _, err := l.Containerd.PullImage(ctx, ref, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	sandbox, err := l.containerd.RunPod(ctx, containerd.PodSpec{
+	sandbox, err := l.Containerd.RunPod(ctx, containerd.PodSpec{
 		Namespace: "shop", Name: "web",
 		Containers: []containerd.ContainerSpec{
 			{Name: "setup", Image: tools, Init: true, Command: []string{"/sleep", "0"}},
@@ -125,20 +59,20 @@ func TestCheckOnRealParts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = l.containerd.RemovePod(context.Background(), sandbox) })
+	t.Cleanup(func() { _ = l.Containerd.RemovePod(context.Background(), sandbox) })
 
 	t.Run("available", func(t *testing.T) {
 		out, code := check(t, l)
 		if out.Node != "e2e-node" || out.Runtime.Name != "containerd" || out.Runtime.Version == "" {
 			t.Errorf("node/runtime = %q %+v", out.Node, out.Runtime)
 		}
-		got := statuses(out)
+		got := out.Statuses()
 		for _, ref := range []string{app, tools, cached, gone} {
 			if got[ref] != "available" {
 				t.Errorf("%s: status %q, want available (all: %v)", ref, got[ref], got)
 			}
 		}
-		if code != 0 && allAvailable(out) {
+		if code != 0 && out.AllAvailable() {
 			t.Errorf("exit %d with every image available", code)
 		}
 		for _, im := range out.Images {
@@ -160,7 +94,7 @@ func TestCheckOnRealParts(t *testing.T) {
 				// containerd's hosts library asks a loopback registry over
 				// https first, falling back to http: either scheme is right.
 				if len(im.Endpoints) != 1 || im.Endpoints[0].Role != "upstream" || im.Endpoints[0].Status != "available" ||
-					!strings.HasSuffix(im.Endpoints[0].URL, "://"+l.reg.Addr()+"/v2") || im.Endpoints[0].LatencySeconds <= 0 {
+					!strings.HasSuffix(im.Endpoints[0].URL, "://"+l.Reg.Addr()+"/v2") || im.Endpoints[0].LatencySeconds <= 0 {
 					t.Errorf("%s: endpoints %+v", im.Image, im.Endpoints)
 				}
 			}
@@ -168,11 +102,11 @@ func TestCheckOnRealParts(t *testing.T) {
 	})
 
 	t.Run("absent", func(t *testing.T) {
-		if err := registry.DeleteManifest(ctx, l.reg, "check/gone", goneDigest); err != nil {
+		if err := registry.DeleteManifest(ctx, l.Reg, "check/gone", goneDigest); err != nil {
 			t.Fatal(err)
 		}
 		out, code := check(t, l)
-		got := statuses(out)
+		got := out.Statuses()
 		if got[gone] != "absent" || got[app] != "available" {
 			t.Fatalf("statuses %v, want %s absent and %s available", got, gone, app)
 		}
@@ -185,18 +119,18 @@ func TestCheckOnRealParts(t *testing.T) {
 			}
 		}
 		// The table says the same to a person.
-		table, _, _ := runAgent(t, l, "check", "--cri-endpoint", l.containerd.Endpoint(), "--node-name", "e2e-node")
+		table := l.Agent(t, "check", "--cri-endpoint", l.Containerd.Endpoint(), "--node-name", "e2e-node").Stdout
 		if !strings.Contains(table, "STATUS") || !strings.Contains(table, gone) || !strings.Contains(table, "absent") {
 			t.Errorf("table lacks the absent image:\n%s", table)
 		}
 	})
 
 	t.Run("unreachable", func(t *testing.T) {
-		if err := l.reg.Stop(); err != nil {
+		if err := l.Reg.Stop(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			if err := l.reg.Restart(context.Background()); err != nil {
+			if err := l.Reg.Restart(context.Background()); err != nil {
 				t.Errorf("restart registry: %v", err)
 			}
 		})
@@ -205,7 +139,7 @@ func TestCheckOnRealParts(t *testing.T) {
 			t.Errorf("exit %d, want 1", code)
 		}
 		for _, im := range out.Images {
-			if !strings.HasPrefix(im.Image, l.reg.Addr()+"/check/") {
+			if !strings.HasPrefix(im.Image, l.Reg.Addr()+"/check/") {
 				continue
 			}
 			if im.Status != "unreachable" || !strings.Contains(im.Reason, "connection refused") {
@@ -215,21 +149,13 @@ func TestCheckOnRealParts(t *testing.T) {
 	})
 }
 
-func allAvailable(out checkOutput) bool {
-	for _, im := range out.Images {
-		if im.Status != "available" {
-			return false
-		}
-	}
-	return true
-}
-
 // TestCheckWithoutRuntime: a CRI endpoint that does not answer is a setup
 // error (exit 2) naming what was tried.
 func TestCheckWithoutRuntime(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	sock := filepath.Join(t.TempDir(), "nothing.sock")
-	_, stderr, code := runAgent(t, l, "check", "--cri-endpoint", "unix://"+sock)
+	r := l.Agent(t, "check", "--cri-endpoint", "unix://"+sock)
+	stderr, code := r.Stderr, r.Code
 	if code != 2 || !strings.Contains(stderr, sock) || !strings.Contains(stderr, "--cri-endpoint") {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
 	}

@@ -1,10 +1,12 @@
-package e2e
+package credentials_test
 
 import (
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 )
 
 // TestCredentialsNodeKeyring: a TLS + htpasswd registry and the node's
@@ -14,7 +16,7 @@ import (
 // the log and the image is probed anonymously (unauthorized). The password
 // never appears in the agent's output, debug logs included.
 func TestCredentialsNodeKeyring(t *testing.T) {
-	l := need(t)
+	l := lab.Need(t)
 	cl := newCredLab(t, l, "cred-keyring")
 	host := cl.reg.Addr()
 
@@ -31,17 +33,17 @@ func TestCredentialsNodeKeyring(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := cl.dockerConfig(t, c.key, c.user, c.pass)
-			run := cl.node.check(t, "--docker-config", cfg, "--log-level", "debug")
+			run := cl.node.Check(t, "--docker-config", cfg, "--log-level", "debug")
 			cl.expectCredential(t, run, c.status, c.source)
 			if c.pass != cl.pass {
-				_ = cl.node.expectPull(t, cl.ref, cl.authWith(c.user, c.pass), false, "the keyring's credentials are wrong")
+				_ = cl.node.ExpectPull(t, cl.ref, cl.authWith(c.user, c.pass), false, "the keyring's credentials are wrong")
 			}
 		})
 	}
 
 	t.Run("directory with config.json", func(t *testing.T) {
 		cfg := cl.dockerConfig(t, host, cl.user, cl.pass)
-		run := cl.node.check(t, "--docker-config", filepath.Dir(cfg))
+		run := cl.node.Check(t, "--docker-config", filepath.Dir(cfg))
 		cl.expectCredential(t, run, "available", "node_keyring")
 	})
 
@@ -50,10 +52,10 @@ func TestCredentialsNodeKeyring(t *testing.T) {
 		if err := os.WriteFile(cfg, []byte(`{"auths":{"`+host+`":{"auth":"`+cl.pass+`"`), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		run := cl.node.check(t, "--docker-config", cfg, "--log-level", "debug")
+		run := cl.node.Check(t, "--docker-config", cfg, "--log-level", "debug")
 		cl.expectCredential(t, run, "unauthorized", "anonymous")
-		if !strings.Contains(run.stderr, cfg) || !strings.Contains(run.stderr, "fix or remove the file") {
-			t.Errorf("the log does not name the corrupt file and the fix%s", run.dump())
+		if !strings.Contains(run.Stderr, cfg) || !strings.Contains(run.Stderr, "fix or remove the file") {
+			t.Errorf("the log does not name the corrupt file and the fix%s", run.Dump())
 		}
 	})
 }

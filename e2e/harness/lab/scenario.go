@@ -1,4 +1,4 @@
-package e2e
+package lab
 
 import (
 	"context"
@@ -9,39 +9,41 @@ import (
 	"testing"
 	"time"
 
-	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
 
-// aggScenario is the lab node in a known state for the aggregator tests:
+// Scenario is the lab node in a known state for the aggregator tests:
 // a pod whose three containers use an image the registry serves (ok), one
 // whose manifest was deleted since (gone: absent), and one from a second
 // registry that was stopped since (dead: unreachable); an aggregator, and
 // the real agent reporting the node as node.
-type aggScenario struct {
-	node               string
-	namespace, pod     string
-	ok, gone, dead     string // image references
-	deadRegistry       string // host:port of the stopped registry
-	grpcAddr, httpAddr string
-	agg, agent         *proc.Process
+type Scenario struct {
+	Node               string
+	Namespace, Pod     string
+	OK, Gone, Dead     string // image references
+	DeadRegistry       string // host:port of the stopped registry
+	GRPCAddr, HTTPAddr string
+	Agg, Agent         *proc.Process
+	lab                *Lab
 }
 
-// aggStartScenario sets the scenario up under the names prefix/... and
+// StartScenario sets the scenario up under the names prefix/... and
 // waits until the aggregator's /metrics shows all three statuses. The
 // aggregator gets aggArgs; the agent runs as node, every 2s.
-func aggStartScenario(t *testing.T, l *lab, prefix, node string, aggArgs ...string) *aggScenario {
+func (l *Lab) StartScenario(t testing.TB, prefix, node string, aggArgs ...string) *Scenario {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	s := &aggScenario{node: node, namespace: prefix, pod: prefix + "-pod"}
+	s := &Scenario{Node: node, Namespace: prefix, Pod: prefix + "-pod", lab: l}
 
 	// The second registry, stopped once the image is on the node.
 	deadReg, err := registry.Start(ctx, filepath.Join(t.TempDir(), "dead-registry"), registry.Options{})
@@ -49,27 +51,27 @@ func aggStartScenario(t *testing.T, l *lab, prefix, node string, aggArgs ...stri
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = deadReg.Stop() })
-	s.deadRegistry = deadReg.Addr()
+	s.DeadRegistry = deadReg.Addr()
 
-	if _, err := registry.PushSleeper(ctx, l.reg, prefix+"/ok", "v1"); err != nil {
+	if _, err := registry.PushSleeper(ctx, l.Reg, prefix+"/ok", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	goneDigest, err := registry.PushSleeper(ctx, l.reg, prefix+"/gone", "v1")
+	goneDigest, err := registry.PushSleeper(ctx, l.Reg, prefix+"/gone", "v1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := registry.PushSleeper(ctx, deadReg, prefix+"/dead", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	s.ok, s.gone, s.dead = l.reg.Ref(prefix+"/ok", "v1"), l.reg.Ref(prefix+"/gone", "v1"), deadReg.Ref(prefix+"/dead", "v1")
-	for _, ref := range []string{s.ok, s.gone, s.dead} {
-		if _, err := l.containerd.PullImage(ctx, ref, nil); err != nil {
+	s.OK, s.Gone, s.Dead = l.Reg.Ref(prefix+"/ok", "v1"), l.Reg.Ref(prefix+"/gone", "v1"), deadReg.Ref(prefix+"/dead", "v1")
+	for _, ref := range []string{s.OK, s.Gone, s.Dead} {
+		if _, err := l.Containerd.PullImage(ctx, ref, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	sandbox, err := l.containerd.RunPod(ctx, containerd.PodSpec{
-		Namespace: s.namespace, Name: s.pod,
-		Containers: []containerd.ContainerSpec{{Name: "ok", Image: s.ok}, {Name: "gone", Image: s.gone}, {Name: "dead", Image: s.dead}},
+	sandbox, err := l.Containerd.RunPod(ctx, containerd.PodSpec{
+		Namespace: s.Namespace, Name: s.Pod,
+		Containers: []containerd.ContainerSpec{{Name: "ok", Image: s.OK}, {Name: "gone", Image: s.Gone}, {Name: "dead", Image: s.Dead}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -77,55 +79,44 @@ func aggStartScenario(t *testing.T, l *lab, prefix, node string, aggArgs ...stri
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if err := l.containerd.RemovePod(ctx, sandbox); err != nil {
-			t.Logf("remove pod %s/%s: %v", s.namespace, s.pod, err)
+		if err := l.Containerd.RemovePod(ctx, sandbox); err != nil {
+			t.Logf("remove pod %s/%s: %v", s.Namespace, s.Pod, err)
 		}
 	})
-	if err := registry.DeleteManifest(ctx, l.reg, prefix+"/gone", goneDigest); err != nil {
+	if err := registry.DeleteManifest(ctx, l.Reg, prefix+"/gone", goneDigest); err != nil {
 		t.Fatal(err)
 	}
 	if err := deadReg.Stop(); err != nil {
 		t.Fatal(err)
 	}
 
-	s.grpcAddr, s.httpAddr, s.agg = startAggregator(t, l, aggArgs...)
-	s.agent, err = proc.Start(proc.Spec{
-		Name: "pullwatch-agent",
-		Path: filepath.Join(l.bin, "pullwatch-agent"),
-		Args: []string{"run", "--aggregator", s.grpcAddr, "--cri-endpoint", l.containerd.Endpoint(), "--interval", "2s"},
-		Env:  []string{"NODE_NAME=" + node},
-		// Keep the agent's log with the test's artifacts.
-		LogFile: filepath.Join(t.TempDir(), "agent.log"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.agent.Stop(5 * time.Second) })
+	s.GRPCAddr, s.HTTPAddr, s.Agg = l.StartAggregator(t, aggArgs...)
+	s.Agent = l.StartAgent(t, s.GRPCAddr, []string{"NODE_NAME=" + node}, "--interval", "2s")
 
 	want := []string{
-		fmt.Sprintf(`pullwatch_node_image_status{image=%q,node=%q,status="available"} 1`, s.ok, node),
-		fmt.Sprintf(`pullwatch_node_image_status{image=%q,node=%q,status="absent"} 1`, s.gone, node),
-		fmt.Sprintf(`pullwatch_node_image_status{image=%q,node=%q,status="unreachable"} 1`, s.dead, node),
+		fmt.Sprintf(`pullwatch_node_image_status{image=%q,node=%q,status="available"} 1`, s.OK, node),
+		fmt.Sprintf(`pullwatch_node_image_status{image=%q,node=%q,status="absent"} 1`, s.Gone, node),
+		fmt.Sprintf(`pullwatch_node_image_status{image=%q,node=%q,status="unreachable"} 1`, s.Dead, node),
 	}
-	waitFor(t, 60*time.Second, "the scenario's statuses on /metrics", func() (bool, string) {
-		_, body := httpGet(s.metricsURL())
+	WaitFor(t, 60*time.Second, "the scenario's statuses on /metrics", func() (bool, string) {
+		_, body := HTTPGet(s.MetricsURL())
 		for _, w := range want {
 			if !strings.Contains(body, w) {
-				return false, "missing " + w + "\n" + grepLines(body, "pullwatch_node_image_status")
+				return false, "missing " + w + "\n" + GrepLines(body, "pullwatch_node_image_status")
 			}
 		}
 		return true, ""
-	}, s.agent, s.agg)
+	}, s.Agent, s.Agg)
 	return s
 }
 
-func (s *aggScenario) metricsURL() string { return "http://" + s.httpAddr + "/metrics" }
-func (s *aggScenario) pageURL() string    { return "http://" + s.httpAddr + "/" }
+func (s *Scenario) MetricsURL() string { return "http://" + s.HTTPAddr + "/metrics" }
+func (s *Scenario) PageURL() string    { return "http://" + s.HTTPAddr + "/" }
 
-// aggReportSnapshot reports snap to the aggregator at grpcAddr over the
+// ReportSnapshot reports snap to the aggregator at grpcAddr over the
 // real ReportService, as an agent's first message, and waits for its ack.
 // Tests use it for nodes the lab has no containerd for.
-func aggReportSnapshot(t *testing.T, grpcAddr string, snap *pullwatchv1.NodeSnapshot) {
+func ReportSnapshot(t testing.TB, grpcAddr string, snap *pullwatchv1.NodeSnapshot) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -159,32 +150,33 @@ func aggReportSnapshot(t *testing.T, grpcAddr string, snap *pullwatchv1.NodeSnap
 
 // endpointURLs returns the endpoint URL the real agent reports for each
 // registry host (from pullwatch_node_endpoint_up of its node).
-func (s *aggScenario) endpointURLs(t *testing.T) map[string]string {
+func (s *Scenario) endpointURLs(t testing.TB) map[string]string {
 	t.Helper()
-	_, body := httpGet(s.metricsURL())
+	_, body := HTTPGet(s.MetricsURL())
 	re := regexp.MustCompile(`^pullwatch_node_endpoint_up\{endpoint="([^"]+)",node="([^"]+)",registry="([^"]+)",role="upstream"\}`)
 	out := map[string]string{}
 	for _, line := range strings.Split(body, "\n") {
-		if m := re.FindStringSubmatch(line); m != nil && m[2] == s.node {
+		if m := re.FindStringSubmatch(line); m != nil && m[2] == s.Node {
 			out[m[3]] = m[1]
 		}
 	}
 	return out
 }
 
-// aggSyntheticNode is a snapshot of another node that runs the scenario's
+// SyntheticNode is a snapshot of another node that runs the scenario's
 // images. It reaches the lab registry (ok available, gone absent) and,
 // when deadUp, the stopped registry too (dead available, as from a node
 // with another network path); otherwise dead is unreachable as on the lab
 // node. zone, when set, is sent as the agent's zone label. The endpoint
 // URLs are those the real agent reports.
-func (s *aggScenario) aggSyntheticNode(t *testing.T, l *lab, name, zone string, deadUp bool) *pullwatchv1.NodeSnapshot {
+func (s *Scenario) SyntheticNode(t testing.TB, name, zone string, deadUp bool) *pullwatchv1.NodeSnapshot {
 	t.Helper()
+	l := s.lab
 	now := timestamppb.Now()
 	urls := s.endpointURLs(t)
-	labURL, deadURL := urls[l.reg.Addr()], urls[s.deadRegistry]
+	labURL, deadURL := urls[l.Reg.Addr()], urls[s.DeadRegistry]
 	if labURL == "" || deadURL == "" {
-		t.Fatalf("the agent reports no upstream endpoint for %s or %s: %v", l.reg.Addr(), s.deadRegistry, urls)
+		t.Fatalf("the agent reports no upstream endpoint for %s or %s: %v", l.Reg.Addr(), s.DeadRegistry, urls)
 	}
 	img := func(ref, registry, url string, st pullwatchv1.ImageStatus, code int32, container string) *pullwatchv1.ImageReport {
 		reason := "manifest found at " + url
@@ -198,12 +190,12 @@ func (s *aggScenario) aggSyntheticNode(t *testing.T, l *lab, name, zone string, 
 			Image: ref, Registry: registry, Status: st, InUse: true, CheckedAt: now, Reason: reason,
 			Endpoints: []*pullwatchv1.EndpointResult{{Url: url, Role: pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM, Status: st, HttpStatus: code,
 				Latency: durationpb.New(3 * time.Millisecond), CheckedAt: now}},
-			Containers: []*pullwatchv1.ContainerRef{{Namespace: s.namespace, Pod: s.pod + "-" + name, Container: container, State: "running"}},
+			Containers: []*pullwatchv1.ContainerRef{{Namespace: s.Namespace, Pod: s.Pod + "-" + name, Container: container, State: "running"}},
 		}
 	}
-	dead := img(s.dead, s.deadRegistry, deadURL, pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE, 200, "dead")
+	dead := img(s.Dead, s.DeadRegistry, deadURL, pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE, 200, "dead")
 	if !deadUp {
-		dead = img(s.dead, s.deadRegistry, deadURL, pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE, 0, "dead")
+		dead = img(s.Dead, s.DeadRegistry, deadURL, pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE, 0, "dead")
 	}
 	n := &pullwatchv1.Node{Name: name, AgentVersion: "e2e", Runtime: &pullwatchv1.Runtime{Name: "containerd", Version: "1.6.20"}}
 	if zone != "" {
@@ -212,8 +204,8 @@ func (s *aggScenario) aggSyntheticNode(t *testing.T, l *lab, name, zone string, 
 	return &pullwatchv1.NodeSnapshot{
 		Node: n,
 		Images: []*pullwatchv1.ImageReport{
-			img(s.ok, l.reg.Addr(), labURL, pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE, 200, "ok"),
-			img(s.gone, l.reg.Addr(), labURL, pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT, 404, "gone"),
+			img(s.OK, l.Reg.Addr(), labURL, pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE, 200, "ok"),
+			img(s.Gone, l.Reg.Addr(), labURL, pullwatchv1.ImageStatus_IMAGE_STATUS_ABSENT, 404, "gone"),
 			dead,
 		},
 	}
