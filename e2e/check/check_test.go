@@ -66,7 +66,7 @@ func TestCheckOnRealParts(t *testing.T) {
 		if out.Node != "e2e-node" || out.Runtime.Name != "containerd" || out.Runtime.Version == "" {
 			t.Errorf("node/runtime = %q %+v", out.Node, out.Runtime)
 		}
-		got := out.Statuses()
+		got := agentcheck.Statuses(out)
 		for _, ref := range []string{app, tools, cached, gone} {
 			if got[ref] != "available" {
 				t.Errorf("%s: status %q, want available (all: %v)", ref, got[ref], got)
@@ -93,7 +93,7 @@ func TestCheckOnRealParts(t *testing.T) {
 			if im.Image == app {
 				// containerd's hosts library asks a loopback registry over
 				// https first, falling back to http: either scheme is right.
-				if len(im.Endpoints) != 1 || im.Endpoints[0].Role != "upstream" || im.Endpoints[0].Status != "available" ||
+				if len(im.Endpoints) != 1 || im.Endpoints[0].Role.Word() != "upstream" || im.Endpoints[0].Status.Word() != "available" ||
 					!strings.HasSuffix(im.Endpoints[0].URL, "://"+l.Reg.Addr()+"/v2") || im.Endpoints[0].LatencySeconds <= 0 {
 					t.Errorf("%s: endpoints %+v", im.Image, im.Endpoints)
 				}
@@ -106,7 +106,7 @@ func TestCheckOnRealParts(t *testing.T) {
 			t.Fatal(err)
 		}
 		out, code := check(t, l)
-		got := out.Statuses()
+		got := agentcheck.Statuses(out)
 		if got[gone] != "absent" || got[app] != "available" {
 			t.Fatalf("statuses %v, want %s absent and %s available", got, gone, app)
 		}
@@ -142,8 +142,8 @@ func TestCheckOnRealParts(t *testing.T) {
 			if !strings.HasPrefix(im.Image, l.Reg.Addr()+"/check/") {
 				continue
 			}
-			if im.Status != "unreachable" || !strings.Contains(im.Reason, "connection refused") {
-				t.Errorf("%s: %s %q, want unreachable with connection refused", im.Image, im.Status, im.Reason)
+			if im.Status.Word() != "unreachable" || !strings.Contains(im.Reason, "connection refused") {
+				t.Errorf("%s: %s %q, want unreachable with connection refused", im.Image, im.Status.Word(), im.Reason)
 			}
 		}
 	})

@@ -307,18 +307,18 @@ func TestScenario2NodeEgress(t *testing.T) {
 	for _, im := range res.Images {
 		var upSt, mirrorSt string
 		for _, e := range im.Endpoints {
-			switch e.Role {
+			switch e.Role.Word() {
 			case "upstream":
-				upSt = e.Status
+				upSt = e.Status.Word()
 			case "mirror":
-				mirrorSt = e.Status
+				mirrorSt = e.Status.Word()
 			}
 		}
 		// The mirror answers, but the upstream fallback is gone: one
 		// failure more and node-2 cannot pull, so the image is degraded.
-		if im.Status != "available" || mirrorSt != "available" || upSt != "unreachable" || !im.Degraded {
+		if im.Status.Word() != "available" || mirrorSt != "available" || upSt != "unreachable" || !im.Degraded {
 			s.errorf("node-2 check: %s status %s degraded %v (mirror %s, upstream %s); want available, degraded, mirror available, upstream unreachable",
-				im.Image, im.Status, im.Degraded, mirrorSt, upSt)
+				im.Image, im.Status.Word(), im.Degraded, mirrorSt, upSt)
 		}
 	}
 	s.saw("node-2 check -o json: %d images available through the mirror, degraded=true (the upstream fallback is gone), upstream unreachable", len(res.Images))
@@ -383,8 +383,8 @@ func TestScenario3MirrorDown(t *testing.T) {
 	res := s.checkNode("node-1")
 	sources := map[string]bool{}
 	for _, im := range res.Images {
-		if im.Status != "available" || !im.Degraded {
-			s.errorf("node-1 check: %s status %s degraded %v, want available and degraded", im.Image, im.Status, im.Degraded)
+		if im.Status.Word() != "available" || !im.Degraded {
+			s.errorf("node-1 check: %s status %s degraded %v, want available and degraded", im.Image, im.Status.Word(), im.Degraded)
 		}
 		if c.Auth && im.CredentialSource == "" {
 			s.errorf("node-1 check: %s available from the upstream (htpasswd) with no credential_source", im.Image)

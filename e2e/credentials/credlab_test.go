@@ -94,9 +94,9 @@ func (cl *credLab) expectCredential(t *testing.T, run agentcheck.Result, status,
 			continue
 		}
 		found = true
-		t.Logf("%s: status=%s credential_source=%q reason=%q", im.Image, im.Status, im.CredentialSource, im.Reason)
-		if im.Status != status || im.CredentialSource != source {
-			t.Errorf("%s: status %q credential_source %q, want %q %q%s", im.Image, im.Status, im.CredentialSource, status, source, run.Dump())
+		t.Logf("%s: status=%s credential_source=%q reason=%q", im.Image, im.Status.Word(), im.CredentialSource, im.Reason)
+		if im.Status.Word() != status || im.CredentialSource != source {
+			t.Errorf("%s: status %q credential_source %q, want %q %q%s", im.Image, im.Status.Word(), im.CredentialSource, status, source, run.Dump())
 		}
 	}
 	if !found {

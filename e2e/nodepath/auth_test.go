@@ -105,10 +105,10 @@ func TestNodePathTLSHtpasswd(t *testing.T) {
 			t.Logf("hosts.toml for %s:\n%s", host, c.hosts)
 			run := node.Check(t)
 			im := run.Expect(t, ref, c.want)
-			node.ExpectRuntime(t, ref, nil, im.Status)
+			node.ExpectRuntime(t, ref, nil, im.Status.Word())
 			// With the credentials the node lacks, the pull works exactly
 			// when the agent's only complaint was the missing credentials.
-			_ = node.ExpectPull(t, ref, creds, im.Status == "unauthorized" || im.Status == "available", "the agent said "+im.Status)
+			_ = node.ExpectPull(t, ref, creds, im.Status.Word() == "unauthorized" || im.Status.Word() == "available", "the agent said "+im.Status.Word())
 			if strings.Contains(run.Stdout+run.Stderr, pass) {
 				t.Errorf("the registry password appears in the agent's output%s", run.Dump())
 			}
@@ -198,7 +198,7 @@ func TestNodePathTokenAuth(t *testing.T) {
 			t.Logf("token server (anonymous=%s, delay %s) answered %d token requests from the agent (args %v)", c.anonymous, c.delay, got, c.args)
 			for _, ref := range []string{v1, v2} {
 				im := run.Expect(t, ref, c.want)
-				node.ExpectRuntime(t, ref, nil, im.Status)
+				node.ExpectRuntime(t, ref, nil, im.Status.Word())
 			}
 			if c.wantTokens >= 0 && got != c.wantTokens {
 				t.Errorf("the agent asked the token server %d times for %s (2 tags, one realm, service and scope), want %d%s", got, repo, c.wantTokens, run.Dump())

@@ -104,7 +104,7 @@ func findImage(t *testing.T, out agentcheck.Report, name, stdout string) (status
 	t.Helper()
 	for _, im := range out.Images {
 		if im.Image == name {
-			return im.Status, im.Reason
+			return im.Status.Word(), im.Reason
 		}
 	}
 	t.Fatalf("image %s not in the report:\n%s", name, stdout)

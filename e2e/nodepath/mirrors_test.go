@@ -114,7 +114,7 @@ func TestNodePathMirrors(t *testing.T) {
 			lab.Stopped(t, c.down...)
 			run := node.Check(t)
 			im := run.Expect(t, c.image, c.want)
-			node.ExpectRuntime(t, c.image, nil, im.Status)
+			node.ExpectRuntime(t, c.image, nil, im.Status.Word())
 		})
 	}
 
@@ -190,8 +190,8 @@ func TestNodePathPullOnlyMirror(t *testing.T) {
 			run := node.Check(t)
 			tag := run.Expect(t, byTag, c.wantTag)
 			digest := run.Expect(t, byDigest, c.wantDigst)
-			node.ExpectRuntime(t, byTag, nil, tag.Status)
-			node.ExpectRuntime(t, byDigest, nil, digest.Status)
+			node.ExpectRuntime(t, byTag, nil, tag.Status.Word())
+			node.ExpectRuntime(t, byDigest, nil, digest.Status.Word())
 		})
 	}
 }

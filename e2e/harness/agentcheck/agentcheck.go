@@ -1,7 +1,7 @@
 // Package agentcheck runs `pullwatch-agent check` and reads what it says:
 // Run is the one way the e2e tests and the cluster in a box run it, Report
-// (report.go) the one declaration of its `-o json` output, and Expect
-// checks an image of it against what a test wants.
+// (report.go) its `-o json` output in the agent's own report types, and
+// Expect checks an image of it against what a test wants.
 package agentcheck
 
 import (
@@ -63,25 +63,6 @@ func (r Result) Dump() string {
 	return fmt.Sprintf("\n--- agent exit %d, JSON:\n%s\n--- agent stderr:\n%s", r.Code, r.Stdout, r.Stderr)
 }
 
-// Statuses maps each image of the report to its status.
-func (rep Report) Statuses() map[string]string {
-	m := map[string]string{}
-	for _, im := range rep.Images {
-		m[im.Image] = im.Status
-	}
-	return m
-}
-
-// AllAvailable reports whether every image of the report is available.
-func (rep Report) AllAvailable() bool {
-	for _, im := range rep.Images {
-		if im.Status != "available" {
-			return false
-		}
-	}
-	return true
-}
-
 // Image finds ref in the report (failing the test with the report if absent).
 func (r Result) Image(t testing.TB, ref string) Image {
 	t.Helper()
@@ -120,17 +101,17 @@ func (r Result) Expect(t testing.TB, ref string, w Want) Image {
 	t.Helper()
 	im := r.Image(t, ref)
 	t.Logf("%s: status=%s degraded=%v drifted=%v digest=%s registry_digest=%s reason=%q",
-		ref, im.Status, im.Degraded, im.Drifted, im.Digest, im.RegistryDigest, im.Reason)
+		ref, im.Status.Word(), im.Degraded, im.Drifted, im.Digest, im.RegistryDigest, im.Reason)
 	for i, ep := range im.Endpoints {
 		t.Logf("  endpoint %d: %s role=%s status=%s http=%d skipped=%v latency=%.3fs reason=%q",
-			i, ep.URL, ep.Role, ep.Status, ep.HTTPStatus, ep.Skipped, ep.LatencySeconds, ep.Reason)
+			i, ep.URL, ep.Role.Word(), ep.Status.Word(), ep.HTTPStatus, ep.Skipped, ep.LatencySeconds, ep.Reason)
 	}
 	if w.Status == "" {
 		return im
 	}
 	var bad []string
-	if im.Status != w.Status {
-		bad = append(bad, fmt.Sprintf("status %q, want %q", im.Status, w.Status))
+	if im.Status.Word() != w.Status {
+		bad = append(bad, fmt.Sprintf("status %q, want %q", im.Status.Word(), w.Status))
 	}
 	if im.Degraded != w.Degraded {
 		bad = append(bad, fmt.Sprintf("degraded %v, want %v", im.Degraded, w.Degraded))
@@ -172,11 +153,11 @@ func checkEndpoint(i int, ep Endpoint, w WantEndpoint) []string {
 	case ep.URL != w.URL:
 		f("URL, want %s", w.URL)
 	}
-	if w.Role != "" && ep.Role != w.Role {
-		f("role %q, want %q", ep.Role, w.Role)
+	if w.Role != "" && ep.Role.Word() != w.Role {
+		f("role %q, want %q", ep.Role.Word(), w.Role)
 	}
-	if w.Status != "" && ep.Status != w.Status {
-		f("status %q, want %q", ep.Status, w.Status)
+	if w.Status != "" && ep.Status.Word() != w.Status {
+		f("status %q, want %q", ep.Status.Word(), w.Status)
 	}
 	if ep.Skipped != w.Skipped {
 		f("skipped %v, want %v", ep.Skipped, w.Skipped)
@@ -187,7 +168,7 @@ func checkEndpoint(i int, ep Endpoint, w WantEndpoint) []string {
 	if w.ReasonHas != "" && !strings.Contains(ep.Reason, w.ReasonHas) {
 		f("reason %q lacks %q", ep.Reason, w.ReasonHas)
 	}
-	if !ep.Skipped && ep.Status != "" && ep.LatencySeconds <= 0 {
+	if !ep.Skipped && ep.Status.Valid() && ep.LatencySeconds <= 0 {
 		f("latency %v for an endpoint that was asked", ep.LatencySeconds)
 	}
 	return bad

@@ -1,53 +1,31 @@
 package agentcheck
 
-// Report is the part of `pullwatch-agent check -o json` the tests read;
-// the field names are the contract users rely on. It is the one
-// declaration of that output in e2e: every test and the cluster in a box
-// read it through this type.
-type Report struct {
-	Node    string  `json:"node"`
-	Runtime Runtime `json:"runtime"`
-	Images  []Image `json:"images"`
-}
+import "github.com/pullwatch/pullwatch/agent/pkg/report"
 
-// Runtime is the node's container runtime.
-type Runtime struct {
-	Name    string `json:"name"`
-	Version string `json:"version"`
-}
+// The output of `pullwatch-agent check -o json`, decoded with the agent's
+// own types: package report is the one declaration of that JSON, so a
+// renamed or retyped field breaks these tests at compile time. Statuses
+// and roles are pullwatch.v1 enums; compare their Word() with the words
+// users see ("available", "mirror").
+type (
+	// Report is the whole output: one node.
+	Report = report.Node
+	// Runtime is the node's container runtime.
+	Runtime = report.Runtime
+	// Image is what the agent says about one image on the node.
+	Image = report.Image
+	// Endpoint is one registry endpoint the agent asked (or skipped) for
+	// an image, in the runtime's order.
+	Endpoint = report.Endpoint
+	// Pod is a container that uses the image.
+	Pod = report.Pod
+)
 
-// Image is what the agent says about one image on the node.
-type Image struct {
-	Image          string `json:"image"`
-	Digest         string `json:"digest"`
-	InUse          bool   `json:"in_use"`
-	Status         string `json:"status"`
-	Reason         string `json:"reason"`
-	Degraded       bool   `json:"degraded"`
-	Drifted        bool   `json:"drifted"`
-	RegistryDigest string `json:"registry_digest"`
-	// CredentialSource says where the credential the answer was got
-	// with came from (empty: anonymous).
-	CredentialSource string     `json:"credential_source"`
-	Endpoints        []Endpoint `json:"endpoints"`
-	Pods             []Pod      `json:"pods"`
-}
-
-// Endpoint is one registry endpoint the agent asked (or skipped) for an
-// image, in the runtime's order.
-type Endpoint struct {
-	URL            string  `json:"url"`
-	Role           string  `json:"role"`
-	Status         string  `json:"status"`
-	Reason         string  `json:"reason"`
-	HTTPStatus     int     `json:"http_status"`
-	Skipped        bool    `json:"skipped"`
-	LatencySeconds float64 `json:"latency_seconds"`
-}
-
-// Pod is a container that uses the image.
-type Pod struct {
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	Container string `json:"container"`
+// Statuses maps each image of the report to its status word.
+func Statuses(rep Report) map[string]string {
+	m := map[string]string{}
+	for _, im := range rep.Images {
+		m[im.Image] = im.Status.Word()
+	}
+	return m
 }
