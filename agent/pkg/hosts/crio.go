@@ -91,10 +91,7 @@ func (c *CRIO) Endpoints(_ context.Context, ref imageref.Ref) ([]Endpoint, error
 	var out []Endpoint
 	for i, src := range sources {
 		epHost := podmanref.Domain(src.Reference)
-		apiHost := epHost
-		if apiHost == "docker.io" {
-			apiHost = "registry-1.docker.io"
-		}
+		apiHost, _ := imageref.APIHost(epHost)
 		role := RoleMirror
 		if i == len(sources)-1 {
 			role = RoleUpstream // the primary location comes last
