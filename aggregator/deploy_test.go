@@ -398,59 +398,38 @@ func TestDashboardQueriesParse(t *testing.T) {
 	runPromtool(t, bin, dir, "check", "rules", "queries.yaml")
 }
 
-// agentNodePaths are the node paths pullwatch-agent reads under
-// --host-root with its default flags, on a containerd or a CRI-O node
-// (docs/node-path.md, "What the agent reads from the node"): the
-// defaults of --containerd-config and --registry-config-path, CRI-O's
-// --registries-conf, --registries-conf-dir and certs.d, the runtime's
-// systemd unit and drop-ins (netpath.UnitPaths), --resolv-conf, the CA
-// bundle (netpath.CertFiles, netpath.CertDirs) and the kubelet's keyring
-// search path (credentials.DefaultKeyringSearchPath). The value is why
-// the DaemonSet does not mount it, "" when it must.
-var agentNodePaths = map[string]string{
-	"/etc/containerd/config.toml":       "",
-	"/etc/containerd/conf.d":            "", // where imports usually point
-	"/etc/containerd/certs.d":           "",
-	"/etc/docker/certs.d":               "",
-	"/etc/containers/registries.conf":   "",
-	"/etc/containers/registries.conf.d": "",
-	"/etc/containers/certs.d":           "",
+// nodePathsDoc holds the table of the node paths the agent reads by
+// default, "What the agent reads from the node"; an agent test checks that
+// it lists every one of them.
+const nodePathsDoc = "docs/node-path.md"
 
-	"/lib/systemd/system/containerd.service":       "",
-	"/lib/systemd/system/containerd.service.d":     "",
-	"/usr/lib/systemd/system/containerd.service":   "",
-	"/usr/lib/systemd/system/containerd.service.d": "",
-	"/etc/systemd/system/containerd.service":       "an administrator's unit file: mounting a file the node lacks would create it",
-	"/etc/systemd/system/containerd.service.d":     "",
-	"/run/systemd/system/containerd.service":       "runtime-generated units do not set proxies",
-	"/run/systemd/system/containerd.service.d":     "runtime-generated units do not set proxies",
-	"/lib/systemd/system/crio.service":             "",
-	"/lib/systemd/system/crio.service.d":           "",
-	"/usr/lib/systemd/system/crio.service":         "",
-	"/usr/lib/systemd/system/crio.service.d":       "",
-	"/etc/systemd/system/crio.service":             "an administrator's unit file: mounting a file the node lacks would create it",
-	"/etc/systemd/system/crio.service.d":           "",
-	"/run/systemd/system/crio.service":             "runtime-generated units do not set proxies",
-	"/run/systemd/system/crio.service.d":           "runtime-generated units do not set proxies",
-
-	"/etc/resolv.conf": "",
-
-	"/etc/ssl/certs/ca-certificates.crt":                "",
-	"/etc/pki/tls/certs/ca-bundle.crt":                  "",
-	"/etc/ssl/ca-bundle.pem":                            "OpenSUSE's bundle: /etc/ssl also holds private keys",
-	"/etc/pki/tls/cacert.pem":                           "OpenELEC's bundle: /etc/pki/tls also holds private keys",
-	"/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem": "",
-	"/etc/ssl/cert.pem":                                 "Alpine's bundle: /etc/ssl also holds private keys",
-	"/etc/ssl/certs":                                    "",
-	"/etc/pki/tls/certs":                                "",
-
-	"/var/lib/kubelet/config.json": "",
-	"/config.json":                 "a file in the node's /: mounting it where it is missing would create it",
-	"/root/.docker/config.json":    "",
-	"/.docker/config.json":         "a directory in the node's /: mounting it where it is missing would create it",
-	"/var/lib/kubelet/.dockercfg":  "legacy format: mounting it where it is missing would create it",
-	"/.dockercfg":                  "legacy format: mounting it where it is missing would create it",
-	"/root/.dockercfg":             "legacy format: mounting it where it is missing would create it",
+// agentNodePaths returns the node paths in nodePathsDoc's table, each
+// with whether the DaemonSet must mount it.
+func agentNodePaths(t *testing.T) map[string]bool {
+	t.Helper()
+	doc := string(readRoot(t, nodePathsDoc))
+	_, section, ok := strings.Cut(doc, "### What the agent reads from the node\n")
+	if !ok {
+		t.Fatalf("%s has no section \"What the agent reads from the node\"", nodePathsDoc)
+	}
+	paths := map[string]bool{}
+	for _, line := range strings.Split(section, "\n") {
+		if strings.HasPrefix(line, "#") {
+			break
+		}
+		cells := strings.Split(strings.Trim(line, "| "), " | ")
+		if !strings.HasPrefix(line, "| `") || len(cells) != 3 {
+			continue
+		}
+		mounted := !strings.HasPrefix(cells[2], "not mounted")
+		for _, m := range regexp.MustCompile("`(/[^`]*)`").FindAllStringSubmatch(cells[0], -1) {
+			paths[m[1]] = mounted
+		}
+	}
+	if len(paths) < 10 {
+		t.Fatalf("%s: only %d node paths in its table", nodePathsDoc, len(paths))
+	}
+	return paths
 }
 
 const (
@@ -494,8 +473,8 @@ func under(p, dir string) bool {
 
 // TestDeployAgentHostPaths: the DaemonSet mounts, read-only, under the
 // agent's --host-root, each node path the agent reads by default (unless
-// agentNodePaths says why not), and nothing as wide as the node's / or
-// /etc.
+// docs/node-path.md says it is not mounted, and why), and nothing as wide
+// as the node's / or /etc.
 func TestDeployAgentHostPaths(t *testing.T) {
 	ds, c := agentDaemonSet(t)
 	spec := ds.Spec.Template.Spec
@@ -549,8 +528,8 @@ func TestDeployAgentHostPaths(t *testing.T) {
 			t.Errorf("volume %s is the node's whole %s", m.Name, strings.TrimPrefix(m.MountPath, root))
 		}
 	}
-	for p, why := range agentNodePaths {
-		if why != "" {
+	for p, mounted := range agentNodePaths(t) {
+		if !mounted {
 			continue
 		}
 		if !slices.ContainsFunc(slices.Collect(maps.Keys(covered)), func(dir string) bool { return under(p, dir) }) {
