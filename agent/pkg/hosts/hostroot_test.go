@@ -135,3 +135,42 @@ client = "/ROOTrel/client.pem"
 		t.Errorf("tomlString = %s", got)
 	}
 }
+
+// TestCRIOUnderHostRoot: CRI-O's default files are read under the root,
+// a certs.d file that is an absolute symlink points at the node's file,
+// and a node without registries.conf is CRI-O's empty configuration with
+// registries.conf.d still applied.
+func TestCRIOUnderHostRoot(t *testing.T) {
+	root := t.TempDir()
+	node := func(p string) string { return filepath.Join(root, p) }
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	t.Cleanup(srv.Close)
+	writeFile(t, node("/etc/containers/registries.conf.d/10-mirror.conf"), `[[registry]]
+prefix = "quay.io"
+location = "quay.io"
+[[registry.mirror]]
+location = "mirror.example"
+`)
+	writeFile(t, node("/usr/share/pki/mirror-ca.pem"), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})))
+	if err := os.MkdirAll(node("/etc/containers/certs.d/mirror.example"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/usr/share/pki/mirror-ca.pem", node("/etc/containers/certs.d/mirror.example/ca.crt")); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewCRIO(CRIOOptions{Root: hostfs.New(root)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, err := c.Endpoints(context.Background(), mustRef(t, "quay.io/org/app:v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(eps) != 2 || eps[0].URL != "https://mirror.example/v2" || eps[1].URL != "https://quay.io/v2" {
+		t.Fatalf("endpoints %+v: registries.conf.d under the root not applied", eps)
+	}
+	tr := eps[0].Client.Transport.(*http.Transport)
+	if _, err := srv.Certificate().Verify(x509.VerifyOptions{Roots: tr.TLSClientConfig.RootCAs}); err != nil {
+		t.Errorf("the mirror's CA, a symlink to the node's file, is not trusted: %v", err)
+	}
+}
