@@ -95,7 +95,7 @@ func TestNodePathsDocumented(t *testing.T) {
 	}
 	section, _, _ = strings.Cut(section, "\n#")
 	var listed []string
-	for _, m := range regexp.MustCompile("(?m)^\\| ([^|]*) \\|").FindAllStringSubmatch(section, -1) {
+	for _, m := range regexp.MustCompile(`(?m)^\| ([^|]*) \|`).FindAllStringSubmatch(section, -1) {
 		for _, p := range regexp.MustCompile("`(/[^`]*)`").FindAllStringSubmatch(m[1], -1) {
 			listed = append(listed, p[1])
 		}
