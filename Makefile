@@ -14,7 +14,7 @@ GOTEST_FLAGS   ?= -race -count=1
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube e2e deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench demo demo-down clean
+.PHONY: build kube e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench demo demo-cluster demo-down clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -59,16 +59,21 @@ E2E_ENV = PULLWATCH_BIN=$(CURDIR)/bin PULLWATCH_TEST_OUT=$(OUT) PULLWATCH_REQUIR
 
 integration: build kube ## tests on real containerd, registry, Prometheus, kube-apiserver (root; installs them)
 	bash scripts/install-deps.sh
-	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -timeout 20m $$(go list ./... | grep -v '/e2e/cluster$$')
+	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -timeout 20m $$(go list ./... | grep -v -e '/e2e/cluster$$' -e '/e2e/installed$$')
 
 e2e: build ## cluster in a box: 3 nodes in network namespaces, faults, alerts end to end (root; ~2.5 min)
 	bash scripts/install-deps.sh
 	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -v -timeout 12m ./cluster/
 
-kube: ## build kube-apiserver and etcd for the tests into .cache/kube/bin (cached; minutes when cold)
+e2e-installed: build kube ## deploy/ and the images from the Dockerfiles on the real-kubelet box (root; builds the images with make images TAG=e2e)
+	bash scripts/install-deps.sh
+	$(MAKE) images TAG=e2e
+	cd e2e && $(E2E_ENV) PULLWATCH_IMAGES=localhost/pullwatch PULLWATCH_IMAGE_TAG=e2e go test $(GOTEST_FLAGS) -v -timeout 30m ./installed/
+
+kube: ## build etcd, kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, kubectl into .cache/kube/bin (cached; minutes when cold)
 	bash scripts/build-kube.sh
 
-test: deps proto-check lint unit fuzz-short integration e2e ## everything CI runs
+test: deps proto-check lint unit fuzz-short integration e2e e2e-installed ## everything CI runs
 
 fuzz-short: ## every fuzz target for TEST_FUZZTIME (default 3s), as make test runs them
 	FUZZTIME=$(TEST_FUZZTIME) bash scripts/fuzz.sh
@@ -86,7 +91,10 @@ bench: ## benchmarks reported in docs/benchmarks.md
 demo: build ## local containerd + registry + aggregator + agent; prints the check table and metrics (root)
 	bash scripts/demo.sh up
 
-demo-down: ## stop what `make demo` started
+demo-cluster: build ## the box with real kubelets and deploy/ installed; prints KUBECONFIG=... (root; minutes)
+	bash scripts/demo.sh cluster
+
+demo-down: ## stop what `make demo` or `make demo-cluster` started
 	bash scripts/demo.sh down
 
 clean:

@@ -102,14 +102,13 @@ func alerts(doc rulesDoc) []rule {
 }
 
 // TestPrometheusRuleMatchesRulesFile: the PrometheusRule's spec and the
-// plain rules file hold the same groups.
+// plain rules file hold the same groups. That the file is a
+// monitoring.coreos.com/v1 PrometheusRule in the pullwatch namespace is
+// checked with the other manifests (e2e/deploy, TestManifestsDecodeStrictly).
 func TestPrometheusRuleMatchesRulesFile(t *testing.T) {
 	var pr prometheusRule
 	if err := yaml.UnmarshalStrict(readRoot(t, prometheusRuleFile), &pr); err != nil {
 		t.Fatalf("%s: %v", prometheusRuleFile, err)
-	}
-	if pr.APIVersion != "monitoring.coreos.com/v1" || pr.Kind != "PrometheusRule" || pr.Metadata.Namespace != "pullwatch" {
-		t.Errorf("%s: %s %s in %q, want monitoring.coreos.com/v1 PrometheusRule in pullwatch", prometheusRuleFile, pr.APIVersion, pr.Kind, pr.Metadata.Namespace)
 	}
 	plain := loadRules(t)
 	if reflect.DeepEqual(pr.Spec, plain) {
@@ -369,7 +368,8 @@ func TestDashboards(t *testing.T) {
 
 // TestDashboardQueriesParse: every panel's PromQL, with $node filled in,
 // is valid (promtool checks it as a recording rule). The e2e test
-// TestAggregatorDashboardQueries runs them against a real Prometheus.
+// TestAggregatorDashboardQueries (e2e/deploy) runs them against a real
+// Prometheus.
 func TestDashboardQueriesParse(t *testing.T) {
 	bin := promtool(t)
 	var doc rulesDoc

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Build the real kube-apiserver and etcd that the e2e tests run (package
-# e2e/harness/kubeapi) from the pinned modules under hack/kube/:
+# Build the real Kubernetes binaries the e2e tests run from the pinned modules
+# under hack/kube/:
 #
-#   hack/kube/apiserver  k8s.io/kubernetes/cmd/kube-apiserver (k8s.io/kubernetes v1.34.x)
-#   hack/kube/etcd       go.etcd.io/etcd/server/v3            (v3.5.x)
+#   hack/kube/kubernetes  k8s.io/kubernetes/cmd/{kube-apiserver,kubelet,
+#                         kube-controller-manager,kube-scheduler,kube-proxy,kubectl}
+#                         (k8s.io/kubernetes v1.34.x)
+#   hack/kube/etcd        go.etcd.io/etcd/server/v3 (v3.5.x)
+#
+# kube-apiserver and etcd back the API tests (e2e/harness/kubeapi); the others
+# make the cluster in a box a real cluster (real kubelets on every box node).
+# `build-kube.sh apiserver` builds only etcd and kube-apiserver.
 #
 # into ${PULLWATCH_KUBE_BIN:-<repo>/.cache/kube/bin}.
 #
@@ -86,11 +92,11 @@ build() {
 }
 
 log "resolving pinned versions"
-K8S=$(pinned hack/kube/apiserver k8s.io/kubernetes)
+K8S=$(pinned hack/kube/kubernetes k8s.io/kubernetes)
 ETCD=$(pinned hack/kube/etcd go.etcd.io/etcd/server/v3)
 [[ $K8S =~ ^v([0-9]+)\.([0-9]+)\. ]] || { log "cannot parse k8s.io/kubernetes version '$K8S'" >&2; exit 1; }
 K8S_MAJOR=${BASH_REMATCH[1]} K8S_MINOR=${BASH_REMATCH[2]}
-log "kube-apiserver $K8S, etcd $ETCD -> $BIN"
+log "kubernetes $K8S, etcd $ETCD -> $BIN"
 
 # The version kube-apiserver reports (/version, --version) is set at link
 # time, as Kubernetes' own hack/lib/version.sh does; without it the server
@@ -101,5 +107,10 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 build etcd hack/kube/etcd go.etcd.io/etcd/server/v3 "$ETCD" "-s -w"
-build kube-apiserver hack/kube/apiserver k8s.io/kubernetes/cmd/kube-apiserver "$K8S" "$K8S_LDFLAGS"
+build kube-apiserver hack/kube/kubernetes k8s.io/kubernetes/cmd/kube-apiserver "$K8S" "$K8S_LDFLAGS"
+if [[ ${1:-all} != apiserver ]]; then
+  for cmd in kubelet kube-controller-manager kube-scheduler kube-proxy kubectl; do
+    build "$cmd" hack/kube/kubernetes "k8s.io/kubernetes/cmd/$cmd" "$K8S" "$K8S_LDFLAGS"
+  done
+fi
 log "done: $(cat "$STAMP" | tr '\n' ' ')"

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# make demo / make demo-down: the cluster in a box (e2e/cmd/pwlab cluster):
+# make demo / make demo-cluster / make demo-down.
+#
+# make demo: the cluster in a box (e2e/cmd/pwlab cluster):
 # three "nodes" in network namespaces, each with its own containerd and
 # agent, registries, the aggregator, Prometheus and Alertmanager; node-2
 # loses its egress, and the summary shows what pullwatch makes of it.
+#
+# make demo-cluster: the same box with real kubelets (e2e/cmd/pwlab kube):
+# kube-apiserver, controller-manager, scheduler, 2 nodes each with a kubelet,
+# containerd and kube-proxy; deploy/ installed with kubectl apply -k and the
+# images built from the Dockerfiles (make images TAG=demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-/tmp/pullwatch-demo}
@@ -26,6 +33,7 @@ stop_pid() { # name
 
 down() {
   if [ -d "$DEMO_DIR" ]; then
+    (cd e2e && go run ./cmd/pwlab kube down --dir "$DEMO_DIR") || true
     (cd e2e && go run ./cmd/pwlab cluster down --dir "$DEMO_DIR") || true
     # A single-node demo from an older checkout, if one is still up.
     stop_pid agent; stop_pid aggregator
@@ -51,8 +59,22 @@ up() {
   echo "again:       (cd e2e && go run ./cmd/pwlab cluster status --dir $DEMO_DIR)"
 }
 
+cluster() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "make demo-cluster needs root: it installs Debian packages, creates namespaces and runs kubelets" >&2
+    exit 2
+  fi
+  bash scripts/install-deps.sh
+  bash scripts/build-kube.sh
+  make images TAG=demo
+  mkdir -p "$DEMO_DIR"
+  say "cluster in a box with real kubelets: kube-apiserver, controller-manager, scheduler, 2 nodes (kubelet, containerd, kube-proxy); deploy/ installed with kubectl apply -k"
+  (cd e2e && go run ./cmd/pwlab kube up --dir "$DEMO_DIR" --images localhost/pullwatch --tag demo)
+}
+
 case "${1:-up}" in
   up) up ;;
+  cluster) cluster ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|cluster|down" >&2; exit 2 ;;
 esac

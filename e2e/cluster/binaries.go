@@ -2,86 +2,17 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 )
-
-// Binary names in Options.Bin.
-const (
-	AgentBinary      = "pullwatch-agent"
-	AggregatorBinary = "pullwatch-aggregator"
-)
-
-// BinEnv names a directory holding both binaries (make integration sets
-// it to bin/); the tests and pwlab use it instead of building.
-const BinEnv = "PULLWATCH_BIN"
-
-// RepoRoot finds the pullwatch checkout: from this file's source path
-// when built from the tree, else upwards from the working directory to
-// the directory with go.work.
-func RepoRoot() (string, error) {
-	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		root := filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-		if fileExists(filepath.Join(root, "go.work")) {
-			return root, nil
-		}
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if fileExists(filepath.Join(dir, "go.work")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("cluster: cannot find the pullwatch checkout (no go.work above the working directory)")
-		}
-		dir = parent
-	}
-}
-
-// FindBinaries returns a directory with pullwatch-agent and
-// pullwatch-aggregator: bin when given (it must have both), else $BinEnv
-// when it has both, else a fresh `go build` of both into buildDir.
-func FindBinaries(ctx context.Context, bin, buildDir string) (string, error) {
-	has := func(d string) bool {
-		return fileExists(filepath.Join(d, AgentBinary)) && fileExists(filepath.Join(d, AggregatorBinary))
-	}
-	if bin != "" {
-		if !has(bin) {
-			return "", fmt.Errorf("cluster: %s lacks %s or %s (run make build)", bin, AgentBinary, AggregatorBinary)
-		}
-		return filepath.Abs(bin)
-	}
-	if d := os.Getenv(BinEnv); d != "" && has(d) {
-		return filepath.Abs(d)
-	}
-	root, err := RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	for _, b := range []struct{ module, out string }{
-		{"agent", AgentBinary},
-		{"aggregator", AggregatorBinary},
-	} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(buildDir, b.out), "./cmd/"+b.out)
-		cmd.Dir = filepath.Join(root, b.module)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("cluster: build %s in %s: %w\n%s", b.out, cmd.Dir, err, out)
-		}
-	}
-	return buildDir, nil
-}
 
 // agentFlags returns the long flags `pullwatch-agent run --help` lists.
 func agentFlags(ctx context.Context, agent string) (map[string]bool, error) {
@@ -102,7 +33,7 @@ func agentFlags(ctx context.Context, agent string) (map[string]bool, error) {
 // (deploy/rules/*.rules.yaml) of the checkout, or of dir when given.
 func RuleFiles(dir string) ([]string, error) {
 	if dir == "" {
-		root, err := RepoRoot()
+		root, err := checkout.Root()
 		if err != nil {
 			return nil, err
 		}
@@ -154,9 +85,4 @@ func RewriteFor(files []string, dir, forDur string) ([]string, map[string]string
 		out = append(out, dst)
 	}
 	return out, shipped, nil
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }

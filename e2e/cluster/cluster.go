@@ -33,7 +33,9 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
 	"github.com/pullwatch/pullwatch/e2e/harness/alertmanager"
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/netns"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
@@ -49,7 +51,7 @@ type Options struct {
 	// Dir holds every part's state and logs (required; created).
 	Dir string
 	// Bin has pullwatch-agent and pullwatch-aggregator (default:
-	// FindBinaries("", Dir/bin)).
+	// checkout.Binaries("", Dir/bin)).
 	Bin string
 	// Nodes is the number of nodes, named node-1 … node-N (default 3).
 	Nodes int
@@ -207,7 +209,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	if opts.Bin == "" {
-		if opts.Bin, err = FindBinaries(ctx, "", filepath.Join(dir, "bin")); err != nil {
+		if opts.Bin, err = checkout.Binaries(ctx, "", filepath.Join(dir, "bin")); err != nil {
 			return nil, err
 		}
 	}
@@ -236,7 +238,7 @@ func (c *Cluster) logf(format string, a ...any) {
 func (c *Cluster) start(ctx context.Context) error {
 	t0 := time.Now()
 	var err error
-	agent := filepath.Join(c.opts.Bin, AgentBinary)
+	agent := filepath.Join(c.opts.Bin, checkout.AgentBinary)
 	if c.agentFlags, err = agentFlags(ctx, agent); err != nil {
 		return err
 	}
@@ -520,7 +522,7 @@ func (n *Node) startAgent() error {
 	}
 	spec, err := n.NS.Spec(proc.Spec{
 		Name:    "pullwatch-agent " + n.Name,
-		Path:    filepath.Join(n.c.opts.Bin, AgentBinary),
+		Path:    filepath.Join(n.c.opts.Bin, checkout.AgentBinary),
 		Args:    n.agentArgs,
 		Env:     isolatedEnv,
 		LogFile: n.agentLog,
@@ -570,41 +572,18 @@ func (n *Node) AgentPid() int {
 // AgentLog is the agent's log file.
 func (n *Node) AgentLog() string { return n.agentLog }
 
-// CheckResult is the part of `pullwatch-agent check -o json` the
-// scenarios read.
-type CheckResult struct {
-	Node   string `json:"node"`
-	Images []struct {
-		Image    string `json:"image"`
-		Status   string `json:"status"`
-		Reason   string `json:"reason"`
-		Degraded bool   `json:"degraded"`
-		InUse    bool   `json:"in_use"`
-		// CredentialSource says where the credential the answer was got
-		// with came from (empty: anonymous).
-		CredentialSource string `json:"credential_source"`
-		Endpoints        []struct {
-			URL    string `json:"url"`
-			Role   string `json:"role"`
-			Status string `json:"status"`
-			Reason string `json:"reason"`
-		} `json:"endpoints"`
-	} `json:"images"`
-}
-
 // Check runs one `pullwatch-agent check -o json` round in the node's
 // namespace with the agent's flags, and returns its JSON.
-func (n *Node) Check(ctx context.Context) (CheckResult, string, error) {
-	var res CheckResult
+func (n *Node) Check(ctx context.Context) (agentcheck.Report, string, error) {
 	args := append([]string{"check", "-o", "json", "--log-level", "warn"}, n.agentCommonArgs()...)
-	cmd := n.NS.Command(ctx, filepath.Join(n.c.opts.Bin, AgentBinary), args...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if jerr := json.Unmarshal(out, &res); jerr != nil {
-		return res, string(out), fmt.Errorf("%s: check -o json printed no JSON (%v): %w\nstderr:\n%s", n.Name, err, jerr, stderr.String())
+	r, err := agentcheck.Run(n.NS.Command(ctx, filepath.Join(n.c.opts.Bin, checkout.AgentBinary), args...))
+	if err != nil {
+		return r.Report, r.Stdout, fmt.Errorf("%s: %w\nstderr:\n%s", n.Name, err, r.Stderr)
 	}
-	return res, string(out), nil // a non-zero exit only says some image is not available
+	if err := r.Decode(); err != nil {
+		return r.Report, r.Stdout, fmt.Errorf("%s: %w (exit %d)\nstderr:\n%s", n.Name, err, r.Code, r.Stderr)
+	}
+	return r.Report, r.Stdout, nil // a non-zero exit only says some image is not available
 }
 
 func (c *Cluster) startAggregator(ctx context.Context) error {
@@ -621,7 +600,7 @@ func (c *Cluster) startAggregator(ctx context.Context) error {
 	a := &Aggregator{
 		GRPC:   net.JoinHostPort(c.Net.Gateway().String(), strconv.Itoa(gport)),
 		HTTP:   "127.0.0.1:" + strconv.Itoa(hport),
-		bin:    filepath.Join(c.opts.Bin, AggregatorBinary),
+		bin:    filepath.Join(c.opts.Bin, checkout.AggregatorBinary),
 		log:    filepath.Join(c.dir, "aggregator.log"),
 		detach: c.opts.Detach,
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/alertmanager"
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/netns"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
@@ -64,7 +65,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bin, err := FindBinaries(ctx, "", filepath.Join(dir, "bin"))
+	bin, err := checkout.Binaries(ctx, "", filepath.Join(dir, "bin"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cluster:", err)
 		return 1

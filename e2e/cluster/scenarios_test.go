@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
 	"github.com/pullwatch/pullwatch/e2e/harness/alertmanager"
 	"github.com/pullwatch/pullwatch/e2e/harness/prometheus"
 )
@@ -234,7 +235,7 @@ func (s *scenario) settle() {
 }
 
 // checkNode runs `pullwatch-agent check -o json` in the node's namespace.
-func (s *scenario) checkNode(node string) CheckResult {
+func (s *scenario) checkNode(node string) agentcheck.Report {
 	s.t.Helper()
 	res, raw, err := s.c.Node(node).Check(s.ctx)
 	if err != nil {

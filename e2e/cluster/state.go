@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/alertmanager"
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/netns"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
@@ -149,7 +150,7 @@ func Attach(dir string, log io.Writer) (*Cluster, error) {
 		dst  **Registry
 	}{{"upstream", &c.Upstream}, {"mirror", &c.Mirror}} {
 		rdir := filepath.Join(dir, r.name)
-		if !fileExists(filepath.Join(rdir, "registry.json")) {
+		if !checkout.FileExists(filepath.Join(rdir, "registry.json")) {
 			continue
 		}
 		reg, err := registry.Attach(rdir)
@@ -168,7 +169,7 @@ func Attach(dir string, log io.Writer) (*Cluster, error) {
 			n.NS = c.Net.Namespace(sn.Name)
 		}
 		cdir := filepath.Join(dir, sn.Name, "containerd")
-		if fileExists(filepath.Join(cdir, "containerd.json")) {
+		if checkout.FileExists(filepath.Join(cdir, "containerd.json")) {
 			if n.Containerd, err = containerd.Attach(cdir); err != nil {
 				errs = append(errs, err)
 			}
@@ -194,7 +195,7 @@ func Attach(dir string, log io.Writer) (*Cluster, error) {
 			c.promProc = p
 		}
 	}
-	if amDir := filepath.Join(dir, "alertmanager"); fileExists(filepath.Join(amDir, "alertmanager.json")) {
+	if amDir := filepath.Join(dir, "alertmanager"); checkout.FileExists(filepath.Join(amDir, "alertmanager.json")) {
 		if c.Alertmanager, err = alertmanager.Attach(amDir); err != nil {
 			errs = append(errs, err)
 		}

@@ -7,7 +7,11 @@
 // binary its build stage writes.
 //
 // Needs the Go toolchain (the binaries are built from ../../agent and
-// ../../aggregator) and nothing else; no cluster, no Docker.
+// ../../aggregator) and nothing else; no cluster, no Docker. The one
+// exception, TestAggregatorDashboardQueries (dashboard_test.go), runs the
+// shipped alerting rules and Grafana dashboards on a real Prometheus that
+// scrapes a real aggregator on the shared lab (harness/lab): it needs root
+// and the real parts, and skips without them.
 package deploy_test
 
 import (
@@ -42,6 +46,8 @@ import (
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 )
 
 const (
@@ -341,7 +347,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	code := m.Run()
+	code := lab.Run(m) // dashboard_test.go runs on the shared lab
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

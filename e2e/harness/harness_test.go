@@ -59,6 +59,16 @@ func expectNoProcesses(t *testing.T, dir string, pids ...*int) {
 	})
 }
 
+// realTestDir is the test's directory for real parts: its logs kept when
+// the test fails (keepLogs), and no process left mentioning it, nor any of
+// pids alive, when the test ends (expectNoProcesses).
+func realTestDir(t *testing.T, pids ...*int) string {
+	dir := t.TempDir()
+	keepLogs(t, dir)
+	expectNoProcesses(t, dir, pids...)
+	return dir
+}
+
 // keepLogs copies dir's *.log files to $PULLWATCH_TEST_OUT/<test>/ when the
 // test fails (CI keeps that directory). Register it after t.TempDir.
 func keepLogs(t *testing.T, dir string) {
@@ -90,12 +100,10 @@ func TestContainerdRegistryPod(t *testing.T) {
 	requireReal(t, containerd.Binary, "runc", "containerd-shim-runc-v2", registry.Binary, "go")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	keepLogs(t, dir)
+	var regPid, tlsPid, cdPid, appPid int
+	dir := realTestDir(t, &regPid, &tlsPid, &cdPid, &appPid)
 	t0 := time.Now()
 	step := func(what string) { t.Logf("%6.2fs %s", time.Since(t0).Seconds(), what) }
-	var regPid, tlsPid, cdPid, appPid int
-	expectNoProcesses(t, dir, &regPid, &tlsPid, &cdPid, &appPid)
 
 	// A plain-HTTP registry holding an app image and the sleeper.
 	reg, err := registry.Start(ctx, dir+"/registry", registry.Options{})
@@ -311,10 +319,8 @@ func TestRegistryTLSBasicAuth(t *testing.T) {
 	requireReal(t, registry.Binary)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	keepLogs(t, dir)
 	var pid int
-	expectNoProcesses(t, dir, &pid)
+	dir := realTestDir(t, &pid)
 
 	reg, err := registry.Start(ctx, dir, registry.Options{TLS: true, Htpasswd: map[string]string{"alice": "wonder", "bob": "builder"}})
 	if err != nil {
@@ -377,10 +383,8 @@ func TestPrometheusScrape(t *testing.T) {
 	requireReal(t, prometheus.Binary)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	keepLogs(t, dir)
 	var pid int
-	expectNoProcesses(t, dir, &pid)
+	dir := realTestDir(t, &pid)
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -440,10 +444,8 @@ func TestContainerdStopAfterCrash(t *testing.T) {
 	requireReal(t, containerd.Binary, "runc", "containerd-shim-runc-v2", registry.Binary, "go")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	keepLogs(t, dir)
 	var regPid, cdPid, appPid int
-	expectNoProcesses(t, dir, &regPid, &cdPid, &appPid)
+	dir := realTestDir(t, &regPid, &cdPid, &appPid)
 
 	reg, err := registry.Start(ctx, dir+"/registry", registry.Options{})
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/e2e/cluster"
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 )
 
 const clusterUsage = `pwlab cluster — pullwatch's cluster in a box, for make demo
@@ -110,13 +111,13 @@ func clusterUp(args []string) error {
 		fmt.Printf("pwlab: removed leftovers of earlier runs: %s\n", strings.Join(removed, "; "))
 	}
 	if *bin == "" {
-		if root, err := cluster.RepoRoot(); err == nil && os.Getenv(cluster.BinEnv) == "" {
-			if d := filepath.Join(root, "bin"); fileExists(filepath.Join(d, cluster.AgentBinary)) && fileExists(filepath.Join(d, cluster.AggregatorBinary)) {
+		if root, err := checkout.Root(); err == nil && os.Getenv(checkout.BinEnv) == "" {
+			if d := filepath.Join(root, "bin"); checkout.HasBinaries(d) {
 				*bin = d
 			}
 		}
 	}
-	binDir, err := cluster.FindBinaries(ctx, *bin, filepath.Join(dir, "bin"))
+	binDir, err := checkout.Binaries(ctx, *bin, filepath.Join(dir, "bin"))
 	if err != nil {
 		return err
 	}
@@ -192,10 +193,21 @@ func printClusterStatus(c *cluster.Cluster) error {
 	fmt.Printf("logs:         %s/{aggregator.log,node-*/agent.log,node-*/containerd/containerd.log,upstream,mirror}\n", c.Dir())
 	if n := c.Nodes[0]; n.NS != nil {
 		fmt.Printf("inside node:  nsenter --net=%s -- %s check --node-name %s --cri-endpoint %s --containerd-config %s --proxy-from none\n",
-			n.NS.Path(), filepath.Join(c.Bin(), cluster.AgentBinary), n.Name, n.Containerd.Endpoint(), n.Containerd.ConfigPath())
+			n.NS.Path(), filepath.Join(c.Bin(), checkout.AgentBinary), n.Name, n.Containerd.Endpoint(), n.Containerd.ConfigPath())
 	}
 	fmt.Printf("stop with:    make demo-down   (pwlab cluster down --dir %s)\n", c.Dir())
 	return nil
+}
+
+// parseAndAttach parses a cluster command's flags and attaches to the
+// cluster in its --dir.
+func parseAndAttach(fs *flag.FlagSet, dirFlag *string, args []string) (string, *cluster.Cluster, error) {
+	dir, err := parse(fs, dirFlag, args)
+	if err != nil {
+		return "", nil, err
+	}
+	c, err := attachCluster(dir)
+	return dir, c, err
 }
 
 func attachCluster(dir string) (*cluster.Cluster, error) {
@@ -214,11 +226,7 @@ func attachCluster(dir string) (*cluster.Cluster, error) {
 
 func clusterStatus(args []string) error {
 	fs, dirFlag := clusterFlags("status", "Print what the aggregator and Prometheus say about the cluster now.")
-	dir, err := parse(fs, dirFlag, args)
-	if err != nil {
-		return err
-	}
-	c, err := attachCluster(dir)
+	dir, c, err := parseAndAttach(fs, dirFlag, args)
 	if err != nil {
 		return err
 	}
@@ -245,11 +253,7 @@ func clusterBreak(args []string) error {
 	fs, dirFlag := clusterFlags("break", "Cut a node's egress to registries (iptables REJECT in its namespace).")
 	node := fs.String("node", "node-2", "the node")
 	from := fs.String("from", "upstream,mirror", "registries to cut it from: upstream, mirror or both (comma-separated)")
-	dir, err := parse(fs, dirFlag, args)
-	if err != nil {
-		return err
-	}
-	c, err := attachCluster(dir)
+	dir, c, err := parseAndAttach(fs, dirFlag, args)
 	if err != nil {
 		return err
 	}
@@ -277,11 +281,7 @@ func clusterBreak(args []string) error {
 
 func clusterHeal(args []string) error {
 	fs, dirFlag := clusterFlags("heal", "Undo every fault: iptables rules, stopped registries, killed agents.")
-	dir, err := parse(fs, dirFlag, args)
-	if err != nil {
-		return err
-	}
-	c, err := attachCluster(dir)
+	_, c, err := parseAndAttach(fs, dirFlag, args)
 	if err != nil {
 		return err
 	}
@@ -334,9 +334,4 @@ func clusterEntries(dir string) []string {
 		names = append(names, filepath.Base(n))
 	}
 	return names
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }

@@ -24,11 +24,7 @@ import (
 func TestClusterUpDown(t *testing.T) {
 	bins := []string{containerd.Binary, "runc", "containerd-shim-runc-v2", registry.Binary, prometheus.Binary, alertmanager.Binary, "go"}
 	proc.RequireReal(t, append(bins, netns.Binaries...)...)
-	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "pwlab")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin, tmp, run := buildPwlab(t)
 	dir := filepath.Join(tmp, "demo")
 	t.Cleanup(func() {
 		_ = exec.Command(bin, "cluster", "down", "--dir", dir).Run()
@@ -36,14 +32,6 @@ func TestClusterUpDown(t *testing.T) {
 			t.Errorf("processes left: %v", left)
 		}
 	})
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("pwlab %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
 
 	out := run("cluster", "up", "--dir", dir, "--interval", "2s", "--stale-after", "10s", "--http-port", "0", "--alert-for", "3s")
 	t.Logf("pwlab cluster up:\n%s", out)

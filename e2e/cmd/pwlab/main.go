@@ -38,6 +38,7 @@ Usage:
   pwlab status --dir DIR
   pwlab down   --dir DIR
   pwlab cluster up|status|break|heal|down --dir DIR   (see pwlab cluster help)
+  pwlab kube up|down --dir DIR   the box with real kubelets and deploy/ installed (see pwlab kube help)
 
 up      starts containerd (CRI, runc, overlayfs) and a plain-HTTP registry on
         127.0.0.1, pushes demo/app:v1, demo/app:v2, demo/tools:1.0,
@@ -77,6 +78,8 @@ func main() {
 		err = runStatus(args)
 	case "cluster":
 		err = runCluster(args)
+	case "kube":
+		err = runKube(args)
 	case "help", "-h", "-help", "--help":
 		fmt.Print(usage)
 		return

@@ -21,11 +21,7 @@ import (
 // everything.
 func TestUpDown(t *testing.T) {
 	proc.RequireReal(t, containerd.Binary, "runc", "containerd-shim-runc-v2", registry.Binary, "go")
-	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "pwlab")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin, tmp, run := buildPwlab(t)
 	dir := filepath.Join(tmp, "lab")
 	t.Cleanup(func() {
 		_ = exec.Command(bin, "down", "--dir", dir).Run()
@@ -33,14 +29,6 @@ func TestUpDown(t *testing.T) {
 			t.Errorf("processes left: %v", left)
 		}
 	})
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("pwlab %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
 
 	out := run("up", "--dir", dir)
 	env := map[string]string{}
@@ -127,4 +115,25 @@ func TestUpDown(t *testing.T) {
 	if out := run("down", "--dir", dir); !strings.Contains(out, "nothing to stop") {
 		t.Errorf("second down:\n%s", out)
 	}
+}
+
+// buildPwlab builds pwlab into the test's temp dir; it returns the binary,
+// the dir, and run, which runs pwlab with args and fails the test when it
+// fails.
+func buildPwlab(t *testing.T) (bin, tmp string, run func(args ...string) string) {
+	t.Helper()
+	tmp = t.TempDir()
+	bin = filepath.Join(tmp, "pwlab")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	run = func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("pwlab %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	return bin, tmp, run
 }

@@ -88,21 +88,11 @@ func Start(ctx context.Context, dir string, opts Options) (*Alertmanager, error)
 	if err := os.WriteFile(a.configPath, []byte(config(opts)), 0o644); err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
-		port := opts.Port
-		if port == 0 {
-			if port, err = proc.FreePort(); err != nil {
-				return nil, err
-			}
-		}
+	err = proc.StartOnFreePort(opts.Port, a.logPath, func(port int) error {
 		a.addr = "127.0.0.1:" + strconv.Itoa(port)
-		err = a.start(ctx, opts)
-		if err == nil {
-			break
-		}
-		if opts.Port == 0 && attempt < 2 && strings.Contains(proc.LogTail(a.logPath, 20), "address already in use") {
-			continue
-		}
+		return a.start(ctx, opts)
+	})
+	if err != nil {
 		return nil, err
 	}
 	b, err := json.Marshal(state{Addr: a.addr})

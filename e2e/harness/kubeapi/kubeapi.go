@@ -17,10 +17,10 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
 
@@ -77,7 +78,16 @@ type Options struct {
 	EtcdArgs []string
 	// ReadyTimeout bounds the wait for kube-apiserver's /readyz; default 60s.
 	ReadyTimeout time.Duration
+	// ServingIPs are more addresses the serving certificate is valid for,
+	// e.g. the box bridge's address that kubelets in network namespaces
+	// use (with --bind-address and --advertise-address in APIServerArgs).
+	ServingIPs []net.IP
 }
+
+// KubeletClientUser is the identity kube-apiserver presents to kubelets
+// (logs, exec, port-forward): a client certificate of the cluster CA in
+// system:masters, so a kubelet's webhook authorizer admits it.
+const KubeletClientUser = "kube-apiserver-kubelet-client"
 
 // Binaries are the executables Start runs.
 type Binaries struct {
@@ -92,7 +102,7 @@ func LocateBinaries(binDir string) (Binaries, error) {
 		binDir = os.Getenv("PULLWATCH_KUBE_BIN")
 	}
 	if binDir == "" {
-		root, err := RepoRoot()
+		root, err := checkout.Root()
 		if err != nil {
 			return Binaries{}, fmt.Errorf("%w: %v; set PULLWATCH_KUBE_BIN or Options.BinDir", ErrNoBinaries, err)
 		}
@@ -110,31 +120,6 @@ func LocateBinaries(binDir string) (Binaries, error) {
 			ErrNoBinaries, strings.Join(missing, ", "))
 	}
 	return b, nil
-}
-
-// RepoRoot is the directory holding go.work, found by walking up from this
-// package's source directory, then from the working directory.
-func RepoRoot() (string, error) {
-	var starts []string
-	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		starts = append(starts, filepath.Dir(file))
-	}
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
-	}
-	for _, d := range starts {
-		for {
-			if _, err := os.Stat(filepath.Join(d, "go.work")); err == nil {
-				return d, nil
-			}
-			parent := filepath.Dir(d)
-			if parent == d {
-				break
-			}
-			d = parent
-		}
-	}
-	return "", errors.New("no go.work above the kubeapi package or the working directory")
 }
 
 // Cluster is a running etcd + kube-apiserver pair.
@@ -225,7 +210,11 @@ func (c *Cluster) writeFiles() error {
 		return err
 	}
 	c.pki = p
-	certPEM, keyPEM, err := p.serving()
+	certPEM, keyPEM, err := p.serving(c.opts.ServingIPs)
+	if err != nil {
+		return err
+	}
+	kcCertPEM, kcKeyPEM, err := p.client(KubeletClientUser, []string{"system:masters"})
 	if err != nil {
 		return err
 	}
@@ -242,6 +231,8 @@ func (c *Cluster) writeFiles() error {
 		{"apiserver.crt", certPEM, 0o644},
 		{"apiserver.key", keyPEM, 0o600},
 		{"sa.key", saPEM, 0o600},
+		{"kubelet-client.crt", kcCertPEM, 0o644},
+		{"kubelet-client.key", kcKeyPEM, 0o600},
 	} {
 		if err := writeFile(filepath.Join(c.dir, f.name), f.data, f.mode); err != nil {
 			return err
@@ -288,17 +279,13 @@ func (c *Cluster) writeFiles() error {
 // port picked here was taken before etcd bound it.
 func (c *Cluster) startEtcd(ctx context.Context) error {
 	logFile := filepath.Join(c.dir, "etcd.log")
-	for attempt := 0; ; attempt++ {
-		clientPort, err := proc.FreePort()
-		if err != nil {
-			return err
-		}
+	return proc.StartOnFreePort(0, logFile, func(clientPort int) error {
 		peerPort, err := proc.FreePort()
 		if err != nil {
 			return err
 		}
 		if peerPort == clientPort {
-			continue
+			return proc.ErrPortInUse
 		}
 		c.etcdURL = "http://127.0.0.1:" + strconv.Itoa(clientPort)
 		c.peerPort = peerPort
@@ -323,29 +310,21 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 			return fmt.Errorf("kubeapi: %w", err)
 		}
 		c.etcd = p
-		err = c.waitReady(ctx, p, 30*time.Second, c.etcdURL+"/health", nil)
-		if err == nil {
-			return nil
+		if err := c.waitReady(ctx, p, 30*time.Second, c.etcdURL+"/health", nil); err != nil {
+			_ = p.Stop(5 * time.Second)
+			return fmt.Errorf("kubeapi: etcd did not become healthy: %w\netcd.log (tail):\n%s", err, p.LogTail(30))
 		}
-		_ = p.Stop(5 * time.Second)
-		if attempt < 2 && strings.Contains(p.LogTail(30), "address already in use") {
-			continue
-		}
-		return fmt.Errorf("kubeapi: etcd did not become healthy: %w\netcd.log (tail):\n%s", err, p.LogTail(30))
-	}
+		return nil
+	})
 }
 
 // startAPIServer starts kube-apiserver on a free port (retrying like
 // startEtcd) and waits for /readyz.
 func (c *Cluster) startAPIServer(ctx context.Context) error {
 	logFile := filepath.Join(c.dir, "kube-apiserver.log")
-	for attempt := 0; ; attempt++ {
-		port, err := proc.FreePort()
-		if err != nil {
-			return err
-		}
+	return proc.StartOnFreePort(0, logFile, func(port int) error {
 		if port == c.peerPort || "http://127.0.0.1:"+strconv.Itoa(port) == c.etcdURL {
-			continue
+			return proc.ErrPortInUse
 		}
 		c.url = "https://127.0.0.1:" + strconv.Itoa(port)
 		args := []string{
@@ -370,6 +349,9 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 			"--endpoint-reconciler-type=none",
 			"--service-cluster-ip-range=" + ServiceClusterIPRange,
 			"--allow-privileged=true",
+			"--kubelet-client-certificate=" + filepath.Join(c.dir, "kubelet-client.crt"),
+			"--kubelet-client-key=" + filepath.Join(c.dir, "kubelet-client.key"),
+			"--kubelet-preferred-address-types=InternalIP,Hostname",
 			"--profiling=false",
 			"--v=1",
 		}
@@ -380,17 +362,13 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		}
 		c.apiser = p
 		hdr := http.Header{"Authorization": {"Bearer " + c.tokens[AdminUser]}}
-		err = c.waitReady(ctx, p, c.opts.ReadyTimeout, c.url+"/readyz", hdr)
-		if err == nil {
-			return nil
+		if err := c.waitReady(ctx, p, c.opts.ReadyTimeout, c.url+"/readyz", hdr); err != nil {
+			_ = p.Stop(10 * time.Second)
+			return fmt.Errorf("kubeapi: kube-apiserver not ready: %w\nkube-apiserver.log (tail):\n%s\netcd.log (tail):\n%s",
+				err, p.LogTail(40), c.etcd.LogTail(10))
 		}
-		_ = p.Stop(10 * time.Second)
-		if attempt < 2 && strings.Contains(p.LogTail(50), "address already in use") {
-			continue
-		}
-		return fmt.Errorf("kubeapi: kube-apiserver not ready: %w\nkube-apiserver.log (tail):\n%s\netcd.log (tail):\n%s",
-			err, p.LogTail(40), c.etcd.LogTail(10))
-	}
+		return nil
+	})
 }
 
 // waitReady polls url until it answers 200, the process exits, or timeout.
@@ -436,6 +414,10 @@ func (c *Cluster) EtcdURL() string { return c.etcdURL }
 // CAFile is the PEM file of the CA that signed the serving certificate (and
 // the client certificates of KubeconfigFor).
 func (c *Cluster) CAFile() string { return c.caFile }
+
+// SAKeyFile is the PEM RSA key that signs ServiceAccount tokens (what
+// kube-controller-manager's --service-account-private-key-file takes).
+func (c *Cluster) SAKeyFile() string { return c.saKey }
 
 // CAData is CAFile's content.
 func (c *Cluster) CAData() []byte { return slices.Clone(c.pki.caPEM) }

@@ -2,19 +2,17 @@ package kubeapi
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"time"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/certs"
 )
 
 // pki is the cluster's key material, all generated in Go at Start:
@@ -30,36 +28,20 @@ type pki struct {
 }
 
 func newPKI() (*pki, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, key, err := certs.CA("pullwatch e2e kube CA")
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "pullwatch e2e kube CA", Organization: []string{"pullwatch e2e"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(10 * 365 * 24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	ca, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &pki{ca: ca, caKey: key, caPEM: pemBytes("CERTIFICATE", der)}, nil
+	return &pki{ca: ca, caKey: key, caPEM: certs.PEM("CERTIFICATE", ca.Raw)}, nil
 }
 
-// serving returns a PEM certificate and key for the API server.
-func (p *pki) serving() (certPEM, keyPEM []byte, err error) {
+// serving returns a PEM certificate and key for the API server, valid for
+// loopback, the kubernetes Service's cluster IP and extraIPs.
+func (p *pki) serving(extraIPs []net.IP) (certPEM, keyPEM []byte, err error) {
 	return p.issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver", Organization: []string{"pullwatch e2e"}},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 96, 0, 1)},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 96, 0, 1)}, extraIPs...),
 		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 			"kubernetes.default.svc.cluster.local"},
 	})
@@ -76,15 +58,8 @@ func (p *pki) client(user string, groups []string) (certPEM, keyPEM []byte, err 
 }
 
 func (p *pki) issue(tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl.SerialNumber = serial()
-	tmpl.NotBefore = time.Now().Add(-time.Hour)
 	tmpl.NotAfter = time.Now().Add(365 * 24 * time.Hour)
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
+	der, key, err := certs.Issue(tmpl, p.ca, p.caKey)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -92,7 +67,7 @@ func (p *pki) issue(tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	return pemBytes("CERTIFICATE", der), pemBytes("PRIVATE KEY", keyDER), nil
+	return certs.PEM("CERTIFICATE", der), certs.PEM("PRIVATE KEY", keyDER), nil
 }
 
 // serviceAccountKey returns a PEM RSA private key for
@@ -103,11 +78,7 @@ func serviceAccountKey() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pemBytes("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(key)), nil
-}
-
-func pemBytes(typ string, der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+	return certs.PEM("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(key)), nil
 }
 
 func writeFile(path string, data []byte, mode os.FileMode) error {
@@ -115,14 +86,6 @@ func writeFile(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("kubeapi: %w", err)
 	}
 	return nil
-}
-
-func serial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		return big.NewInt(time.Now().UnixNano())
-	}
-	return n
 }
 
 // randomToken returns 32 random hex characters.

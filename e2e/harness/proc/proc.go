@@ -402,6 +402,34 @@ func FreePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// ErrPortInUse, returned by a StartOnFreePort start function, says the
+// port it was given will not do: StartOnFreePort tries another.
+var ErrPortInUse = errors.New("port in use")
+
+// StartOnFreePort calls start with port, or, when port is 0, with a port
+// on 127.0.0.1 that was free a moment ago. A port picked here may be taken
+// before the process binds it: when start fails with ErrPortInUse, or the
+// tail of logFile says "address already in use", it tries another port,
+// up to three in all.
+func StartOnFreePort(port int, logFile string, start func(port int) error) error {
+	for attempt := 0; ; attempt++ {
+		p := port
+		if port == 0 {
+			var err error
+			if p, err = FreePort(); err != nil {
+				return err
+			}
+		}
+		err := start(p)
+		if err == nil || port != 0 || attempt >= 2 {
+			return err
+		}
+		if !errors.Is(err, ErrPortInUse) && !strings.Contains(LogTail(logFile, 50), "address already in use") {
+			return err
+		}
+	}
+}
+
 // PortOpen reports whether something accepts TCP connections on addr.
 func PortOpen(addr string) bool {
 	c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)

@@ -126,3 +126,41 @@ func TestLogTailAndPidFile(t *testing.T) {
 		t.Errorf("ReadPidFile = %d, %v", pid, err)
 	}
 }
+
+func TestStartOnFreePort(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "x.log")
+	var tried []int
+	err := StartOnFreePort(0, log, func(port int) error {
+		tried = append(tried, port)
+		if len(tried) == 1 {
+			return fmt.Errorf("bind: %w", ErrPortInUse)
+		}
+		return nil
+	})
+	if err != nil || len(tried) != 2 || tried[0] == 0 || tried[1] == 0 {
+		t.Fatalf("err %v, tried %v; want a second free port after ErrPortInUse", err, tried)
+	}
+
+	// The log saying so is enough; three tries at the most.
+	if err := os.WriteFile(log, []byte("listen tcp 127.0.0.1:1: bind: address already in use\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tried = nil
+	failed := errors.New("did not start")
+	if err := StartOnFreePort(0, log, func(port int) error { tried = append(tried, port); return failed }); !errors.Is(err, failed) || len(tried) != 3 {
+		t.Errorf("err %v after %d tries, want %v after 3", err, len(tried), failed)
+	}
+
+	// A port given is used as is, once.
+	tried = nil
+	if err := StartOnFreePort(4321, log, func(port int) error { tried = append(tried, port); return failed }); !errors.Is(err, failed) || len(tried) != 1 || tried[0] != 4321 {
+		t.Errorf("err %v, tried %v; want one try on 4321", err, tried)
+	}
+
+	// Any other failure is final.
+	tried = nil
+	_ = os.Remove(log)
+	if err := StartOnFreePort(0, log, func(port int) error { tried = append(tried, port); return failed }); !errors.Is(err, failed) || len(tried) != 1 {
+		t.Errorf("err %v after %d tries, want one", err, len(tried))
+	}
+}

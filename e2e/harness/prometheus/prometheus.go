@@ -39,6 +39,9 @@ type Options struct {
 	ExtraArgs []string
 	// Binary overrides the executable (default "prometheus").
 	Binary string
+	// ScrapeConfigs, when set, replaces the one static job: the YAML list
+	// items under scrape_configs (e.g. a kubernetes_sd_configs job).
+	ScrapeConfigs string
 }
 
 // Prometheus is a running Prometheus server.
@@ -84,23 +87,14 @@ func Start(ctx context.Context, dir string, scrapeTargets []string, opts Options
 	if err := os.WriteFile(p.configPath, []byte(config(scrapeTargets, opts)), 0o644); err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
-		port := opts.Port
-		if port == 0 {
-			if port, err = proc.FreePort(); err != nil {
-				return nil, err
-			}
-		}
+	err = proc.StartOnFreePort(opts.Port, p.logPath, func(port int) error {
 		p.addr = "127.0.0.1:" + strconv.Itoa(port)
-		err = p.start(ctx, opts)
-		if err == nil {
-			return p, nil
-		}
-		if opts.Port == 0 && attempt < 2 && strings.Contains(proc.LogTail(p.logPath, 20), "address already in use") {
-			continue
-		}
+		return p.start(ctx, opts)
+	})
+	if err != nil {
 		return nil, err
 	}
+	return p, nil
 }
 
 func (p *Prometheus) start(ctx context.Context, opts Options) error {
@@ -132,6 +126,10 @@ func config(targets []string, opts Options) string {
 		for _, f := range opts.RuleFiles {
 			fmt.Fprintf(&b, "  - %s\n", q(f))
 		}
+	}
+	if opts.ScrapeConfigs != "" {
+		b.WriteString("scrape_configs:\n" + opts.ScrapeConfigs)
+		return b.String()
 	}
 	fmt.Fprintf(&b, "scrape_configs:\n  - job_name: %s\n    metrics_path: %s\n    static_configs:\n      - targets: [", q(opts.JobName), q(opts.MetricsPath))
 	for i, t := range targets {

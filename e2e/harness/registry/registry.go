@@ -134,25 +134,14 @@ func Start(ctx context.Context, dir string, opts Options) (*Registry, error) {
 	}
 	r.initTransport()
 
-	port := opts.Port
-	for attempt := 0; ; attempt++ {
-		if opts.Port == 0 {
-			if port, err = proc.FreePort(); err != nil {
-				return nil, err
-			}
-		}
+	err = proc.StartOnFreePort(opts.Port, r.logPath, func(port int) error {
 		r.addr = net.JoinHostPort(opts.Host, strconv.Itoa(port))
 		if err := r.writeConfig(); err != nil {
-			return nil, err
+			return err
 		}
-		err = r.start(ctx)
-		if err == nil {
-			break
-		}
-		// A free port picked here may be taken before the registry binds it.
-		if opts.Port == 0 && attempt < 2 && strings.Contains(proc.LogTail(r.logPath, 20), "address already in use") {
-			continue
-		}
+		return r.start(ctx)
+	})
+	if err != nil {
 		return nil, err
 	}
 	if err := r.writeState(); err != nil {

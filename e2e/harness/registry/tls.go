@@ -1,20 +1,16 @@
 package registry
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
-	"time"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/certs"
 )
 
 // ensureCerts creates ca.crt, server.crt and server.key in r.dir unless they
@@ -46,52 +42,19 @@ func (r *Registry) ensureCerts() error {
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-// GenerateCA makes a self-signed CA; exported for tests that need a second,
-// untrusted CA. It returns the certificate and its key.
-func GenerateCA(commonName string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"pullwatch e2e"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(10 * 365 * 24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	return cert, key, err
-}
-
 // generateCerts writes a CA and a server certificate it signs for
 // 127.0.0.1, ::1, localhost and extraIPs.
 func generateCerts(caFile, certFile, keyFile string, extraIPs []net.IP) error {
-	ca, caKey, err := GenerateCA("pullwatch e2e registry CA")
+	ca, caKey, err := certs.CA("pullwatch e2e registry CA")
 	if err != nil {
 		return err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "127.0.0.1", Organization: []string{"pullwatch e2e"}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  sanIPs(extraIPs),
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	der, key, err := certs.Issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: "127.0.0.1", Organization: []string{certs.Organization}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: sanIPs(extraIPs),
+		DNSNames:    []string{"localhost"},
+	}, ca, caKey)
 	if err != nil {
 		return err
 	}
@@ -120,13 +83,5 @@ func sanIPs(extra []net.IP) []net.IP {
 }
 
 func writePEM(path, typ string, der []byte, mode os.FileMode) error {
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
-}
-
-func serial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		return big.NewInt(time.Now().UnixNano())
-	}
-	return n
+	return os.WriteFile(path, certs.PEM(typ, der), mode)
 }

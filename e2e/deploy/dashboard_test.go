@@ -1,0 +1,311 @@
+package deploy_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
+	"github.com/pullwatch/pullwatch/e2e/harness/lab"
+	"github.com/pullwatch/pullwatch/e2e/harness/prometheus"
+)
+
+// grafanaPanel is the part of a Grafana panel the test reads.
+type grafanaPanel struct {
+	Title   string `json:"title"`
+	Type    string `json:"type"`
+	Targets []struct {
+		Expr string `json:"expr"`
+	} `json:"targets"`
+	Panels []grafanaPanel `json:"panels"`
+}
+
+type grafanaDashboard struct {
+	Title      string `json:"title"`
+	Templating struct {
+		List []struct {
+			Name  string `json:"name"`
+			Type  string `json:"type"`
+			Query any    `json:"query"`
+		} `json:"list"`
+	} `json:"templating"`
+	Panels []grafanaPanel `json:"panels"`
+}
+
+// TestAggregatorDashboardQueries: a real Prometheus scrapes a real
+// aggregator fed by the real agent on the lab node (with an available, an
+// absent and an unreachable image in use), loads the shipped alerting
+// rules, and every PromQL query of the Grafana dashboards — panels and
+// variables, with $node set to the lab node — parses and returns data.
+// The rules evaluate without error, and the alert expressions pick out
+// what the scenario broke.
+func TestAggregatorDashboardQueries(t *testing.T) {
+	l := lab.Need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const node = "dash-node"
+	s := l.StartScenario(t, "aggdash", node)
+
+	// Wait for the diagnosis of the stopped registry: one node, so every
+	// node fails it (cluster scope).
+	wantFailure := regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_registry_failure\{endpoint="[^"]+",registry=%q,scope="cluster"\} 1$`, s.DeadRegistry))
+	lab.WaitFor(t, 30*time.Second, "the registry failure on /metrics", func() (bool, string) {
+		_, body := lab.HTTPGet(s.MetricsURL())
+		return wantFailure.MatchString(body), "missing " + wantFailure.String() + "\n" + lab.GrepLines(body, "pullwatch_registry_failure") + "\n" + lab.GrepLines(body, "pullwatch_node_endpoint")
+	}, s.Agent, s.Agg)
+
+	root, err := checkout.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom, err := prometheus.Start(ctx, t.TempDir(), []string{s.HTTPAddr}, prometheus.Options{
+		RuleFiles: []string{filepath.Join(root, "deploy", "rules", "pullwatch.rules.yaml")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = prom.Stop() })
+	if _, err := prom.WaitForQuery(ctx, `pullwatch_registry_failure`, nil, 30*time.Second); err != nil {
+		t.Fatalf("prometheus never scraped the registry failure: %v", err)
+	}
+
+	t.Run("dashboard queries", func(t *testing.T) {
+		paths, err := filepath.Glob(filepath.Join(root, "deploy", "grafana", "*.json"))
+		if err != nil || len(paths) == 0 {
+			t.Fatalf("no dashboards in deploy/grafana (%v)", err)
+		}
+		for _, p := range paths {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var d grafanaDashboard
+			if err := json.Unmarshal(b, &d); err != nil {
+				t.Fatalf("%s: %v", p, err)
+			}
+			for _, q := range dashboardQueries(t, d) {
+				expr := strings.ReplaceAll(q.expr, "$node", node)
+				samples, err := prom.WaitForQuery(ctx, expr, nil, 20*time.Second)
+				if err != nil {
+					t.Errorf("%s: %s: %s: no data: %v", filepath.Base(p), q.where, expr, err)
+					continue
+				}
+				t.Logf("%s: %s: %d series", filepath.Base(p), q.where, len(samples))
+			}
+		}
+	})
+
+	t.Run("rules load and evaluate", func(t *testing.T) {
+		// Each rule is evaluated every second; give them a few rounds.
+		var last string
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			ok, detail := rulesHealthy(ctx, prom.URL())
+			if ok {
+				break
+			}
+			last = detail
+			if time.Now().After(deadline) {
+				t.Fatalf("rules not all healthy: %s", last)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	})
+
+	t.Run("alert expressions", func(t *testing.T) {
+		exprs := alertExprs(t, filepath.Join(root, "deploy", "rules", "pullwatch.rules.yaml"))
+		tests := []struct {
+			alert string
+			want  map[string]string // labels of one expected sample; nil: no sample
+		}{
+			// The lab node is the only node: the stopped registry fails
+			// from every node, so it is an outage, not a node problem.
+			{"PullwatchRegistryOutage", map[string]string{"registry": s.DeadRegistry}},
+			{"PullwatchRegistryUnreachableFromNode", nil},
+			{"PullwatchImageAbsent", map[string]string{"image": s.Gone, "status": "absent"}},
+			{"PullwatchImageUnavailableOnNode", nil},
+			{"PullwatchMirrorDown", nil},
+			{"PullwatchAgentMissing", nil},
+			{"PullwatchAggregatorDown", nil},
+		}
+		for _, tt := range tests {
+			expr, ok := exprs[tt.alert]
+			if !ok {
+				t.Errorf("no alert %s in the rules", tt.alert)
+				continue
+			}
+			samples, err := prom.Query(ctx, expr)
+			if err != nil {
+				t.Errorf("%s: %v", tt.alert, err)
+				continue
+			}
+			if tt.want == nil {
+				if len(samples) != 0 {
+					t.Errorf("%s: %d samples, want none: %+v", tt.alert, len(samples), samples)
+				}
+				continue
+			}
+			found := false
+			for _, smp := range samples {
+				match := true
+				for k, v := range tt.want {
+					match = match && smp.Labels[k] == v
+				}
+				found = found || match
+			}
+			if !found {
+				t.Errorf("%s: no sample with %v in %+v", tt.alert, tt.want, samples)
+			}
+		}
+	})
+
+	t.Run("compatibility metrics", func(t *testing.T) {
+		// Without the Kubernetes API the workload is the pod.
+		for container, family := range map[string]string{"ok": "available", "gone": "absent", "dead": "registry_unavailable"} {
+			expr := fmt.Sprintf(`k8s_image_availability_exporter_%s{namespace=%q,container=%q,kind="pod",name=%q}`, family, s.Namespace, container, s.Pod)
+			if _, err := prom.WaitForQuery(ctx, expr, func(smp []prometheus.Sample) bool { return len(smp) == 1 && smp[0].Value == 1 }, 10*time.Second); err != nil {
+				t.Errorf("container %s: %v", container, err)
+			}
+			other := fmt.Sprintf(`sum(k8s_image_availability_exporter_unknown_error{namespace=%q,container=%q})`, s.Namespace, container)
+			if smp, err := prom.Query(ctx, other); err != nil || len(smp) != 1 || smp[0].Value != 0 {
+				t.Errorf("container %s: %s = %+v (%v), want 0", container, other, smp, err)
+			}
+		}
+	})
+}
+
+type dashboardQuery struct {
+	where, expr string
+}
+
+// dashboardQueries lists the PromQL of every panel target and of every
+// query variable; label_values(expr, label) becomes a query for expr that
+// must carry label.
+func dashboardQueries(t *testing.T, d grafanaDashboard) []dashboardQuery {
+	t.Helper()
+	var out []dashboardQuery
+	var walk func(ps []grafanaPanel)
+	walk = func(ps []grafanaPanel) {
+		for _, p := range ps {
+			for i, tg := range p.Targets {
+				if strings.TrimSpace(tg.Expr) != "" {
+					out = append(out, dashboardQuery{fmt.Sprintf("panel %q target %d", p.Title, i), tg.Expr})
+				}
+			}
+			walk(p.Panels)
+		}
+	}
+	walk(d.Panels)
+	labelValues := regexp.MustCompile(`^label_values\((.+),\s*([a-zA-Z_][a-zA-Z0-9_]*)\)$`)
+	for _, v := range d.Templating.List {
+		if v.Type != "query" {
+			continue
+		}
+		q, _ := v.Query.(string)
+		if m, ok := v.Query.(map[string]any); ok {
+			q, _ = m["query"].(string)
+		}
+		if mm := labelValues.FindStringSubmatch(strings.TrimSpace(q)); mm != nil {
+			q = fmt.Sprintf("count by (%s) (%s)", mm[2], mm[1])
+		}
+		if q == "" {
+			t.Errorf("variable %s: no query", v.Name)
+			continue
+		}
+		out = append(out, dashboardQuery{"variable " + v.Name, q})
+	}
+	if len(out) == 0 {
+		t.Errorf("dashboard %q has no queries", d.Title)
+	}
+	return out
+}
+
+// rulesHealthy reports whether every rule group has been evaluated and
+// every rule's health is ok.
+func rulesHealthy(ctx context.Context, promURL string) (bool, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, promURL+"/api/v1/rules", nil)
+	if err != nil {
+		return false, err.Error()
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var r struct {
+		Data struct {
+			Groups []struct {
+				Name  string `json:"name"`
+				Rules []struct {
+					Name      string `json:"name"`
+					Health    string `json:"health"`
+					LastError string `json:"lastError"`
+				} `json:"rules"`
+			} `json:"groups"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return false, fmt.Sprintf("%v: %s", err, body)
+	}
+	if len(r.Data.Groups) == 0 {
+		return false, "no rule groups loaded: " + string(body)
+	}
+	var bad []string
+	n := 0
+	for _, g := range r.Data.Groups {
+		for _, rule := range g.Rules {
+			n++
+			if rule.Health != "ok" {
+				bad = append(bad, fmt.Sprintf("%s: health %q %s", rule.Name, rule.Health, rule.LastError))
+			}
+		}
+	}
+	if n == 0 {
+		return false, "no rules"
+	}
+	return len(bad) == 0, strings.Join(bad, "; ")
+}
+
+// alertExprs reads alert name → expr from a rules file. The file's layout
+// is ours (deploy/rules), so a small line parser is enough: "- alert:
+// Name" followed by "expr: |" and its indented block.
+func alertExprs(t *testing.T, path string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i < len(lines); i++ {
+		name, ok := strings.CutPrefix(strings.TrimSpace(lines[i]), "- alert: ")
+		if !ok {
+			continue
+		}
+		for i++; i < len(lines) && strings.TrimSpace(lines[i]) != "expr: |"; i++ {
+		}
+		if i == len(lines) {
+			t.Fatalf("%s: alert %s has no block expr", path, name)
+		}
+		indent := len(lines[i]) - len(strings.TrimLeft(lines[i], " "))
+		var expr []string
+		for i++; i < len(lines); i++ {
+			if strings.TrimSpace(lines[i]) != "" && len(lines[i])-len(strings.TrimLeft(lines[i], " ")) <= indent {
+				break
+			}
+			expr = append(expr, strings.TrimSpace(lines[i]))
+		}
+		i--
+		out[name] = strings.Join(expr, "\n")
+	}
+	return out
+}

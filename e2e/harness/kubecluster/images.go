@@ -1,0 +1,69 @@
+package kubecluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/prometheus"
+)
+
+// PushImages copies the agent and aggregator images that `make images` built
+// (buildah's local storage) into the box's registry under tag, and returns
+// their names there.
+func (c *Cluster) PushImages(ctx context.Context, agentSrc, aggregatorSrc, tag string) (agent, aggregator string, err error) {
+	refs := map[string]string{}
+	for name, src := range map[string]string{"pullwatch-agent": agentSrc, "pullwatch-aggregator": aggregatorSrc} {
+		dst := c.Registry.Addr() + "/pullwatch/" + name + ":" + tag
+		out, err := exec.CommandContext(ctx, "buildah", "push", "--quiet", "--tls-verify=false", src, "docker://"+dst).CombinedOutput()
+		if err != nil {
+			return "", "", fmt.Errorf("buildah push %s (build it with: make images TAG=...): %w: %s", src, err, strings.TrimSpace(string(out)))
+		}
+		refs[name] = dst
+	}
+	return refs["pullwatch-agent"], refs["pullwatch-aggregator"], nil
+}
+
+// StartPrometheus runs Prometheus on this machine with the usual
+// kubernetes_sd "pod" job and prometheus.io/* relabelling (what the
+// aggregator's annotations are for) and the shipped rules.
+func (c *Cluster) StartPrometheus(ctx context.Context, rules string) (*prometheus.Prometheus, error) {
+	dir := filepath.Join(c.dir, "prometheus")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(c.API.AdminToken()), 0o600); err != nil {
+		return nil, err
+	}
+	sc := fmt.Sprintf(`  - job_name: kubernetes-pods
+    kubernetes_sd_configs:
+      - role: pod
+        api_server: %q
+        tls_config: {ca_file: %q}
+        authorization: {credentials_file: %q}
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+        action: keep
+        regex: "true"
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]
+        target_label: __metrics_path__
+        regex: (.+)
+      - source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port]
+        regex: ([^:]+)(?::\d+)?;(\d+)
+        replacement: $1:$2
+        target_label: __address__
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+`, c.API.URL(), c.API.CAFile(), tokenFile)
+	return prometheus.Start(ctx, dir, nil, prometheus.Options{
+		ScrapeInterval: 2 * time.Second, EvaluationInterval: 2 * time.Second,
+		RuleFiles: []string{rules}, ScrapeConfigs: sc,
+	})
+}

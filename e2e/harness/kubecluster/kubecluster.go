@@ -1,0 +1,391 @@
+// Package kubecluster makes the cluster in a box a real Kubernetes cluster:
+// etcd and kube-apiserver (e2e/harness/kubeapi, reachable from the nodes on
+// the box bridge's address), kube-controller-manager and kube-scheduler,
+// and N nodes (e2e/harness/kubenode), each a real kubelet with its own
+// containerd, network and mount namespaces, in two zones; a TLS registry in
+// a namespace of its own holds every image the cluster runs (nothing can be
+// pulled from outside). What a user installs — deploy/ with kubectl apply
+// -k, the images built from the Dockerfiles — runs on it unchanged.
+//
+// Every binary comes from the one pinned k8s.io/kubernetes (hack/kube/,
+// scripts/build-kube.sh).
+package kubecluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
+	"github.com/pullwatch/pullwatch/e2e/harness/kubenode"
+	"github.com/pullwatch/pullwatch/e2e/harness/netns"
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
+	"github.com/pullwatch/pullwatch/e2e/harness/registry"
+)
+
+// Ranges of the cluster.
+const (
+	ClusterCIDR = "10.244.0.0/16"
+	ServiceCIDR = kubeapi.ServiceClusterIPRange
+	// RegistryPort is where the box's registry listens in its namespace.
+	RegistryPort = 5000
+	// PauseRepo is the sandbox image's repository in the box's registry.
+	PauseRepo = "box/pause"
+)
+
+// Binaries in the kube bin directory besides kube-apiserver and etcd.
+var Binaries = []string{"kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl"}
+
+// Options configure Start.
+type Options struct {
+	// Dir holds every part's files and logs (created).
+	Dir string
+	// Nodes is the number of nodes (default 2), named node-1 … node-N, in
+	// zones zone-a and zone-b alternately.
+	Nodes int
+	// BinDir holds the kube binaries (default: as kubeapi.LocateBinaries).
+	BinDir string
+	// Detach lets the cluster outlive this process (make demo-cluster).
+	Detach bool
+	// Log receives one line per step (nil: discarded).
+	Log io.Writer
+}
+
+// Cluster is a running cluster.
+type Cluster struct {
+	opts     Options
+	dir      string
+	bin      string
+	log      io.Writer
+	mu       sync.Mutex
+	Net      *netns.Network
+	API      *kubeapi.Cluster
+	Registry *registry.Registry
+	RegNS    *netns.Namespace
+	Nodes    []*kubenode.Node
+	procs    []*proc.Process
+	// Kubeconfig is the admin's kubeconfig, usable from this machine.
+	Kubeconfig string
+}
+
+// Zone is node i's zone (1-based): zone-a, zone-b, zone-a, ...
+func Zone(i int) string { return "zone-" + string(rune('a'+(i-1)%2)) }
+
+// Start brings the cluster up and returns once every Node is Ready.
+func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	if opts.Nodes <= 0 {
+		opts.Nodes = 2
+	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: opts, dir: dir, log: opts.Log}
+	if c.log == nil {
+		c.log = io.Discard
+	}
+	if err := c.start(ctx); err != nil {
+		_ = c.Stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) logf(format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fmt.Fprintf(c.log, "kubecluster: "+format+"\n", args...)
+}
+
+func (c *Cluster) start(ctx context.Context) error {
+	bins, err := kubeapi.LocateBinaries(c.opts.BinDir)
+	if err != nil {
+		return err
+	}
+	c.bin = filepath.Dir(bins.APIServer)
+	for _, b := range Binaries {
+		if _, err := os.Stat(filepath.Join(c.bin, b)); err != nil {
+			return fmt.Errorf("%w: %s missing in %s: run scripts/build-kube.sh", kubeapi.ErrNoBinaries, b, c.bin)
+		}
+	}
+	keep := ""
+	if c.opts.Detach {
+		keep = c.dir
+	}
+	if c.Net, err = netns.Create(ctx, netns.Options{KeepWhile: keep}); err != nil {
+		return err
+	}
+	gw := c.Net.Gateway()
+	c.logf("network %s: bridge %s %s, gateway %s", c.Net.ID(), c.Net.Bridge(), c.Net.Subnet(), gw)
+
+	if err := c.startRegistry(ctx); err != nil {
+		return err
+	}
+	if err := c.startControlPlane(ctx, gw); err != nil {
+		return err
+	}
+	if err := c.startNodes(ctx, gw); err != nil {
+		return err
+	}
+	return c.WaitNodesReady(ctx, 3*time.Minute)
+}
+
+func (c *Cluster) startRegistry(ctx context.Context) error {
+	ns, err := c.Net.AddNamespace(ctx, "registry")
+	if err != nil {
+		return err
+	}
+	c.RegNS = ns
+	c.Registry, err = registry.Start(ctx, filepath.Join(c.dir, "registry"), registry.Options{
+		Host: ns.IP().String(), Port: RegistryPort, TLS: true, Netns: ns.Netns(), Detach: c.opts.Detach,
+	})
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	if _, err := registry.PushSleeper(ctx, c.Registry, PauseRepo, "1"); err != nil {
+		return fmt.Errorf("push the sandbox image: %w", err)
+	}
+	c.logf("registry %s in namespace %s", c.Registry.URL(), ns.Netns())
+	return nil
+}
+
+func (c *Cluster) startControlPlane(ctx context.Context, gw net.IP) error {
+	var err error
+	c.API, err = kubeapi.Start(ctx, filepath.Join(c.dir, "control-plane"), kubeapi.Options{
+		BinDir:            c.bin,
+		AuthorizationMode: "Node,RBAC",
+		ServingIPs:        []net.IP{gw},
+		APIServerArgs: []string{
+			// Reachable from the nodes on the bridge, advertised there as
+			// the kubernetes Service's endpoint (kube-proxy sends
+			// 10.96.0.1:443 to it).
+			"--bind-address=0.0.0.0",
+			"--advertise-address=" + gw.String(),
+			"--endpoint-reconciler-type=lease",
+			// A full cluster: ServiceAccount admission (the controller
+			// manager creates the default ServiceAccounts) and NodeRestriction.
+			"--disable-admission-plugins=",
+			"--enable-admission-plugins=NodeRestriction",
+		},
+	})
+	if err != nil {
+		return err
+	}
+	c.Kubeconfig = c.API.Kubeconfig()
+	c.logf("kube-apiserver %s (advertised on %s)", c.API.URL(), gw)
+	cp := filepath.Join(c.dir, "control-plane")
+	specs := []proc.Spec{{
+		Name: "kube-controller-manager",
+		Path: filepath.Join(c.bin, "kube-controller-manager"),
+		Args: []string{
+			"--kubeconfig=" + c.Kubeconfig,
+			"--authentication-kubeconfig=" + c.Kubeconfig,
+			"--authorization-kubeconfig=" + c.Kubeconfig,
+			"--service-account-private-key-file=" + c.API.SAKeyFile(),
+			"--root-ca-file=" + c.API.CAFile(),
+			"--cluster-cidr=" + ClusterCIDR,
+			"--service-cluster-ip-range=" + ServiceCIDR,
+			"--leader-elect=false",
+			"--secure-port=0",
+			"--use-service-account-credentials=false",
+			"--controllers=*",
+			"--v=1",
+		},
+		Dir: cp, LogFile: filepath.Join(cp, "kube-controller-manager.log"), Detach: c.opts.Detach,
+	}, {
+		Name: "kube-scheduler",
+		Path: filepath.Join(c.bin, "kube-scheduler"),
+		Args: []string{
+			"--kubeconfig=" + c.Kubeconfig,
+			"--authentication-kubeconfig=" + c.Kubeconfig,
+			"--authorization-kubeconfig=" + c.Kubeconfig,
+			"--leader-elect=false",
+			"--secure-port=0",
+			"--v=1",
+		},
+		Dir: cp, LogFile: filepath.Join(cp, "kube-scheduler.log"), Detach: c.opts.Detach,
+	}}
+	for _, s := range specs {
+		p, err := proc.Start(s)
+		if err != nil {
+			return err
+		}
+		c.procs = append(c.procs, p)
+	}
+	return nil
+}
+
+func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
+	hostsTOML, caPEM, err := c.registryHosts()
+	if err != nil {
+		return err
+	}
+	for i := 1; i <= c.opts.Nodes; i++ {
+		name := "node-" + strconv.Itoa(i)
+		ns, err := c.Net.AddNamespace(ctx, name)
+		if err != nil {
+			return err
+		}
+		kubeletKC, err := c.API.KubeconfigFor("system:node:"+name, []string{"system:nodes"})
+		if err != nil {
+			return err
+		}
+		proxyKC, err := c.API.KubeconfigFor("system:kube-proxy", nil)
+		if err != nil {
+			return err
+		}
+		n, err := kubenode.Start(ctx, kubenode.Options{
+			Name: name, Zone: Zone(i), NS: ns, Gateway: gw,
+			Dir:     filepath.Join(c.dir, name),
+			Kubelet: filepath.Join(c.bin, "kubelet"), KubeProxy: filepath.Join(c.bin, "kube-proxy"),
+			KubeletKubeconfig: kubeletKC, ProxyKubeconfig: proxyKC,
+			ClientCAFile: c.API.CAFile(),
+			PodCIDR:      "10.244." + strconv.Itoa(i) + ".0/24", ClusterCIDR: ClusterCIDR, ServiceCIDR: ServiceCIDR,
+			SandboxImage: c.Registry.Ref(PauseRepo, "1"),
+			Hosts:        map[string]string{c.Registry.Addr(): hostsTOML},
+			Detach:       c.opts.Detach,
+		})
+		if err != nil {
+			return err
+		}
+		// The registry's CA, where the node's hosts.toml says it is.
+		if err := os.WriteFile(n.HostPath(registryCAPath(c.Registry.Addr())), caPEM, 0o644); err != nil {
+			return err
+		}
+		c.Nodes = append(c.Nodes, n)
+		c.logf("%s (%s) at %s: kubelet, kube-proxy, containerd", name, Zone(i), ns.IP())
+	}
+	// Pod ranges reach each other over the bridge, and this machine (where
+	// Prometheus runs) reaches every pod.
+	for _, a := range c.Nodes {
+		for _, b := range c.Nodes {
+			if a != b {
+				if err := a.Route(ctx, b); err != nil {
+					return err
+				}
+			}
+		}
+		if out, err := exec.CommandContext(ctx, "ip", "route", "replace", a.PodCIDR(), "via", a.IP().String(), "dev", c.Net.Bridge()).CombinedOutput(); err != nil {
+			return fmt.Errorf("route %s: %w: %s", a.PodCIDR(), err, out)
+		}
+	}
+	return nil
+}
+
+// registryCAPath is where a node keeps the registry's CA: beside its
+// hosts.toml, as containerd's documentation does it.
+func registryCAPath(host string) string {
+	return "/etc/containerd/certs.d/" + host + "/ca.crt"
+}
+
+func (c *Cluster) registryHosts() (hostsTOML string, caPEM []byte, err error) {
+	caPEM, err = os.ReadFile(c.Registry.CAFile())
+	if err != nil {
+		return "", nil, err
+	}
+	u := c.Registry.URL()
+	hostsTOML = fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = %q\n", u, u, registryCAPath(c.Registry.Addr()))
+	return hostsTOML, caPEM, nil
+}
+
+// Client is the admin clientset.
+func (c *Cluster) Client() kubernetes.Interface { return c.API.Client() }
+
+// WaitNodesReady waits until every node's Node object is Ready.
+func (c *Cluster) WaitNodesReady(ctx context.Context, timeout time.Duration) error {
+	err := proc.Poll(ctx, timeout, time.Second, func() error {
+		nodes, err := c.Client().CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		ready := map[string]bool{}
+		for _, n := range nodes.Items {
+			for _, cond := range n.Status.Conditions {
+				if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+					ready[n.Name] = true
+				}
+			}
+		}
+		var missing []string
+		for _, n := range c.Nodes {
+			if !ready[n.Name()] {
+				missing = append(missing, n.Name())
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("not Ready: %s", strings.Join(missing, ", "))
+		}
+		return nil
+	})
+	if err != nil {
+		var tails []string
+		for _, n := range c.Nodes {
+			tails = append(tails, n.Name()+" kubelet.log (tail):\n"+proc.LogTail(n.KubeletLog(), 25))
+		}
+		return fmt.Errorf("nodes: %w\n%s", err, strings.Join(tails, "\n"))
+	}
+	c.logf("%d nodes Ready", len(c.Nodes))
+	return nil
+}
+
+// Kubectl runs the cluster's kubectl with the admin kubeconfig.
+func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, "kubectl"), append([]string{"--kubeconfig=" + c.Kubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// Stop stops every node, the control plane and the registry, and removes
+// the network.
+func (c *Cluster) Stop() error {
+	var errs []error
+	for _, n := range c.Nodes {
+		if err := n.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+		_, _ = exec.Command("ip", "route", "del", n.PodCIDR()).CombinedOutput()
+	}
+	for i := len(c.procs) - 1; i >= 0; i-- {
+		if err := c.procs[i].Stop(10 * time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.API != nil {
+		if err := c.API.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Registry != nil {
+		if err := c.Registry.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Net != nil {
+		if err := c.Net.Delete(context.Background()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// BinDir is the directory of the kube binaries (kubectl among them).
+func (c *Cluster) BinDir() string { return c.bin }

@@ -1,0 +1,76 @@
+// Package installed proves pullwatch as a user installs it: the images built
+// from Dockerfile.agent and Dockerfile.aggregator, deploy/ applied with
+// kubectl apply -k (only the image names rewritten by an overlay), on the
+// cluster in a box with real kubelets (e2e/harness/kubecluster).
+//
+// It needs root, the Debian packages (scripts/install-deps.sh) and the kube
+// binaries (scripts/build-kube.sh); without them the tests skip, unless
+// PULLWATCH_REQUIRE_REAL=1 (CI), when they fail. make e2e-installed runs it.
+package installed
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
+	"github.com/pullwatch/pullwatch/e2e/harness/kubecluster"
+	"github.com/pullwatch/pullwatch/e2e/harness/kubenode"
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
+)
+
+var (
+	box        *kubecluster.Cluster
+	skipReason string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		reason := proc.Missing(append([]string{"docker-registry"}, kubenode.Binaries...)...)
+		if reason == "" {
+			if _, err := kubeapi.LocateBinaries(""); err != nil {
+				reason = err.Error()
+			}
+		}
+		if reason != "" {
+			if proc.RealRequired() {
+				fmt.Fprintf(os.Stderr, "installed: real parts required (PULLWATCH_REQUIRE_REAL=1) but %s\n", reason)
+				return 1
+			}
+			skipReason = reason
+			return m.Run()
+		}
+		dir := os.Getenv("PULLWATCH_TEST_OUT")
+		if dir == "" {
+			dir = os.TempDir()
+		}
+		dir = filepath.Join(dir, "installed")
+		_ = os.RemoveAll(dir)
+		c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Nodes: 2, Log: os.Stderr})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "installed: %v\n", err)
+			return 1
+		}
+		box = c
+		defer func() {
+			if err := c.Stop(); err != nil {
+				fmt.Fprintf(os.Stderr, "installed: stop: %v\n", err)
+			}
+		}()
+		return m.Run()
+	}())
+}
+
+// need skips t when the cluster could not be made here.
+func need(t *testing.T) *kubecluster.Cluster {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	return box
+}

@@ -1,0 +1,169 @@
+package installed
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/kubecluster"
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
+	"github.com/pullwatch/pullwatch/e2e/harness/registry"
+)
+
+// TestInstalledOnEveryNode: deploy/ as shipped runs on real kubelets — the
+// agent Ready on every node, the aggregator Ready, a real Prometheus finds
+// it through the Kubernetes API and sees every node fresh; kubectl logs and
+// port-forward reach the pods through the kubelets.
+func TestInstalledOnEveryNode(t *testing.T) {
+	c := installed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	want := fmt.Sprint(len(c.Nodes))
+	waitQuery(ctx, t, `sum(pullwatch_nodes{state="fresh"})`, func(v float64) bool { return fmt.Sprint(v) == want }, "every node fresh")
+	waitQuery(ctx, t, `count(up{namespace="pullwatch"} == 1)`, func(v float64) bool { return v >= 1 }, "the aggregator scraped")
+
+	out, err := c.Kubectl(ctx, "-n", kubecluster.Namespace, "logs", "daemonset/pullwatch-agent", "--tail=5")
+	if err != nil || !strings.Contains(out, "round done") {
+		t.Errorf("kubectl logs of an agent: %v\n%s", err, out)
+	}
+	out, err = c.Kubectl(ctx, "get", "pods", "-A", "-o", "wide")
+	t.Logf("kubectl get pods -A -o wide:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestImageGoneBeforeRestartFails is the product's promise on the installed
+// system: a Deployment's image is deleted from the registry while its pods
+// run; pullwatch reports it absent on each node running it; then a pod is
+// deleted and the kubelet really fails with ErrImagePull/ImagePullBackOff.
+// It prints the lead time between the two.
+func TestImageGoneBeforeRestartFails(t *testing.T) {
+	c := installed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	digest, err := registry.PushSleeper(ctx, c.Registry, "shop/web", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := c.Registry.Ref("shop/web", "1")
+	ns := "shop"
+	cl := c.Client()
+	if _, err := cl.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{"app": "web"}
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(int32(len(c.Nodes))),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					// One replica per node.
+					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
+						MaxSkew: 1, TopologyKey: "kubernetes.io/hostname", WhenUnsatisfiable: corev1.DoNotSchedule,
+						LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
+					}},
+					TerminationGracePeriodSeconds: ptr.To(int64(2)),
+					Containers: []corev1.Container{{
+						Name: "web", Image: image,
+						// What a :latest tag gets by default: every start pulls.
+						ImagePullPolicy: corev1.PullAlways,
+					}},
+				},
+			},
+		},
+	}
+	if _, err := cl.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.Poll(ctx, 2*time.Minute, time.Second, func() error {
+		d, err := cl.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if d.Status.AvailableReplicas != *d.Spec.Replicas {
+			return fmt.Errorf("web: %d/%d available", d.Status.AvailableReplicas, *d.Spec.Replicas)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sel := fmt.Sprintf(`pullwatch_node_image_status{image=%q`, image)
+	waitQuery(ctx, t, `count(`+sel+`,status="available"})`, func(v float64) bool { return int(v) == len(c.Nodes) }, "web available on every node")
+
+	if err := registry.DeleteManifest(ctx, c.Registry, "shop/web", digest); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	waitQuery(ctx, t, `count(`+sel+`,status="absent"})`, func(v float64) bool { return int(v) == len(c.Nodes) }, "web absent on every node")
+	reported := time.Now()
+	t.Logf("pullwatch reported the image absent on all %d nodes %s after its deletion", len(c.Nodes), reported.Sub(deleted).Round(time.Second))
+
+	pods, err := cl.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("web pods: %v", err)
+	}
+	if err := cl.CoreV1().Pods(ns).Delete(ctx, pods.Items[0].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var failed time.Time
+	var reason string
+	if err := proc.Poll(ctx, 3*time.Minute, time.Second, func() error {
+		pods, err := cl.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil {
+			return err
+		}
+		for _, p := range pods.Items {
+			for _, s := range p.Status.ContainerStatuses {
+				if w := s.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
+					failed, reason = time.Now(), w.Reason+": "+w.Message
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no replacement pod failing to pull yet")
+	}); err != nil {
+		out, _ := c.Kubectl(ctx, "-n", ns, "get", "events")
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !strings.Contains(reason, "not found") {
+		t.Errorf("kubelet's reason %q does not say the manifest is not found", reason)
+	}
+	t.Logf("kubelet: %s", reason)
+	t.Logf("LEAD TIME: pullwatch reported the image absent %s after its deletion and %s before the kubelet's ErrImagePull on the restarted pod",
+		reported.Sub(deleted).Round(time.Second), failed.Sub(reported).Round(time.Second))
+}
+
+// waitQuery polls Prometheus until promql's first sample satisfies ok.
+func waitQuery(ctx context.Context, t *testing.T, promql string, ok func(float64) bool, what string) {
+	t.Helper()
+	var last string
+	err := proc.Poll(ctx, 3*time.Minute, 2*time.Second, func() error {
+		s, err := prom.Query(ctx, promql)
+		if err != nil {
+			return err
+		}
+		if len(s) == 0 {
+			last = "no samples"
+			return fmt.Errorf("%s: %s", promql, last)
+		}
+		last = fmt.Sprint(s[0].Value)
+		if !ok(s[0].Value) {
+			return fmt.Errorf("%s = %s", promql, last)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# make test-fresh: prove that a fresh machine needs nothing but what the repo
+# installs. Runs `.ci/run` on a fresh clone of HEAD inside a freshly
+# debootstrapped Debian 12 (bookworm, minbase) root, with only the Go toolchain
+# copied in, so nothing installed by hand on this machine can hide a missing
+# entry in scripts/deps.txt.
+#
+# Needs root. The pristine root is cached as a tarball (debootstrap takes about
+# a minute); every run unpacks it anew. The run happens in its own mount
+# namespace (/proc, /sys, /dev bound in for containerd, runc and network
+# namespaces), so nothing stays mounted when it ends.
+#
+#   PULLWATCH_FRESH_DIR     work dir (default /var/tmp/pullwatch-fresh)
+#   PULLWATCH_FRESH_MIRROR  Debian mirror (default http://deb.debian.org/debian)
+#   PULLWATCH_FRESH_KEEP=1  keep the unpacked root afterwards (to look around)
+#   PULLWATCH_FRESH_REF     what to clone (default HEAD; uncommitted work is not tested)
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+dir=${PULLWATCH_FRESH_DIR:-/var/tmp/pullwatch-fresh}
+mirror=${PULLWATCH_FRESH_MIRROR:-http://deb.debian.org/debian}
+ref=${PULLWATCH_FRESH_REF:-HEAD}
+goroot=$(go env GOROOT)
+log() { printf 'test-fresh: %s\n' "$*"; }
+
+[[ $(id -u) -eq 0 ]] || { log "must run as root (debootstrap, chroot, mounts)" >&2; exit 1; }
+bash "$repo/scripts/install-deps.sh" fresh
+mkdir -p "$dir"
+tarball=$dir/bookworm-minbase.tar
+root=$dir/root
+
+if [[ ! -s $tarball ]]; then
+  log "debootstrap bookworm (minbase) from $mirror"
+  rm -rf "$dir/bootstrap"
+  debootstrap --variant=minbase bookworm "$dir/bootstrap" "$mirror" >"$dir/debootstrap.log" 2>&1 ||
+    { tail -n 20 "$dir/debootstrap.log" >&2; log "debootstrap failed: see $dir/debootstrap.log" >&2; exit 1; }
+  tar -C "$dir/bootstrap" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+  rm -rf "$dir/bootstrap"
+fi
+
+# leftovers KILL: processes whose root is the fresh root (containerd, registries
+# the tests may have left behind); killed with KILL when asked.
+leftovers() {
+  local p r found=0
+  for p in /proc/[0-9]*; do
+    r=$(readlink "$p/root" 2>/dev/null) || continue
+    if [[ $r == "$root" || $r == "$root"/* ]]; then
+      found=1
+      [[ ${1:-} == kill ]] && kill -KILL "${p#/proc/}" 2>/dev/null || true
+    fi
+  done
+  return $((1 - found))
+}
+cleanup() {
+  leftovers kill || true
+  if [[ ${PULLWATCH_FRESH_KEEP:-} == 1 ]]; then log "kept $root"; else rm -rf "$root"; fi
+}
+if [[ -d $root ]]; then leftovers kill || true; rm -rf "$root"; fi
+trap cleanup EXIT
+
+log "unpacking a fresh root in $root"
+mkdir -p "$root"
+tar -C "$root" -xf "$tarball"
+# What the machine image ships besides Debian: the Go toolchain and its
+# settings, the resolver, the CA bundle is NOT copied (ca-certificates is in
+# deps.txt).
+mkdir -p "$root/usr/local" "$root/root/.config/go"
+cp -a "$goroot" "$root/usr/local/go"
+[[ -f /root/.config/go/env ]] && cp /root/.config/go/env "$root/root/.config/go/env"
+cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+if [[ -d /etc/apt/sources.list.d && ! -s $root/etc/apt/sources.list ]]; then
+  printf 'deb %s bookworm main\ndeb %s bookworm-updates main\n' "$mirror" "$mirror" >"$root/etc/apt/sources.list"
+fi
+
+log "cloning $ref of $repo"
+mkdir -p "$root/ci"
+git -C "$repo" rev-parse --verify "$ref^{commit}" >/dev/null
+git clone -q --no-hardlinks "$repo" "$root/ci/pullwatch"
+git -C "$root/ci/pullwatch" checkout -q "$(git -C "$repo" rev-parse "$ref")"
+# CI lays a read-only copy of shared/ beside the clone; do the same when there is one.
+[[ -d $repo/../shared ]] && cp -a "$repo/../shared" "$root/ci/shared" && chmod -R a-w "$root/ci/shared"
+
+log "running .ci/run in the fresh root (log: $dir/ci.log)"
+start=$SECONDS
+set +e
+unshare --mount --propagation private -- bash -euc '
+  root=$1
+  mount -t proc proc "$root/proc"
+  mount --rbind /sys "$root/sys"
+  mount --rbind /dev "$root/dev"
+  mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+  mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+  exec chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+    PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    CI=true bash -c "cd /ci/pullwatch && bash .ci/run </dev/null"
+' _ "$root" >"$dir/ci.log" 2>&1
+rc=$?
+set -e
+elapsed=$((SECONDS - start))
+tail -n 30 "$dir/ci.log"
+if ((rc == 0)); then
+  log "PASSED in ${elapsed}s on a fresh Debian 12 root ($(nproc) cores); log: $dir/ci.log"
+else
+  log "FAILED (exit $rc) after ${elapsed}s; log: $dir/ci.log" >&2
+fi
+exit $rc
