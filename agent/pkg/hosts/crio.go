@@ -19,7 +19,6 @@ import (
 
 	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
-
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
