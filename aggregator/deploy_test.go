@@ -1,15 +1,20 @@
 // Package aggregator_test checks what ships next to the aggregator and
 // reads its metrics: the alerting rules (deploy/prometheus-rules.yaml and
 // deploy/rules/), their promtool unit tests, the alert documentation and
-// the Grafana dashboards (deploy/grafana/).
+// the Grafana dashboards (deploy/grafana/); and what the agent DaemonSet
+// (deploy/daemonset.yaml) lets the agent see of the node.
 //
 // promtool (Debian's prometheus package) checks and unit-tests the rules;
 // without it those tests skip, unless PULLWATCH_REQUIRE_REAL=1.
 package aggregator_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +25,9 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
 
@@ -388,4 +396,144 @@ func TestDashboardQueriesParse(t *testing.T) {
 		t.Fatal(err)
 	}
 	runPromtool(t, bin, dir, "check", "rules", "queries.yaml")
+}
+
+// nodePathsDoc holds the table of the node paths the agent reads by
+// default, "What the agent reads from the node"; an agent test checks that
+// it lists every one of them.
+const nodePathsDoc = "docs/node-path.md"
+
+// agentNodePaths returns the node paths in nodePathsDoc's table, each
+// with whether the DaemonSet must mount it.
+func agentNodePaths(t *testing.T) map[string]bool {
+	t.Helper()
+	doc := string(readRoot(t, nodePathsDoc))
+	_, section, ok := strings.Cut(doc, "### What the agent reads from the node\n")
+	if !ok {
+		t.Fatalf("%s has no section \"What the agent reads from the node\"", nodePathsDoc)
+	}
+	paths := map[string]bool{}
+	for _, line := range strings.Split(section, "\n") {
+		if strings.HasPrefix(line, "#") {
+			break
+		}
+		cells := strings.Split(strings.Trim(line, "| "), " | ")
+		if !strings.HasPrefix(line, "| `") || len(cells) != 3 {
+			continue
+		}
+		mounted := !strings.HasPrefix(cells[2], "not mounted")
+		for _, m := range regexp.MustCompile("`(/[^`]*)`").FindAllStringSubmatch(cells[0], -1) {
+			paths[m[1]] = mounted
+		}
+	}
+	if len(paths) < 10 {
+		t.Fatalf("%s: only %d node paths in its table", nodePathsDoc, len(paths))
+	}
+	return paths
+}
+
+const (
+	daemonSetFile = "deploy/daemonset.yaml"
+	agentHostRoot = "/host"
+)
+
+// agentDaemonSet returns the agent's DaemonSet and its container.
+func agentDaemonSet(t *testing.T) (*appsv1.DaemonSet, *corev1.Container) {
+	t.Helper()
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(readRoot(t, daemonSetFile)), 4096)
+	for {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("%s: %v", daemonSetFile, err)
+		}
+		var meta struct{ Kind string }
+		if err := json.Unmarshal(raw, &meta); err != nil || meta.Kind != "DaemonSet" {
+			continue
+		}
+		var ds appsv1.DaemonSet
+		if err := yaml.UnmarshalStrict(raw, &ds); err != nil {
+			t.Fatalf("%s: DaemonSet: %v", daemonSetFile, err)
+		}
+		cs := ds.Spec.Template.Spec.Containers
+		if len(cs) != 1 {
+			t.Fatalf("%s: %d containers, want the agent's only", daemonSetFile, len(cs))
+		}
+		return &ds, &cs[0]
+	}
+	t.Fatalf("no DaemonSet in %s", daemonSetFile)
+	return nil, nil
+}
+
+// under reports whether p is dir or inside it.
+func under(p, dir string) bool {
+	return p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/")
+}
+
+// TestDeployAgentHostPaths: the DaemonSet mounts, read-only, under the
+// agent's --host-root, each node path the agent reads by default (unless
+// docs/node-path.md says it is not mounted, and why), and nothing as wide
+// as the node's / or /etc.
+func TestDeployAgentHostPaths(t *testing.T) {
+	ds, c := agentDaemonSet(t)
+	spec := ds.Spec.Template.Spec
+	var root string
+	for _, e := range c.Env {
+		if e.Name == "PULLWATCH_HOST_ROOT" {
+			root = e.Value
+		}
+	}
+	if root != agentHostRoot {
+		t.Fatalf("PULLWATCH_HOST_ROOT = %q, want %s", root, agentHostRoot)
+	}
+	hostPaths := map[string]string{} // volume → node path
+	for _, v := range spec.Volumes {
+		if v.HostPath == nil {
+			continue
+		}
+		p := filepath.Clean(v.HostPath.Path)
+		hostPaths[v.Name] = p
+		for _, wide := range []string{"/", "/etc", "/var", "/var/lib/kubelet", "/root", "/run", "/usr", "/lib"} {
+			if p == wide {
+				t.Errorf("volume %s mounts the node's whole %s", v.Name, p)
+			}
+		}
+		if v.HostPath.Type == nil || *v.HostPath.Type == "" {
+			t.Errorf("volume %s (%s) has no hostPath type: the runtime would create a missing path as a directory", v.Name, p)
+		}
+	}
+	// node path → mounted read-only at /host + node path.
+	covered := map[string]bool{}
+	for _, m := range c.VolumeMounts {
+		p, ok := hostPaths[m.Name]
+		if !ok {
+			continue
+		}
+		if !m.ReadOnly {
+			t.Errorf("hostPath volume %s (%s) is mounted writable at %s", m.Name, p, m.MountPath)
+		}
+		if m.SubPath != "" || m.SubPathExpr != "" {
+			t.Errorf("hostPath volume %s is mounted with a subPath", m.Name)
+		}
+		switch {
+		case m.MountPath == p && strings.HasSuffix(p, ".sock"):
+			// The CRI socket, where the agent dials it.
+		case m.MountPath == root+p:
+			covered[p] = true
+		default:
+			t.Errorf("hostPath volume %s (%s) is mounted at %s, want %s", m.Name, p, m.MountPath, root+p)
+		}
+		if under(m.MountPath, root) && (m.MountPath == root || m.MountPath == root+"/etc") {
+			t.Errorf("volume %s is the node's whole %s", m.Name, strings.TrimPrefix(m.MountPath, root))
+		}
+	}
+	for p, mounted := range agentNodePaths(t) {
+		if !mounted {
+			continue
+		}
+		if !slices.ContainsFunc(slices.Collect(maps.Keys(covered)), func(dir string) bool { return under(p, dir) }) {
+			t.Errorf("the agent reads the node's %s under %s, but no read-only hostPath mount covers it", p, root)
+		}
+	}
 }

@@ -876,10 +876,19 @@ func TestAgentDaemonSet(t *testing.T) {
 	})
 
 	t.Run("host paths", func(t *testing.T) {
-		// What the agent may see of the host, each read-only. Extend this
-		// list deliberately (e.g. /etc/containerd for hosts.toml once the
-		// agent reads it).
-		allowed := []string{"/run/containerd/containerd.sock", "/etc", "/var/lib/kubelet/config.json"}
+		// What the agent may see of the host, each read-only: the CRI
+		// socket and the node files of docs/node-path.md ("What the agent
+		// reads from the node"; aggregator/deploy_test.go checks the
+		// table against the mounts). Extend this list deliberately.
+		allowed := []string{
+			"/run/containerd/containerd.sock",
+			"/etc/containerd", "/etc/docker/certs.d", "/etc/containers",
+			"/lib/systemd/system", "/usr/lib/systemd/system",
+			"/etc/systemd/system/containerd.service.d", "/etc/systemd/system/crio.service.d",
+			"/etc/resolv.conf",
+			"/etc/ssl/certs", "/etc/pki/tls/certs", "/etc/pki/ca-trust/extracted",
+			"/var/lib/kubelet/config.json", "/root/.docker",
+		}
 		for _, v := range spec.Volumes {
 			if v.HostPath == nil {
 				continue

@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/netpath"
 	"github.com/pullwatch/pullwatch/agent/pkg/probe"
@@ -106,6 +106,7 @@ type common struct {
 
 	// The runtime's registry configuration and the node's network path.
 	hostRoot           string
+	root               hostfs.Root // hostRoot, once validated
 	containerdConfig   string
 	registryConfigPath string
 	registriesConf     string
@@ -169,6 +170,18 @@ func (c *common) validate() error {
 	if c.nodeName == "" {
 		return errors.New("no node name: set --node-name (env NODE_NAME)")
 	}
+	if c.hostRoot != "" {
+		// The one node path that must be there: without it nothing the
+		// agent reads of the node is. Each file under it is optional
+		// but --resolv-conf.
+		if st, err := os.Stat(c.hostRoot); err != nil || !st.IsDir() {
+			if err == nil {
+				err = errors.New("not a directory")
+			}
+			return fmt.Errorf("--host-root %s: %w: mount the node's files there (deploy/daemonset.yaml mounts them read-only under /host), or leave --host-root (env PULLWATCH_HOST_ROOT) empty to read them in place", c.hostRoot, err)
+		}
+	}
+	c.root = hostfs.New(c.hostRoot)
 	return nil
 }
 
@@ -191,6 +204,7 @@ func parse(s *envflag.Set, args []string, env Env, c *common) (int, bool) {
 
 // setup connects to the runtime and builds the checker.
 func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *cri.Client, error) {
+	c.trustNodeCAs(log)
 	kube, err := kubeapi.Announce(log, c.kubeconfig, "pull-secret lookup is")
 	if err != nil {
 		return nil, nil, err
@@ -245,7 +259,7 @@ func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *
 // credentials builds the pull-credential sources in the kubelet's order.
 func (c *common) credentials(ctx context.Context, log *slog.Logger, kube *kubeapi.Config) (credentials.Chain, error) {
 	opts := credentials.Options{
-		NodeName: c.nodeName, HostRoot: c.hostRoot, DockerConfig: c.dockerConfig, PullSecrets: c.pullSecrets == "on",
+		NodeName: c.nodeName, Root: c.root, DockerConfig: c.dockerConfig, PullSecrets: c.pullSecrets == "on",
 		ProviderConfig: c.providerConfig, ProviderBinDir: c.providerBinDir, UserAgent: "pullwatch-agent/" + Version, Log: log,
 	}
 	if kube != nil {
@@ -254,8 +268,24 @@ func (c *common) credentials(ctx context.Context, log *slog.Logger, kube *kubeap
 	return credentials.New(ctx, opts)
 }
 
-// hostPath is a node file as the agent sees it.
-func (c *common) hostPath(p string) string { return filepath.Join(c.hostRoot, p) }
+// trustNodeCAs points Go's system trust store at the node's CA bundle
+// under --host-root, before any TLS client is made: registry TLS then
+// trusts what the runtime on the node trusts. SSL_CERT_FILE or
+// SSL_CERT_DIR set for the agent win.
+func (c *common) trustNodeCAs(log *slog.Logger) {
+	if c.root.Dir() == "" || os.Getenv("SSL_CERT_FILE") != "" || os.Getenv("SSL_CERT_DIR") != "" {
+		return
+	}
+	file, dirs, ok := netpath.NodeTrust(c.root)
+	if !ok {
+		log.Warn("no CA bundle of the node's under --host-root: registry TLS trusts the agent image's CAs, not the node's; mount the node's /etc/ssl/certs (or /etc/pki) under it",
+			"host_root", c.root.Dir(), "looked_for", netpath.CertFiles)
+		return
+	}
+	os.Setenv("SSL_CERT_FILE", file)
+	os.Setenv("SSL_CERT_DIR", strings.Join(dirs, ":"))
+	log.Info("registry TLS trusts the node's CA bundle", "file", file)
+}
 
 // networkPath loads the runtime's proxy and the node's resolver.
 func (c *common) networkPath(ctx context.Context, log *slog.Logger, runtimeName string) (netpath.Path, error) {
@@ -266,19 +296,19 @@ func (c *common) networkPath(ctx context.Context, log *slog.Logger, runtimeName 
 			unitName = "crio.service"
 		}
 	}
-	var units []string
-	for _, dir := range []string{"/lib/systemd/system", "/usr/lib/systemd/system", "/etc/systemd/system", "/run/systemd/system"} {
-		units = append(units, c.hostPath(filepath.Join(dir, unitName)), c.hostPath(filepath.Join(dir, unitName+".d")))
-	}
-	proxy, err := netpath.LoadProxy(ctx, c.proxyFrom, units, os.Getenv)
+	proxy, err := netpath.LoadProxy(ctx, c.proxyFrom, c.root, netpath.UnitPaths(unitName), os.Getenv)
 	if err != nil {
 		return netpath.Path{}, fmt.Errorf("runtime proxy settings (--proxy-from=%s): %w", c.proxyFrom, err)
 	}
 	red := proxy.Redacted()
 	log.Info("registry probes use the runtime's proxy settings", "source", red.Source, "http_proxy", red.HTTPProxy, "https_proxy", red.HTTPSProxy, "no_proxy", red.NoProxy)
 	path := netpath.Path{Proxy: proxy}
-	if rc := c.hostPath(c.resolvConf); rc != "/etc/resolv.conf" {
+	if c.root.Dir() != "" || c.resolvConf != "/etc/resolv.conf" {
+		rc := c.root.Path(c.resolvConf)
 		if path.Resolver, err = netpath.LoadResolver(rc); err != nil {
+			if c.root.Dir() != "" {
+				err = fmt.Errorf("%w; with --host-root %s the node's %s must be mounted there (deploy/daemonset.yaml does, read-only)", err, c.root.Dir(), c.resolvConf)
+			}
 			return netpath.Path{}, err
 		}
 		log.Info("registry names resolve with the node's nameservers", "resolv_conf", rc, "nameservers", path.Resolver.Nameservers)
@@ -293,15 +323,15 @@ func (c *common) registryResolver(ctx context.Context, log *slog.Logger, rt cri.
 		return hosts.NewContainerd(ctx, hosts.ContainerdOptions{
 			ConfigFile:     c.containerdConfig,
 			ConfigPath:     c.registryConfigPath,
-			HostRoot:       c.hostRoot,
+			Root:           c.root,
 			UpdateClient:   path.UpdateClient,
 			RuntimeVersion: rt.Version,
 		})
 	case "cri-o":
-		return hosts.NewCRIO(hosts.CRIOOptions{
+		return hosts.NewCRIO(ctx, hosts.CRIOOptions{
 			RegistriesConf:    c.registriesConf,
 			RegistriesConfDir: c.registriesConfDir,
-			HostRoot:          c.hostRoot,
+			Root:              c.root,
 			UpdateClient:      path.UpdateClient,
 		})
 	default:

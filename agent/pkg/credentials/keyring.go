@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
@@ -34,16 +35,26 @@ const KubeletRootDir = "/var/lib/kubelet"
 // run by systemd), $HOME/.docker (HOME=/root: the kubelet runs as root)
 // and /.docker; then .dockercfg in its root dir, working directory, $HOME
 // and /. The first file that exists and parses wins; the others are not
-// read. hostRoot ("" or where the node's / is mounted) prefixes every path.
-func defaultKeyringSearchPath(hostRoot string) []configFile {
+// read. Each is a node path, read under root.
+func defaultKeyringSearchPath(root hostfs.Root) []configFile {
 	var out []configFile
-	for _, dir := range []string{KubeletRootDir, "/", "/root/.docker", "/.docker"} {
-		out = append(out, configFile{path: filepath.Join(hostRoot, dir, "config.json")})
-	}
-	for _, dir := range []string{KubeletRootDir, "/", "/root", "/"} {
-		out = append(out, configFile{path: filepath.Join(hostRoot, dir, ".dockercfg"), legacy: true})
+	for _, p := range DefaultKeyringSearchPath() {
+		out = append(out, configFile{path: root.Path(p), legacy: filepath.Base(p) == ".dockercfg"})
 	}
 	return dedupeFiles(out)
+}
+
+// DefaultKeyringSearchPath is the kubelet's keyring search path, node
+// paths in its order (see defaultKeyringSearchPath).
+func DefaultKeyringSearchPath() []string {
+	var out []string
+	for _, dir := range []string{KubeletRootDir, "/", "/root/.docker", "/.docker"} {
+		out = append(out, filepath.Join(dir, "config.json"))
+	}
+	for _, dir := range []string{KubeletRootDir, "/", "/root", "/"} {
+		out = append(out, filepath.Join(dir, ".dockercfg"))
+	}
+	return out
 }
 
 // keyringFiles is what --docker-config names: a file (config.json format,
@@ -76,9 +87,9 @@ type KeyringOptions struct {
 	// DockerConfig replaces the kubelet's search path with one file or
 	// directory (--docker-config), as the agent sees it.
 	DockerConfig string
-	// HostRoot is where the node's root filesystem is mounted in the
-	// agent's container (--host-root); it prefixes the default search path.
-	HostRoot string
+	// Root is where the node's root filesystem is mounted in the agent's
+	// container (--host-root); the default search path is read under it.
+	Root hostfs.Root
 	// Recheck is how long a loaded keyring is used before the files are
 	// looked at again. Default 10s.
 	Recheck time.Duration
@@ -108,7 +119,7 @@ func NewNodeKeyring(opts KeyringOptions) *NodeKeyring {
 	if opts.DockerConfig != "" {
 		k.files = keyringFiles(opts.DockerConfig)
 	} else {
-		k.files = defaultKeyringSearchPath(opts.HostRoot)
+		k.files = defaultKeyringSearchPath(opts.Root)
 	}
 	if k.recheck <= 0 {
 		k.recheck = 10 * time.Second

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	"github.com/pullwatch/pullwatch/pkg/logging/logtest"
 )
@@ -45,7 +46,7 @@ func configJSON(registry, user, pass string) string {
 
 func TestDefaultKeyringSearchPath(t *testing.T) {
 	var got []string
-	for _, f := range defaultKeyringSearchPath("/host") {
+	for _, f := range defaultKeyringSearchPath(hostfs.New("/host")) {
 		got = append(got, f.path)
 	}
 	want := []string{
@@ -101,7 +102,7 @@ func TestNodeKeyringSearchOrder(t *testing.T) {
 				writeFile(t, filepath.Join(root, p), c)
 			}
 			log, logs := testLogger()
-			k := NewNodeKeyring(KeyringOptions{HostRoot: root, Log: log})
+			k := NewNodeKeyring(KeyringOptions{Root: hostfs.New(root), Log: log})
 			creds, err := k.Lookup(ctx, ref, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -129,7 +130,7 @@ func TestNodeKeyringCorruptFileLoggedOnceNamingIt(t *testing.T) {
 	writeFile(t, bad, `{"auths":{"registry.example":{"auth":"not base64!"}}}`)
 	now := time.Unix(1000, 0)
 	log, logs := testLogger()
-	k := NewNodeKeyring(KeyringOptions{HostRoot: root, Log: log, Now: func() time.Time { return now }})
+	k := NewNodeKeyring(KeyringOptions{Root: hostfs.New(root), Log: log, Now: func() time.Time { return now }})
 	ref := mustRef(t, "registry.example/app:v1")
 	for range 3 {
 		now = now.Add(time.Minute)
@@ -159,7 +160,7 @@ func TestNodeKeyringDockerConfigFlag(t *testing.T) {
 
 	file := filepath.Join(dir, "mounted.json")
 	writeFile(t, file, configJSON("registry.example", "file", "1"))
-	if c, _ := NewNodeKeyring(KeyringOptions{DockerConfig: file, HostRoot: "/nonexistent", Log: quiet}).Lookup(ctx, ref, nil); len(c) != 1 || c[0].Username != "file" {
+	if c, _ := NewNodeKeyring(KeyringOptions{DockerConfig: file, Root: hostfs.New("/nonexistent"), Log: quiet}).Lookup(ctx, ref, nil); len(c) != 1 || c[0].Username != "file" {
 		t.Errorf("file: %v", c)
 	}
 

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 )
 
 // This file is the kubelet's keyring matcher, written again because
@@ -184,7 +186,7 @@ func isDefaultRegistryMatch(image string) bool {
 	if !hasSlash {
 		return true
 	}
-	if first == "docker.io" || first == "index.docker.io" {
+	if _, dockerHub := imageref.APIHost(first); dockerHub {
 		return true
 	}
 	return !strings.ContainsAny(first, ".:")

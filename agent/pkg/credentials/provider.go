@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	kubeletconfigv1 "k8s.io/kubelet/config/v1"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 )
 
@@ -24,6 +25,9 @@ type PluginsOptions struct {
 	Config string
 	// BinDir is the kubelet's --image-credential-provider-bin-dir.
 	BinDir string
+	// Root is where Config and BinDir, node paths, are read (--host-root);
+	// the plugins run from there, in the agent's container.
+	Root hostfs.Root
 	// Timeout bounds one plugin run. Default 1 minute, the kubelet's.
 	Timeout time.Duration
 	// FailureBackoff is how long a provider that failed is not run again
@@ -84,7 +88,7 @@ func LoadPlugins(ctx context.Context, opts PluginsOptions) (*Plugins, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	data, err := readBounded(opts.Config)
+	data, err := readBounded(opts.Root.Path(opts.Config))
 	if errors.Is(err, fs.ErrNotExist) {
 		log.InfoContext(ctx, "no credential provider config; credential provider plugins off", "config", opts.Config)
 		return nil, nil
@@ -121,7 +125,7 @@ func LoadPlugins(ctx context.Context, opts PluginsOptions) (*Plugins, error) {
 func newPlugin(c kubeletconfigv1.CredentialProvider, opts PluginsOptions, log *slog.Logger) *plugin {
 	p := &plugin{
 		name:        c.Name,
-		path:        filepath.Join(opts.BinDir, c.Name),
+		path:        opts.Root.Path(filepath.Join(opts.BinDir, c.Name)),
 		apiVersion:  c.APIVersion,
 		args:        c.Args,
 		matchImages: c.MatchImages,

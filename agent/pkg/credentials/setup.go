@@ -4,21 +4,21 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // Options are the agent's credential settings (its flags).
 type Options struct {
 	NodeName string
-	// HostRoot is where the node's / is mounted; every path below is a
-	// node path looked up under it, as the kubelet's flags name them.
-	HostRoot string
+	// Root is where the node's / is mounted; every path below is a node
+	// path looked up under it, as the kubelet's flags name them.
+	Root hostfs.Root
 	// DockerConfig replaces the kubelet's keyring search path with one
 	// file or directory.
 	DockerConfig string
@@ -77,7 +77,7 @@ func New(ctx context.Context, opts Options) (Chain, error) {
 		}
 	}
 
-	keyring := NewNodeKeyring(KeyringOptions{DockerConfig: hostPath(opts.HostRoot, opts.DockerConfig), HostRoot: opts.HostRoot, Log: log})
+	keyring := NewNodeKeyring(KeyringOptions{DockerConfig: opts.Root.Path(opts.DockerConfig), Root: opts.Root, Log: log})
 	if opts.DockerConfig != "" {
 		log.InfoContext(ctx, "node keyring from --docker-config", "path", keyring.Files()[0])
 	}
@@ -86,8 +86,9 @@ func New(ctx context.Context, opts Options) (Chain, error) {
 	if opts.ProviderConfig != "" {
 		var err error
 		plugins, err = LoadPlugins(ctx, PluginsOptions{
-			Config: hostPath(opts.HostRoot, opts.ProviderConfig),
-			BinDir: hostPath(opts.HostRoot, opts.ProviderBinDir),
+			Config: opts.ProviderConfig,
+			BinDir: opts.ProviderBinDir,
+			Root:   opts.Root,
 			Log:    log,
 		})
 		if err != nil {
@@ -98,12 +99,4 @@ func New(ctx context.Context, opts Options) (Chain, error) {
 		}
 	}
 	return NewChain(ps, keyring, plugins), nil
-}
-
-// hostPath is a node path as the agent sees it ("" stays "").
-func hostPath(hostRoot, p string) string {
-	if p == "" {
-		return ""
-	}
-	return filepath.Join(hostRoot, p)
 }

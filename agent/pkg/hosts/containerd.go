@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
@@ -26,9 +27,13 @@ type ContainerdOptions struct {
 	ConfigFile string
 	// ConfigPath overrides the registry config_path found in ConfigFile.
 	ConfigPath string
-	// HostRoot prefixes every file path read (the host's / as mounted in
-	// the agent's container, e.g. /host); "" reads paths as they are.
-	HostRoot string
+	// Root is where the node's files are read (--host-root): ConfigFile,
+	// ConfigPath, the paths config.toml and hosts.toml name, are the
+	// node's paths.
+	Root hostfs.Root
+	// TempDir holds rewritten copies of hosts.toml files that name
+	// absolute ca or client paths under a Root; "" is os.TempDir().
+	TempDir string
 	// UpdateClient adjusts each endpoint's HTTP client after containerd's
 	// own settings (TLS) are applied: proxy and resolver.
 	UpdateClient func(*http.Client) error
@@ -45,7 +50,8 @@ type Containerd struct {
 	hosts   docker.RegistryHosts
 	mirrors map[string][]string
 	opts    ContainerdOptions
-	roots   []string
+	roots   []string // config_path roots, node paths
+	copies  *hostsCopies
 
 	warnMu sync.Mutex
 	warned map[string]string // hosts.toml path → last warning
@@ -72,7 +78,7 @@ func NewContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, er
 	if opts.ConfigFile == "" {
 		opts.ConfigFile = DefaultContainerdConfig
 	}
-	cfg, err := ReadContainerdConfig(filepath.Join(opts.HostRoot, opts.ConfigFile))
+	cfg, err := ReadContainerdConfig(opts.Root, opts.ConfigFile)
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +86,7 @@ func NewContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, er
 	if opts.ConfigPath != "" {
 		configPath = opts.ConfigPath
 	}
-	c := &Containerd{opts: opts, warned: map[string]string{}, legacy: legacyHosts(opts.RuntimeVersion)}
+	c := &Containerd{opts: opts, warned: map[string]string{}, legacy: legacyHosts(opts.RuntimeVersion), copies: &hostsCopies{parent: opts.TempDir}}
 	if len(cfg.Mirrors) > 0 && configPath == "" {
 		// containerd refuses both at once; with mirrors only, it uses them.
 		c.mirrors = cfg.Mirrors
@@ -91,22 +97,23 @@ func NewContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, er
 	}
 	for _, root := range filepath.SplitList(configPath) {
 		if root != "" {
-			c.roots = append(c.roots, filepath.Join(opts.HostRoot, root))
+			c.roots = append(c.roots, root)
 		}
 	}
-	logging.FromContext(ctx).InfoContext(ctx, "containerd registry configuration", "config_files", cfg.Files, "config_path", strings.Join(c.roots, ":"))
+	logging.FromContext(ctx).InfoContext(ctx, "containerd registry configuration", "config_files", cfg.Files, "config_path", strings.Join(c.roots, ":"), "host_root", opts.Root.Dir())
 	c.hosts = config.ConfigureHosts(ctx, config.HostOptions{
-		HostDir:      c.hostDir,
+		HostDir:      c.loaderHostDir,
 		UpdateClient: opts.UpdateClient,
 	})
 	return c, nil
 }
 
 // hostDir finds the host's directory under the first config_path root
-// that has one, as containerd's CRI plugin does for a list of roots.
+// that has one, as containerd's CRI plugin does for a list of roots; the
+// directory is returned as the agent reads it (under the Root).
 func (c *Containerd) hostDir(host string) (string, error) {
 	for _, root := range c.roots {
-		dir, err := config.HostDirFromRoot(root)(host)
+		dir, err := config.HostDirFromRoot(c.opts.Root.Path(root))(host)
 		if err == nil {
 			return dir, nil
 		}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 )
 
 func writeFile(t testing.TB, path, content string) {
@@ -56,7 +58,7 @@ imports = ["conf.d/*.toml"]
 			for name, content := range tt.files {
 				writeFile(t, filepath.Join(dir, name), content)
 			}
-			cfg, err := ReadContainerdConfig(filepath.Join(dir, "config.toml"))
+			cfg, err := ReadContainerdConfig(hostfs.Root{}, filepath.Join(dir, "config.toml"))
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(err.Error(), dir) {
 					t.Fatalf("err = %v, want %q naming the file", err, tt.err)
@@ -167,7 +169,7 @@ imports = ["x.toml"]
 		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := ReadContainerdConfig(p)
+		cfg, err := ReadContainerdConfig(hostfs.Root{}, p)
 		if err != nil && !strings.Contains(err.Error(), p) {
 			t.Fatalf("error does not name the file: %v", err)
 		}

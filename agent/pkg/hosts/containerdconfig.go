@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 )
 
 // DefaultContainerdConfig is where containerd reads its configuration.
@@ -41,11 +43,13 @@ type ContainerdRegistryConfig struct {
 	Files []string
 }
 
-// ReadContainerdConfig reads containerd's config.toml at path and the files
-// its imports name (globs, relative to the file's directory), later files
-// overriding earlier ones as containerd merges them. A missing main file
-// is not an error: containerd then runs with its defaults.
-func ReadContainerdConfig(path string) (ContainerdRegistryConfig, error) {
+// ReadContainerdConfig reads containerd's config.toml at the node path
+// path and the files its imports name (globs, relative to the file's
+// directory; absolute ones are node paths too), all under root, later
+// files overriding earlier ones as containerd merges them. A missing main
+// file is not an error: containerd then runs with its defaults. Files
+// lists them as the agent read them.
+func ReadContainerdConfig(root hostfs.Root, path string) (ContainerdRegistryConfig, error) {
 	cfg := ContainerdRegistryConfig{Mirrors: map[string][]string{}}
 	seen := map[string]bool{}
 	var read func(p string, main bool) error
@@ -54,28 +58,29 @@ func ReadContainerdConfig(path string) (ContainerdRegistryConfig, error) {
 			return nil
 		}
 		seen[p] = true
-		doc, err := readTOML(p)
+		file := root.Path(p)
+		doc, err := readTOML(file)
 		if errors.Is(err, fs.ErrNotExist) && main {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		cfg.Files = append(cfg.Files, p)
-		if err := cfg.apply(p, doc); err != nil {
+		cfg.Files = append(cfg.Files, file)
+		if err := cfg.apply(file, doc); err != nil {
 			return err
 		}
 		imports, err := stringList(doc["imports"])
 		if err != nil {
-			return fmt.Errorf("containerd config %s: imports: %w", p, err)
+			return fmt.Errorf("containerd config %s: imports: %w", file, err)
 		}
 		for _, imp := range imports {
 			if !filepath.IsAbs(imp) {
 				imp = filepath.Join(filepath.Dir(p), imp)
 			}
-			matches, err := filepath.Glob(imp)
+			matches, err := root.Glob(imp)
 			if err != nil {
-				return fmt.Errorf("containerd config %s: import %q: %w", p, imp, err)
+				return fmt.Errorf("containerd config %s: import %q: %w", file, imp, err)
 			}
 			for _, m := range matches {
 				if err := read(m, false); err != nil {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,7 +17,9 @@ import (
 	"go.podman.io/image/v5/pkg/sysregistriesv2"
 	"go.podman.io/image/v5/types"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // CRI-O's default locations.
@@ -25,12 +29,13 @@ const (
 	DefaultCRIOCertsDir      = "/etc/containers/certs.d"
 )
 
-// CRIOOptions configure the CRI-O resolver.
+// CRIOOptions configure the CRI-O resolver. The paths are the node's,
+// read under Root.
 type CRIOOptions struct {
 	RegistriesConf    string
 	RegistriesConfDir string
 	CertsDir          string
-	HostRoot          string
+	Root              hostfs.Root
 	UpdateClient      func(*http.Client) error
 }
 
@@ -39,29 +44,43 @@ type CRIOOptions struct {
 // first, primary last; pull-from-mirror, mirror-by-digest-only, blocked,
 // insecure, prefix rewriting).
 type CRIO struct {
-	sys  *types.SystemContext
 	opts CRIOOptions
 }
 
 // NewCRIO checks that the configuration loads.
-func NewCRIO(opts CRIOOptions) (*CRIO, error) {
+func NewCRIO(ctx context.Context, opts CRIOOptions) (*CRIO, error) {
 	def := func(v *string, d string) {
 		if *v == "" {
 			*v = d
 		}
-		*v = filepath.Join(opts.HostRoot, *v)
 	}
 	def(&opts.RegistriesConf, DefaultRegistriesConf)
 	def(&opts.RegistriesConfDir, DefaultRegistriesConfDir)
 	def(&opts.CertsDir, DefaultCRIOCertsDir)
-	c := &CRIO{opts: opts, sys: &types.SystemContext{
-		SystemRegistriesConfPath:    opts.RegistriesConf,
-		SystemRegistriesConfDirPath: opts.RegistriesConfDir,
-	}}
-	if _, err := sysregistriesv2.GetRegistries(c.sys); err != nil {
+	// containers/image reads the two as it is told, under the root; the
+	// files in registries.conf.d are found in the directory read.
+	opts.RegistriesConf = opts.Root.Path(opts.RegistriesConf)
+	opts.RegistriesConfDir = opts.Root.Path(opts.RegistriesConfDir)
+	c := &CRIO{opts: opts}
+	if _, err := os.Stat(opts.RegistriesConf); errors.Is(err, fs.ErrNotExist) {
+		// CRI-O runs with an empty configuration then (containers/image
+		// does so for its default path), registries.conf.d still applied.
+		logging.FromContext(ctx).InfoContext(ctx, "no CRI-O registries.conf: registries at their default endpoints, unless registries.conf.d says otherwise", "registries_conf", opts.RegistriesConf)
+	}
+	if _, err := sysregistriesv2.GetRegistries(c.system()); err != nil {
 		return nil, fmt.Errorf("CRI-O registries configuration %s (+ %s): %w", opts.RegistriesConf, opts.RegistriesConfDir, err)
 	}
 	return c, nil
+}
+
+// system is what containers/image is told to read: registries.conf, or
+// an empty one while the node has none.
+func (c *CRIO) system() *types.SystemContext {
+	conf := c.opts.RegistriesConf
+	if _, err := os.Stat(conf); errors.Is(err, fs.ErrNotExist) {
+		conf = os.DevNull
+	}
+	return &types.SystemContext{SystemRegistriesConfPath: conf, SystemRegistriesConfDirPath: c.opts.RegistriesConfDir}
 }
 
 // Endpoints implements Resolver.
@@ -69,7 +88,7 @@ func (c *CRIO) Endpoints(_ context.Context, ref imageref.Ref) ([]Endpoint, error
 	// CRI-O re-reads the files when they change; so does this, through
 	// sysregistriesv2's cache keyed by modification time.
 	sysregistriesv2.InvalidateCache()
-	reg, err := sysregistriesv2.FindRegistry(c.sys, ref.String())
+	reg, err := sysregistriesv2.FindRegistry(c.system(), ref.String())
 	if err != nil {
 		return nil, fmt.Errorf("CRI-O registries configuration: %w", err)
 	}
@@ -91,10 +110,7 @@ func (c *CRIO) Endpoints(_ context.Context, ref imageref.Ref) ([]Endpoint, error
 	var out []Endpoint
 	for i, src := range sources {
 		epHost := podmanref.Domain(src.Reference)
-		apiHost := epHost
-		if apiHost == "docker.io" {
-			apiHost = "registry-1.docker.io"
-		}
+		apiHost, _ := imageref.APIHost(epHost)
 		role := RoleMirror
 		if i == len(sources)-1 {
 			role = RoleUpstream // the primary location comes last
@@ -134,13 +150,15 @@ func (c *CRIO) withClients(eps []Endpoint, err error) ([]Endpoint, error) {
 // registries no verification and a fallback to plain HTTP.
 func (c *CRIO) client(host string, insecure bool) (*http.Client, error) {
 	cfg := &tls.Config{InsecureSkipVerify: insecure} //nolint:gosec // what registries.conf insecure=true asks for
-	dir := filepath.Join(c.opts.CertsDir, host)
-	entries, err := os.ReadDir(dir)
+	nodeDir := filepath.Join(c.opts.CertsDir, host)
+	entries, err := os.ReadDir(c.opts.Root.Path(nodeDir))
 	if err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("CRI-O certificates for %s: %w", host, err)
 	}
 	for _, e := range entries {
-		p := filepath.Join(dir, e.Name())
+		// Each file through the root: a symlink to an absolute path
+		// points at the node's file.
+		p := c.opts.Root.Path(filepath.Join(nodeDir, e.Name()))
 		switch {
 		case strings.HasSuffix(e.Name(), ".crt"):
 			pem, err := readLimited(p)
@@ -156,7 +174,7 @@ func (c *CRIO) client(host string, insecure bool) (*http.Client, error) {
 				return nil, fmt.Errorf("CA file %s holds no PEM certificate", p)
 			}
 		case strings.HasSuffix(e.Name(), ".cert"):
-			key := strings.TrimSuffix(p, ".cert") + ".key"
+			key := c.opts.Root.Path(filepath.Join(nodeDir, strings.TrimSuffix(e.Name(), ".cert")+".key"))
 			pair, err := tls.LoadX509KeyPair(p, key)
 			if err != nil {
 				return nil, fmt.Errorf("client certificate %s with key %s: %w", p, key, err)

@@ -33,7 +33,7 @@ prefix = "internal.example/team"
 location = "registry.internal:5000/mirror/team"
 insecure = true
 `)
-	c, err := NewCRIO(CRIOOptions{RegistriesConf: filepath.Join(dir, "registries.conf"), RegistriesConfDir: filepath.Join(dir, "registries.conf.d"), CertsDir: filepath.Join(dir, "certs.d")})
+	c, err := NewCRIO(context.Background(), CRIOOptions{RegistriesConf: filepath.Join(dir, "registries.conf"), RegistriesConfDir: filepath.Join(dir, "registries.conf.d"), CertsDir: filepath.Join(dir, "certs.d")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestCRIOBadConfig(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "registries.conf")
 	writeFile(t, p, "[[registry]\nprefix=\n")
-	if _, err := NewCRIO(CRIOOptions{RegistriesConf: p, RegistriesConfDir: filepath.Join(dir, "none")}); err == nil || !strings.Contains(err.Error(), p) {
+	if _, err := NewCRIO(context.Background(), CRIOOptions{RegistriesConf: p, RegistriesConfDir: filepath.Join(dir, "none")}); err == nil || !strings.Contains(err.Error(), p) {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -84,7 +84,7 @@ func FuzzCRIORegistriesConf(f *testing.F) {
 		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		c, err := NewCRIO(CRIOOptions{RegistriesConf: p, RegistriesConfDir: filepath.Join(dir, "none")})
+		c, err := NewCRIO(context.Background(), CRIOOptions{RegistriesConf: p, RegistriesConfDir: filepath.Join(dir, "none")})
 		if err != nil {
 			return
 		}

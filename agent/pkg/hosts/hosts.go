@@ -63,10 +63,7 @@ type Defaults struct{}
 // Endpoints implements Resolver.
 func (Defaults) Endpoints(_ context.Context, ref imageref.Ref) ([]Endpoint, error) {
 	host := ref.Registry()
-	apiHost := host
-	if host == "docker.io" {
-		apiHost = "registry-1.docker.io"
-	}
+	apiHost, _ := imageref.APIHost(host)
 	scheme := "https"
 	if IsLocalhost(host) {
 		// containerd talks plain HTTP to a registry on the loopback host
@@ -91,9 +88,9 @@ func IsLocalhost(host string) bool {
 }
 
 // roleFor is mirror when the endpoint host is not the image's registry
-// (docker.io is served by registry-1.docker.io).
+// (nor where its API is served: registry-1.docker.io for docker.io).
 func roleFor(registryHost, endpointHost string) Role {
-	if endpointHost == registryHost || (registryHost == "docker.io" && endpointHost == "registry-1.docker.io") {
+	if apiHost, _ := imageref.APIHost(registryHost); endpointHost == registryHost || endpointHost == apiHost {
 		return RoleUpstream
 	}
 	return RoleMirror

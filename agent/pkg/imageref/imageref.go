@@ -97,3 +97,16 @@ func (r Ref) DigestFor(repoDigests []string) string {
 	}
 	return ""
 }
+
+// APIHost returns the host the runtime sends registry API requests to for a
+// registry host as an image or a docker config names it, and whether that
+// registry is Docker Hub: docker.io and its legacy name index.docker.io
+// are served at registry-1.docker.io (containerd's and CRI-O's mapping);
+// every other host is served at itself.
+func APIHost(host string) (apiHost string, dockerHub bool) {
+	switch host {
+	case "docker.io", "index.docker.io":
+		return "registry-1.docker.io", true
+	}
+	return host, false
+}

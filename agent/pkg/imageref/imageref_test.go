@@ -79,3 +79,20 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestAPIHost(t *testing.T) {
+	for _, tt := range []struct {
+		host, api string
+		hub       bool
+	}{
+		{"docker.io", "registry-1.docker.io", true},
+		{"index.docker.io", "registry-1.docker.io", true},
+		{"registry-1.docker.io", "registry-1.docker.io", false},
+		{"ghcr.io", "ghcr.io", false},
+		{"127.0.0.1:5000", "127.0.0.1:5000", false},
+	} {
+		if api, hub := APIHost(tt.host); api != tt.api || hub != tt.hub {
+			t.Errorf("APIHost(%q) = %q, %v; want %q, %v", tt.host, api, hub, tt.api, tt.hub)
+		}
+	}
+}

@@ -7,8 +7,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 )
 
 func TestSplitQuoted(t *testing.T) {
@@ -35,7 +38,7 @@ func TestLoadProxySystemd(t *testing.T) {
 	os.WriteFile(filepath.Join(dropIns, "20-http.conf"), []byte("[Service]\nEnvironment=HTTP_PROXY=http://proxy.example:3128\n"), 0o644)
 	os.WriteFile(filepath.Join(dropIns, "notes.txt"), []byte("ignored"), 0o644)
 
-	cfg, err := LoadProxy(context.Background(), ProxyFromSystemd, []string{unitFile, dropIns, filepath.Join(dir, "missing.d")}, nil)
+	cfg, err := LoadProxy(context.Background(), ProxyFromSystemd, hostfs.Root{}, []string{unitFile, dropIns, filepath.Join(dir, "missing.d")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,16 +66,31 @@ func TestLoadProxySystemd(t *testing.T) {
 	}
 }
 
+// TestLoadProxyUnderRoot: the unit paths are the node's, read under the
+// root; a drop-in that is an absolute symlink points at the node's file.
+func TestLoadProxyUnderRoot(t *testing.T) {
+	root := t.TempDir()
+	dropIns := filepath.Join(root, "etc/systemd/system/crio.service.d")
+	os.MkdirAll(dropIns, 0o755)
+	os.MkdirAll(filepath.Join(root, "usr/share/proxy"), 0o755)
+	os.WriteFile(filepath.Join(root, "usr/share/proxy/proxy.conf"), []byte("[Service]\nEnvironment=HTTPS_PROXY=http://node-proxy:3128\n"), 0o644)
+	os.Symlink("/usr/share/proxy/proxy.conf", filepath.Join(dropIns, "10-proxy.conf"))
+	cfg, err := LoadProxy(context.Background(), ProxyFromSystemd, hostfs.New(root), UnitPaths("crio.service"), nil)
+	if err != nil || cfg.HTTPSProxy != "http://node-proxy:3128" {
+		t.Fatalf("proxy %+v, %v", cfg, err)
+	}
+}
+
 func TestLoadProxyOther(t *testing.T) {
 	env := map[string]string{"https_proxy": "http://lower:1", "NO_PROXY": "x"}
-	cfg, err := LoadProxy(context.Background(), ProxyFromEnv, nil, func(k string) string { return env[k] })
+	cfg, err := LoadProxy(context.Background(), ProxyFromEnv, hostfs.Root{}, nil, func(k string) string { return env[k] })
 	if err != nil || cfg.HTTPSProxy != "http://lower:1" || cfg.NoProxy != "x" {
 		t.Fatalf("env: %+v %v", cfg, err)
 	}
-	if cfg, err := LoadProxy(context.Background(), ProxyFromNone, nil, nil); err != nil || cfg.Func() != nil {
+	if cfg, err := LoadProxy(context.Background(), ProxyFromNone, hostfs.Root{}, nil, nil); err != nil || cfg.Func() != nil {
 		t.Fatalf("none: %+v %v", cfg, err)
 	}
-	if _, err := LoadProxy(context.Background(), "dhcp", nil, nil); err == nil || !strings.Contains(err.Error(), `"dhcp"`) {
+	if _, err := LoadProxy(context.Background(), "dhcp", hostfs.Root{}, nil, nil); err == nil || !strings.Contains(err.Error(), `"dhcp"`) {
 		t.Fatalf("bad source: %v", err)
 	}
 }
@@ -132,5 +150,26 @@ func TestApplyKeepsDialer(t *testing.T) {
 	_, _ = tr.DialContext(context.Background(), "tcp", "127.0.0.1:5000")
 	if len(dialed) != 1 || dialed[0] != "127.0.0.1:5000" {
 		t.Fatalf("the transport's own dialer was not kept: %v", dialed)
+	}
+}
+
+func TestNodeTrust(t *testing.T) {
+	root := t.TempDir()
+	if _, _, ok := NodeTrust(hostfs.New(root)); ok {
+		t.Fatal("found a CA bundle in an empty root")
+	}
+	// As on RHEL: the bundle Go looks for second is an absolute symlink
+	// into /etc/pki/ca-trust, which is the node's, under the root.
+	for _, d := range []string{"etc/pki/tls/certs", "etc/pki/ca-trust/extracted/pem"} {
+		os.MkdirAll(filepath.Join(root, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(root, "etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem"), []byte("-----BEGIN CERTIFICATE-----\n"), 0o644)
+	os.Symlink("/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", filepath.Join(root, "etc/pki/tls/certs/ca-bundle.crt"))
+	file, dirs, ok := NodeTrust(hostfs.New(root))
+	if want := filepath.Join(root, "etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem"); !ok || file != want {
+		t.Fatalf("NodeTrust = %q, %v; want %q", file, ok, want)
+	}
+	if want := []string{root + "/etc/ssl/certs", root + "/etc/pki/tls/certs"}; !slices.Equal(dirs, want) {
+		t.Errorf("dirs %q, want %q", dirs, want)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/coreos/go-systemd/v22/unit"
 	"golang.org/x/net/http/httpproxy"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
@@ -60,11 +61,26 @@ func (c ProxyConfig) Redacted() ProxyConfig {
 	return ProxyConfig{HTTPProxy: strip(c.HTTPProxy), HTTPSProxy: strip(c.HTTPSProxy), NoProxy: c.NoProxy, Source: c.Source}
 }
 
-// LoadProxy returns the proxy configuration for source. For systemd, unitFiles
-// are the runtime's unit file and drop-in directories, read in systemd's
-// order (the unit, then *.conf drop-ins sorted by name, later assignments
-// winning); missing ones are skipped.
-func LoadProxy(ctx context.Context, source string, unitFiles []string, getenv func(string) string) (ProxyConfig, error) {
+// UnitDirs are where systemd finds units, in the order the agent reads
+// them (later assignments win).
+var UnitDirs = []string{"/lib/systemd/system", "/usr/lib/systemd/system", "/etc/systemd/system", "/run/systemd/system"}
+
+// UnitPaths are the node paths of unit's files: the unit file and its
+// drop-in directory in each of UnitDirs, for LoadProxy.
+func UnitPaths(unit string) []string {
+	var out []string
+	for _, dir := range UnitDirs {
+		out = append(out, filepath.Join(dir, unit), filepath.Join(dir, unit+".d"))
+	}
+	return out
+}
+
+// LoadProxy returns the proxy configuration for source. For systemd,
+// unitFiles are the runtime's unit file and drop-in directories, node
+// paths read under root, in systemd's order (the unit, then *.conf
+// drop-ins sorted by name, later assignments winning); missing ones are
+// skipped.
+func LoadProxy(ctx context.Context, source string, root hostfs.Root, unitFiles []string, getenv func(string) string) (ProxyConfig, error) {
 	switch source {
 	case ProxyFromNone:
 		return ProxyConfig{Source: "none"}, nil
@@ -73,7 +89,8 @@ func LoadProxy(ctx context.Context, source string, unitFiles []string, getenv fu
 	case ProxyFromSystemd:
 		env := map[string]string{}
 		var read []string
-		for _, p := range expandDropIns(unitFiles) {
+		for _, p := range expandDropIns(root, unitFiles) {
+			p = root.Path(p)
 			vars, err := unitEnvironment(p)
 			if os.IsNotExist(err) {
 				continue
@@ -109,16 +126,17 @@ func fromEnv(getenv func(string) string, source string) ProxyConfig {
 	return ProxyConfig{HTTPProxy: get("HTTP_PROXY"), HTTPSProxy: get("HTTPS_PROXY"), NoProxy: get("NO_PROXY"), Source: source}
 }
 
-// expandDropIns turns directories into their *.conf files, sorted.
-func expandDropIns(paths []string) []string {
+// expandDropIns turns directories into their *.conf files, sorted (node
+// paths).
+func expandDropIns(root hostfs.Root, paths []string) []string {
 	var out []string
 	for _, p := range paths {
-		fi, err := os.Stat(p)
+		fi, err := os.Stat(root.Path(p))
 		if err != nil || !fi.IsDir() {
 			out = append(out, p)
 			continue
 		}
-		confs, _ := filepath.Glob(filepath.Join(p, "*.conf"))
+		confs, _ := root.Glob(filepath.Join(p, "*.conf"))
 		sort.Strings(confs)
 		out = append(out, confs...)
 	}
