@@ -31,7 +31,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	watchEvents := true
 	containerdAddr := ""
 	httpListen := ""
-	s.StringVar(&aggregator, "aggregator", "", "gRPC `address` of pullwatch-aggregator, e.g. pullwatch-aggregator.pullwatch.svc:9400. Required.")
+	s.StringVar(&aggregator, "aggregator", "", aggregatorUsage)
 	s.Var((*envflag.PositiveDuration)(&interval), "interval", "Time between two checks of every image (`duration`).")
 	s.BoolVar(&watchEvents, "events", true, "Also check soon after containerd image and container events (containerd only).")
 	s.StringVar(&containerdAddr, "containerd-address", "", "containerd `socket` for events. Empty: the CRI endpoint, when the runtime is containerd.")
@@ -44,6 +44,11 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	log := newLogger(env, &c)
+	aggregatorOpts, err := c.aggregatorDialOptions(log, aggregator)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
+		return ExitSetup
+	}
 	checker, client, err := c.setup(ctx, log)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
@@ -53,7 +58,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 
 	// Transport security and node-bound credentials come with the trust
 	// issue; until then the stream is plaintext inside the cluster network.
-	conn, err := grpc.NewClient(aggregator, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(aggregator, append(aggregatorOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: aggregator address %q: %v\n", aggregator, err)
 		return ExitSetup

@@ -27,12 +27,14 @@ func slice(name string, typ discoveryv1.AddressType, ports []discoveryv1.Endpoin
 		Ports:       ports,
 	}
 	for _, e := range eps {
-		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{
-			Addresses:  []string{e.addr},
-			Conditions: discoveryv1.EndpointConditions{Ready: e.ready, Terminating: e.terminating},
-		})
+		s.Endpoints = append(s.Endpoints, e.slice())
 	}
 	return s
+}
+
+// slice turns the test endpoint into an API one.
+func (e endpoint) slice() discoveryv1.Endpoint {
+	return discoveryv1.Endpoint{Addresses: []string{e.addr}, Conditions: discoveryv1.EndpointConditions{Ready: e.ready, Terminating: e.terminating}}
 }
 
 func port(name string, number int32) discoveryv1.EndpointPort {

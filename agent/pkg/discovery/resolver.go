@@ -171,7 +171,7 @@ func (r *endpointsResolver) watchError(ctx context.Context, refl *cache.Reflecto
 	if r.pushed.Load() {
 		return
 	}
-	err = fmt.Errorf("listing EndpointSlices of Service %s/%s: %w", r.target.Namespace, r.target.Service, err)
+	err = fmt.Errorf("EndpointSlices of Service %s/%s: %w", r.target.Namespace, r.target.Service, err)
 	if apierrors.IsForbidden(err) {
 		err = fmt.Errorf("%w (the agent needs list and watch on endpointslices in namespace %s)", err, r.target.Namespace)
 	}
