@@ -70,6 +70,8 @@ func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (a
 		return nil, fmt.Sprintf("no TCP port named %q in its EndpointSlices", port)
 	case endpoints == 0:
 		return nil, "no endpoints (no pod matches the Service's selector)"
+	case endpoints == 1:
+		return nil, "its one endpoint is not ready"
 	default:
 		return nil, fmt.Sprintf("none of its %d endpoints is ready", endpoints)
 	}
