@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -116,9 +117,25 @@ func serveHealth(t *testing.T) int32 {
 	return int32(ln.Addr().(*net.TCPAddr).Port)
 }
 
+// podNet stands for the pod network. The API server rejects loopback
+// endpoint addresses, so the slices carry addresses of this documentation
+// range (TEST-NET-1), and the client's dialer (podDialer) connects to the
+// same port on 127.0.0.1 instead: nothing leaves the machine.
+var podNet = netip.MustParsePrefix("192.0.2.0/24")
+
+// podDialer dials an address of podNet on 127.0.0.1, and nothing else.
+func podDialer(ctx context.Context, addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !podNet.Contains(ap.Addr()) {
+		return nil, fmt.Errorf("test dialer: %s is not in %s", addr, podNet)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ap.Port()))))
+}
+
 // endpointSlice is a slice of the aggregator's Service with one endpoint,
-// 127.0.0.1, on port (named grpc).
-func endpointSlice(name string, port int32, ready bool) *discoveryv1.EndpointSlice {
+// ip, on port (named grpc).
+func endpointSlice(name, ip string, port int32, ready bool) *discoveryv1.EndpointSlice {
 	return &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      name,
@@ -130,7 +147,7 @@ func endpointSlice(name string, port int32, ready bool) *discoveryv1.EndpointSli
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints: []discoveryv1.Endpoint{{
-			Addresses:  []string{"127.0.0.1"},
+			Addresses:  []string{ip},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready), Serving: ptr.To(ready), Terminating: ptr.To(false)},
 		}},
 		Ports: []discoveryv1.EndpointPort{
@@ -185,7 +202,7 @@ func applyAgentRBAC(t *testing.T, ctx context.Context, admin kubernetes.Interfac
 }
 
 // call makes one health check without waiting for a ready connection and
-// returns the address of the server that answered.
+// returns the address of the server that answered (on 127.0.0.1).
 func call(ctx context.Context, hc healthpb.HealthClient) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -231,19 +248,27 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Two aggregator pods, 192.0.2.1 and 192.0.2.2, each in a slice of its
+	// own (their ports differ: each is a local server).
 	portA, portB := serveHealth(t), serveHealth(t)
-	addrA := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(portA)))
-	addrB := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(portB)))
 	slices := admin.DiscoveryV1().EndpointSlices(namespace)
-	for name, port := range map[string]int32{"aggregator-a": portA, "aggregator-b": portB} {
-		if _, err := slices.Create(ctx, endpointSlice(name, port, true), metav1.CreateOptions{}); err != nil {
+	for _, s := range []*discoveryv1.EndpointSlice{
+		endpointSlice("aggregator-a", "192.0.2.1", portA, true),
+		endpointSlice("aggregator-b", "192.0.2.2", portB, true),
+	} {
+		if _, err := slices.Create(ctx, s, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	// pick_first takes the first of the sorted addresses: 192.0.2.1's.
+	first := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(portA)))
+	second := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(portB)))
+	firstSlice, secondSlice := "aggregator-a", "aggregator-b"
 
 	log := slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	conn, err := grpc.NewClient(target,
 		grpc.WithResolvers(discovery.NewBuilder(agentClient(t, ctx, c), log)),
+		grpc.WithContextDialer(podDialer),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -259,13 +284,6 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 	})
 	applyAgentRBAC(t, ctx, admin)
 
-	// pick_first: the first of the sorted addresses.
-	first, second := addrA, addrB
-	firstSlice, secondSlice := "aggregator-a", "aggregator-b"
-	if addrB < addrA {
-		first, second = second, first
-		firstSlice, secondSlice = secondSlice, firstSlice
-	}
 	eventually(t, ctx, hc, "calls reach the first endpoint once the Role is bound", func(addr string, err error) bool {
 		return err == nil && addr == first
 	})
