@@ -37,7 +37,7 @@ func (f *runFlags) register(s *envflag.Set, env Env) {
 	f.common.register(s, env)
 	f.interval = time.Minute
 	f.watchEvents = true
-	s.StringVar(&f.aggregator, "aggregator", "", "gRPC `address` of pullwatch-aggregator, e.g. pullwatch-aggregator.pullwatch.svc:9400. Required.")
+	s.StringVar(&f.aggregator, "aggregator", "", aggregatorUsage)
 	s.Var((*envflag.PositiveDuration)(&f.interval), "interval", "Time between two checks of every image (`duration`).")
 	s.BoolVar(&f.watchEvents, "events", true, "Also check soon after containerd image and container events (containerd only).")
 	s.StringVar(&f.containerdAddr, "containerd-address", "", "containerd `socket` for events. Empty: the CRI endpoint, when the runtime is containerd.")
@@ -58,6 +58,11 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	ctx, log := newLogger(ctx, env, &f.common)
+	aggregatorOpts, err := f.aggregatorDialOptions(log, f.aggregator)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
+		return ExitSetup
+	}
 	checker, client, err := f.setup(ctx, log)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
@@ -67,7 +72,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 
 	// Transport security and node-bound credentials come with the trust
 	// issue; until then the stream is plaintext inside the cluster network.
-	conn, err := grpc.NewClient(f.aggregator, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(f.aggregator, append(aggregatorOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: aggregator address %q: %v\n", f.aggregator, err)
 		return ExitSetup

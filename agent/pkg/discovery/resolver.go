@@ -1,0 +1,192 @@
+package discovery
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc/resolver"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Builder makes the resolvers of kubernetes:/// targets; give it to a gRPC
+// client with grpc.WithResolvers. Each resolver watches the EndpointSlices
+// labelled kubernetes.io/service-name=SERVICE in NAMESPACE (list and watch
+// on endpointslices in that namespace are all the RBAC it needs) and hands
+// the ClientConn every ready endpoint's address, sorted, on each change.
+// With the default pick_first balancer the client uses the first one that
+// answers (the same one on every node while they agree on the set) and
+// moves when it stops being ready; a balancer that connects to every
+// address gets them all. No ready endpoint is reported as an error: the
+// client drops its connections and fails calls with "no ready aggregator
+// endpoints in SERVICE.NAMESPACE" until one is ready again.
+type Builder struct {
+	client kubernetes.Interface
+	log    *slog.Logger
+}
+
+// NewBuilder returns a Builder whose resolvers read the API through client
+// and log to log.
+func NewBuilder(client kubernetes.Interface, log *slog.Logger) *Builder {
+	return &Builder{client: client, log: log}
+}
+
+// Scheme is "kubernetes".
+func (b *Builder) Scheme() string { return Scheme }
+
+// Build starts watching the target's EndpointSlices; the watch stops when
+// gRPC closes the resolver.
+func (b *Builder) Build(t resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
+	target, err := parse(t.URL.Host, t.URL.Opaque != "", t.URL.Path)
+	if err != nil {
+		return nil, fmt.Errorf("target %q: %w", t.URL.String(), err)
+	}
+	return startWatch(b.client, target, cc, b.log.With("target", target.String())), nil
+}
+
+// endpointsResolver follows one target's EndpointSlices.
+type endpointsResolver struct {
+	target   Target
+	cc       resolver.ClientConn
+	log      *slog.Logger
+	factory  informers.SharedInformerFactory
+	lister   discoverylisters.EndpointSliceLister
+	selector labels.Selector
+	changed  chan struct{} // a slice was added, updated or deleted
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when run returns
+	once     sync.Once
+	// pushed is set once the first complete list has been handed to cc.
+	pushed atomic.Bool
+	// last is the set handed to cc last; only run touches it.
+	last []string
+}
+
+func startWatch(client kubernetes.Interface, target Target, cc resolver.ClientConn, log *slog.Logger) *endpointsResolver {
+	ctx, cancel := context.WithCancel(context.Background())
+	selector := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: target.Service})
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithNamespace(target.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }))
+	slicesInformer := factory.Discovery().V1().EndpointSlices()
+	r := &endpointsResolver{
+		target:   target,
+		cc:       cc,
+		log:      log,
+		factory:  factory,
+		lister:   slicesInformer.Lister(),
+		selector: selector,
+		changed:  make(chan struct{}, 1),
+		cancel:   cancel,
+		done:     make(chan struct{}),
+	}
+	informer := slicesInformer.Informer()
+	// Neither call fails on an informer that has not started.
+	_ = informer.SetWatchErrorHandlerWithContext(r.watchError)
+	_, _ = informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { r.poke() },
+		UpdateFunc: func(any, any) { r.poke() },
+		DeleteFunc: func(any) { r.poke() },
+	})
+	factory.StartWithContext(ctx)
+	go r.run(ctx, informer)
+	log.Debug("watching EndpointSlices", "namespace", target.Namespace, "selector", selector.String())
+	return r
+}
+
+func (r *endpointsResolver) poke() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// run pushes the ready addresses once the first list is in, then after
+// every change, until ctx ends.
+func (r *endpointsResolver) run(ctx context.Context, informer cache.SharedIndexInformer) {
+	defer close(r.done)
+	if !cache.WaitFor(ctx, "", informer.HasSyncedChecker()) {
+		return
+	}
+	for {
+		r.update()
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.changed:
+		}
+	}
+}
+
+// update hands cc the ready addresses, when they changed.
+func (r *endpointsResolver) update() {
+	list, err := r.lister.EndpointSlices(r.target.Namespace).List(r.selector)
+	if err != nil { // the cache's List does not fail; keep the last set if it does
+		r.log.Warn("reading the EndpointSlice cache", "err", err)
+		return
+	}
+	addrs, why := readyAddresses(list, r.target.Port)
+	if r.pushed.Load() && slices.Equal(addrs, r.last) {
+		return
+	}
+	r.last = addrs
+	r.pushed.Store(true)
+	if len(addrs) == 0 {
+		msg := fmt.Sprintf("no ready aggregator endpoints in %s.%s", r.target.Service, r.target.Namespace)
+		r.log.Warn(msg, "why", why)
+		// An empty state makes the balancer close its connections (to
+		// endpoints that are no longer ready) and fail calls; the error
+		// tells them why.
+		_ = r.cc.UpdateState(resolver.State{})
+		r.cc.ReportError(fmt.Errorf("%s: %s", msg, why))
+		return
+	}
+	r.log.Info("aggregator endpoints", "addresses", addrs)
+	var state resolver.State
+	for _, a := range addrs {
+		addr := resolver.Address{Addr: a}
+		state.Addresses = append(state.Addresses, addr)
+		state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{addr}})
+	}
+	// An error asks a polling resolver to resolve again; this one hears of
+	// every change anyway.
+	_ = r.cc.UpdateState(state)
+}
+
+// watchError reports a failing list or watch to the client while it has no
+// addresses yet; afterwards the last addresses stay in use while the API
+// is unreachable, and the informer keeps retrying.
+func (r *endpointsResolver) watchError(ctx context.Context, refl *cache.Reflector, err error) {
+	cache.DefaultWatchErrorHandler(ctx, refl, err)
+	if r.pushed.Load() {
+		return
+	}
+	err = fmt.Errorf("EndpointSlices of Service %s/%s: %w", r.target.Namespace, r.target.Service, err)
+	if apierrors.IsForbidden(err) {
+		err = fmt.Errorf("%w (the agent needs list and watch on endpointslices in namespace %s)", err, r.target.Namespace)
+	}
+	r.log.Warn("cannot find the aggregator", "err", err)
+	r.cc.ReportError(err)
+}
+
+// ResolveNow does nothing: the watch hears of every change.
+func (r *endpointsResolver) ResolveNow(resolver.ResolveNowOptions) {}
+
+// Close stops the watch and waits for its goroutines.
+func (r *endpointsResolver) Close() {
+	r.once.Do(func() {
+		r.cancel()
+		r.factory.Shutdown()
+		<-r.done
+	})
+}
