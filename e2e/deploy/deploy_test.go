@@ -47,6 +47,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/discovery"
 	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 )
 
@@ -806,7 +807,7 @@ func TestAgentDaemonSet(t *testing.T) {
 		{"binary", inv.binary == agentName, fmt.Sprintf("image %q, want %s", c.Image, agentName)},
 		{"run command", slices.Equal(inv.subcommands, []string{"run"}), fmt.Sprintf("subcommands %q, want [run]", inv.subcommands)},
 		{"hostNetwork", spec.HostNetwork, "hostNetwork must be true: the agent probes registries from the node's network path"},
-		{"dnsPolicy", spec.DNSPolicy == corev1.DNSClusterFirstWithHostNet, fmt.Sprintf("dnsPolicy %q, want ClusterFirstWithHostNet (cluster DNS with hostNetwork)", spec.DNSPolicy)},
+		{"dnsPolicy", spec.DNSPolicy == corev1.DNSDefault, fmt.Sprintf("dnsPolicy %q, want Default (the node's resolver; the aggregator is found through EndpointSlices, not cluster DNS)", spec.DNSPolicy)},
 		{"token", spec.AutomountServiceAccountToken != nil && *spec.AutomountServiceAccountToken, "automountServiceAccountToken must be true: the agent reads its node's pods and their pull secrets"},
 		{"liveness probe", c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path == "/healthz" && c.LivenessProbe.HTTPGet.Port.String() == "health", "want an httpGet /healthz liveness probe on the health port"},
 		{"readiness probe", c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path == "/readyz" && c.ReadinessProbe.HTTPGet.Port.String() == "health", "want an httpGet /readyz readiness probe on the health port"},
@@ -911,24 +912,20 @@ func TestAgentReachesAggregator(t *testing.T) {
 	ds := only[*appsv1.DaemonSet](t, agentName)
 	ac := containerNamed(t, &ds.Spec.Template.Spec, "")
 	addr := setting(t, ac, invocationOf(t, ac), "aggregator")
-	host, portStr, err := net.SplitHostPort(addr)
+	// kubernetes:///SERVICE.NAMESPACE:PORT, the Service's EndpointSlices.
+	tg, err := discovery.ParseTarget(addr)
 	if err != nil {
 		t.Fatalf("agent --aggregator %q: %v", addr, err)
 	}
-	svcName, rest, _ := strings.Cut(host, ".")
-	svcNS, domain, _ := strings.Cut(rest, ".")
-	if svcNS != namespace || (domain != "svc" && domain != "svc.cluster.local") {
-		t.Errorf("agent --aggregator host %q, want <service>.%s.svc", host, namespace)
+	if tg.Namespace != namespace {
+		t.Errorf("agent --aggregator %q: namespace %q, want %s", addr, tg.Namespace, namespace)
 	}
-	svc := only[*corev1.Service](t, svcName)
-	port, err := strconv.Atoi(portStr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pi := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return int(p.Port) == port })
+	svc := only[*corev1.Service](t, tg.Service)
+	pi := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == tg.Port || strconv.Itoa(int(p.Port)) == tg.Port })
 	if pi < 0 {
-		t.Fatalf("Service %s has no port %d (agent --aggregator %s)", svcName, port, addr)
+		t.Fatalf("Service %s has no port %s (agent --aggregator %s)", tg.Service, tg.Port, addr)
 	}
+	port := svc.Spec.Ports[pi].Port
 
 	d := only[*appsv1.Deployment](t, aggregatorName)
 	gc := containerNamed(t, &d.Spec.Template.Spec, "")
@@ -1047,11 +1044,16 @@ func TestRBAC(t *testing.T) {
 	for _, r := range all[*rbacv1.ClusterRole](t) {
 		roles[r.Name] = r
 	}
-	if rs := all[*rbacv1.Role](t); len(rs) > 0 {
-		t.Errorf("unexpected Roles: %d", len(rs))
+	// Namespaced: only the agent's list/watch of the aggregator Service's
+	// EndpointSlices in the pullwatch namespace (--aggregator kubernetes:///).
+	if rs := all[*rbacv1.Role](t); len(rs) != 1 || rs[0].Name != agentName || rs[0].Namespace != namespace ||
+		len(rs[0].Rules) != 1 || !slices.Equal(rs[0].Rules[0].Resources, []string{"endpointslices"}) ||
+		!slices.Equal(rs[0].Rules[0].APIGroups, []string{"discovery.k8s.io"}) || !slices.Equal(rs[0].Rules[0].Verbs, []string{"list", "watch"}) {
+		t.Errorf("Roles: want one, %s in %s: list and watch endpointslices (discovery.k8s.io); got %d", agentName, namespace, len(rs))
 	}
-	if rbs := all[*rbacv1.RoleBinding](t); len(rbs) > 0 {
-		t.Errorf("unexpected RoleBindings: %d", len(rbs))
+	if rbs := all[*rbacv1.RoleBinding](t); len(rbs) != 1 || rbs[0].RoleRef.Kind != "Role" || rbs[0].RoleRef.Name != agentName ||
+		len(rbs[0].Subjects) != 1 || rbs[0].Subjects[0].Name != agentName || rbs[0].Subjects[0].Namespace != namespace {
+		t.Errorf("RoleBindings: want one binding Role %s to the ServiceAccount %s/%s; got %d", agentName, namespace, agentName, len(rbs))
 	}
 	got := map[string]map[string][]string{}
 	for sa := range want {

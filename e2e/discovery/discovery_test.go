@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -36,6 +38,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/discovery"
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
@@ -46,44 +49,6 @@ const (
 	agentSA   = "pullwatch-agent"
 	target    = "kubernetes:///pullwatch-aggregator.pullwatch:grpc"
 )
-
-// agentRBAC is the Role and RoleBinding proposed for deploy/daemonset.yaml:
-// the agent lists and watches EndpointSlices in its own namespace, nothing
-// more. Once deploy/ has them, this test should read them from there, as
-// aggApplyRBAC does for the aggregator.
-const agentRBAC = `
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata:
-  name: pullwatch-agent
-  namespace: pullwatch
-  labels:
-    app.kubernetes.io/name: pullwatch-agent
-    app.kubernetes.io/component: agent
-    app.kubernetes.io/part-of: pullwatch
-rules:
-  - apiGroups: ["discovery.k8s.io"]
-    resources: ["endpointslices"]
-    verbs: ["list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata:
-  name: pullwatch-agent
-  namespace: pullwatch
-  labels:
-    app.kubernetes.io/name: pullwatch-agent
-    app.kubernetes.io/component: agent
-    app.kubernetes.io/part-of: pullwatch
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: Role
-  name: pullwatch-agent
-subjects:
-  - kind: ServiceAccount
-    name: pullwatch-agent
-    namespace: pullwatch
-`
 
 // needKube starts etcd and kube-apiserver, or skips when they are not
 // built (fails with PULLWATCH_REQUIRE_REAL=1).
@@ -181,17 +146,30 @@ func agentClient(t *testing.T, ctx context.Context, c *kubeapi.Cluster) kubernet
 
 func applyAgentRBAC(t *testing.T, ctx context.Context, admin kubernetes.Interface) {
 	t.Helper()
-	docs := regexp.MustCompile(`(?m)^---\s*$`).Split(agentRBAC, -1)
+	// The Role and RoleBinding deploy/daemonset.yaml ships.
+	root, err := checkout.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest, err := os.ReadFile(filepath.Join(root, "deploy", "daemonset.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var role rbacv1.Role
 	var binding rbacv1.RoleBinding
-	if len(docs) != 2 {
-		t.Fatalf("agentRBAC: %d documents", len(docs))
+	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(manifest), -1) {
+		switch {
+		case regexp.MustCompile(`(?m)^kind: Role$`).MatchString(doc):
+			err = yaml.UnmarshalStrict([]byte(doc), &role)
+		case regexp.MustCompile(`(?m)^kind: RoleBinding$`).MatchString(doc):
+			err = yaml.UnmarshalStrict([]byte(doc), &binding)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := yaml.UnmarshalStrict([]byte(docs[0]), &role); err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.UnmarshalStrict([]byte(docs[1]), &binding); err != nil {
-		t.Fatal(err)
+	if role.Name != agentSA || binding.Name != agentSA {
+		t.Fatalf("deploy/daemonset.yaml: no Role and RoleBinding %s (found %q, %q)", agentSA, role.Name, binding.Name)
 	}
 	if _, err := admin.RbacV1().Roles(namespace).Create(ctx, &role, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 )
 
 const aggregatorUsage = "gRPC `address` of pullwatch-aggregator: HOST:PORT through DNS " +
-	"(e.g. pullwatch-aggregator.pullwatch.svc:9400; under hostNetwork that needs cluster DNS and dnsPolicy ClusterFirstWithHostNet), " +
+	"(e.g. pullwatch-aggregator.pullwatch.svc:9400; under hostNetwork that needs cluster DNS and dnsPolicy ClusterFirstWithHostNet; deploy/ uses the kubernetes:/// form), " +
 	"or " + discovery.Form + ": the Service's ready pods, read from its EndpointSlices through the Kubernetes API and dialed directly, " +
 	"with neither cluster DNS nor kube-proxy (e.g. kubernetes:///pullwatch-aggregator.pullwatch:grpc; PORT is a Service port's name, " +
 	"or a number dialed on the pods as it is; needs RBAC list and watch on endpointslices in NAMESPACE). Required."
