@@ -282,10 +282,13 @@ for name in agent aggregator; do
   per_arch=()
   for a in "${arches[@]}"; do
     out=$ref-$a
-    log "$out: bh bud -f Dockerfile.$name --platform linux/$a"
+    log "$out: buildah bud -f Dockerfile.$name --platform linux/$a"
     start=$SECONDS
+    # BUILDPLATFORM: buildah 1.28 does not predefine it, and without it
+    # `FROM --platform=$BUILDPLATFORM golang:...` looks for a builder of the
+    # target arch ("image not known" for arm64). BuildKit sets it itself.
     bh bud --pull=never --layers --platform "linux/$a" \
-      --build-arg TARGETOS=linux --build-arg TARGETARCH="$a" \
+      --build-arg BUILDPLATFORM="linux/$HOST_ARCH" --build-arg TARGETOS=linux --build-arg TARGETARCH="$a" \
       --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
       --build-arg CREATED="$CREATED" --build-arg SOURCE_URL="$SOURCE_URL" \
       --build-arg LICENSES="$LICENSES" \
