@@ -275,6 +275,16 @@ done
 # ---------------------------------------------------------------------------
 # The images.
 # ---------------------------------------------------------------------------
+# The labels that come from build arguments, also given to buildah as
+# --label: buildah 1.28's layer cache (--layers) does not key a LABEL step on
+# the build arguments it expands, so a rebuild with the same VERSION but
+# another REVISION or CREATED reused the LABEL layer with the old values
+# (TestImagesBuilt caught it). --label is applied at commit, after the cache.
+labels=()
+for kv in "version=$VERSION" "revision=$REVISION" "created=$CREATED" "source=$SOURCE_URL" "licenses=$LICENSES"; do
+  labels+=(--label "org.opencontainers.image.$kv")
+done
+
 json_arches=()
 built=()
 for name in agent aggregator; do
@@ -292,6 +302,7 @@ for name in agent aggregator; do
       --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
       --build-arg CREATED="$CREATED" --build-arg SOURCE_URL="$SOURCE_URL" \
       --build-arg LICENSES="$LICENSES" \
+      "${labels[@]}" \
       -f "$REPO/Dockerfile.$name" -t "$out" "$REPO"
     log "$out: built in $((SECONDS - start))s"
     per_arch+=("$out")
