@@ -13,11 +13,13 @@ TEST_FUZZTIME  ?= 3s
 GOTEST_FLAGS   ?= -race -count=1
 # make images: REGISTRY/pullwatch-agent:TAG and REGISTRY/pullwatch-aggregator:TAG.
 # localhost/pullwatch keeps them in buildah's local storage; a REGISTRY that
-# starts with host:port is pushed to (plain HTTP for localhost/127.0.0.1).
+# starts with host:port is pushed to (plain HTTP for localhost/127.0.0.1);
+# PUSH=1 pushes to any other (e.g. REGISTRY=ghcr.io/pullwatch), PUSH=0 never.
 REGISTRY       ?= localhost/pullwatch
 TAG            ?= $(VERSION)
 ARCHES         ?= $(shell go env GOARCH 2>/dev/null || echo amd64)
 IMAGES_TLS_VERIFY ?=
+PUSH           ?=
 IMAGE_LICENSES ?= NOASSERTION
 OCI_DIR        ?=
 
@@ -100,7 +102,7 @@ demo-down: ## stop what `make demo` started
 
 IMAGES_ENV = REGISTRY='$(REGISTRY)' TAG='$(TAG)' VERSION='$(VERSION)' ARCHES='$(ARCHES)' \
 	REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" LICENSES='$(IMAGE_LICENSES)' \
-	IMAGES_TLS_VERIFY='$(IMAGES_TLS_VERIFY)' OCI_DIR='$(OCI_DIR)'
+	IMAGES_TLS_VERIFY='$(IMAGES_TLS_VERIFY)' PUSH='$(PUSH)' OCI_DIR='$(OCI_DIR)'
 
 images: ## agent and aggregator images from the Dockerfiles with buildah, no Docker engine (root); REGISTRY=host:port pushes
 	$(IMAGES_ENV) bash scripts/build-images.sh
