@@ -151,6 +151,21 @@ standin_key() {
   printf '%s' "${out:-real}"
 }
 
+# standin_needed NAME WANT [INSTANCE]: whether the stand-in NAME must be
+# (re)made: not when a real NAME is present or the stand-in's key is WANT.
+standin_needed() {
+  local key
+  key=$(standin_key "$1" "${3:-}")
+  if [[ $key == real ]]; then
+    log "$1: a real image is present locally; using it"
+    return 1
+  elif [[ $key == "$2" ]]; then
+    log "$1: stand-in up to date ($2)"
+    return 1
+  fi
+  log "$1: making the stand-in ($2)${key:+, was: $key}"
+}
+
 # cached_rootfs: a Debian 12 minbase root as a tarball, debootstrapped once.
 cached_rootfs() {
   local tar=$CACHE/bookworm-minbase.tar
@@ -171,7 +186,7 @@ cached_rootfs() {
 # (/usr/local/go) and CA bundle, as golang:1.x is. It only ever runs on the
 # build host (FROM --platform=$BUILDPLATFORM), so it is built for that arch.
 builder_standin() {
-  local name=$1 goroot goversion want key
+  local name=$1 goroot goversion want
   goroot=$(go env GOROOT)
   goversion=$(go env GOVERSION)
   want="go=$goversion arch=$HOST_ARCH recipe=$STANDIN_RECIPE"
@@ -180,15 +195,7 @@ builder_standin() {
   if [[ $tag =~ ^[0-9]+\.[0-9]+ && $goversion != go$tag && $goversion != go$tag.* ]]; then
     die "the Dockerfiles build with $name but this machine's Go is $goversion: install Go $tag, or pull the real $name"
   fi
-  key=$(standin_key "$name")
-  if [[ $key == real ]]; then
-    log "$name: a real image is present locally; using it"
-    return
-  elif [[ $key == "$want" ]]; then
-    log "$name: stand-in up to date ($want)"
-    return
-  fi
-  log "$name: making the stand-in ($want)${key:+, was: $key}"
+  standin_needed "$name" "$want" || return 0
   local tar c mnt
   tar=$(cached_rootfs)
   c=$(bh from --pull=never scratch)
@@ -212,17 +219,9 @@ builder_standin() {
 # arch is just a matter of the config's architecture), as a manifest list
 # with an amd64 and an arm64 instance, like the real one.
 runtime_standin() {
-  local name=$1 variant=${1##*:} want key
+  local name=$1 variant=${1##*:} want
   want="recipe=$STANDIN_RECIPE"
-  key=$(standin_key "$name" "localhost/pullwatch-standin/distroless-static:$variant-arm64")
-  if [[ $key == real ]]; then
-    log "$name: a real image is present locally; using it"
-    return
-  elif [[ $key == "$want" ]]; then
-    log "$name: stand-in up to date ($want)"
-    return
-  fi
-  log "$name: making the stand-in ($want)${key:+, was: $key}"
+  standin_needed "$name" "$want" "localhost/pullwatch-standin/distroless-static:$variant-arm64" || return 0
   local user=0:0 workdir=/
   if [[ $variant == nonroot ]]; then user=65532:65532 workdir=/home/nonroot; fi
   bh manifest rm "$name" >/dev/null 2>&1 || bh rmi "$name" >/dev/null 2>&1 || true
