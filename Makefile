@@ -106,7 +106,7 @@ IMAGES_ENV = REGISTRY='$(REGISTRY)' TAG='$(TAG)' VERSION='$(VERSION)' ARCHES='$(
 
 images: ## agent and aggregator images from the Dockerfiles with buildah, no Docker engine (root); REGISTRY=host:port pushes
 	$(IMAGES_ENV) bash scripts/build-images.sh
-	cd aggregator && PULLWATCH_REQUIRE_REAL=1 go test -count=1 -run 'TestImages' .
+	cd aggregator && PULLWATCH_REQUIRE_IMAGES=1 go test -count=1 -run 'TestImages' .
 
 images-oci: ## make images, and export each image as an OCI archive into _out/images/
 	$(MAKE) images OCI_DIR=$(OUT)/images
