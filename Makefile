@@ -11,10 +11,21 @@ DEMO_DIR       ?= /tmp/pullwatch-demo
 FUZZTIME       ?= 15s
 TEST_FUZZTIME  ?= 3s
 GOTEST_FLAGS   ?= -race -count=1
+# make images: REGISTRY/pullwatch-agent:TAG and REGISTRY/pullwatch-aggregator:TAG.
+# localhost/pullwatch keeps them in buildah's local storage; a REGISTRY that
+# starts with host:port is pushed to (plain HTTP for localhost/127.0.0.1);
+# PUSH=1 pushes to any other (e.g. REGISTRY=ghcr.io/pullwatch), PUSH=0 never.
+REGISTRY       ?= localhost/pullwatch
+TAG            ?= $(VERSION)
+ARCHES         ?= $(shell go env GOARCH 2>/dev/null || echo amd64)
+IMAGES_TLS_VERIFY ?=
+PUSH           ?=
+IMAGE_LICENSES ?= NOASSERTION
+OCI_DIR        ?=
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench demo demo-cluster demo-down clean
+.PHONY: build kube e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench demo demo-cluster demo-down images images-oci clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -96,6 +107,17 @@ demo-cluster: build ## the box with real kubelets and deploy/ installed; prints 
 
 demo-down: ## stop what `make demo` or `make demo-cluster` started
 	bash scripts/demo.sh down
+
+IMAGES_ENV = REGISTRY='$(REGISTRY)' TAG='$(TAG)' VERSION='$(VERSION)' ARCHES='$(ARCHES)' \
+	REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" LICENSES='$(IMAGE_LICENSES)' \
+	IMAGES_TLS_VERIFY='$(IMAGES_TLS_VERIFY)' PUSH='$(PUSH)' OCI_DIR='$(OCI_DIR)'
+
+images: ## agent and aggregator images from the Dockerfiles with buildah, no Docker engine (root); REGISTRY=host:port pushes
+	$(IMAGES_ENV) bash scripts/build-images.sh
+	cd aggregator && PULLWATCH_REQUIRE_IMAGES=1 go test -count=1 -run 'TestImages' .
+
+images-oci: ## make images, and export each image as an OCI archive into _out/images/
+	$(MAKE) images OCI_DIR=$(OUT)/images
 
 clean:
 	rm -rf bin $(OUT)

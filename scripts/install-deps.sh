@@ -4,6 +4,7 @@
 #
 #   install-deps.sh            Debian packages (`apt` lines); needs root
 #   install-deps.sh fresh      the packages `make test-fresh` needs on the host
+#   install-deps.sh images     the packages `make images` needs (buildah, debootstrap)
 #   install-deps.sh go DIR     Go tools (`go` lines) into DIR with `go install`
 #
 # Idempotent: installs only what is missing, and runs `apt-get update` (once)
@@ -93,6 +94,7 @@ case "${1:-apt}" in
     [[ $(id -u) -eq 0 ]] || log "note: the e2e tests and pwlab must run as root (containerd, runc, mounts)" >&2
     ;;
   fresh) apt_packages fresh ;;
+  images) apt_packages images ;;
   go) go_tools "${2:?usage: install-deps.sh go DIR}" ;;
-  *) log "unknown argument '$1': use no argument (Debian packages), 'fresh' or 'go DIR'" >&2; exit 2 ;;
+  *) log "unknown argument '$1': use no argument (Debian packages), 'fresh', 'images' or 'go DIR'" >&2; exit 2 ;;
 esac
