@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubenode"
@@ -242,11 +244,11 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 		if err != nil {
 			return err
 		}
-		kubeletKC, err := c.API.KubeconfigFor("system:node:"+name, []string{"system:nodes"})
+		kubeletKC, err := c.nodeKubeconfig("system:node:"+name, []string{"system:nodes"}, gw)
 		if err != nil {
 			return err
 		}
-		proxyKC, err := c.API.KubeconfigFor("system:kube-proxy", nil)
+		proxyKC, err := c.nodeKubeconfig("system:kube-proxy", nil, gw)
 		if err != nil {
 			return err
 		}
@@ -286,6 +288,28 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 		}
 	}
 	return nil
+}
+
+// nodeKubeconfig is a kubeconfig for user (a client certificate of the
+// cluster CA) that reaches the API server on the bridge's address, as a
+// node does.
+func (c *Cluster) nodeKubeconfig(user string, groups []string, gw net.IP) (string, error) {
+	path, err := c.API.KubeconfigFor(user, groups)
+	if err != nil {
+		return "", err
+	}
+	cfg, err := clientcmd.LoadFromFile(path)
+	if err != nil {
+		return "", err
+	}
+	u, err := url.Parse(c.API.URL())
+	if err != nil {
+		return "", err
+	}
+	for _, cl := range cfg.Clusters {
+		cl.Server = "https://" + net.JoinHostPort(gw.String(), u.Port())
+	}
+	return path, clientcmd.WriteToFile(*cfg, path)
 }
 
 // registryCAPath is where a node keeps the registry's CA: beside its
