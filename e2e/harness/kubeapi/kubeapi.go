@@ -82,6 +82,14 @@ type Options struct {
 	// e.g. the box bridge's address that kubelets in network namespaces
 	// use (with --bind-address and --advertise-address in APIServerArgs).
 	ServingIPs []net.IP
+	// FullCluster says a kube-controller-manager and kube-proxy run (the
+	// cluster in a box with kubelets): the ServiceAccount admission plugin
+	// stays on (the controller manager creates the default ServiceAccounts
+	// and pods get their token volumes) and this server is published as
+	// the kubernetes Service's endpoint (--endpoint-reconciler-type=lease).
+	// Otherwise nothing would create the default ServiceAccount, so the
+	// plugin is off, and nothing routes the Service, so it has no endpoint.
+	FullCluster bool
 }
 
 // KubeletClientUser is the identity kube-apiserver presents to kubelets
@@ -322,6 +330,10 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 // startEtcd) and waits for /readyz.
 func (c *Cluster) startAPIServer(ctx context.Context) error {
 	logFile := filepath.Join(c.dir, "kube-apiserver.log")
+	disabled, reconciler := "ServiceAccount", "none"
+	if c.opts.FullCluster {
+		disabled, reconciler = "", "lease"
+	}
 	return proc.StartOnFreePort(0, logFile, func(port int) error {
 		if port == c.peerPort || "http://127.0.0.1:"+strconv.Itoa(port) == c.etcdURL {
 			return proc.ErrPortInUse
@@ -341,12 +353,8 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 			"--service-account-issuer=" + ServiceAccountIssuer,
 			"--service-account-key-file=" + c.saKey,
 			"--service-account-signing-key-file=" + c.saKey,
-			// No controller-manager creates the "default" ServiceAccount,
-			// so the ServiceAccount admission plugin would reject every pod.
-			"--disable-admission-plugins=ServiceAccount",
-			// No kube-proxy or endpoints: do not publish this server as the
-			// kubernetes service's endpoint.
-			"--endpoint-reconciler-type=none",
+			"--disable-admission-plugins=" + disabled,
+			"--endpoint-reconciler-type=" + reconciler,
 			"--service-cluster-ip-range=" + ServiceClusterIPRange,
 			"--allow-privileged=true",
 			"--kubelet-client-certificate=" + filepath.Join(c.dir, "kubelet-client.crt"),

@@ -134,7 +134,13 @@ func (c *Cluster) WaitInstalled(ctx context.Context, timeout time.Duration) erro
 	if err != nil {
 		out, _ := c.Kubectl(ctx, "get", "pods", "-A", "-o", "wide")
 		ev, _ := c.Kubectl(ctx, "get", "events", "-n", Namespace, "--sort-by=.lastTimestamp")
-		return fmt.Errorf("pullwatch not ready: %w\n%s\n%s", err, out, lastLines(ev, 25))
+		logs := ""
+		for _, w := range []string{"daemonset/pullwatch-agent", "deployment/pullwatch-aggregator"} {
+			l, _ := c.Kubectl(ctx, "-n", Namespace, "logs", w, "--tail=15")
+			p, _ := c.Kubectl(ctx, "-n", Namespace, "logs", w, "--previous", "--tail=15")
+			logs += fmt.Sprintf("--- %s logs:\n%s\n--- previous:\n%s\n", w, l, p)
+		}
+		return fmt.Errorf("pullwatch not ready: %w\n%s\n%s\n%s", err, out, lastLines(ev, 25), logs)
 	}
 	return nil
 }

@@ -173,16 +173,13 @@ func (c *Cluster) startControlPlane(ctx context.Context, gw net.IP) error {
 		BinDir:            c.bin,
 		AuthorizationMode: "Node,RBAC",
 		ServingIPs:        []net.IP{gw},
+		FullCluster:       true,
 		APIServerArgs: []string{
 			// Reachable from the nodes on the bridge, advertised there as
 			// the kubernetes Service's endpoint (kube-proxy sends
 			// 10.96.0.1:443 to it).
 			"--bind-address=0.0.0.0",
 			"--advertise-address=" + gw.String(),
-			"--endpoint-reconciler-type=lease",
-			// A full cluster: ServiceAccount admission (the controller
-			// manager creates the default ServiceAccounts) and NodeRestriction.
-			"--disable-admission-plugins=",
 			"--enable-admission-plugins=NodeRestriction",
 		},
 	})

@@ -109,7 +109,9 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{opts: opts, dir: dir, nsFile: filepath.Join(dir, "ns", "mnt"), cgroup: "/" + opts.Name}
+	// The cgroup root is named after the node's network namespace, which
+	// carries the box's run id, so two boxes on one machine never share one.
+	n := &Node{opts: opts, dir: dir, nsFile: filepath.Join(dir, "ns", "mnt"), cgroup: "/" + opts.NS.Netns()}
 	steps := []struct {
 		what string
 		fn   func(context.Context) error
