@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/kubecluster"
+	"github.com/pullwatch/pullwatch/e2e/harness/netns"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
@@ -166,4 +167,61 @@ func waitQuery(ctx context.Context, t *testing.T, promql string, ok func(float64
 	if err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}
+}
+
+// TestEgressCutBeforePullFails: a node loses its way to the registry;
+// pullwatch says so for that node (its endpoint is down there, not on the
+// other node) before a pod scheduled there fails to pull an image it has
+// not cached.
+func TestEgressCutBeforePullFails(t *testing.T) {
+	c := installed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	node := c.Nodes[len(c.Nodes)-1]
+	if _, err := registry.PushSleeper(ctx, c.Registry, "shop/api", "1"); err != nil {
+		t.Fatal(err)
+	}
+	up := fmt.Sprintf(`max(pullwatch_node_endpoint_up{node=%q,endpoint=~".*%s.*"})`, node.Name(), c.Registry.Addr())
+	waitQuery(ctx, t, up, func(v float64) bool { return v == 1 }, "the registry up from "+node.Name())
+
+	rule, err := node.NS().Block(ctx, c.RegNS.IP(), kubecluster.RegistryPort, netns.Reject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = rule.Remove(context.Background()) }()
+	cut := time.Now()
+	waitQuery(ctx, t, up, func(v float64) bool { return v == 0 }, "the registry down from "+node.Name())
+	reported := time.Now()
+	t.Logf("pullwatch reported %s's registry endpoint down %s after its egress was cut", node.Name(), reported.Sub(cut).Round(time.Second))
+	others := fmt.Sprintf(`min(pullwatch_node_endpoint_up{node!=%q,endpoint=~".*%s.*"})`, node.Name(), c.Registry.Addr())
+	waitQuery(ctx, t, others, func(v float64) bool { return v == 1 }, "the registry still up from the other nodes")
+
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "default"},
+		Spec: corev1.PodSpec{
+			NodeSelector: map[string]string{"kubernetes.io/hostname": node.Name()},
+			Containers:   []corev1.Container{{Name: "api", Image: c.Registry.Ref("shop/api", "1")}},
+		},
+	}
+	if _, err := c.Client().CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var failed time.Time
+	if err := proc.Poll(ctx, 3*time.Minute, time.Second, func() error {
+		p, err := c.Client().CoreV1().Pods("default").Get(ctx, "api", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, s := range p.Status.ContainerStatuses {
+			if w := s.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
+				failed = time.Now()
+				t.Logf("kubelet on %s: %s: %s", node.Name(), w.Reason, w.Message)
+				return nil
+			}
+		}
+		return fmt.Errorf("pod api on %s: not failing to pull yet (%s)", node.Name(), p.Status.Phase)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("LEAD TIME: pullwatch said %s cannot reach the registry %s before the kubelet's pull failed there", node.Name(), failed.Sub(reported).Round(time.Second))
 }

@@ -66,7 +66,7 @@ func (c *Cluster) Overlay(deployDir, agentImage, aggregatorImage string) (string
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(c.dir, "overlay")
+	dir := c.OverlayDir()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
@@ -91,6 +91,9 @@ func splitImage(ref string) (name, tag string) {
 	}
 	return ref, "latest"
 }
+
+// OverlayDir is the directory Overlay writes.
+func (c *Cluster) OverlayDir() string { return filepath.Join(c.dir, "overlay") }
 
 // Install applies the monitoring CRDs, then `kubectl apply -k overlay`, and
 // waits until the aggregator Deployment and the agent DaemonSet are
