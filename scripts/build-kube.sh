@@ -9,6 +9,9 @@
 #
 # kube-apiserver and etcd back the API tests (e2e/harness/kubeapi); the others
 # make the cluster in a box a real cluster (real kubelets on every box node).
+# Prometheus is built too (github.com/prometheus/prometheus, pinned below):
+# the box's Prometheus finds the aggregator with kubernetes_sd_configs, which
+# Debian's prometheus 2.42 package is built without.
 # `build-kube.sh apiserver` builds only etcd and kube-apiserver.
 #
 # into ${PULLWATCH_KUBE_BIN:-<repo>/.cache/kube/bin}.
@@ -112,5 +115,20 @@ if [[ ${1:-all} != apiserver ]]; then
   for cmd in kubelet kube-controller-manager kube-scheduler kube-proxy kubectl; do
     build "$cmd" hack/kube/kubernetes "k8s.io/kubernetes/cmd/$cmd" "$K8S" "$K8S_LDFLAGS"
   done
+  # Prometheus 3.16 (its Go module versions are v0.3XX.Y): go install of a
+  # version pins it by its own go.mod, like a release build.
+  PROMETHEUS=v0.316.0
+  if [[ -x $BIN/prometheus && $(stamped prometheus) == "$PROMETHEUS" && ${PULLWATCH_KUBE_REBUILD:-} != 1 ]]; then
+    log "prometheus up to date ($PROMETHEUS) in $BIN"
+  else
+    log "prometheus: go install github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS (cold builds take minutes)"
+    start=$SECONDS
+    tmpbin=$(mktemp -d "$BIN/.prometheus.XXXXXX")
+    GOBIN=$tmpbin GOFLAGS=-mod=mod go install -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS#v0.}" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS"
+    mv -f "$tmpbin/prometheus" "$BIN/prometheus"
+    rm -rf "$tmpbin"
+    stamp prometheus "$PROMETHEUS"
+    log "prometheus: built in $((SECONDS - start))s"
+  fi
 fi
 log "done: $(cat "$STAMP" | tr '\n' ' ')"

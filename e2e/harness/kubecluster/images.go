@@ -28,7 +28,7 @@ func (c *Cluster) PushImages(ctx context.Context, agentSrc, aggregatorSrc, tag s
 	return refs["pullwatch-agent"], refs["pullwatch-aggregator"], nil
 }
 
-// StartPrometheus runs Prometheus on this machine with the usual
+// StartPrometheus runs Prometheus (3.x, from the kube bin directory) on this machine with the usual
 // kubernetes_sd "pod" job and prometheus.io/* relabelling (what the
 // aggregator's annotations are for) and the shipped rules.
 func (c *Cluster) StartPrometheus(ctx context.Context, rules string) (*prometheus.Prometheus, error) {
@@ -63,6 +63,9 @@ func (c *Cluster) StartPrometheus(ctx context.Context, rules string) (*prometheu
         target_label: pod
 `, c.API.URL(), c.API.CAFile(), tokenFile)
 	return prometheus.Start(ctx, dir, nil, prometheus.Options{
+		// Built from source by scripts/build-kube.sh: Debian's prometheus
+		// is built without kubernetes_sd_configs.
+		Binary:         filepath.Join(c.bin, "prometheus"),
 		ScrapeInterval: 2 * time.Second, EvaluationInterval: 2 * time.Second,
 		RuleFiles: []string{rules}, ScrapeConfigs: sc,
 	})

@@ -48,8 +48,9 @@ const (
 	PauseRepo = "box/pause"
 )
 
-// Binaries in the kube bin directory besides kube-apiserver and etcd.
-var Binaries = []string{"kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl"}
+// Binaries in the kube bin directory besides kube-apiserver and etcd
+// (scripts/build-kube.sh builds them all).
+var Binaries = []string{"kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl", "prometheus"}
 
 // Options configure Start.
 type Options struct {
