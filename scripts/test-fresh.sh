@@ -14,6 +14,9 @@
 #   PULLWATCH_FRESH_MIRROR  Debian mirror (default http://deb.debian.org/debian)
 #   PULLWATCH_FRESH_KEEP=1  keep the unpacked root afterwards (to look around)
 #   PULLWATCH_FRESH_REF     what to clone (default HEAD; uncommitted work is not tested)
+#   PULLWATCH_FRESH_WARM_GO=1  bind this machine's Go module and build caches in
+#                           (faster; proves the same: every Debian package and Go
+#                           tool still has to come from the repo's own scripts)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=${PULLWATCH_FRESH_DIR:-/var/tmp/pullwatch-fresh}
@@ -82,13 +85,18 @@ git -C "$root/ci/pullwatch" checkout -q "$(git -C "$repo" rev-parse "$ref")"
 log "running .ci/run in the fresh root (log: $dir/ci.log)"
 start=$SECONDS
 set +e
-unshare --mount --propagation private -- bash -euc '
+PATH=$PATH:$(dirname "$(command -v go)") unshare --mount --propagation private -- bash -euc '
   root=$1
   mount -t proc proc "$root/proc"
   mount --rbind /sys "$root/sys"
   mount --rbind /dev "$root/dev"
   mount -t tmpfs -o mode=0755 tmpfs "$root/run"
   mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+  if [[ ${PULLWATCH_FRESH_WARM_GO:-} == 1 ]]; then
+    for d in "$(go env GOMODCACHE)" "$(go env GOCACHE)"; do
+      mkdir -p "$root/root/${d#/root/}" && mount --bind "$d" "$root/root/${d#/root/}"
+    done
+  fi
   exec chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
     PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     CI=true bash -c "cd /ci/pullwatch && bash .ci/run </dev/null"
