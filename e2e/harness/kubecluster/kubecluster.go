@@ -321,8 +321,13 @@ func (c *Cluster) registryHosts() (hostsTOML string, caPEM []byte, err error) {
 	if err != nil {
 		return "", nil, err
 	}
-	u := c.Registry.URL()
-	hostsTOML = fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = %q\n", u, u, registryCAPath(c.Registry.Addr()))
+	// The registry as the server, with its CA, and an empty [host] table:
+	// a [host."URL"] entry for the same URL would be tried first, and on a
+	// 404 containerd would go on to the server entry and report that one's
+	// error instead of the "not found"; and containerd 1.6 refuses a
+	// hosts.toml without any [host] tree ("invalid `host` tree",
+	// containerd#10027; k3s writes the same stub).
+	hostsTOML = fmt.Sprintf("server = %q\nca = %q\n\n[host]\n", c.Registry.URL(), registryCAPath(c.Registry.Addr()))
 	return hostsTOML, caPEM, nil
 }
 
