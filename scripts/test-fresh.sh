@@ -64,9 +64,12 @@ log "unpacking a fresh root in $root"
 mkdir -p "$root"
 tar -C "$root" -xf "$tarball"
 # What the machine image ships besides Debian: the Go toolchain and its
-# settings, the resolver, the CA bundle is NOT copied (ca-certificates is in
-# deps.txt).
+# settings, the resolver, and its local CA certificates
+# (/usr/local/share/ca-certificates: e.g. the one of an egress proxy that
+# re-signs TLS, without which no Go module downloads). Debian's
+# ca-certificates package, which deps.txt names, builds the bundle from them.
 mkdir -p "$root/usr/local" "$root/root/.config/go"
+if [[ -d /usr/local/share/ca-certificates ]]; then mkdir -p "$root/usr/local/share" && cp -a /usr/local/share/ca-certificates "$root/usr/local/share/"; fi
 cp -a "$goroot" "$root/usr/local/go"
 [[ -f /root/.config/go/env ]] && cp /root/.config/go/env "$root/root/.config/go/env"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
