@@ -3,6 +3,9 @@ package installed
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +23,8 @@ import (
 
 // TestInstalledOnEveryNode: deploy/ as shipped runs on real kubelets — the
 // agent Ready on every node, the aggregator Ready, a real Prometheus finds
-// it through the Kubernetes API and sees every node fresh; kubectl logs and
-// port-forward reach the pods through the kubelets.
+// it through the Kubernetes API and sees every node fresh; kubectl logs,
+// exec and port-forward reach the pods through the kubelets.
 func TestInstalledOnEveryNode(t *testing.T) {
 	c := installed(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -34,6 +37,37 @@ func TestInstalledOnEveryNode(t *testing.T) {
 	if err != nil || !strings.Contains(out, "round done") {
 		t.Errorf("kubectl logs of an agent: %v\n%s", err, out)
 	}
+	// exec through the API server and the kubelet (the image has no shell:
+	// the binary itself answers).
+	out, err = c.Kubectl(ctx, "-n", kubecluster.Namespace, "exec", "deploy/pullwatch-aggregator", "--", "/pullwatch-aggregator", "--help")
+	if !strings.Contains(out, "Usage") {
+		t.Errorf("kubectl exec into the aggregator: %v\n%s", err, out)
+	}
+	// port-forward to the Service, as docs/install.md tells users.
+	port, err := proc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf := exec.CommandContext(ctx, filepath.Join(c.BinDir(), "kubectl"), "--kubeconfig="+c.Kubeconfig,
+		"-n", kubecluster.Namespace, "port-forward", "svc/pullwatch-aggregator", fmt.Sprintf("%d:8080", port))
+	if err := pf.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = pf.Process.Kill(); _ = pf.Wait() }()
+	if err := proc.Poll(ctx, 30*time.Second, 500*time.Millisecond, func() error {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", port))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/healthz through port-forward: %s", resp.Status)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("kubectl port-forward to the aggregator: %v", err)
+	}
+
 	out, err = c.Kubectl(ctx, "get", "pods", "-A", "-o", "wide")
 	t.Logf("kubectl get pods -A -o wide:\n%s", out)
 	if err != nil {
