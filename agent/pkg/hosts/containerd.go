@@ -130,9 +130,12 @@ func (c *Containerd) Endpoints(ctx context.Context, ref imageref.Ref) ([]Endpoin
 	if eps, ok := c.mirrors[host]; ok {
 		return c.legacyEndpoints(ctx, ref, eps)
 	}
-	if c.checkHostsFile(ctx, host) == hostsIgnored {
+	if c.checkHostsFile(ctx, host) == hostsIgnored && !c.hasCertFiles(host) {
 		return c.withDefaultClient(Defaults{}.Endpoints(ctx, ref))
 	}
+	// An ignored hosts.toml beside certificate files: containerd falls back
+	// to those files (its loadCertFiles) for the default endpoint, and so
+	// does the loader here, handed them alone (loaderHostDir).
 	rhosts, err := c.hosts(host)
 	if err != nil {
 		return nil, fmt.Errorf("containerd registry hosts for %s: %w", host, err)
@@ -226,20 +229,7 @@ func (c *Containerd) checkHostsFile(ctx context.Context, host string) hostsFile 
 		return hostsUsed
 	}
 	p := filepath.Join(dir, "hosts.toml")
-	b, err := readLimited(p)
-	warning := ""
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-	case err != nil:
-		warning = err.Error()
-	default:
-		var doc map[string]any
-		if err := toml.Unmarshal(b, &doc); err != nil {
-			warning = fmt.Sprintf("%s is not valid TOML (%v); containerd ignores it and uses the default endpoint", p, err)
-		} else if _, hasHost := doc["host"]; c.legacy && !hasHost {
-			warning = fmt.Sprintf("%s has no [host] table, which containerd %s refuses (invalid `host` tree); it uses the default endpoint", p, c.opts.RuntimeVersion)
-		}
-	}
+	warning := c.ignoredHostsFile(p)
 	c.warnMu.Lock()
 	if c.warned[p] != warning && warning != "" {
 		logging.FromContext(ctx).WarnContext(ctx, "registry hosts file ignored by the runtime", "file", p, "problem", warning)
@@ -250,6 +240,26 @@ func (c *Containerd) checkHostsFile(ctx context.Context, host string) hostsFile 
 		return hostsIgnored
 	}
 	return hostsUsed
+}
+
+// ignoredHostsFile says why containerd ignores the hosts.toml at p ("" when
+// it reads it, or there is none): it does not parse, or containerd before
+// 1.7 refuses its layout.
+func (c *Containerd) ignoredHostsFile(p string) string {
+	b, err := readLimited(p)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return err.Error()
+	default:
+		var doc map[string]any
+		if err := toml.Unmarshal(b, &doc); err != nil {
+			return fmt.Sprintf("%s is not valid TOML (%v); containerd ignores it and uses the default endpoint", p, err)
+		} else if _, hasHost := doc["host"]; c.legacy && !hasHost {
+			return fmt.Sprintf("%s has no [host] table, which containerd %s refuses (invalid `host` tree); it uses the default endpoint, with the certificate files of %s", p, c.opts.RuntimeVersion, filepath.Dir(p))
+		}
+	}
+	return ""
 }
 
 func readLimited(p string) ([]byte, error) {

@@ -2,6 +2,9 @@ package hosts
 
 import (
 	"context"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -253,3 +256,30 @@ zj0EAwIDRwAwRAIgeAkji/0xQv4ldtgriv1woguzNaAhJAwmZXuM3mtyoikCIGac
 pmKknYQcWYpfiZ+b55ysKROAdWCdgCmVKBpsYrLC
 -----END CERTIFICATE-----
 `
+
+// containerd 1.6 refuses a hosts.toml without [host] and reads the host
+// directory's certificate files instead (its loadCertFiles): the default
+// endpoint then trusts the directory's ca.crt.
+func TestLegacyIgnoredHostsFileKeepsDirectoryCerts(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "https://")
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs.d")
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	writeFile(t, filepath.Join(certs, host, "ca.crt"), string(caPEM))
+	writeFile(t, filepath.Join(certs, host, "hosts.toml"), "server = \"https://"+host+"\"\nca = \"/nowhere/ca.crt\"\n")
+	c, err := NewContainerd(context.Background(), ContainerdOptions{ConfigFile: filepath.Join(dir, "none.toml"), ConfigPath: certs, RuntimeVersion: "1.6.20", TempDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, err := c.Endpoints(context.Background(), mustRef(t, host+"/app:v1"))
+	if err != nil || len(eps) != 1 || eps[0].Client == nil {
+		t.Fatalf("endpoints: %+v %v", eps, err)
+	}
+	resp, err := eps[0].Client.Get(srv.URL)
+	if err != nil {
+		t.Fatalf("the endpoint's client does not trust the directory's ca.crt, as containerd 1.6 does: %v", err)
+	}
+	resp.Body.Close()
+}

@@ -28,10 +28,18 @@ import (
 // host.
 func (c *Containerd) loaderHostDir(host string) (string, error) {
 	dir, err := c.hostDir(host)
-	if err != nil || dir == "" || c.opts.Root.Dir() == "" {
+	if err != nil || dir == "" {
 		return dir, err
 	}
 	file := filepath.Join(dir, "hosts.toml")
+	if c.legacy && c.ignoredHostsFile(file) != "" {
+		// containerd 1.6 refuses this hosts.toml and reads the
+		// directory's certificate files instead (as with no hosts.toml).
+		return c.copies.certsOnly(dir)
+	}
+	if c.opts.Root.Dir() == "" {
+		return dir, nil
+	}
 	b, err := readLimited(file)
 	if errors.Is(err, fs.ErrNotExist) {
 		return dir, nil // certificate files only, found relative to dir
@@ -155,6 +163,31 @@ func tomlString(s string) string {
 	return b.String()
 }
 
+// certSuffixes are the files containerd's loader reads from a host
+// directory without a hosts.toml (Docker's certs.d layout): CAs (.crt) and
+// client pairs (.cert with .key).
+var certSuffixes = []string{".crt", ".cert", ".key"}
+
+// certFiles lists dir's certificate files by name.
+func certFiles(dir string) []string {
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		for _, suf := range certSuffixes {
+			if !e.IsDir() && strings.HasSuffix(e.Name(), suf) {
+				names = append(names, e.Name())
+			}
+		}
+	}
+	return names
+}
+
+// hasCertFiles reports whether host's directory holds certificate files.
+func (c *Containerd) hasCertFiles(host string) bool {
+	dir, err := c.hostDir(host)
+	return err == nil && dir != "" && len(certFiles(dir)) > 0
+}
+
 // hostsCopies holds rewritten hosts.toml files, one directory per content
 // (so a loader reading one never sees it change), under a private
 // temporary directory made on first use.
@@ -167,12 +200,8 @@ type hostsCopies struct {
 func (h *hostsCopies) dir(content []byte) (string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.base == "" {
-		base, err := os.MkdirTemp(h.parent, "pullwatch-hosts-")
-		if err != nil {
-			return "", err
-		}
-		h.base = base
+	if err := h.init(); err != nil {
+		return "", err
 	}
 	sum := sha256.Sum256(content)
 	dir := filepath.Join(h.base, hex.EncodeToString(sum[:12]))
@@ -187,4 +216,43 @@ func (h *hostsCopies) dir(content []byte) (string, error) {
 		return "", err
 	}
 	return dir, nil
+}
+
+func (h *hostsCopies) init() error {
+	if h.base != "" {
+		return nil
+	}
+	base, err := os.MkdirTemp(h.parent, "pullwatch-hosts-")
+	if err != nil {
+		return err
+	}
+	h.base = base
+	return nil
+}
+
+// certsOnly returns a directory holding links to dir's certificate files
+// and no hosts.toml: what containerd's loader reads as containerd 1.6 does
+// when it refuses dir's hosts.toml. One directory per set of names.
+func (h *hostsCopies) certsOnly(dir string) (string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	names := certFiles(dir)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err := h.init(); err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(dir + "\x00" + strings.Join(names, "\x00")))
+	out := filepath.Join(h.base, "certs-"+hex.EncodeToString(sum[:12]))
+	if err := os.MkdirAll(out, 0o700); err != nil {
+		return "", err
+	}
+	for _, n := range names {
+		if err := os.Symlink(filepath.Join(dir, n), filepath.Join(out, n)); err != nil && !errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("certificate files of %s: %w", dir, err)
+		}
+	}
+	return out, nil
 }
