@@ -143,6 +143,10 @@ func (c *Containerd) Endpoints(ctx context.Context, ref imageref.Ref) ([]Endpoin
 	tag := ref.Digest() == ""
 	out := make([]Endpoint, 0, len(rhosts))
 	for _, rh := range rhosts {
+		if rh.Host == "" {
+			// e.g. server = "http": containerd could not dial it either.
+			return nil, fmt.Errorf("containerd registry hosts for %s: an endpoint without a host (%q) in its hosts.toml", host, rh.Scheme+"://"+rh.Path)
+		}
 		ep := Endpoint{
 			URL:    (&url.URL{Scheme: rh.Scheme, Host: rh.Host, Path: rh.Path}).String(),
 			Role:   roleFor(host, rh.Host),

@@ -84,7 +84,7 @@ func ReadContainerdConfig(root hostfs.Root, path string) (ContainerdRegistryConf
 			}
 			for _, m := range matches {
 				if err := read(m, false); err != nil {
-					return err
+					return fmt.Errorf("containerd config %s: import %s: %w", file, m, err)
 				}
 			}
 		}
