@@ -13,8 +13,18 @@ for module in agent aggregator pkg proto; do
     dir=$(dirname "$file")
     for target in $(grep -oE '^func (Fuzz[A-Za-z0-9_]+)' "$file" | awk '{print $2}'); do
       echo "== $module/${dir#"$module"/} $target ($FUZZTIME)"
-      if ! (cd "$module" && go test "./${dir#"$module"/}" -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME"); then
-        status=1
+      out=$(cd "$module" && go test "./${dir#"$module"/}" -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" 2>&1) && rc=0 || rc=$?
+      printf '%s\n' "$out"
+      if ((rc != 0)); then
+        # go's fuzzing engine can end a short run with "context deadline
+        # exceeded" when the time runs out while it minimizes a new
+        # interesting input on a busy machine; that is no finding (a
+        # finding always writes its failing input under testdata/fuzz).
+        if grep -q 'context deadline exceeded' <<<"$out" && ! grep -q 'Failing input written' <<<"$out"; then
+          echo "== $module/${dir#"$module"/} $target: the fuzzing time ran out mid-minimization (no failing input): not a finding"
+        else
+          status=1
+        fi
       fi
     done
   done < <(grep -rl --include='*_test.go' '^func Fuzz' "$module")
