@@ -90,6 +90,9 @@ start=$SECONDS
 set +e
 PATH=$PATH:$(dirname "$(command -v go)") unshare --mount --propagation private -- bash -euc '
   root=$1
+  # The root must be a mount point: runc and ip netns make "/" a slave
+  # mount ("mount --make-rslave /"), which a plain directory refuses.
+  mount --bind "$root" "$root"
   mount -t proc proc "$root/proc"
   mount --rbind /sys "$root/sys"
   mount --rbind /dev "$root/dev"
