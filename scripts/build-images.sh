@@ -173,7 +173,7 @@ cached_rootfs() {
     local dir
     dir=$(mktemp -d "$CACHE/rootfs.XXXXXX")
     chmod 0755 "$dir" # the image's / (mktemp makes it 0700)
-    log "debootstrap --variant=minbase bookworm (once; cached in $tar)"
+    log "debootstrap --variant=minbase bookworm (once; cached in $tar)" >&2 # stdout is the answer
     debootstrap --variant=minbase bookworm "$dir" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1 ||
       { rm -rf "$dir"; die "debootstrap failed; see $CACHE/debootstrap.log"; }
     tar -C "$dir" -cf "$tar.tmp" . && mv -f "$tar.tmp" "$tar"
