@@ -58,6 +58,10 @@ func TestMain(m *testing.M) {
 		}
 		box = c
 		defer func() {
+			// The Prometheus the first test started (installed).
+			if prom != nil {
+				_ = prom.Stop()
+			}
 			if err := c.Stop(); err != nil {
 				fmt.Fprintf(os.Stderr, "installed: stop: %v\n", err)
 			}
