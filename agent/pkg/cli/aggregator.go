@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/discovery"
@@ -17,6 +18,23 @@ const aggregatorUsage = "gRPC `address` of pullwatch-aggregator: HOST:PORT throu
 	"or " + discovery.Form + ": the Service's ready pods, read from its EndpointSlices through the Kubernetes API and dialed directly, " +
 	"with neither cluster DNS nor kube-proxy (e.g. kubernetes:///pullwatch-aggregator.pullwatch:grpc; PORT is a Service port's name, " +
 	"or a number dialed on the pods as it is; needs RBAC list and watch on endpointslices in NAMESPACE). Required."
+
+// dialAggregator returns the client connection to the aggregator at
+// address, for the report stream and credential lending alike. It does
+// not connect: gRPC connects on first use.
+func (c *common) dialAggregator(log *slog.Logger, address string) (*grpc.ClientConn, error) {
+	opts, err := c.aggregatorDialOptions(log, address)
+	if err != nil {
+		return nil, err
+	}
+	// Transport security and node-bound credentials come with the trust
+	// issue; until then the stream is plaintext inside the cluster network.
+	conn, err := grpc.NewClient(address, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		return nil, fmt.Errorf("aggregator address %q: %w", address, err)
+	}
+	return conn, nil
+}
 
 // aggregatorDialOptions returns what the gRPC client needs to dial
 // aggregator: nothing for HOST:PORT; for a kubernetes:/// target, the

@@ -7,15 +7,13 @@ import (
 	"net"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/daemon"
 	"github.com/pullwatch/pullwatch/agent/pkg/events"
 	"github.com/pullwatch/pullwatch/agent/pkg/health"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
 const runSummary = `Runs the agent daemon: checks every image on this node every --interval
@@ -58,26 +56,19 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	ctx, log := newLogger(ctx, env, &f.common)
-	aggregatorOpts, err := f.aggregatorDialOptions(log, f.aggregator)
+	conn, err := f.dialAggregator(log, f.aggregator)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
 		return ExitSetup
 	}
-	checker, client, err := f.setup(ctx, log)
+	defer conn.Close()
+	checker, client, err := f.setup(ctx, log, pb.NewReportServiceClient(conn))
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
 		return ExitSetup
 	}
 	defer client.Close()
 
-	// Transport security and node-bound credentials come with the trust
-	// issue; until then the stream is plaintext inside the cluster network.
-	conn, err := grpc.NewClient(f.aggregator, append(aggregatorOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "pullwatch-agent run: aggregator address %q: %v\n", f.aggregator, err)
-		return ExitSetup
-	}
-	defer conn.Close()
 	sc := stream.New(conn, log.With("aggregator", f.aggregator))
 	d := &daemon.Daemon{
 		Rounds:       checker,

@@ -18,10 +18,13 @@ import (
 	"github.com/pullwatch/pullwatch/pkg/kubeapi"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 	"google.golang.org/grpc"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/ingest"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/lend"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
@@ -143,12 +146,39 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	an := analyzer.NewAnalyzer(store, dir, log)
 	go an.Run(ctx, analyzeEvery)
 
+	lender, err := newLender(ctx, log, opts, kube)
+	if err != nil {
+		return nil, err
+	}
+
 	reports := metrics.NewReports(ingest.Kinds(), ingest.Reasons())
-	registry := metrics.NewRegistry(metrics.NewCollector(store, an, collectorCfg), reports)
+	registry := metrics.NewRegistry(metrics.NewCollector(store, an, collectorCfg), reports, lender)
 	s := &servers{ingest: ingest.NewServer(store, reports, log)}
+	s.ingest.SetLender(lender)
 	s.grpc = ingest.NewGRPCServer(s.ingest, opts.MaxReportBytes)
 	s.http = web.NewServer(web.NewHandler(registry, &s.ready, web.NewStatusPage(an, store, log)))
 	return s, nil
+}
+
+// newLender builds and starts credential lending (aggregator/pkg/lend):
+// off without the Kubernetes API or with --lend-credentials=off.
+func newLender(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) (*lend.Lender, error) {
+	var client kubernetes.Interface
+	if kube != nil && opts.LendCredentials != lend.ModeOff {
+		cfg := rest.CopyConfig(kube.Rest)
+		cfg.UserAgent = "pullwatch-aggregator"
+		c, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("credential lending: Kubernetes client for %s: %w", cfg.Host, err)
+		}
+		client = c
+	}
+	l, err := lend.New(client, lend.Options{Mode: opts.LendCredentials, Log: log.With("component", "lend")})
+	if err != nil {
+		return nil, err
+	}
+	l.Start(ctx)
+	return l, nil
 }
 
 // serve serves on the listeners and marks the aggregator ready. The

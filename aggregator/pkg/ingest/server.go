@@ -53,6 +53,9 @@ type Server struct {
 
 	drainOnce sync.Once
 	draining  chan struct{}
+
+	// lender answers Credentials (credentials.go); nil: none lent.
+	lender Lender
 }
 
 // NewServer returns a Server applying reports to store.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/lend"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 )
@@ -26,6 +27,9 @@ type Options struct {
 	// metrics.NodeImageSeriesFailing.
 	NodeImageSeries string
 	CompatMetrics   bool
+	// LendCredentials is lend.ModeVerified, lend.ModeOff or
+	// lend.ModeUnverifiedLab (--lend-credentials).
+	LendCredentials string
 }
 
 // Name is the program name used in usage and error messages.
@@ -58,6 +62,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		LogFormat:       "text",
 		NodeImageSeries: metrics.NodeImageSeriesAll,
 		CompatMetrics:   true,
+		LendCredentials: lend.ModeVerified,
 	}
 	s := envflag.New(Name, Name+" [flags]", summary)
 	s.Var((*envflag.ListenAddr)(&o.GRPCListen), "grpc-listen", "`host:port` to serve the agents' gRPC ReportService on.")
@@ -79,6 +84,12 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	s.BoolVar(&o.CompatMetrics, "compat-metrics", o.CompatMetrics,
 		"Also export the k8s_image_availability_exporter_* families of k8s-image-availability-exporter (labels namespace, container, image, kind, name), "+
 			"so its dashboards and alerts keep working. With the Kubernetes API, kind and name are the workload (Pod → ReplicaSet → Deployment, Job → CronJob); without it, the pod.")
+
+	s.Var(&envflag.Choice{Value: &o.LendCredentials, Choices: lend.Modes()}, "lend-credentials",
+		"Lend agents the imagePullSecrets of their own node's pods (`mode`), so no node needs RBAC on Secrets: "+
+			"verified (only to agents whose ServiceAccount token was verified and bound to their node, --auth=kubernetes), "+
+			"off (agents probe without pull secrets), or unverified-lab (also to callers without a verified token, for the node they name: "+
+			"anyone reaching the gRPC port reads any node's pull secrets; a lab only). Needs the Kubernetes API and RBAC get on secrets, list/watch on pods. See docs/security.md.")
 
 	if err := s.Parse(args, getenv, out); err != nil {
 		return nil, err

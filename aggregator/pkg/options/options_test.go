@@ -26,6 +26,7 @@ func TestParse(t *testing.T) {
 		LogFormat:       "text",
 		NodeImageSeries: "all",
 		CompatMetrics:   true,
+		LendCredentials: "verified",
 	}
 	with := func(edit func(*Options)) Options {
 		o := defaults
@@ -42,18 +43,18 @@ func TestParse(t *testing.T) {
 		{"flags", []string{
 			"--grpc-listen=127.0.0.1:19400", "--http-listen", ":18080", "--stale-after=90s",
 			"--max-report-bytes=1048576", "--shutdown-timeout=3s", "--log-level=debug", "--log-format=json",
-			"--kubeconfig=/tmp/kc", "--node-image-series=failing", "--compat-metrics=false",
+			"--kubeconfig=/tmp/kc", "--node-image-series=failing", "--compat-metrics=false", "--lend-credentials=unverified-lab",
 		}, nil, Options{
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
-			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing",
+			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing", LendCredentials: "unverified-lab",
 		}},
 		{"environment", nil, map[string]string{
 			"PULLWATCH_GRPC_LISTEN": ":1", "PULLWATCH_STALE_AFTER": "5m", "PULLWATCH_LOG_LEVEL": "warn", "KUBECONFIG": "/a:/b",
-			"PULLWATCH_NODE_IMAGE_SERIES": "failing", "PULLWATCH_COMPAT_METRICS": "false",
+			"PULLWATCH_NODE_IMAGE_SERIES": "failing", "PULLWATCH_COMPAT_METRICS": "false", "PULLWATCH_LEND_CREDENTIALS": "off",
 		}, with(func(o *Options) {
 			o.GRPCListen, o.StaleAfter, o.LogLevel, o.Kubeconfig = ":1", 5*time.Minute, slog.LevelWarn, "/a:/b"
-			o.NodeImageSeries, o.CompatMetrics = "failing", false
+			o.NodeImageSeries, o.CompatMetrics, o.LendCredentials = "failing", false, "off"
 		})},
 		{"flag wins over environment", []string{"--stale-after=1m"}, map[string]string{"PULLWATCH_STALE_AFTER": "5m"},
 			with(func(o *Options) { o.StaleAfter = time.Minute })},
