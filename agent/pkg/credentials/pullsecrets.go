@@ -215,4 +215,3 @@ func (p *PullSecrets) logOnce(ctx context.Context, key string, level slog.Level,
 		p.log.Log(ctx, level, msg, args...)
 	}
 }
-

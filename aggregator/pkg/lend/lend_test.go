@@ -105,7 +105,9 @@ type nopObserver struct{}
 func (nopObserver) ReportReceived(string) {}
 func (nopObserver) ReportRejected(string) {}
 
-func ref(ns, name string) *pb.PodRef { return &pb.PodRef{Namespace: ns, Name: name, Uid: "uid-" + name} }
+func ref(ns, name string) *pb.PodRef {
+	return &pb.PodRef{Namespace: ns, Name: name, Uid: "uid-" + name}
+}
 
 func users(resp *pb.CredentialsResponse) []string {
 	var out []string
