@@ -149,7 +149,10 @@ func (p *PullSecrets) Lookup(ctx context.Context, ref imageref.Ref, pods []Pod) 
 func (p *PullSecrets) ask(ctx context.Context, req *pb.CredentialsRequest) cachedAnswer {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	resp, err := p.lender.Credentials(ctx, req)
+	// Wait for the connection (within Timeout) rather than fail at once
+	// while it is being made: a round right after start or a reconnect
+	// would otherwise probe private images without their pull secrets.
+	resp, err := p.lender.Credentials(ctx, req, grpc.WaitForReady(true))
 	now := p.now()
 	if err != nil {
 		st, _ := status.FromError(err)
