@@ -86,8 +86,8 @@ type Cluster struct {
 	Mirror *registry.Registry
 	// RegNS is the namespace of Registry and Mirror.
 	RegNS *netns.Namespace
-	Nodes    []*kubenode.Node
-	procs    []*proc.Process
+	Nodes []*kubenode.Node
+	procs []*proc.Process
 	// Kubeconfig is the admin's kubeconfig, usable from this machine.
 	Kubeconfig string
 }
