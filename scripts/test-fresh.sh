@@ -98,6 +98,12 @@ PATH=$PATH:$(dirname "$(command -v go)") unshare --mount --propagation private -
   mount --rbind /dev "$root/dev"
   mount -t tmpfs -o mode=0755 tmpfs "$root/run"
   mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+  # The network namespaces, bridges and veths the tests make are this
+  # machine'"'"'s, not the root'"'"'s: share the markers that say whose they are
+  # (e2e/harness/netns), or a cleanup in the root would remove what a test
+  # running beside it on this machine made, and the reverse.
+  mkdir -p /run/pullwatch-netns "$root/run/pullwatch-netns"
+  mount --bind /run/pullwatch-netns "$root/run/pullwatch-netns"
   if [[ ${PULLWATCH_FRESH_WARM_GO:-} == 1 ]]; then
     for d in "$(go env GOMODCACHE)" "$(go env GOCACHE)"; do
       mkdir -p "$root/root/${d#/root/}" && mount --bind "$d" "$root/root/${d#/root/}"
