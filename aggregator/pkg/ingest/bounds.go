@@ -1,7 +1,12 @@
 package ingest
 
 import (
+	"context"
+	"log/slog"
+	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"google.golang.org/grpc/codes"
 
@@ -111,4 +116,39 @@ func (r Reason) code() codes.Code {
 		return codes.ResourceExhausted
 	}
 	return codes.InvalidArgument
+}
+
+// The "report refused" log budget: a burst of refusalBurst lines, then
+// refusalRate per second; every refusal is counted in
+// pullwatch_reports_rejected_total whether logged or not.
+const (
+	refusalBurst = 20
+	refusalRate  = 1
+)
+
+// refusalLog rate-limits "report refused" lines, so that a flood of bad
+// streams costs a few lines and a count, not a line each.
+type refusalLog struct {
+	once       sync.Once
+	limiter    *rate.Limiter
+	mu         sync.Mutex
+	suppressed int
+}
+
+// logRefusal writes one "report refused" line within the budget, with the
+// number of lines suppressed since the last one written.
+func (s *Server) logRefusal(ctx context.Context, log *slog.Logger, args ...any) {
+	r := &s.refusals
+	r.once.Do(func() { r.limiter = rate.NewLimiter(refusalRate, refusalBurst) })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.limiter.Allow() {
+		r.suppressed++
+		return
+	}
+	if r.suppressed > 0 {
+		args = append(args, "suppressed_since_last", r.suppressed)
+		r.suppressed = 0
+	}
+	log.WarnContext(ctx, "report refused", args...)
 }

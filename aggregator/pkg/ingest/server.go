@@ -54,6 +54,8 @@ type Server struct {
 
 	drainOnce sync.Once
 	draining  chan struct{}
+
+	refusals refusalLog
 }
 
 // NewServer returns a Server applying reports to store.
@@ -141,7 +143,14 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 		if err != nil {
 			args = append(args, logging.ErrKey, err)
 		}
-		st.log.InfoContext(ctx, "agent stream closed", args...)
+		level := slog.LevelInfo
+		if st.node == "" {
+			// A stream that never said which node it reports: its
+			// refusal, if any, was logged (within the budget); a flood of
+			// such streams must not flood the log.
+			level = slog.LevelDebug
+		}
+		st.log.Log(ctx, level, "agent stream closed", args...)
 	}()
 
 	done := make(chan struct{})
@@ -166,7 +175,7 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 			ack, verr := s.accept(ctx, st, r.msg)
 			if verr != nil {
 				s.obs.ReportRejected(string(verr.Reason))
-				st.log.WarnContext(ctx, "report refused", "node", st.node, "sequence", r.msg.GetSequence(), "reason", verr.Reason, logging.ErrKey, verr.Error())
+				s.logRefusal(ctx, st.log, "node", st.node, "sequence", r.msg.GetSequence(), "reason", verr.Reason, logging.ErrKey, verr.Error())
 				return status.Errorf(verr.Reason.code(), "report %d refused: %s", r.msg.GetSequence(), verr)
 			}
 			if err := rs.Send(&pullwatchv1.AggregatorMessage{Body: &pullwatchv1.AggregatorMessage_Ack{Ack: ack}}); err != nil {
@@ -215,7 +224,7 @@ func (s *Server) recvError(ctx context.Context, st *stream, err error) error {
 		// Over the wire ceiling (grpc.MaxRecvMsgSize): gRPC refused it
 		// before decoding, and told the agent ResourceExhausted itself.
 		s.obs.ReportRejected(string(ReasonTooLarge))
-		st.log.WarnContext(ctx, "report refused", "node", st.node, "reason", ReasonTooLarge, logging.ErrKey, err)
+		s.logRefusal(ctx, st.log, "node", st.node, "reason", ReasonTooLarge, logging.ErrKey, err)
 	}
 	return fmt.Errorf("receive: %w", err)
 }
