@@ -95,7 +95,9 @@ func TestFloodOfUnknownNodes(t *testing.T) {
 		}
 		defer conns[i].Close()
 	}
-	client := func(i int) pullwatchv1.ReportServiceClient { return pullwatchv1.NewReportServiceClient(conns[i%floodConns]) }
+	client := func(i int) pullwatchv1.ReportServiceClient {
+		return pullwatchv1.NewReportServiceClient(conns[i%floodConns])
+	}
 	// send reports one snapshot on a new stream and returns how it ended.
 	send := func(i int) error {
 		rs, err := client(i).Report(ctx)
