@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -237,6 +239,15 @@ func TestFloodOfUnknownNodes(t *testing.T) {
 	t.Logf("during %d snapshots:     %s (peaks sampled every 2,000; %s, %.0f snapshots/s)", floodSnapshots, peak, took.Round(time.Millisecond), floodSnapshots/took.Seconds())
 	t.Logf("after:                      %s", after)
 	t.Logf("after two GCs:              %s", afterGC)
+	logged, err := os.ReadFile(r.p.LogFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusedLines, lines := strings.Count(string(logged), `msg="report refused"`), strings.Count(string(logged), "\n")
+	t.Logf("the aggregator's log: %d lines in all, %d \"report refused\" lines", lines, refusedLines)
+	if refusedLines > 1000 {
+		t.Errorf("%d \"report refused\" lines for %d refusals: not rate-limited", refusedLines, floodStreams+floodSnapshots)
+	}
 	t.Logf("refused %d (pullwatch_reports_rejected_total{reason=\"unknown_node\"} %v); nodes in state: %v", refused.Load(), rejected, nodes)
 
 	if got := refused.Load(); got != floodStreams+floodSnapshots || rejected != float64(got) {
