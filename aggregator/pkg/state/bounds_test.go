@@ -1,11 +1,13 @@
 package state
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"go.uber.org/goleak"
 )
 
 func TestSweepForgetsSilentNodes(t *testing.T) {
@@ -84,4 +86,26 @@ func TestApplyUpdateWithin(t *testing.T) {
 	if known, _ := s.ApplyUpdateWithin(&pullwatchv1.NodeUpdate{NodeName: "nope"}, lim); known {
 		t.Error("unknown node reported known")
 	}
+}
+
+func TestRunSweeperStopsWithContext(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	s := New(time.Second, WithClock(clock.Now), WithForgetAfter(time.Minute))
+	s.ApplySnapshot(snapshot("n1"))
+	clock.Advance(2 * time.Minute)
+	forgotten := make(chan []string, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.RunSweeper(ctx, 10*time.Millisecond, func(n []string) { forgotten <- n }); close(done) }()
+	select {
+	case got := <-forgotten:
+		if len(got) != 1 || got[0] != "n1" {
+			t.Errorf("forgotten %v, want [n1]", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the sweeper forgot nothing in 5s")
+	}
+	cancel()
+	<-done
 }
