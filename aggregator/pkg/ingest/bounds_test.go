@@ -119,3 +119,36 @@ func TestFirstReportDeadline(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	mustAck(t, rs, update(2, "node-a", nil))
 }
+
+func TestMaxConcurrentStreamsPerConnection(t *testing.T) {
+	h := newBoundedHarness(t, Bounds{MaxConcurrentStreams: 2})
+	first, second := h.open(t), h.open(t)
+	mustAck(t, first, snapshot(1, "node-a"))
+	mustAck(t, second, snapshot(1, "node-b"))
+	// A third stream on the same connection waits for one of the two.
+	third := make(chan error, 1)
+	go func() {
+		rs, err := h.client.Report(t.Context())
+		if err == nil {
+			_, err = exchange(rs, snapshot(1, "node-c"))
+			_ = rs.CloseSend()
+		}
+		third <- err
+	}()
+	select {
+	case err := <-third:
+		t.Fatalf("a third stream was served with two open and a limit of 2 (%v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := first.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-third:
+		if err != nil {
+			t.Fatalf("the third stream once the first closed: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the third stream was not served after the first closed")
+	}
+}
