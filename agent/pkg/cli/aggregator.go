@@ -20,13 +20,19 @@ const aggregatorUsage = "gRPC `address` of pullwatch-aggregator: HOST:PORT throu
 
 // replicaWatch follows the ready aggregator replicas: discovery.Watch
 // bound to a target and a client of the Kubernetes API.
-type replicaWatch func(ctx context.Context, onChange func(addrs []string))
+type replicaWatch struct {
+	watch func(ctx context.Context, onChange func(addrs []string))
+	// authority is the Service's DNS name, SERVICE.NAMESPACE.svc: the
+	// :authority of the streams to its pods' addresses, and the name TLS
+	// verifies the aggregator's certificate against.
+	authority string
+}
 
 // aggregatorReplicas returns, for a kubernetes:/// aggregator, the watch of
 // its Service's ready endpoints (each gets a stream of its own), with a
 // client of the Kubernetes API, which must then be configured; nil for
 // HOST:PORT, which is dialed as it is (one stream, through DNS).
-func (c *common) aggregatorReplicas(log *slog.Logger, aggregator string) (replicaWatch, error) {
+func (c *common) aggregatorReplicas(log *slog.Logger, aggregator string) (*replicaWatch, error) {
 	if !discovery.IsTarget(aggregator) {
 		return nil, nil
 	}
@@ -51,7 +57,10 @@ func (c *common) aggregatorReplicas(log *slog.Logger, aggregator string) (replic
 	log.Info("finding the aggregator through EndpointSlices", "service", target.Service, "namespace", target.Namespace,
 		"port", target.Port, "api", kube.Source, "host", kube.Rest.Host)
 	dlog := log.With("component", "discovery")
-	return func(ctx context.Context, onChange func([]string)) {
-		discovery.Watch(ctx, client, target, dlog, onChange)
+	return &replicaWatch{
+		watch: func(ctx context.Context, onChange func([]string)) {
+			discovery.Watch(ctx, client, target, dlog, onChange)
+		},
+		authority: target.Service + "." + target.Namespace + ".svc",
 	}, nil
 }

@@ -77,6 +77,9 @@ current-context: c
 	c.kubeconfig = kubeconfig
 	watch, err = c.aggregatorReplicas(log, "kubernetes:///pullwatch-aggregator.pullwatch:grpc")
 	if err != nil || watch == nil {
-		t.Errorf("kubernetes:/// with a kubeconfig: %v; want the replica watch", err)
+		t.Fatalf("kubernetes:/// with a kubeconfig: %v; want the replica watch", err)
+	}
+	if watch.authority != "pullwatch-aggregator.pullwatch.svc" {
+		t.Errorf("authority %q, want the Service's DNS name", watch.authority)
 	}
 }

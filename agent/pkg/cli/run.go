@@ -80,11 +80,11 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	)
 	if replicas != nil {
 		// One stream per ready aggregator replica, each dialed at its
-		// pod address as it is (no resolver).
+		// pod address as it is (no resolver), in the Service's name.
 		rs := stream.NewReplicas(func(addr string) (*grpc.ClientConn, error) {
-			return grpc.NewClient("passthrough:///"+addr, dialOpts...)
+			return grpc.NewClient("passthrough:///"+addr, append(dialOpts, grpc.WithAuthority(replicas.authority))...)
 		}, log)
-		go replicas(ctx, rs.SetAddresses)
+		go replicas.watch(ctx, rs.SetAddresses)
 		sc, connected, endpoints = rs, rs.Connected, rs.Endpoints
 	} else {
 		conn, err := grpc.NewClient(f.aggregator, dialOpts...)
