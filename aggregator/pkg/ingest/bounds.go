@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -98,7 +99,7 @@ func (s *Server) admitNode(name string) *Error {
 // limitError turns the store's limit error into a refusal.
 func limitError(field string, err error) *Error {
 	reason := ReasonNodeImageLimit
-	if le, ok := err.(*state.LimitError); ok && le.What == "endpoints" {
+	if le := (*state.LimitError)(nil); errors.As(err, &le) && le.What == "endpoints" {
 		reason = ReasonNodeEndpointLimit
 	}
 	return fail(reason, field, "%v", err)
