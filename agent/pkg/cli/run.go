@@ -58,7 +58,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	ctx, log := newLogger(ctx, env, &f.common)
-	aggregatorOpts, err := f.aggregatorDialOptions(log, f.aggregator)
+	replicas, err := f.aggregatorReplicas(log, f.aggregator)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
 		return ExitSetup
@@ -72,17 +72,37 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 
 	// Transport security and node-bound credentials come with the trust
 	// issue; until then the stream is plaintext inside the cluster network.
-	conn, err := grpc.NewClient(f.aggregator, append(aggregatorOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "pullwatch-agent run: aggregator address %q: %v\n", f.aggregator, err)
-		return ExitSetup
+	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	var (
+		sc        daemon.Stream
+		connected func() bool
+		endpoints func() map[string]bool
+	)
+	if replicas != nil {
+		// One stream per ready aggregator replica, each dialed at its
+		// pod address as it is (no resolver), in the Service's name.
+		rs := stream.NewReplicas(func(addr string) (*grpc.ClientConn, error) {
+			return grpc.NewClient("passthrough:///"+addr, append(dialOpts, grpc.WithAuthority(replicas.authority))...)
+		}, log)
+		go replicas.watch(ctx, rs.SetAddresses)
+		sc, connected, endpoints = rs, rs.Connected, rs.Endpoints
+	} else {
+		conn, err := grpc.NewClient(f.aggregator, dialOpts...)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "pullwatch-agent run: aggregator address %q: %v\n", f.aggregator, err)
+			return ExitSetup
+		}
+		defer conn.Close()
+		c := stream.New(conn, log.With("aggregator", f.aggregator))
+		sc, connected = c, c.Connected
+		endpoints = func() map[string]bool { return map[string]bool{f.aggregator: c.Connected()} }
 	}
-	defer conn.Close()
-	sc := stream.New(conn, log.With("aggregator", f.aggregator))
+	mon := health.New(f.interval, connected)
+	mon.ReportEndpoints(endpoints)
 	d := &daemon.Daemon{
 		Rounds:       checker,
 		Stream:       sc,
-		Health:       health.New(f.interval, sc.Connected),
+		Health:       mon,
 		Interval:     f.interval,
 		AgentVersion: Version,
 		Log:          log,

@@ -26,7 +26,19 @@ type Options struct {
 	// metrics.NodeImageSeriesFailing.
 	NodeImageSeries string
 	CompatMetrics   bool
+	// ForgetAfter drops a node silent this long; 10 × StaleAfter unless set.
+	ForgetAfter time.Duration
+	// MaxNodeImages and MaxNodeEndpoints cap what one node may hold.
+	MaxNodeImages    int
+	MaxNodeEndpoints int
+	// MaxConcurrentStreams bounds streams per agent connection.
+	MaxConcurrentStreams int
+	// FirstReportTimeout closes a stream that sends no snapshot in time.
+	FirstReportTimeout time.Duration
 }
+
+// forgetFactor is --forget-after's default in units of --stale-after.
+const forgetFactor = 10
 
 // Name is the program name used in usage and error messages.
 const Name = "pullwatch-aggregator"
@@ -58,6 +70,11 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		LogFormat:       "text",
 		NodeImageSeries: metrics.NodeImageSeriesAll,
 		CompatMetrics:   true,
+
+		MaxNodeImages:        5000,
+		MaxNodeEndpoints:     256,
+		MaxConcurrentStreams: 16,
+		FirstReportTimeout:   time.Minute,
 	}
 	s := envflag.New(Name, Name+" [flags]", summary)
 	s.Var((*envflag.ListenAddr)(&o.GRPCListen), "grpc-listen", "`host:port` to serve the agents' gRPC ReportService on.")
@@ -80,8 +97,25 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		"Also export the k8s_image_availability_exporter_* families of k8s-image-availability-exporter (labels namespace, container, image, kind, name), "+
 			"so its dashboards and alerts keep working. With the Kubernetes API, kind and name are the workload (Pod → ReplicaSet → Deployment, Job → CronJob); without it, the pod.")
 
+	s.Var((*envflag.PositiveDuration)(&o.ForgetAfter), "forget-after",
+		fmt.Sprintf("Drop a node (its results and series) after its agent has not reported for this `duration`; more than --stale-after. Default: %d × --stale-after.", forgetFactor))
+	s.Var(&envflag.IntRange{Value: &o.MaxNodeImages, Min: 1, Max: 1_000_000}, "max-node-images",
+		"Most images the aggregator keeps for one node (`count`); a report that would take a node over it is refused (pullwatch_reports_rejected_total{reason=\"node_image_limit\"}).")
+	s.Var(&envflag.IntRange{Value: &o.MaxNodeEndpoints, Min: 1, Max: 100_000}, "max-node-endpoints",
+		"Most distinct registry endpoint URLs one node's images may name (`count`); a report over it is refused (reason node_endpoint_limit).")
+	s.Var(&envflag.IntRange{Value: &o.MaxConcurrentStreams, Min: 1, Max: 10_000}, "max-concurrent-streams",
+		"Most gRPC streams on one agent connection (`count`); an agent needs one.")
+	s.Var((*envflag.PositiveDuration)(&o.FirstReportTimeout), "first-report-timeout",
+		"Close a new agent stream that has not sent its first snapshot within this `duration`. Agents open their stream once they have a snapshot to send.")
+
 	if err := s.Parse(args, getenv, out); err != nil {
 		return nil, err
+	}
+	if o.ForgetAfter == 0 {
+		o.ForgetAfter = forgetFactor * o.StaleAfter
+	}
+	if o.ForgetAfter <= o.StaleAfter {
+		return nil, fmt.Errorf("--forget-after (env PULLWATCH_FORGET_AFTER) %s: must be longer than --stale-after %s", o.ForgetAfter, o.StaleAfter)
 	}
 	return o, nil
 }
