@@ -29,7 +29,11 @@ func TestInstalledOnEveryNode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	want := fmt.Sprint(len(c.Nodes))
-	waitQuery(ctx, t, `sum(pullwatch_nodes{state="fresh"})`, func(v float64) bool { return fmt.Sprint(v) == want }, "every node fresh")
+	// Two aggregator replicas, each with every node: the same series
+	// twice, one per pod.
+	waitQuery(ctx, t, `count(pullwatch_agents_connected)`, func(v float64) bool { return v == 2 }, "both aggregator replicas scraped")
+	waitQuery(ctx, t, `min(pullwatch_nodes{state="fresh"})`, func(v float64) bool { return fmt.Sprint(v) == want }, "every node fresh on each replica")
+	waitQuery(ctx, t, `min(pullwatch_agents_connected)`, func(v float64) bool { return fmt.Sprint(v) == want }, "every agent streaming to each replica")
 	waitQuery(ctx, t, `count(up{namespace="pullwatch"} == 1)`, func(v float64) bool { return v >= 1 }, "the aggregator scraped")
 
 	out, err := c.Kubectl(ctx, "-n", kubecluster.Namespace, "logs", "daemonset/pullwatch-agent")
@@ -136,13 +140,13 @@ func TestImageGoneBeforeRestartFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	sel := fmt.Sprintf(`pullwatch_node_image_status{image=%q`, image)
-	waitQuery(ctx, t, `count(`+sel+`,status="available"})`, func(v float64) bool { return int(v) == len(c.Nodes) }, "web available on every node")
+	waitQuery(ctx, t, `count(max by (node) (`+sel+`,status="available"}))`, func(v float64) bool { return int(v) == len(c.Nodes) }, "web available on every node")
 
 	if err := c.DeleteImage(ctx, "shop/web", digest); err != nil {
 		t.Fatal(err)
 	}
 	deleted := time.Now()
-	waitQuery(ctx, t, `count(`+sel+`,status="absent"})`, func(v float64) bool { return int(v) == len(c.Nodes) }, "web absent on every node")
+	waitQuery(ctx, t, `count(max by (node) (`+sel+`,status="absent"}))`, func(v float64) bool { return int(v) == len(c.Nodes) }, "web absent on every node")
 	reported := time.Now()
 	t.Logf("pullwatch reported the image absent on all %d nodes %s after its deletion", len(c.Nodes), reported.Sub(deleted).Round(time.Second))
 

@@ -96,6 +96,9 @@ func TestAggregatorRestartNoGap(t *testing.T) {
 	})
 }
 
+// Every query below holds with one aggregator replica or several (each
+// replica has every node's state; Prometheus scrapes each).
+
 // TestMirrorDownInstalled: the mirror every node's hosts.toml names first
 // stops. pullwatch says the mirror (not the registry, not a node) fails,
 // from every node, images stay available (pulls fall back to the
@@ -132,7 +135,7 @@ func TestOutageInstalled(t *testing.T) {
 		}
 		defer restart(t, r)
 	}
-	waitQuery(ctx, t, `count(pullwatch_registry_failure{scope="cluster"})`, func(v float64) bool { return v == 2 }, "the registry and the mirror failing at cluster scope")
+	waitQuery(ctx, t, `count(max by (endpoint) (pullwatch_registry_failure{scope="cluster"}))`, func(v float64) bool { return v == 2 }, "the registry and the mirror failing at cluster scope")
 	waitQuery(ctx, t, `count(pullwatch_image_failure{scope!="cluster"}) or vector(0)`, func(v float64) bool { return v == 0 }, "no image failure at a narrower scope")
 	waitAlerts(ctx, t, []string{"PullwatchRegistryOutage"}, map[string]string{"alertname": "PullwatchRegistryOutage", "registry": c.Registry.Addr()})
 	for _, r := range []*registry.Registry{c.Registry, c.Mirror} {

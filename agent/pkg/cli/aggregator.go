@@ -1,12 +1,13 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/discovery"
@@ -19,28 +20,24 @@ const aggregatorUsage = "gRPC `address` of pullwatch-aggregator: HOST:PORT throu
 	"with neither cluster DNS nor kube-proxy (e.g. kubernetes:///pullwatch-aggregator.pullwatch:grpc; PORT is a Service port's name, " +
 	"or a number dialed on the pods as it is; needs RBAC list and watch on endpointslices in NAMESPACE). Required."
 
-// dialAggregator returns the client connection to the aggregator at
-// address, for the report stream and credential lending alike. It does
-// not connect: gRPC connects on first use.
-func (c *common) dialAggregator(log *slog.Logger, address string) (*grpc.ClientConn, error) {
-	opts, err := c.aggregatorDialOptions(log, address)
-	if err != nil {
-		return nil, err
-	}
-	// Transport security and node-bound credentials come with the trust
-	// issue; until then the stream is plaintext inside the cluster network.
-	conn, err := grpc.NewClient(address, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
-	if err != nil {
-		return nil, fmt.Errorf("aggregator address %q: %w", address, err)
-	}
-	return conn, nil
+// replicaWatch follows the ready aggregator replicas: discovery.Watch
+// bound to a target and a client of the Kubernetes API.
+type replicaWatch struct {
+	watch func(ctx context.Context, onChange func(addrs []string))
+	// authority is the Service's DNS name, SERVICE.NAMESPACE.svc: the
+	// :authority of the streams to its pods' addresses, and the name TLS
+	// verifies the aggregator's certificate against.
+	authority string
+	// client and target make the lending channel's resolver (lenderConn).
+	client kubernetes.Interface
+	target discovery.Target
 }
 
-// aggregatorDialOptions returns what the gRPC client needs to dial
-// aggregator: nothing for HOST:PORT; for a kubernetes:/// target, the
-// EndpointSlice resolver with a client of the Kubernetes API, which must
-// then be configured.
-func (c *common) aggregatorDialOptions(log *slog.Logger, aggregator string) ([]grpc.DialOption, error) {
+// aggregatorReplicas returns, for a kubernetes:/// aggregator, the watch of
+// its Service's ready endpoints (each gets a stream of its own), with a
+// client of the Kubernetes API, which must then be configured; nil for
+// HOST:PORT, which is dialed as it is (one stream, through DNS).
+func (c *common) aggregatorReplicas(log *slog.Logger, aggregator string) (*replicaWatch, error) {
 	if !discovery.IsTarget(aggregator) {
 		return nil, nil
 	}
@@ -64,5 +61,47 @@ func (c *common) aggregatorDialOptions(log *slog.Logger, aggregator string) ([]g
 	}
 	log.Info("finding the aggregator through EndpointSlices", "service", target.Service, "namespace", target.Namespace,
 		"port", target.Port, "api", kube.Source, "host", kube.Rest.Host)
-	return []grpc.DialOption{grpc.WithResolvers(discovery.NewBuilder(client, log.With("component", "discovery")))}, nil
+	dlog := log.With("component", "discovery")
+	return &replicaWatch{
+		watch: func(ctx context.Context, onChange func([]string)) {
+			discovery.Watch(ctx, client, target, dlog, onChange)
+		},
+		authority: target.Service + "." + target.Namespace + ".svc",
+		client:    client,
+		target:    target,
+	}, nil
+}
+
+// lenderConn dials the channel credential lending (ReportService.Credentials)
+// uses for a kubernetes:/// aggregator: one gRPC channel over the Service's
+// ready endpoints (discovery's resolver), whose balancer sends each call to
+// one ready replica: every replica lends alike, so unlike the report
+// streams one is enough. security are the streams' own transport options.
+func (rw *replicaWatch) lenderConn(log *slog.Logger, aggregator string, security []grpc.DialOption) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(aggregator, append(slices.Clone(security),
+		grpc.WithResolvers(discovery.NewBuilder(rw.client, log.With("component", "discovery"))),
+		grpc.WithAuthority(rw.authority))...)
+	if err != nil {
+		return nil, fmt.Errorf("aggregator address %q: %w", aggregator, err)
+	}
+	return conn, nil
+}
+
+// dialLender returns the connection credential lending uses for
+// aggregator (check's --aggregator): the kubernetes:/// form through the
+// Service's ready endpoints, HOST:PORT as it is. It does not connect: gRPC
+// connects on first use.
+func (c *common) dialLender(log *slog.Logger, aggregator string, security []grpc.DialOption) (*grpc.ClientConn, error) {
+	rw, err := c.aggregatorReplicas(log, aggregator)
+	if err != nil {
+		return nil, err
+	}
+	if rw != nil {
+		return rw.lenderConn(log, aggregator, security)
+	}
+	conn, err := grpc.NewClient(aggregator, security...)
+	if err != nil {
+		return nil, fmt.Errorf("aggregator address %q: %w", aggregator, err)
+	}
+	return conn, nil
 }

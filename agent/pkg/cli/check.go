@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -30,7 +33,8 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 	ctx, log := newLogger(ctx, env, &c)
 	var lender credentials.Lender
 	if aggregator != "" {
-		conn, err := c.dialAggregator(log, aggregator)
+		// Plaintext, as run's streams until the trust issue's TLS.
+		conn, err := c.dialLender(log, aggregator, []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())})
 		if err != nil {
 			fmt.Fprintf(env.Stderr, "pullwatch-agent check: %v\n", err)
 			return ExitSetup

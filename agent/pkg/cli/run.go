@@ -7,6 +7,9 @@ import (
 	"net"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/daemon"
 	"github.com/pullwatch/pullwatch/agent/pkg/events"
@@ -56,24 +59,58 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	ctx, log := newLogger(ctx, env, &f.common)
-	conn, err := f.dialAggregator(log, f.aggregator)
+	replicas, err := f.aggregatorReplicas(log, f.aggregator)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
 		return ExitSetup
 	}
-	defer conn.Close()
-	checker, client, err := f.setup(ctx, log, pb.NewReportServiceClient(conn))
+	// Transport security and node-bound credentials come with the trust
+	// issue; until then the stream is plaintext inside the cluster network.
+	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	var (
+		sc        daemon.Stream
+		connected func() bool
+		endpoints func() map[string]bool
+		lendConn  *grpc.ClientConn // credential lending's connection
+	)
+	if replicas != nil {
+		// One stream per ready aggregator replica, each dialed at its
+		// pod address as it is (no resolver), in the Service's name.
+		rs := stream.NewReplicas(func(addr string) (*grpc.ClientConn, error) {
+			return grpc.NewClient("passthrough:///"+addr, append(dialOpts, grpc.WithAuthority(replicas.authority))...)
+		}, log)
+		go replicas.watch(ctx, rs.SetAddresses)
+		sc, connected, endpoints = rs, rs.Connected, rs.Endpoints
+		if lendConn, err = replicas.lenderConn(log, f.aggregator, dialOpts); err != nil {
+			fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
+			return ExitSetup
+		}
+		defer lendConn.Close()
+	} else {
+		conn, err := grpc.NewClient(f.aggregator, dialOpts...)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "pullwatch-agent run: aggregator address %q: %v\n", f.aggregator, err)
+			return ExitSetup
+		}
+		defer conn.Close()
+		c := stream.New(conn, log.With("aggregator", f.aggregator))
+		sc, connected = c, c.Connected
+		endpoints = func() map[string]bool { return map[string]bool{f.aggregator: c.Connected()} }
+		lendConn = conn // the stream's own connection
+	}
+	checker, client, err := f.setup(ctx, log, pb.NewReportServiceClient(lendConn))
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
 		return ExitSetup
 	}
 	defer client.Close()
 
-	sc := stream.New(conn, log.With("aggregator", f.aggregator))
+	mon := health.New(f.interval, connected)
+	mon.ReportEndpoints(endpoints)
 	d := &daemon.Daemon{
 		Rounds:       checker,
 		Stream:       sc,
-		Health:       health.New(f.interval, sc.Connected),
+		Health:       mon,
 		Interval:     f.interval,
 		AgentVersion: Version,
 		Log:          log,

@@ -98,7 +98,8 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 	}
 	log.Info("listening", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
-		"node_image_series", opts.NodeImageSeries, "compat_metrics", opts.CompatMetrics)
+		"node_image_series", opts.NodeImageSeries, "compat_metrics", opts.CompatMetrics,
+		"forget_after", opts.ForgetAfter.String(), "max_node_images", opts.MaxNodeImages, "max_node_endpoints", opts.MaxNodeEndpoints)
 
 	var runErr error
 	select {
@@ -126,7 +127,12 @@ type servers struct {
 // and the analyzer, starts the watches and the analyzer under ctx, and
 // returns the servers over them.
 func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) (*servers, error) {
-	store := state.New(opts.StaleAfter)
+	store := state.New(opts.StaleAfter, state.WithForgetAfter(opts.ForgetAfter))
+	bounds := ingest.Bounds{
+		PerNode:              state.Limits{Images: opts.MaxNodeImages, Endpoints: opts.MaxNodeEndpoints},
+		FirstReport:          opts.FirstReportTimeout,
+		MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
+	}
 	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, Compat: opts.CompatMetrics}
 	var dir analyzer.Directory // nil without the API
 	if kube != nil {
@@ -139,6 +145,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		}
 		watcher.Start(ctx)
 		dir = watcher
+		bounds.Nodes = watcher // reports only for Nodes that exist
 		if opts.CompatMetrics {
 			collectorCfg.Owners = watcher
 		}
@@ -151,9 +158,14 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		return nil, err
 	}
 
-	reports := metrics.NewReports(ingest.Kinds(), ingest.Reasons())
+	reports := metrics.NewReports(ingest.Kinds(), append(ingest.Reasons(), ingest.BoundReasons()...))
+	go store.RunSweeper(ctx, sweepEvery(opts.StaleAfter), func(gone []string) {
+		reports.NodesForgotten(gone)
+		log.Info("forgot nodes silent for --forget-after", "nodes", len(gone), "forget_after", opts.ForgetAfter.String(), "first", gone[0])
+	})
 	registry := metrics.NewRegistry(metrics.NewCollector(store, an, collectorCfg), reports, lender)
 	s := &servers{ingest: ingest.NewServer(store, reports, log)}
+	s.ingest.SetBounds(bounds)
 	s.ingest.SetLender(lender)
 	s.grpc = ingest.NewGRPCServer(s.ingest, opts.MaxReportBytes)
 	s.http = web.NewServer(web.NewHandler(registry, &s.ready, web.NewStatusPage(an, store, log)))
@@ -179,6 +191,12 @@ func newLender(ctx context.Context, log *slog.Logger, opts *options.Options, kub
 	}
 	l.Start(ctx)
 	return l, nil
+}
+
+// sweepEvery is how often nodes silent for --forget-after are looked for:
+// a tenth of --stale-after, between 1s and a minute.
+func sweepEvery(staleAfter time.Duration) time.Duration {
+	return min(max(staleAfter/10, time.Second), time.Minute)
 }
 
 // serve serves on the listeners and marks the aggregator ready. The

@@ -50,9 +50,12 @@ type Server struct {
 	maxReportBytes int
 	obs            Observer
 	log            *slog.Logger
+	bounds         Bounds
 
 	drainOnce sync.Once
 	draining  chan struct{}
+
+	refusals refusalLog
 
 	// lender answers Credentials (credentials.go); nil: none lent.
 	lender Lender
@@ -74,7 +77,7 @@ const wireSlack = 1 << 20
 // messages over maxReportBytes.
 func NewGRPCServer(srv *Server, maxReportBytes int, opts ...grpc.ServerOption) *grpc.Server {
 	srv.maxReportBytes = maxReportBytes
-	gs := grpc.NewServer(append([]grpc.ServerOption{
+	base := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxReportBytes + wireSlack),
 		// Agents keep one stream open for as long as they run. Pinging
 		// quiet connections notices a node that vanished without closing
@@ -84,7 +87,13 @@ func NewGRPCServer(srv *Server, maxReportBytes int, opts ...grpc.ServerOption) *
 		// Let agents send their own keepalive pings every 10s or more;
 		// gRPC's default (5 minutes) would cut them off with "too_many_pings".
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	}, opts...)...)
+	}
+	if n := srv.bounds.MaxConcurrentStreams; n > 0 {
+		// An agent needs one stream; many on one connection are a client
+		// holding server goroutines, not an agent.
+		base = append(base, grpc.MaxConcurrentStreams(n))
+	}
+	gs := grpc.NewServer(append(base, opts...)...)
 	pullwatchv1.RegisterReportServiceServer(gs, srv)
 	return gs
 }
@@ -102,6 +111,11 @@ type stream struct {
 	node    string // set by the first accepted snapshot
 	lastSeq uint64
 	log     *slog.Logger
+	// replaced is closed when a newer stream for the same node takes
+	// over; detach ends this stream's attachment to its node.
+	replaced     chan struct{}
+	replacedOnce sync.Once
+	detach       func()
 }
 
 // Report serves one agent stream until the agent closes it, a message is
@@ -111,7 +125,20 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 	s.store.StreamOpened()
 	defer s.store.StreamClosed()
 
-	st := &stream{log: s.log.With("peer", peerAddr(ctx))}
+	st := &stream{log: s.log.With("peer", peerAddr(ctx)), replaced: make(chan struct{})}
+	defer func() {
+		if st.detach != nil {
+			st.detach()
+		}
+	}()
+	// Until the stream says which node it reports, it holds a goroutine
+	// and counts for nothing: it gets bounds.FirstReport to do so.
+	var firstReport <-chan time.Time
+	if s.bounds.FirstReport > 0 {
+		t := time.NewTimer(s.bounds.FirstReport)
+		defer t.Stop()
+		firstReport = t.C
+	}
 	opened := time.Now()
 	defer func() {
 		// Durations as strings: slog's JSON handler would print nanoseconds.
@@ -119,7 +146,14 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 		if err != nil {
 			args = append(args, logging.ErrKey, err)
 		}
-		st.log.InfoContext(ctx, "agent stream closed", args...)
+		level := slog.LevelInfo
+		if st.node == "" {
+			// A stream that never said which node it reports: its
+			// refusal, if any, was logged (within the budget); a flood of
+			// such streams must not flood the log.
+			level = slog.LevelDebug
+		}
+		st.log.Log(ctx, level, "agent stream closed", args...)
 	}()
 
 	done := make(chan struct{})
@@ -129,6 +163,14 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 		select {
 		case <-s.draining:
 			return status.Error(codes.Unavailable, "aggregator shutting down; reconnect and send a snapshot")
+		case <-st.replaced:
+			s.streamClosed(ClosedReplaced)
+			return status.Errorf(codes.Aborted, "a newer stream for node %s replaced this one", st.node)
+		case <-firstReport:
+			if st.node == "" {
+				s.streamClosed(ClosedFirstReportTimeout)
+				return status.Errorf(codes.DeadlineExceeded, "no snapshot within %s of opening the stream", s.bounds.FirstReport)
+			}
 		case r := <-msgs:
 			if r.err != nil {
 				return s.recvError(ctx, st, r.err)
@@ -136,8 +178,8 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 			ack, verr := s.accept(ctx, st, r.msg)
 			if verr != nil {
 				s.obs.ReportRejected(string(verr.Reason))
-				st.log.WarnContext(ctx, "report refused", "node", st.node, "sequence", r.msg.GetSequence(), "reason", verr.Reason, logging.ErrKey, verr.Error())
-				return status.Errorf(codes.InvalidArgument, "report %d refused: %s", r.msg.GetSequence(), verr)
+				s.logRefusal(ctx, st.log, "node", st.node, "sequence", r.msg.GetSequence(), "reason", verr.Reason, logging.ErrKey, verr.Error())
+				return status.Errorf(verr.Reason.code(), "report %d refused: %s", r.msg.GetSequence(), verr)
 			}
 			if err := rs.Send(&pullwatchv1.AggregatorMessage{Body: &pullwatchv1.AggregatorMessage_Ack{Ack: ack}}); err != nil {
 				return fmt.Errorf("send ack %d: %w", ack.GetSequence(), err)
@@ -185,7 +227,7 @@ func (s *Server) recvError(ctx context.Context, st *stream, err error) error {
 		// Over the wire ceiling (grpc.MaxRecvMsgSize): gRPC refused it
 		// before decoding, and told the agent ResourceExhausted itself.
 		s.obs.ReportRejected(string(ReasonTooLarge))
-		st.log.WarnContext(ctx, "report refused", "node", st.node, "reason", ReasonTooLarge, logging.ErrKey, err)
+		s.logRefusal(ctx, st.log, "node", st.node, "reason", ReasonTooLarge, logging.ErrKey, err)
 	}
 	return fmt.Errorf("receive: %w", err)
 }
@@ -211,10 +253,18 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 		if err := st.sameNode("snapshot.node.name", name); err != nil {
 			return nil, err
 		}
+		if err := s.admitNode(name); err != nil {
+			return nil, err
+		}
+		if err := s.bounds.PerNode.Check(name, body.Snapshot.GetImages()); err != nil {
+			return nil, limitError("snapshot.images", err)
+		}
 		s.store.ApplySnapshot(body.Snapshot)
 		s.obs.ReportReceived(KindSnapshot)
 		if st.node == "" {
 			st.node = name
+			// One live stream per node: this one replaces any other.
+			st.detach = s.store.Attach(name, func() { st.replacedOnce.Do(func() { close(st.replaced) }) })
 			st.log.InfoContext(ctx, "agent stream opened", "node", name, "images", len(body.Snapshot.GetImages()))
 		}
 	case *pullwatchv1.AgentMessage_Update:
@@ -224,8 +274,11 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 			st.log.InfoContext(ctx, "update before any snapshot; asked the agent to resync", "node", name)
 		} else if err := st.sameNode("update.node_name", name); err != nil {
 			return nil, err
-		} else if !s.store.ApplyUpdate(body.Update) {
-			// The store forgot the node (for example it was deleted).
+		} else if known, err := s.store.ApplyUpdateWithin(body.Update, s.bounds.PerNode); err != nil {
+			return nil, limitError("update", err)
+		} else if !known {
+			// The store forgot the node (deleted, or silent for
+			// --forget-after).
 			ack.Resync = true
 			st.log.InfoContext(ctx, "update for a node without state; asked the agent to resync", "node", name)
 		}

@@ -49,7 +49,11 @@ var (
 		[]string{"node", "registry", "endpoint", "role"}, nil)
 	agentsConnectedDesc = prometheus.NewDesc(
 		"pullwatch_agents_connected",
-		"Number of agent report streams currently open.",
+		"Number of nodes with a live agent report stream: nodes, not streams (a node's newer stream replaces its older one; a stream counts once it has sent its first snapshot).",
+		nil, nil)
+	agentStreamsDesc = prometheus.NewDesc(
+		"pullwatch_agent_streams_open",
+		"Agent report streams open now, including those that have not sent a snapshot yet.",
 		nil, nil)
 	nodesDesc = prometheus.NewDesc(
 		"pullwatch_nodes",
@@ -130,7 +134,7 @@ func NewCollector(store *state.Store, analyzer Analyzer, cfg Config) *Collector 
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		imageStatusDesc, imageInUseDesc, nodeStaleDesc, lastReportDesc,
-		endpointUpDesc, endpointLatencyDesc, agentsConnectedDesc, nodesDesc,
+		endpointUpDesc, endpointLatencyDesc, agentsConnectedDesc, agentStreamsDesc, nodesDesc,
 		imageNodesDesc, imageFailureDesc, registryFailureDesc,
 	} {
 		ch <- d
@@ -156,6 +160,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(states[st]), string(st))
 	}
 	ch <- prometheus.MustNewConstMetric(agentsConnectedDesc, prometheus.GaugeValue, float64(c.store.ConnectedAgents()))
+	ch <- prometheus.MustNewConstMetric(agentStreamsDesc, prometheus.GaugeValue, float64(c.store.OpenStreams()))
 
 	for i := range r.Images {
 		f := &r.Images[i]

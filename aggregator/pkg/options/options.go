@@ -30,7 +30,19 @@ type Options struct {
 	// LendCredentials is lend.ModeVerified, lend.ModeOff or
 	// lend.ModeUnverifiedLab (--lend-credentials).
 	LendCredentials string
+	// ForgetAfter drops a node silent this long; 10 × StaleAfter unless set.
+	ForgetAfter time.Duration
+	// MaxNodeImages and MaxNodeEndpoints cap what one node may hold.
+	MaxNodeImages    int
+	MaxNodeEndpoints int
+	// MaxConcurrentStreams bounds streams per agent connection.
+	MaxConcurrentStreams int
+	// FirstReportTimeout closes a stream that sends no snapshot in time.
+	FirstReportTimeout time.Duration
 }
+
+// forgetFactor is --forget-after's default in units of --stale-after.
+const forgetFactor = 10
 
 // Name is the program name used in usage and error messages.
 const Name = "pullwatch-aggregator"
@@ -63,6 +75,11 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		NodeImageSeries: metrics.NodeImageSeriesAll,
 		CompatMetrics:   true,
 		LendCredentials: lend.ModeVerified,
+
+		MaxNodeImages:        5000,
+		MaxNodeEndpoints:     256,
+		MaxConcurrentStreams: 16,
+		FirstReportTimeout:   time.Minute,
 	}
 	s := envflag.New(Name, Name+" [flags]", summary)
 	s.Var((*envflag.ListenAddr)(&o.GRPCListen), "grpc-listen", "`host:port` to serve the agents' gRPC ReportService on.")
@@ -90,9 +107,25 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 			"verified (only to agents whose ServiceAccount token was verified and bound to their node, --auth=kubernetes), "+
 			"off (agents probe without pull secrets), or unverified-lab (also to callers without a verified token, for the node they name: "+
 			"anyone reaching the gRPC port reads any node's pull secrets; a lab only). Needs the Kubernetes API and RBAC get on secrets, list/watch on pods. See docs/security.md.")
+	s.Var((*envflag.PositiveDuration)(&o.ForgetAfter), "forget-after",
+		fmt.Sprintf("Drop a node (its results and series) after its agent has not reported for this `duration`; more than --stale-after. Default: %d × --stale-after.", forgetFactor))
+	s.Var(&envflag.IntRange{Value: &o.MaxNodeImages, Min: 1, Max: 1_000_000}, "max-node-images",
+		"Most images the aggregator keeps for one node (`count`); a report that would take a node over it is refused (pullwatch_reports_rejected_total{reason=\"node_image_limit\"}).")
+	s.Var(&envflag.IntRange{Value: &o.MaxNodeEndpoints, Min: 1, Max: 100_000}, "max-node-endpoints",
+		"Most distinct registry endpoint URLs one node's images may name (`count`); a report over it is refused (reason node_endpoint_limit).")
+	s.Var(&envflag.IntRange{Value: &o.MaxConcurrentStreams, Min: 1, Max: 10_000}, "max-concurrent-streams",
+		"Most gRPC streams on one agent connection (`count`); an agent needs one.")
+	s.Var((*envflag.PositiveDuration)(&o.FirstReportTimeout), "first-report-timeout",
+		"Close a new agent stream that has not sent its first snapshot within this `duration`. Agents open their stream once they have a snapshot to send.")
 
 	if err := s.Parse(args, getenv, out); err != nil {
 		return nil, err
+	}
+	if o.ForgetAfter == 0 {
+		o.ForgetAfter = forgetFactor * o.StaleAfter
+	}
+	if o.ForgetAfter <= o.StaleAfter {
+		return nil, fmt.Errorf("--forget-after (env PULLWATCH_FORGET_AFTER) %s: must be longer than --stale-after %s", o.ForgetAfter, o.StaleAfter)
 	}
 	return o, nil
 }

@@ -27,6 +27,12 @@ func TestParse(t *testing.T) {
 		NodeImageSeries: "all",
 		CompatMetrics:   true,
 		LendCredentials: "verified",
+
+		ForgetAfter:          30 * time.Minute,
+		MaxNodeImages:        5000,
+		MaxNodeEndpoints:     256,
+		MaxConcurrentStreams: 16,
+		FirstReportTimeout:   time.Minute,
 	}
 	with := func(edit func(*Options)) Options {
 		o := defaults
@@ -48,16 +54,22 @@ func TestParse(t *testing.T) {
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
 			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing", LendCredentials: "unverified-lab",
+			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
 		}},
+		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s"}, nil,
+			with(func(o *Options) {
+				o.ForgetAfter, o.MaxNodeImages, o.MaxNodeEndpoints, o.MaxConcurrentStreams, o.FirstReportTimeout = time.Hour, 10, 3, 2, 5*time.Second
+			})},
 		{"environment", nil, map[string]string{
 			"PULLWATCH_GRPC_LISTEN": ":1", "PULLWATCH_STALE_AFTER": "5m", "PULLWATCH_LOG_LEVEL": "warn", "KUBECONFIG": "/a:/b",
 			"PULLWATCH_NODE_IMAGE_SERIES": "failing", "PULLWATCH_COMPAT_METRICS": "false", "PULLWATCH_LEND_CREDENTIALS": "off",
 		}, with(func(o *Options) {
 			o.GRPCListen, o.StaleAfter, o.LogLevel, o.Kubeconfig = ":1", 5*time.Minute, slog.LevelWarn, "/a:/b"
+			o.ForgetAfter = 50 * time.Minute
 			o.NodeImageSeries, o.CompatMetrics, o.LendCredentials = "failing", false, "off"
 		})},
 		{"flag wins over environment", []string{"--stale-after=1m"}, map[string]string{"PULLWATCH_STALE_AFTER": "5m"},
-			with(func(o *Options) { o.StaleAfter = time.Minute })},
+			with(func(o *Options) { o.StaleAfter, o.ForgetAfter = time.Minute, 10*time.Minute })},
 		{"empty environment variable is unset", nil, map[string]string{"PULLWATCH_HTTP_LISTEN": ""}, defaults},
 	}
 	for _, tt := range tests {
@@ -92,6 +104,7 @@ func TestParseRefuses(t *testing.T) {
 		{"unknown flag", []string{"--nope"}, nil, []string{"-nope"}},
 		{"bad node image series", []string{"--node-image-series=some"}, nil, []string{"-node-image-series", "want all or failing"}},
 		{"bad compat switch", nil, map[string]string{"PULLWATCH_COMPAT_METRICS": "maybe"}, []string{"PULLWATCH_COMPAT_METRICS", "--compat-metrics"}},
+		{"forget before stale", []string{"--stale-after=5m", "--forget-after=5m"}, nil, []string{"--forget-after", "longer than --stale-after"}},
 		{"positional argument", []string{"serve"}, nil, []string{`"serve"`, "all settings are flags"}},
 	}
 	for _, tt := range tests {

@@ -47,6 +47,7 @@ func statusStore() *state.Store {
 	snap("node-b", img("registry.example/app:1", unreachable, "dial tcp 10.0.0.1:443: i/o timeout", down), img("registry.example/x"+hostile, unreachable, hostile, down))
 	snap("node-c", img("registry.example/app:1", available, "", ok))
 	s.StreamOpened()
+	s.Attach("node-a", nil)
 	return s
 }
 

@@ -100,6 +100,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.Nodes <= 0 {
 		opts.Nodes = 2
 	}
+	if opts.Nodes > 7 {
+		return nil, fmt.Errorf("kubecluster: %d nodes: at most 7 (each box has eight pod ranges)", opts.Nodes)
+	}
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
 		return nil, err
@@ -298,7 +301,7 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 			Kubelet: filepath.Join(c.bin, "kubelet"), KubeProxy: filepath.Join(c.bin, "kube-proxy"),
 			KubeletKubeconfig: kubeletKC, ProxyKubeconfig: proxyKC,
 			ClientCAFile: c.API.CAFile(),
-			PodCIDR:      "10.244." + strconv.Itoa(i) + ".0/24", ClusterCIDR: ClusterCIDR, ServiceCIDR: ServiceCIDR,
+			PodCIDR:      c.podCIDR(i), ClusterCIDR: ClusterCIDR, ServiceCIDR: ServiceCIDR,
 			SandboxImage: c.Registry.Ref(PauseRepo, "1"),
 			Hosts:        map[string]string{c.Registry.Addr(): hostsTOML},
 			Detach:       c.opts.Detach,
@@ -331,6 +334,16 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 		}
 	}
 	return nil
+}
+
+// podCIDR is node i's pod range (1-based): a /24 of ClusterCIDR that no
+// other box on this machine uses at the same time, because this machine's
+// routes to the pods (for Prometheus) are global: the eight /24s after
+// 10.244.(8·k).0, k from the box's own subnet (10.203.k.0/24, unique while
+// the box runs).
+func (c *Cluster) podCIDR(i int) string {
+	k := c.Net.Gateway().To4()[2] % 32
+	return fmt.Sprintf("10.244.%d.0/24", int(k)*8+i)
 }
 
 // nodeKubeconfig is a kubeconfig for user (a client certificate of the
