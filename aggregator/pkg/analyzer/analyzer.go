@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/risk"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -26,10 +29,13 @@ type Directory interface {
 // from the Node object when dir has it, else from the label the agent
 // sent; a node is unregistered when dir is synced and has no such Node.
 // dir may be nil (no Kubernetes API): nothing is unregistered then.
-func Inputs(views []state.NodeView, dir Directory) []diagnose.Node {
+//
+// filter (nil: everything) drops the images that are not watched, so
+// every reader of the diagnosis sees the same images.
+func Inputs(views []state.NodeView, dir Directory, filter *imagefilter.Filter) []diagnose.Node {
 	out := make([]diagnose.Node, len(views))
 	for i, v := range views {
-		n := diagnose.Node{Name: v.Name, Stale: v.Stale, Images: v.Images, Zone: v.Info.GetLabels()[diagnose.ZoneLabel], Info: v.Info, LastReport: v.LastReport}
+		n := diagnose.Node{Name: v.Name, Stale: v.Stale, Images: filter.Reports(v.Images), Zone: v.Info.GetLabels()[diagnose.ZoneLabel], Info: v.Info, LastReport: v.LastReport}
 		if dir != nil {
 			zone, exists, synced := dir.Node(v.Name)
 			switch {
@@ -52,9 +58,29 @@ type Analyzer struct {
 	store *state.Store
 	dir   Directory
 	log   *slog.Logger
+	opts  Options
 
-	mu   sync.Mutex
-	last map[subject]verdict
+	mu       sync.Mutex
+	last     map[subject]verdict
+	lastRisk *risk.Assessment
+}
+
+// Pods lists the pods bound to nodes (kubewatch.Watcher).
+type Pods interface {
+	// OwnersSynced reports whether the pods (and their owners) are loaded.
+	OwnersSynced() bool
+	Pods() []kubewatch.PodFacts
+}
+
+// Options add to what an Analyzer does.
+type Options struct {
+	// Filter drops the images and namespaces that are not watched.
+	Filter *imagefilter.Filter
+	// Pods, when set, turns on the risk assessment (Risk).
+	Pods Pods
+	// OnAnalysis is called, under the analysis lock, after every
+	// analysis (the node condition writer).
+	OnAnalysis func(ctx context.Context, r *diagnose.Report)
 }
 
 // subject is what a finding is about: an endpoint or an image.
@@ -70,7 +96,20 @@ type verdict struct {
 
 // NewAnalyzer returns an Analyzer of store; dir may be nil.
 func NewAnalyzer(store *state.Store, dir Directory, log *slog.Logger) *Analyzer {
-	return &Analyzer{store: store, dir: dir, log: log, last: map[subject]verdict{}}
+	return NewAnalyzerWith(store, dir, log, Options{})
+}
+
+// NewAnalyzerWith returns an Analyzer of store with opts; dir may be nil.
+func NewAnalyzerWith(store *state.Store, dir Directory, log *slog.Logger, opts Options) *Analyzer {
+	return &Analyzer{store: store, dir: dir, log: log, opts: opts, last: map[subject]verdict{}}
+}
+
+// Risk returns the risk assessment of the latest analysis: nil without
+// Options.Pods, or until the pods are loaded. Call it after Analyze.
+func (a *Analyzer) Risk() *risk.Assessment {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lastRisk
 }
 
 // Analyze diagnoses the store as it is now and logs what changed since
@@ -78,8 +117,18 @@ func NewAnalyzer(store *state.Store, dir Directory, log *slog.Logger) *Analyzer 
 func (a *Analyzer) Analyze(ctx context.Context) *diagnose.Report {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	r := diagnose.Diagnose(Inputs(a.store.Nodes(), a.dir))
+	r := diagnose.Diagnose(Inputs(a.store.Nodes(), a.dir, a.opts.Filter))
 	a.observe(ctx, r)
+	if p := a.opts.Pods; p != nil && p.OwnersSynced() {
+		var filter risk.Filter
+		if a.opts.Filter.Active() {
+			filter = a.opts.Filter
+		}
+		a.lastRisk = risk.Assess(r, p.Pods(), filter)
+	}
+	if a.opts.OnAnalysis != nil {
+		a.opts.OnAnalysis(ctx, r)
+	}
 	return r
 }
 

@@ -16,6 +16,7 @@ import (
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/risk"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
@@ -40,6 +41,10 @@ var statusTemplate = template.Must(template.New("status").Parse(statusHTML))
 // escapes what agents send (image names, reasons); the page loads nothing
 // else and runs no script.
 type StatusPage struct {
+	// Risk, when set, returns the latest risk assessment
+	// (analyzer.Analyzer.Risk), read after each analysis.
+	Risk func() *risk.Assessment
+
 	analyzer Analyzer
 	agents   Agents
 	log      *slog.Logger
@@ -81,6 +86,22 @@ type pageData struct {
 	Images                           []imageRow
 	EndpointFailures                 []endpointRow
 	HealthyNodes                     int
+	// The risk section, when the assessment is known (Kubernetes API).
+	RiskKnown      bool
+	AtRisk         []riskRow
+	SafeCached     int
+	RiskyWorkloads []workloadRow
+}
+
+type riskRow struct {
+	Node, Namespace, Pod, Container, Workload string
+	Image, Status, Reason, PullPolicy, Since  string
+}
+
+type workloadRow struct {
+	Namespace, Kind, Name, Container, Image string
+	Count, Of                               int
+	Nodes                                   string
 }
 
 type column struct {
@@ -169,7 +190,35 @@ func (p *StatusPage) build(r *diagnose.Report) pageData {
 	slices.SortStableFunc(d.Images, func(a, b imageRow) int {
 		return cmp.Or(cmp.Compare(scopeRank(b.Scope), scopeRank(a.Scope)), boolRank(b.InUse)-boolRank(a.InUse))
 	})
+	if p.Risk != nil {
+		d.addRisk(p.Risk(), now)
+	}
 	return d
+}
+
+// addRisk fills the risk section from a; nil leaves it out.
+func (d *pageData) addRisk(a *risk.Assessment, now time.Time) {
+	if a == nil {
+		return
+	}
+	d.RiskKnown = true
+	d.SafeCached = len(a.Safe)
+	for _, c := range a.AtRisk {
+		since := "unknown"
+		if !c.Since.IsZero() {
+			since = c.Since.UTC().Format("2006-01-02 15:04:05") + " (" + age(now.Sub(c.Since)) + ")"
+		}
+		d.AtRisk = append(d.AtRisk, riskRow{Node: c.Node, Namespace: c.Namespace, Pod: c.Pod, Container: c.Container,
+			Workload: c.Kind + " " + c.Workload, Image: c.Image, Status: c.Status.Word(), Reason: string(c.Reason),
+			PullPolicy: string(c.PullPolicy), Since: since})
+	}
+	for _, w := range a.Workloads {
+		if len(w.Nodes) == 0 {
+			continue
+		}
+		d.RiskyWorkloads = append(d.RiskyWorkloads, workloadRow{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name,
+			Container: w.Container, Image: w.Image, Count: len(w.Nodes), Of: a.Live, Nodes: listNames(w.Nodes)})
+	}
 }
 
 // addEndpoints fills the failing endpoints table and the grid's columns:
