@@ -236,7 +236,7 @@ func TestRisk(t *testing.T) {
 			t.Errorf("since of the unreachable image: %v (found %v), want a recent time", since, ok)
 		}
 		_, page := lab.HTTPGet("http://" + httpAddr + "/")
-		for _, want := range []string{"Pods at risk", podName, "pull_always", "2 container(s) use an image"} {
+		for _, want := range []string{"Pods at risk", podName, "pull_always", "2 container(s) use an image", "failing since"} {
 			if !strings.Contains(page, want) {
 				t.Errorf("status page lacks %q", want)
 			}

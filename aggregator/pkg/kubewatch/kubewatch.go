@@ -5,10 +5,12 @@
 // CronJob, Pod → DaemonSet/StatefulSet/...).
 //
 // It watches only metadata where that is enough (Nodes, ReplicaSets,
-// Jobs) and keeps a stripped copy of Pods (names, owners, container
-// images), so its memory stays small in large clusters. The RBAC it needs
-// is get/list/watch on nodes and pods, and on replicasets (apps) and jobs
-// (batch) when owners are watched.
+// Jobs, and Namespaces with their labels for --namespace-label) and keeps
+// a stripped copy of Pods (names, owners, node, phase, container images
+// and pull policies: what the risk assessment needs), so its memory stays
+// small in large clusters. The RBAC it needs is list/watch on nodes and
+// pods, on replicasets (apps) and jobs (batch) when owners are watched,
+// and on namespaces only with Options.Namespaces.
 package kubewatch
 
 import (

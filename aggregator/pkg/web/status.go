@@ -137,6 +137,9 @@ type imageRow struct {
 	Zones           string
 	Reason          string
 	InUse           bool
+	// Since is when the earliest failing node first saw its status
+	// (from the agents' status_since), "" when none says.
+	Since string
 }
 
 type endpointRow struct {
@@ -177,15 +180,20 @@ func (p *StatusPage) build(r *diagnose.Report) pageData {
 		}
 	}
 
+	since := failingSince(r)
 	for _, f := range r.Images {
 		if f.Scope == diagnose.ScopeNone {
 			continue
 		}
-		d.Images = append(d.Images, imageRow{
+		row := imageRow{
 			Image: f.Image, Registry: f.Registry, Scope: string(f.Scope), Status: f.Worst.Word(),
 			Failing: len(f.Failing), Of: total(f.Counts[:]), Nodes: listNames(f.Failing), Zones: strings.Join(f.Zones, ", "),
 			Reason: f.Reason, InUse: f.InUse,
-		})
+		}
+		if t, ok := since[f.Image]; ok {
+			row.Since = t.UTC().Format("2006-01-02 15:04:05") + " (" + age(now.Sub(t)) + ")"
+		}
+		d.Images = append(d.Images, row)
 	}
 	slices.SortStableFunc(d.Images, func(a, b imageRow) int {
 		return cmp.Or(cmp.Compare(scopeRank(b.Scope), scopeRank(a.Scope)), boolRank(b.InUse)-boolRank(a.InUse))
@@ -194,6 +202,28 @@ func (p *StatusPage) build(r *diagnose.Report) pageData {
 		d.addRisk(p.Risk(), now)
 	}
 	return d
+}
+
+// failingSince is, per image, the earliest status_since among the live
+// nodes where the image is not available.
+func failingSince(r *diagnose.Report) map[string]time.Time {
+	out := map[string]time.Time{}
+	for i := range r.Nodes {
+		n := &r.Nodes[i]
+		if !n.Live() {
+			continue
+		}
+		for _, im := range n.Images {
+			if im.GetStatus() == pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE || im.GetStatusSince() == nil {
+				continue
+			}
+			t := im.GetStatusSince().AsTime()
+			if prev, ok := out[im.GetImage()]; !ok || t.Before(prev) {
+				out[im.GetImage()] = t
+			}
+		}
+	}
+	return out
 }
 
 // addRisk fills the risk section from a; nil leaves it out.
