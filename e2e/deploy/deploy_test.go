@@ -164,6 +164,9 @@ type serviceMonitor struct {
 			Path          string `json:"path,omitempty"`
 			Interval      string `json:"interval,omitempty"`
 			ScrapeTimeout string `json:"scrapeTimeout,omitempty"`
+			// HonorLabels keeps the metrics' own namespace, pod and
+			// container labels (risk and compatibility families).
+			HonorLabels bool `json:"honorLabels,omitempty"`
 		} `json:"endpoints"`
 	} `json:"spec"`
 }
@@ -1490,6 +1493,9 @@ func TestServiceMonitor(t *testing.T) {
 	}
 	if !found || (ep.Path != "" && ep.Path != "/metrics") {
 		t.Errorf("ServiceMonitor endpoint port %q path %q, want a port of Service %s and /metrics", ep.Port, ep.Path, svc.Name)
+	}
+	if !ep.HonorLabels {
+		t.Errorf("ServiceMonitor endpoint without honorLabels: the operator's namespace, pod and container target labels would rename the metrics' own to exported_*")
 	}
 }
 

@@ -169,16 +169,30 @@ func Assess(r *diagnose.Report, pods []kubewatch.PodFacts, filter Filter) *Asses
 
 	type wkey struct{ namespace, kind, name, container, image string }
 	workloads := map[wkey]*Workload{}
+	// Parsing a reference is most of the cost; pods of a workload share
+	// their spec strings.
+	type parsed struct {
+		ref, registry string
+		ok            bool
+		defaultPolicy corev1.PullPolicy
+	}
+	specs := map[string]parsed{}
 	for _, p := range pods {
 		if filter != nil && !filter.Namespace(p.Namespace) {
 			continue
 		}
 		for _, c := range p.Containers {
-			ref, registry, ok := Normalize(c.Image)
-			if !ok || (filter != nil && !filter.Image(ref)) {
+			sp, seen := specs[c.Image]
+			if !seen {
+				sp.ref, sp.registry, sp.ok = Normalize(c.Image)
+				sp.defaultPolicy = EffectivePullPolicy(c.Image, "")
+				specs[c.Image] = sp
+			}
+			ref, registry := sp.ref, sp.registry
+			if !sp.ok || (filter != nil && !filter.Image(ref)) {
 				continue
 			}
-			policy := EffectivePullPolicy(c.Image, c.PullPolicy)
+			policy := cmp.Or(c.PullPolicy, sp.defaultPolicy)
 			k := wkey{p.Namespace, p.Kind, p.Workload, c.Name, ref}
 			if _, seen := workloads[k]; !seen {
 				w := &Workload{Namespace: p.Namespace, Kind: p.Kind, Name: p.Workload, Container: c.Name, Image: ref, PullPolicy: policy}
