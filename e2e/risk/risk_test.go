@@ -275,6 +275,49 @@ func TestRisk(t *testing.T) {
 		})
 	})
 
+	t.Run("filters: an ignored image and an unselected namespace are gone from metrics and the page", func(t *testing.T) {
+		kc := applyRBAC(t, ctx, cluster, "deploy/components/namespace-filter/rbac.yaml")
+		grpc2, httpAddr2, agg2 := l.StartAggregator(t, "--kubeconfig", kc, "--stale-after", "10m", "--compat-metrics=both",
+			"--ignored-images", `/risk/always:~^nothing$`, "--namespace-label", "pullwatch.io/watch=true")
+		url2 := "http://" + httpAddr2 + "/metrics"
+		// Not labelled yet: nothing of namespace risk is watched.
+		// A second agent on the same node, without a state file.
+		agent2 := l.StartAgent(t, grpc2, []string{"NODE_NAME=" + nodeName}, "--interval", "2s", "--events=false")
+		time.Sleep(4 * time.Second)
+		_, body := lab.HTTPGet(url2)
+		if strings.Contains(body, "/risk/") {
+			t.Errorf("namespace %s is not selected, yet its images show:\n%s", ns, lab.GrepLines(body, "pullwatch_node_image_status"))
+		}
+		nsObj, err := cluster.Client().CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nsObj.Labels == nil {
+			nsObj.Labels = map[string]string{}
+		}
+		nsObj.Labels["pullwatch.io/watch"] = "true"
+		if _, err := cluster.Client().CoreV1().Namespaces().Update(ctx, nsObj, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		body = waitMetric(t, url2, "namespace risk watched, without the ignored image", func(body string) (bool, string) {
+			_, ok := sample(body, "pullwatch_node_image_status", map[string]string{"image": refs["cached"]})
+			return ok, "no series for the cached image"
+		}, agent2, agg2)
+		for _, family := range []string{"pullwatch_node_image_status", "pullwatch_container_at_risk", "pullwatch_workload_risk_nodes",
+			"k8s_image_availability_exporter_available", "k8s_image_availability_exporter_registry_unavailable"} {
+			if _, ok := sample(body, family, map[string]string{"image": refs["always"]}); ok {
+				t.Errorf("%s has the ignored image %s", family, refs["always"])
+			}
+		}
+		if _, ok := sample(body, "pullwatch_workload_risk_nodes", map[string]string{"container": "cached"}); !ok {
+			t.Errorf("no workload series for the watched container cached")
+		}
+		_, page := lab.HTTPGet("http://" + httpAddr2 + "/")
+		if strings.Contains(page, refs["always"]) {
+			t.Errorf("the status page shows the ignored image %s", refs["always"])
+		}
+	})
+
 	t.Run("registry back: nothing at risk, condition True with an Event", func(t *testing.T) {
 		// Stopped's cleanup restarted the registry; the removed image is
 		// still missing from the cache but pullable again.
