@@ -90,7 +90,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	defer conn.Close()
 	sc := stream.New(conn, log.With("aggregator", f.aggregator))
 	d := &daemon.Daemon{
-		Rounds:       damping.New(damping.Options{Confirm: f.confirm, StateFile: f.stateFile, Log: log}).Wrap(checker),
+		Rounds:       damping.New(damping.Options{Confirm: f.confirm, Node: f.nodeName, StateFile: f.stateFile, Log: log}).Wrap(checker),
 		Stream:       sc,
 		Health:       health.New(f.interval, sc.Connected),
 		Interval:     f.interval,

@@ -40,6 +40,7 @@ type Rounds interface {
 // use; the daemon calls it once per round.
 type Damper struct {
 	confirm int
+	node    string
 	path    string
 	log     *slog.Logger
 	now     func() time.Time
@@ -61,8 +62,11 @@ type track struct {
 
 // stateFile is the state file's layout; Version guards later changes.
 type stateFile struct {
-	Version int               `json:"version"`
-	Images  map[string]*track `json:"images"`
+	Version int `json:"version"`
+	// Node is the node the state is about: a file another node wrote
+	// (a host path shared by mistake) is not used.
+	Node   string            `json:"node"`
+	Images map[string]*track `json:"images"`
 }
 
 const stateVersion = 1
@@ -73,6 +77,9 @@ type Options struct {
 	// other than available replaces the reported one. 1 or less: no
 	// damping (since is still kept).
 	Confirm int
+	// Node is this node's name, kept in the state file and checked on
+	// reading it.
+	Node string
 	// StateFile, when set, is where the reported results and their
 	// since times are kept across restarts. It is read by New and
 	// rewritten (atomically) after every round that changed it.
@@ -85,7 +92,7 @@ type Options struct {
 // New returns a Damper. A state file that cannot be read is logged and
 // ignored (the agent starts afresh: first checks are immediate).
 func New(opts Options) *Damper {
-	d := &Damper{confirm: opts.Confirm, path: opts.StateFile, log: opts.Log, now: opts.Now, images: map[string]*track{}}
+	d := &Damper{confirm: opts.Confirm, node: opts.Node, path: opts.StateFile, log: opts.Log, now: opts.Now, images: map[string]*track{}}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
@@ -211,6 +218,9 @@ func (d *Damper) load() error {
 	if st.Version != stateVersion {
 		return fmt.Errorf("%s: state version %d, want %d", d.path, st.Version, stateVersion)
 	}
+	if st.Node != d.node {
+		return fmt.Errorf("%s: state of node %q, this is node %q", d.path, st.Node, d.node)
+	}
 	for k, t := range st.Images {
 		if t != nil && t.Reported.Status.Valid() {
 			d.images[k] = t
@@ -222,7 +232,7 @@ func (d *Damper) load() error {
 // save writes the state file through a temporary file and a rename, so
 // a crash leaves the old or the new file, never half of one.
 func (d *Damper) save() error {
-	b, err := json.Marshal(stateFile{Version: stateVersion, Images: d.images})
+	b, err := json.Marshal(stateFile{Version: stateVersion, Node: d.node, Images: d.images})
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}

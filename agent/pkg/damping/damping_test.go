@@ -102,6 +102,17 @@ func TestStateFileSurvivesRestart(t *testing.T) {
 	}
 }
 
+func TestStateFileOfAnotherNode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	c := &clock{t: time.Unix(1_000_000, 0)}
+	d := New(Options{Confirm: 2, Node: "node-a", StateFile: path, Now: c.now})
+	round(d, c, gone)
+	d = New(Options{Confirm: 2, Node: "node-b", StateFile: path, Now: c.now})
+	if got := round(d, c, down); got.Status != down || !got.StatusSince.Equal(c.t) {
+		t.Fatalf("node-b used node-a's state: %v since %v", got.Status, got.StatusSince)
+	}
+}
+
 func TestBadStateFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.json")
 	if err := writeFile(path, "{not json"); err != nil {
