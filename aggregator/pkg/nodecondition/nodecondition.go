@@ -204,7 +204,9 @@ func (w *Writer) event(ctx context.Context, node *corev1.Node, cond corev1.NodeC
 		typ = corev1.EventTypeWarning
 	}
 	ev := &corev1.Event{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: node.Name + ".", Namespace: eventNamespace},
+		// Named as client-go's recorder names them: object name and a
+		// nanosecond timestamp in hex.
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", node.Name, w.now().UnixNano()), Namespace: eventNamespace},
 		InvolvedObject: corev1.ObjectReference{
 			Kind: "Node", APIVersion: "v1", Name: node.Name, UID: types.UID(node.UID),
 		},
