@@ -12,6 +12,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/daemon"
+	"github.com/pullwatch/pullwatch/agent/pkg/damping"
 	"github.com/pullwatch/pullwatch/agent/pkg/events"
 	"github.com/pullwatch/pullwatch/agent/pkg/health"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
@@ -32,6 +33,8 @@ type runFlags struct {
 	watchEvents    bool
 	containerdAddr string
 	httpListen     string
+	confirm        int
+	stateFile      string
 }
 
 func (f *runFlags) register(s *envflag.Set, env Env) {
@@ -42,6 +45,13 @@ func (f *runFlags) register(s *envflag.Set, env Env) {
 	s.Var((*envflag.PositiveDuration)(&f.interval), "interval", "Time between two checks of every image (`duration`).")
 	s.BoolVar(&f.watchEvents, "events", true, "Also check soon after containerd image and container events (containerd only).")
 	s.StringVar(&f.containerdAddr, "containerd-address", "", "containerd `socket` for events. Empty: the CRI endpoint, when the runtime is containerd.")
+	f.confirm = damping.DefaultConfirm
+	s.Var(&envflag.IntRange{Value: &f.confirm, Min: 1, Max: 100}, "confirm",
+		"Flap damping: an image's status changes only after this many consecutive checks agree (`count`, 1-100; 1 is off). "+
+			"A change to available and the first check of an image are reported at once.")
+	s.StringVar(&f.stateFile, "state-file", "",
+		"`path` of a small JSON file keeping each image's reported status and since when, so an agent restart neither resets the since times "+
+			"nor lets a blip through (the DaemonSet: /var/lib/pullwatch/agent-state.json on a hostPath). Empty: kept in memory only.")
 	s.StringVar(&f.httpListen, "http-listen", "", "`host:port` for /healthz (rounds keep succeeding), /readyz (first round published, stream up) and /metrics (the agent's own metrics). Empty: off. The agent shares the node's network: pick a free node port.")
 }
 
@@ -108,7 +118,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	mon := health.New(f.interval, connected)
 	mon.ReportEndpoints(endpoints)
 	d := &daemon.Daemon{
-		Rounds:       checker,
+		Rounds:       damping.New(damping.Options{Confirm: f.confirm, Node: f.nodeName, StateFile: f.stateFile, Log: log}).Wrap(checker),
 		Stream:       sc,
 		Health:       mon,
 		Interval:     f.interval,
@@ -125,7 +135,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	}
 	d.Triggers = f.triggers(ctx, log, client)
 
-	log.Info("agent running", "interval", f.interval, "aggregator", f.aggregator)
+	log.Info("agent running", "interval", f.interval, "aggregator", f.aggregator, "confirm", f.confirm, "state_file", f.stateFile)
 	d.Run(ctx)
 	return ExitOK
 }

@@ -22,10 +22,12 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/ingest"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/lend"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodecondition"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/web"
@@ -133,11 +135,19 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		FirstReport:          opts.FirstReportTimeout,
 		MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
 	}
-	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, Compat: opts.CompatMetrics}
+	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, CompatSchema: opts.CompatMetrics}
+	filter, err := imagefilter.New(opts.IgnoredImages, opts.AllowedImages, opts.NamespaceLabel)
+	if err != nil {
+		return nil, err
+	}
+	anOpts := analyzer.Options{Filter: filter}
 	var dir analyzer.Directory // nil without the API
 	if kube != nil {
+		// Pods and their owners are watched for the risk assessment and
+		// the compatibility metrics.
 		watcher, err := kubewatch.New(kube.Rest, log, kubewatch.Options{
-			Owners:        opts.CompatMetrics,
+			Owners:        true,
+			Namespaces:    filter.SelectsNamespaces(),
 			OnNodeDeleted: func(name string) { store.Forget(name) },
 		})
 		if err != nil {
@@ -146,11 +156,31 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		watcher.Start(ctx)
 		dir = watcher
 		bounds.Nodes = watcher // reports only for Nodes that exist
-		if opts.CompatMetrics {
+		filter.SetNamespaces(watcher)
+		anOpts.Pods = watcher
+		if opts.CompatMetrics != metrics.CompatOff {
 			collectorCfg.Owners = watcher
 		}
+		if opts.NodeCondition {
+			client, err := kubernetes.NewForConfig(kube.Rest)
+			if err != nil {
+				return nil, fmt.Errorf("kubernetes client for %s: %w", kube.Rest.Host, err)
+			}
+			nc := nodecondition.New(client, log)
+			anOpts.OnAnalysis = nc.Observe
+			go nc.Run(ctx)
+			log.Info("writing the " + string(nodecondition.Type) + " condition on Nodes, with Events on changes")
+		}
+	} else {
+		if opts.NodeCondition {
+			log.Warn("--node-condition needs the Kubernetes API; off")
+		}
+		if filter.SelectsNamespaces() {
+			log.Warn("--namespace-label needs the Kubernetes API; no namespace is selected without it")
+		}
 	}
-	an := analyzer.NewAnalyzer(store, dir, log)
+	an := analyzer.NewAnalyzerWith(store, dir, log, anOpts)
+	collectorCfg.Risk = an.Risk
 	go an.Run(ctx, analyzeEvery)
 
 	lender, err := newLender(ctx, log, opts, kube)
@@ -168,7 +198,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	s.ingest.SetBounds(bounds)
 	s.ingest.SetLender(lender)
 	s.grpc = ingest.NewGRPCServer(s.ingest, opts.MaxReportBytes)
-	s.http = web.NewServer(web.NewHandler(registry, &s.ready, web.NewStatusPage(an, store, log)))
+	s.http = web.NewServer(web.NewHandler(registry, &s.ready, statusPage(an, store, log)))
 	return s, nil
 }
 
@@ -252,4 +282,11 @@ func stopGRPC(s *grpc.Server, timeout time.Duration, log *slog.Logger) {
 		s.Stop()
 		<-done
 	}
+}
+
+// statusPage is the status page with the risk section.
+func statusPage(an *analyzer.Analyzer, store *state.Store, log *slog.Logger) *web.StatusPage {
+	p := web.NewStatusPage(an, store, log)
+	p.Risk = an.Risk
+	return p
 }

@@ -14,6 +14,9 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/risk"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -29,10 +32,13 @@ type Directory interface {
 // from the Node object when dir has it, else from the label the agent
 // sent; a node is unregistered when dir is synced and has no such Node.
 // dir may be nil (no Kubernetes API): nothing is unregistered then.
-func Inputs(views []state.NodeView, dir Directory) []diagnose.Node {
+//
+// filter (nil: everything) drops the images that are not watched, so
+// every reader of the diagnosis sees the same images.
+func Inputs(views []state.NodeView, dir Directory, filter *imagefilter.Filter) []diagnose.Node {
 	out := make([]diagnose.Node, len(views))
 	for i, v := range views {
-		n := diagnose.Node{Name: v.Name, Stale: v.Stale, Images: v.Images, Zone: v.Info.GetLabels()[diagnose.ZoneLabel], Info: v.Info, LastReport: v.LastReport}
+		n := diagnose.Node{Name: v.Name, Stale: v.Stale, Images: filter.Reports(v.Images), Zone: v.Info.GetLabels()[diagnose.ZoneLabel], Info: v.Info, LastReport: v.LastReport}
 		if dir != nil {
 			zone, exists, synced := dir.Node(v.Name)
 			switch {
@@ -55,9 +61,12 @@ type Analyzer struct {
 	store *state.Store
 	dir   Directory
 	log   *slog.Logger
+	opts  Options
 
-	mu   sync.Mutex
-	last map[subject]verdict
+	mu       sync.Mutex
+	last     map[subject]verdict
+	lastRisk *risk.Assessment
+	riskAt   time.Time
 
 	// The latest diagnosis and what it was computed from: the store's
 	// version and each node's name, zone, staleness and registration.
@@ -70,6 +79,23 @@ type Analyzer struct {
 	// lines it held back since the last one written.
 	changeLog  *rate.Limiter
 	suppressed int
+}
+// Pods lists the pods bound to nodes (kubewatch.Watcher).
+type Pods interface {
+	// OwnersSynced reports whether the pods (and their owners) are loaded.
+	OwnersSynced() bool
+	Pods() []kubewatch.PodFacts
+}
+
+// Options add to what an Analyzer does.
+type Options struct {
+	// Filter drops the images and namespaces that are not watched.
+	Filter *imagefilter.Filter
+	// Pods, when set, turns on the risk assessment (Risk).
+	Pods Pods
+	// OnAnalysis is called, under the analysis lock, after every
+	// analysis (the node condition writer).
+	OnAnalysis func(ctx context.Context, r *diagnose.Report)
 }
 
 // nodeKey is what of a node's input can change without the store's
@@ -100,8 +126,21 @@ type verdict struct {
 
 // NewAnalyzer returns an Analyzer of store; dir may be nil.
 func NewAnalyzer(store *state.Store, dir Directory, log *slog.Logger) *Analyzer {
-	return &Analyzer{store: store, dir: dir, log: log, last: map[subject]verdict{},
+	return NewAnalyzerWith(store, dir, log, Options{})
+}
+
+// NewAnalyzerWith returns an Analyzer of store with opts; dir may be nil.
+func NewAnalyzerWith(store *state.Store, dir Directory, log *slog.Logger, opts Options) *Analyzer {
+	return &Analyzer{store: store, dir: dir, log: log, opts: opts, last: map[subject]verdict{},
 		changeLog: rate.NewLimiter(changeRate, changeBurst)}
+}
+
+// Risk returns the risk assessment of the latest analysis: nil without
+// Options.Pods, or until the pods are loaded. Call it after Analyze.
+func (a *Analyzer) Risk() *risk.Assessment {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lastRisk
 }
 
 // Analyze diagnoses the store as it is now and logs what changed since
@@ -122,7 +161,7 @@ func (a *Analyzer) Diagnosis(ctx context.Context) (*diagnose.Report, uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	version := a.store.Version()
-	in := Inputs(a.store.Nodes(), a.dir)
+	in := Inputs(a.store.Nodes(), a.dir, a.opts.Filter)
 	keys := make([]nodeKey, len(in))
 	for i, n := range in {
 		keys[i] = nodeKey{name: n.Name, zone: n.Zone, stale: n.Stale, unregistered: n.Unregistered}
@@ -135,13 +174,40 @@ func (a *Analyzer) Diagnosis(ctx context.Context) (*diagnose.Report, uint64) {
 		for i := range r.Nodes {
 			r.Nodes[i].LastReport = in[i].LastReport
 		}
+		// Pods change without the store: the risk is assessed again
+		// when it is older than riskEvery.
+		if time.Since(a.riskAt) >= riskEvery {
+			a.assessRisk(a.report)
+		}
 		return &r, a.generation
 	}
 	r := diagnose.Diagnose(in)
 	a.report, a.version, a.inputs = r, version, keys
 	a.generation++
 	a.observe(ctx, r)
+	a.assessRisk(r)
+	if a.opts.OnAnalysis != nil {
+		a.opts.OnAnalysis(ctx, r)
+	}
 	return r, a.generation
+}
+
+// riskEvery bounds how stale the risk assessment gets while the diagnosis
+// stays the same (pods come and go without a report).
+const riskEvery = 5 * time.Second
+
+// assessRisk assesses r against the pods, under a.mu.
+func (a *Analyzer) assessRisk(r *diagnose.Report) {
+	p := a.opts.Pods
+	if p == nil || !p.OwnersSynced() {
+		return
+	}
+	var filter risk.Filter
+	if a.opts.Filter.Active() {
+		filter = a.opts.Filter
+	}
+	a.lastRisk = risk.Assess(r, p.Pods(), filter)
+	a.riskAt = time.Now()
 }
 
 // Run analyzes every interval until ctx ends, so that changes are logged

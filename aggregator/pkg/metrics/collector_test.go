@@ -185,7 +185,7 @@ pullwatch_node_image_status{image="quay.io/org/c:1",node="node-b",status="rate_l
 func helpOf(t *testing.T, name string) string {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(newCollector(testStore(), Config{Compat: true}))
+	reg.MustRegister(newCollector(testStore(), Config{CompatSchema: CompatCurrent}))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +212,7 @@ func TestEmptyStore(t *testing.T) {
 func TestLint(t *testing.T) {
 	reports := NewReports([]string{"snapshot", "update"}, []string{"invalid_node", "too_large"})
 	for name, c := range map[string]prometheus.Collector{
-		"collector": newCollector(testStore(), Config{Compat: true}),
+		"collector": newCollector(testStore(), Config{CompatSchema: CompatCurrent}),
 		"reports":   reports,
 	} {
 		problems, err := testutil.CollectAndLint(c)
@@ -322,9 +322,9 @@ func BenchmarkCollect(b *testing.B) {
 	}{
 		{"node-image-series=all", Config{NodeImageSeries: NodeImageSeriesAll}},
 		{"node-image-series=failing", Config{NodeImageSeries: NodeImageSeriesFailing}},
-		{"node-image-series=all,compat", Config{NodeImageSeries: NodeImageSeriesAll, Compat: true, Owners: benchOwners{}}},
-		{"node-image-series=failing,compat", Config{NodeImageSeries: NodeImageSeriesFailing, Compat: true, Owners: benchOwners{}}},
-		{"node-image-series=failing,compat-without-api", Config{NodeImageSeries: NodeImageSeriesFailing, Compat: true}},
+		{"node-image-series=all,compat", Config{NodeImageSeries: NodeImageSeriesAll, CompatSchema: CompatCurrent, Owners: benchOwners{}}},
+		{"node-image-series=failing,compat", Config{NodeImageSeries: NodeImageSeriesFailing, CompatSchema: CompatCurrent, Owners: benchOwners{}}},
+		{"node-image-series=failing,compat-without-api", Config{NodeImageSeries: NodeImageSeriesFailing, CompatSchema: CompatCurrent}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			c := newCollector(s, bc.cfg)
@@ -359,7 +359,7 @@ func BenchmarkScrape(b *testing.B) {
 	s := benchStore()
 	for _, mode := range []string{NodeImageSeriesAll, NodeImageSeriesFailing} {
 		b.Run("node-image-series="+mode, func(b *testing.B) {
-			h := promhttp.HandlerFor(NewRegistry(newCollector(s, Config{NodeImageSeries: mode, Compat: true, Owners: benchOwners{}})), promhttp.HandlerOpts{})
+			h := promhttp.HandlerFor(NewRegistry(newCollector(s, Config{NodeImageSeries: mode, CompatSchema: CompatCurrent, Owners: benchOwners{}})), promhttp.HandlerOpts{})
 			req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
 			b.ReportAllocs()
 			size := 0

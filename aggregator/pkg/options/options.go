@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/lend"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
@@ -26,7 +29,16 @@ type Options struct {
 	// NodeImageSeries is metrics.NodeImageSeriesAll or
 	// metrics.NodeImageSeriesFailing.
 	NodeImageSeries string
-	CompatMetrics   bool
+	// CompatMetrics is one of metrics.CompatSchemas: current, legacy,
+	// both or off.
+	CompatMetrics string
+	// Image filters (imagefilter.New): regular expressions, and a
+	// namespace label selector.
+	IgnoredImages, AllowedImages []string
+	NamespaceLabel               string
+	// NodeCondition turns on the RegistryReachable Node condition and
+	// its Events.
+	NodeCondition bool
 	// LendCredentials is lend.ModeVerified, lend.ModeOff or
 	// lend.ModeUnverifiedLab (--lend-credentials).
 	LendCredentials string
@@ -39,6 +51,51 @@ type Options struct {
 	MaxConcurrentStreams int
 	// FirstReportTimeout closes a stream that sends no snapshot in time.
 	FirstReportTimeout time.Duration
+}
+
+// compatValue is --compat-metrics: a schema word, or a boolean as the
+// flag was before it had schemas (true: current, false: off).
+type compatValue struct{ v *string }
+
+func (c compatValue) String() string {
+	if c.v == nil {
+		return ""
+	}
+	return *c.v
+}
+
+func (c compatValue) Set(s string) error {
+	switch s {
+	case "true", "1":
+		s = metrics.CompatCurrent
+	case "false", "0":
+		s = metrics.CompatOff
+	}
+	if !slices.Contains(metrics.CompatSchemas(), s) {
+		return fmt.Errorf("want %s (or true for current, false for off)", strings.Join(metrics.CompatSchemas(), ", "))
+	}
+	*c.v = s
+	return nil
+}
+
+// IsBoolFlag lets a bare --compat-metrics mean true, as before.
+func (compatValue) IsBoolFlag() bool { return true }
+
+// regexList is a "~"-separated list of regular expressions, checked when
+// the filter is built.
+type regexList struct{ v *[]string }
+
+func (r regexList) String() string {
+	if r.v == nil {
+		return ""
+	}
+	return strings.Join(*r.v, "~")
+}
+
+func (r regexList) Set(s string) error {
+	*r.v = imagefilter.Split(s)
+	_, err := imagefilter.New(*r.v, nil, "")
+	return err
 }
 
 // forgetFactor is --forget-after's default in units of --stale-after.
@@ -73,7 +130,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
 		NodeImageSeries: metrics.NodeImageSeriesAll,
-		CompatMetrics:   true,
+		CompatMetrics:   metrics.CompatCurrent,
 		LendCredentials: lend.ModeVerified,
 
 		MaxNodeImages:        5000,
@@ -98,9 +155,22 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	s.Var(&envflag.Choice{Value: &o.NodeImageSeries, Choices: []string{metrics.NodeImageSeriesAll, metrics.NodeImageSeriesFailing}}, "node-image-series",
 		"Which images get per-node series (pullwatch_node_image_status, pullwatch_node_image_in_use): `all`, or failing (only images not available on the node; "+
 			"about 50,000 fewer series per 1,000 nodes with 50 images). Cluster-wide series are complete either way. See docs/metrics.md.")
-	s.BoolVar(&o.CompatMetrics, "compat-metrics", o.CompatMetrics,
-		"Also export the k8s_image_availability_exporter_* families of k8s-image-availability-exporter (labels namespace, container, image, kind, name), "+
-			"so its dashboards and alerts keep working. With the Kubernetes API, kind and name are the workload (Pod → ReplicaSet → Deployment, Job → CronJob); without it, the pod.")
+	s.Var(compatValue{&o.CompatMetrics}, "compat-metrics",
+		"Also export k8s-image-availability-exporter's families, so its dashboards and alerts keep working: `schema` current "+
+			"(k8s_image_availability_exporter_<mode>, labels namespace, container, image, kind, name), legacy (before its v0.7: "+
+			"k8s_image_availability_exporter_<kind>_<mode> with a label named after the kind, for deployment, statefulset, daemonset, cronjob), both, or off. "+
+			"true means current, false off. With the Kubernetes API, kind and name are the workload (Pod → ReplicaSet → Deployment, Job → CronJob); without it, the pod.")
+	s.Var(regexList{&o.IgnoredImages}, "ignored-images",
+		"Images not to watch: `regexps` separated by ~ (as k8s-image-availability-exporter's flag), matched against the normalized reference "+
+			"(docker.io/library/nginx:1.27). Applied to every metric, hence the alerts, and the status page.")
+	s.Var(regexList{&o.AllowedImages}, "allowed-images",
+		"Only watch images matching one of these `regexps` (separated by ~), after --ignored-images. Empty: every image.")
+	s.StringVar(&o.NamespaceLabel, "namespace-label", "",
+		"Only watch namespaces matching this label `selector` (\"team\", \"team=payments\", \"env in (prod)\"): an image is watched where a container "+
+			"of a selected namespace uses it. Needs the Kubernetes API and list/watch on namespaces.")
+	s.BoolVar(&o.NodeCondition, "node-condition", false,
+		"Set a RegistryReachable condition on each Node (False while some registry endpoint does not answer the node) and emit an Event on each change, "+
+			"so kubectl describe node shows it. Needs the Kubernetes API, patch on nodes/status and create on events (deploy/components/node-condition).")
 
 	s.Var(&envflag.Choice{Value: &o.LendCredentials, Choices: lend.Modes()}, "lend-credentials",
 		"Lend agents the imagePullSecrets of their own node's pods (`mode`), so no node needs RBAC on Secrets: "+
@@ -126,6 +196,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	}
 	if o.ForgetAfter <= o.StaleAfter {
 		return nil, fmt.Errorf("--forget-after (env PULLWATCH_FORGET_AFTER) %s: must be longer than --stale-after %s", o.ForgetAfter, o.StaleAfter)
+	}
+	if _, err := imagefilter.New(o.IgnoredImages, o.AllowedImages, o.NamespaceLabel); err != nil {
+		return nil, err
 	}
 	return o, nil
 }

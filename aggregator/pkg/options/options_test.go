@@ -6,6 +6,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ func TestParse(t *testing.T) {
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
 		NodeImageSeries: "all",
-		CompatMetrics:   true,
+		CompatMetrics:   "current",
 		LendCredentials: "verified",
 
 		ForgetAfter:          30 * time.Minute,
@@ -53,7 +54,7 @@ func TestParse(t *testing.T) {
 		}, nil, Options{
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
-			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing", LendCredentials: "unverified-lab",
+			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing", CompatMetrics: "off", LendCredentials: "unverified-lab",
 			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
 		}},
 		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s"}, nil,
@@ -66,11 +67,19 @@ func TestParse(t *testing.T) {
 		}, with(func(o *Options) {
 			o.GRPCListen, o.StaleAfter, o.LogLevel, o.Kubeconfig = ":1", 5*time.Minute, slog.LevelWarn, "/a:/b"
 			o.ForgetAfter = 50 * time.Minute
-			o.NodeImageSeries, o.CompatMetrics, o.LendCredentials = "failing", false, "off"
+			o.NodeImageSeries, o.CompatMetrics, o.LendCredentials = "failing", "off", "off"
 		})},
 		{"flag wins over environment", []string{"--stale-after=1m"}, map[string]string{"PULLWATCH_STALE_AFTER": "5m"},
 			with(func(o *Options) { o.StaleAfter, o.ForgetAfter = time.Minute, 10*time.Minute })},
 		{"empty environment variable is unset", nil, map[string]string{"PULLWATCH_HTTP_LISTEN": ""}, defaults},
+		{"compat schemas, filters, node condition", []string{"--compat-metrics=both", `--ignored-images=^quay\.io/~:latest$`, "--node-condition"},
+			map[string]string{"PULLWATCH_ALLOWED_IMAGES": "example", "PULLWATCH_NAMESPACE_LABEL": "team=a"}, func() Options {
+				o := defaults
+				o.CompatMetrics, o.NodeCondition = "both", true
+				o.IgnoredImages, o.AllowedImages, o.NamespaceLabel = []string{`^quay\.io/`, ":latest$"}, []string{"example"}, "team=a"
+				return o
+			}()},
+		{"bare --compat-metrics is current", []string{"--compat-metrics"}, nil, defaults},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,7 +87,7 @@ func TestParse(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if *got != tt.want {
+			if !reflect.DeepEqual(*got, tt.want) {
 				t.Errorf("Parse = %+v\nwant    %+v", *got, tt.want)
 			}
 		})
@@ -103,6 +112,8 @@ func TestParseRefuses(t *testing.T) {
 		{"bad log format", nil, map[string]string{"PULLWATCH_LOG_FORMAT": "xml"}, []string{"PULLWATCH_LOG_FORMAT", "want text or json"}},
 		{"unknown flag", []string{"--nope"}, nil, []string{"-nope"}},
 		{"bad node image series", []string{"--node-image-series=some"}, nil, []string{"-node-image-series", "want all or failing"}},
+		{"bad image regexp", []string{"--ignored-images=a~("}, nil, []string{"--ignored-images"}},
+		{"bad namespace selector", []string{"--namespace-label=a b c"}, nil, []string{"--namespace-label"}},
 		{"bad compat switch", nil, map[string]string{"PULLWATCH_COMPAT_METRICS": "maybe"}, []string{"PULLWATCH_COMPAT_METRICS", "--compat-metrics"}},
 		{"forget before stale", []string{"--stale-after=5m", "--forget-after=5m"}, nil, []string{"--forget-after", "longer than --stale-after"}},
 		{"positional argument", []string{"serve"}, nil, []string{`"serve"`, "all settings are flags"}},
@@ -135,7 +146,7 @@ func TestHelp(t *testing.T) {
 		"env KUBECONFIG)",
 		"--stale-after duration",
 		"env PULLWATCH_NODE_IMAGE_SERIES, default all",
-		"env PULLWATCH_COMPAT_METRICS, default true",
+		"env PULLWATCH_COMPAT_METRICS, default current",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, out.String())

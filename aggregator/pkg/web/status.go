@@ -19,6 +19,7 @@ import (
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/risk"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
@@ -52,6 +53,10 @@ var statusTemplate = template.Must(template.New("status").Parse(statusHTML))
 // and ?node= (part of a node name), ?registry= and ?status= (a status
 // word) narrow all of them.
 type StatusPage struct {
+	// Risk, when set, returns the latest risk assessment
+	// (analyzer.Analyzer.Risk), read after each analysis.
+	Risk func() *risk.Assessment
+
 	analyzer Analyzer
 	agents   Agents
 	log      *slog.Logger
@@ -65,6 +70,7 @@ type StatusPage struct {
 // filtering and pagination; cells are made per request for the shown rows.
 type built struct {
 	generation uint64
+	risk       *risk.Assessment // the risk assessment it shows (pods change without a new diagnosis)
 	report     *diagnose.Report
 	data       pageData
 	keys       []diagnose.EndpointKey // the columns' keys, in order
@@ -113,8 +119,12 @@ func (p *StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *StatusPage) tables(rep *diagnose.Report, gen uint64) *built {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cache == nil || p.cache.generation != gen {
-		b := &built{generation: gen, report: rep}
+	var ra *risk.Assessment
+	if p.Risk != nil {
+		ra = p.Risk()
+	}
+	if p.cache == nil || p.cache.generation != gen || p.cache.risk != ra {
+		b := &built{generation: gen, report: rep, risk: ra}
 		b.data, b.keys = p.build(rep)
 		p.cache = b
 	}
@@ -172,6 +182,14 @@ func (p *StatusPage) view(b *built, cur *diagnose.Report, q query) pageData {
 		}
 	}
 	d.EndpointFailures, d.MoreEndpoints = clipList(d.EndpointFailures)
+	d.AtRisk = nil
+	for _, r := range b.data.AtRisk {
+		if q.node == "" || strings.Contains(r.Node, q.node) {
+			d.AtRisk = append(d.AtRisk, r)
+		}
+	}
+	d.AtRisk, d.MoreAtRisk = clipList(d.AtRisk)
+	d.RiskyWorkloads, d.MoreWorkloads = clipList(b.data.RiskyWorkloads)
 
 	var cols []int
 	d.Columns = nil
@@ -268,6 +286,24 @@ type pageData struct {
 	Prev, Next                string // links to the other pages, "" for none
 	MoreImages, MoreEndpoints int    // rows left out of the failing tables
 	MoreColumns               int    // endpoints left out of the grid
+	// The risk section, when the assessment is known (Kubernetes API).
+	RiskKnown      bool
+	AtRisk         []riskRow
+	SafeCached     int
+	RiskyWorkloads []workloadRow
+	MoreAtRisk     int // rows left out of AtRisk (filter ?node=, then maxListed)
+	MoreWorkloads  int
+}
+
+type riskRow struct {
+	Node, Namespace, Pod, Container, Workload string
+	Image, Status, Reason, PullPolicy, Since  string
+}
+
+type workloadRow struct {
+	Namespace, Kind, Name, Container, Image string
+	Count, Of                               int
+	Nodes                                   string
 }
 
 type column struct {
@@ -307,6 +343,9 @@ type imageRow struct {
 	Zones           string
 	Reason          string
 	InUse           bool
+	// Since is when the earliest failing node first saw its status
+	// (from the agents' status_since), "" when none says.
+	Since string
 }
 
 type endpointRow struct {
@@ -325,6 +364,7 @@ const maxNodeNames = 8
 // (view makes those for the rows it shows), and returns the columns' keys.
 func (p *StatusPage) build(r *diagnose.Report) (pageData, []diagnose.EndpointKey) {
 	d := pageData{Live: r.Live}
+	now := p.now() // the "since" ages: as of the build (rebuilt on every diagnosis or risk change)
 
 	keys := d.addEndpoints(r)
 
@@ -350,20 +390,75 @@ func (p *StatusPage) build(r *diagnose.Report) (pageData, []diagnose.EndpointKey
 		}
 	}
 
+	since := failingSince(r)
 	for _, f := range r.Images {
 		if f.Scope == diagnose.ScopeNone {
 			continue
 		}
-		d.Images = append(d.Images, imageRow{
+		row := imageRow{
 			Image: f.Image, Registry: f.Registry, Scope: string(f.Scope), Status: f.Worst.Word(),
 			Failing: len(f.Failing), Of: total(f.Counts[:]), Nodes: listNames(f.Failing), Zones: strings.Join(f.Zones, ", "),
 			Reason: f.Reason, InUse: f.InUse,
-		})
+		}
+		if t, ok := since[f.Image]; ok {
+			row.Since = t.UTC().Format("2006-01-02 15:04:05") + " (" + age(now.Sub(t)) + ")"
+		}
+		d.Images = append(d.Images, row)
 	}
 	slices.SortStableFunc(d.Images, func(a, b imageRow) int {
 		return cmp.Or(cmp.Compare(scopeRank(b.Scope), scopeRank(a.Scope)), boolRank(b.InUse)-boolRank(a.InUse))
 	})
+	if p.Risk != nil {
+		d.addRisk(p.Risk(), now)
+	}
 	return d, keys
+}
+
+// failingSince is, per image, the earliest status_since among the live
+// nodes where the image is not available.
+func failingSince(r *diagnose.Report) map[string]time.Time {
+	out := map[string]time.Time{}
+	for i := range r.Nodes {
+		n := &r.Nodes[i]
+		if !n.Live() {
+			continue
+		}
+		for _, im := range n.Images {
+			if im.GetStatus() == pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE || im.GetStatusSince() == nil {
+				continue
+			}
+			t := im.GetStatusSince().AsTime()
+			if prev, ok := out[im.GetImage()]; !ok || t.Before(prev) {
+				out[im.GetImage()] = t
+			}
+		}
+	}
+	return out
+}
+
+// addRisk fills the risk section from a; nil leaves it out.
+func (d *pageData) addRisk(a *risk.Assessment, now time.Time) {
+	if a == nil {
+		return
+	}
+	d.RiskKnown = true
+	d.SafeCached = len(a.Safe)
+	for _, c := range a.AtRisk {
+		since := "unknown"
+		if !c.Since.IsZero() {
+			since = c.Since.UTC().Format("2006-01-02 15:04:05") + " (" + age(now.Sub(c.Since)) + ")"
+		}
+		d.AtRisk = append(d.AtRisk, riskRow{Node: c.Node, Namespace: c.Namespace, Pod: c.Pod, Container: c.Container,
+			Workload: c.Kind + " " + c.Workload, Image: c.Image, Status: c.Status.Word(), Reason: string(c.Reason),
+			PullPolicy: string(c.PullPolicy), Since: since})
+	}
+	for _, w := range a.Workloads {
+		if len(w.Nodes) == 0 {
+			continue
+		}
+		d.RiskyWorkloads = append(d.RiskyWorkloads, workloadRow{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name,
+			Container: w.Container, Image: w.Image, Count: len(w.Nodes), Of: a.Live, Nodes: listNames(w.Nodes)})
+	}
 }
 
 // addEndpoints fills the failing endpoints table and the grid's columns:

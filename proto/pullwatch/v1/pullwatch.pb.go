@@ -781,8 +781,13 @@ type ImageReport struct {
 	// Where the pull credentials came from: anonymous, pull_secret,
 	// node_keyring, credential_provider. Never the credential itself.
 	CredentialSource string `protobuf:"bytes,15,opt,name=credential_source,json=credentialSource,proto3" json:"credential_source,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Fields 30-39: risk and flap damping (issue 15).
+	// When this node first saw the image's current status (the first of the
+	// consecutive results that confirmed it). Kept across agent restarts by
+	// the agent's state file; unset from agents that predate it.
+	StatusSince   *timestamppb.Timestamp `protobuf:"bytes,30,opt,name=status_since,json=statusSince,proto3" json:"status_since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImageReport) Reset() {
@@ -918,6 +923,13 @@ func (x *ImageReport) GetCredentialSource() string {
 		return x.CredentialSource
 	}
 	return ""
+}
+
+func (x *ImageReport) GetStatusSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StatusSince
+	}
+	return nil
 }
 
 type EndpointResult struct {
@@ -1169,7 +1181,7 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1f\n" +
 	"\vapi_version\x18\x03 \x01(\tR\n" +
 	"apiVersion\x12\x1a\n" +
-	"\bendpoint\x18\x04 \x01(\tR\bendpoint\"\xb6\x04\n" +
+	"\bendpoint\x18\x04 \x01(\tR\bendpoint\"\xf5\x04\n" +
 	"\vImageReport\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x19\n" +
 	"\bimage_id\x18\x02 \x01(\tR\aimageId\x12!\n" +
@@ -1189,7 +1201,8 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\bdegraded\x18\f \x01(\bR\bdegraded\x12\x18\n" +
 	"\adrifted\x18\r \x01(\bR\adrifted\x12'\n" +
 	"\x0fregistry_digest\x18\x0e \x01(\tR\x0eregistryDigest\x12+\n" +
-	"\x11credential_source\x18\x0f \x01(\tR\x10credentialSource\"\xf9\x02\n" +
+	"\x11credential_source\x18\x0f \x01(\tR\x10credentialSource\x12=\n" +
+	"\fstatus_since\x18\x1e \x01(\v2\x1a.google.protobuf.TimestampR\vstatusSince\"\xf9\x02\n" +
 	"\x0eEndpointResult\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12.\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x1a.pullwatch.v1.EndpointRoleR\x04role\x121\n" +
@@ -1280,19 +1293,20 @@ var file_pullwatch_v1_pullwatch_proto_depIdxs = []int32{
 	11, // 14: pullwatch.v1.ImageReport.endpoints:type_name -> pullwatch.v1.EndpointResult
 	12, // 15: pullwatch.v1.ImageReport.containers:type_name -> pullwatch.v1.ContainerRef
 	15, // 16: pullwatch.v1.ImageReport.checked_at:type_name -> google.protobuf.Timestamp
-	1,  // 17: pullwatch.v1.EndpointResult.role:type_name -> pullwatch.v1.EndpointRole
-	0,  // 18: pullwatch.v1.EndpointResult.status:type_name -> pullwatch.v1.ImageStatus
-	14, // 19: pullwatch.v1.EndpointResult.latency:type_name -> google.protobuf.Duration
-	15, // 20: pullwatch.v1.EndpointResult.checked_at:type_name -> google.protobuf.Timestamp
-	2,  // 21: pullwatch.v1.ReportService.Report:input_type -> pullwatch.v1.AgentMessage
-	16, // 22: pullwatch.v1.ReportService.Credentials:input_type -> pullwatch.v1.CredentialsRequest
-	3,  // 23: pullwatch.v1.ReportService.Report:output_type -> pullwatch.v1.AggregatorMessage
-	17, // 24: pullwatch.v1.ReportService.Credentials:output_type -> pullwatch.v1.CredentialsResponse
-	23, // [23:25] is the sub-list for method output_type
-	21, // [21:23] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	15, // 17: pullwatch.v1.ImageReport.status_since:type_name -> google.protobuf.Timestamp
+	1,  // 18: pullwatch.v1.EndpointResult.role:type_name -> pullwatch.v1.EndpointRole
+	0,  // 19: pullwatch.v1.EndpointResult.status:type_name -> pullwatch.v1.ImageStatus
+	14, // 20: pullwatch.v1.EndpointResult.latency:type_name -> google.protobuf.Duration
+	15, // 21: pullwatch.v1.EndpointResult.checked_at:type_name -> google.protobuf.Timestamp
+	2,  // 22: pullwatch.v1.ReportService.Report:input_type -> pullwatch.v1.AgentMessage
+	16, // 23: pullwatch.v1.ReportService.Credentials:input_type -> pullwatch.v1.CredentialsRequest
+	3,  // 24: pullwatch.v1.ReportService.Report:output_type -> pullwatch.v1.AggregatorMessage
+	17, // 25: pullwatch.v1.ReportService.Credentials:output_type -> pullwatch.v1.CredentialsResponse
+	24, // [24:26] is the sub-list for method output_type
+	22, // [22:24] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_pullwatch_v1_pullwatch_proto_init() }
