@@ -225,7 +225,12 @@ func TestReports(t *testing.T) {
 	r.ReportReceived("update")
 	r.ReportReceived("update")
 	r.ReportRejected("too_large")
+	r.ImageRefused("invalid_node")
 	const want = `
+# HELP pullwatch_image_reports_refused_total Image reports refused inside agent messages that were otherwise kept, by reason: the image is shown unknown (or left out when its reference is unusable), the rest of the node's report applies. Reasons: invalid_node, too_large.
+# TYPE pullwatch_image_reports_refused_total counter
+pullwatch_image_reports_refused_total{reason="invalid_node"} 1
+pullwatch_image_reports_refused_total{reason="too_large"} 0
 # HELP pullwatch_reports_received_total Valid agent messages received, by kind (snapshot or update). Includes updates answered with resync because the stream had no snapshot yet.
 # TYPE pullwatch_reports_received_total counter
 pullwatch_reports_received_total{kind="snapshot"} 1

@@ -13,6 +13,7 @@ import (
 type Reports struct {
 	received *prometheus.CounterVec
 	rejected *prometheus.CounterVec
+	refused  *prometheus.CounterVec
 }
 
 // NewReports returns counters with a zero series for each kind and reason,
@@ -27,12 +28,17 @@ func NewReports(kinds, reasons []string) *Reports {
 			Name: "pullwatch_reports_rejected_total",
 			Help: "Agent messages refused, by reason; each refusal ends that agent's stream. Reasons: " + strings.Join(reasons, ", ") + ".",
 		}, []string{"reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullwatch_image_reports_refused_total",
+			Help: "Image reports refused inside agent messages that were otherwise kept, by reason: the image is shown unknown (or left out when its reference is unusable), the rest of the node's report applies. Reasons: " + strings.Join(reasons, ", ") + ".",
+		}, []string{"reason"}),
 	}
 	for _, k := range kinds {
 		r.received.WithLabelValues(k)
 	}
 	for _, reason := range reasons {
 		r.rejected.WithLabelValues(reason)
+		r.refused.WithLabelValues(reason)
 	}
 	return r
 }
@@ -43,16 +49,21 @@ func (r *Reports) ReportReceived(kind string) { r.received.WithLabelValues(kind)
 // ReportRejected counts a refused message.
 func (r *Reports) ReportRejected(reason string) { r.rejected.WithLabelValues(reason).Inc() }
 
+// ImageRefused counts one image report refused in a kept message.
+func (r *Reports) ImageRefused(reason string) { r.refused.WithLabelValues(reason).Inc() }
+
 // Describe implements prometheus.Collector.
 func (r *Reports) Describe(ch chan<- *prometheus.Desc) {
 	r.received.Describe(ch)
 	r.rejected.Describe(ch)
+	r.refused.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
 func (r *Reports) Collect(ch chan<- prometheus.Metric) {
 	r.received.Collect(ch)
 	r.rejected.Collect(ch)
+	r.refused.Collect(ch)
 }
 
 // NewRegistry returns a registry with the Go runtime and process
