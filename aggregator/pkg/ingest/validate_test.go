@@ -97,7 +97,9 @@ func TestScreenRefusesOneImageOnly(t *testing.T) {
 	msg := snapshot(1, "node-a",
 		img("ok:1"),
 		imgWith("bad-utf8:1", func(im *pullwatchv1.ImageReport) { im.Reason = "status line \xff" }),
-		imgWith("long:1", func(im *pullwatchv1.ImageReport) { im.Endpoints[0].RatelimitRemaining = strings.Repeat("9", maxShort+1) }),
+		imgWith("long:1", func(im *pullwatchv1.ImageReport) {
+			im.Endpoints[0].RatelimitRemaining = strings.Repeat("9", maxShort+1)
+		}),
 		img("ok:1"), // listed twice: the second goes
 	)
 	refused, err := Screen(msg)
