@@ -46,7 +46,7 @@ type Checker struct {
 	// always ends, and the agent's liveness does not depend on how slow
 	// registries are.
 	Deadline time.Duration
-	Now         func() time.Time
+	Now      func() time.Time
 	// Platform is the node's.
 	Platform ocispec.Platform
 	// Labels describe the node to the aggregator (e.g. its zone).
