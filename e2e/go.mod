@@ -17,7 +17,10 @@ require (
 	sigs.k8s.io/yaml v1.6.0
 )
 
-require github.com/pmezard/go-difflib v1.0.1-0.20181226105442-5d4384ee4fb2 // indirect
+require (
+	github.com/pmezard/go-difflib v1.0.1-0.20181226105442-5d4384ee4fb2 // indirect
+	github.com/pullwatch/pullwatch/pkg v0.0.0 // indirect
+)
 
 require (
 	github.com/containerd/stargz-snapshotter/estargz v0.16.3 // indirect
@@ -53,6 +56,7 @@ require (
 	github.com/opencontainers/go-digest v1.0.0 // indirect
 	github.com/opencontainers/image-spec v1.1.1 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
+	github.com/pullwatch/pullwatch/aggregator v0.0.0
 	github.com/sirupsen/logrus v1.10.2 // indirect
 	github.com/spf13/pflag v1.0.10 // indirect
 	github.com/vbatts/tar-split v0.11.6 // indirect
@@ -81,3 +85,5 @@ replace github.com/pullwatch/pullwatch/proto => ../proto
 replace github.com/pullwatch/pullwatch/agent => ../agent
 
 replace github.com/pullwatch/pullwatch/pkg => ../pkg
+
+replace github.com/pullwatch/pullwatch/aggregator => ../aggregator
