@@ -348,18 +348,35 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 	if _, _, _, ok := round.failed(key); ok {
 		return down()
 	}
-	// The host's slot first, then the round's: a probe queued behind a
-	// hung host holds none of the slots healthy registries need.
+	canary, answered, tripped := round.canary(key)
+	if canary {
+		// Whatever the canary's end, the probes waiting for it go on
+		// (a tripped breaker has told them already).
+		defer round.answered(key)
+	} else {
+		select {
+		case <-answered:
+		case <-tripped:
+			return down()
+		case <-ctx.Done():
+			return p.notProbed(ctx, er, ctx.Err(), down)
+		}
+	}
+	// The host's slot first, then the round's (the canary takes none): a
+	// probe queued behind a hung host holds none of the slots healthy
+	// registries need.
 	release, err := p.acquire(ctx, t.base.Host, round.tripped(key))
 	if err != nil {
 		return p.notProbed(ctx, er, err, down)
 	}
 	defer release()
-	releaseRound, err := round.acquire(ctx, round.tripped(key))
-	if err != nil {
-		return p.notProbed(ctx, er, err, down)
+	if !canary {
+		releaseRound, err := round.acquire(ctx, round.tripped(key))
+		if err != nil {
+			return p.notProbed(ctx, er, err, down)
+		}
+		defer releaseRound()
 	}
-	defer releaseRound()
 	if _, _, _, ok := round.failed(key); ok {
 		return down()
 	}

@@ -17,7 +17,15 @@ import (
 //     HTTP answer (timeout, connect, TLS, DNS) or its /v2/ ping failed,
 //     every other probe of it in this round gets that answer at once,
 //     without a new dial, including probes already waiting for its slot.
-//     The next round asks again.
+//     The next round asks again;
+//   - a canary per endpoint: the first probe of an endpoint in the round
+//     goes alone, and takes no round slot (only its host's), while the
+//     others wait for it. So a round costs a hung endpoint one probe
+//     timeout, however many images it serves and however many endpoints
+//     hang at once (their canaries run side by side): 200 images behind
+//     dropping firewalls end within one timeout per endpoint an image
+//     tries in turn (mirror, then upstream). In-flight probes are bounded
+//     by the round's slots plus one canary per endpoint.
 //
 // A Round is made by the caller for each round (round.Checker) and is safe
 // for concurrent use; a nil *Round is no sharing (no global slots, no
@@ -32,6 +40,11 @@ type Round struct {
 type breaker struct {
 	open    chan struct{} // closed when tripped
 	tripped bool
+	// The endpoint's first probe in the round is its canary: the others
+	// wait until it has answered (answered is closed) or failed (open).
+	canaryTaken bool
+	answered    chan struct{}
+	isAnswered  bool
 	status  pb.ImageStatus
 	reason  string
 	code    int
@@ -50,7 +63,7 @@ func (r *Round) breaker(key string) *breaker {
 	defer r.mu.Unlock()
 	b, ok := r.down[key]
 	if !ok {
-		b = &breaker{open: make(chan struct{})}
+		b = &breaker{open: make(chan struct{}), answered: make(chan struct{})}
 		r.down[key] = b
 	}
 	return b
@@ -89,6 +102,38 @@ func (r *Round) tripped(key string) <-chan struct{} {
 		return nil
 	}
 	return r.breaker(key).open
+}
+
+// canary makes the caller the endpoint's canary (true) when no probe of
+// it has been made this round; otherwise it returns the channels to wait
+// on: answered (the canary got an HTTP answer, or ended otherwise) and
+// tripped. A nil Round makes every probe a canary.
+func (r *Round) canary(key string) (bool, <-chan struct{}, <-chan struct{}) {
+	if r == nil {
+		return true, nil, nil
+	}
+	b := r.breaker(key)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !b.canaryTaken {
+		b.canaryTaken = true
+		return true, nil, nil
+	}
+	return false, b.answered, b.open
+}
+
+// answered lets the probes waiting for the endpoint's canary go on.
+func (r *Round) answered(key string) {
+	if r == nil {
+		return
+	}
+	b := r.breaker(key)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !b.isAnswered {
+		b.isAnswered = true
+		close(b.answered)
+	}
 }
 
 // acquire takes one of the round's probe slots.

@@ -82,6 +82,7 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 	// images of a hung registry never hold the slots the others need.
 	// Resolving endpoints and credentials is bounded on its own.
 	rnd := probe.NewRound(workers)
+	var warned sync.Map // credential problems logged this round
 	prep := make(chan struct{}, workers)
 	var wg sync.WaitGroup
 	for i, e := range entries {
@@ -101,8 +102,9 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 			}
 			creds, credErr := c.credentials().Lookup(pctx, e.Ref, pods(e.Uses))
 			<-prep
-			if credErr != nil {
-				// The kubelet pulls with what it found; so do we, and say so.
+			if _, dup := warned.LoadOrStore(fmt.Sprint(credErr), true); credErr != nil && !dup {
+				// The kubelet pulls with what it found; so do we, and say
+				// so (once per problem and round, not once per image).
 				logging.FromContext(ctx).WarnContext(ctx, "some pull credentials could not be read; probing with those found", "image", e.Ref.String(), "found", len(creds), logging.ErrKey, credErr)
 			}
 			res := c.Prober.Probe(pctx, probe.Request{Ref: e.Ref, Endpoints: eps, Credentials: creds, NodeDigest: e.Digest, Round: rnd})
