@@ -45,9 +45,9 @@ type breaker struct {
 	canaryTaken bool
 	answered    chan struct{}
 	isAnswered  bool
-	status  pb.ImageStatus
-	reason  string
-	code    int
+	status      pb.ImageStatus
+	reason      string
+	code        int
 }
 
 // NewRound returns a Round with concurrency probe slots (16 if <= 0).
