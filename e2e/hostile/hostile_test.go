@@ -233,6 +233,16 @@ func TestBrokenNodeConfig(t *testing.T) {
 	r.Expect(t, brokenRef, agentcheck.Want{Status: "unknown", ReasonHas: []string{missingCA}})
 	r.Expect(t, otherRef, agentcheck.Want{Status: "unreachable", ReasonHas: []string{"redirects", keyring}})
 	assertSanitized(t, r)
+
+	// A containerd config.toml that does not parse concerns every
+	// registry: every image is unknown naming the file and the line, and
+	// the agent still reports (exit 1, not a setup error).
+	conf := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(conf, []byte("version = 2\n[plugins\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = n.Check(t, "--probe-timeout", "2s", "--containerd-config", conf)
+	r.Expect(t, healthy, agentcheck.Want{Status: "unknown", ReasonHas: []string{conf, "line 2"}})
 }
 
 // TestHostileRun: the agent daemon against a real aggregator while a

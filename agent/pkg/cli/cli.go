@@ -334,28 +334,45 @@ func (c *common) networkPath(ctx context.Context, log *slog.Logger, runtimeName 
 	return path, nil
 }
 
-// registryResolver reads the runtime's registry configuration.
+// registryResolver reads the runtime's registry configuration. One that
+// does not load (a config.toml or registries.conf that does not parse)
+// does not stop the agent: every image is unknown with the error, which
+// names the file, and the file is read again every minute.
 func (c *common) registryResolver(ctx context.Context, log *slog.Logger, rt cri.Runtime, path netpath.Path) (hosts.Resolver, error) {
+	var load func(ctx context.Context) (hosts.Resolver, error)
 	switch rt.Name {
 	case "containerd":
-		return hosts.NewContainerd(ctx, hosts.ContainerdOptions{
-			ConfigFile:     c.containerdConfig,
-			ConfigPath:     c.registryConfigPath,
-			Root:           c.root,
-			UpdateClient:   path.UpdateClient,
-			RuntimeVersion: rt.Version,
-		})
+		load = func(ctx context.Context) (hosts.Resolver, error) {
+			return hosts.NewContainerd(ctx, hosts.ContainerdOptions{
+				ConfigFile:     c.containerdConfig,
+				ConfigPath:     c.registryConfigPath,
+				Root:           c.root,
+				UpdateClient:   path.UpdateClient,
+				RuntimeVersion: rt.Version,
+			})
+		}
 	case "cri-o":
-		return hosts.NewCRIO(ctx, hosts.CRIOOptions{
-			RegistriesConf:    c.registriesConf,
-			RegistriesConfDir: c.registriesConfDir,
-			Root:              c.root,
-			UpdateClient:      path.UpdateClient,
-		})
+		load = func(ctx context.Context) (hosts.Resolver, error) {
+			return hosts.NewCRIO(ctx, hosts.CRIOOptions{
+				RegistriesConf:    c.registriesConf,
+				RegistriesConfDir: c.registriesConfDir,
+				Root:              c.root,
+				UpdateClient:      path.UpdateClient,
+			})
+		}
 	default:
 		log.WarnContext(ctx, "unknown runtime: probing each registry at its default endpoint", "runtime", rt.Name)
 		return hosts.Defaults{}, nil
 	}
+	r := &hosts.Reloading{Load: func(ctx context.Context) (hosts.Resolver, error) {
+		res, err := load(ctx)
+		if err != nil {
+			log.ErrorContext(ctx, "the runtime's registry configuration does not load: every image is unknown until it does (read again every minute)", logging.ErrKey, err)
+		}
+		return res, err
+	}, Retry: time.Minute}
+	_, _ = r.Loaded(ctx)
+	return r, nil
 }
 
 // newLogger builds the logger the flags ask for, routes client-go's and
