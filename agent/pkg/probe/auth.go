@@ -162,18 +162,33 @@ func (p *Prober) authorize(ctx context.Context, ch challenge, t target, ref imag
 
 // withholdFrom says why the node's credentials for ref's registry are not
 // sent to u ("" when they are): plain HTTP to another host than the
-// registry's (its name, its API host, or the upstream endpoint's host
-// that the runtime's configuration gives it, base).
+// registry's — its name, its API host, or the upstream endpoint's host
+// that the runtime's configuration gives it (base) — ports aside. Plain
+// HTTP that stays on the loopback network, from a registry there, never
+// leaves the node and is the registry's own.
 func withholdFrom(u *url.URL, ref imageref.Ref, ep hosts.Endpoint, base *url.URL) string {
-	if u.Scheme == "https" || sameRegistryHost(u.Host, ref.Registry()) || (ep.Role == hosts.RoleUpstream && strings.EqualFold(u.Host, base.Host)) {
+	if u.Scheme == "https" {
+		return ""
+	}
+	host := u.Hostname()
+	api, _ := imageref.APIHost(ref.Registry())
+	for _, own := range []string{ref.Registry(), api} {
+		if strings.EqualFold(host, hostname(own)) {
+			return ""
+		}
+	}
+	if ep.Role == hosts.RoleUpstream && strings.EqualFold(host, base.Hostname()) {
+		return ""
+	}
+	if hosts.IsLocalhost(host) && hosts.IsLocalhost(base.Hostname()) {
 		return ""
 	}
 	return fmt.Sprintf("the node's credentials for %s are not sent over plain HTTP to another host (%s)", ref.Registry(), u.Host)
 }
 
-func sameRegistryHost(host, registry string) bool {
-	api, _ := imageref.APIHost(registry)
-	return strings.EqualFold(host, registry) || strings.EqualFold(host, api)
+// hostname is host:port without the port.
+func hostname(hostport string) string {
+	return (&url.URL{Host: hostport}).Hostname()
 }
 
 // checkRealm parses a bearer challenge's realm and refuses one the agent
