@@ -80,7 +80,7 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 	// Every image gets its goroutine: a probe waits for its endpoint
 	// host's slot and then for one of the round's (probe.Round), so
 	// images of a hung registry never hold the slots the others need.
-	// Resolving endpoints and credentials is bounded on its own.
+	// Resolving endpoints is bounded on its own.
 	rnd := probe.NewRound(workers)
 	var warned sync.Map // credential problems logged this round
 	prep := make(chan struct{}, workers)
@@ -100,8 +100,10 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 				images[i].Reason = fmt.Sprintf("resolve registry endpoints for %s: %v", e.Ref.Registry(), err)
 				return
 			}
-			creds, credErr := c.credentials().Lookup(pctx, e.Ref, pods(e.Uses))
 			<-prep
+			// Outside the bound: a credential provider plugin that hangs
+			// (until its timeout) holds up only the images it serves.
+			creds, credErr := c.credentials().Lookup(pctx, e.Ref, pods(e.Uses))
 			if _, dup := warned.LoadOrStore(fmt.Sprint(credErr), true); credErr != nil && !dup {
 				// The kubelet pulls with what it found; so do we, and say
 				// so (once per problem and round, not once per image).
