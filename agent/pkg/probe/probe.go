@@ -339,10 +339,12 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 		return er
 	}
 	key := t.base.String()
+	// An endpoint whose breaker is open answers with its first failure,
+	// word for word (so the report of an image does not change from one
+	// round to the next with which image happened to be the canary); that
+	// it was not asked shows in its latency, about 0.
 	down := func() answer {
-		st, reason, code, _ := round.failed(key)
-		er.Status, er.HTTPStatus = st, code
-		er.Reason = "not asked again this round: " + reason
+		er.Status, er.Reason, er.HTTPStatus, _ = round.failed(key)
 		return er
 	}
 	if _, _, _, ok := round.failed(key); ok {
