@@ -79,6 +79,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	defer client.Close()
+	checker.Deadline = f.roundDeadline(f.interval)
 
 	// Transport security and node-bound credentials come with the trust
 	// issue; until then the stream is plaintext inside the cluster network.
