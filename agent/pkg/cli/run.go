@@ -114,6 +114,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	defer client.Close()
+	checker.Deadline = f.roundDeadline(f.interval)
 
 	mon := health.New(f.interval, connected)
 	mon.ReportEndpoints(endpoints)

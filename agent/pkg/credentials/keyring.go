@@ -111,6 +111,7 @@ type NodeKeyring struct {
 	checked   time.Time
 	stamp     string // identity of the files as last loaded
 	keyring   *dockerauth.Keyring
+	skipped   error           // files of the search path skipped as not parsing, as last loaded
 	reported  map[string]bool // problems already logged, by file stamp
 	sourceLog string          // the file in use, as last logged
 }
@@ -154,7 +155,16 @@ func (k *NodeKeyring) Lookup(ctx context.Context, ref imageref.Ref, _ []Pod) ([]
 	for _, up := range kr.Lookup(ref.Name()) {
 		out = append(out, Credential{Username: up.Username, Secret: up.Password, Source: SourceNodeKeyring})
 	}
-	return out, nil
+	return out, k.skippedErr()
+}
+
+// skippedErr names the files of the search path skipped because they do
+// not parse (the kubelet skips them too), so an image that is not
+// available says why its pull may lack credentials.
+func (k *NodeKeyring) skippedErr() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.skipped
 }
 
 // current returns the keyring, reloading it when the files changed.
@@ -195,6 +205,8 @@ func (k *NodeKeyring) stampFiles() string {
 // exists and parses wins, even when it holds no credentials.
 func (k *NodeKeyring) load(ctx context.Context) *dockerauth.Keyring {
 	kr := &dockerauth.Keyring{}
+	var skipped error
+	defer func() { k.skipped = skipped }()
 	for _, f := range k.files {
 		data, err := readBounded(f.path)
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && len(data) == 0) {
@@ -214,6 +226,7 @@ func (k *NodeKeyring) load(ctx context.Context) *dockerauth.Keyring {
 		if err != nil {
 			k.reportOnce(ctx, f.path, slog.LevelError, "node keyring file skipped, as the kubelet skips it; fix or remove the file",
 				"file", f.path, logging.ErrKey, err.Error())
+			skipped = errors.Join(skipped, fmt.Errorf("node keyring %s skipped, as the kubelet skips it: %w", f.path, err))
 			continue
 		}
 		if len(cfg.Ignored) > 0 {
