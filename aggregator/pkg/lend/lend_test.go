@@ -104,6 +104,7 @@ type nopObserver struct{}
 
 func (nopObserver) ReportReceived(string) {}
 func (nopObserver) ReportRejected(string) {}
+func (nopObserver) ImageRefused(string)   {}
 
 func ref(ns, name string) *pb.PodRef {
 	return &pb.PodRef{Namespace: ns, Name: name, Uid: "uid-" + name}
