@@ -58,6 +58,9 @@ func (c *Cluster) StartPrometheus(ctx context.Context, rules string) (*prometheu
 		return nil, err
 	}
 	sc := fmt.Sprintf(`  - job_name: kubernetes-pods
+    # The risk and compatibility families carry namespace, pod and
+    # container labels of their own (as the ServiceMonitor, docs/install.md).
+    honor_labels: true
     authorization: {credentials_file: %q}
     kubernetes_sd_configs:
       - role: pod
