@@ -468,7 +468,9 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.agentLog = filepath.Join(n.dir(), "agent.log")
 	n.agentArgs = n.agentCommonArgs()
-	n.agentArgs = append([]string{"run", "--aggregator", c.Aggregator.GRPC,
+	// The box has no ServiceAccount tokens and no TLS material: the
+	// aggregator runs with --insecure and --auth=none, said explicitly.
+	n.agentArgs = append([]string{"run", "--aggregator", c.Aggregator.GRPC, "--insecure",
 		"--interval", c.opts.Interval.String(), "--log-level", "debug"}, n.agentArgs...)
 	if err := n.startAgent(); err != nil {
 		return err
@@ -604,7 +606,8 @@ func (c *Cluster) startAggregator(ctx context.Context) error {
 		log:    filepath.Join(c.dir, "aggregator.log"),
 		detach: c.opts.Detach,
 	}
-	a.args = []string{"--grpc-listen", a.GRPC, "--http-listen", a.HTTP, "--stale-after", c.opts.StaleAfter.String(), "--log-level", "info"}
+	a.args = []string{"--grpc-listen", a.GRPC, "--http-listen", a.HTTP, "--stale-after", c.opts.StaleAfter.String(), "--log-level", "info",
+		"--auth=none", "--http-auth=none", "--insecure"}
 	c.Aggregator = a
 	if err := a.Start(ctx); err != nil {
 		return err

@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -24,6 +21,8 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 	c.register(s, env)
 	var aggregator string
 	s.StringVar(&aggregator, "aggregator", "", "gRPC `address` of pullwatch-aggregator (as run's --aggregator) to lend the imagePullSecrets of this node's pods. Empty: pull-secret lookup is off; the node keyring and credential provider plugins still count.")
+	var transport transportFlags // with --aggregator: as run's stream
+	transport.register(s)
 	output := "table"
 	s.Var(&envflag.Choice{Value: &output, Choices: []string{"table", "json"}}, "o", "Output `format`: table or json.")
 	s.Env("o", "PULLWATCH_OUTPUT")
@@ -33,8 +32,14 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 	ctx, log := newLogger(ctx, env, &c)
 	var lender credentials.Lender
 	if aggregator != "" {
-		// Plaintext, as run's streams until the trust issue's TLS.
-		conn, err := c.dialLender(log, aggregator, []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())})
+		// TLS and the token as run's streams have them (--ca-file,
+		// --token-file), or plaintext with --insecure.
+		security, err := transport.dialOptions(log, aggregator)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "pullwatch-agent check: %v\n", err)
+			return ExitSetup
+		}
+		conn, err := c.dialLender(log, aggregator, security)
 		if err != nil {
 			fmt.Fprintf(env.Stderr, "pullwatch-agent check: %v\n", err)
 			return ExitSetup

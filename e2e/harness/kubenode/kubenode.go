@@ -52,6 +52,8 @@ var nodeDirs = []string{
 	"/var/lib/cni",
 	"/var/log/pods",
 	"/var/log/containers",
+	// The agent DaemonSet's state directory (a hostPath): each node's own.
+	"/var/lib/pullwatch",
 }
 
 // Binaries this package runs besides the kube binaries.
