@@ -35,9 +35,10 @@ var aggregatorRBAC = []string{"aggregator.yaml", "aggregator-pull-secrets.yaml"}
 // another node, or a pod whose secrets do not match, gets nothing; no
 // password shows in the agent's output, the aggregator's log or metrics.
 //
-// Until the agents' tokens are verified (issue 12's authentication), the
-// aggregator runs with --lend-credentials=unverified-lab and takes the node
-// from the request; aggregator/pkg/lend's tests cover the verified path.
+// Here the aggregator runs as in the lab (--auth=none, plaintext) with
+// --lend-credentials=unverified-lab, so it takes the node from the request;
+// TestCredentialsLentToVerifiedAgents is the deployed path (TLS, tokens
+// minted by the API server and bound to agent pods on their nodes).
 func TestCredentialsPullSecret(t *testing.T) {
 	l := lab.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
@@ -91,7 +92,7 @@ func TestCredentialsPullSecret(t *testing.T) {
 	}
 	check := func(t *testing.T, extra ...string) agentcheck.Result {
 		t.Helper()
-		return cl.node.Check(t, append([]string{"--node-name", node, "--aggregator", grpcAddr, "--log-level", "debug"}, extra...)...)
+		return cl.node.Check(t, append([]string{"--node-name", node, "--aggregator", grpcAddr, "--insecure", "--log-level", "debug"}, extra...)...)
 	}
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -171,7 +172,7 @@ func TestCredentialsPullSecret(t *testing.T) {
 		})
 		t.Run("an aggregator lending only to verified agents: unauthorized, the refusal logged", func(t *testing.T) {
 			verifiedAddr, _, _ := l.StartAggregator(t, "--kubeconfig", kubeconfig)
-			run := cl.node.Check(t, "--node-name", node, "--aggregator", verifiedAddr)
+			run := cl.node.Check(t, "--node-name", node, "--aggregator", verifiedAddr, "--insecure")
 			cl.expectCredential(t, run, "unauthorized", "anonymous")
 			if !strings.Contains(run.Stderr, "lends no pull secrets") || !strings.Contains(run.Stderr, "verified agent token") {
 				t.Errorf("the log does not say the aggregator refused to lend, and why%s", run.Dump())
