@@ -7,6 +7,7 @@ require (
 	github.com/pullwatch/pullwatch/pkg v0.0.0
 	github.com/pullwatch/pullwatch/proto v0.0.0
 	go.uber.org/goleak v1.3.0
+	golang.org/x/sync v0.25.0
 	golang.org/x/time v0.15.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12

@@ -813,7 +813,7 @@ func TestAgentDaemonSet(t *testing.T) {
 		{"run command", slices.Equal(inv.subcommands, []string{"run"}), fmt.Sprintf("subcommands %q, want [run]", inv.subcommands)},
 		{"hostNetwork", spec.HostNetwork, "hostNetwork must be true: the agent probes registries from the node's network path"},
 		{"dnsPolicy", spec.DNSPolicy == corev1.DNSDefault, fmt.Sprintf("dnsPolicy %q, want Default (the node's resolver; the aggregator is found through EndpointSlices, not cluster DNS)", spec.DNSPolicy)},
-		{"token", spec.AutomountServiceAccountToken != nil && *spec.AutomountServiceAccountToken, "automountServiceAccountToken must be true: the agent reads its node's pods and their pull secrets"},
+		{"token", spec.AutomountServiceAccountToken != nil && *spec.AutomountServiceAccountToken, "automountServiceAccountToken must be true: the agent finds the aggregator through its EndpointSlices"},
 		{"liveness probe", c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path == "/healthz" && c.LivenessProbe.HTTPGet.Port.String() == "health", "want an httpGet /healthz liveness probe on the health port"},
 		{"readiness probe", c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path == "/readyz" && c.ReadinessProbe.HTTPGet.Port.String() == "health", "want an httpGet /readyz readiness probe on the health port"},
 		{"rolling update", ds.Spec.UpdateStrategy.Type == appsv1.RollingUpdateDaemonSetStrategyType && ds.Spec.UpdateStrategy.RollingUpdate != nil && ds.Spec.UpdateStrategy.RollingUpdate.MaxUnavailable != nil,
@@ -1043,13 +1043,16 @@ func TestAggregatorPorts(t *testing.T) {
 func TestRBAC(t *testing.T) {
 	// What each ServiceAccount may do, cluster-wide: resource -> verbs.
 	want := map[string]map[string][]string{
-		// The aggregator's informers list and watch (aggregator/pkg/kubewatch);
-		// it gets the pod of an agent token whose review names no node, and
-		// reviews agent and scraper tokens and scrapers' access
-		// (aggregator/pkg/authn).
+		// The aggregator's informers list and watch (aggregator/pkg/kubewatch,
+		// aggregator/pkg/lend); it gets the pod of an agent token whose
+		// review names no node, and reviews agent and scraper tokens and
+		// scrapers' access (aggregator/pkg/authn); it gets the pull secrets
+		// it lends, one get each (aggregator/pkg/lend).
 		aggregatorName: {"nodes": {"list", "watch"}, "pods": {"get", "list", "watch"}, "replicasets": {"list", "watch"}, "jobs": {"list", "watch"},
-			"tokenreviews": {"create"}, "subjectaccessreviews": {"create"}},
-		agentName: {"pods": {"list", "watch"}, "secrets": {"get"}},
+			"tokenreviews": {"create"}, "subjectaccessreviews": {"create"}, "secrets": {"get"}},
+		// The agent: nothing cluster-wide, no pods, no secrets (its pull
+		// secrets are lent by the aggregator).
+		agentName: {},
 	}
 	// The API group of each resource.
 	groups := map[string]string{"nodes": "", "pods": "", "secrets": "", "replicasets": "apps", "jobs": "batch",

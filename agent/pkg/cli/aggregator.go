@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 
+	"google.golang.org/grpc"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/discovery"
@@ -26,6 +28,9 @@ type replicaWatch struct {
 	// :authority of the streams to its pods' addresses, and the name TLS
 	// verifies the aggregator's certificate against.
 	authority string
+	// client and target make the lending channel's resolver (lenderConn).
+	client kubernetes.Interface
+	target discovery.Target
 }
 
 // aggregatorReplicas returns, for a kubernetes:/// aggregator, the watch of
@@ -62,5 +67,41 @@ func (c *common) aggregatorReplicas(log *slog.Logger, aggregator string) (*repli
 			discovery.Watch(ctx, client, target, dlog, onChange)
 		},
 		authority: target.Service + "." + target.Namespace + ".svc",
+		client:    client,
+		target:    target,
 	}, nil
+}
+
+// lenderConn dials the channel credential lending (ReportService.Credentials)
+// uses for a kubernetes:/// aggregator: one gRPC channel over the Service's
+// ready endpoints (discovery's resolver), whose balancer sends each call to
+// one ready replica: every replica lends alike, so unlike the report
+// streams one is enough. security are the streams' own transport options.
+func (rw *replicaWatch) lenderConn(log *slog.Logger, aggregator string, security []grpc.DialOption) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(aggregator, append(slices.Clone(security),
+		grpc.WithResolvers(discovery.NewBuilder(rw.client, log.With("component", "discovery"))),
+		grpc.WithAuthority(rw.authority))...)
+	if err != nil {
+		return nil, fmt.Errorf("aggregator address %q: %w", aggregator, err)
+	}
+	return conn, nil
+}
+
+// dialLender returns the connection credential lending uses for
+// aggregator (check's --aggregator): the kubernetes:/// form through the
+// Service's ready endpoints, HOST:PORT as it is. It does not connect: gRPC
+// connects on first use.
+func (c *common) dialLender(log *slog.Logger, aggregator string, security []grpc.DialOption) (*grpc.ClientConn, error) {
+	rw, err := c.aggregatorReplicas(log, aggregator)
+	if err != nil {
+		return nil, err
+	}
+	if rw != nil {
+		return rw.lenderConn(log, aggregator, security)
+	}
+	conn, err := grpc.NewClient(aggregator, security...)
+	if err != nil {
+		return nil, fmt.Errorf("aggregator address %q: %w", aggregator, err)
+	}
+	return conn, nil
 }

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
 const checkSummary = `Checks every image this node runs or has cached, once, from this node's
@@ -17,6 +19,10 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 	s := envflag.New("pullwatch-agent check", "pullwatch-agent check [flags]", checkSummary)
 	var c common
 	c.register(s, env)
+	var aggregator string
+	s.StringVar(&aggregator, "aggregator", "", "gRPC `address` of pullwatch-aggregator (as run's --aggregator) to lend the imagePullSecrets of this node's pods. Empty: pull-secret lookup is off; the node keyring and credential provider plugins still count.")
+	var transport transportFlags // with --aggregator: as run's stream
+	transport.register(s)
 	output := "table"
 	s.Var(&envflag.Choice{Value: &output, Choices: []string{"table", "json"}}, "o", "Output `format`: table or json.")
 	s.Env("o", "PULLWATCH_OUTPUT")
@@ -24,7 +30,24 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 		return code
 	}
 	ctx, log := newLogger(ctx, env, &c)
-	checker, client, err := c.setup(ctx, log)
+	var lender credentials.Lender
+	if aggregator != "" {
+		// TLS and the token as run's streams have them (--ca-file,
+		// --token-file), or plaintext with --insecure.
+		security, err := transport.dialOptions(log, aggregator)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "pullwatch-agent check: %v\n", err)
+			return ExitSetup
+		}
+		conn, err := c.dialLender(log, aggregator, security)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "pullwatch-agent check: %v\n", err)
+			return ExitSetup
+		}
+		defer conn.Close()
+		lender = pb.NewReportServiceClient(conn)
+	}
+	checker, client, err := c.setup(ctx, log, lender)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent check: %v\n", err)
 		return ExitSetup

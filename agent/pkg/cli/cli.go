@@ -23,7 +23,6 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/probe"
 	"github.com/pullwatch/pullwatch/agent/pkg/round"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
-	"github.com/pullwatch/pullwatch/pkg/kubeapi"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
@@ -158,7 +157,7 @@ func (c *common) register(s *envflag.Set, env Env) {
 	s.Var(&envflag.IntRange{Value: &c.concurrency, Min: 1, Max: 256}, "concurrency", "Probes in flight at once in all (`count`, 1-256).")
 	s.Var((*envflag.LogLevel)(&c.logLevel), "log-level", "Least severe `level` to log: debug, info, warn or error.")
 	s.Var(&envflag.Choice{Value: &c.logFormat, Choices: []string{"text", "json"}}, "log-format", "Log `format` on stderr: text or json.")
-	s.StringVar(&c.kubeconfig, "kubeconfig", "", "`path` to a kubeconfig, used outside a cluster. Without one and outside a cluster, pull-secret lookup is off.")
+	s.StringVar(&c.kubeconfig, "kubeconfig", "", "`path` to a kubeconfig, used outside a cluster by --aggregator kubernetes:///... (the agent reads only the aggregator's EndpointSlices; pull secrets are lent by the aggregator).")
 	s.Env("kubeconfig", "KUBECONFIG")
 
 	c.containerdConfig = hosts.DefaultContainerdConfig
@@ -179,7 +178,7 @@ func (c *common) register(s *envflag.Set, env Env) {
 	c.pullSecrets = "on"
 	s.StringVar(&c.dockerConfig, "docker-config", "", "The node keyring (`path`, under --host-root): a config.json or .dockercfg file, or a dir holding one. Default: the kubelet's search path, /var/lib/kubelet/config.json first (see docs/credentials.md).")
 	s.Var(&envflag.Choice{Value: &c.pullSecrets, Choices: []string{"on", "off"}}, "pull-secrets",
-		"Use the imagePullSecrets of the pods on this node (`on|off`); needs the Kubernetes API and RBAC get on secrets.")
+		"Use the imagePullSecrets of the pods on this node (`on|off`), lent by the aggregator (--aggregator; the agent itself has no RBAC on secrets or pods).")
 	s.StringVar(&c.providerConfig, "image-credential-provider-config", "", "The kubelet's credential provider config (`path`, under --host-root), as its flag of that name. Empty: no plugins.")
 	s.StringVar(&c.providerBinDir, "image-credential-provider-bin-dir", "", "The kubelet's credential provider plugin `dir` (under --host-root), as its flag of that name.")
 }
@@ -220,14 +219,11 @@ func parse(s *envflag.Set, args []string, env Env, c *common) (int, bool) {
 	return 0, true
 }
 
-// setup connects to the runtime and builds the checker.
-func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *cri.Client, error) {
+// setup connects to the runtime and builds the checker. lender is the
+// aggregator that lends pull secrets, nil without one.
+func (c *common) setup(ctx context.Context, log *slog.Logger, lender credentials.Lender) (*round.Checker, *cri.Client, error) {
 	c.trustNodeCAs(log)
-	kube, err := kubeapi.Announce(log, c.kubeconfig, "pull-secret lookup is")
-	if err != nil {
-		return nil, nil, err
-	}
-	creds, err := c.credentials(ctx, log, kube)
+	creds, err := c.credentials(ctx, log, lender)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -275,15 +271,11 @@ func (c *common) setup(ctx context.Context, log *slog.Logger) (*round.Checker, *
 }
 
 // credentials builds the pull-credential sources in the kubelet's order.
-func (c *common) credentials(ctx context.Context, log *slog.Logger, kube *kubeapi.Config) (credentials.Chain, error) {
-	opts := credentials.Options{
-		NodeName: c.nodeName, Root: c.root, DockerConfig: c.dockerConfig, PullSecrets: c.pullSecrets == "on",
-		ProviderConfig: c.providerConfig, ProviderBinDir: c.providerBinDir, UserAgent: "pullwatch-agent/" + Version, Log: log,
-	}
-	if kube != nil {
-		opts.Kube = kube.Rest
-	}
-	return credentials.New(ctx, opts)
+func (c *common) credentials(ctx context.Context, log *slog.Logger, lender credentials.Lender) (credentials.Chain, error) {
+	return credentials.New(ctx, credentials.Options{
+		NodeName: c.nodeName, Root: c.root, DockerConfig: c.dockerConfig, PullSecrets: c.pullSecrets == "on", Lender: lender,
+		ProviderConfig: c.providerConfig, ProviderBinDir: c.providerBinDir, Log: log,
+	})
 }
 
 // trustNodeCAs points Go's system trust store at the node's CA bundle

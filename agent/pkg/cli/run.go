@@ -16,6 +16,7 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/health"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
 const runSummary = `Runs the agent daemon: checks every image on this node every --interval
@@ -74,16 +75,8 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
 		return ExitSetup
 	}
-	checker, client, err := f.setup(ctx, log)
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
-		return ExitSetup
-	}
-	defer client.Close()
-	checker.Deadline = f.roundDeadline(f.interval)
-
 	// TLS to the aggregator (its CA) and the node-bound token on every
-	// stream, or plaintext with --insecure.
+	// stream and on credential lending, or plaintext with --insecure.
 	dialOpts, err := f.transport.dialOptions(log, f.aggregator)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
@@ -93,6 +86,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		sc        daemon.Stream
 		connected func() bool
 		endpoints func() map[string]bool
+		lendConn  *grpc.ClientConn // credential lending's connection
 	)
 	if replicas != nil {
 		// One stream per ready aggregator replica, each dialed at its
@@ -102,6 +96,11 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		}, log)
 		go replicas.watch(ctx, rs.SetAddresses)
 		sc, connected, endpoints = rs, rs.Connected, rs.Endpoints
+		if lendConn, err = replicas.lenderConn(log, f.aggregator, dialOpts); err != nil {
+			fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
+			return ExitSetup
+		}
+		defer lendConn.Close()
 	} else {
 		conn, err := grpc.NewClient(f.aggregator, dialOpts...)
 		if err != nil {
@@ -112,7 +111,16 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		c := stream.New(conn, log.With("aggregator", f.aggregator))
 		sc, connected = c, c.Connected
 		endpoints = func() map[string]bool { return map[string]bool{f.aggregator: c.Connected()} }
+		lendConn = conn // the stream's own connection
 	}
+	checker, client, err := f.setup(ctx, log, pb.NewReportServiceClient(lendConn))
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
+		return ExitSetup
+	}
+	defer client.Close()
+	checker.Deadline = f.roundDeadline(f.interval)
+
 	mon := health.New(f.interval, connected)
 	mon.ReportEndpoints(endpoints)
 	d := &daemon.Daemon{

@@ -37,8 +37,9 @@ func (c Credential) String() string { return "credential from " + c.Source }
 func (c Credential) GoString() string { return c.String() }
 
 // Pod names a pod that uses an image; its pull secrets apply to the image.
+// UID is the pod's, as the runtime knows it (the kubelet's sandbox label).
 type Pod struct {
-	Namespace, Name string
+	Namespace, Name, UID string
 }
 
 // Provider returns the credentials to try for ref, in the kubelet's order.

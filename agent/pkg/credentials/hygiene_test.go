@@ -10,9 +10,7 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
 // TestSecretsNeverShown drives every source, working and broken, with a
@@ -37,25 +35,14 @@ func TestSecretsNeverShown(t *testing.T) {
 	brokenAuth := filepath.Join(root, "brokenauth", "config.json")
 	writeFile(t, brokenAuth, `{"auths":{"registry.example":{"auth":"`+b64(secret)+`"}}}`)
 
-	// Pull secrets: a good secret and a corrupt one.
-	client := fake.NewClientset(
-		pod("shop", "web", "node-a", "good", "corrupt"),
-		dockerConfigSecret("shop", "good", "registry.example", "user", secret),
-		&corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "corrupt"},
-			Type:       corev1.SecretTypeDockerConfigJson,
-			Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(`{"auths":{"registry.example":{"password":` + secret + `}}}`)},
-		},
-	)
-	ps, err := NewPullSecrets(client, PullSecretsOptions{NodeName: "node-a", Log: log})
+	// Pull secrets: the aggregator lends the secret, and says a corrupt
+	// one cannot be used (its problem text, as the aggregator words it).
+	ps, err := NewPullSecrets(PullSecretsOptions{NodeName: "node-a", Log: log, Lender: &fakeLender{resp: &pb.CredentialsResponse{
+		Credentials: []*pb.LentCredential{{Username: "user", Password: secret, Secret: "shop/good"}},
+		Problems:    []string{"shop/corrupt: type kubernetes.io/dockerconfigjson: not valid JSON (syntax error at byte 40)"},
+	}}})
 	if err != nil {
 		t.Fatal(err)
-	}
-	pctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ps.Start(pctx)
-	if !ps.WaitForSync(pctx) {
-		t.Fatal("no sync")
 	}
 
 	// Plugins: one answering the secret, one failing with it on stderr,
@@ -94,7 +81,7 @@ providers:
 	}
 
 	ref := mustRef(t, "registry.example/app:v1")
-	pods := []Pod{{"shop", "web"}}
+	pods := []Pod{{"shop", "web", "uid-web"}}
 	var shown []string
 	var found int
 	for _, p := range []Provider{

@@ -15,6 +15,8 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	"github.com/pullwatch/pullwatch/pkg/logging"
+
+	"github.com/pullwatch/pullwatch/pkg/dockerauth"
 )
 
 // configFile is one place the node keyring may come from.
@@ -108,7 +110,8 @@ type NodeKeyring struct {
 	mu        sync.Mutex
 	checked   time.Time
 	stamp     string // identity of the files as last loaded
-	keyring   *keyring
+	keyring   *dockerauth.Keyring
+	skipped   error           // files of the search path skipped as not parsing, as last loaded
 	reported  map[string]bool // problems already logged, by file stamp
 	sourceLog string          // the file in use, as last logged
 }
@@ -149,14 +152,23 @@ func (k *NodeKeyring) Files() []string {
 func (k *NodeKeyring) Lookup(ctx context.Context, ref imageref.Ref, _ []Pod) ([]Credential, error) {
 	kr := k.current(ctx)
 	var out []Credential
-	for _, up := range kr.lookup(ref.Name()) {
-		out = append(out, Credential{Username: up.username, Secret: up.password, Source: SourceNodeKeyring})
+	for _, up := range kr.Lookup(ref.Name()) {
+		out = append(out, Credential{Username: up.Username, Secret: up.Password, Source: SourceNodeKeyring})
 	}
-	return out, kr.skipped
+	return out, k.skippedErr()
+}
+
+// skippedErr names the files of the search path skipped because they do
+// not parse (the kubelet skips them too), so an image that is not
+// available says why its pull may lack credentials.
+func (k *NodeKeyring) skippedErr() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.skipped
 }
 
 // current returns the keyring, reloading it when the files changed.
-func (k *NodeKeyring) current(ctx context.Context) *keyring {
+func (k *NodeKeyring) current(ctx context.Context) *dockerauth.Keyring {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	now := k.now()
@@ -191,8 +203,10 @@ func (k *NodeKeyring) stampFiles() string {
 
 // load reads the search path as the kubelet does: the first file that
 // exists and parses wins, even when it holds no credentials.
-func (k *NodeKeyring) load(ctx context.Context) *keyring {
-	kr := &keyring{}
+func (k *NodeKeyring) load(ctx context.Context) *dockerauth.Keyring {
+	kr := &dockerauth.Keyring{}
+	var skipped error
+	defer func() { k.skipped = skipped }()
 	for _, f := range k.files {
 		data, err := readBounded(f.path)
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && len(data) == 0) {
@@ -201,28 +215,28 @@ func (k *NodeKeyring) load(ctx context.Context) *keyring {
 			// on a node without a keyring, so it is not worth a complaint.
 			continue
 		}
-		var cfg parsedConfig
+		var cfg dockerauth.Config
 		if err == nil {
 			if f.legacy {
-				cfg, err = parseDockercfg(data)
+				cfg, err = dockerauth.ParseDockercfg(data)
 			} else {
-				cfg, err = parseDockerConfigJSON(data)
+				cfg, err = dockerauth.ParseConfigJSON(data)
 			}
 		}
 		if err != nil {
 			k.reportOnce(ctx, f.path, slog.LevelError, "node keyring file skipped, as the kubelet skips it; fix or remove the file",
 				"file", f.path, logging.ErrKey, err.Error())
-			kr.skipped = errors.Join(kr.skipped, fmt.Errorf("node keyring %s skipped, as the kubelet skips it: %w", f.path, err))
+			skipped = errors.Join(skipped, fmt.Errorf("node keyring %s skipped, as the kubelet skips it: %w", f.path, err))
 			continue
 		}
-		if len(cfg.ignored) > 0 {
+		if len(cfg.Ignored) > 0 {
 			k.reportOnce(ctx, f.path+"#ignored", slog.LevelDebug, "node keyring: parts the kubelet does not use are ignored",
-				"file", f.path, "ignored", cfg.ignored)
+				"file", f.path, "ignored", cfg.Ignored)
 		}
-		kr.add(cfg.entries)
+		kr.Add(cfg.Entries)
 		if k.sourceLog != f.path {
 			k.sourceLog = f.path
-			k.log.InfoContext(ctx, "node keyring loaded", "file", f.path, "registries", len(kr.index))
+			k.log.InfoContext(ctx, "node keyring loaded", "file", f.path, "registries", kr.Len())
 		}
 		return kr
 	}
@@ -246,7 +260,7 @@ func (k *NodeKeyring) reportOnce(ctx context.Context, what string, level slog.Le
 	k.log.Log(ctx, level, msg, args...)
 }
 
-// readBounded reads a regular file of at most maxConfigBytes.
+// readBounded reads a regular file of at most dockerauth.MaxConfigBytes.
 func readBounded(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -260,12 +274,12 @@ func readBounded(path string) ([]byte, error) {
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("not a regular file")
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxConfigBytes+1))
+	data, err := io.ReadAll(io.LimitReader(f, dockerauth.MaxConfigBytes+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > maxConfigBytes {
-		return nil, fmt.Errorf("larger than %d bytes; a docker config is a few KiB", maxConfigBytes)
+	if len(data) > dockerauth.MaxConfigBytes {
+		return nil, fmt.Errorf("larger than %d bytes; a docker config is a few KiB", dockerauth.MaxConfigBytes)
 	}
 	return data, nil
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	"github.com/pullwatch/pullwatch/pkg/logging/logtest"
+
+	"github.com/pullwatch/pullwatch/pkg/dockerauth"
 )
 
 // quiet is for tests that do not read the log.
@@ -176,7 +178,7 @@ func TestNodeKeyringDockerConfigFlag(t *testing.T) {
 	}
 
 	big := filepath.Join(dir, "big.json")
-	writeFile(t, big, configJSON("registry.example", "big", "3")+strings.Repeat(" ", maxConfigBytes))
+	writeFile(t, big, configJSON("registry.example", "big", "3")+strings.Repeat(" ", dockerauth.MaxConfigBytes))
 	log, logs := testLogger()
 	if c, _ := NewNodeKeyring(KeyringOptions{DockerConfig: big, Log: log}).Lookup(ctx, ref, nil); len(c) != 0 {
 		t.Errorf("a file over 1 MiB was used: %v", c)

@@ -14,6 +14,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	credentialproviderv1 "k8s.io/kubelet/pkg/apis/credentialprovider/v1"
+
+	"github.com/pullwatch/pullwatch/pkg/dockerauth"
 )
 
 // pluginResponse is a CredentialProviderResponse reduced to what is used.
@@ -21,7 +23,7 @@ type pluginResponse struct {
 	cacheKeyType string
 	// cacheDuration is nil when the plugin did not say.
 	cacheDuration *time.Duration
-	entries       []entry
+	entries       []dockerauth.Entry
 }
 
 // exec runs the plugin once for image, as the kubelet's execPlugin does:
@@ -42,7 +44,7 @@ func (p *plugin) exec(ctx context.Context, image string) (pluginResponse, error)
 	cmd := exec.CommandContext(ctx, p.path, p.args...)
 	cmd.Env = append(p.environ(), p.env...) // later entries win, as in the kubelet
 	cmd.Stdin = bytes.NewReader(req)
-	stdout := &boundedBuffer{max: maxConfigBytes}
+	stdout := &boundedBuffer{max: dockerauth.MaxConfigBytes}
 	stderr := &countingWriter{}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	// A plugin's own children die with it, and a child holding the pipes
@@ -87,12 +89,12 @@ func describeExecError(err error) error {
 // CredentialProviderResponse, no unknown fields, a known cacheKeyType.
 // Errors never quote the response: it holds credentials.
 func parsePluginResponse(data []byte, apiVersion string) (pluginResponse, error) {
-	if len(data) > maxConfigBytes {
-		return pluginResponse{}, fmt.Errorf("response larger than %d bytes", maxConfigBytes)
+	if len(data) > dockerauth.MaxConfigBytes {
+		return pluginResponse{}, fmt.Errorf("response larger than %d bytes", dockerauth.MaxConfigBytes)
 	}
 	var tm metav1.TypeMeta
 	if err := json.Unmarshal(data, &tm); err != nil {
-		return pluginResponse{}, fmt.Errorf("response is %w", describeJSONError(err))
+		return pluginResponse{}, fmt.Errorf("response is %w", dockerauth.DescribeJSONError(err))
 	}
 	if tm.APIVersion != apiVersion {
 		return pluginResponse{}, fmt.Errorf("response apiVersion %q, want %q (the provider's apiVersion)", tm.APIVersion, apiVersion)
@@ -127,7 +129,7 @@ func parsePluginResponse(data []byte, apiVersion string) (pluginResponse, error)
 		if a.Username == "" && a.Password == "" {
 			continue // an empty credential pulls anonymously: none at all
 		}
-		out.entries = append(out.entries, entry{key: k, userPass: userPass{a.Username, a.Password}})
+		out.entries = append(out.entries, dockerauth.Entry{Key: k, Credential: dockerauth.Credential{Username: a.Username, Password: a.Password}})
 	}
 	return out, nil
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+
+	"github.com/pullwatch/pullwatch/pkg/dockerauth"
 )
 
 // PluginsOptions configure Plugins.
@@ -73,7 +75,7 @@ type plugin struct {
 }
 
 type pluginCacheEntry struct {
-	entries []entry
+	entries []dockerauth.Entry
 	expires time.Time
 }
 
@@ -173,7 +175,7 @@ func (ps *Plugins) Lookup(ctx context.Context, ref imageref.Ref, _ []Pod) ([]Cre
 		return nil, nil
 	}
 	image := ref.Name()
-	kr := &keyring{}
+	kr := &dockerauth.Keyring{}
 	var errs []error
 	for _, p := range ps.providers {
 		if !p.matches(image) {
@@ -184,18 +186,18 @@ func (ps *Plugins) Lookup(ctx context.Context, ref imageref.Ref, _ []Pod) ([]Cre
 			errs = append(errs, err)
 			continue
 		}
-		kr.add(entries)
+		kr.Add(entries)
 	}
 	var out []Credential
-	for _, up := range kr.lookup(image) {
-		out = append(out, Credential{Username: up.username, Secret: up.password, Source: SourceCredentialProvider})
+	for _, up := range kr.Lookup(image) {
+		out = append(out, Credential{Username: up.Username, Secret: up.Password, Source: SourceCredentialProvider})
 	}
 	return out, errors.Join(errs...)
 }
 
 func (p *plugin) matches(image string) bool {
 	for _, m := range p.matchImages {
-		if matchImage(m, image) {
+		if dockerauth.MatchImage(m, image) {
 			return true
 		}
 	}
@@ -205,7 +207,7 @@ func (p *plugin) matches(image string) bool {
 // provide returns the provider's auth entries for image: cached (by image,
 // then registry, then global, as the kubelet looks), else from one run of
 // the plugin (concurrent lookups of the same image share it).
-func (p *plugin) provide(ctx context.Context, image string) ([]entry, error) {
+func (p *plugin) provide(ctx context.Context, image string) ([]dockerauth.Entry, error) {
 	if entries, ok, err := p.cached(image); ok || err != nil {
 		return entries, err
 	}
@@ -225,12 +227,12 @@ func (p *plugin) provide(ctx context.Context, image string) ([]entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v.([]entry), nil
+	return v.([]dockerauth.Entry), nil
 }
 
 // cached looks the cache up; on a miss during a failure backoff it
 // returns the failure.
-func (p *plugin) cached(image string) ([]entry, bool, error) {
+func (p *plugin) cached(image string) ([]dockerauth.Entry, bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/pkg/logging/logtest"
+
+	"github.com/pullwatch/pullwatch/pkg/dockerauth"
 )
 
 // scriptPlugin is a credential provider plugin written as a shell script:
@@ -202,7 +204,7 @@ func TestPluginsFailures(t *testing.T) {
 		{name: "bad cacheKeyType", resp: response("Pod", "", nil), want: `cacheKeyType "Pod"`},
 		{name: "unknown field", resp: `{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Image","s3cr3t-field":1}`, want: "not a valid CredentialProviderResponse"},
 		{name: "not JSON", resp: "s3cr3t-stdout", want: "not valid JSON"},
-		{name: "too large", resp: strings.Repeat("s3cr3t-stdout ", maxConfigBytes/8), want: "more than 1048576 bytes"},
+		{name: "too large", resp: strings.Repeat("s3cr3t-stdout ", dockerauth.MaxConfigBytes/8), want: "more than 1048576 bytes"},
 		{name: "binary missing", setup: func(l *pluginLab) { _ = os.Remove(filepath.Join(l.binDir, "script")) }, want: "no such file"},
 	}
 	for _, tt := range tests {
@@ -390,8 +392,8 @@ func FuzzParsePluginResponse(f *testing.F) {
 		if r.cacheKeyType != "Image" && r.cacheKeyType != "Registry" && r.cacheKeyType != "Global" {
 			t.Fatalf("cacheKeyType %q accepted", r.cacheKeyType)
 		}
-		kr := &keyring{}
-		kr.add(r.entries)
-		_ = kr.lookup("a.example/x")
+		kr := &dockerauth.Keyring{}
+		kr.Add(r.entries)
+		_ = kr.Lookup("a.example/x")
 	})
 }

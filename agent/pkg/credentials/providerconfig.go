@@ -7,6 +7,8 @@ import (
 
 	kubeletconfigv1 "k8s.io/kubelet/config/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/pullwatch/pullwatch/pkg/dockerauth"
 )
 
 // The kubelet's CredentialProviderConfig (--image-credential-provider-config)
@@ -32,8 +34,8 @@ var pluginAPIVersions = map[string]bool{
 // validateCredentialProviderConfig do. Errors name the field, never a
 // value from env (which may hold secrets).
 func parseProviderConfig(data []byte) (*kubeletconfigv1.CredentialProviderConfig, error) {
-	if len(data) > maxConfigBytes {
-		return nil, fmt.Errorf("larger than %d bytes", maxConfigBytes)
+	if len(data) > dockerauth.MaxConfigBytes {
+		return nil, fmt.Errorf("larger than %d bytes", dockerauth.MaxConfigBytes)
 	}
 	var cfg kubeletconfigv1.CredentialProviderConfig
 	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
@@ -68,7 +70,7 @@ func parseProviderConfig(data []byte) (*kubeletconfigv1.CredentialProviderConfig
 			errs = append(errs, fmt.Errorf("%s.matchImages: at least one is required", field))
 		}
 		for j, m := range p.MatchImages {
-			if _, err := parseSchemeless(m); err != nil {
+			if !dockerauth.ValidPattern(m) {
 				errs = append(errs, fmt.Errorf("%s.matchImages[%d] %q: not a schemeless URL", field, j, m))
 			}
 		}

@@ -5,87 +5,97 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sync/singleflight"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
-	"github.com/pullwatch/pullwatch/pkg/logging"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
+
+// Lender is the aggregator's ReportService.Credentials, which
+// pb.ReportServiceClient implements.
+type Lender interface {
+	Credentials(ctx context.Context, in *pb.CredentialsRequest, opts ...grpc.CallOption) (*pb.CredentialsResponse, error)
+}
 
 // PullSecretsOptions configure PullSecrets.
 type PullSecretsOptions struct {
-	// NodeName selects the pods watched: spec.nodeName=NodeName.
+	// NodeName is sent with each request; the aggregator uses it only
+	// when it lends to unverified callers (a lab): otherwise the node is
+	// the one the agent's token is bound to.
 	NodeName string
-	// TTL is how long a secret read from the API is used before it is read
-	// again. Default 1 minute. A change of a pod's imagePullSecrets drops
-	// the secrets it names at once.
-	TTL time.Duration
-	Log *slog.Logger
-	Now func() time.Time
+	// Lender is the aggregator, over the agent's connection to it.
+	Lender Lender
+	// MaxCache bounds how long an answer is kept in memory, whatever the
+	// aggregator's cache_for says. Default 1 minute.
+	MaxCache time.Duration
+	// Timeout bounds one request. Default 10s.
+	Timeout time.Duration
+	Log     *slog.Logger
+	Now     func() time.Time
 }
 
-// PullSecrets finds the imagePullSecrets of the pods on this node: a pod
-// informer field-selected to the node, and a `get` of each secret those
-// pods name, cached for TTL. It never lists or watches secrets.
+// PullSecrets finds the imagePullSecrets of the pods on this node by
+// asking the aggregator, which lends them as the Node authorizer would let
+// this node's kubelet read them: the agent itself has no RBAC on Secrets
+// or Pods. The pods are the runtime's (CRI sandbox namespace, name and
+// UID); the aggregator answers only for those it sees bound to this node.
+// Answers are held in memory only, for at most MaxCache.
 type PullSecrets struct {
-	client   kubernetes.Interface
+	lender   Lender
 	node     string
-	ttl      time.Duration
+	maxCache time.Duration
+	timeout  time.Duration
 	log      *slog.Logger
 	now      func() time.Time
-	factory  informers.SharedInformerFactory
-	informer cache.SharedIndexInformer
 
 	group    singleflight.Group
 	mu       sync.Mutex
-	secrets  map[secretKey]cachedSecret
+	answers  map[string]cachedAnswer
 	swept    time.Time
 	reported map[string]bool
 }
 
-type secretKey struct{ namespace, name string }
-
-func (k secretKey) String() string { return k.namespace + "/" + k.name }
-
-// cachedSecret is a secret's docker config as last read, or why it could
-// not be used.
-type cachedSecret struct {
-	fetched time.Time
-	ttl     time.Duration
-	entries []entry
+// cachedAnswer is one request's answer, or why there was none.
+type cachedAnswer struct {
+	expires time.Time
+	creds   []Credential
 	err     error // never holds secret data
 }
 
-// transientTTL bounds how long an API error (other than not found) is
-// remembered, so a flaky API is asked again soon but not once per image.
-const transientTTL = 10 * time.Second
+// Cache bounds: errors are asked again soon; at most maxAnswers answers
+// are kept (an image and its pods each), far more than a node's images.
+const (
+	errorTTL   = 10 * time.Second
+	maxAnswers = 4096
+)
 
-// NewPullSecrets prepares the pod informer; Start runs it.
-func NewPullSecrets(client kubernetes.Interface, opts PullSecretsOptions) (*PullSecrets, error) {
-	if opts.NodeName == "" {
-		return nil, errors.New("pull secrets: no node name")
+// NewPullSecrets returns the pull-secret source asking opts.Lender.
+func NewPullSecrets(opts PullSecretsOptions) (*PullSecrets, error) {
+	if opts.Lender == nil {
+		return nil, errors.New("pull secrets: no aggregator to ask")
 	}
 	p := &PullSecrets{
-		client:   client,
+		lender:   opts.Lender,
 		node:     opts.NodeName,
-		ttl:      opts.TTL,
+		maxCache: opts.MaxCache,
+		timeout:  opts.Timeout,
 		log:      opts.Log,
 		now:      opts.Now,
-		secrets:  map[secretKey]cachedSecret{},
+		answers:  map[string]cachedAnswer{},
 		reported: map[string]bool{},
 	}
-	if p.ttl <= 0 {
-		p.ttl = time.Minute
+	if p.maxCache <= 0 {
+		p.maxCache = time.Minute
+	}
+	if p.timeout <= 0 {
+		p.timeout = 10 * time.Second
 	}
 	if p.log == nil {
 		p.log = slog.Default()
@@ -93,194 +103,103 @@ func NewPullSecrets(client kubernetes.Interface, opts PullSecretsOptions) (*Pull
 	if p.now == nil {
 		p.now = time.Now
 	}
-	selector := fields.OneTermEqualSelector("spec.nodeName", opts.NodeName).String()
-	p.factory = informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = selector }),
-		informers.WithTransform(slimPod))
-	p.informer = p.factory.Core().V1().Pods().Informer()
-	_, err := p.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { p.forgetPod(obj) },
-		UpdateFunc: func(oldObj, newObj any) {
-			o, okOld := oldObj.(*corev1.Pod)
-			n, okNew := newObj.(*corev1.Pod)
-			if okOld && okNew && o.UID == n.UID && slices.Equal(o.Spec.ImagePullSecrets, n.Spec.ImagePullSecrets) {
-				return // status churn: the secrets it names are the same
-			}
-			p.forgetPod(oldObj)
-			p.forgetPod(newObj)
-		},
-		DeleteFunc: func(obj any) { p.forgetPod(obj) },
-	})
-	if err != nil {
-		return nil, fmt.Errorf("pull secrets: pod informer: %w", err)
-	}
 	return p, nil
 }
 
-// Start runs the pod informer until ctx ends.
-func (p *PullSecrets) Start(ctx context.Context) { p.factory.Start(ctx.Done()) }
-
-// WaitForSync waits until the pods of the node are listed, or ctx ends.
-func (p *PullSecrets) WaitForSync(ctx context.Context) bool {
-	return cache.WaitForCacheSync(ctx.Done(), p.informer.HasSynced)
-}
-
-// slimPod keeps only what pull-secret lookup needs of a pod, so a node's
-// pods cost little memory whatever their specs hold.
-func slimPod(obj any) (any, error) {
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return obj, nil // a tombstone: kept as is
-	}
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
-		},
-		Spec: corev1.PodSpec{NodeName: pod.Spec.NodeName, ImagePullSecrets: pod.Spec.ImagePullSecrets},
-	}, nil
-}
-
-// forgetPod drops the cached secrets a pod names.
-func (p *PullSecrets) forgetPod(obj any) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, s := range pod.Spec.ImagePullSecrets {
-		delete(p.secrets, secretKey{pod.Namespace, s.Name})
-	}
-}
-
 // Lookup implements Provider: the credentials of the given pods' pull
-// secrets that match ref, pod by pod in the given order, each pod's
-// secrets as the kubelet combines them (one keyring per pod: the most
-// specific registry key first, secrets in the pod's order within a key).
-// A secret that cannot be read or parsed is skipped and named in the
-// returned error; the other secrets still count.
+// secrets that match ref, in the kubelet's order (pod by pod; within a
+// pod the most specific registry key first, its secrets in the pod's
+// order within a key), as the aggregator lends them. Secrets the
+// aggregator could not use are logged once each; the others still count.
 func (p *PullSecrets) Lookup(ctx context.Context, ref imageref.Ref, pods []Pod) ([]Credential, error) {
 	if len(pods) == 0 {
 		return nil, nil
 	}
-	if !p.informer.HasSynced() {
-		return nil, fmt.Errorf("pull secrets: the pods of node %s are not listed from the API yet", p.node)
-	}
-	var out []Credential
-	var errs []error
+	req := &pb.CredentialsRequest{Image: ref.Name(), Node: p.node}
+	var key strings.Builder
+	key.WriteString(req.Image)
 	for _, pod := range pods {
-		obj, found, err := p.informer.GetStore().GetByKey(pod.Namespace + "/" + pod.Name)
-		if err != nil || !found {
-			// A pod the API does not know on this node (a static pod
-			// without mirror, or just deleted): it names no secrets.
-			p.log.DebugContext(ctx, "pod not found in the API; no pull secrets", "pod", pod.Namespace+"/"+pod.Name, "node", p.node)
-			continue
-		}
-		apiPod, ok := obj.(*corev1.Pod)
-		if !ok {
-			continue
-		}
-		kr := &keyring{}
-		for _, ps := range apiPod.Spec.ImagePullSecrets {
-			if ps.Name == "" {
-				continue
-			}
-			entries, err := p.secret(ctx, secretKey{apiPod.Namespace, ps.Name})
-			if err != nil {
-				errs = append(errs, fmt.Errorf("pull secret %s/%s of pod %s: %w", apiPod.Namespace, ps.Name, apiPod.Name, err))
-				continue
-			}
-			kr.add(entries)
-		}
-		for _, up := range kr.lookup(ref.Name()) {
-			out = append(out, Credential{Username: up.username, Secret: up.password, Source: SourcePullSecret})
-		}
+		req.Pods = append(req.Pods, &pb.PodRef{Namespace: pod.Namespace, Name: pod.Name, Uid: pod.UID})
+		fmt.Fprintf(&key, "|%s/%s/%s", pod.Namespace, pod.Name, pod.UID)
 	}
-	return out, errors.Join(errs...)
-}
-
-// secret returns a secret's docker config entries, from the cache or one
-// `get` (concurrent lookups of the same secret share it).
-func (p *PullSecrets) secret(ctx context.Context, key secretKey) ([]entry, error) {
+	k := key.String()
 	now := p.now()
 	p.mu.Lock()
-	c, ok := p.secrets[key]
+	a, ok := p.answers[k]
 	p.mu.Unlock()
-	if ok && now.Sub(c.fetched) < c.ttl {
-		return c.entries, c.err
+	if ok && now.Before(a.expires) {
+		return a.creds, a.err
 	}
-	v, _, _ := p.group.Do(key.String(), func() (any, error) {
-		c := p.fetch(ctx, key)
-		if c.err != nil && ctx.Err() != nil {
-			return c, nil // cancelled, not an answer worth remembering
+	v, _, _ := p.group.Do(k, func() (any, error) {
+		a := p.ask(ctx, req)
+		if a.err != nil && ctx.Err() != nil {
+			return a, nil // cancelled, not an answer worth remembering
 		}
 		p.mu.Lock()
-		p.secrets[key] = c
-		p.sweepLocked(c.fetched)
+		p.sweepLocked(now)
+		p.answers[k] = a
 		p.mu.Unlock()
-		return c, nil
+		return a, nil
 	})
-	c = v.(cachedSecret)
-	return c.entries, c.err
+	a = v.(cachedAnswer)
+	return a.creds, a.err
 }
 
-// fetch reads one secret from the API.
-func (p *PullSecrets) fetch(ctx context.Context, key secretKey) cachedSecret {
-	c := cachedSecret{fetched: p.now(), ttl: p.ttl}
-	s, err := p.client.CoreV1().Secrets(key.namespace).Get(ctx, key.name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		// The kubelet warns and pulls without it.
-		p.logOnce(ctx, "notfound|"+key.String(), slog.LevelWarn, "pull secret not found; the kubelet pulls without it too", "secret", key.String())
-		return c
-	case apierrors.IsForbidden(err):
-		p.logOnce(ctx, "forbidden|"+key.namespace, slog.LevelError,
-			"the agent may not get secrets: grant it `get` on secrets (docs/credentials.md) or run with --pull-secrets=off",
-			"namespace", key.namespace, logging.ErrKey, err.Error())
-		c.err = fmt.Errorf("not allowed to get the secret (RBAC): %w", err)
-		return c
-	case err != nil:
-		c.ttl = min(p.ttl, transientTTL)
-		c.err = fmt.Errorf("get: %w", err)
-		return c
-	}
-	c.entries, c.err = secretEntries(s)
-	return c
-}
-
-// secretEntries reads a pull secret as the kubelet's MakeDockerKeyring
-// does: kubernetes.io/dockerconfigjson with .dockerconfigjson, or
-// kubernetes.io/dockercfg with .dockercfg; any other secret gives nothing.
-func secretEntries(s *corev1.Secret) ([]entry, error) {
-	var cfg parsedConfig
-	var err error
-	if data := s.Data[corev1.DockerConfigJsonKey]; s.Type == corev1.SecretTypeDockerConfigJson && len(data) > 0 {
-		cfg, err = parseDockerConfigJSON(data)
-	} else if data := s.Data[corev1.DockerConfigKey]; s.Type == corev1.SecretTypeDockercfg && len(data) > 0 {
-		cfg, err = parseDockercfg(data)
-	} else {
-		return nil, nil
-	}
+// ask sends one request.
+func (p *PullSecrets) ask(ctx context.Context, req *pb.CredentialsRequest) cachedAnswer {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	// Wait for the connection (within Timeout) rather than fail at once
+	// while it is being made: a round right after start or a reconnect
+	// would otherwise probe private images without their pull secrets.
+	resp, err := p.lender.Credentials(ctx, req, grpc.WaitForReady(true))
+	now := p.now()
 	if err != nil {
-		// The kubelet fails the pull on a pull secret it cannot parse.
-		return nil, fmt.Errorf("type %s: %w", s.Type, err)
+		st, _ := status.FromError(err)
+		switch st.Code() {
+		case codes.PermissionDenied, codes.Unauthenticated, codes.FailedPrecondition, codes.Unimplemented:
+			// A refusal by configuration: said once with what to do, and
+			// not asked again for a while.
+			p.logOnce(ctx, "refused|"+st.Code().String(), slog.LevelWarn,
+				"the aggregator lends no pull secrets to this agent; images used by pods are probed without them (see docs/security.md)",
+				"code", st.Code().String(), "why", st.Message())
+			return cachedAnswer{expires: now.Add(p.maxCache), err: fmt.Errorf("pull secrets: the aggregator refused to lend: %s", st.Message())}
+		}
+		return cachedAnswer{expires: now.Add(errorTTL), err: fmt.Errorf("pull secrets: ask the aggregator: %w", err)}
 	}
-	return cfg.entries, nil
+	ttl := min(resp.GetCacheFor().AsDuration(), p.maxCache)
+	if ttl <= 0 {
+		ttl = p.maxCache
+	}
+	a := cachedAnswer{expires: now.Add(ttl)}
+	for _, c := range resp.GetCredentials() {
+		a.creds = append(a.creds, Credential{Username: c.GetUsername(), Secret: c.GetPassword(), Source: SourcePullSecret})
+	}
+	for _, problem := range resp.GetProblems() {
+		// The kubelet warns and pulls without such a secret; so do we.
+		p.logOnce(ctx, "problem|"+problem, slog.LevelWarn, "a pull secret of a pod on this node cannot be used; probing without it", "secret", problem)
+	}
+	for _, r := range resp.GetRefused() {
+		p.log.DebugContext(ctx, "the aggregator does not see this pod bound to this node (yet); no pull secrets for it",
+			"pod", r.GetNamespace()+"/"+r.GetName(), "uid", r.GetUid(), "node", p.node)
+	}
+	p.log.DebugContext(ctx, "pull secrets lent", "image", req.GetImage(), "pods", len(req.GetPods()), "credentials", len(a.creds))
+	return a
 }
 
-// sweepLocked drops expired secrets now and then, so secrets of pods long
-// gone do not stay in memory.
+// sweepLocked drops expired answers now and then, and all of them when
+// there are too many, so memory stays bounded.
 func (p *PullSecrets) sweepLocked(now time.Time) {
-	if now.Sub(p.swept) < p.ttl {
+	if len(p.answers) >= maxAnswers {
+		clear(p.answers)
+	}
+	if now.Sub(p.swept) < p.maxCache {
 		return
 	}
 	p.swept = now
-	for k, c := range p.secrets {
-		if now.Sub(c.fetched) >= c.ttl {
-			delete(p.secrets, k)
+	for k, a := range p.answers {
+		if !now.Before(a.expires) {
+			delete(p.answers, k)
 		}
 	}
 }

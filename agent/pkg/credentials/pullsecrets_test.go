@@ -2,78 +2,47 @@ package credentials
 
 import (
 	"context"
-	"errors"
+	"encoding/base64"
 	"slices"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
-func pod(ns, name, node string, secrets ...string) *corev1.Pod {
-	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + name)},
-		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "x"}}},
-	}
-	for _, s := range secrets {
-		p.Spec.ImagePullSecrets = append(p.Spec.ImagePullSecrets, corev1.LocalObjectReference{Name: s})
-	}
-	return p
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// fakeLender stands in for the aggregator's Credentials in these unit
+// tests (e2e/credentials runs the real one against a real kube-apiserver).
+type fakeLender struct {
+	mu       sync.Mutex
+	requests []*pb.CredentialsRequest
+	resp     *pb.CredentialsResponse
+	err      error
 }
 
-func dockerConfigSecret(ns, name, registry, user, pass string) *corev1.Secret {
-	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Type:       corev1.SecretTypeDockerConfigJson,
-		Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(configJSON(registry, user, pass))},
+func (f *fakeLender) Credentials(_ context.Context, in *pb.CredentialsRequest, _ ...grpc.CallOption) (*pb.CredentialsResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.requests = append(f.requests, proto.Clone(in).(*pb.CredentialsRequest))
+	if f.err != nil {
+		return nil, f.err
 	}
+	return proto.Clone(f.resp).(*pb.CredentialsResponse), nil
 }
 
-// startPullSecrets runs PullSecrets on a fake API with objs and counts the
-// secret gets.
-func startPullSecrets(t *testing.T, now *time.Time, objs ...runtime.Object) (*PullSecrets, *fake.Clientset, *atomic.Int32) {
-	t.Helper()
-	client := fake.NewClientset(objs...)
-	var gets atomic.Int32
-	client.PrependReactor("get", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
-		gets.Add(1)
-		return false, nil, nil
-	})
-	var selector atomic.Value
-	client.PrependReactor("list", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		selector.Store(a.(k8stesting.ListAction).GetListRestrictions().Fields.String())
-		return false, nil, nil
-	})
-	log, _ := testLogger()
-	opts := PullSecretsOptions{NodeName: "node-a", Log: log}
-	if now != nil {
-		opts.Now = func() time.Time { return *now }
-	}
-	ps, err := NewPullSecrets(client, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	ps.Start(ctx)
-	syncCtx, syncCancel := context.WithTimeout(ctx, 10*time.Second)
-	defer syncCancel()
-	if !ps.WaitForSync(syncCtx) {
-		t.Fatal("pod informer did not sync")
-	}
-	if got, _ := selector.Load().(string); got != "spec.nodeName=node-a" {
-		t.Errorf("pods listed with field selector %q, want spec.nodeName=node-a", got)
-	}
-	return ps, client, &gets
+func (f *fakeLender) asked() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.requests)
 }
 
 func users(creds []Credential) []string {
@@ -84,155 +53,116 @@ func users(creds []Credential) []string {
 	return out
 }
 
-func TestPullSecretsLookup(t *testing.T) {
-	legacy := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "legacy"},
-		Type:       corev1.SecretTypeDockercfg,
-		Data:       map[string][]byte{corev1.DockerConfigKey: []byte(`{"registry.example/team":{"auth":"` + b64("legacy:l") + `"}}`)},
-	}
-	opaque := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "opaque"},
-		Type:       corev1.SecretTypeOpaque,
-		Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(configJSON("registry.example", "opaque", "o"))},
-	}
-	ps, _, _ := startPullSecrets(t, nil,
-		pod("shop", "web", "node-a", "host-wide", "legacy", "missing", "opaque"),
-		pod("shop", "api", "node-a", "second"),
-		pod("other", "web", "node-a", "host-wide"),
-		dockerConfigSecret("shop", "host-wide", "registry.example", "host", "h"),
-		dockerConfigSecret("shop", "second", "registry.example", "second", "s"),
-		dockerConfigSecret("other", "host-wide", "elsewhere.example", "elsewhere", "e"),
-		legacy, opaque,
-	)
-	ctx := context.Background()
-	ref := mustRef(t, "registry.example/team/app:v1")
-	tests := []struct {
-		name string
-		pods []Pod
-		want []string
-	}{
-		{"no pods", nil, nil},
-		// Within a pod: the more specific key (registry.example/team) first.
-		{"one pod", []Pod{{"shop", "web"}}, []string{"legacy", "host"}},
-		{"pods in order", []Pod{{"shop", "api"}, {"shop", "web"}}, []string{"second", "legacy", "host"}},
-		{"a pod's secrets are in its own namespace", []Pod{{"other", "web"}}, nil},
-		{"pod unknown to the API", []Pod{{"shop", "static"}}, nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			creds, err := ps.Lookup(ctx, ref, tt.pods)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := users(creds); !slices.Equal(got, tt.want) {
-				t.Errorf("users %v, want %v", got, tt.want)
-			}
-			for _, c := range creds {
-				if c.Source != SourcePullSecret {
-					t.Errorf("source %q", c.Source)
-				}
-			}
-		})
-	}
-}
-
-func TestPullSecretsCacheAndInvalidation(t *testing.T) {
-	now := time.Unix(1000, 0)
-	ps, client, gets := startPullSecrets(t, &now,
-		pod("shop", "web", "node-a", "creds"),
-		dockerConfigSecret("shop", "creds", "registry.example", "old", "1"),
-	)
-	ctx := context.Background()
-	ref := mustRef(t, "registry.example/app:v1")
-	web := []Pod{{"shop", "web"}}
-	for range 5 {
-		if _, err := ps.Lookup(ctx, ref, web); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := gets.Load(); n != 1 {
-		t.Errorf("%d gets for 5 lookups within the TTL, want 1", n)
-	}
-
-	// A rotated secret is seen after the TTL.
-	if _, err := client.CoreV1().Secrets("shop").Update(ctx, dockerConfigSecret("shop", "creds", "registry.example", "new", "2"), metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if creds, _ := ps.Lookup(ctx, ref, web); !slices.Equal(users(creds), []string{"old"}) {
-		t.Errorf("within the TTL: %v", users(creds))
-	}
-	now = now.Add(61 * time.Second)
-	if creds, _ := ps.Lookup(ctx, ref, web); !slices.Equal(users(creds), []string{"new"}) {
-		t.Errorf("after the TTL: %v", users(creds))
-	}
-
-	// A pod that now names another secret: the change is seen at once.
-	if _, err := client.CoreV1().Secrets("shop").Create(ctx, dockerConfigSecret("shop", "other", "registry.example", "other", "3"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.CoreV1().Pods("shop").Update(ctx, pod("shop", "web", "node-a", "other"), metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool {
-		creds, _ := ps.Lookup(ctx, ref, web)
-		return slices.Equal(users(creds), []string{"other"})
-	})
-}
-
-func TestPullSecretsErrors(t *testing.T) {
-	bad := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "corrupt"},
-		Type:       corev1.SecretTypeDockerConfigJson,
-		Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(`{"auths":{"registry.example":{"auth":"s3cr3t!"}}}`)},
-	}
-	ps, client, _ := startPullSecrets(t, nil,
-		pod("shop", "web", "node-a", "corrupt", "good", "forbidden"),
-		bad, dockerConfigSecret("shop", "good", "registry.example", "good", "g"),
-	)
-	client.PrependReactor("get", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		if a.(k8stesting.GetAction).GetName() == "forbidden" {
-			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "forbidden", errors.New("RBAC: no"))
-		}
-		return false, nil, nil
-	})
-	creds, err := ps.Lookup(context.Background(), mustRef(t, "registry.example/app:v1"), []Pod{{"shop", "web"}})
-	if !slices.Equal(users(creds), []string{"good"}) {
-		t.Errorf("users %v, want the good secret's", users(creds))
-	}
-	if err == nil {
-		t.Fatal("no error for the corrupt and the forbidden secret")
-	}
-	for _, want := range []string{"pull secret shop/corrupt of pod web", "not base64", "pull secret shop/forbidden", "RBAC"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q lacks %q", err, want)
-		}
-	}
-	if strings.Contains(err.Error(), "s3cr3t") {
-		t.Errorf("error quotes the secret: %v", err)
-	}
-}
-
-func TestPullSecretsNotSynced(t *testing.T) {
-	ps, err := NewPullSecrets(fake.NewClientset(), PullSecretsOptions{NodeName: "node-a"})
+func newTestPullSecrets(t *testing.T, f *fakeLender, now *time.Time) *PullSecrets {
+	t.Helper()
+	log, _ := testLogger()
+	ps, err := NewPullSecrets(PullSecretsOptions{NodeName: "node-a", Lender: f, Log: log, Now: func() time.Time { return *now }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Not started: the pods are not known yet.
-	if _, err := ps.Lookup(context.Background(), mustRef(t, "r.example/a:v1"), []Pod{{"a", "b"}}); err == nil || !strings.Contains(err.Error(), "not listed") {
-		t.Errorf("err = %v", err)
+	return ps
+}
+
+func TestPullSecretsAsksTheAggregator(t *testing.T) {
+	f := &fakeLender{resp: &pb.CredentialsResponse{
+		Credentials: []*pb.LentCredential{{Username: "legacy", Password: "l", Secret: "shop/legacy"}, {Username: "host", Password: "h", Secret: "shop/host-wide"}},
+		CacheFor:    durationpb.New(time.Minute),
+	}}
+	now := time.Unix(1000, 0)
+	ps := newTestPullSecrets(t, f, &now)
+	ctx := context.Background()
+	ref := mustRef(t, "registry.example/team/app:v1")
+
+	if creds, err := ps.Lookup(ctx, ref, nil); err != nil || creds != nil || f.asked() != 0 {
+		t.Fatalf("no pods: %v %v, asked %d times; want nothing asked", creds, err, f.asked())
 	}
-	if _, err := NewPullSecrets(fake.NewClientset(), PullSecretsOptions{}); err == nil {
-		t.Error("no error without a node name")
+	creds, err := ps.Lookup(ctx, ref, []Pod{{"shop", "web", "uid-web"}, {"shop", "api", "uid-api"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := users(creds); !slices.Equal(got, []string{"legacy", "host"}) {
+		t.Errorf("credentials %v, want the aggregator's, in its order", got)
+	}
+	for _, c := range creds {
+		if c.Source != SourcePullSecret {
+			t.Errorf("source %q", c.Source)
+		}
+	}
+	want := &pb.CredentialsRequest{Image: "registry.example/team/app", Node: "node-a", Pods: []*pb.PodRef{
+		{Namespace: "shop", Name: "web", Uid: "uid-web"}, {Namespace: "shop", Name: "api", Uid: "uid-api"}}}
+	if !proto.Equal(f.requests[0], want) {
+		t.Errorf("request %v, want %v", f.requests[0], want)
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
+func TestPullSecretsCacheBoundedInTime(t *testing.T) {
+	f := &fakeLender{resp: &pb.CredentialsResponse{
+		Credentials: []*pb.LentCredential{{Username: "u", Password: "p"}},
+		CacheFor:    durationpb.New(time.Hour), // more than the agent keeps
+	}}
+	now := time.Unix(1000, 0)
+	ps := newTestPullSecrets(t, f, &now)
+	ctx := context.Background()
+	ref := mustRef(t, "registry.example/app:v1")
+	pods := []Pod{{"shop", "web", "uid-web"}}
+	for range 3 {
+		if _, err := ps.Lookup(ctx, ref, pods); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	if f.asked() != 1 {
+		t.Errorf("asked %d times within the cache time, want 1", f.asked())
+	}
+	if _, err := ps.Lookup(ctx, ref, []Pod{{"shop", "web", "uid-new"}}); err != nil || f.asked() != 2 {
+		t.Errorf("another pod UID is another question: asked %d times (%v)", f.asked(), err)
+	}
+	now = now.Add(time.Minute)
+	if _, err := ps.Lookup(ctx, ref, pods); err != nil || f.asked() != 3 {
+		t.Errorf("after MaxCache (1m) the answer is not kept: asked %d times (%v), want 3", f.asked(), err)
+	}
+	if len(ps.answers) > 2 {
+		t.Errorf("%d answers kept after the sweep, want the expired ones dropped", len(ps.answers))
+	}
+}
+
+func TestPullSecretsRefusedOrUnavailable(t *testing.T) {
+	ctx := context.Background()
+	ref := mustRef(t, "registry.example/app:v1")
+	pods := []Pod{{"shop", "web", "uid-web"}}
+
+	t.Run("refused: said once, not asked again for a while", func(t *testing.T) {
+		f := &fakeLender{err: status.Error(codes.PermissionDenied, "credential lending needs a verified agent token")}
+		now := time.Unix(1000, 0)
+		log, logs := testLogger()
+		ps, err := NewPullSecrets(PullSecretsOptions{NodeName: "node-a", Lender: f, Log: log, Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			if _, err := ps.Lookup(ctx, ref, pods); err == nil || !strings.Contains(err.Error(), "refused to lend") {
+				t.Errorf("err %v, want the refusal", err)
+			}
+			now = now.Add(20 * time.Second)
+		}
+		if f.asked() != 1 {
+			t.Errorf("asked %d times in 40s, want 1", f.asked())
+		}
+		if n := strings.Count(logs.String(), "lends no pull secrets"); n != 1 {
+			t.Errorf("refusal logged %d times, want once:\n%s", n, logs)
+		}
+	})
+	t.Run("unavailable: asked again soon", func(t *testing.T) {
+		f := &fakeLender{err: status.Error(codes.Unavailable, "connection refused")}
+		now := time.Unix(1000, 0)
+		ps := newTestPullSecrets(t, f, &now)
+		for range 2 {
+			if _, err := ps.Lookup(ctx, ref, pods); err == nil {
+				t.Error("no error")
+			}
+			now = now.Add(errorTTL)
+		}
+		if f.asked() != 2 {
+			t.Errorf("asked %d times, want again after %s", f.asked(), errorTTL)
+		}
+	})
 }

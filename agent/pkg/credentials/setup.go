@@ -2,12 +2,7 @@ package credentials
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"time"
-
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/hostfs"
 	"github.com/pullwatch/pullwatch/pkg/logging"
@@ -22,22 +17,18 @@ type Options struct {
 	// DockerConfig replaces the kubelet's keyring search path with one
 	// file or directory.
 	DockerConfig string
-	// PullSecrets turns pull-secret lookup on; it needs Kube.
+	// PullSecrets turns pull-secret lookup on; it needs Lender.
 	PullSecrets bool
-	// Kube is the API configuration; nil when there is no API.
-	Kube *rest.Config
+	// Lender is the aggregator that lends the pull secrets of this node's
+	// pods; nil when the agent has none (check without --aggregator).
+	Lender Lender
 	// ProviderConfig and ProviderBinDir are the kubelet's
 	// --image-credential-provider-config and -bin-dir; empty: off.
 	ProviderConfig, ProviderBinDir string
-	// SyncTimeout bounds the wait for the node's pods to be listed at
-	// start. Default 30s.
-	SyncTimeout time.Duration
-	UserAgent   string
-	Log         *slog.Logger
+	Log                            *slog.Logger
 }
 
-// New builds the kubelet-ordered chain of the sources that are on. The pod
-// informer runs until ctx ends.
+// New builds the kubelet-ordered chain of the sources that are on.
 func New(ctx context.Context, opts Options) (Chain, error) {
 	log := opts.Log
 	if log == nil {
@@ -47,34 +38,14 @@ func New(ctx context.Context, opts Options) (Chain, error) {
 	switch {
 	case !opts.PullSecrets:
 		log.InfoContext(ctx, "pull-secret lookup off (--pull-secrets=off)")
-	case opts.Kube == nil:
-		// kubeapi.Announce has said the API is not configured.
+	case opts.Lender == nil:
+		log.InfoContext(ctx, "pull-secret lookup off: no aggregator to lend the pull secrets of this node's pods (give --aggregator); the agent itself reads no Secrets")
 	default:
-		cfg := rest.CopyConfig(opts.Kube)
-		if opts.UserAgent != "" {
-			cfg.UserAgent = opts.UserAgent
-		}
-		client, err := kubernetes.NewForConfig(cfg)
-		if err != nil {
-			return nil, fmt.Errorf("pull secrets: Kubernetes client: %w", err)
-		}
-		if ps, err = NewPullSecrets(client, PullSecretsOptions{NodeName: opts.NodeName, Log: log}); err != nil {
+		var err error
+		if ps, err = NewPullSecrets(PullSecretsOptions{NodeName: opts.NodeName, Lender: opts.Lender, Log: log}); err != nil {
 			return nil, err
 		}
-		ps.Start(ctx)
-		timeout := opts.SyncTimeout
-		if timeout <= 0 {
-			timeout = 30 * time.Second
-		}
-		syncCtx, cancel := context.WithTimeout(ctx, timeout)
-		synced := ps.WaitForSync(syncCtx)
-		cancel()
-		if synced {
-			log.InfoContext(ctx, "pull-secret lookup on: watching the pods of this node", "node", opts.NodeName)
-		} else {
-			log.WarnContext(ctx, "pull-secret lookup: the pods of this node are not listed yet (check the agent's RBAC: list and watch pods); images used by pods are probed without their pull secrets until they are",
-				"node", opts.NodeName, "waited", timeout)
-		}
+		log.InfoContext(ctx, "pull-secret lookup on: the aggregator lends the pull secrets of this node's pods", "node", opts.NodeName)
 	}
 
 	keyring := NewNodeKeyring(KeyringOptions{DockerConfig: opts.Root.Path(opts.DockerConfig), Root: opts.Root, Log: log})

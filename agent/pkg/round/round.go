@@ -138,7 +138,7 @@ func pods(uses []cri.Use) []credentials.Pod {
 	var out []credentials.Pod
 	seen := map[credentials.Pod]bool{}
 	for _, u := range uses {
-		p := credentials.Pod{Namespace: u.Namespace, Name: u.Pod}
+		p := credentials.Pod{Namespace: u.Namespace, Name: u.Pod, UID: u.PodUID}
 		if p.Name != "" && !seen[p] {
 			seen[p] = true
 			out = append(out, p)

@@ -21,12 +21,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/authn"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/ingest"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/lend"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/nodecondition"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
@@ -202,6 +204,11 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	collectorCfg.Risk = an.Risk
 	go an.Run(ctx, analyzeEvery)
 
+	lender, err := newLender(ctx, log, opts, kube)
+	if err != nil {
+		return nil, err
+	}
+
 	reports := metrics.NewReports(ingest.Kinds(), append(ingest.Reasons(), ingest.BoundReasons()...))
 	go store.RunSweeper(ctx, sweepEvery(opts.StaleAfter), func(gone []string) {
 		reports.NodesForgotten(gone)
@@ -215,9 +222,10 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 			return nil, fmt.Errorf("client of the Kubernetes API (%s): %w", kube.Source, err)
 		}
 	}
-	registry := metrics.NewRegistry(metrics.NewCollector(store, an, collectorCfg), reports, refusals)
+	registry := metrics.NewRegistry(metrics.NewCollector(store, an, collectorCfg), reports, refusals, lender)
 	s := &servers{ingest: ingest.NewServer(store, reports, log)}
 	s.ingest.SetBounds(bounds)
+	s.ingest.SetLender(lender)
 	grpcOpts, err := s.grpcSecurity(log, opts, client, refusals)
 	if err != nil {
 		return nil, err
@@ -235,6 +243,27 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	}
 	s.http = web.NewServer(handler)
 	return s, nil
+}
+
+// newLender builds and starts credential lending (aggregator/pkg/lend):
+// off without the Kubernetes API or with --lend-credentials=off.
+func newLender(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) (*lend.Lender, error) {
+	var client kubernetes.Interface
+	if kube != nil && opts.LendCredentials != lend.ModeOff {
+		cfg := rest.CopyConfig(kube.Rest)
+		cfg.UserAgent = "pullwatch-aggregator"
+		c, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("credential lending: Kubernetes client for %s: %w", cfg.Host, err)
+		}
+		client = c
+	}
+	l, err := lend.New(client, lend.Options{Mode: opts.LendCredentials, Log: log.With("component", "lend")})
+	if err != nil {
+		return nil, err
+	}
+	l.Start(ctx)
+	return l, nil
 }
 
 // sweepEvery is how often nodes silent for --forget-after are looked for:

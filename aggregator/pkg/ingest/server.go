@@ -59,6 +59,9 @@ type Server struct {
 	draining  chan struct{}
 
 	refusals refusalLog
+
+	// lender answers Credentials (credentials.go); nil: none lent.
+	lender Lender
 }
 
 // NewServer returns a Server applying reports to store.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/lend"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 )
@@ -39,6 +40,9 @@ type Options struct {
 	// NodeCondition turns on the RegistryReachable Node condition and
 	// its Events.
 	NodeCondition bool
+	// LendCredentials is lend.ModeVerified, lend.ModeOff or
+	// lend.ModeUnverifiedLab (--lend-credentials).
+	LendCredentials string
 	// ForgetAfter drops a node silent this long; 10 × StaleAfter unless set.
 	ForgetAfter time.Duration
 	// MaxNodeImages and MaxNodeEndpoints cap what one node may hold.
@@ -147,6 +151,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		LogFormat:       "text",
 		NodeImageSeries: metrics.NodeImageSeriesAll,
 		CompatMetrics:   metrics.CompatCurrent,
+		LendCredentials: lend.ModeVerified,
 
 		MaxNodeImages:        5000,
 		MaxNodeEndpoints:     256,
@@ -187,6 +192,11 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		"Set a RegistryReachable condition on each Node (False while some registry endpoint does not answer the node) and emit an Event on each change, "+
 			"so kubectl describe node shows it. Needs the Kubernetes API, patch on nodes/status and create on events (deploy/components/node-condition).")
 
+	s.Var(&envflag.Choice{Value: &o.LendCredentials, Choices: lend.Modes()}, "lend-credentials",
+		"Lend agents the imagePullSecrets of their own node's pods (`mode`), so no node needs RBAC on Secrets: "+
+			"verified (only to agents whose ServiceAccount token was verified and bound to their node, --auth=kubernetes), "+
+			"off (agents probe without pull secrets), or unverified-lab (also to callers without a verified token, for the node they name: "+
+			"anyone reaching the gRPC port reads any node's pull secrets; a lab only). Needs the Kubernetes API and RBAC get on secrets, list/watch on pods. See docs/security.md.")
 	s.Var((*envflag.PositiveDuration)(&o.ForgetAfter), "forget-after",
 		fmt.Sprintf("Drop a node (its results and series) after its agent has not reported for this `duration`; more than --stale-after. Default: %d × --stale-after.", forgetFactor))
 	s.Var(&envflag.IntRange{Value: &o.MaxNodeImages, Min: 1, Max: 1_000_000}, "max-node-images",

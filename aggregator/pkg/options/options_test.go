@@ -27,6 +27,7 @@ func TestParse(t *testing.T) {
 		LogFormat:       "text",
 		NodeImageSeries: "all",
 		CompatMetrics:   "current",
+		LendCredentials: "verified",
 
 		ForgetAfter:          30 * time.Minute,
 		MaxNodeImages:        5000,
@@ -51,11 +52,11 @@ func TestParse(t *testing.T) {
 		{"flags", []string{
 			"--grpc-listen=127.0.0.1:19400", "--http-listen", ":18080", "--stale-after=90s",
 			"--max-report-bytes=1048576", "--shutdown-timeout=3s", "--log-level=debug", "--log-format=json",
-			"--kubeconfig=/tmp/kc", "--node-image-series=failing", "--compat-metrics=false",
+			"--kubeconfig=/tmp/kc", "--node-image-series=failing", "--compat-metrics=false", "--lend-credentials=unverified-lab",
 		}, nil, Options{
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
-			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing", CompatMetrics: "off", AgentServiceAccount: "pullwatch/pullwatch-agent",
+			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing", CompatMetrics: "off", AgentServiceAccount: "pullwatch/pullwatch-agent", LendCredentials: "unverified-lab",
 			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
 		}},
 		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s"}, nil,
@@ -70,11 +71,11 @@ func TestParse(t *testing.T) {
 			with(func(o *Options) { o.Auth, o.Insecure, o.HTTPAuth = "none", true, "kubernetes" })},
 		{"environment", nil, map[string]string{
 			"PULLWATCH_GRPC_LISTEN": ":1", "PULLWATCH_STALE_AFTER": "5m", "PULLWATCH_LOG_LEVEL": "warn", "KUBECONFIG": "/a:/b",
-			"PULLWATCH_NODE_IMAGE_SERIES": "failing", "PULLWATCH_COMPAT_METRICS": "false",
+			"PULLWATCH_NODE_IMAGE_SERIES": "failing", "PULLWATCH_COMPAT_METRICS": "false", "PULLWATCH_LEND_CREDENTIALS": "off",
 		}, with(func(o *Options) {
 			o.GRPCListen, o.StaleAfter, o.LogLevel, o.Kubeconfig = ":1", 5*time.Minute, slog.LevelWarn, "/a:/b"
 			o.ForgetAfter = 50 * time.Minute
-			o.NodeImageSeries, o.CompatMetrics = "failing", "off"
+			o.NodeImageSeries, o.CompatMetrics, o.LendCredentials = "failing", "off", "off"
 		})},
 		{"flag wins over environment", []string{"--stale-after=1m"}, map[string]string{"PULLWATCH_STALE_AFTER": "5m"},
 			with(func(o *Options) { o.StaleAfter, o.ForgetAfter = time.Minute, 10*time.Minute })},

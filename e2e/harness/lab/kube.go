@@ -3,9 +3,16 @@ package lab
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
+	"regexp"
 	"testing"
 
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
@@ -31,4 +38,81 @@ func Kube(ctx context.Context, t testing.TB) *kubeapi.Cluster {
 		}
 	})
 	return c
+}
+
+// ApplyShippedRBAC creates the RBAC objects (ClusterRoles, Roles and their
+// bindings) of the named files under deploy/ exactly as shipped, and
+// returns a kubeconfig for the one ServiceAccount they bind, so that a test
+// proves the shipped RBAC is enough (and no more is granted).
+func ApplyShippedRBAC(ctx context.Context, t testing.TB, c *kubeapi.Cluster, files ...string) string {
+	t.Helper()
+	root, err := checkout.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := c.Client()
+	var sa *rbacv1.Subject
+	bound := func(subjects []rbacv1.Subject) {
+		for _, s := range subjects {
+			if s.Kind != rbacv1.ServiceAccountKind || (sa != nil && *sa != s) {
+				t.Fatalf("deploy/%v: want bindings to one ServiceAccount, got %+v", files, s)
+			}
+			sa = &s
+		}
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join(root, "deploy", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(b), -1) {
+			var head struct{ Kind string }
+			if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
+				t.Fatalf("deploy/%s: %v", f, err)
+			}
+			switch head.Kind {
+			case "ClusterRole":
+				var o rbacv1.ClusterRole
+				if err = yaml.UnmarshalStrict([]byte(doc), &o); err == nil {
+					_, err = cs.RbacV1().ClusterRoles().Create(ctx, &o, metav1.CreateOptions{})
+				}
+			case "ClusterRoleBinding":
+				var o rbacv1.ClusterRoleBinding
+				if err = yaml.UnmarshalStrict([]byte(doc), &o); err == nil {
+					bound(o.Subjects)
+					_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, &o, metav1.CreateOptions{})
+				}
+			case "Role":
+				var o rbacv1.Role
+				if err = yaml.UnmarshalStrict([]byte(doc), &o); err == nil {
+					if err = c.EnsureNamespace(ctx, o.Namespace); err == nil {
+						_, err = cs.RbacV1().Roles(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+					}
+				}
+			case "RoleBinding":
+				var o rbacv1.RoleBinding
+				if err = yaml.UnmarshalStrict([]byte(doc), &o); err == nil {
+					bound(o.Subjects)
+					if err = c.EnsureNamespace(ctx, o.Namespace); err == nil {
+						_, err = cs.RbacV1().RoleBindings(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+					}
+				}
+			}
+			if err != nil {
+				t.Fatalf("deploy/%s %s: %v", f, head.Kind, err)
+			}
+		}
+	}
+	if sa == nil {
+		t.Fatalf("deploy/%v: no binding to a ServiceAccount", files)
+	}
+	// RBAC matches a ServiceAccount subject by user name; a client
+	// certificate with that name and the ServiceAccount groups is the
+	// same identity.
+	kc, err := c.KubeconfigFor("system:serviceaccount:"+sa.Namespace+":"+sa.Name,
+		[]string{"system:serviceaccounts", "system:serviceaccounts:" + sa.Namespace, "system:authenticated"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kc
 }

@@ -1136,7 +1136,7 @@ var File_pullwatch_v1_pullwatch_proto protoreflect.FileDescriptor
 
 const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\n" +
-	"\x1cpullwatch/v1/pullwatch.proto\x12\fpullwatch.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x01\n" +
+	"\x1cpullwatch/v1/pullwatch.proto\x12\fpullwatch.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epullwatch/v1/credentials.proto\"\xa0\x01\n" +
 	"\fAgentMessage\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x128\n" +
 	"\bsnapshot\x18\x02 \x01(\v2\x1a.pullwatch.v1.NodeSnapshotH\x00R\bsnapshot\x122\n" +
@@ -1236,9 +1236,10 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\fEndpointRole\x12\x1d\n" +
 	"\x19ENDPOINT_ROLE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16ENDPOINT_ROLE_UPSTREAM\x10\x01\x12\x18\n" +
-	"\x14ENDPOINT_ROLE_MIRROR\x10\x022Z\n" +
+	"\x14ENDPOINT_ROLE_MIRROR\x10\x022\xae\x01\n" +
 	"\rReportService\x12I\n" +
-	"\x06Report\x12\x1a.pullwatch.v1.AgentMessage\x1a\x1f.pullwatch.v1.AggregatorMessage(\x010\x01B?Z=github.com/pullwatch/pullwatch/proto/pullwatch/v1;pullwatchv1b\x06proto3"
+	"\x06Report\x12\x1a.pullwatch.v1.AgentMessage\x1a\x1f.pullwatch.v1.AggregatorMessage(\x010\x01\x12R\n" +
+	"\vCredentials\x12 .pullwatch.v1.CredentialsRequest\x1a!.pullwatch.v1.CredentialsResponseB?Z=github.com/pullwatch/pullwatch/proto/pullwatch/v1;pullwatchv1b\x06proto3"
 
 var (
 	file_pullwatch_v1_pullwatch_proto_rawDescOnce sync.Once
@@ -1271,6 +1272,8 @@ var file_pullwatch_v1_pullwatch_proto_goTypes = []any{
 	nil,                           // 13: pullwatch.v1.Node.LabelsEntry
 	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*CredentialsRequest)(nil),    // 16: pullwatch.v1.CredentialsRequest
+	(*CredentialsResponse)(nil),   // 17: pullwatch.v1.CredentialsResponse
 }
 var file_pullwatch_v1_pullwatch_proto_depIdxs = []int32{
 	6,  // 0: pullwatch.v1.AgentMessage.snapshot:type_name -> pullwatch.v1.NodeSnapshot
@@ -1296,9 +1299,11 @@ var file_pullwatch_v1_pullwatch_proto_depIdxs = []int32{
 	14, // 20: pullwatch.v1.EndpointResult.latency:type_name -> google.protobuf.Duration
 	15, // 21: pullwatch.v1.EndpointResult.checked_at:type_name -> google.protobuf.Timestamp
 	2,  // 22: pullwatch.v1.ReportService.Report:input_type -> pullwatch.v1.AgentMessage
-	3,  // 23: pullwatch.v1.ReportService.Report:output_type -> pullwatch.v1.AggregatorMessage
-	23, // [23:24] is the sub-list for method output_type
-	22, // [22:23] is the sub-list for method input_type
+	16, // 23: pullwatch.v1.ReportService.Credentials:input_type -> pullwatch.v1.CredentialsRequest
+	3,  // 24: pullwatch.v1.ReportService.Report:output_type -> pullwatch.v1.AggregatorMessage
+	17, // 25: pullwatch.v1.ReportService.Credentials:output_type -> pullwatch.v1.CredentialsResponse
+	24, // [24:26] is the sub-list for method output_type
+	22, // [22:24] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -1309,6 +1314,7 @@ func file_pullwatch_v1_pullwatch_proto_init() {
 	if File_pullwatch_v1_pullwatch_proto != nil {
 		return
 	}
+	file_pullwatch_v1_credentials_proto_init()
 	file_pullwatch_v1_pullwatch_proto_msgTypes[0].OneofWrappers = []any{
 		(*AgentMessage_Snapshot)(nil),
 		(*AgentMessage_Update)(nil),

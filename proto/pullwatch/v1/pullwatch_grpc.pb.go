@@ -28,7 +28,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ReportService_Report_FullMethodName = "/pullwatch.v1.ReportService/Report"
+	ReportService_Report_FullMethodName      = "/pullwatch.v1.ReportService/Report"
+	ReportService_Credentials_FullMethodName = "/pullwatch.v1.ReportService/Credentials"
 )
 
 // ReportServiceClient is the client API for ReportService service.
@@ -46,6 +47,13 @@ type ReportServiceClient interface {
 	// A malformed message ends the stream with InvalidArgument; the agent
 	// logs it and reconnects with a fresh snapshot after a backoff.
 	Report(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentMessage, AggregatorMessage], error)
+	// Credentials lends the caller the pull credentials of its own node's
+	// pods (see credentials.proto): only for pods the aggregator sees bound
+	// to the node the caller's verified token speaks for, only from the
+	// imagePullSecrets those pods name, matched to the image as the kubelet
+	// matches. Over TLS only. PermissionDenied when the caller is not a
+	// verified agent; FailedPrecondition when lending is off.
+	Credentials(ctx context.Context, in *CredentialsRequest, opts ...grpc.CallOption) (*CredentialsResponse, error)
 }
 
 type reportServiceClient struct {
@@ -69,6 +77,16 @@ func (c *reportServiceClient) Report(ctx context.Context, opts ...grpc.CallOptio
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ReportService_ReportClient = grpc.BidiStreamingClient[AgentMessage, AggregatorMessage]
 
+func (c *reportServiceClient) Credentials(ctx context.Context, in *CredentialsRequest, opts ...grpc.CallOption) (*CredentialsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CredentialsResponse)
+	err := c.cc.Invoke(ctx, ReportService_Credentials_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReportServiceServer is the server API for ReportService service.
 // All implementations must embed UnimplementedReportServiceServer
 // for forward compatibility.
@@ -84,6 +102,13 @@ type ReportServiceServer interface {
 	// A malformed message ends the stream with InvalidArgument; the agent
 	// logs it and reconnects with a fresh snapshot after a backoff.
 	Report(grpc.BidiStreamingServer[AgentMessage, AggregatorMessage]) error
+	// Credentials lends the caller the pull credentials of its own node's
+	// pods (see credentials.proto): only for pods the aggregator sees bound
+	// to the node the caller's verified token speaks for, only from the
+	// imagePullSecrets those pods name, matched to the image as the kubelet
+	// matches. Over TLS only. PermissionDenied when the caller is not a
+	// verified agent; FailedPrecondition when lending is off.
+	Credentials(context.Context, *CredentialsRequest) (*CredentialsResponse, error)
 	mustEmbedUnimplementedReportServiceServer()
 }
 
@@ -96,6 +121,9 @@ type UnimplementedReportServiceServer struct{}
 
 func (UnimplementedReportServiceServer) Report(grpc.BidiStreamingServer[AgentMessage, AggregatorMessage]) error {
 	return status.Error(codes.Unimplemented, "method Report not implemented")
+}
+func (UnimplementedReportServiceServer) Credentials(context.Context, *CredentialsRequest) (*CredentialsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Credentials not implemented")
 }
 func (UnimplementedReportServiceServer) mustEmbedUnimplementedReportServiceServer() {}
 func (UnimplementedReportServiceServer) testEmbeddedByValue()                       {}
@@ -125,13 +153,36 @@ func _ReportService_Report_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ReportService_ReportServer = grpc.BidiStreamingServer[AgentMessage, AggregatorMessage]
 
+func _ReportService_Credentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CredentialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReportServiceServer).Credentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReportService_Credentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReportServiceServer).Credentials(ctx, req.(*CredentialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReportService_ServiceDesc is the grpc.ServiceDesc for ReportService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var ReportService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "pullwatch.v1.ReportService",
 	HandlerType: (*ReportServiceServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Credentials",
+			Handler:    _ReportService_Credentials_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Report",

@@ -1,4 +1,4 @@
-package credentials
+package dockerauth
 
 import (
 	"net"
@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-
-	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 )
 
 // This file is the kubelet's keyring matcher, written again because
@@ -19,32 +17,17 @@ import (
 // credential provider plugins return. The kubelet matches the image's
 // repository name as the pod spec names it, normalized and without tag or
 // digest ("docker.io/library/nginx", "127.0.0.1:5000/demo/app"), which is
-// imageref.Ref.Name().
+// the agent's imageref.Ref.Name().
 
-// userPass is one credential found under a keyring key.
-type userPass struct {
-	username, password string
-}
-
-// entry is one key of a docker config ("https://index.docker.io/v1/",
-// "quay.io/org", "*.example.com") with its credential.
-type entry struct {
-	key string
-	userPass
-}
-
-// keyring indexes credentials by registry key, most specific key first.
-type keyring struct {
+// Keyring indexes credentials by registry key, most specific key first.
+// The zero Keyring is empty and ready to use; it is not safe for
+// concurrent Add.
+type Keyring struct {
 	// index holds the distinct keys, reverse-sorted so that
 	// "quay.io/coreos" is tried before "quay.io".
 	index []string
 	globs map[string]*url.URL
-	creds map[string][]userPass
-	// skipped says which files of the search path were skipped because
-	// they do not parse (the kubelet skips them too); Lookup returns it
-	// so an image that is not available says why its pull may lack
-	// credentials.
-	skipped error
+	creds map[string][]Credential
 }
 
 // defaultRegistryHost is the key Docker Hub credentials end up under
@@ -52,17 +35,17 @@ type keyring struct {
 // all reduce to it).
 const defaultRegistryHost = "index.docker.io"
 
-// add indexes entries the way BasicDockerKeyring.Add does: a key without
+// Add indexes entries the way BasicDockerKeyring.Add does: a key without
 // scheme gets https://, the scheme is then dropped, a leading /v1/ or /v2/
 // path is the registry root, and a key that does not parse as a URL is
 // skipped (the kubelet logs and ignores it; so do the callers).
-func (k *keyring) add(entries []entry) {
+func (k *Keyring) Add(entries []Entry) {
 	if k.creds == nil {
-		k.creds = map[string][]userPass{}
+		k.creds = map[string][]Credential{}
 		k.globs = map[string]*url.URL{}
 	}
 	for _, e := range entries {
-		key, ok := keyringKey(e.key)
+		key, ok := keyringKey(e.Key)
 		if !ok {
 			continue
 		}
@@ -72,11 +55,14 @@ func (k *keyring) add(entries []entry) {
 				k.globs[key] = g
 			}
 		}
-		k.creds[key] = append(k.creds[key], e.userPass)
+		k.creds[key] = append(k.creds[key], e.Credential)
 	}
 	slices.Sort(k.index)
 	slices.Reverse(k.index)
 }
+
+// Len is the number of distinct registry keys.
+func (k *Keyring) Len() int { return len(k.index) }
 
 // keyringKey reduces a docker config key to the kubelet's index key.
 func keyringKey(loc string) (string, bool) {
@@ -100,16 +86,17 @@ func keyringKey(loc string) (string, bool) {
 	return parsed.Host, true
 }
 
-// lookup returns the credentials for image in the kubelet's order: every
-// matching key, most specific first, each key's credentials in the order
-// they were added; when nothing matches and the image is on Docker Hub,
-// the index.docker.io credentials.
-func (k *keyring) lookup(image string) []userPass {
+// Lookup returns the credentials for image (a repository name without
+// tag or digest) in the kubelet's order: every matching key, most
+// specific first, each key's credentials in the order they were added;
+// when nothing matches and the image is on Docker Hub, the
+// index.docker.io credentials.
+func (k *Keyring) Lookup(image string) []Credential {
 	target, err := parseSchemeless(image)
 	if err != nil {
 		return nil
 	}
-	var out []userPass
+	var out []Credential
 	for _, key := range k.index {
 		if g := k.globs[key]; g != nil && urlsMatch(g, target) {
 			out = append(out, k.creds[key]...)
@@ -124,9 +111,9 @@ func (k *keyring) lookup(image string) []userPass {
 	return nil
 }
 
-// matchImage reports whether image matches one glob (a credential
+// MatchImage reports whether image matches one glob (a credential
 // provider's matchImages entry), as the kubelet's URLsMatchStr does.
-func matchImage(glob, image string) bool {
+func MatchImage(glob, image string) bool {
 	g, err := parseSchemeless(glob)
 	if err != nil {
 		return false
@@ -136,6 +123,13 @@ func matchImage(glob, image string) bool {
 		return false
 	}
 	return urlsMatch(g, t)
+}
+
+// ValidPattern reports whether glob parses as a schemeless URL, as the
+// kubelet requires of matchImages entries.
+func ValidPattern(glob string) bool {
+	_, err := parseSchemeless(glob)
+	return err == nil
 }
 
 // parseSchemeless parses a URL without scheme (the kubelet adds https://
@@ -180,9 +174,12 @@ func splitHost(u *url.URL) ([]string, string) {
 	return strings.Split(host, "."), port
 }
 
-// isDefaultRegistryMatch reports whether image would be pulled from Docker
-// Hub judging by its name: no registry part, or docker.io /
-// index.docker.io, or a first component without "." or ":".
+// isDefaultRegistryMatch is the kubelet's rule for whether image would be
+// pulled from Docker Hub judging by its name: no registry part, or
+// docker.io / index.docker.io, or a first component without "." or ":".
+// The two host names are the kubelet's own literal list (its keyring
+// decides this, not the runtime's name mapping, which is the agent's
+// imageref.APIHost), so they are written here as the kubelet writes them.
 func isDefaultRegistryMatch(image string) bool {
 	first, _, hasSlash := strings.Cut(image, "/")
 	if first == "" {
@@ -191,7 +188,7 @@ func isDefaultRegistryMatch(image string) bool {
 	if !hasSlash {
 		return true
 	}
-	if _, dockerHub := imageref.APIHost(first); dockerHub {
+	if first == "docker.io" || first == "index.docker.io" {
 		return true
 	}
 	return !strings.ContainsAny(first, ".:")

@@ -1,4 +1,4 @@
-package credentials
+package dockerauth
 
 import (
 	"encoding/base64"
@@ -9,9 +9,40 @@ import (
 	"strings"
 )
 
-// maxConfigBytes bounds every docker config read (a file, a secret's data,
-// a plugin's answer): 1 MiB is far more than any real one.
-const maxConfigBytes = 1 << 20
+// MaxConfigBytes bounds every docker config read (a file, a secret's
+// data, a plugin's answer): 1 MiB is far more than any real one.
+const MaxConfigBytes = 1 << 20
+
+// Credential is one username and password the kubelet would hand the
+// runtime. Its String and GoString never show the password.
+type Credential struct {
+	Username, Password string
+	// Origin names where the credential was read (a file, a secret's
+	// "namespace/name"), set by the caller that adds it to a Keyring;
+	// never secret.
+	Origin string
+}
+
+// String never shows the password, so a Credential is safe in %v.
+func (c Credential) String() string { return "credential (not shown)" }
+
+// GoString never shows the password either.
+func (c Credential) GoString() string { return c.String() }
+
+// Entry is one key of a docker config ("https://index.docker.io/v1/",
+// "quay.io/org", "*.example.com") with its credential.
+type Entry struct {
+	Key string
+	Credential
+}
+
+// Config is a docker config reduced to what the kubelet uses.
+type Config struct {
+	Entries []Entry
+	// Ignored says what in the config the kubelet does not use (credential
+	// helpers, token-only entries), for one debug line. Never a secret.
+	Ignored []string
+}
 
 // dockerConfigJSON is config.json and a kubernetes.io/dockerconfigjson
 // secret's .dockerconfigjson: the kubelet reads "auths" only. Credential
@@ -34,77 +65,69 @@ type dockerConfigEntry struct {
 	RegistryToken string `json:"registrytoken"`
 }
 
-// parsedConfig is a docker config reduced to what the kubelet uses.
-type parsedConfig struct {
-	entries []entry
-	// ignored says what in the config the kubelet does not use (credential
-	// helpers, token-only entries), for one debug line. Never a secret.
-	ignored []string
-}
-
-// parseDockerConfigJSON parses config.json / .dockerconfigjson. Errors
-// never quote the input: it holds secrets.
-func parseDockerConfigJSON(data []byte) (parsedConfig, error) {
-	if len(data) > maxConfigBytes {
-		return parsedConfig{}, fmt.Errorf("larger than %d bytes", maxConfigBytes)
+// ParseConfigJSON parses config.json / .dockerconfigjson. Errors never
+// quote the input: it holds secrets.
+func ParseConfigJSON(data []byte) (Config, error) {
+	if len(data) > MaxConfigBytes {
+		return Config{}, fmt.Errorf("larger than %d bytes", MaxConfigBytes)
 	}
 	var cfg dockerConfigJSON
 	if err := json.Unmarshal(data, &cfg); err != nil {
-		return parsedConfig{}, describeJSONError(err)
+		return Config{}, DescribeJSONError(err)
 	}
 	p, err := fromAuths(cfg.Auths)
 	if err != nil {
-		return parsedConfig{}, err
+		return Config{}, err
 	}
 	if len(cfg.CredHelpers) > 0 && string(cfg.CredHelpers) != "null" {
-		p.ignored = append(p.ignored, "credHelpers")
+		p.Ignored = append(p.Ignored, "credHelpers")
 	}
 	if len(cfg.CredsStore) > 0 && string(cfg.CredsStore) != "null" {
-		p.ignored = append(p.ignored, "credsStore")
+		p.Ignored = append(p.Ignored, "credsStore")
 	}
 	return p, nil
 }
 
-// parseDockercfg parses the legacy .dockercfg format (and a
+// ParseDockercfg parses the legacy .dockercfg format (and a
 // kubernetes.io/dockercfg secret's .dockercfg): the auths map itself.
-func parseDockercfg(data []byte) (parsedConfig, error) {
-	if len(data) > maxConfigBytes {
-		return parsedConfig{}, fmt.Errorf("larger than %d bytes", maxConfigBytes)
+func ParseDockercfg(data []byte) (Config, error) {
+	if len(data) > MaxConfigBytes {
+		return Config{}, fmt.Errorf("larger than %d bytes", MaxConfigBytes)
 	}
 	var auths map[string]dockerConfigEntry
 	if err := json.Unmarshal(data, &auths); err != nil {
-		return parsedConfig{}, describeJSONError(err)
+		return Config{}, DescribeJSONError(err)
 	}
 	return fromAuths(auths)
 }
 
 // fromAuths turns an auths map into entries, in key order so results do
 // not depend on map iteration (the keyring sorts keys anyway).
-func fromAuths(auths map[string]dockerConfigEntry) (parsedConfig, error) {
+func fromAuths(auths map[string]dockerConfigEntry) (Config, error) {
 	keys := make([]string, 0, len(auths))
 	for k := range auths {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var p parsedConfig
+	var p Config
 	for _, k := range keys {
 		e := auths[k]
 		user, pass := e.Username, e.Password
 		if e.Auth != "" {
 			var err error
 			if user, pass, err = decodeAuthField(e.Auth); err != nil {
-				return parsedConfig{}, fmt.Errorf("auths[%q].auth: %w", k, err)
+				return Config{}, fmt.Errorf("auths[%q].auth: %w", k, err)
 			}
 		}
 		if user == "" && pass == "" {
 			// The kubelet would hand the runtime an empty credential, which
 			// pulls anonymously: the same as no credential.
 			if e.IdentityToken != "" || e.RegistryToken != "" {
-				p.ignored = append(p.ignored, fmt.Sprintf("auths[%q] identitytoken/registrytoken", k))
+				p.Ignored = append(p.Ignored, fmt.Sprintf("auths[%q] identitytoken/registrytoken", k))
 			}
 			continue
 		}
-		p.entries = append(p.entries, entry{key: k, userPass: userPass{user, pass}})
+		p.Entries = append(p.Entries, Entry{Key: k, Credential: Credential{Username: user, Password: pass}})
 	}
 	return p, nil
 }
@@ -130,9 +153,9 @@ func decodeAuthField(field string) (string, string, error) {
 	return user, pass, nil
 }
 
-// describeJSONError says where JSON is broken without quoting it (a syntax
+// DescribeJSONError says where JSON is broken without quoting it (a syntax
 // error's message may carry a character of a secret).
-func describeJSONError(err error) error {
+func DescribeJSONError(err error) error {
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	switch {

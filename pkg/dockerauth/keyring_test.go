@@ -1,4 +1,4 @@
-package credentials
+package dockerauth
 
 import (
 	"slices"
@@ -55,25 +55,25 @@ func TestMatchImage(t *testing.T) {
 		{"registry-1.docker.io", "docker.io/library/nginx", false},
 	}
 	for _, tt := range tests {
-		if got := matchImage(tt.glob, tt.image); got != tt.want {
-			t.Errorf("matchImage(%q, %q) = %v, want %v", tt.glob, tt.image, got, tt.want)
+		if got := MatchImage(tt.glob, tt.image); got != tt.want {
+			t.Errorf("MatchImage(%q, %q) = %v, want %v", tt.glob, tt.image, got, tt.want)
 		}
 	}
 }
 
 func TestKeyringLookupOrder(t *testing.T) {
-	kr := &keyring{}
-	kr.add([]entry{
-		{key: "quay.io", userPass: userPass{"host", "1"}},
-		{key: "https://quay.io/coreos", userPass: userPass{"path", "2"}},
-		{key: "quay.io/coreos/etcd", userPass: userPass{"repo", "3"}},
-		{key: "*.io", userPass: userPass{"glob", "4"}},
-		{key: "elsewhere.example", userPass: userPass{"no", "5"}},
+	kr := &Keyring{}
+	kr.Add([]Entry{
+		{Key: "quay.io", Credential: Credential{Username: "host", Password: "1"}},
+		{Key: "https://quay.io/coreos", Credential: Credential{Username: "path", Password: "2"}},
+		{Key: "quay.io/coreos/etcd", Credential: Credential{Username: "repo", Password: "3"}},
+		{Key: "*.io", Credential: Credential{Username: "glob", Password: "4"}},
+		{Key: "elsewhere.example", Credential: Credential{Username: "no", Password: "5"}},
 	})
-	kr.add([]entry{{key: "quay.io", userPass: userPass{"host-second-secret", "6"}}})
+	kr.Add([]Entry{{Key: "quay.io", Credential: Credential{Username: "host-second-secret", Password: "6"}}})
 	var got []string
-	for _, up := range kr.lookup("quay.io/coreos/etcd") {
-		got = append(got, up.username)
+	for _, up := range kr.Lookup("quay.io/coreos/etcd") {
+		got = append(got, up.Username)
 	}
 	// Reverse-sorted keys: quay.io/coreos/etcd, quay.io/coreos, quay.io, *.io.
 	want := []string{"repo", "path", "host", "host-second-secret", "glob"}
@@ -96,16 +96,16 @@ func TestKeyringDockerHub(t *testing.T) {
 		{"registry-1.docker.io", "docker.io/library/nginx", false},
 	}
 	for _, tt := range tests {
-		kr := &keyring{}
-		kr.add([]entry{{key: tt.key, userPass: userPass{"u", "p"}}})
-		if got := len(kr.lookup(tt.image)) == 1; got != tt.want {
+		kr := &Keyring{}
+		kr.Add([]Entry{{Key: tt.key, Credential: Credential{Username: "u", Password: "p"}}})
+		if got := len(kr.Lookup(tt.image)) == 1; got != tt.want {
 			t.Errorf("key %q, image %q: matched %v, want %v", tt.key, tt.image, got, tt.want)
 		}
 	}
 	// The Docker Hub fallback is only used when nothing else matched.
-	kr := &keyring{}
-	kr.add([]entry{{key: "index.docker.io", userPass: userPass{"hub", "1"}}, {key: "docker.io/library", userPass: userPass{"lib", "2"}}})
-	if got := kr.lookup("docker.io/library/nginx"); len(got) != 1 || got[0].username != "lib" {
+	kr := &Keyring{}
+	kr.Add([]Entry{{Key: "index.docker.io", Credential: Credential{Username: "hub", Password: "1"}}, {Key: "docker.io/library", Credential: Credential{Username: "lib", Password: "2"}}})
+	if got := kr.Lookup("docker.io/library/nginx"); len(got) != 1 || got[0].Username != "lib" {
 		t.Errorf("lookup = %v, want only the docker.io/library credential", got)
 	}
 }
@@ -136,13 +136,13 @@ func FuzzKeyring(f *testing.F) {
 	f.Add("%zz", "a/b")
 	f.Add("[[[", "[a.b/c")
 	f.Fuzz(func(t *testing.T, key, image string) {
-		kr := &keyring{}
-		kr.add([]entry{{key: key, userPass: userPass{"u", "p"}}, {key: "other.example", userPass: userPass{"o", "q"}}})
-		for _, up := range kr.lookup(image) {
-			if up != (userPass{"u", "p"}) && up != (userPass{"o", "q"}) {
+		kr := &Keyring{}
+		kr.Add([]Entry{{Key: key, Credential: Credential{Username: "u", Password: "p"}}, {Key: "other.example", Credential: Credential{Username: "o", Password: "q"}}})
+		for _, up := range kr.Lookup(image) {
+			if up != (Credential{Username: "u", Password: "p"}) && up != (Credential{Username: "o", Password: "q"}) {
 				t.Fatalf("lookup returned a credential never added: %v", up)
 			}
 		}
-		_ = matchImage(key, image)
+		_ = MatchImage(key, image)
 	})
 }
