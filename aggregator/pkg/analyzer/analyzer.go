@@ -80,6 +80,7 @@ type Analyzer struct {
 	changeLog  *rate.Limiter
 	suppressed int
 }
+
 // Pods lists the pods bound to nodes (kubewatch.Watcher).
 type Pods interface {
 	// OwnersSynced reports whether the pods (and their owners) are loaded.

@@ -70,6 +70,7 @@ func (r *Reports) StreamClosed(reason string) { r.closed.WithLabelValues(reason)
 
 // NodesForgotten counts nodes dropped for silence.
 func (r *Reports) NodesForgotten(names []string) { r.forgotten.Add(float64(len(names))) }
+
 // ImageRefused counts one image report refused in a kept message.
 func (r *Reports) ImageRefused(reason string) { r.refused.WithLabelValues(reason).Inc() }
 
