@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/pullwatch/pullwatch/pkg/kubeapi"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 	"google.golang.org/grpc"
@@ -24,6 +25,7 @@ import (
 	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/web"
 )
@@ -95,7 +97,8 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 	}
 	log.Info("listening", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
-		"node_image_series", opts.NodeImageSeries, "compat_metrics", opts.CompatMetrics)
+		"node_image_series", opts.NodeImageSeries, "compat_metrics", opts.CompatMetrics,
+		"probe_replicas", opts.ProbeReplicas, "registry_budget", opts.RegistryBudgets.String())
 
 	var runErr error
 	select {
@@ -124,12 +127,21 @@ type servers struct {
 // returns the servers over them.
 func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) (*servers, error) {
 	store := state.New(opts.StaleAfter)
+	var planner *shard.Planner // nil: sharding off
+	if opts.ProbeReplicas > 0 {
+		planner = shard.New(shard.Options{Replicas: opts.ProbeReplicas, Budgets: opts.RegistryBudgets, Interval: opts.AgentInterval, Sink: store, Log: log})
+	}
 	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, Compat: opts.CompatMetrics}
 	var dir analyzer.Directory // nil without the API
 	if kube != nil {
 		watcher, err := kubewatch.New(kube.Rest, log, kubewatch.Options{
-			Owners:        opts.CompatMetrics,
-			OnNodeDeleted: func(name string) { store.Forget(name) },
+			Owners: opts.CompatMetrics,
+			OnNodeDeleted: func(name string) {
+				store.Forget(name)
+				if planner != nil {
+					planner.Forget(name)
+				}
+			},
 		})
 		if err != nil {
 			return nil, err
@@ -144,8 +156,13 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	go an.Run(ctx, analyzeEvery)
 
 	reports := metrics.NewReports(ingest.Kinds(), ingest.Reasons())
-	registry := metrics.NewRegistry(metrics.NewCollector(store, an, collectorCfg), reports)
+	cs := []prometheus.Collector{metrics.NewCollector(store, an, collectorCfg), reports}
 	s := &servers{ingest: ingest.NewServer(store, reports, log)}
+	if planner != nil {
+		cs = append(cs, shard.NewCollector(planner))
+		s.ingest.SetSharder(planner)
+	}
+	registry := metrics.NewRegistry(cs...)
 	s.grpc = ingest.NewGRPCServer(s.ingest, opts.MaxReportBytes)
 	s.http = web.NewServer(web.NewHandler(registry, &s.ready, web.NewStatusPage(an, store, log)))
 	return s, nil

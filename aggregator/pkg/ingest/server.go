@@ -41,6 +41,15 @@ type Observer interface {
 	ReportRejected(reason string)
 }
 
+// Sharder spreads manifest checks over the nodes (shard.Planner): it sees
+// every message before it is applied (and folds other nodes' results into
+// delegated images), and says what each node's plan is.
+type Sharder interface {
+	Watch(node string) (<-chan struct{}, func())
+	Ingest(node string, info *pullwatchv1.Node, snapshot bool, images []*pullwatchv1.ImageReport, removed []string, apply func())
+	Directive(node string) *pullwatchv1.ProbeAssignments
+}
+
 // Server implements pullwatchv1.ReportServiceServer.
 type Server struct {
 	pullwatchv1.UnimplementedReportServiceServer
@@ -50,6 +59,7 @@ type Server struct {
 	maxReportBytes int
 	obs            Observer
 	log            *slog.Logger
+	sharder        Sharder
 
 	drainOnce sync.Once
 	draining  chan struct{}
@@ -59,6 +69,10 @@ type Server struct {
 func NewServer(store *state.Store, obs Observer, log *slog.Logger) *Server {
 	return &Server{store: store, obs: obs, log: log, draining: make(chan struct{})}
 }
+
+// SetSharder turns probe sharding on: agents get their ProbeAssignments
+// in Directives. Call before serving.
+func (s *Server) SetSharder(sh Sharder) { s.sharder = sh }
 
 // wireSlack is how far past maxReportBytes gRPC still receives a message,
 // so that the server itself refuses it with the contract's InvalidArgument
@@ -99,6 +113,11 @@ type stream struct {
 	node    string // set by the first accepted snapshot
 	lastSeq uint64
 	log     *slog.Logger
+	// plan signals that the node's probe plan may have changed; sent is
+	// the plan last sent on this stream.
+	plan    <-chan struct{}
+	unwatch func()
+	sent    *pullwatchv1.ProbeAssignments
 }
 
 // Report serves one agent stream until the agent closes it, a message is
@@ -109,6 +128,11 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 	defer s.store.StreamClosed()
 
 	st := &stream{log: s.log.With("peer", peerAddr(ctx))}
+	defer func() {
+		if st.unwatch != nil {
+			st.unwatch()
+		}
+	}()
 	opened := time.Now()
 	defer func() {
 		// Durations as strings: slog's JSON handler would print nanoseconds.
@@ -139,6 +163,16 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 			if err := rs.Send(&pullwatchv1.AggregatorMessage{Body: &pullwatchv1.AggregatorMessage_Ack{Ack: ack}}); err != nil {
 				return fmt.Errorf("send ack %d: %w", ack.GetSequence(), err)
 			}
+		case <-st.plan:
+			pa := s.sharder.Directive(st.node)
+			if pa == nil || proto.Equal(pa, st.sent) {
+				continue
+			}
+			d := &pullwatchv1.Directive{ProbeAssignments: pa}
+			if err := rs.Send(&pullwatchv1.AggregatorMessage{Body: &pullwatchv1.AggregatorMessage_Directive{Directive: d}}); err != nil {
+				return fmt.Errorf("send probe assignments: %w", err)
+			}
+			st.sent = pa
 		}
 	}
 }
@@ -208,7 +242,14 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 		if err := st.sameNode("snapshot.node.name", name); err != nil {
 			return nil, err
 		}
-		s.store.ApplySnapshot(body.Snapshot)
+		if st.node == "" && s.sharder != nil {
+			st.plan, st.unwatch = s.sharder.Watch(name)
+		}
+		if s.sharder != nil {
+			s.sharder.Ingest(name, body.Snapshot.GetNode(), true, body.Snapshot.GetImages(), nil, func() { s.store.ApplySnapshot(body.Snapshot) })
+		} else {
+			s.store.ApplySnapshot(body.Snapshot)
+		}
 		s.obs.ReportReceived(KindSnapshot)
 		if st.node == "" {
 			st.node = name
@@ -221,7 +262,7 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 			st.log.InfoContext(ctx, "update before any snapshot; asked the agent to resync", "node", name)
 		} else if err := st.sameNode("update.node_name", name); err != nil {
 			return nil, err
-		} else if !s.store.ApplyUpdate(body.Update) {
+		} else if !s.applyUpdate(name, body.Update) {
 			// The store forgot the node (for example it was deleted).
 			ack.Resync = true
 			st.log.InfoContext(ctx, "update for a node without state; asked the agent to resync", "node", name)
@@ -229,6 +270,16 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 		s.obs.ReportReceived(KindUpdate)
 	}
 	return ack, nil
+}
+
+// applyUpdate applies an update, through the sharder when there is one.
+func (s *Server) applyUpdate(name string, u *pullwatchv1.NodeUpdate) bool {
+	if s.sharder == nil {
+		return s.store.ApplyUpdate(u)
+	}
+	var ok bool
+	s.sharder.Ingest(name, nil, false, u.GetUpserts(), u.GetRemovedImages(), func() { ok = s.store.ApplyUpdate(u) })
+	return ok
 }
 
 // sameNode refuses a message about another node than the stream's first

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 )
 
@@ -26,6 +27,13 @@ type Options struct {
 	// metrics.NodeImageSeriesFailing.
 	NodeImageSeries string
 	CompatMetrics   bool
+	// ProbeReplicas is k of probe sharding; 0 turns sharding off.
+	ProbeReplicas int
+	// RegistryBudgets are cluster-wide manifest HEADs per interval per
+	// registry host.
+	RegistryBudgets shard.Budgets
+	// AgentInterval is the agents' interval, which round phases spread over.
+	AgentInterval time.Duration
 }
 
 // Name is the program name used in usage and error messages.
@@ -58,6 +66,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		LogFormat:       "text",
 		NodeImageSeries: metrics.NodeImageSeriesAll,
 		CompatMetrics:   true,
+		ProbeReplicas:   shard.DefaultReplicas,
+		RegistryBudgets: shard.Budgets(shard.DefaultBudgets()),
+		AgentInterval:   time.Minute,
 	}
 	s := envflag.New(Name, Name+" [flags]", summary)
 	s.Var((*envflag.ListenAddr)(&o.GRPCListen), "grpc-listen", "`host:port` to serve the agents' gRPC ReportService on.")
@@ -80,6 +91,14 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		"Also export the k8s_image_availability_exporter_* families of k8s-image-availability-exporter (labels namespace, container, image, kind, name), "+
 			"so its dashboards and alerts keep working. With the Kubernetes API, kind and name are the workload (Pod → ReplicaSet → Deployment, Job → CronJob); without it, the pod.")
 
+	s.Var(&envflag.IntRange{Value: &o.ProbeReplicas, Min: 0, Max: 100}, "probe-replicas",
+		"Probe sharding: how many `nodes` HEAD each distinct image (reference, credential source, endpoints) per interval, in different zones where there are any; "+
+			"the other nodes that have it only ping its registry and get their result. 0: every node HEADs every image it has. See docs/architecture.md#probe-sharding.")
+	s.Var(o.RegistryBudgets, "registry-budget",
+		"Cluster-wide manifest HEADs per interval per registry host, `host=N/interval,...` (docker.io=600/interval unless named; N=0 removes a budget). "+
+			"Over budget, each node's share is scaled down by powers of 1/2 and it reports its last result for the images it skips.")
+	s.Var((*envflag.PositiveDuration)(&o.AgentInterval), "agent-interval",
+		"The agents' --interval `duration`: probe sharding spreads the nodes' round starts over it.")
 	if err := s.Parse(args, getenv, out); err != nil {
 		return nil, err
 	}

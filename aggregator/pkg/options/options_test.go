@@ -1,9 +1,12 @@
 package options
 
 import (
+	"reflect"
+
 	"bytes"
 	"errors"
 	"flag"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 	"io"
 	"log/slog"
 	"strings"
@@ -26,6 +29,9 @@ func TestParse(t *testing.T) {
 		LogFormat:       "text",
 		NodeImageSeries: "all",
 		CompatMetrics:   true,
+		ProbeReplicas:   2,
+		RegistryBudgets: shard.Budgets{"docker.io": 600},
+		AgentInterval:   time.Minute,
 	}
 	with := func(edit func(*Options)) Options {
 		o := defaults
@@ -43,7 +49,9 @@ func TestParse(t *testing.T) {
 			"--grpc-listen=127.0.0.1:19400", "--http-listen", ":18080", "--stale-after=90s",
 			"--max-report-bytes=1048576", "--shutdown-timeout=3s", "--log-level=debug", "--log-format=json",
 			"--kubeconfig=/tmp/kc", "--node-image-series=failing", "--compat-metrics=false",
+			"--probe-replicas=3", "--registry-budget=ghcr.io=100/interval,docker.io=0", "--agent-interval=2m",
 		}, nil, Options{
+			ProbeReplicas: 3, RegistryBudgets: shard.Budgets{"ghcr.io": 100}, AgentInterval: 2 * time.Minute,
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
 			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing",
@@ -65,7 +73,7 @@ func TestParse(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if *got != tt.want {
+			if !reflect.DeepEqual(*got, tt.want) {
 				t.Errorf("Parse = %+v\nwant    %+v", *got, tt.want)
 			}
 		})
