@@ -2,8 +2,6 @@ package shard
 
 import (
 	"hash/fnv"
-	"slices"
-	"strings"
 )
 
 // Candidate is a node that could check a key: its name and zone ("" when
@@ -40,58 +38,59 @@ func score(key, node string) uint64 {
 // same, and a candidate joining or leaving moves only the keys it wins or
 // held.
 func Choose(key string, candidates []Candidate, k int) []string {
-	if k <= 0 {
-		return nil
-	}
-	type scored struct {
-		Candidate
-		s uint64
-	}
-	all := make([]scored, len(candidates))
+	all := make([]Scored, len(candidates))
 	for i, c := range candidates {
-		all[i] = scored{c, score(key, c.Node)}
+		all[i] = Scored{c, score(key, c.Node)}
 	}
-	slices.SortFunc(all, func(a, b scored) int {
-		switch {
-		case a.s > b.s:
-			return -1
-		case a.s < b.s:
-			return 1
-		}
-		return strings.Compare(a.Node, b.Node)
-	})
-	if k >= len(all) {
-		out := make([]string, len(all))
-		for i, c := range all {
-			out[i] = c.Node
-		}
-		return out
-	}
-	out := make([]string, 0, k)
-	taken := make([]bool, len(all))
-	zones := map[string]bool{}
-	// First pass: one per zone, best score first.
-	for i, c := range all {
-		if len(out) == k {
-			break
-		}
-		if c.Zone != "" && zones[c.Zone] {
-			continue
-		}
-		if c.Zone != "" {
-			zones[c.Zone] = true
-		}
-		out = append(out, c.Node)
-		taken[i] = true
-	}
-	// Then fill by score.
-	for i, c := range all {
-		if len(out) == k {
-			break
-		}
-		if !taken[i] {
-			out = append(out, c.Node)
-		}
-	}
+	out, _ := pick(all, k)
 	return out
+}
+
+// Scored is a candidate with its score for a key.
+type Scored struct {
+	Candidate
+	Score uint64
+}
+
+func better(a, b Scored) bool {
+	if a.Score != b.Score {
+		return a.Score > b.Score
+	}
+	return a.Node < b.Node
+}
+
+// pick is Choose over scored candidates: k passes of a linear scan (k is
+// small), no sort. fellBack says whether a pick had to take a zone already
+// chosen because no candidate of another zone was left.
+func pick(all []Scored, k int) (out []string, fellBack bool) {
+	if k <= 0 || len(all) == 0 {
+		return nil, false
+	}
+	k = min(k, len(all))
+	out = make([]string, 0, k)
+	taken := make([]bool, len(all))
+	zones := make(map[string]bool, k)
+	for len(out) < k {
+		best, bestAny := -1, -1
+		for i, c := range all {
+			if taken[i] {
+				continue
+			}
+			if bestAny < 0 || better(c, all[bestAny]) {
+				bestAny = i
+			}
+			if (c.Zone == "" || !zones[c.Zone]) && (best < 0 || better(c, all[best])) {
+				best = i
+			}
+		}
+		if best < 0 {
+			best, fellBack = bestAny, true
+		}
+		taken[best] = true
+		if z := all[best].Zone; z != "" {
+			zones[z] = true
+		}
+		out = append(out, all[best].Node)
+	}
+	return out, fellBack
 }

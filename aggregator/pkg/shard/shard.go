@@ -124,8 +124,42 @@ type member struct {
 
 type group struct {
 	host    string
-	members map[string]struct{}
+	members map[string]*candidate
 	chosen  []string
+	// picked is how many of chosen were picked by rendezvous (the rest
+	// are members that cannot reach the key); fellBack is pick's.
+	picked   int
+	fellBack bool
+}
+
+// unmoved reports whether a reachable candidate c joining g leaves its
+// probers as they are, so rechoose can be skipped: the picks are full, c
+// scores below all of them, and c's zone cannot win it a place (it is
+// one the picks already have, or no pick had to fall back to a taken
+// zone). Then every step of pick over the larger set picks what it did.
+func (g *group) unmoved(c *candidate, k int) bool {
+	if c.bad || g.picked < k {
+		return false
+	}
+	zoneTaken := false
+	for _, n := range g.chosen[:g.picked] {
+		p := g.members[n]
+		if p == nil || c.score >= p.score {
+			return false
+		}
+		if c.zone != "" && p.zone == c.zone {
+			zoneTaken = true
+		}
+	}
+	return zoneTaken || (c.zone == "" && !g.fellBack)
+}
+
+// candidate is one member of a group as rechoose needs it, kept up to date
+// by Ingest so that rechoose looks nothing else up.
+type candidate struct {
+	score uint64 // rendezvous score for the key, computed once on joining
+	zone  string
+	bad   bool
 }
 
 type result struct {
@@ -234,6 +268,9 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 		if z := info.GetLabels()[ZoneLabel]; z != m.zone {
 			m.zone = z
 			for _, e := range m.images {
+				if g := p.groups[e.key]; g != nil && g.members[node] != nil {
+					g.members[node].zone = z
+				}
 				touched[e.key] = true
 			}
 		}
@@ -272,12 +309,17 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 		m.images[im.GetImage()] = e
 		g := p.groups[k]
 		if g == nil {
-			g = &group{host: e.host, members: map[string]struct{}{}}
+			g = &group{host: e.host, members: map[string]*candidate{}}
 			p.groups[k] = g
 		}
-		if _, ok := g.members[node]; !ok {
-			g.members[node] = struct{}{}
-			touched[k] = true
+		if c, ok := g.members[node]; !ok {
+			c = &candidate{score: score(string(k), node), zone: m.zone, bad: e.bad}
+			if !g.unmoved(c, p.opts.Replicas) || len(g.members) == 1 {
+				touched[k] = true
+			}
+			g.members[node] = c
+		} else {
+			c.bad = e.bad
 		}
 		if !e.delegated {
 			for _, ep := range im.GetEndpoints() {
@@ -354,7 +396,10 @@ func (p *Planner) leave(node string, k Key, touched map[Key]bool) {
 		return
 	}
 	delete(g.members, node)
-	touched[k] = true
+	// A member that was no prober leaving changes no pick.
+	if slices.Contains(g.chosen, node) || len(g.members) <= 1 {
+		touched[k] = true
+	}
 	if r, ok := p.results[k]; ok && r.node == node {
 		delete(p.results, k) // another prober's result replaces it soon
 	}
@@ -370,20 +415,23 @@ func (p *Planner) rechoose(k Key, affected map[string]bool) {
 	if g == nil {
 		return
 	}
-	ref := imageOf(k)
 	var next []string
 	if len(g.members) > 0 {
-		cands := make([]Candidate, 0, len(g.members))
+		cands := make([]Scored, 0, len(g.members))
 		var bad []string
-		for n := range g.members {
-			m := p.nodes[n]
-			if m.images[ref].bad {
+		for n, c := range g.members {
+			if c.bad {
 				bad = append(bad, n)
 			} else {
-				cands = append(cands, Candidate{Node: n, Zone: m.zone})
+				cands = append(cands, Scored{Candidate{Node: n, Zone: c.zone}, c.score})
 			}
 		}
-		next = append(Choose(string(k), cands, p.opts.Replicas), bad...)
+		slices.Sort(bad)
+		next, g.fellBack = pick(cands, p.opts.Replicas)
+		g.picked = len(next)
+		next = append(next, bad...)
+	} else {
+		g.picked, g.fellBack = 0, false
 	}
 	old := g.chosen
 	g.chosen = next
