@@ -16,6 +16,7 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/health"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
 const runSummary = `Runs the agent daemon: checks every image on this node every --interval
@@ -79,11 +80,21 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	}
 	defer conn.Close()
 	sc := stream.New(conn, log.With("aggregator", f.aggregator))
+	// Probe sharding: the aggregator's assignments steer the rounds while
+	// the stream is up; without it the node checks every image itself.
+	checker.Plan.SetActive(sc.Connected)
+	sc.OnDirective = func(d *pb.Directive) {
+		if pa := d.GetProbeAssignments(); pa != nil {
+			checker.Plan.Apply(pa, f.interval)
+			log.Debug("probe assignments", "generation", pa.GetGeneration(), "delegated", len(pa.GetDelegated()), "assigned", len(pa.GetAssigned()))
+		}
+	}
 	d := &daemon.Daemon{
 		Rounds:       checker,
 		Stream:       sc,
 		Health:       health.New(f.interval, sc.Connected),
 		Interval:     f.interval,
+		Next:         checker.Plan.NextRound,
 		AgentVersion: Version,
 		Log:          log,
 	}

@@ -51,6 +51,7 @@ func (im Image) proto() *pb.ImageReport {
 		Drifted:          im.Drifted,
 		RegistryDigest:   im.RegistryDigest,
 		CredentialSource: im.CredentialSource,
+		Delegated:        im.Delegated,
 	}
 	if im.CheckedAt != nil {
 		r.CheckedAt = timestamppb.New(*im.CheckedAt)
@@ -72,7 +73,7 @@ func (im Image) proto() *pb.ImageReport {
 }
 
 func (e Endpoint) proto() *pb.EndpointResult {
-	return &pb.EndpointResult{
+	r := &pb.EndpointResult{
 		Url:                e.URL,
 		Role:               e.Role,
 		Status:             e.Status,
@@ -83,4 +84,8 @@ func (e Endpoint) proto() *pb.EndpointResult {
 		Skipped:            e.Skipped,
 		RatelimitRemaining: e.RateLimitRemaining,
 	}
+	if e.RetryAfterSeconds > 0 {
+		r.RetryAfter = durationpb.New(time.Duration(e.RetryAfterSeconds * float64(time.Second)))
+	}
+	return r
 }

@@ -49,36 +49,10 @@ func DefaultBudgets() map[string]float64 { return map[string]float64{"docker.io"
 type Key string
 
 // KeyOf is the key of an image report: its reference, credential source
-// and endpoint URLs in the runtime's order.
-func KeyOf(im *pb.ImageReport) Key {
-	var b strings.Builder
-	b.WriteString(im.GetImage())
-	b.WriteByte(0)
-	b.WriteString(im.GetCredentialSource())
-	for _, e := range im.GetEndpoints() {
-		b.WriteByte(0)
-		b.WriteString(e.GetUrl())
-	}
-	return Key(b.String())
-}
+// and endpoint URLs in the runtime's order (pb.ProbeKeyOf).
+func KeyOf(im *pb.ImageReport) Key { return Key(pb.ProbeKeyOf(im)) }
 
-// KeyOfProto is the key a ProbeKey names (the agent's side of KeyOf).
-func KeyOfProto(k *pb.ProbeKey) Key {
-	var b strings.Builder
-	b.WriteString(k.GetImage())
-	b.WriteByte(0)
-	b.WriteString(k.GetCredentialSource())
-	for _, e := range k.GetEndpoints() {
-		b.WriteByte(0)
-		b.WriteString(e)
-	}
-	return Key(b.String())
-}
-
-func (k Key) proto() *pb.ProbeKey {
-	parts := strings.Split(string(k), "\x00")
-	return &pb.ProbeKey{Image: parts[0], CredentialSource: parts[1], Endpoints: parts[2:]}
-}
+func (k Key) proto() *pb.ProbeKey { return pb.ProbeKeyFromString(string(k)) }
 
 // Sink is where shared results are folded into the images the aggregator
 // already holds (state.Store.ReplaceImage).
