@@ -64,7 +64,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		ShutdownTimeout: 10 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
-		NodeImageSeries: metrics.NodeImageSeriesAll,
+		NodeImageSeries: metrics.NodeImageSeriesFailing,
 		CompatMetrics:   true,
 		ProbeReplicas:   shard.DefaultReplicas,
 		RegistryBudgets: shard.Budgets(shard.DefaultBudgets()),
@@ -85,8 +85,8 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		"`path` (or list of paths, as in $KUBECONFIG) to a kubeconfig, used outside a cluster. Without one and outside a cluster, node-deletion tracking, Node zones and workload owners are off.")
 	s.Env("kubeconfig", "KUBECONFIG")
 	s.Var(&envflag.Choice{Value: &o.NodeImageSeries, Choices: []string{metrics.NodeImageSeriesAll, metrics.NodeImageSeriesFailing}}, "node-image-series",
-		"Which images get per-node series (pullwatch_node_image_status, pullwatch_node_image_in_use): `all`, or failing (only images not available on the node; "+
-			"about 50,000 fewer series per 1,000 nodes with 50 images). Cluster-wide series are complete either way. See docs/metrics.md.")
+		"Which images get per-node series (pullwatch_node_image_status, pullwatch_node_image_in_use): `failing` (only images not available on the node; the default, "+
+			"which holds at 5,000 nodes × 100 images), or all (about 100,000 more series per 1,000 nodes with 50 images; see docs/benchmarks.md for its cost at each size). Cluster-wide series are complete either way. See docs/metrics.md.")
 	s.BoolVar(&o.CompatMetrics, "compat-metrics", o.CompatMetrics,
 		"Also export the k8s_image_availability_exporter_* families of k8s-image-availability-exporter (labels namespace, container, image, kind, name), "+
 			"so its dashboards and alerts keep working. With the Kubernetes API, kind and name are the workload (Pod → ReplicaSet → Deployment, Job → CronJob); without it, the pod.")

@@ -27,7 +27,7 @@ func TestParse(t *testing.T) {
 		ShutdownTimeout: 10 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
-		NodeImageSeries: "all",
+		NodeImageSeries: "failing",
 		CompatMetrics:   true,
 		ProbeReplicas:   2,
 		RegistryBudgets: shard.Budgets{"docker.io": 600},
@@ -48,20 +48,20 @@ func TestParse(t *testing.T) {
 		{"flags", []string{
 			"--grpc-listen=127.0.0.1:19400", "--http-listen", ":18080", "--stale-after=90s",
 			"--max-report-bytes=1048576", "--shutdown-timeout=3s", "--log-level=debug", "--log-format=json",
-			"--kubeconfig=/tmp/kc", "--node-image-series=failing", "--compat-metrics=false",
+			"--kubeconfig=/tmp/kc", "--node-image-series=all", "--compat-metrics=false",
 			"--probe-replicas=3", "--registry-budget=ghcr.io=100/interval,docker.io=0", "--agent-interval=2m",
 		}, nil, Options{
 			ProbeReplicas: 3, RegistryBudgets: shard.Budgets{"ghcr.io": 100}, AgentInterval: 2 * time.Minute,
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
-			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing",
+			Kubeconfig: "/tmp/kc", NodeImageSeries: "all",
 		}},
 		{"environment", nil, map[string]string{
 			"PULLWATCH_GRPC_LISTEN": ":1", "PULLWATCH_STALE_AFTER": "5m", "PULLWATCH_LOG_LEVEL": "warn", "KUBECONFIG": "/a:/b",
-			"PULLWATCH_NODE_IMAGE_SERIES": "failing", "PULLWATCH_COMPAT_METRICS": "false",
+			"PULLWATCH_NODE_IMAGE_SERIES": "all", "PULLWATCH_COMPAT_METRICS": "false",
 		}, with(func(o *Options) {
 			o.GRPCListen, o.StaleAfter, o.LogLevel, o.Kubeconfig = ":1", 5*time.Minute, slog.LevelWarn, "/a:/b"
-			o.NodeImageSeries, o.CompatMetrics = "failing", false
+			o.NodeImageSeries, o.CompatMetrics = "all", false
 		})},
 		{"flag wins over environment", []string{"--stale-after=1m"}, map[string]string{"PULLWATCH_STALE_AFTER": "5m"},
 			with(func(o *Options) { o.StaleAfter = time.Minute })},
@@ -128,7 +128,7 @@ func TestHelp(t *testing.T) {
 		"env PULLWATCH_GRPC_LISTEN, default :9400",
 		"env KUBECONFIG)",
 		"--stale-after duration",
-		"env PULLWATCH_NODE_IMAGE_SERIES, default all",
+		"env PULLWATCH_NODE_IMAGE_SERIES, default failing",
 		"env PULLWATCH_COMPAT_METRICS, default true",
 	} {
 		if !strings.Contains(out.String(), want) {

@@ -97,6 +97,7 @@ type member struct {
 }
 
 type group struct {
+	key     Key
 	host    string
 	members map[string]*candidate
 	chosen  []string
@@ -139,6 +140,27 @@ type candidate struct {
 type result struct {
 	node string
 	im   *pb.ImageReport
+	// endpoints is what every node the result is folded into shows: the
+	// prober's endpoint results without its ratelimit-remaining (that is
+	// its egress budget, not theirs). One slice shared by all of them
+	// (immutable, like everything in the store).
+	endpoints []*pb.EndpointResult
+}
+
+func newResult(node string, im *pb.ImageReport) result {
+	r := result{node: node, im: im, endpoints: im.GetEndpoints()}
+	cloned := false
+	for i, e := range im.GetEndpoints() {
+		if e.GetRatelimitRemaining() != "" {
+			if !cloned {
+				r.endpoints, cloned = slices.Clone(im.GetEndpoints()), true
+			}
+			c := proto.Clone(e).(*pb.EndpointResult)
+			c.RatelimitRemaining = ""
+			r.endpoints[i] = c
+		}
+	}
+	return r
 }
 
 // Planner computes the probe plan and shares results. Safe for concurrent
@@ -268,9 +290,13 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	}
 	var fresh []Key // keys whose shared result changed
 	holdHosts := map[string]bool{}
-	for i, im := range images {
+	for _, im := range images {
 		im.SharedFrom = "" // the aggregator's field, never the agent's
+		intern(im)
 		k := KeyOf(im)
+		if g := p.groups[k]; g != nil {
+			k = g.key // one copy of the key for all members
+		}
 		e := entry{key: k, host: im.GetRegistry(), delegated: im.GetDelegated(),
 			bad: !im.GetDelegated() && im.GetStatus() == pb.ImageStatus_IMAGE_STATUS_UNREACHABLE}
 		if old, ok := m.images[im.GetImage()]; ok {
@@ -283,7 +309,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 		m.images[im.GetImage()] = e
 		g := p.groups[k]
 		if g == nil {
-			g = &group{host: e.host, members: map[string]*candidate{}}
+			g = &group{key: k, host: e.host, members: map[string]*candidate{}}
 			p.groups[k] = g
 		}
 		if c, ok := g.members[node]; !ok {
@@ -311,7 +337,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 		}
 		if e.delegated {
 			if r, ok := p.results[k]; ok && r.node != node {
-				images[i] = fold(im, r)
+				foldInto(im, r) // not applied yet: ours to change
 			}
 			continue
 		}
@@ -322,7 +348,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 			if !ok || !sameResult(r.im, im) {
 				fresh = append(fresh, k)
 			}
-			p.results[k] = result{node: node, im: im}
+			p.results[k] = newResult(node, im)
 		}
 	}
 	for k := range touched {
@@ -515,32 +541,34 @@ func (p *Planner) notify(affected map[string]bool) {
 	}
 }
 
-// fold is own (a delegated image: the node reached every endpoint) with
-// the shared result's answer.
+// fold is a copy of own (a delegated image whose node reached every
+// endpoint, already in the store and so not to be changed) with the
+// shared result's answer.
 func fold(own *pb.ImageReport, r result) *pb.ImageReport {
 	out := proto.Clone(own).(*pb.ImageReport)
+	foldInto(out, r)
+	return out
+}
+
+// foldInto puts the shared result's answer into im. Strings, timestamps
+// and endpoint results are shared with the result, not copied.
+func foldInto(im *pb.ImageReport, r result) {
 	s := r.im
-	out.Status, out.Reason, out.Degraded = s.GetStatus(), s.GetReason(), s.GetDegraded()
-	out.CheckedAt = s.GetCheckedAt()
-	out.SharedFrom = r.node
-	out.Endpoints = make([]*pb.EndpointResult, len(s.GetEndpoints()))
-	for i, e := range s.GetEndpoints() {
-		c := proto.Clone(e).(*pb.EndpointResult)
-		c.RatelimitRemaining = "" // the prober's egress budget, not this node's
-		out.Endpoints[i] = c
-	}
+	im.Status, im.Reason, im.Degraded = s.GetStatus(), s.GetReason(), s.GetDegraded()
+	im.CheckedAt = s.GetCheckedAt()
+	im.SharedFrom = r.node
+	im.Endpoints = r.endpoints
 	// The digest the registry serves, as the prober saw it: its drift
 	// target, or its own digest when it had not drifted.
 	serves := s.GetDigest()
 	if s.GetDrifted() {
 		serves = s.GetRegistryDigest()
 	}
-	out.Drifted, out.RegistryDigest = false, ""
-	if !strings.Contains(own.GetImage(), "@") && serves != "" && own.GetDigest() != "" && serves != own.GetDigest() &&
+	im.Drifted, im.RegistryDigest = false, ""
+	if !strings.Contains(im.GetImage(), "@") && serves != "" && im.GetDigest() != "" && serves != im.GetDigest() &&
 		s.GetStatus() == pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
-		out.Drifted, out.RegistryDigest = true, serves
+		im.Drifted, im.RegistryDigest = true, serves
 	}
-	return out
 }
 
 // sameResult compares two checks of a key, ignoring times and latencies.
