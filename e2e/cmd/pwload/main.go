@@ -131,7 +131,7 @@ func run(ctx context.Context, c config) error {
 
 	// Round 0: every agent connects and sends its snapshot (it has no
 	// assignments yet: it HEADs everything, as a fresh cluster does).
-	start := time.Now()
+	start, cpu0 := time.Now(), cpu(pid)
 	var wg sync.WaitGroup
 	errs := make(chan error, c.nodes)
 	sem := make(chan struct{}, 500)
@@ -154,7 +154,7 @@ func run(ctx context.Context, c config) error {
 	for err := range errs {
 		return err
 	}
-	fmt.Printf("\nconnect + first snapshot of every agent: %v (RSS %s)\n", time.Since(start).Round(time.Millisecond), rss(pid))
+	fmt.Printf("\nconnect + first snapshot of every agent: %v, aggregator CPU %v (RSS %s)\n", time.Since(start).Round(time.Millisecond), cpu(pid)-cpu0, rss(pid))
 	time.Sleep(c.settle)
 	naive, sharded, pings, delegated, assigned := world.requests(agents)
 	fmt.Printf("assignments: %d agents got a directive; %d delegated, %d assigned keys in all\n", world.directed(agents), delegated, assigned)
@@ -165,7 +165,7 @@ func run(ctx context.Context, c config) error {
 	// marked), then rounds of updates.
 	for r := range c.rounds {
 		snapshot := r == 0
-		start := time.Now()
+		start, cpu0 := time.Now(), cpu(pid)
 		if err := parallel(agents, func(a *agent) error {
 			if r > 0 {
 				a.churn(world)
@@ -178,16 +178,17 @@ func run(ctx context.Context, c config) error {
 		if snapshot {
 			kind = "snapshots with delegated images"
 		}
-		fmt.Printf("full round %d, %s: ingested in %v (RSS %s)\n", r+1, kind, time.Since(start).Round(time.Millisecond), rss(pid))
+		fmt.Printf("full round %d, %s: ingested in %v, aggregator CPU %v (RSS %s)\n", r+1, kind, time.Since(start).Round(time.Millisecond), cpu(pid)-cpu0, rss(pid))
 	}
 
 	for _, path := range []string{"/metrics", "/"} {
 		for range 2 {
+			cpu0 := cpu(pid)
 			d, n, err := get(base + path)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("GET %s: %v, %.1f MB\n", path, d.Round(time.Millisecond), float64(n)/1e6)
+			fmt.Printf("GET %s: %v, aggregator CPU %v, %.1f MB\n", path, d.Round(time.Millisecond), cpu(pid)-cpu0, float64(n)/1e6)
 		}
 	}
 	if d, n, err := get(base + "/metrics"); err == nil {
@@ -529,6 +530,19 @@ func procStatus(pid int, field string) string {
 }
 
 func rss(pid int) string { return procStatus(pid, "VmRSS") }
+
+// cpu is the process's user + system CPU time so far (/proc/PID/stat).
+func cpu(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ 100
+}
 func hwm(pid int) string { return procStatus(pid, "VmHWM") }
 
 func loadavg() string {
