@@ -63,7 +63,7 @@ type harness struct {
 }
 
 // newHarness serves a Server on a real loopback listener and dials it.
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, setup ...func(*Server)) *harness {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,6 +71,9 @@ func newHarness(t *testing.T) *harness {
 	}
 	h := &harness{store: state.New(time.Minute), obs: newCountingObserver()}
 	h.srv = NewServer(h.store, h.obs, slog.New(slog.NewTextHandler(t.Output(), nil)))
+	for _, f := range setup {
+		f(h.srv)
+	}
 	gs := NewGRPCServer(h.srv, testMaxReportBytes)
 	go gs.Serve(lis)
 	// Drain and GracefulStop wait for every handler to return, so none

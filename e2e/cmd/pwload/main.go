@@ -46,7 +46,6 @@ import (
 type config struct {
 	bin        string
 	extraArgs  string
-	addr       string
 	nodes      int
 	images     int
 	distinct   int
