@@ -435,6 +435,8 @@ func agentNodePaths(t *testing.T) map[string]bool {
 const (
 	daemonSetFile = "deploy/daemonset.yaml"
 	agentHostRoot = "/host"
+	// agentStateDir holds the agent's --state-file, the one node path it writes.
+	agentStateDir = "/var/lib/pullwatch"
 )
 
 // agentDaemonSet returns the agent's DaemonSet and its container.
@@ -508,6 +510,14 @@ func TestDeployAgentHostPaths(t *testing.T) {
 	for _, m := range c.VolumeMounts {
 		p, ok := hostPaths[m.Name]
 		if !ok {
+			continue
+		}
+		if p == agentStateDir {
+			// The agent's own state directory (--state-file): writable,
+			// where it is on the node, and nothing else.
+			if m.MountPath != p || m.ReadOnly {
+				t.Errorf("state volume %s mounted at %s (read-only %v), want writable at %s", m.Name, m.MountPath, m.ReadOnly, p)
+			}
 			continue
 		}
 		if !m.ReadOnly {

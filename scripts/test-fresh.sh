@@ -17,6 +17,13 @@
 #   PULLWATCH_FRESH_WARM_GO=1  bind this machine's Go module and build caches in
 #                           (faster; proves the same: every Debian package and Go
 #                           tool still has to come from the repo's own scripts)
+#   PULLWATCH_FRESH_MAKE    run `make $PULLWATCH_FRESH_MAKE` (after the deps
+#                           target) instead of .ci/run, e.g. e2e-installed
+#
+# The fresh root becomes the root of its mount namespace (pivot_root, not
+# chroot): the box's nodes enter mount namespaces of their own with setns,
+# which resets a process' root to its namespace's root and so would leave
+# a chroot.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=${PULLWATCH_FRESH_DIR:-/var/tmp/pullwatch-fresh}
@@ -40,13 +47,15 @@ if [[ ! -s $tarball ]]; then
   rm -rf "$dir/bootstrap"
 fi
 
-# leftovers KILL: processes whose root is the fresh root (containerd, registries
-# the tests may have left behind); killed with KILL when asked.
+# leftovers KILL: processes the run left behind (containerd, registries, kubelets
+# the tests may have left): their environment carries this run's id (the root
+# is pivoted, so /proc/PID/root does not name it); killed with KILL when asked.
+run_id=$$-$(date +%s)
 leftovers() {
-  local p r found=0
+  local p found=0
   for p in /proc/[0-9]*; do
-    r=$(readlink "$p/root" 2>/dev/null) || continue
-    if [[ $r == "$root" || $r == "$root"/* ]]; then
+    # any: a run before this one (one root, so one run at a time)
+    if tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qx "PULLWATCH_FRESH_RUN=$([[ ${2:-} == any ]] && echo '.*' || echo "$run_id")"; then
       found=1
       [[ ${1:-} == kill ]] && kill -KILL "${p#/proc/}" 2>/dev/null || true
     fi
@@ -57,7 +66,7 @@ cleanup() {
   leftovers kill || true
   if [[ ${PULLWATCH_FRESH_KEEP:-} == 1 ]]; then log "kept $root"; else rm -rf "$root"; fi
 }
-if [[ -d $root ]]; then leftovers kill || true; rm -rf "$root"; fi
+if [[ -d $root ]]; then leftovers kill any || true; rm -rf "$root"; fi
 trap cleanup EXIT
 
 log "unpacking a fresh root in $root"
@@ -98,15 +107,29 @@ PATH=$PATH:$(dirname "$(command -v go)") unshare --mount --propagation private -
   mount --rbind /dev "$root/dev"
   mount -t tmpfs -o mode=0755 tmpfs "$root/run"
   mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+  # The network namespaces, bridges and veths the tests make are this
+  # machine'"'"'s, not the root'"'"'s: share the markers that say whose they are
+  # (e2e/harness/netns), or a cleanup in the root would remove what a test
+  # running beside it on this machine made, and the reverse.
+  mkdir -p /run/pullwatch-netns "$root/run/pullwatch-netns"
+  mount --bind /run/pullwatch-netns "$root/run/pullwatch-netns"
   if [[ ${PULLWATCH_FRESH_WARM_GO:-} == 1 ]]; then
     for d in "$(go env GOMODCACHE)" "$(go env GOCACHE)"; do
       mkdir -p "$root/root/${d#/root/}" && mount --bind "$d" "$root/root/${d#/root/}"
     done
   fi
-  exec chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+  cd "$root"
+  mkdir -p .old-root
+  pivot_root . .old-root
+  cd /
+  umount -l /.old-root
+  rmdir /.old-root
+  cmd="bash .ci/run"
+  if [[ -n $2 ]]; then cmd="export PATH=/usr/local/go/bin:\$PATH; apt-get update -qq && apt-get install -y -qq make >/dev/null && make deps $2"; fi
+  exec /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 PULLWATCH_FRESH_RUN=$3 \
     PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    CI=true bash -c "cd /ci/pullwatch && bash .ci/run </dev/null"
-' _ "$root" >"$dir/ci.log" 2>&1
+    CI=true bash -c "cd /ci/pullwatch && $cmd </dev/null"
+' _ "$root" "${PULLWATCH_FRESH_MAKE:-}" "$run_id" >"$dir/ci.log" 2>&1
 rc=$?
 set -e
 elapsed=$((SECONDS - start))

@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -89,7 +92,7 @@ func controllerRef(apiVersion, kind, name string, uid string) metav1.OwnerRefere
 // metrics name the workload behind each container (Pod → ReplicaSet →
 // Deployment, Pod → Job → CronJob), zones come from the Node objects and
 // make a zone-scope diagnosis, a node deleted from the cluster is dropped,
-// and a node the API does not know counts as unregistered.
+// and reports for a node the API does not know are refused and counted.
 func TestAggregatorKubernetes(t *testing.T) {
 	l := lab.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -171,7 +174,10 @@ func TestAggregatorKubernetes(t *testing.T) {
 	lab.ReportSnapshot(t, s.GRPCAddr, s.SyntheticNode(t, "kube-node-a2", "", false))
 	lab.ReportSnapshot(t, s.GRPCAddr, s.SyntheticNode(t, "kube-node-b1", "", true))
 	lab.ReportSnapshot(t, s.GRPCAddr, s.SyntheticNode(t, "kube-node-gone", "", true))
-	lab.ReportSnapshot(t, s.GRPCAddr, s.SyntheticNode(t, "kube-node-unknown", "", true))
+	if err := lab.SendSnapshot(s.GRPCAddr, s.SyntheticNode(t, "kube-node-unknown", "", true)); status.Code(err) != codes.FailedPrecondition ||
+		!strings.Contains(err.Error(), `"kube-node-unknown" is not a Node of this cluster`) {
+		t.Errorf("snapshot for a node the API does not have: %v, want FailedPrecondition", err)
+	}
 
 	want := []*regexp.Regexp{
 		regexp.MustCompile(regexp.QuoteMeta(fmt.Sprintf(`k8s_image_availability_exporter_available{container="app",image=%q,kind="deployment",name="web",namespace="shop"} 1`, s.OK))),
@@ -181,7 +187,8 @@ func TestAggregatorKubernetes(t *testing.T) {
 		// Zone a (a1 and a2) lost the stopped registry; zone b reaches it.
 		regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_registry_failure\{endpoint="[^"]+",registry=%q,scope="zone"\} 2$`, s.DeadRegistry)),
 		regexp.MustCompile(fmt.Sprintf(`(?m)^pullwatch_image_failure\{image=%q,registry=%q,scope="zone"\} 2$`, s.Dead, s.DeadRegistry)),
-		regexp.MustCompile(`(?m)^pullwatch_nodes\{state="unregistered"\} 1$`),
+		regexp.MustCompile(`(?m)^pullwatch_nodes\{state="unregistered"\} 0$`),
+		regexp.MustCompile(`(?m)^pullwatch_reports_rejected_total\{reason="unknown_node"\} 1$`),
 		regexp.MustCompile(`(?m)^pullwatch_nodes\{state="fresh"\} 4$`),
 	}
 	lab.WaitFor(t, 60*time.Second, "workloads, zone diagnosis and node states on /metrics", func() (bool, string) {
@@ -197,7 +204,7 @@ func TestAggregatorKubernetes(t *testing.T) {
 
 	// The status page shows the zones, from the API.
 	_, page := lab.HTTPGet(s.PageURL())
-	for _, w := range []string{`kube-node-a1<small>zone zone-a</small>`, `<small>zones zone-a</small>`, `<span class="state-unregistered">unregistered</span>`} {
+	for _, w := range []string{`kube-node-a1<small>zone zone-a</small>`, `<small>zones zone-a</small>`} {
 		if !strings.Contains(page, w) {
 			t.Errorf("status page lacks %q", w)
 		}

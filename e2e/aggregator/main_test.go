@@ -1,6 +1,6 @@
 // Package aggregator_test checks the aggregator on the lab node's reports
 // and synthetic ones: its status page in a real headless Chromium, and its
-// Kubernetes view (workloads, zones, deleted and unregistered nodes)
+// Kubernetes view (workloads, zones, deleted nodes, refused unknown ones)
 // against a real kube-apiserver with the shipped RBAC.
 package aggregator_test
 

@@ -164,6 +164,9 @@ type serviceMonitor struct {
 			Path          string `json:"path,omitempty"`
 			Interval      string `json:"interval,omitempty"`
 			ScrapeTimeout string `json:"scrapeTimeout,omitempty"`
+			// HonorLabels keeps the metrics' own namespace, pod and
+			// container labels (risk and compatibility families).
+			HonorLabels bool `json:"honorLabels,omitempty"`
 		} `json:"endpoints"`
 	} `json:"spec"`
 }
@@ -890,6 +893,10 @@ func TestAgentDaemonSet(t *testing.T) {
 			"/etc/ssl/certs", "/etc/pki/tls/certs", "/etc/pki/ca-trust/extracted",
 			"/var/lib/kubelet/config.json", "/root/.docker",
 		}
+		// The one writable host path: the agent's flap-damping state file
+		// (--state-file), so "since" survives restarts.
+		const stateDir = "/var/lib/pullwatch"
+		allowed = append(allowed, stateDir)
 		for _, v := range spec.Volumes {
 			if v.HostPath == nil {
 				continue
@@ -898,7 +905,7 @@ func TestAgentDaemonSet(t *testing.T) {
 				t.Errorf("volume %s: hostPath %s is not one the agent needs (%v)", v.Name, v.HostPath.Path, allowed)
 			}
 			for _, m := range c.VolumeMounts {
-				if m.Name == v.Name && !m.ReadOnly {
+				if m.Name == v.Name && !m.ReadOnly && v.HostPath.Path != stateDir {
 					t.Errorf("hostPath volume %s is mounted writable at %s", v.Name, m.MountPath)
 				}
 			}
@@ -1486,6 +1493,9 @@ func TestServiceMonitor(t *testing.T) {
 	}
 	if !found || (ep.Path != "" && ep.Path != "/metrics") {
 		t.Errorf("ServiceMonitor endpoint port %q path %q, want a port of Service %s and /metrics", ep.Port, ep.Path, svc.Name)
+	}
+	if !ep.HonorLabels {
+		t.Errorf("ServiceMonitor endpoint without honorLabels: the operator's namespace, pod and container target labels would rename the metrics' own to exported_*")
 	}
 }
 

@@ -61,7 +61,7 @@ func TestNodesAreRealKubelets(t *testing.T) {
 	}
 	out, err := c.Kubectl(ctx, "get", "pods", "-A", "-o", "wide")
 	t.Logf("%s", out)
-	if err != nil || !strings.Contains(out, "10.244.") {
+	if err != nil || !strings.Contains(out, "10.244.") { // kubecluster.ClusterCIDR
 		t.Fatalf("pod without a pod-network address: %v", err)
 	}
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/pullwatch/pullwatch/e2e/harness/kubecluster"
 	"github.com/pullwatch/pullwatch/e2e/harness/netns"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
-	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
 
 // TestInstalledOnEveryNode: deploy/ as shipped runs on real kubelets — the
@@ -30,7 +29,11 @@ func TestInstalledOnEveryNode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	want := fmt.Sprint(len(c.Nodes))
-	waitQuery(ctx, t, `sum(pullwatch_nodes{state="fresh"})`, func(v float64) bool { return fmt.Sprint(v) == want }, "every node fresh")
+	// Two aggregator replicas, each with every node: the same series
+	// twice, one per pod.
+	waitQuery(ctx, t, `count(pullwatch_agents_connected)`, func(v float64) bool { return v == 2 }, "both aggregator replicas scraped")
+	waitQuery(ctx, t, `min(pullwatch_nodes{state="fresh"})`, func(v float64) bool { return fmt.Sprint(v) == want }, "every node fresh on each replica")
+	waitQuery(ctx, t, `min(pullwatch_agents_connected)`, func(v float64) bool { return fmt.Sprint(v) == want }, "every agent streaming to each replica")
 	waitQuery(ctx, t, `count(up{namespace="pullwatch"} == 1)`, func(v float64) bool { return v >= 1 }, "the aggregator scraped")
 
 	out, err := c.Kubectl(ctx, "-n", kubecluster.Namespace, "logs", "daemonset/pullwatch-agent")
@@ -84,7 +87,7 @@ func TestImageGoneBeforeRestartFails(t *testing.T) {
 	c := installed(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	digest, err := registry.PushSleeper(ctx, c.Registry, "shop/web", "1")
+	digest, err := c.PushSleeper(ctx, "shop/web", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +97,9 @@ func TestImageGoneBeforeRestartFails(t *testing.T) {
 	if _, err := cl.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The scenarios after this one start from a quiet box: the failing
+	// workload goes away (the cached image stays, no longer in use).
+	t.Cleanup(func() { deleteAndWait(t, c, ns, "app=web") })
 	labels := map[string]string{"app": "web"}
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
@@ -135,14 +141,15 @@ func TestImageGoneBeforeRestartFails(t *testing.T) {
 	}
 	sel := fmt.Sprintf(`pullwatch_node_image_status{image=%q`, image)
 	// pullwatch_image_nodes: the shipped default --node-image-series=failing
-	// has no per-node series for available images.
+	// has no per-node series for available images (max: each replica has
+	// every node).
 	waitQuery(ctx, t, fmt.Sprintf(`max(pullwatch_image_nodes{image=%q,status="available"})`, image), func(v float64) bool { return int(v) == len(c.Nodes) }, "web available on every node")
 
-	if err := registry.DeleteManifest(ctx, c.Registry, "shop/web", digest); err != nil {
+	if err := c.DeleteImage(ctx, "shop/web", digest); err != nil {
 		t.Fatal(err)
 	}
 	deleted := time.Now()
-	waitQuery(ctx, t, `count(`+sel+`,status="absent"})`, func(v float64) bool { return int(v) == len(c.Nodes) }, "web absent on every node")
+	waitQuery(ctx, t, `count(max by (node) (`+sel+`,status="absent"}))`, func(v float64) bool { return int(v) == len(c.Nodes) }, "web absent on every node")
 	reported := time.Now()
 	t.Logf("pullwatch reported the image absent on all %d nodes %s after its deletion", len(c.Nodes), reported.Sub(deleted).Round(time.Second))
 
@@ -221,13 +228,13 @@ func TestEgressCutBeforePullFails(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	node := c.Nodes[len(c.Nodes)-1]
-	if _, err := registry.PushSleeper(ctx, c.Registry, "shop/api", "1"); err != nil {
+	if _, err := c.PushSleeper(ctx, "shop/api", "1"); err != nil {
 		t.Fatal(err)
 	}
 	up := fmt.Sprintf(`max(pullwatch_node_endpoint_up{node=%q,endpoint=~".*%s.*"})`, node.Name(), c.Registry.Addr())
 	waitQuery(ctx, t, up, func(v float64) bool { return v == 1 }, "the registry up from "+node.Name())
 
-	rule, err := node.NS().Block(ctx, c.RegNS.IP(), kubecluster.RegistryPort, netns.Reject)
+	rule, err := node.NS().Block(ctx, c.RegNS.IP(), 0, netns.Reject)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +247,7 @@ func TestEgressCutBeforePullFails(t *testing.T) {
 	waitQuery(ctx, t, others, func(v float64) bool { return v == 1 }, "the registry still up from the other nodes")
 
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "default"},
+		ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "default", Labels: map[string]string{"app": "api"}},
 		Spec: corev1.PodSpec{
 			NodeSelector: map[string]string{"kubernetes.io/hostname": node.Name()},
 			Containers:   []corev1.Container{{Name: "api", Image: c.Registry.Ref("shop/api", "1")}},
@@ -249,6 +256,7 @@ func TestEgressCutBeforePullFails(t *testing.T) {
 	if _, err := c.Client().CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { deleteAndWait(t, c, "default", "app=api") })
 	var failed time.Time
 	if err := proc.Poll(ctx, 3*time.Minute, time.Second, func() error {
 		p, err := c.Client().CoreV1().Pods("default").Get(ctx, "api", metav1.GetOptions{})
@@ -267,4 +275,29 @@ func TestEgressCutBeforePullFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("LEAD TIME: pullwatch said %s cannot reach the registry %s before the kubelet's pull failed there", node.Name(), failed.Sub(reported).Round(time.Second))
+}
+
+// deleteAndWait deletes the pods (and, for a namespace of the test's own,
+// the namespace) a test made and waits until they are gone.
+func deleteAndWait(t *testing.T, c *kubecluster.Cluster, ns, selector string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cl := c.Client()
+	if ns != "default" {
+		_ = cl.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+	}
+	_ = cl.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}, metav1.ListOptions{LabelSelector: selector})
+	if err := proc.Poll(ctx, 3*time.Minute, time.Second, func() error {
+		l, err := cl.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return err
+		}
+		if len(l.Items) > 0 {
+			return fmt.Errorf("%d pods left in %s", len(l.Items), ns)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("clean up: %v", err)
+	}
 }

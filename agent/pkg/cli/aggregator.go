@@ -1,11 +1,11 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 
-	"google.golang.org/grpc"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/discovery"
@@ -18,11 +18,21 @@ const aggregatorUsage = "gRPC `address` of pullwatch-aggregator: HOST:PORT throu
 	"with neither cluster DNS nor kube-proxy (e.g. kubernetes:///pullwatch-aggregator.pullwatch:grpc; PORT is a Service port's name, " +
 	"or a number dialed on the pods as it is; needs RBAC list and watch on endpointslices in NAMESPACE). Required."
 
-// aggregatorDialOptions returns what the gRPC client needs to dial
-// aggregator: nothing for HOST:PORT; for a kubernetes:/// target, the
-// EndpointSlice resolver with a client of the Kubernetes API, which must
-// then be configured.
-func (c *common) aggregatorDialOptions(log *slog.Logger, aggregator string) ([]grpc.DialOption, error) {
+// replicaWatch follows the ready aggregator replicas: discovery.Watch
+// bound to a target and a client of the Kubernetes API.
+type replicaWatch struct {
+	watch func(ctx context.Context, onChange func(addrs []string))
+	// authority is the Service's DNS name, SERVICE.NAMESPACE.svc: the
+	// :authority of the streams to its pods' addresses, and the name TLS
+	// verifies the aggregator's certificate against.
+	authority string
+}
+
+// aggregatorReplicas returns, for a kubernetes:/// aggregator, the watch of
+// its Service's ready endpoints (each gets a stream of its own), with a
+// client of the Kubernetes API, which must then be configured; nil for
+// HOST:PORT, which is dialed as it is (one stream, through DNS).
+func (c *common) aggregatorReplicas(log *slog.Logger, aggregator string) (*replicaWatch, error) {
 	if !discovery.IsTarget(aggregator) {
 		return nil, nil
 	}
@@ -46,5 +56,11 @@ func (c *common) aggregatorDialOptions(log *slog.Logger, aggregator string) ([]g
 	}
 	log.Info("finding the aggregator through EndpointSlices", "service", target.Service, "namespace", target.Namespace,
 		"port", target.Port, "api", kube.Source, "host", kube.Rest.Host)
-	return []grpc.DialOption{grpc.WithResolvers(discovery.NewBuilder(client, log.With("component", "discovery")))}, nil
+	dlog := log.With("component", "discovery")
+	return &replicaWatch{
+		watch: func(ctx context.Context, onChange func([]string)) {
+			discovery.Watch(ctx, client, target, dlog, onChange)
+		},
+		authority: target.Service + "." + target.Namespace + ".svc",
+	}, nil
 }

@@ -56,12 +56,12 @@ func TestRunAggregatorTargetSetupErrors(t *testing.T) {
 	}
 }
 
-func TestAggregatorDialOptions(t *testing.T) {
+func TestAggregatorReplicas(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var c common
-	opts, err := c.aggregatorDialOptions(log, "pullwatch-aggregator.pullwatch.svc:9400")
-	if err != nil || len(opts) != 0 {
-		t.Errorf("HOST:PORT: %d options, %v; want none", len(opts), err)
+	watch, err := c.aggregatorReplicas(log, "pullwatch-aggregator.pullwatch.svc:9400")
+	if err != nil || watch != nil {
+		t.Errorf("HOST:PORT: a replica watch (%v); want none: one stream through DNS", err)
 	}
 
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
@@ -75,8 +75,11 @@ current-context: c
 		t.Fatal(err)
 	}
 	c.kubeconfig = kubeconfig
-	opts, err = c.aggregatorDialOptions(log, "kubernetes:///pullwatch-aggregator.pullwatch:grpc")
-	if err != nil || len(opts) != 1 {
-		t.Errorf("kubernetes:/// with a kubeconfig: %d options, %v; want the resolver", len(opts), err)
+	watch, err = c.aggregatorReplicas(log, "kubernetes:///pullwatch-aggregator.pullwatch:grpc")
+	if err != nil || watch == nil {
+		t.Fatalf("kubernetes:/// with a kubeconfig: %v; want the replica watch", err)
+	}
+	if watch.authority != "pullwatch-aggregator.pullwatch.svc" {
+		t.Errorf("authority %q, want the Service's DNS name", watch.authority)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/daemon"
+	"github.com/pullwatch/pullwatch/agent/pkg/damping"
 	"github.com/pullwatch/pullwatch/agent/pkg/events"
 	"github.com/pullwatch/pullwatch/agent/pkg/health"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
@@ -32,6 +33,8 @@ type runFlags struct {
 	watchEvents    bool
 	containerdAddr string
 	httpListen     string
+	confirm        int
+	stateFile      string
 }
 
 func (f *runFlags) register(s *envflag.Set, env Env) {
@@ -42,6 +45,13 @@ func (f *runFlags) register(s *envflag.Set, env Env) {
 	s.Var((*envflag.PositiveDuration)(&f.interval), "interval", "Time between two checks of every image (`duration`).")
 	s.BoolVar(&f.watchEvents, "events", true, "Also check soon after containerd image and container events (containerd only).")
 	s.StringVar(&f.containerdAddr, "containerd-address", "", "containerd `socket` for events. Empty: the CRI endpoint, when the runtime is containerd.")
+	f.confirm = damping.DefaultConfirm
+	s.Var(&envflag.IntRange{Value: &f.confirm, Min: 1, Max: 100}, "confirm",
+		"Flap damping: an image's status changes only after this many consecutive checks agree (`count`, 1-100; 1 is off). "+
+			"A change to available and the first check of an image are reported at once.")
+	s.StringVar(&f.stateFile, "state-file", "",
+		"`path` of a small JSON file keeping each image's reported status and since when, so an agent restart neither resets the since times "+
+			"nor lets a blip through (the DaemonSet: /var/lib/pullwatch/agent-state.json on a hostPath). Empty: kept in memory only.")
 	s.StringVar(&f.httpListen, "http-listen", "", "`host:port` for /healthz (rounds keep succeeding), /readyz (first round published, stream up) and /metrics (the agent's own metrics). Empty: off. The agent shares the node's network: pick a free node port.")
 }
 
@@ -59,7 +69,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	ctx, log := newLogger(ctx, env, &f.common)
-	aggregatorOpts, err := f.aggregatorDialOptions(log, f.aggregator)
+	replicas, err := f.aggregatorReplicas(log, f.aggregator)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
 		return ExitSetup
@@ -73,26 +83,48 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 
 	// Transport security and node-bound credentials come with the trust
 	// issue; until then the stream is plaintext inside the cluster network.
-	conn, err := grpc.NewClient(f.aggregator, append(aggregatorOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "pullwatch-agent run: aggregator address %q: %v\n", f.aggregator, err)
-		return ExitSetup
-	}
-	defer conn.Close()
-	sc := stream.New(conn, log.With("aggregator", f.aggregator))
-	// Probe sharding: the aggregator's assignments steer the rounds while
-	// the stream is up; without it the node checks every image itself.
-	checker.Plan.SetActive(sc.Connected)
-	sc.OnDirective = func(d *pb.Directive) {
+	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	onDirective := func(d *pb.Directive) {
 		if pa := d.GetProbeAssignments(); pa != nil {
 			checker.Plan.Apply(pa, f.interval)
 			log.Debug("probe assignments", "generation", pa.GetGeneration(), "delegated", len(pa.GetDelegated()), "assigned", len(pa.GetAssigned()))
 		}
 	}
+	var (
+		sc        daemon.Stream
+		connected func() bool
+		endpoints func() map[string]bool
+	)
+	if replicas != nil {
+		// One stream per ready aggregator replica, each dialed at its
+		// pod address as it is (no resolver), in the Service's name.
+		rs := stream.NewReplicas(func(addr string) (*grpc.ClientConn, error) {
+			return grpc.NewClient("passthrough:///"+addr, append(dialOpts, grpc.WithAuthority(replicas.authority))...)
+		}, log)
+		rs.Configure = func(c *stream.Client) { c.OnDirective = onDirective }
+		go replicas.watch(ctx, rs.SetAddresses)
+		sc, connected, endpoints = rs, rs.Connected, rs.Endpoints
+	} else {
+		conn, err := grpc.NewClient(f.aggregator, dialOpts...)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "pullwatch-agent run: aggregator address %q: %v\n", f.aggregator, err)
+			return ExitSetup
+		}
+		defer conn.Close()
+		c := stream.New(conn, log.With("aggregator", f.aggregator))
+		c.OnDirective = onDirective
+		sc, connected = c, c.Connected
+		endpoints = func() map[string]bool { return map[string]bool{f.aggregator: c.Connected()} }
+	}
+	// Probe sharding: the aggregator's assignments steer the rounds while
+	// a stream is up; without one the node checks every image itself.
+	checker.Plan.SetActive(connected)
+	mon := health.New(f.interval, connected)
+	mon.ReportEndpoints(endpoints)
 	d := &daemon.Daemon{
-		Rounds:       checker,
+		Rounds:       damping.New(damping.Options{Confirm: f.confirm, Node: f.nodeName, StateFile: f.stateFile, Log: log}).Wrap(checker),
 		Stream:       sc,
-		Health:       health.New(f.interval, sc.Connected),
+		Health:       mon,
 		Interval:     f.interval,
 		Next:         checker.Plan.NextRound,
 		AgentVersion: Version,
@@ -108,7 +140,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	}
 	d.Triggers = f.triggers(ctx, log, client)
 
-	log.Info("agent running", "interval", f.interval, "aggregator", f.aggregator)
+	log.Info("agent running", "interval", f.interval, "aggregator", f.aggregator, "confirm", f.confirm, "state_file", f.stateFile)
 	d.Run(ctx)
 	return ExitOK
 }

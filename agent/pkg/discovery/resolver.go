@@ -51,13 +51,67 @@ func (b *Builder) Build(t resolver.Target, cc resolver.ClientConn, _ resolver.Bu
 	if err != nil {
 		return nil, fmt.Errorf("target %q: %w", t.URL.String(), err)
 	}
-	return startWatch(b.client, target, cc, b.log.With("target", target.String())), nil
+	return startWatch(b.client, target, ccSink{cc}, b.log.With("target", target.String())), nil
+}
+
+// sink receives what a watch finds.
+type sink interface {
+	// addresses hands over the ready addresses, sorted, after a change;
+	// none when no endpoint is ready, with why.
+	addresses(addrs []string, noneWhy error)
+	// watchFailed says the list or watch failed before any address
+	// was found.
+	watchFailed(err error)
+}
+
+// ccSink hands a gRPC ClientConn what the watch finds.
+type ccSink struct{ cc resolver.ClientConn }
+
+func (s ccSink) addresses(addrs []string, noneWhy error) {
+	if len(addrs) == 0 {
+		// An empty state makes the balancer close its connections (to
+		// endpoints that are no longer ready) and fail calls; the error
+		// tells them why.
+		_ = s.cc.UpdateState(resolver.State{})
+		s.cc.ReportError(noneWhy)
+		return
+	}
+	var state resolver.State
+	for _, a := range addrs {
+		addr := resolver.Address{Addr: a}
+		state.Addresses = append(state.Addresses, addr)
+		state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{addr}})
+	}
+	// An error asks a polling resolver to resolve again; this one hears of
+	// every change anyway.
+	_ = s.cc.UpdateState(state)
+}
+
+func (s ccSink) watchFailed(err error) { s.cc.ReportError(err) }
+
+// funcSink calls a function with every new set of addresses.
+type funcSink func([]string)
+
+func (f funcSink) addresses(addrs []string, _ error) { f(addrs) }
+func (funcSink) watchFailed(error)                   {} // logged by the watch
+
+// Watch follows the ready endpoints of target until ctx ends: it calls
+// onChange with their sorted host:port addresses once the first list is
+// in, and again after every change (an empty list when none is ready).
+// It is the resolver's watch for a client that wants one connection per
+// aggregator replica rather than one gRPC channel over all of them: the
+// agent streams its reports to every replica. Calls of onChange are
+// sequential. Watch returns when ctx ends and the watch has stopped.
+func Watch(ctx context.Context, client kubernetes.Interface, target Target, log *slog.Logger, onChange func(addrs []string)) {
+	r := startWatch(client, target, funcSink(onChange), log.With("target", target.String()))
+	<-ctx.Done()
+	r.Close()
 }
 
 // endpointsResolver follows one target's EndpointSlices.
 type endpointsResolver struct {
 	target   Target
-	cc       resolver.ClientConn
+	out      sink
 	log      *slog.Logger
 	factory  informers.SharedInformerFactory
 	lister   discoverylisters.EndpointSliceLister
@@ -72,7 +126,7 @@ type endpointsResolver struct {
 	last []string
 }
 
-func startWatch(client kubernetes.Interface, target Target, cc resolver.ClientConn, log *slog.Logger) *endpointsResolver {
+func startWatch(client kubernetes.Interface, target Target, out sink, log *slog.Logger) *endpointsResolver {
 	ctx, cancel := context.WithCancel(context.Background())
 	selector := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: target.Service})
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
@@ -81,7 +135,7 @@ func startWatch(client kubernetes.Interface, target Target, cc resolver.ClientCo
 	slicesInformer := factory.Discovery().V1().EndpointSlices()
 	r := &endpointsResolver{
 		target:   target,
-		cc:       cc,
+		out:      out,
 		log:      log,
 		factory:  factory,
 		lister:   slicesInformer.Lister(),
@@ -144,23 +198,11 @@ func (r *endpointsResolver) update() {
 	if len(addrs) == 0 {
 		msg := fmt.Sprintf("no ready aggregator endpoints in %s.%s", r.target.Service, r.target.Namespace)
 		r.log.Warn(msg, "why", why)
-		// An empty state makes the balancer close its connections (to
-		// endpoints that are no longer ready) and fail calls; the error
-		// tells them why.
-		_ = r.cc.UpdateState(resolver.State{})
-		r.cc.ReportError(fmt.Errorf("%s: %s", msg, why))
+		r.out.addresses(nil, fmt.Errorf("%s: %s", msg, why))
 		return
 	}
 	r.log.Info("aggregator endpoints", "addresses", addrs)
-	var state resolver.State
-	for _, a := range addrs {
-		addr := resolver.Address{Addr: a}
-		state.Addresses = append(state.Addresses, addr)
-		state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{addr}})
-	}
-	// An error asks a polling resolver to resolve again; this one hears of
-	// every change anyway.
-	_ = r.cc.UpdateState(state)
+	r.out.addresses(addrs, nil)
 }
 
 // watchError reports a failing list or watch to the client while it has no
@@ -176,7 +218,7 @@ func (r *endpointsResolver) watchError(ctx context.Context, refl *cache.Reflecto
 		err = fmt.Errorf("%w (the agent needs list and watch on endpointslices in namespace %s)", err, r.target.Namespace)
 	}
 	r.log.Warn("cannot find the aggregator", "err", err)
-	r.cc.ReportError(err)
+	r.out.watchFailed(err)
 }
 
 // ResolveNow does nothing: the watch hears of every change.

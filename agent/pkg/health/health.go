@@ -62,7 +62,7 @@ func New(interval time.Duration, connected func() bool) *Monitor {
 	}, []string{"status"})
 	m.streamUp = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pullwatch_agent_stream_connected",
-		Help: "1 while the report stream to the aggregator is up and acknowledged, else 0.",
+		Help: "1 while a report stream to the aggregator (with replicas: to at least one) is up and acknowledged, else 0.",
 	}, func() float64 {
 		if m.connected != nil && m.connected() {
 			return 1
@@ -76,6 +76,35 @@ func New(interval time.Duration, connected func() bool) *Monitor {
 	m.registry.MustRegister(m.rounds, m.duration, m.lastOK, m.images, m.streamUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// aggregatorConnectedDesc is the per-replica stream state.
+var aggregatorConnectedDesc = prometheus.NewDesc("pullwatch_agent_aggregator_connected", aggregatorConnectedHelp(), []string{"aggregator"}, nil)
+
+func aggregatorConnectedHelp() string {
+	return "1 while the report stream to this aggregator address (a replica's pod address, or the --aggregator HOST:PORT) is up and acknowledged, else 0. " +
+		"One series per address the agent streams to."
+}
+
+// endpointsCollector exports pullwatch_agent_aggregator_connected.
+type endpointsCollector func() map[string]bool
+
+func (endpointsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- aggregatorConnectedDesc }
+
+func (f endpointsCollector) Collect(ch chan<- prometheus.Metric) {
+	for addr, up := range f() {
+		v := 0.0
+		if up {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(aggregatorConnectedDesc, prometheus.GaugeValue, v, addr)
+	}
+}
+
+// ReportEndpoints exports each aggregator address's stream state from
+// endpoints (stream.Replicas.Endpoints); call it once, before serving.
+func (m *Monitor) ReportEndpoints(endpoints func() map[string]bool) {
+	m.registry.MustRegister(endpointsCollector(endpoints))
 }
 
 // Round records one round: its duration and, when it succeeded, the

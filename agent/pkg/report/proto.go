@@ -56,6 +56,9 @@ func (im Image) proto() *pb.ImageReport {
 	if im.CheckedAt != nil {
 		r.CheckedAt = timestamppb.New(*im.CheckedAt)
 	}
+	if im.StatusSince != nil {
+		r.StatusSince = timestamppb.New(*im.StatusSince)
+	}
 	for _, e := range im.Endpoints {
 		r.Endpoints = append(r.Endpoints, e.proto())
 	}

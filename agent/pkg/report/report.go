@@ -46,6 +46,9 @@ type Image struct {
 	ImageID     string   `json:"image_id,omitempty"`
 	RepoDigests []string `json:"repo_digests,omitempty"`
 	InUse       bool     `json:"in_use"`
+	// StatusSince is when the node first saw the image's current status
+	// (the daemon's flap damping sets it; check leaves it unset).
+	StatusSince *time.Time `json:"status_since,omitempty"`
 	Outcome
 	Pods []Pod `json:"pods"`
 	// Delegated: probe sharding left this round's manifest HEAD to other

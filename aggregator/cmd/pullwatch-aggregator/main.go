@@ -19,11 +19,14 @@ import (
 	"github.com/pullwatch/pullwatch/pkg/kubeapi"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 	"google.golang.org/grpc"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/ingest"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodecondition"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
@@ -98,6 +101,7 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 	log.Info("listening", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
 		"node_image_series", opts.NodeImageSeries, "compat_metrics", opts.CompatMetrics,
+		"forget_after", opts.ForgetAfter.String(), "max_node_images", opts.MaxNodeImages, "max_node_endpoints", opts.MaxNodeEndpoints,
 		"probe_replicas", opts.ProbeReplicas, "registry_budget", opts.RegistryBudgets.String())
 
 	var runErr error
@@ -126,16 +130,29 @@ type servers struct {
 // and the analyzer, starts the watches and the analyzer under ctx, and
 // returns the servers over them.
 func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) (*servers, error) {
-	store := state.New(opts.StaleAfter)
+	store := state.New(opts.StaleAfter, state.WithForgetAfter(opts.ForgetAfter))
+	bounds := ingest.Bounds{
+		PerNode:              state.Limits{Images: opts.MaxNodeImages, Endpoints: opts.MaxNodeEndpoints},
+		FirstReport:          opts.FirstReportTimeout,
+		MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
+	}
 	var planner *shard.Planner // nil: sharding off
 	if opts.ProbeReplicas > 0 {
 		planner = shard.New(shard.Options{Replicas: opts.ProbeReplicas, Budgets: opts.RegistryBudgets, Interval: opts.AgentInterval, Sink: store, Log: log})
 	}
-	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, Compat: opts.CompatMetrics}
+	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, CompatSchema: opts.CompatMetrics}
+	filter, err := imagefilter.New(opts.IgnoredImages, opts.AllowedImages, opts.NamespaceLabel)
+	if err != nil {
+		return nil, err
+	}
+	anOpts := analyzer.Options{Filter: filter}
 	var dir analyzer.Directory // nil without the API
 	if kube != nil {
+		// Pods and their owners are watched for the risk assessment and
+		// the compatibility metrics.
 		watcher, err := kubewatch.New(kube.Rest, log, kubewatch.Options{
-			Owners: opts.CompatMetrics,
+			Owners:     true,
+			Namespaces: filter.SelectsNamespaces(),
 			OnNodeDeleted: func(name string) {
 				store.Forget(name)
 				if planner != nil {
@@ -148,24 +165,61 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		}
 		watcher.Start(ctx)
 		dir = watcher
-		if opts.CompatMetrics {
+		bounds.Nodes = watcher // reports only for Nodes that exist
+		filter.SetNamespaces(watcher)
+		anOpts.Pods = watcher
+		if opts.CompatMetrics != metrics.CompatOff {
 			collectorCfg.Owners = watcher
 		}
+		if opts.NodeCondition {
+			client, err := kubernetes.NewForConfig(kube.Rest)
+			if err != nil {
+				return nil, fmt.Errorf("kubernetes client for %s: %w", kube.Rest.Host, err)
+			}
+			nc := nodecondition.New(client, log)
+			anOpts.OnAnalysis = nc.Observe
+			go nc.Run(ctx)
+			log.Info("writing the " + string(nodecondition.Type) + " condition on Nodes, with Events on changes")
+		}
+	} else {
+		if opts.NodeCondition {
+			log.Warn("--node-condition needs the Kubernetes API; off")
+		}
+		if filter.SelectsNamespaces() {
+			log.Warn("--namespace-label needs the Kubernetes API; no namespace is selected without it")
+		}
 	}
-	an := analyzer.NewAnalyzer(store, dir, log)
+	an := analyzer.NewAnalyzerWith(store, dir, log, anOpts)
+	collectorCfg.Risk = an.Risk
 	go an.Run(ctx, analyzeEvery)
 
-	reports := metrics.NewReports(ingest.Kinds(), ingest.Reasons())
+	reports := metrics.NewReports(ingest.Kinds(), append(ingest.Reasons(), ingest.BoundReasons()...))
+	go store.RunSweeper(ctx, sweepEvery(opts.StaleAfter), func(gone []string) {
+		reports.NodesForgotten(gone)
+		if planner != nil {
+			for _, n := range gone {
+				planner.Forget(n)
+			}
+		}
+		log.Info("forgot nodes silent for --forget-after", "nodes", len(gone), "forget_after", opts.ForgetAfter.String(), "first", gone[0])
+	})
 	cs := []prometheus.Collector{metrics.NewCollector(store, an, collectorCfg), reports}
 	s := &servers{ingest: ingest.NewServer(store, reports, log)}
+	s.ingest.SetBounds(bounds)
 	if planner != nil {
 		cs = append(cs, shard.NewCollector(planner))
 		s.ingest.SetSharder(planner)
 	}
 	registry := metrics.NewRegistry(cs...)
 	s.grpc = ingest.NewGRPCServer(s.ingest, opts.MaxReportBytes)
-	s.http = web.NewServer(web.NewHandler(registry, &s.ready, web.NewStatusPage(an, store, log)))
+	s.http = web.NewServer(web.NewHandler(registry, &s.ready, statusPage(an, store, log)))
 	return s, nil
+}
+
+// sweepEvery is how often nodes silent for --forget-after are looked for:
+// a tenth of --stale-after, between 1s and a minute.
+func sweepEvery(staleAfter time.Duration) time.Duration {
+	return min(max(staleAfter/10, time.Second), time.Minute)
 }
 
 // serve serves on the listeners and marks the aggregator ready. The
@@ -221,4 +275,11 @@ func stopGRPC(s *grpc.Server, timeout time.Duration, log *slog.Logger) {
 		s.Stop()
 		<-done
 	}
+}
+
+// statusPage is the status page with the risk section.
+func statusPage(an *analyzer.Analyzer, store *state.Store, log *slog.Logger) *web.StatusPage {
+	p := web.NewStatusPage(an, store, log)
+	p.Risk = an.Risk
+	return p
 }

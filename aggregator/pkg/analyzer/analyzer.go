@@ -6,11 +6,17 @@ package analyzer
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/risk"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -26,10 +32,13 @@ type Directory interface {
 // from the Node object when dir has it, else from the label the agent
 // sent; a node is unregistered when dir is synced and has no such Node.
 // dir may be nil (no Kubernetes API): nothing is unregistered then.
-func Inputs(views []state.NodeView, dir Directory) []diagnose.Node {
+//
+// filter (nil: everything) drops the images that are not watched, so
+// every reader of the diagnosis sees the same images.
+func Inputs(views []state.NodeView, dir Directory, filter *imagefilter.Filter) []diagnose.Node {
 	out := make([]diagnose.Node, len(views))
 	for i, v := range views {
-		n := diagnose.Node{Name: v.Name, Stale: v.Stale, Images: v.Images, Zone: v.Info.GetLabels()[diagnose.ZoneLabel], Info: v.Info, LastReport: v.LastReport}
+		n := diagnose.Node{Name: v.Name, Stale: v.Stale, Images: filter.Reports(v.Images), Zone: v.Info.GetLabels()[diagnose.ZoneLabel], Info: v.Info, LastReport: v.LastReport}
 		if dir != nil {
 			zone, exists, synced := dir.Node(v.Name)
 			switch {
@@ -52,10 +61,57 @@ type Analyzer struct {
 	store *state.Store
 	dir   Directory
 	log   *slog.Logger
+	opts  Options
 
-	mu   sync.Mutex
-	last map[subject]verdict
+	mu       sync.Mutex
+	last     map[subject]verdict
+	lastRisk *risk.Assessment
+	riskAt   time.Time
+
+	// The latest diagnosis and what it was computed from: the store's
+	// version and each node's name, zone, staleness and registration.
+	report     *diagnose.Report
+	version    uint64
+	inputs     []nodeKey
+	generation uint64
+
+	// changeLog bounds "diagnosis changed" lines; suppressed counts the
+	// lines it held back since the last one written.
+	changeLog  *rate.Limiter
+	suppressed int
 }
+// Pods lists the pods bound to nodes (kubewatch.Watcher).
+type Pods interface {
+	// OwnersSynced reports whether the pods (and their owners) are loaded.
+	OwnersSynced() bool
+	Pods() []kubewatch.PodFacts
+}
+
+// Options add to what an Analyzer does.
+type Options struct {
+	// Filter drops the images and namespaces that are not watched.
+	Filter *imagefilter.Filter
+	// Pods, when set, turns on the risk assessment (Risk).
+	Pods Pods
+	// OnAnalysis is called, under the analysis lock, after every
+	// analysis (the node condition writer).
+	OnAnalysis func(ctx context.Context, r *diagnose.Report)
+}
+
+// nodeKey is what of a node's input can change without the store's
+// version changing.
+type nodeKey struct {
+	name, zone          string
+	stale, unregistered bool
+}
+
+// The "diagnosis changed" log budget: a burst of changeBurst lines, then
+// changeRate per second. A registry outage changes every image's finding
+// at once; past the budget one line says how many were not logged.
+const (
+	changeBurst = 50
+	changeRate  = 1
+)
 
 // subject is what a finding is about: an endpoint or an image.
 type subject struct {
@@ -70,17 +126,88 @@ type verdict struct {
 
 // NewAnalyzer returns an Analyzer of store; dir may be nil.
 func NewAnalyzer(store *state.Store, dir Directory, log *slog.Logger) *Analyzer {
-	return &Analyzer{store: store, dir: dir, log: log, last: map[subject]verdict{}}
+	return NewAnalyzerWith(store, dir, log, Options{})
+}
+
+// NewAnalyzerWith returns an Analyzer of store with opts; dir may be nil.
+func NewAnalyzerWith(store *state.Store, dir Directory, log *slog.Logger, opts Options) *Analyzer {
+	return &Analyzer{store: store, dir: dir, log: log, opts: opts, last: map[subject]verdict{},
+		changeLog: rate.NewLimiter(changeRate, changeBurst)}
+}
+
+// Risk returns the risk assessment of the latest analysis: nil without
+// Options.Pods, or until the pods are loaded. Call it after Analyze.
+func (a *Analyzer) Risk() *risk.Assessment {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lastRisk
 }
 
 // Analyze diagnoses the store as it is now and logs what changed since
 // the previous analysis.
 func (a *Analyzer) Analyze(ctx context.Context) *diagnose.Report {
+	r, _ := a.Diagnosis(ctx)
+	return r
+}
+
+// Diagnosis is Analyze, and the generation of the diagnosis: a number
+// that changes exactly when the diagnosis was computed again because its
+// input changed (a report that changed images, a node forgotten, gone
+// stale, registered or moved zone). While the input stays the same the
+// previous diagnosis is reused, with only each node's LastReport brought
+// up to date, so callers may cache what they derive from a generation.
+// The returned report is shared: do not modify it.
+func (a *Analyzer) Diagnosis(ctx context.Context) (*diagnose.Report, uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	r := diagnose.Diagnose(Inputs(a.store.Nodes(), a.dir))
+	version := a.store.Version()
+	in := Inputs(a.store.Nodes(), a.dir, a.opts.Filter)
+	keys := make([]nodeKey, len(in))
+	for i, n := range in {
+		keys[i] = nodeKey{name: n.Name, zone: n.Zone, stale: n.Stale, unregistered: n.Unregistered}
+	}
+	if a.report != nil && version == a.version && slices.Equal(keys, a.inputs) {
+		// Same input but for report times: a copy with those updated,
+		// sharing everything else.
+		r := *a.report
+		r.Nodes = slices.Clone(a.report.Nodes)
+		for i := range r.Nodes {
+			r.Nodes[i].LastReport = in[i].LastReport
+		}
+		// Pods change without the store: the risk is assessed again
+		// when it is older than riskEvery.
+		if time.Since(a.riskAt) >= riskEvery {
+			a.assessRisk(a.report)
+		}
+		return &r, a.generation
+	}
+	r := diagnose.Diagnose(in)
+	a.report, a.version, a.inputs = r, version, keys
+	a.generation++
 	a.observe(ctx, r)
-	return r
+	a.assessRisk(r)
+	if a.opts.OnAnalysis != nil {
+		a.opts.OnAnalysis(ctx, r)
+	}
+	return r, a.generation
+}
+
+// riskEvery bounds how stale the risk assessment gets while the diagnosis
+// stays the same (pods come and go without a report).
+const riskEvery = 5 * time.Second
+
+// assessRisk assesses r against the pods, under a.mu.
+func (a *Analyzer) assessRisk(r *diagnose.Report) {
+	p := a.opts.Pods
+	if p == nil || !p.OwnersSynced() {
+		return
+	}
+	var filter risk.Filter
+	if a.opts.Filter.Active() {
+		filter = a.opts.Filter
+	}
+	a.lastRisk = risk.Assess(r, p.Pods(), filter)
+	a.riskAt = time.Now()
 }
 
 // Run analyzes every interval until ctx ends, so that changes are logged
@@ -94,6 +221,9 @@ func (a *Analyzer) Run(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 			a.Analyze(ctx)
+			a.mu.Lock()
+			a.flushSuppressed(ctx)
+			a.mu.Unlock()
 		}
 	}
 }
@@ -134,7 +264,7 @@ func (a *Analyzer) observe(ctx context.Context, r *diagnose.Report) {
 		} else {
 			args = []any{"registry", s.endpoint.Registry, "endpoint", s.endpoint.URL, "role", s.endpoint.Role}
 		}
-		a.log.InfoContext(ctx, "diagnosis changed", append([]any{"from", scopeWord(v.scope), "to", "none", "why", "no live node reports it"}, args...)...)
+		a.logChange(ctx, slog.LevelInfo, append([]any{"from", scopeWord(v.scope), "to", "none", "why", "no live node reports it"}, args...))
 	}
 }
 
@@ -152,7 +282,33 @@ func (a *Analyzer) compare(ctx context.Context, s subject, now verdict, details 
 	if now.scope != diagnose.ScopeNone {
 		level = slog.LevelWarn
 	}
-	a.log.Log(ctx, level, "diagnosis changed", append(args, details()...)...)
+	a.logChange(ctx, level, append(args, details()...))
+}
+
+// logChange writes one "diagnosis changed" line within the log budget,
+// preceded by how many were suppressed since the last one written; over
+// the budget it only counts the line.
+func (a *Analyzer) logChange(ctx context.Context, level slog.Level, args []any) {
+	if !a.changeLog.Allow() {
+		a.suppressed++
+		return
+	}
+	if a.suppressed > 0 {
+		a.log.WarnContext(ctx, "diagnosis changes not logged (over the log budget); see pullwatch_image_failure and pullwatch_registry_failure",
+			"suppressed", a.suppressed)
+		a.suppressed = 0
+	}
+	a.log.Log(ctx, level, "diagnosis changed", args...)
+}
+
+// flushSuppressed writes the count of suppressed lines once the budget
+// allows, so that a burst's count is not held back until the next change.
+func (a *Analyzer) flushSuppressed(ctx context.Context) {
+	if a.suppressed > 0 && a.changeLog.Allow() {
+		a.log.WarnContext(ctx, "diagnosis changes not logged (over the log budget); see pullwatch_image_failure and pullwatch_registry_failure",
+			"suppressed", a.suppressed)
+		a.suppressed = 0
+	}
 }
 
 func scopeWord(s diagnose.Scope) string {

@@ -68,7 +68,7 @@ func TestInputs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Inputs(views, tt.dir)
+			got := Inputs(views, tt.dir, nil)
 			for i := range got {
 				got[i].Images = nil
 			}

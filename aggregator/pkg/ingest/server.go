@@ -59,10 +59,13 @@ type Server struct {
 	maxReportBytes int
 	obs            Observer
 	log            *slog.Logger
+	bounds         Bounds
 	sharder        Sharder
 
 	drainOnce sync.Once
 	draining  chan struct{}
+
+	refusals refusalLog
 }
 
 // NewServer returns a Server applying reports to store.
@@ -85,7 +88,7 @@ const wireSlack = 1 << 20
 // messages over maxReportBytes.
 func NewGRPCServer(srv *Server, maxReportBytes int, opts ...grpc.ServerOption) *grpc.Server {
 	srv.maxReportBytes = maxReportBytes
-	gs := grpc.NewServer(append([]grpc.ServerOption{
+	base := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxReportBytes + wireSlack),
 		// Agents keep one stream open for as long as they run. Pinging
 		// quiet connections notices a node that vanished without closing
@@ -95,7 +98,13 @@ func NewGRPCServer(srv *Server, maxReportBytes int, opts ...grpc.ServerOption) *
 		// Let agents send their own keepalive pings every 10s or more;
 		// gRPC's default (5 minutes) would cut them off with "too_many_pings".
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	}, opts...)...)
+	}
+	if n := srv.bounds.MaxConcurrentStreams; n > 0 {
+		// An agent needs one stream; many on one connection are a client
+		// holding server goroutines, not an agent.
+		base = append(base, grpc.MaxConcurrentStreams(n))
+	}
+	gs := grpc.NewServer(append(base, opts...)...)
 	pullwatchv1.RegisterReportServiceServer(gs, srv)
 	return gs
 }
@@ -113,6 +122,11 @@ type stream struct {
 	node    string // set by the first accepted snapshot
 	lastSeq uint64
 	log     *slog.Logger
+	// replaced is closed when a newer stream for the same node takes
+	// over; detach ends this stream's attachment to its node.
+	replaced     chan struct{}
+	replacedOnce sync.Once
+	detach       func()
 	// plan signals that the node's probe plan may have changed; sent is
 	// the plan last sent on this stream.
 	plan    <-chan struct{}
@@ -127,12 +141,23 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 	s.store.StreamOpened()
 	defer s.store.StreamClosed()
 
-	st := &stream{log: s.log.With("peer", peerAddr(ctx))}
+	st := &stream{log: s.log.With("peer", peerAddr(ctx)), replaced: make(chan struct{})}
 	defer func() {
+		if st.detach != nil {
+			st.detach()
+		}
 		if st.unwatch != nil {
 			st.unwatch()
 		}
 	}()
+	// Until the stream says which node it reports, it holds a goroutine
+	// and counts for nothing: it gets bounds.FirstReport to do so.
+	var firstReport <-chan time.Time
+	if s.bounds.FirstReport > 0 {
+		t := time.NewTimer(s.bounds.FirstReport)
+		defer t.Stop()
+		firstReport = t.C
+	}
 	opened := time.Now()
 	defer func() {
 		// Durations as strings: slog's JSON handler would print nanoseconds.
@@ -140,7 +165,14 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 		if err != nil {
 			args = append(args, logging.ErrKey, err)
 		}
-		st.log.InfoContext(ctx, "agent stream closed", args...)
+		level := slog.LevelInfo
+		if st.node == "" {
+			// A stream that never said which node it reports: its
+			// refusal, if any, was logged (within the budget); a flood of
+			// such streams must not flood the log.
+			level = slog.LevelDebug
+		}
+		st.log.Log(ctx, level, "agent stream closed", args...)
 	}()
 
 	done := make(chan struct{})
@@ -150,6 +182,14 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 		select {
 		case <-s.draining:
 			return status.Error(codes.Unavailable, "aggregator shutting down; reconnect and send a snapshot")
+		case <-st.replaced:
+			s.streamClosed(ClosedReplaced)
+			return status.Errorf(codes.Aborted, "a newer stream for node %s replaced this one", st.node)
+		case <-firstReport:
+			if st.node == "" {
+				s.streamClosed(ClosedFirstReportTimeout)
+				return status.Errorf(codes.DeadlineExceeded, "no snapshot within %s of opening the stream", s.bounds.FirstReport)
+			}
 		case r := <-msgs:
 			if r.err != nil {
 				return s.recvError(ctx, st, r.err)
@@ -157,8 +197,8 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 			ack, verr := s.accept(ctx, st, r.msg)
 			if verr != nil {
 				s.obs.ReportRejected(string(verr.Reason))
-				st.log.WarnContext(ctx, "report refused", "node", st.node, "sequence", r.msg.GetSequence(), "reason", verr.Reason, logging.ErrKey, verr.Error())
-				return status.Errorf(codes.InvalidArgument, "report %d refused: %s", r.msg.GetSequence(), verr)
+				s.logRefusal(ctx, st.log, "node", st.node, "sequence", r.msg.GetSequence(), "reason", verr.Reason, logging.ErrKey, verr.Error())
+				return status.Errorf(verr.Reason.code(), "report %d refused: %s", r.msg.GetSequence(), verr)
 			}
 			if err := rs.Send(&pullwatchv1.AggregatorMessage{Body: &pullwatchv1.AggregatorMessage_Ack{Ack: ack}}); err != nil {
 				return fmt.Errorf("send ack %d: %w", ack.GetSequence(), err)
@@ -216,7 +256,7 @@ func (s *Server) recvError(ctx context.Context, st *stream, err error) error {
 		// Over the wire ceiling (grpc.MaxRecvMsgSize): gRPC refused it
 		// before decoding, and told the agent ResourceExhausted itself.
 		s.obs.ReportRejected(string(ReasonTooLarge))
-		st.log.WarnContext(ctx, "report refused", "node", st.node, "reason", ReasonTooLarge, logging.ErrKey, err)
+		s.logRefusal(ctx, st.log, "node", st.node, "reason", ReasonTooLarge, logging.ErrKey, err)
 	}
 	return fmt.Errorf("receive: %w", err)
 }
@@ -242,6 +282,12 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 		if err := st.sameNode("snapshot.node.name", name); err != nil {
 			return nil, err
 		}
+		if err := s.admitNode(name); err != nil {
+			return nil, err
+		}
+		if err := s.bounds.PerNode.Check(name, body.Snapshot.GetImages()); err != nil {
+			return nil, limitError("snapshot.images", err)
+		}
 		if st.node == "" && s.sharder != nil {
 			st.plan, st.unwatch = s.sharder.Watch(name)
 		}
@@ -253,6 +299,8 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 		s.obs.ReportReceived(KindSnapshot)
 		if st.node == "" {
 			st.node = name
+			// One live stream per node: this one replaces any other.
+			st.detach = s.store.Attach(name, func() { st.replacedOnce.Do(func() { close(st.replaced) }) })
 			st.log.InfoContext(ctx, "agent stream opened", "node", name, "images", len(body.Snapshot.GetImages()))
 		}
 	case *pullwatchv1.AgentMessage_Update:
@@ -262,8 +310,11 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 			st.log.InfoContext(ctx, "update before any snapshot; asked the agent to resync", "node", name)
 		} else if err := st.sameNode("update.node_name", name); err != nil {
 			return nil, err
-		} else if !s.applyUpdate(name, body.Update) {
-			// The store forgot the node (for example it was deleted).
+		} else if known, err := s.applyUpdate(name, body.Update); err != nil {
+			return nil, limitError("update", err)
+		} else if !known {
+			// The store forgot the node (deleted, or silent for
+			// --forget-after).
 			ack.Resync = true
 			st.log.InfoContext(ctx, "update for a node without state; asked the agent to resync", "node", name)
 		}
@@ -272,14 +323,14 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 	return ack, nil
 }
 
-// applyUpdate applies an update, through the sharder when there is one.
-func (s *Server) applyUpdate(name string, u *pullwatchv1.NodeUpdate) bool {
+// applyUpdate applies an update within the per-node bounds, through the
+// sharder when there is one. It reports whether the store knew the node.
+func (s *Server) applyUpdate(name string, u *pullwatchv1.NodeUpdate) (known bool, err error) {
 	if s.sharder == nil {
-		return s.store.ApplyUpdate(u)
+		return s.store.ApplyUpdateWithin(u, s.bounds.PerNode)
 	}
-	var ok bool
-	s.sharder.Ingest(name, nil, false, u.GetUpserts(), u.GetRemovedImages(), func() { ok = s.store.ApplyUpdate(u) })
-	return ok
+	s.sharder.Ingest(name, nil, false, u.GetUpserts(), u.GetRemovedImages(), func() { known, err = s.store.ApplyUpdateWithin(u, s.bounds.PerNode) })
+	return known, err
 }
 
 // sameNode refuses a message about another node than the stream's first

@@ -5,10 +5,12 @@
 // CronJob, Pod → DaemonSet/StatefulSet/...).
 //
 // It watches only metadata where that is enough (Nodes, ReplicaSets,
-// Jobs) and keeps a stripped copy of Pods (names, owners, container
-// images), so its memory stays small in large clusters. The RBAC it needs
-// is get/list/watch on nodes and pods, and on replicasets (apps) and jobs
-// (batch) when owners are watched.
+// Jobs, and Namespaces with their labels for --namespace-label) and keeps
+// a stripped copy of Pods (names, owners, node, phase, container images
+// and pull policies: what the risk assessment needs), so its memory stays
+// small in large clusters. The RBAC it needs is list/watch on nodes and
+// pods, on replicasets (apps) and jobs (batch) when owners are watched,
+// and on namespaces only with Options.Namespaces.
 package kubewatch
 
 import (
@@ -39,6 +41,7 @@ var (
 	nodesResource       = corev1.SchemeGroupVersion.WithResource("nodes")
 	replicaSetsResource = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "replicasets"}
 	jobsResource        = schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: "jobs"}
+	namespacesResource  = corev1.SchemeGroupVersion.WithResource("namespaces")
 )
 
 // Options configure a Watcher.
@@ -48,6 +51,9 @@ type Options struct {
 	Owners bool
 	// OnNodeDeleted is called with the name of each Node the API deletes.
 	OnNodeDeleted func(name string)
+	// Namespaces turns on a Namespace (metadata) informer for
+	// NamespaceLabels: the --namespace-label filter.
+	Namespaces bool
 }
 
 // Watcher answers questions about nodes and workloads from informer
@@ -63,8 +69,12 @@ type Watcher struct {
 	pods        cache.SharedIndexInformer // nil without Owners
 	replicaSets cache.SharedIndexInformer
 	jobs        cache.SharedIndexInformer
+	// namespaces keep their labels (a factory of their own, since the
+	// other metadata caches drop labels); nil without Options.Namespaces.
+	nsFactory  metadatainformer.SharedInformerFactory
+	namespaces cache.SharedIndexInformer
 
-	nodesSynced, ownersSynced atomic.Bool
+	nodesSynced, ownersSynced, namespacesSynced atomic.Bool
 }
 
 // New returns a Watcher for the API at cfg. Start starts it.
@@ -92,6 +102,10 @@ func NewForClients(kube kubernetes.Interface, meta metadata.Interface, log *slog
 		// Only possible once the informer has stopped.
 		log.Error("node informer refused its handler", logging.ErrKey, err)
 	}
+	if opts.Namespaces {
+		w.nsFactory = metadatainformer.NewSharedInformerFactoryWithOptions(meta, 0, metadatainformer.WithTransform(stripNamespace))
+		w.namespaces = w.nsFactory.ForResource(namespacesResource).Informer()
+	}
 	if opts.Owners {
 		w.replicaSets = w.metaFactory.ForResource(replicaSetsResource).Informer()
 		w.jobs = w.metaFactory.ForResource(jobsResource).Informer()
@@ -109,6 +123,10 @@ func (w *Watcher) Start(ctx context.Context) {
 	w.metaFactory.Start(ctx.Done())
 	if w.podFactory != nil {
 		w.podFactory.Start(ctx.Done())
+	}
+	if w.nsFactory != nil {
+		w.nsFactory.Start(ctx.Done())
+		go w.waitSynced(ctx, "namespaces", &w.namespacesSynced, w.namespaces.HasSynced)
 	}
 	go w.waitSynced(ctx, "nodes", &w.nodesSynced, w.nodes.HasSynced)
 	if w.opts.Owners {
@@ -162,6 +180,66 @@ func (w *Watcher) Node(name string) (zone string, exists, synced bool) {
 		return "", true, true
 	}
 	return m.GetLabels()[ZoneLabel], true, true
+}
+
+// PodContainer is one container of a pod as its spec writes it.
+type PodContainer struct {
+	Name       string
+	Image      string
+	PullPolicy corev1.PullPolicy
+	Init       bool
+}
+
+// PodFacts is what the risk assessment needs of a pod bound to a node.
+type PodFacts struct {
+	Namespace, Name, Node string
+	// Kind (lowercase) and Workload name, as Workload answers.
+	Kind, Workload string
+	Containers     []PodContainer
+}
+
+// Pods returns every pod bound to a node that can still (re)start a
+// container (phase neither Succeeded nor Failed). Ephemeral containers
+// are left out: they are never restarted. Empty without Options.Owners.
+func (w *Watcher) Pods() []PodFacts {
+	if w.pods == nil {
+		return nil
+	}
+	objs := w.pods.GetIndexer().List()
+	out := make([]PodFacts, 0, len(objs))
+	for _, obj := range objs {
+		p, ok := obj.(*corev1.Pod)
+		if !ok || p.Spec.NodeName == "" || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		f := PodFacts{Namespace: p.Namespace, Name: p.Name, Node: p.Spec.NodeName}
+		f.Kind, f.Workload = w.Workload(p.Namespace, p.Name)
+		for _, c := range p.Spec.InitContainers {
+			f.Containers = append(f.Containers, PodContainer{Name: c.Name, Image: c.Image, PullPolicy: c.ImagePullPolicy, Init: true})
+		}
+		for _, c := range p.Spec.Containers {
+			f.Containers = append(f.Containers, PodContainer{Name: c.Name, Image: c.Image, PullPolicy: c.ImagePullPolicy})
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// NamespaceLabels returns the labels of a namespace and whether the
+// namespace is known. Always unknown without Options.Namespaces.
+func (w *Watcher) NamespaceLabels(name string) (map[string]string, bool) {
+	if w.namespaces == nil {
+		return nil, false
+	}
+	obj, ok, _ := w.namespaces.GetIndexer().GetByKey(name)
+	if !ok {
+		return nil, false
+	}
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		return nil, false
+	}
+	return m.GetLabels(), true
 }
 
 // OwnersSynced reports whether pods, replicasets and jobs are loaded, so
@@ -266,6 +344,20 @@ func stripMetadata(obj any) (any, error) {
 	return out, nil
 }
 
+// stripNamespace keeps a namespace's name and labels.
+func stripNamespace(obj any) (any, error) {
+	m, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		return obj, nil
+	}
+	return &metav1.PartialObjectMetadata{TypeMeta: m.TypeMeta, ObjectMeta: metav1.ObjectMeta{
+		Name: m.Name, UID: m.UID, ResourceVersion: m.ResourceVersion, Labels: m.Labels,
+	}}, nil
+}
+
+// NamespacesSynced reports whether the namespace list is loaded.
+func (w *Watcher) NamespacesSynced() bool { return w.namespacesSynced.Load() }
+
 // stripPod keeps a pod's identity, owners and container names and images.
 func stripPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
@@ -276,13 +368,17 @@ func stripPod(obj any) (any, error) {
 		Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
 		OwnerReferences: p.OwnerReferences,
 	}}
+	// The node and phase say where a restart would pull, and whether the
+	// pod can restart at all (risk).
+	out.Spec.NodeName = p.Spec.NodeName
+	out.Status.Phase = p.Status.Phase
 	keep := func(cs []corev1.Container) []corev1.Container {
 		if len(cs) == 0 {
 			return nil
 		}
 		out := make([]corev1.Container, len(cs))
 		for i, c := range cs {
-			out[i] = corev1.Container{Name: c.Name, Image: c.Image}
+			out[i] = corev1.Container{Name: c.Name, Image: c.Image, ImagePullPolicy: c.ImagePullPolicy}
 		}
 		return out
 	}

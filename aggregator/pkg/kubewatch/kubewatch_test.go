@@ -208,3 +208,42 @@ func TestStrip(t *testing.T) {
 		t.Errorf("stripped pod = %+v", sp.Spec)
 	}
 }
+
+// TestPods: the pods bound to a node that can still start a container,
+// with their workload, init containers first, pull policies kept.
+func TestPods(t *testing.T) {
+	web := pod("shop", "web-1", controller("apps/v1", "DaemonSet", "agentish"), "app", "registry.example/app:1")
+	web.Spec.NodeName = "node-a"
+	web.Spec.Containers[0].ImagePullPolicy = corev1.PullAlways
+	web.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "registry.example/init:1", ImagePullPolicy: corev1.PullIfNotPresent}}
+	unbound := pod("shop", "pending", nil, "app", "registry.example/app:1")
+	done := pod("shop", "done", nil, "app", "registry.example/app:1")
+	done.Spec.NodeName, done.Status.Phase = "node-a", corev1.PodSucceeded
+	w, _ := started(t, Options{Owners: true}, []runtime.Object{web, unbound, done},
+		meta("v1", "Namespace", "", "shop", map[string]string{"team": "a"}, nil))
+	got := w.Pods()
+	if len(got) != 1 {
+		t.Fatalf("Pods() = %+v, want web-1 only (not unbound, not succeeded)", got)
+	}
+	p := got[0]
+	if p.Node != "node-a" || p.Kind != "daemonset" || p.Workload != "agentish" || len(p.Containers) != 2 {
+		t.Fatalf("Pods()[0] = %+v", p)
+	}
+	if c := p.Containers[0]; c.Name != "init" || !c.Init || c.PullPolicy != corev1.PullIfNotPresent {
+		t.Errorf("init container %+v", c)
+	}
+	if c := p.Containers[1]; c.Name != "app" || c.Init || c.PullPolicy != corev1.PullAlways || c.Image != "registry.example/app:1" {
+		t.Errorf("container %+v", c)
+	}
+}
+
+func TestNamespaceLabels(t *testing.T) {
+	w, _ := started(t, Options{Namespaces: true}, nil, meta("v1", "Namespace", "", "shop", map[string]string{"team": "a"}, nil))
+	waitUntil(t, "namespaces synced", w.NamespacesSynced)
+	if l, ok := w.NamespaceLabels("shop"); !ok || l["team"] != "a" {
+		t.Errorf("NamespaceLabels(shop) = %v, %v", l, ok)
+	}
+	if _, ok := w.NamespaceLabels("other"); ok {
+		t.Error("unknown namespace reported known")
+	}
+}

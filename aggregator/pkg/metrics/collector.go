@@ -14,6 +14,7 @@ import (
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/risk"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -49,7 +50,11 @@ var (
 		[]string{"node", "registry", "endpoint", "role"}, nil)
 	agentsConnectedDesc = prometheus.NewDesc(
 		"pullwatch_agents_connected",
-		"Number of agent report streams currently open.",
+		"Number of nodes with a live agent report stream: nodes, not streams (a node's newer stream replaces its older one; a stream counts once it has sent its first snapshot).",
+		nil, nil)
+	agentStreamsDesc = prometheus.NewDesc(
+		"pullwatch_agent_streams_open",
+		"Agent report streams open now, including those that have not sent a snapshot yet.",
 		nil, nil)
 	nodesDesc = prometheus.NewDesc(
 		"pullwatch_nodes",
@@ -101,8 +106,12 @@ type Config struct {
 	// NodeImageSeries is NodeImageSeriesAll (default) or
 	// NodeImageSeriesFailing.
 	NodeImageSeries string
-	// Compat turns on the k8s_image_availability_exporter_* families.
-	Compat bool
+	// Compat turns on the k8s_image_availability_exporter_* families:
+	// CompatCurrent, CompatLegacy, CompatBoth; "" or CompatOff: none.
+	CompatSchema string
+	// Risk returns the latest risk assessment (analyzer.Analyzer.Risk),
+	// read after each analysis; nil (or a nil answer): no risk series.
+	Risk func() *risk.Assessment
 	// Owners resolves pods to workloads for Compat; nil without the
 	// Kubernetes API (kind pod, name the pod).
 	Owners Owners
@@ -130,14 +139,23 @@ func NewCollector(store *state.Store, analyzer Analyzer, cfg Config) *Collector 
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		imageStatusDesc, imageInUseDesc, nodeStaleDesc, lastReportDesc,
-		endpointUpDesc, endpointLatencyDesc, agentsConnectedDesc, nodesDesc,
-		imageNodesDesc, imageFailureDesc, registryFailureDesc,
+		endpointUpDesc, endpointLatencyDesc, agentsConnectedDesc, agentStreamsDesc, nodesDesc,
+		imageNodesDesc, imageFailureDesc, registryFailureDesc, imageStatusSinceDesc,
+		containerAtRiskDesc, workloadRiskNodesDesc, containersSafeDesc,
 	} {
 		ch <- d
 	}
-	if c.cfg.Compat {
+	current, legacy := c.cfg.compat()
+	if current {
 		for _, d := range compatDescs {
 			ch <- d
+		}
+	}
+	if legacy {
+		for _, kind := range legacyKinds {
+			for _, d := range legacyDescs[kind] {
+				ch <- d
+			}
 		}
 	}
 }
@@ -156,6 +174,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(states[st]), string(st))
 	}
 	ch <- prometheus.MustNewConstMetric(agentsConnectedDesc, prometheus.GaugeValue, float64(c.store.ConnectedAgents()))
+	ch <- prometheus.MustNewConstMetric(agentStreamsDesc, prometheus.GaugeValue, float64(c.store.OpenStreams()))
 
 	for i := range r.Images {
 		f := &r.Images[i]
@@ -174,9 +193,25 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(registryFailureDesc, prometheus.GaugeValue, float64(len(f.Failing)), f.Registry, f.URL, string(f.Scope))
 		}
 	}
-	if c.cfg.Compat && (c.cfg.Owners == nil || c.cfg.Owners.OwnersSynced()) {
-		collectCompat(ch, r, c.cfg.Owners)
+	if current, legacy := c.cfg.compat(); (current || legacy) && (c.cfg.Owners == nil || c.cfg.Owners.OwnersSynced()) {
+		collectCompat(ch, r, c.cfg.Owners, current, legacy)
 	}
+	if c.cfg.Risk != nil {
+		collectRisk(ch, c.cfg.Risk())
+	}
+}
+
+// compat says which compatibility schemas are on.
+func (cfg Config) compat() (current, legacy bool) {
+	switch cfg.CompatSchema {
+	case CompatCurrent:
+		return true, false
+	case CompatLegacy:
+		return false, true
+	case CompatBoth:
+		return true, true
+	}
+	return false, false
 }
 
 // statuses is the status vocabulary, listed once.
@@ -192,6 +227,12 @@ func collectNode(ch chan<- prometheus.Metric, n *diagnose.Node, endpoints []diag
 		// Validation guarantees a valid status, so the word is never empty.
 		ch <- prometheus.MustNewConstMetric(imageStatusDesc, prometheus.GaugeValue, 1, n.Name, im.GetImage(), im.GetStatus().Word())
 		ch <- prometheus.MustNewConstMetric(imageInUseDesc, prometheus.GaugeValue, boolValue(im.GetInUse()), n.Name, im.GetImage())
+	}
+	for _, im := range n.Images {
+		if im.GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE && im.GetStatusSince() != nil {
+			ch <- prometheus.MustNewConstMetric(imageStatusSinceDesc, prometheus.GaugeValue, float64(im.GetStatusSince().AsTime().UnixNano())/1e9,
+				n.Name, im.GetImage(), im.GetStatus().Word())
+		}
 	}
 	for _, ep := range endpoints {
 		ch <- prometheus.MustNewConstMetric(endpointUpDesc, prometheus.GaugeValue, boolValue(ep.Up), n.Name, ep.Registry, ep.URL, ep.Role)

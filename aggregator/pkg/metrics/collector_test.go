@@ -74,6 +74,8 @@ func testStore() *state.Store {
 		},
 	})
 	s.StreamOpened()
+	s.Attach("node-a", nil)
+	s.StreamOpened() // a second stream that has not sent a snapshot: not an agent
 	return s
 }
 
@@ -93,7 +95,10 @@ func TestCollectorExposition(t *testing.T) {
 # TYPE pullwatch_agent_last_report_timestamp_seconds gauge
 pullwatch_agent_last_report_timestamp_seconds{node="node-a"} 1767323285
 pullwatch_agent_last_report_timestamp_seconds{node="node-b"} 1767323045
-# HELP pullwatch_agents_connected Number of agent report streams currently open.
+# HELP pullwatch_agent_streams_open Agent report streams open now, including those that have not sent a snapshot yet.
+# TYPE pullwatch_agent_streams_open gauge
+pullwatch_agent_streams_open 2
+# HELP pullwatch_agents_connected Number of nodes with a live agent report stream: nodes, not streams (a node's newer stream replaces its older one; a stream counts once it has sent its first snapshot).
 # TYPE pullwatch_agents_connected gauge
 pullwatch_agents_connected 1
 # HELP pullwatch_image_failure Where an image that is not available on some live node fails: scope node, zone, cluster or image (the registry answered: absent, unauthorized, forbidden, platform_missing, bad_image_format). Value: the number of live nodes where it is not available. One series per failing image; none for images available everywhere.
@@ -180,7 +185,7 @@ pullwatch_node_image_status{image="quay.io/org/c:1",node="node-b",status="rate_l
 func helpOf(t *testing.T, name string) string {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(newCollector(testStore(), Config{Compat: true}))
+	reg.MustRegister(newCollector(testStore(), Config{CompatSchema: CompatCurrent}))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -197,16 +202,17 @@ func helpOf(t *testing.T, name string) string {
 func TestEmptyStore(t *testing.T) {
 	s := state.New(time.Minute)
 	c := newCollector(s)
-	// Only the totals: pullwatch_nodes{state} three times and pullwatch_agents_connected.
-	if n := testutil.CollectAndCount(c); n != 4 {
-		t.Errorf("%d series from an empty store, want 4", n)
+	// Only the totals: pullwatch_nodes{state} three times, pullwatch_agents_connected
+	// and pullwatch_agent_streams_open.
+	if n := testutil.CollectAndCount(c); n != 5 {
+		t.Errorf("%d series from an empty store, want 5", n)
 	}
 }
 
 func TestLint(t *testing.T) {
 	reports := NewReports([]string{"snapshot", "update"}, []string{"invalid_node", "too_large"})
 	for name, c := range map[string]prometheus.Collector{
-		"collector": newCollector(testStore(), Config{Compat: true}),
+		"collector": newCollector(testStore(), Config{CompatSchema: CompatCurrent}),
 		"reports":   reports,
 	} {
 		problems, err := testutil.CollectAndLint(c)
@@ -225,7 +231,16 @@ func TestReports(t *testing.T) {
 	r.ReportReceived("update")
 	r.ReportReceived("update")
 	r.ReportRejected("too_large")
+	r.StreamClosed("replaced")
+	r.NodesForgotten([]string{"a", "b"})
 	const want = `
+# HELP pullwatch_agent_streams_closed_total Agent streams the aggregator closed for its bounds, by reason: replaced (a newer stream for the same node took over) or first_report_timeout (no snapshot within --first-report-timeout).
+# TYPE pullwatch_agent_streams_closed_total counter
+pullwatch_agent_streams_closed_total{reason="first_report_timeout"} 0
+pullwatch_agent_streams_closed_total{reason="replaced"} 1
+# HELP pullwatch_nodes_forgotten_total Nodes dropped from the aggregator's state because they did not report for --forget-after.
+# TYPE pullwatch_nodes_forgotten_total counter
+pullwatch_nodes_forgotten_total 2
 # HELP pullwatch_reports_received_total Valid agent messages received, by kind (snapshot or update). Includes updates answered with resync because the stream had no snapshot yet.
 # TYPE pullwatch_reports_received_total counter
 pullwatch_reports_received_total{kind="snapshot"} 1
@@ -307,9 +322,9 @@ func BenchmarkCollect(b *testing.B) {
 	}{
 		{"node-image-series=all", Config{NodeImageSeries: NodeImageSeriesAll}},
 		{"node-image-series=failing", Config{NodeImageSeries: NodeImageSeriesFailing}},
-		{"node-image-series=all,compat", Config{NodeImageSeries: NodeImageSeriesAll, Compat: true, Owners: benchOwners{}}},
-		{"node-image-series=failing,compat", Config{NodeImageSeries: NodeImageSeriesFailing, Compat: true, Owners: benchOwners{}}},
-		{"node-image-series=failing,compat-without-api", Config{NodeImageSeries: NodeImageSeriesFailing, Compat: true}},
+		{"node-image-series=all,compat", Config{NodeImageSeries: NodeImageSeriesAll, CompatSchema: CompatCurrent, Owners: benchOwners{}}},
+		{"node-image-series=failing,compat", Config{NodeImageSeries: NodeImageSeriesFailing, CompatSchema: CompatCurrent, Owners: benchOwners{}}},
+		{"node-image-series=failing,compat-without-api", Config{NodeImageSeries: NodeImageSeriesFailing, CompatSchema: CompatCurrent}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			c := newCollector(s, bc.cfg)
@@ -344,7 +359,7 @@ func BenchmarkScrape(b *testing.B) {
 	s := benchStore()
 	for _, mode := range []string{NodeImageSeriesAll, NodeImageSeriesFailing} {
 		b.Run("node-image-series="+mode, func(b *testing.B) {
-			h := promhttp.HandlerFor(NewRegistry(newCollector(s, Config{NodeImageSeries: mode, Compat: true, Owners: benchOwners{}})), promhttp.HandlerOpts{})
+			h := promhttp.HandlerFor(NewRegistry(newCollector(s, Config{NodeImageSeries: mode, CompatSchema: CompatCurrent, Owners: benchOwners{}})), promhttp.HandlerOpts{})
 			req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
 			b.ReportAllocs()
 			size := 0

@@ -28,6 +28,40 @@ func compatHelp(name string) string {
 		"Every container has a series in each of the 7 families. See docs/metrics.md for how pullwatch statuses map to these."
 }
 
+// legacyKinds are the workload kinds of k8s-image-availability-exporter
+// before v0.7, whose families were k8s_image_availability_exporter_<kind>_<mode>
+// with a label named after the kind (deployment="web") instead of kind and
+// name. Containers of other kinds have no legacy series, as they had none.
+var legacyKinds = []string{"deployment", "statefulset", "daemonset", "cronjob"}
+
+// legacyDescs[kind][i] is the legacy family of kind for compatNames[i].
+var legacyDescs = func() map[string][]*prometheus.Desc {
+	out := map[string][]*prometheus.Desc{}
+	for _, kind := range legacyKinds {
+		for _, name := range compatNames {
+			out[kind] = append(out[kind], prometheus.NewDesc("k8s_image_availability_exporter_"+kind+"_"+name, legacyHelp(kind, name),
+				[]string{"namespace", kind, "container", "image"}, nil))
+		}
+	}
+	return out
+}()
+
+func legacyHelp(kind, name string) string {
+	return "Compatibility with k8s-image-availability-exporter before v0.7 (per-kind families): 1 if the " + kind + "'s container image is " + name +
+		" on the worst of the live nodes running it, else 0. See docs/metrics.md."
+}
+
+// The values of Config.CompatSchema (and of --compat-metrics).
+const (
+	CompatCurrent = "current"
+	CompatLegacy  = "legacy"
+	CompatBoth    = "both"
+	CompatOff     = "off"
+)
+
+// CompatSchemas lists the values of --compat-metrics.
+func CompatSchemas() []string { return []string{CompatCurrent, CompatLegacy, CompatBoth, CompatOff} }
+
 // compatKey is one container of one workload, as the labels say.
 type compatKey struct {
 	namespace, container, image, kind, name string
@@ -36,7 +70,7 @@ type compatKey struct {
 // collectCompat emits the compatibility families: per workload container
 // and image, the worst status (ImageStatus.Rank) across the live nodes that
 // run it. Containers the agent could not tie to a pod are left out.
-func collectCompat(ch chan<- prometheus.Metric, r *diagnose.Report, owners Owners) {
+func collectCompat(ch chan<- prometheus.Metric, r *diagnose.Report, owners Owners, current, legacy bool) {
 	worst := map[compatKey]pullwatchv1.ImageStatus{}
 	for i := range r.Nodes {
 		n := &r.Nodes[i]
@@ -62,9 +96,16 @@ func collectCompat(ch chan<- prometheus.Metric, r *diagnose.Report, owners Owner
 		}
 	}
 	for k, st := range worst {
-		current := st.CompatFamily()
-		for i, d := range compatDescs {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, boolValue(i == current), k.namespace, k.container, k.image, k.kind, k.name)
+		family := st.CompatFamily()
+		if current {
+			for i, d := range compatDescs {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, boolValue(i == family), k.namespace, k.container, k.image, k.kind, k.name)
+			}
+		}
+		if descs := legacyDescs[k.kind]; legacy && descs != nil {
+			for i, d := range descs {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, boolValue(i == family), k.namespace, k.name, k.container, k.image)
+			}
 		}
 	}
 }

@@ -104,16 +104,16 @@ func TestCompat(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"without the API: one container per pod, normalized image", Config{Compat: true}, compatLines(t,
+		{"without the API: one container per pod, normalized image", Config{CompatSchema: CompatCurrent}, compatLines(t,
 			[2]string{`container="app",image="registry.example/web:1",kind="pod",name="web-a-1",namespace="shop"`, "available"},
 			[2]string{`container="app",image="registry.example/web:1",kind="pod",name="web-a-2",namespace="shop"`, "registry_unavailable"},
 			[2]string{`container="main",image="registry.example/bare:1",kind="pod",name="bare",namespace="shop"`, "authorization_failure"},
 		)},
-		{"with owners: the worst across the Deployment's nodes", Config{Compat: true, Owners: owners}, compatLines(t,
+		{"with owners: the worst across the Deployment's nodes", Config{CompatSchema: CompatCurrent, Owners: owners}, compatLines(t,
 			[2]string{`container="app",image="registry.example/web:1",kind="deployment",name="web",namespace="shop"`, "registry_unavailable"},
 			[2]string{`container="main",image="registry.example/bare:1",kind="pod",name="bare",namespace="shop"`, "authorization_failure"},
 		)},
-		{"owners not loaded yet: nothing rather than kind=pod series that vanish", Config{Compat: true, Owners: fakeOwners{}}, ""},
+		{"owners not loaded yet: nothing rather than kind=pod series that vanish", Config{CompatSchema: CompatCurrent, Owners: fakeOwners{}}, ""},
 		{"--compat-metrics=false", Config{}, ""},
 	}
 	for _, tt := range tests {
@@ -167,11 +167,43 @@ pullwatch_image_nodes{image="docker.io/library/b:1",status="absent"} 1
 }
 
 func TestCompatLint(t *testing.T) {
-	problems, err := testutil.CollectAndLint(newCollector(compatStore(), Config{Compat: true}))
+	problems, err := testutil.CollectAndLint(newCollector(compatStore(), Config{CompatSchema: CompatCurrent}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range problems {
 		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestCompatLegacy: --compat-metrics=legacy exports the per-kind families
+// of k8s-image-availability-exporter before v0.7, with a label named after
+// the kind, for the kinds it had; both exports both schemas.
+func TestCompatLegacy(t *testing.T) {
+	owners := fakeOwners{synced: true,
+		workloads: map[string][2]string{"shop/web-a-1": {"deployment", "web"}, "shop/web-a-2": {"deployment", "web"}},
+		images:    map[string]string{"shop/web-a-1/app": "registry.example/web:1", "shop/web-a-2/app": "registry.example/web:1"},
+	}
+	var legacy []string
+	var want strings.Builder
+	for _, name := range compatNames {
+		family := "k8s_image_availability_exporter_deployment_" + name
+		legacy = append(legacy, family)
+		value := 0
+		if name == "registry_unavailable" {
+			value = 1
+		}
+		fmt.Fprintf(&want, "# HELP %s %s\n# TYPE %s gauge\n%s{container=\"app\",deployment=\"web\",image=\"registry.example/web:1\",namespace=\"shop\"} %d\n",
+			family, legacyHelp("deployment", name), family, family, value)
+	}
+	for _, schema := range []string{CompatLegacy, CompatBoth} {
+		c := newCollector(compatStore(), Config{CompatSchema: schema, Owners: owners})
+		if err := testutil.CollectAndCompare(c, strings.NewReader(want.String()), legacy...); err != nil {
+			t.Errorf("%s: %v", schema, err)
+		}
+		n := testutil.CollectAndCount(c, compatFamilies()...)
+		if want := map[string]int{CompatLegacy: 0, CompatBoth: 14}[schema]; n != want {
+			t.Errorf("%s: %d current-schema series, want %d", schema, n, want)
+		}
 	}
 }

@@ -5,14 +5,18 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/pullwatch/pullwatch/aggregator/pkg/ingest"
 )
 
 // Reports counts agent messages. It implements ingest.Observer and is a
 // prometheus.Collector. Counters, unlike the state metrics, only ever grow,
 // so plain counter vectors are right here.
 type Reports struct {
-	received *prometheus.CounterVec
-	rejected *prometheus.CounterVec
+	received  *prometheus.CounterVec
+	rejected  *prometheus.CounterVec
+	closed    *prometheus.CounterVec
+	forgotten prometheus.Counter
 }
 
 // NewReports returns counters with a zero series for each kind and reason,
@@ -28,6 +32,17 @@ func NewReports(kinds, reasons []string) *Reports {
 			Help: "Agent messages refused, by reason; each refusal ends that agent's stream. Reasons: " + strings.Join(reasons, ", ") + ".",
 		}, []string{"reason"}),
 	}
+	r.closed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pullwatch_agent_streams_closed_total",
+		Help: "Agent streams the aggregator closed for its bounds, by reason: replaced (a newer stream for the same node took over) or first_report_timeout (no snapshot within --first-report-timeout).",
+	}, []string{"reason"})
+	for _, reason := range ingest.ClosedReasons() {
+		r.closed.WithLabelValues(reason)
+	}
+	r.forgotten = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pullwatch_nodes_forgotten_total",
+		Help: "Nodes dropped from the aggregator's state because they did not report for --forget-after.",
+	})
 	for _, k := range kinds {
 		r.received.WithLabelValues(k)
 	}
@@ -43,16 +58,27 @@ func (r *Reports) ReportReceived(kind string) { r.received.WithLabelValues(kind)
 // ReportRejected counts a refused message.
 func (r *Reports) ReportRejected(reason string) { r.rejected.WithLabelValues(reason).Inc() }
 
+// StreamClosed counts a stream the aggregator closed for its bounds
+// (ingest.StreamObserver).
+func (r *Reports) StreamClosed(reason string) { r.closed.WithLabelValues(reason).Inc() }
+
+// NodesForgotten counts nodes dropped for silence.
+func (r *Reports) NodesForgotten(names []string) { r.forgotten.Add(float64(len(names))) }
+
 // Describe implements prometheus.Collector.
 func (r *Reports) Describe(ch chan<- *prometheus.Desc) {
 	r.received.Describe(ch)
 	r.rejected.Describe(ch)
+	r.closed.Describe(ch)
+	r.forgotten.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
 func (r *Reports) Collect(ch chan<- prometheus.Metric) {
 	r.received.Collect(ch)
 	r.rejected.Collect(ch)
+	r.closed.Collect(ch)
+	r.forgotten.Collect(ch)
 }
 
 // NewRegistry returns a registry with the Go runtime and process

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
@@ -26,7 +29,25 @@ type Options struct {
 	// NodeImageSeries is metrics.NodeImageSeriesAll or
 	// metrics.NodeImageSeriesFailing.
 	NodeImageSeries string
-	CompatMetrics   bool
+	// CompatMetrics is one of metrics.CompatSchemas: current, legacy,
+	// both or off.
+	CompatMetrics string
+	// Image filters (imagefilter.New): regular expressions, and a
+	// namespace label selector.
+	IgnoredImages, AllowedImages []string
+	NamespaceLabel               string
+	// NodeCondition turns on the RegistryReachable Node condition and
+	// its Events.
+	NodeCondition bool
+	// ForgetAfter drops a node silent this long; 10 × StaleAfter unless set.
+	ForgetAfter time.Duration
+	// MaxNodeImages and MaxNodeEndpoints cap what one node may hold.
+	MaxNodeImages    int
+	MaxNodeEndpoints int
+	// MaxConcurrentStreams bounds streams per agent connection.
+	MaxConcurrentStreams int
+	// FirstReportTimeout closes a stream that sends no snapshot in time.
+	FirstReportTimeout time.Duration
 	// ProbeReplicas is k of probe sharding; 0 turns sharding off.
 	ProbeReplicas int
 	// RegistryBudgets are cluster-wide manifest HEADs per interval per
@@ -35,6 +56,54 @@ type Options struct {
 	// AgentInterval is the agents' interval, which round phases spread over.
 	AgentInterval time.Duration
 }
+
+// compatValue is --compat-metrics: a schema word, or a boolean as the
+// flag was before it had schemas (true: current, false: off).
+type compatValue struct{ v *string }
+
+func (c compatValue) String() string {
+	if c.v == nil {
+		return ""
+	}
+	return *c.v
+}
+
+func (c compatValue) Set(s string) error {
+	switch s {
+	case "true", "1":
+		s = metrics.CompatCurrent
+	case "false", "0":
+		s = metrics.CompatOff
+	}
+	if !slices.Contains(metrics.CompatSchemas(), s) {
+		return fmt.Errorf("want %s (or true for current, false for off)", strings.Join(metrics.CompatSchemas(), ", "))
+	}
+	*c.v = s
+	return nil
+}
+
+// IsBoolFlag lets a bare --compat-metrics mean true, as before.
+func (compatValue) IsBoolFlag() bool { return true }
+
+// regexList is a "~"-separated list of regular expressions, checked when
+// the filter is built.
+type regexList struct{ v *[]string }
+
+func (r regexList) String() string {
+	if r.v == nil {
+		return ""
+	}
+	return strings.Join(*r.v, "~")
+}
+
+func (r regexList) Set(s string) error {
+	*r.v = imagefilter.Split(s)
+	_, err := imagefilter.New(*r.v, nil, "")
+	return err
+}
+
+// forgetFactor is --forget-after's default in units of --stale-after.
+const forgetFactor = 10
 
 // Name is the program name used in usage and error messages.
 const Name = "pullwatch-aggregator"
@@ -65,10 +134,15 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
 		NodeImageSeries: metrics.NodeImageSeriesFailing,
-		CompatMetrics:   true,
-		ProbeReplicas:   shard.DefaultReplicas,
-		RegistryBudgets: shard.Budgets(shard.DefaultBudgets()),
-		AgentInterval:   time.Minute,
+		CompatMetrics:   metrics.CompatCurrent,
+
+		MaxNodeImages:        5000,
+		MaxNodeEndpoints:     256,
+		MaxConcurrentStreams: 16,
+		FirstReportTimeout:   time.Minute,
+		ProbeReplicas:        shard.DefaultReplicas,
+		RegistryBudgets:      shard.Budgets(shard.DefaultBudgets()),
+		AgentInterval:        time.Minute,
 	}
 	s := envflag.New(Name, Name+" [flags]", summary)
 	s.Var((*envflag.ListenAddr)(&o.GRPCListen), "grpc-listen", "`host:port` to serve the agents' gRPC ReportService on.")
@@ -87,9 +161,33 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	s.Var(&envflag.Choice{Value: &o.NodeImageSeries, Choices: []string{metrics.NodeImageSeriesAll, metrics.NodeImageSeriesFailing}}, "node-image-series",
 		"Which images get per-node series (pullwatch_node_image_status, pullwatch_node_image_in_use): `failing` (only images not available on the node; the default, "+
 			"which holds at 5,000 nodes × 100 images), or all (about 100,000 more series per 1,000 nodes with 50 images; see docs/benchmarks.md for its cost at each size). Cluster-wide series are complete either way. See docs/metrics.md.")
-	s.BoolVar(&o.CompatMetrics, "compat-metrics", o.CompatMetrics,
-		"Also export the k8s_image_availability_exporter_* families of k8s-image-availability-exporter (labels namespace, container, image, kind, name), "+
-			"so its dashboards and alerts keep working. With the Kubernetes API, kind and name are the workload (Pod → ReplicaSet → Deployment, Job → CronJob); without it, the pod.")
+	s.Var(compatValue{&o.CompatMetrics}, "compat-metrics",
+		"Also export k8s-image-availability-exporter's families, so its dashboards and alerts keep working: `schema` current "+
+			"(k8s_image_availability_exporter_<mode>, labels namespace, container, image, kind, name), legacy (before its v0.7: "+
+			"k8s_image_availability_exporter_<kind>_<mode> with a label named after the kind, for deployment, statefulset, daemonset, cronjob), both, or off. "+
+			"true means current, false off. With the Kubernetes API, kind and name are the workload (Pod → ReplicaSet → Deployment, Job → CronJob); without it, the pod.")
+	s.Var(regexList{&o.IgnoredImages}, "ignored-images",
+		"Images not to watch: `regexps` separated by ~ (as k8s-image-availability-exporter's flag), matched against the normalized reference "+
+			"(docker.io/library/nginx:1.27). Applied to every metric, hence the alerts, and the status page.")
+	s.Var(regexList{&o.AllowedImages}, "allowed-images",
+		"Only watch images matching one of these `regexps` (separated by ~), after --ignored-images. Empty: every image.")
+	s.StringVar(&o.NamespaceLabel, "namespace-label", "",
+		"Only watch namespaces matching this label `selector` (\"team\", \"team=payments\", \"env in (prod)\"): an image is watched where a container "+
+			"of a selected namespace uses it. Needs the Kubernetes API and list/watch on namespaces.")
+	s.BoolVar(&o.NodeCondition, "node-condition", false,
+		"Set a RegistryReachable condition on each Node (False while some registry endpoint does not answer the node) and emit an Event on each change, "+
+			"so kubectl describe node shows it. Needs the Kubernetes API, patch on nodes/status and create on events (deploy/components/node-condition).")
+
+	s.Var((*envflag.PositiveDuration)(&o.ForgetAfter), "forget-after",
+		fmt.Sprintf("Drop a node (its results and series) after its agent has not reported for this `duration`; more than --stale-after. Default: %d × --stale-after.", forgetFactor))
+	s.Var(&envflag.IntRange{Value: &o.MaxNodeImages, Min: 1, Max: 1_000_000}, "max-node-images",
+		"Most images the aggregator keeps for one node (`count`); a report that would take a node over it is refused (pullwatch_reports_rejected_total{reason=\"node_image_limit\"}).")
+	s.Var(&envflag.IntRange{Value: &o.MaxNodeEndpoints, Min: 1, Max: 100_000}, "max-node-endpoints",
+		"Most distinct registry endpoint URLs one node's images may name (`count`); a report over it is refused (reason node_endpoint_limit).")
+	s.Var(&envflag.IntRange{Value: &o.MaxConcurrentStreams, Min: 1, Max: 10_000}, "max-concurrent-streams",
+		"Most gRPC streams on one agent connection (`count`); an agent needs one.")
+	s.Var((*envflag.PositiveDuration)(&o.FirstReportTimeout), "first-report-timeout",
+		"Close a new agent stream that has not sent its first snapshot within this `duration`. Agents open their stream once they have a snapshot to send.")
 
 	s.Var(&envflag.IntRange{Value: &o.ProbeReplicas, Min: 0, Max: 100}, "probe-replicas",
 		"Probe sharding: how many `nodes` HEAD each distinct image (reference, credential source, endpoints) per interval, in different zones where there are any; "+
@@ -100,6 +198,15 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	s.Var((*envflag.PositiveDuration)(&o.AgentInterval), "agent-interval",
 		"The agents' --interval `duration`: probe sharding spreads the nodes' round starts over it.")
 	if err := s.Parse(args, getenv, out); err != nil {
+		return nil, err
+	}
+	if o.ForgetAfter == 0 {
+		o.ForgetAfter = forgetFactor * o.StaleAfter
+	}
+	if o.ForgetAfter <= o.StaleAfter {
+		return nil, fmt.Errorf("--forget-after (env PULLWATCH_FORGET_AFTER) %s: must be longer than --stale-after %s", o.ForgetAfter, o.StaleAfter)
+	}
+	if _, err := imagefilter.New(o.IgnoredImages, o.AllowedImages, o.NamespaceLabel); err != nil {
 		return nil, err
 	}
 	return o, nil

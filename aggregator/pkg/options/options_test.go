@@ -1,17 +1,17 @@
 package options
 
 import (
-	"reflect"
-
 	"bytes"
 	"errors"
 	"flag"
-	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 	"io"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 )
 
 func envOf(kv map[string]string) func(string) string {
@@ -28,10 +28,16 @@ func TestParse(t *testing.T) {
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
 		NodeImageSeries: "failing",
-		CompatMetrics:   true,
-		ProbeReplicas:   2,
-		RegistryBudgets: shard.Budgets{"docker.io": 600},
-		AgentInterval:   time.Minute,
+		CompatMetrics:   "current",
+
+		ForgetAfter:          30 * time.Minute,
+		MaxNodeImages:        5000,
+		MaxNodeEndpoints:     256,
+		MaxConcurrentStreams: 16,
+		FirstReportTimeout:   time.Minute,
+		ProbeReplicas:        2,
+		RegistryBudgets:      shard.Budgets{"docker.io": 600},
+		AgentInterval:        time.Minute,
 	}
 	with := func(edit func(*Options)) Options {
 		o := defaults
@@ -54,18 +60,32 @@ func TestParse(t *testing.T) {
 			ProbeReplicas: 3, RegistryBudgets: shard.Budgets{"ghcr.io": 100}, AgentInterval: 2 * time.Minute,
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
-			Kubeconfig: "/tmp/kc", NodeImageSeries: "all",
+			Kubeconfig: "/tmp/kc", NodeImageSeries: "all", CompatMetrics: "off",
+			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
 		}},
+		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s"}, nil,
+			with(func(o *Options) {
+				o.ForgetAfter, o.MaxNodeImages, o.MaxNodeEndpoints, o.MaxConcurrentStreams, o.FirstReportTimeout = time.Hour, 10, 3, 2, 5*time.Second
+			})},
 		{"environment", nil, map[string]string{
 			"PULLWATCH_GRPC_LISTEN": ":1", "PULLWATCH_STALE_AFTER": "5m", "PULLWATCH_LOG_LEVEL": "warn", "KUBECONFIG": "/a:/b",
 			"PULLWATCH_NODE_IMAGE_SERIES": "all", "PULLWATCH_COMPAT_METRICS": "false",
 		}, with(func(o *Options) {
 			o.GRPCListen, o.StaleAfter, o.LogLevel, o.Kubeconfig = ":1", 5*time.Minute, slog.LevelWarn, "/a:/b"
-			o.NodeImageSeries, o.CompatMetrics = "all", false
+			o.ForgetAfter = 50 * time.Minute
+			o.NodeImageSeries, o.CompatMetrics = "all", "off"
 		})},
 		{"flag wins over environment", []string{"--stale-after=1m"}, map[string]string{"PULLWATCH_STALE_AFTER": "5m"},
-			with(func(o *Options) { o.StaleAfter = time.Minute })},
+			with(func(o *Options) { o.StaleAfter, o.ForgetAfter = time.Minute, 10*time.Minute })},
 		{"empty environment variable is unset", nil, map[string]string{"PULLWATCH_HTTP_LISTEN": ""}, defaults},
+		{"compat schemas, filters, node condition", []string{"--compat-metrics=both", `--ignored-images=^quay\.io/~:latest$`, "--node-condition"},
+			map[string]string{"PULLWATCH_ALLOWED_IMAGES": "example", "PULLWATCH_NAMESPACE_LABEL": "team=a"}, func() Options {
+				o := defaults
+				o.CompatMetrics, o.NodeCondition = "both", true
+				o.IgnoredImages, o.AllowedImages, o.NamespaceLabel = []string{`^quay\.io/`, ":latest$"}, []string{"example"}, "team=a"
+				return o
+			}()},
+		{"bare --compat-metrics is current", []string{"--compat-metrics"}, nil, defaults},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,7 +118,10 @@ func TestParseRefuses(t *testing.T) {
 		{"bad log format", nil, map[string]string{"PULLWATCH_LOG_FORMAT": "xml"}, []string{"PULLWATCH_LOG_FORMAT", "want text or json"}},
 		{"unknown flag", []string{"--nope"}, nil, []string{"-nope"}},
 		{"bad node image series", []string{"--node-image-series=some"}, nil, []string{"-node-image-series", "want all or failing"}},
+		{"bad image regexp", []string{"--ignored-images=a~("}, nil, []string{"--ignored-images"}},
+		{"bad namespace selector", []string{"--namespace-label=a b c"}, nil, []string{"--namespace-label"}},
 		{"bad compat switch", nil, map[string]string{"PULLWATCH_COMPAT_METRICS": "maybe"}, []string{"PULLWATCH_COMPAT_METRICS", "--compat-metrics"}},
+		{"forget before stale", []string{"--stale-after=5m", "--forget-after=5m"}, nil, []string{"--forget-after", "longer than --stale-after"}},
 		{"positional argument", []string{"serve"}, nil, []string{`"serve"`, "all settings are flags"}},
 	}
 	for _, tt := range tests {
@@ -129,7 +152,7 @@ func TestHelp(t *testing.T) {
 		"env KUBECONFIG)",
 		"--stale-after duration",
 		"env PULLWATCH_NODE_IMAGE_SERIES, default failing",
-		"env PULLWATCH_COMPAT_METRICS, default true",
+		"env PULLWATCH_COMPAT_METRICS, default current",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, out.String())

@@ -1,10 +1,12 @@
 // Package state holds what the aggregator knows about each node: the latest
-// image reports an agent sent, when it last reported, and how many agent
-// streams are open. Everything else (metrics, the status page) reads from
-// here through Nodes.
+// image reports an agent sent, when it last reported, which nodes have an
+// agent stream attached, and how many streams are open. Everything else
+// (metrics, the status page) reads from here through Nodes.
 package state
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -23,12 +25,22 @@ import (
 // Recv, so the ingest path satisfies this for free, and a scrape of 50,000
 // images does not have to clone 50,000 protos.
 type Store struct {
-	staleAfter time.Duration
-	now        func() time.Time
+	staleAfter  time.Duration
+	forgetAfter time.Duration // 0: never
+	now         func() time.Time
 
-	mu        sync.RWMutex
-	nodes     map[string]*node
-	connected int
+	mu      sync.RWMutex
+	nodes   map[string]*node
+	streams int                    // open streams, identified or not
+	agents  map[string]*attachment // the live stream of each node
+	// version counts changes of what Nodes returns, so that readers can
+	// cache what they compute from it.
+	version uint64
+}
+
+// attachment is the one live stream of a node.
+type attachment struct {
+	stop func()
 }
 
 type node struct {
@@ -48,6 +60,13 @@ func WithClock(now func() time.Time) Option {
 	return func(s *Store) { s.now = now }
 }
 
+// WithForgetAfter makes Sweep drop a node that has not reported for longer
+// than d (0: never), so that the names of nodes that went away, or were
+// never real, do not accumulate.
+func WithForgetAfter(d time.Duration) Option {
+	return func(s *Store) { s.forgetAfter = d }
+}
+
 // New returns an empty Store in which a node is stale once it has not
 // reported for longer than staleAfter.
 func New(staleAfter time.Duration, opts ...Option) *Store {
@@ -55,6 +74,7 @@ func New(staleAfter time.Duration, opts ...Option) *Store {
 		staleAfter: staleAfter,
 		now:        time.Now,
 		nodes:      make(map[string]*node),
+		agents:     make(map[string]*attachment),
 	}
 	for _, o := range opts {
 		o(s)
@@ -81,6 +101,81 @@ func (s *Store) ApplySnapshot(snap *pullwatchv1.NodeSnapshot) {
 	defer s.mu.Unlock()
 	n.lastReport = s.now()
 	s.nodes[snap.GetNode().GetName()] = n
+	s.version++
+}
+
+// Limits bound what the store keeps for one node; 0 is no bound.
+type Limits struct {
+	// Images is the most images a node may have.
+	Images int
+	// Endpoints is the most distinct registry endpoint URLs a node's
+	// images may name together.
+	Endpoints int
+}
+
+// LimitError is a report that would take a node over a Limits bound.
+type LimitError struct {
+	What     string // "images" or "endpoints"
+	Have     int
+	Max      int
+	NodeName string
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("node %s would have %d %s, more than the aggregator's limit of %d per node", e.NodeName, e.Have, e.What, e.Max)
+}
+
+// Check returns a *LimitError when images, all of one node, exceed lim.
+func (lim Limits) Check(nodeName string, images []*pullwatchv1.ImageReport) error {
+	if lim.Images > 0 && len(images) > lim.Images {
+		return &LimitError{What: "images", Have: len(images), Max: lim.Images, NodeName: nodeName}
+	}
+	if lim.Endpoints <= 0 {
+		return nil
+	}
+	urls := map[string]struct{}{}
+	for _, im := range images {
+		for _, e := range im.GetEndpoints() {
+			urls[e.GetUrl()] = struct{}{}
+			if len(urls) > lim.Endpoints {
+				return &LimitError{What: "endpoints", Have: len(urls), Max: lim.Endpoints, NodeName: nodeName}
+			}
+		}
+	}
+	return nil
+}
+
+// ApplyUpdateWithin is ApplyUpdate, except that an update that would take
+// the node over lim changes nothing and returns a *LimitError. known is
+// false, and nothing changes, when the node has no snapshot in the store.
+func (s *Store) ApplyUpdateWithin(u *pullwatchv1.NodeUpdate, lim Limits) (known bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[u.GetNodeName()]
+	if !ok {
+		return false, nil
+	}
+	if lim != (Limits{}) {
+		after := make(map[string]*pullwatchv1.ImageReport, len(n.images)+len(u.GetUpserts()))
+		for k, v := range n.images {
+			after[k] = v
+		}
+		for _, im := range u.GetUpserts() {
+			after[im.GetImage()] = im
+		}
+		for _, ref := range u.GetRemovedImages() {
+			delete(after, ref)
+		}
+		list := make([]*pullwatchv1.ImageReport, 0, len(after))
+		for _, im := range after {
+			list = append(list, im)
+		}
+		if err := lim.Check(u.GetNodeName(), list); err != nil {
+			return true, err
+		}
+	}
+	s.applyUpdate(n, u)
+	return true, nil
 }
 
 // ApplyUpdate upserts the update's images (matched by reference) and
@@ -93,6 +188,12 @@ func (s *Store) ApplyUpdate(u *pullwatchv1.NodeUpdate) bool {
 	if !ok {
 		return false
 	}
+	s.applyUpdate(n, u)
+	return true
+}
+
+// applyUpdate applies u to n; s.mu is held.
+func (s *Store) applyUpdate(n *node, u *pullwatchv1.NodeUpdate) {
 	for _, im := range u.GetUpserts() {
 		n.images[im.GetImage()] = im
 	}
@@ -106,7 +207,9 @@ func (s *Store) ApplyUpdate(u *pullwatchv1.NodeUpdate) bool {
 	if u.GetObservedAt() != nil {
 		n.observedAt = u.GetObservedAt().AsTime()
 	}
-	return true
+	if len(u.GetUpserts())+len(u.GetRemovedImages()) > 0 {
+		s.version++
+	}
 }
 
 // ReplaceImage replaces the node's report of ref with fn(old) when the
@@ -137,6 +240,7 @@ func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageRep
 		sorted[i] = im
 		n.sorted = sorted
 	}
+	s.version++ // what Nodes returns changed: the analyzer diagnoses again
 	return true
 }
 
@@ -148,7 +252,61 @@ func (s *Store) Forget(name string) bool {
 	defer s.mu.Unlock()
 	_, ok := s.nodes[name]
 	delete(s.nodes, name)
+	if ok {
+		s.version++
+	}
 	return ok
+}
+
+// Sweep drops every node that has not reported for longer than the
+// store's forget-after duration and returns their names. Nothing is
+// dropped without WithForgetAfter.
+func (s *Store) Sweep() []string {
+	if s.forgetAfter <= 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	var gone []string
+	for name, n := range s.nodes {
+		if now.Sub(n.lastReport) > s.forgetAfter {
+			delete(s.nodes, name)
+			gone = append(gone, name)
+		}
+	}
+	if len(gone) > 0 {
+		s.version++
+	}
+	slices.Sort(gone)
+	return gone
+}
+
+// RunSweeper calls Sweep every interval until ctx ends, handing what it
+// dropped to forgotten (which may be nil).
+func (s *Store) RunSweeper(ctx context.Context, interval time.Duration, forgotten func([]string)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if gone := s.Sweep(); len(gone) > 0 && forgotten != nil {
+				forgotten(gone)
+			}
+		}
+	}
+}
+
+// Version changes whenever what Nodes returns changes other than by the
+// passing of time (a node's freshness and staleness): a new snapshot, an
+// update that changed images, a node forgotten. Readers that cache what
+// they compute from Nodes key the cache on it and on time.
+func (s *Store) Version() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.version
 }
 
 // timeOf is AsTime, except that an unset timestamp is the zero time rather
@@ -169,23 +327,55 @@ func sortedImages(images map[string]*pullwatchv1.ImageReport) []*pullwatchv1.Ima
 	return out
 }
 
-// StreamOpened and StreamClosed count open agent streams.
-func (s *Store) StreamOpened() { s.addConnected(1) }
+// StreamOpened and StreamClosed count open agent streams, whether or not
+// they have said which node they report yet.
+func (s *Store) StreamOpened() { s.addStreams(1) }
 
 // StreamClosed is the counterpart of StreamOpened.
-func (s *Store) StreamClosed() { s.addConnected(-1) }
+func (s *Store) StreamClosed() { s.addStreams(-1) }
 
-func (s *Store) addConnected(d int) {
+func (s *Store) addStreams(d int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.connected += d
+	s.streams += d
 }
 
-// ConnectedAgents returns the number of open agent streams.
+// OpenStreams returns the number of open agent streams.
+func (s *Store) OpenStreams() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.streams
+}
+
+// Attach records that a stream now reports node: the node's one live
+// stream. A stream already attached for the node is replaced: its stop is
+// called (outside the store's lock). The returned detach ends the
+// attachment, unless a later stream has replaced it already; call it when
+// the stream ends.
+func (s *Store) Attach(node string, stop func()) (detach func()) {
+	a := &attachment{stop: stop}
+	s.mu.Lock()
+	prev := s.agents[node]
+	s.agents[node] = a
+	s.mu.Unlock()
+	if prev != nil && prev.stop != nil {
+		prev.stop()
+	}
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.agents[node] == a {
+			delete(s.agents, node)
+		}
+	}
+}
+
+// ConnectedAgents returns the number of nodes with a live agent stream:
+// nodes, not streams, so that idle or duplicate streams do not count.
 func (s *Store) ConnectedAgents() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.connected
+	return len(s.agents)
 }
 
 // NodeView is a read-only view of one node at the time Nodes was called.

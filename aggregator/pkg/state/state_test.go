@@ -195,7 +195,7 @@ func TestUpdateRefreshesLastReport(t *testing.T) {
 	}
 }
 
-func TestConnectedAgents(t *testing.T) {
+func TestOpenStreams(t *testing.T) {
 	s := New(time.Minute)
 	var wg sync.WaitGroup
 	for range 10 {
@@ -203,8 +203,11 @@ func TestConnectedAgents(t *testing.T) {
 	}
 	wg.Wait()
 	s.StreamClosed()
-	if got := s.ConnectedAgents(); got != 9 {
-		t.Errorf("ConnectedAgents = %d, want 9", got)
+	if got := s.OpenStreams(); got != 9 {
+		t.Errorf("OpenStreams = %d, want 9", got)
+	}
+	if got := s.ConnectedAgents(); got != 0 {
+		t.Errorf("ConnectedAgents = %d with no stream attached to a node, want 0", got)
 	}
 }
 

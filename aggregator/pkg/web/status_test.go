@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,8 +13,10 @@ import (
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/risk"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 )
 
@@ -47,6 +50,7 @@ func statusStore() *state.Store {
 	snap("node-b", img("registry.example/app:1", unreachable, "dial tcp 10.0.0.1:443: i/o timeout", down), img("registry.example/x"+hostile, unreachable, hostile, down))
 	snap("node-c", img("registry.example/app:1", available, "", ok))
 	s.StreamOpened()
+	s.Attach("node-a", nil)
 	return s
 }
 
@@ -166,6 +170,41 @@ func TestAge(t *testing.T) {
 	for _, tt := range tests {
 		if got := age(tt.d); got != tt.want {
 			t.Errorf("age(%s) = %q, want %q", tt.d, got, tt.want)
+		}
+	}
+}
+
+// TestStatusPageRisk: the risk section lists the containers at risk with
+// why and since when, the safe count and the risky workloads; without an
+// assessment (no Kubernetes API) there is no section.
+func TestStatusPageRisk(t *testing.T) {
+	store := statusStore()
+	page := NewStatusPage(analyzer.NewAnalyzer(store, nil, slog.New(slog.NewTextHandler(io.Discard, nil))), store, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	now := time.Date(2026, 1, 2, 3, 9, 35, 0, time.UTC)
+	page.now = func() time.Time { return now }
+	rep, _ := page.analyzer.Diagnosis(context.Background())
+	if d, _ := page.build(rep); d.RiskKnown {
+		t.Error("risk section without an assessment")
+	}
+	page.Risk = func() *risk.Assessment {
+		return &risk.Assessment{
+			Live: 3,
+			AtRisk: []risk.Container{{Node: "node-b", Namespace: "shop", Pod: "web-1", Container: "app", Image: "registry.example/app:latest",
+				Kind: "deployment", Workload: "web", PullPolicy: corev1.PullAlways, Status: pullwatchv1.ImageStatus_IMAGE_STATUS_UNREACHABLE,
+				Reason: risk.PullAlways, Since: now.Add(-5 * time.Minute)}},
+			Safe:      []risk.Container{{}, {}},
+			Workloads: []risk.Workload{{Namespace: "shop", Kind: "deployment", Name: "web", Container: "app", Image: "registry.example/app:latest", Nodes: []string{"node-b", "node-c"}}},
+		}
+	}
+	var buf strings.Builder
+	d, _ := page.build(rep)
+	if err := statusTemplate.Execute(&buf, d); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Pods at risk", "shop/web-1", "pull_always", "pull policy Always", "2026-01-02 03:04:35 (5m", "2 container(s) use an image",
+		"Workloads a new replica could not start", "2 of 3"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("status page lacks %q", want)
 		}
 	}
 }

@@ -13,17 +13,20 @@ import (
 )
 
 // PushImages copies the agent and aggregator images that `make images` built
-// (buildah's local storage) into the box's registry under tag, and returns
-// their names there.
+// (buildah's local storage) into the box's registry and its mirror under
+// tag, and returns their names (the registry's host: nodes try the mirror
+// first).
 func (c *Cluster) PushImages(ctx context.Context, agentSrc, aggregatorSrc, tag string) (agent, aggregator string, err error) {
 	refs := map[string]string{}
 	for name, src := range map[string]string{"pullwatch-agent": agentSrc, "pullwatch-aggregator": aggregatorSrc} {
-		dst := c.Registry.Addr() + "/pullwatch/" + name + ":" + tag
-		out, err := exec.CommandContext(ctx, "buildah", "push", "--quiet", "--tls-verify=false", src, "docker://"+dst).CombinedOutput()
-		if err != nil {
-			return "", "", fmt.Errorf("buildah push %s (build it with: make images TAG=...): %w: %s", src, err, strings.TrimSpace(string(out)))
+		for _, addr := range []string{c.Registry.Addr(), c.Mirror.Addr()} {
+			dst := addr + "/pullwatch/" + name + ":" + tag
+			out, err := exec.CommandContext(ctx, "buildah", "push", "--quiet", "--tls-verify=false", src, "docker://"+dst).CombinedOutput()
+			if err != nil {
+				return "", "", fmt.Errorf("buildah push %s to %s (build it with: make images TAG=...): %w: %s", src, addr, err, strings.TrimSpace(string(out)))
+			}
 		}
-		refs[name] = dst
+		refs[name] = c.Registry.Addr() + "/pullwatch/" + name + ":" + tag
 	}
 	return refs["pullwatch-agent"], refs["pullwatch-aggregator"], nil
 }

@@ -44,6 +44,9 @@ const (
 	ServiceCIDR = kubeapi.ServiceClusterIPRange
 	// RegistryPort is where the box's registry listens in its namespace.
 	RegistryPort = 5000
+	// MirrorPort is where the registry's mirror listens, in the same
+	// namespace: every node's hosts.toml tries it first.
+	MirrorPort = 5001
 	// PauseRepo is the sandbox image's repository in the box's registry.
 	PauseRepo = "box/pause"
 )
@@ -77,9 +80,14 @@ type Cluster struct {
 	Net      *netns.Network
 	API      *kubeapi.Cluster
 	Registry *registry.Registry
-	RegNS    *netns.Namespace
-	Nodes    []*kubenode.Node
-	procs    []*proc.Process
+	// Mirror holds the same images as Registry (Push and DeleteImage keep
+	// them in step) and is the first endpoint every node's hosts.toml
+	// names for Registry's host, as a pull-through or replicated mirror is.
+	Mirror *registry.Registry
+	// RegNS is the namespace of Registry and Mirror.
+	RegNS *netns.Namespace
+	Nodes []*kubenode.Node
+	procs []*proc.Process
 	// Kubeconfig is the admin's kubeconfig, usable from this machine.
 	Kubeconfig string
 }
@@ -91,6 +99,9 @@ func Zone(i int) string { return "zone-" + string(rune('a'+(i-1)%2)) }
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.Nodes <= 0 {
 		opts.Nodes = 2
+	}
+	if opts.Nodes > 7 {
+		return nil, fmt.Errorf("kubecluster: %d nodes: at most 7 (each box has eight pod ranges)", opts.Nodes)
 	}
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
@@ -161,10 +172,44 @@ func (c *Cluster) startRegistry(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}
-	if _, err := registry.PushSleeper(ctx, c.Registry, PauseRepo, "1"); err != nil {
+	c.Mirror, err = registry.Start(ctx, filepath.Join(c.dir, "mirror"), registry.Options{
+		Host: ns.IP().String(), Port: MirrorPort, TLS: true, Netns: ns.Netns(), Detach: c.opts.Detach,
+	})
+	if err != nil {
+		return fmt.Errorf("mirror: %w", err)
+	}
+	if _, err := c.PushSleeper(ctx, PauseRepo, "1"); err != nil {
 		return fmt.Errorf("push the sandbox image: %w", err)
 	}
-	c.logf("registry %s in namespace %s", c.Registry.URL(), ns.Netns())
+	c.logf("registry %s and its mirror %s in namespace %s", c.Registry.URL(), c.Mirror.URL(), ns.Netns())
+	return nil
+}
+
+// PushSleeper pushes the same small image to the registry and its mirror
+// and returns its digest.
+func (c *Cluster) PushSleeper(ctx context.Context, repo, tag string) (string, error) {
+	var digest string
+	for _, r := range []*registry.Registry{c.Registry, c.Mirror} {
+		d, err := registry.PushSleeper(ctx, r, repo, tag)
+		if err != nil {
+			return "", fmt.Errorf("push %s to %s: %w", repo, r.Addr(), err)
+		}
+		if digest != "" && d != digest {
+			return "", fmt.Errorf("push %s: digest %s in the registry, %s in the mirror", repo, digest, d)
+		}
+		digest = d
+	}
+	return digest, nil
+}
+
+// DeleteImage deletes repo@digest from the registry and its mirror: the
+// image is gone for every node.
+func (c *Cluster) DeleteImage(ctx context.Context, repo, digest string) error {
+	for _, r := range []*registry.Registry{c.Registry, c.Mirror} {
+		if err := registry.DeleteManifest(ctx, r, repo, digest); err != nil {
+			return fmt.Errorf("delete %s@%s from %s: %w", repo, digest, r.Addr(), err)
+		}
+	}
 	return nil
 }
 
@@ -256,7 +301,7 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 			Kubelet: filepath.Join(c.bin, "kubelet"), KubeProxy: filepath.Join(c.bin, "kube-proxy"),
 			KubeletKubeconfig: kubeletKC, ProxyKubeconfig: proxyKC,
 			ClientCAFile: c.API.CAFile(),
-			PodCIDR:      "10.244." + strconv.Itoa(i) + ".0/24", ClusterCIDR: ClusterCIDR, ServiceCIDR: ServiceCIDR,
+			PodCIDR:      c.podCIDR(i), ClusterCIDR: ClusterCIDR, ServiceCIDR: ServiceCIDR,
 			SandboxImage: c.Registry.Ref(PauseRepo, "1"),
 			Hosts:        map[string]string{c.Registry.Addr(): hostsTOML},
 			Detach:       c.opts.Detach,
@@ -264,9 +309,12 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 		if err != nil {
 			return err
 		}
-		// The registry's CA, where the node's hosts.toml says it is.
-		if err := os.WriteFile(n.HostPath(registryCAPath(c.Registry.Addr())), caPEM, 0o644); err != nil {
-			return err
+		// The registry's and the mirror's CAs, where the node's hosts.toml
+		// says they are.
+		for path, pem := range caPEM {
+			if err := os.WriteFile(n.HostPath(path), pem, 0o644); err != nil {
+				return err
+			}
 		}
 		c.Nodes = append(c.Nodes, n)
 		c.logf("%s (%s) at %s: kubelet, kube-proxy, containerd", name, Zone(i), ns.IP())
@@ -286,6 +334,16 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 		}
 	}
 	return nil
+}
+
+// podCIDR is node i's pod range (1-based): a /24 of ClusterCIDR that no
+// other box on this machine uses at the same time, because this machine's
+// routes to the pods (for Prometheus) are global: the eight /24s after
+// 10.244.(8·k).0, k from the box's own subnet (10.203.k.0/24, unique while
+// the box runs).
+func (c *Cluster) podCIDR(i int) string {
+	k := c.Net.Gateway().To4()[2] % 32
+	return fmt.Sprintf("10.244.%d.0/24", int(k)*8+i)
 }
 
 // nodeKubeconfig is a kubeconfig for user (a client certificate of the
@@ -310,24 +368,32 @@ func (c *Cluster) nodeKubeconfig(user string, groups []string, gw net.IP) (strin
 	return path, clientcmd.WriteToFile(*cfg, path)
 }
 
-// registryCAPath is where a node keeps the registry's CA: beside its
-// hosts.toml, as containerd's documentation does it.
-func registryCAPath(host string) string {
-	return "/etc/containerd/certs.d/" + host + "/ca.crt"
+// registryCAPath is where a node keeps a CA for the registry host's
+// endpoints: beside its hosts.toml, as containerd's documentation does it.
+func registryCAPath(host, file string) string {
+	return "/etc/containerd/certs.d/" + host + "/" + file
 }
 
-func (c *Cluster) registryHosts() (hostsTOML string, caPEM []byte, err error) {
-	caPEM, err = os.ReadFile(c.Registry.CAFile())
-	if err != nil {
-		return "", nil, err
+// registryHosts is every node's hosts.toml for the registry's host and the
+// CA files it names (node path → PEM).
+func (c *Cluster) registryHosts() (hostsTOML string, caPEM map[string][]byte, err error) {
+	caPEM = map[string][]byte{}
+	host := c.Registry.Addr()
+	for file, r := range map[string]*registry.Registry{"ca.crt": c.Registry, "mirror-ca.crt": c.Mirror} {
+		pem, err := os.ReadFile(r.CAFile())
+		if err != nil {
+			return "", nil, err
+		}
+		caPEM[registryCAPath(host, file)] = pem
 	}
-	// The registry as the server, with its CA, and an empty [host] table:
-	// a [host."URL"] entry for the same URL would be tried first, and on a
-	// 404 containerd would go on to the server entry and report that one's
-	// error instead of the "not found"; and containerd 1.6 refuses a
-	// hosts.toml without any [host] tree ("invalid `host` tree",
-	// containerd#10027; k3s writes the same stub).
-	hostsTOML = fmt.Sprintf("server = %q\nca = %q\n\n[host]\n", c.Registry.URL(), registryCAPath(c.Registry.Addr()))
+	// The mirror first, then the registry as the server, each with its CA.
+	// No [host."URL"] entry for the registry itself: it would be tried
+	// before the server entry, and on a 404 containerd would go on to the
+	// server and report that one's error instead of the "not found".
+	// (containerd 1.6 also refuses a hosts.toml without any [host] tree,
+	// containerd#10027; the mirror's entry is one.)
+	hostsTOML = fmt.Sprintf("server = %q\nca = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = %q\n",
+		c.Registry.URL(), registryCAPath(host, "ca.crt"), c.Mirror.URL(), registryCAPath(host, "mirror-ca.crt"))
 	return hostsTOML, caPEM, nil
 }
 
@@ -401,9 +467,11 @@ func (c *Cluster) Stop() error {
 			errs = append(errs, err)
 		}
 	}
-	if c.Registry != nil {
-		if err := c.Registry.Stop(); err != nil {
-			errs = append(errs, err)
+	for _, r := range []*registry.Registry{c.Registry, c.Mirror} {
+		if r != nil {
+			if err := r.Stop(); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if c.Net != nil {

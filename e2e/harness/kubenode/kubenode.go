@@ -381,6 +381,52 @@ func (n *Node) startKubelet(context.Context) error {
 	return nil
 }
 
+// StopKubelet stops the node's kubelet alone, as when it crashes: the
+// node's containers keep running, nothing restarts them, and the Node turns
+// NotReady after the controller manager's grace period.
+func (n *Node) StopKubelet() error {
+	if n.kubelet == nil {
+		return fmt.Errorf("%s: the kubelet is not running", n.opts.Name)
+	}
+	err := n.kubelet.Stop(15 * time.Second)
+	n.kubelet = nil
+	return err
+}
+
+// StartKubelet starts the kubelet again after StopKubelet.
+func (n *Node) StartKubelet(ctx context.Context) error {
+	if n.kubelet != nil {
+		return fmt.Errorf("%s: the kubelet is already running", n.opts.Name)
+	}
+	return n.startKubelet(ctx)
+}
+
+// KillContainers SIGKILLs the task of every Kubernetes container on the
+// node whose image reference contains image, through the node's own
+// containerd, and returns how many it killed.
+func (n *Node) KillContainers(ctx context.Context, image string) (int, error) {
+	ctr := []string{"ctr", "--address", "/run/containerd/containerd.sock", "-n", "k8s.io"}
+	out, err := n.Exec(ctx, append(ctr, "containers", "ls", "-q")...)
+	if err != nil {
+		return 0, err
+	}
+	killed := 0
+	for _, id := range strings.Fields(out) {
+		info, err := n.Exec(ctx, append(ctr, "containers", "info", id)...)
+		if err != nil || !strings.Contains(info, image) {
+			continue
+		}
+		if _, err := n.Exec(ctx, append(ctr, "tasks", "kill", "-s", "SIGKILL", id)...); err != nil {
+			if strings.Contains(err.Error(), "not found") {
+				continue // an exited container: no task
+			}
+			return killed, fmt.Errorf("%s: kill container %s: %w", n.opts.Name, id, err)
+		}
+		killed++
+	}
+	return killed, nil
+}
+
 // Stop stops the kubelet, kube-proxy and containerd (and every container
 // containerd's shims run), then releases the mount namespace.
 func (n *Node) Stop() error {

@@ -2,7 +2,9 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -118,16 +120,24 @@ func (s *Scenario) PageURL() string    { return "http://" + s.HTTPAddr + "/" }
 // Tests use it for nodes the lab has no containerd for.
 func ReportSnapshot(t testing.TB, grpcAddr string, snap *pullwatchv1.NodeSnapshot) {
 	t.Helper()
+	if err := SendSnapshot(grpcAddr, snap); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// SendSnapshot is ReportSnapshot returning how the aggregator answered:
+// nil for an ack, else the stream's error (a refusal's gRPC status).
+func SendSnapshot(grpcAddr string, snap *pullwatchv1.NodeSnapshot) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer conn.Close()
 	stream, err := pullwatchv1.NewReportServiceClient(conn).Report(ctx)
 	if err != nil {
-		t.Fatalf("open report stream to %s: %v", grpcAddr, err)
+		return fmt.Errorf("open report stream to %s: %w", grpcAddr, err)
 	}
 	if snap.ObservedAt == nil {
 		snap.ObservedAt = timestamppb.Now()
@@ -135,17 +145,18 @@ func ReportSnapshot(t testing.TB, grpcAddr string, snap *pullwatchv1.NodeSnapsho
 	if snap.Interval == nil {
 		snap.Interval = durationpb.New(time.Minute)
 	}
-	if err := stream.Send(&pullwatchv1.AgentMessage{Sequence: 1, Body: &pullwatchv1.AgentMessage_Snapshot{Snapshot: snap}}); err != nil {
-		t.Fatalf("send snapshot of %s: %v", snap.GetNode().GetName(), err)
+	if err := stream.Send(&pullwatchv1.AgentMessage{Sequence: 1, Body: &pullwatchv1.AgentMessage_Snapshot{Snapshot: snap}}); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("send snapshot of %s: %w", snap.GetNode().GetName(), err)
 	}
 	resp, err := stream.Recv()
 	if err != nil {
-		t.Fatalf("ack for the snapshot of %s: %v", snap.GetNode().GetName(), err)
+		return fmt.Errorf("ack for the snapshot of %s: %w", snap.GetNode().GetName(), err)
 	}
 	if ack := resp.GetAck(); ack == nil || ack.GetSequence() != 1 {
-		t.Fatalf("answer to the snapshot of %s: %v, want ack 1", snap.GetNode().GetName(), resp)
+		return fmt.Errorf("answer to the snapshot of %s: %v, want ack 1", snap.GetNode().GetName(), resp)
 	}
 	_ = stream.CloseSend()
+	return nil
 }
 
 // endpointURLs returns the endpoint URL the real agent reports for each

@@ -1014,6 +1014,11 @@ type ImageReport struct {
 	// Where the pull credentials came from: anonymous, pull_secret,
 	// node_keyring, credential_provider. Never the credential itself.
 	CredentialSource string `protobuf:"bytes,15,opt,name=credential_source,json=credentialSource,proto3" json:"credential_source,omitempty"`
+	// Fields 30-39: risk and flap damping (issue 15).
+	// When this node first saw the image's current status (the first of the
+	// consecutive results that confirmed it). Kept across agent restarts by
+	// the agent's state file; unset from agents that predate it.
+	StatusSince *timestamppb.Timestamp `protobuf:"bytes,30,opt,name=status_since,json=statusSince,proto3" json:"status_since,omitempty"`
 	// Probe sharding: this node did not HEAD the manifest this round (the
 	// aggregator delegated it to other nodes); it reached every endpoint
 	// (/v2/ answered) and the result fields are its own last check's, which
@@ -1160,6 +1165,13 @@ func (x *ImageReport) GetCredentialSource() string {
 		return x.CredentialSource
 	}
 	return ""
+}
+
+func (x *ImageReport) GetStatusSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StatusSince
+	}
+	return nil
 }
 
 func (x *ImageReport) GetDelegated() bool {
@@ -1453,7 +1465,7 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1f\n" +
 	"\vapi_version\x18\x03 \x01(\tR\n" +
 	"apiVersion\x12\x1a\n" +
-	"\bendpoint\x18\x04 \x01(\tR\bendpoint\"\xf5\x04\n" +
+	"\bendpoint\x18\x04 \x01(\tR\bendpoint\"\xb4\x05\n" +
 	"\vImageReport\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x19\n" +
 	"\bimage_id\x18\x02 \x01(\tR\aimageId\x12!\n" +
@@ -1473,7 +1485,8 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\bdegraded\x18\f \x01(\bR\bdegraded\x12\x18\n" +
 	"\adrifted\x18\r \x01(\bR\adrifted\x12'\n" +
 	"\x0fregistry_digest\x18\x0e \x01(\tR\x0eregistryDigest\x12+\n" +
-	"\x11credential_source\x18\x0f \x01(\tR\x10credentialSource\x12\x1c\n" +
+	"\x11credential_source\x18\x0f \x01(\tR\x10credentialSource\x12=\n" +
+	"\fstatus_since\x18\x1e \x01(\v2\x1a.google.protobuf.TimestampR\vstatusSince\x12\x1c\n" +
 	"\tdelegated\x18( \x01(\bR\tdelegated\x12\x1f\n" +
 	"\vshared_from\x18) \x01(\tR\n" +
 	"sharedFrom\"\xb5\x03\n" +
@@ -1575,18 +1588,19 @@ var file_pullwatch_v1_pullwatch_proto_depIdxs = []int32{
 	14, // 20: pullwatch.v1.ImageReport.endpoints:type_name -> pullwatch.v1.EndpointResult
 	15, // 21: pullwatch.v1.ImageReport.containers:type_name -> pullwatch.v1.ContainerRef
 	18, // 22: pullwatch.v1.ImageReport.checked_at:type_name -> google.protobuf.Timestamp
-	1,  // 23: pullwatch.v1.EndpointResult.role:type_name -> pullwatch.v1.EndpointRole
-	0,  // 24: pullwatch.v1.EndpointResult.status:type_name -> pullwatch.v1.ImageStatus
-	17, // 25: pullwatch.v1.EndpointResult.latency:type_name -> google.protobuf.Duration
-	18, // 26: pullwatch.v1.EndpointResult.checked_at:type_name -> google.protobuf.Timestamp
-	17, // 27: pullwatch.v1.EndpointResult.retry_after:type_name -> google.protobuf.Duration
-	2,  // 28: pullwatch.v1.ReportService.Report:input_type -> pullwatch.v1.AgentMessage
-	3,  // 29: pullwatch.v1.ReportService.Report:output_type -> pullwatch.v1.AggregatorMessage
-	29, // [29:30] is the sub-list for method output_type
-	28, // [28:29] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	18, // 23: pullwatch.v1.ImageReport.status_since:type_name -> google.protobuf.Timestamp
+	1,  // 24: pullwatch.v1.EndpointResult.role:type_name -> pullwatch.v1.EndpointRole
+	0,  // 25: pullwatch.v1.EndpointResult.status:type_name -> pullwatch.v1.ImageStatus
+	17, // 26: pullwatch.v1.EndpointResult.latency:type_name -> google.protobuf.Duration
+	18, // 27: pullwatch.v1.EndpointResult.checked_at:type_name -> google.protobuf.Timestamp
+	17, // 28: pullwatch.v1.EndpointResult.retry_after:type_name -> google.protobuf.Duration
+	2,  // 29: pullwatch.v1.ReportService.Report:input_type -> pullwatch.v1.AgentMessage
+	3,  // 30: pullwatch.v1.ReportService.Report:output_type -> pullwatch.v1.AggregatorMessage
+	30, // [30:31] is the sub-list for method output_type
+	29, // [29:30] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_pullwatch_v1_pullwatch_proto_init() }

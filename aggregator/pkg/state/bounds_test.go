@@ -1,0 +1,111 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"go.uber.org/goleak"
+)
+
+func TestSweepForgetsSilentNodes(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	s := New(time.Minute, WithClock(clock.Now), WithForgetAfter(10*time.Minute))
+	s.ApplySnapshot(snapshot("old", image("a:1", available)))
+	clock.Advance(6 * time.Minute)
+	s.ApplySnapshot(snapshot("recent", image("a:1", available)))
+	v := s.Version()
+	clock.Advance(5 * time.Minute)
+	if gone := s.Sweep(); len(gone) != 1 || gone[0] != "old" {
+		t.Fatalf("Sweep = %v, want [old]", gone)
+	}
+	if s.Version() == v {
+		t.Error("Version did not change when a node was forgotten")
+	}
+	if n := s.Nodes(); len(n) != 1 || n[0].Name != "recent" {
+		t.Fatalf("nodes after sweep: %v", n)
+	}
+	if s.ApplyUpdate(&pullwatchv1.NodeUpdate{NodeName: "old"}) {
+		t.Error("an update for a forgotten node was applied; want a resync")
+	}
+	if gone := New(time.Minute).Sweep(); gone != nil {
+		t.Errorf("without WithForgetAfter Sweep = %v", gone)
+	}
+}
+
+func TestAttachOneStreamPerNode(t *testing.T) {
+	s := New(time.Minute)
+	stopped := 0
+	detach1 := s.Attach("n1", func() { stopped++ })
+	detach2 := s.Attach("n1", func() { stopped += 10 })
+	if stopped != 1 {
+		t.Fatalf("the first stream was stopped %d times, want once", stopped)
+	}
+	detachOther := s.Attach("n2", nil)
+	if got := s.ConnectedAgents(); got != 2 {
+		t.Fatalf("ConnectedAgents = %d with three attachments for two nodes, want 2", got)
+	}
+	detach1() // the replaced stream ends: n1 stays connected through the second
+	if got := s.ConnectedAgents(); got != 2 {
+		t.Fatalf("ConnectedAgents = %d after the replaced stream ended, want 2", got)
+	}
+	detach2()
+	detachOther()
+	if got := s.ConnectedAgents(); got != 0 {
+		t.Fatalf("ConnectedAgents = %d, want 0", got)
+	}
+}
+
+func TestApplyUpdateWithin(t *testing.T) {
+	s := New(time.Minute)
+	ep := func(im *pullwatchv1.ImageReport, url string) *pullwatchv1.ImageReport {
+		im.Endpoints = append(im.Endpoints, &pullwatchv1.EndpointResult{Url: url})
+		return im
+	}
+	s.ApplySnapshot(snapshot("n1", ep(image("a:1", available), "https://r1/v2"), image("b:1", available)))
+	lim := Limits{Images: 2, Endpoints: 2}
+	var le *LimitError
+	_, err := s.ApplyUpdateWithin(&pullwatchv1.NodeUpdate{NodeName: "n1", Upserts: []*pullwatchv1.ImageReport{image("c:1", available)}}, lim)
+	if !errors.As(err, &le) || le.What != "images" || le.Have != 3 {
+		t.Fatalf("third image: %v, want an images LimitError", err)
+	}
+	// Replacing one image by another stays within the bound.
+	if known, err := s.ApplyUpdateWithin(&pullwatchv1.NodeUpdate{NodeName: "n1", Upserts: []*pullwatchv1.ImageReport{image("c:1", available)}, RemovedImages: []string{"b:1"}}, lim); !known || err != nil {
+		t.Fatalf("swap: %v %v", known, err)
+	}
+	_, err = s.ApplyUpdateWithin(&pullwatchv1.NodeUpdate{NodeName: "n1", Upserts: []*pullwatchv1.ImageReport{
+		ep(ep(image("c:1", available), "https://r2/v2"), "https://r3/v2")}}, lim)
+	if !errors.As(err, &le) || le.What != "endpoints" {
+		t.Fatalf("third endpoint: %v, want an endpoints LimitError", err)
+	}
+	if got := imageStatuses(t, s, "n1"); len(got) != 2 || got[1] != "c:1=available" {
+		t.Fatalf("a refused update changed the node: %v", got)
+	}
+	if known, _ := s.ApplyUpdateWithin(&pullwatchv1.NodeUpdate{NodeName: "nope"}, lim); known {
+		t.Error("unknown node reported known")
+	}
+}
+
+func TestRunSweeperStopsWithContext(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	s := New(time.Second, WithClock(clock.Now), WithForgetAfter(time.Minute))
+	s.ApplySnapshot(snapshot("n1"))
+	clock.Advance(2 * time.Minute)
+	forgotten := make(chan []string, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.RunSweeper(ctx, 10*time.Millisecond, func(n []string) { forgotten <- n }); close(done) }()
+	select {
+	case got := <-forgotten:
+		if len(got) != 1 || got[0] != "n1" {
+			t.Errorf("forgotten %v, want [n1]", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the sweeper forgot nothing in 5s")
+	}
+	cancel()
+	<-done
+}
