@@ -25,7 +25,7 @@ OCI_DIR        ?=
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench demo demo-cluster demo-down images images-oci clean
+.PHONY: build kube e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -98,6 +98,9 @@ fuzz: ## run every fuzz target for FUZZTIME (default 15s)
 bench: ## benchmarks reported in docs/benchmarks.md
 	cd aggregator && go test -run '^$$' -bench . -benchmem ./...
 	cd agent && go test -run '^$$' -bench . -benchmem ./...
+
+soak: build ## the cluster in a box for SOAK_DURATION (1h) with faults toggled every SOAK_TOGGLE (1m); RSS, FDs, threads, goroutines per process (root; not in make test)
+	bash scripts/soak.sh
 
 demo: build ## local containerd + registry + aggregator + agent; prints the check table and metrics (root)
 	bash scripts/demo.sh up

@@ -2,12 +2,13 @@
 # Run every `func FuzzXxx` in the repository's modules for FUZZTIME each
 # (default 15s): the parsers of image references, hosts.toml, config.toml,
 # registries.conf, systemd units, resolv.conf, WWW-Authenticate, config.json
-# and agent reports. New targets are picked up without editing this file.
+# agent reports, and registry answers through probe → report → the
+# aggregator's Validate (e2e/hostile). New targets are picked up without editing this file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZTIME=${FUZZTIME:-15s}
 status=0
-for module in agent aggregator pkg proto; do
+for module in agent aggregator pkg proto e2e; do
   [ -d "$module" ] || continue
   while IFS= read -r file; do
     dir=$(dirname "$file")

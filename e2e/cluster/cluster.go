@@ -468,7 +468,9 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.agentLog = filepath.Join(n.dir(), "agent.log")
 	n.agentArgs = n.agentCommonArgs()
-	n.agentArgs = append([]string{"run", "--aggregator", c.Aggregator.GRPC,
+	// The box has no ServiceAccount tokens and no TLS material: the
+	// aggregator runs with --insecure and --auth=none, said explicitly.
+	n.agentArgs = append([]string{"run", "--aggregator", c.Aggregator.GRPC, "--insecure",
 		"--interval", c.opts.Interval.String(), "--log-level", "debug"}, n.agentArgs...)
 	if err := n.startAgent(); err != nil {
 		return err
@@ -606,7 +608,8 @@ func (c *Cluster) startAggregator(ctx context.Context) error {
 	}
 	// Per-node series for every image: a 3-node box affords them, and the
 	// demo and scenarios show available images per node.
-	a.args = []string{"--grpc-listen", a.GRPC, "--http-listen", a.HTTP, "--stale-after", c.opts.StaleAfter.String(), "--log-level", "info", "--node-image-series", "all"}
+	a.args = []string{"--grpc-listen", a.GRPC, "--http-listen", a.HTTP, "--stale-after", c.opts.StaleAfter.String(), "--log-level", "info",
+		"--auth=none", "--http-auth=none", "--insecure", "--node-image-series", "all"}
 	c.Aggregator = a
 	if err := a.Start(ctx); err != nil {
 		return err

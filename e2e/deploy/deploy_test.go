@@ -167,6 +167,8 @@ type serviceMonitor struct {
 			// HonorLabels keeps the metrics' own namespace, pod and
 			// container labels (risk and compatibility families).
 			HonorLabels bool `json:"honorLabels,omitempty"`
+			// The scraper's own ServiceAccount token, for --http-auth.
+			BearerTokenFile string `json:"bearerTokenFile,omitempty"`
 		} `json:"endpoints"`
 	} `json:"spec"`
 }
@@ -1041,12 +1043,17 @@ func TestAggregatorPorts(t *testing.T) {
 func TestRBAC(t *testing.T) {
 	// What each ServiceAccount may do, cluster-wide: resource -> verbs.
 	want := map[string]map[string][]string{
-		// The aggregator's informers only list and watch (aggregator/pkg/kubewatch).
-		aggregatorName: {"nodes": {"list", "watch"}, "pods": {"list", "watch"}, "replicasets": {"list", "watch"}, "jobs": {"list", "watch"}},
-		agentName:      {"pods": {"list", "watch"}, "secrets": {"get"}},
+		// The aggregator's informers list and watch (aggregator/pkg/kubewatch);
+		// it gets the pod of an agent token whose review names no node, and
+		// reviews agent and scraper tokens and scrapers' access
+		// (aggregator/pkg/authn).
+		aggregatorName: {"nodes": {"list", "watch"}, "pods": {"get", "list", "watch"}, "replicasets": {"list", "watch"}, "jobs": {"list", "watch"},
+			"tokenreviews": {"create"}, "subjectaccessreviews": {"create"}},
+		agentName: {"pods": {"list", "watch"}, "secrets": {"get"}},
 	}
 	// The API group of each resource.
-	groups := map[string]string{"nodes": "", "pods": "", "secrets": "", "replicasets": "apps", "jobs": "batch"}
+	groups := map[string]string{"nodes": "", "pods": "", "secrets": "", "replicasets": "apps", "jobs": "batch",
+		"tokenreviews": "authentication.k8s.io", "subjectaccessreviews": "authorization.k8s.io"}
 	roles := map[string]*rbacv1.ClusterRole{}
 	for _, r := range all[*rbacv1.ClusterRole](t) {
 		roles[r.Name] = r
@@ -1496,6 +1503,11 @@ func TestServiceMonitor(t *testing.T) {
 	}
 	if !ep.HonorLabels {
 		t.Errorf("ServiceMonitor endpoint without honorLabels: the operator's namespace, pod and container target labels would rename the metrics' own to exported_*")
+	}
+	// The aggregator authenticates scrapes (--http-auth=kubernetes): the
+	// ServiceMonitor must send Prometheus' token.
+	if ep.BearerTokenFile == "" {
+		t.Errorf("ServiceMonitor endpoint sends no bearer token; the aggregator answers 401 without one")
 	}
 }
 

@@ -127,7 +127,8 @@ func TestShardedProbes(t *testing.T) {
 	agg, err := proc.Start(proc.Spec{
 		Name: "pullwatch-aggregator", Path: filepath.Join(l.Bin, checkout.AggregatorBinary),
 		Args: []string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr, "--probe-replicas", fmt.Sprint(replicas),
-			"--agent-interval", interval.String(), "--node-image-series", "all", "--log-level", "debug"},
+			"--agent-interval", interval.String(), "--node-image-series", "all", "--log-level", "debug",
+			"--auth=none", "--http-auth=none", "--insecure"},
 		LogFile: filepath.Join(t.TempDir(), "aggregator.log"),
 	})
 	if err != nil {
@@ -154,7 +155,7 @@ func TestShardedProbes(t *testing.T) {
 			Args: []string{"run", "--aggregator", grpcAddr, "--interval", interval.String(),
 				"--cri-endpoint", node.Containerd.Endpoint(), "--containerd-config", node.Containerd.ConfigPath(),
 				"--node-name", n.name, "--node-labels", "topology.kubernetes.io/zone=" + n.zone,
-				"--proxy-from", "none", "--probe-timeout", "2s", "--log-level", "debug"},
+				"--proxy-from", "none", "--probe-timeout", "2s", "--log-level", "debug", "--insecure"},
 			LogFile: filepath.Join(t.TempDir(), n.name+"-agent.log"),
 		})
 		if err != nil {

@@ -30,6 +30,7 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	defer client.Close()
+	checker.Deadline = c.roundDeadline(0)
 	node, err := checker.Run(ctx)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent check: %v\n", err)

@@ -91,6 +91,22 @@ func Main(ctx context.Context, args []string, env Env) int {
 	}
 }
 
+// checkRoundTimeout is check's automatic --round-timeout.
+const checkRoundTimeout = 2 * time.Minute
+
+// roundDeadline is --round-timeout, or the automatic one for rounds every
+// interval (0: check's).
+func (c *common) roundDeadline(interval time.Duration) time.Duration {
+	switch {
+	case c.roundTimeout > 0:
+		return c.roundTimeout
+	case interval > 0:
+		return interval + 30*time.Second
+	default:
+		return checkRoundTimeout
+	}
+}
+
 // common are the flags of both run and check.
 type common struct {
 	criEndpoint        string
@@ -98,6 +114,7 @@ type common struct {
 	nodeName           string
 	nodeLabels         map[string]string
 	probeTimeout       time.Duration
+	roundTimeout       time.Duration
 	perHostConcurrency int
 	concurrency        int
 	registryRate       float64
@@ -140,6 +157,7 @@ func (c *common) register(s *envflag.Set, env Env) {
 	s.Env("node-name", "NODE_NAME")
 	s.Var(&envflag.KeyValues{Value: &c.nodeLabels}, "node-labels", "Labels the agent reports for its node, `key=value,...`, e.g. topology.kubernetes.io/zone=eu-1a. The aggregator prefers the Node object's labels when it reads the Kubernetes API; without it, these give the zone for the failure diagnosis.")
 	s.Var((*envflag.PositiveDuration)(&c.probeTimeout), "probe-timeout", "Timeout of one endpoint's probe: /v2/ ping, token and manifest HEAD together (`duration`).")
+	s.DurationVar(&c.roundTimeout, "round-timeout", 0, "Longest one round's probes may take (`duration`); an image not checked by then is reported unknown, saying so. 0: automatic, --interval + 30s for run (a round then always ends well inside the liveness window of 3 × --interval + 1m, however slow the registries), "+checkRoundTimeout.String()+" for check.")
 	s.Var(&envflag.IntRange{Value: &c.perHostConcurrency, Min: 1, Max: 64}, "per-host-concurrency", "Probes in flight at once against one registry endpoint (`count`, 1-64).")
 	s.Var(&envflag.IntRange{Value: &c.concurrency, Min: 1, Max: 256}, "concurrency", "Probes in flight at once in all (`count`, 1-256).")
 	s.Float64Var(&c.registryRate, "registry-rate", c.registryRate, "Manifest checks per second to one registry host (`rate`; a token bucket per host, 0: unpaced). With an aggregator, its --registry-budget share applies on top.")
@@ -309,7 +327,7 @@ func (c *common) networkPath(ctx context.Context, log *slog.Logger, runtimeName 
 	}
 	red := proxy.Redacted()
 	log.Info("registry probes use the runtime's proxy settings", "source", red.Source, "http_proxy", red.HTTPProxy, "https_proxy", red.HTTPSProxy, "no_proxy", red.NoProxy)
-	path := netpath.Path{Proxy: proxy}
+	path := netpath.Path{Proxy: proxy, Timeout: c.probeTimeout}
 	if c.root.Dir() != "" || c.resolvConf != "/etc/resolv.conf" {
 		rc := c.root.Path(c.resolvConf)
 		if path.Resolver, err = netpath.LoadResolver(rc); err != nil {
@@ -323,28 +341,45 @@ func (c *common) networkPath(ctx context.Context, log *slog.Logger, runtimeName 
 	return path, nil
 }
 
-// registryResolver reads the runtime's registry configuration.
+// registryResolver reads the runtime's registry configuration. One that
+// does not load (a config.toml or registries.conf that does not parse)
+// does not stop the agent: every image is unknown with the error, which
+// names the file, and the file is read again every minute.
 func (c *common) registryResolver(ctx context.Context, log *slog.Logger, rt cri.Runtime, path netpath.Path) (hosts.Resolver, error) {
+	var load func(ctx context.Context) (hosts.Resolver, error)
 	switch rt.Name {
 	case "containerd":
-		return hosts.NewContainerd(ctx, hosts.ContainerdOptions{
-			ConfigFile:     c.containerdConfig,
-			ConfigPath:     c.registryConfigPath,
-			Root:           c.root,
-			UpdateClient:   path.UpdateClient,
-			RuntimeVersion: rt.Version,
-		})
+		load = func(ctx context.Context) (hosts.Resolver, error) {
+			return hosts.NewContainerd(ctx, hosts.ContainerdOptions{
+				ConfigFile:     c.containerdConfig,
+				ConfigPath:     c.registryConfigPath,
+				Root:           c.root,
+				UpdateClient:   path.UpdateClient,
+				RuntimeVersion: rt.Version,
+			})
+		}
 	case "cri-o":
-		return hosts.NewCRIO(ctx, hosts.CRIOOptions{
-			RegistriesConf:    c.registriesConf,
-			RegistriesConfDir: c.registriesConfDir,
-			Root:              c.root,
-			UpdateClient:      path.UpdateClient,
-		})
+		load = func(ctx context.Context) (hosts.Resolver, error) {
+			return hosts.NewCRIO(ctx, hosts.CRIOOptions{
+				RegistriesConf:    c.registriesConf,
+				RegistriesConfDir: c.registriesConfDir,
+				Root:              c.root,
+				UpdateClient:      path.UpdateClient,
+			})
+		}
 	default:
 		log.WarnContext(ctx, "unknown runtime: probing each registry at its default endpoint", "runtime", rt.Name)
 		return hosts.Defaults{}, nil
 	}
+	r := &hosts.Reloading{Load: func(ctx context.Context) (hosts.Resolver, error) {
+		res, err := load(ctx)
+		if err != nil {
+			log.ErrorContext(ctx, "the runtime's registry configuration does not load: every image is unknown until it does (read again every minute)", logging.ErrKey, err)
+		}
+		return res, err
+	}, Retry: time.Minute}
+	_, _ = r.Loaded(ctx)
+	return r, nil
 }
 
 // newLogger builds the logger the flags ask for, routes client-go's and

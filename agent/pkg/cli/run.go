@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/daemon"
@@ -35,6 +34,7 @@ type runFlags struct {
 	httpListen     string
 	confirm        int
 	stateFile      string
+	transport      transportFlags
 }
 
 func (f *runFlags) register(s *envflag.Set, env Env) {
@@ -52,6 +52,7 @@ func (f *runFlags) register(s *envflag.Set, env Env) {
 	s.StringVar(&f.stateFile, "state-file", "",
 		"`path` of a small JSON file keeping each image's reported status and since when, so an agent restart neither resets the since times "+
 			"nor lets a blip through (the DaemonSet: /var/lib/pullwatch/agent-state.json on a hostPath). Empty: kept in memory only.")
+	f.transport.register(s)
 	s.StringVar(&f.httpListen, "http-listen", "", "`host:port` for /healthz (rounds keep succeeding), /readyz (first round published, stream up) and /metrics (the agent's own metrics). Empty: off. The agent shares the node's network: pick a free node port.")
 }
 
@@ -80,10 +81,15 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	defer client.Close()
+	checker.Deadline = f.roundDeadline(f.interval)
 
-	// Transport security and node-bound credentials come with the trust
-	// issue; until then the stream is plaintext inside the cluster network.
-	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	// TLS to the aggregator (its CA) and the node-bound token on every
+	// stream, or plaintext with --insecure.
+	dialOpts, err := f.transport.dialOptions(log, f.aggregator)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
+		return ExitSetup
+	}
 	onDirective := func(d *pb.Directive) {
 		if pa := d.GetProbeAssignments(); pa != nil {
 			checker.Plan.Apply(pa, f.interval)

@@ -152,7 +152,7 @@ func (k *NodeKeyring) Lookup(ctx context.Context, ref imageref.Ref, _ []Pod) ([]
 	for _, up := range kr.lookup(ref.Name()) {
 		out = append(out, Credential{Username: up.username, Secret: up.password, Source: SourceNodeKeyring})
 	}
-	return out, nil
+	return out, kr.skipped
 }
 
 // current returns the keyring, reloading it when the files changed.
@@ -212,6 +212,7 @@ func (k *NodeKeyring) load(ctx context.Context) *keyring {
 		if err != nil {
 			k.reportOnce(ctx, f.path, slog.LevelError, "node keyring file skipped, as the kubelet skips it; fix or remove the file",
 				"file", f.path, logging.ErrKey, err.Error())
+			kr.skipped = errors.Join(kr.skipped, fmt.Errorf("node keyring %s skipped, as the kubelet skips it: %w", f.path, err))
 			continue
 		}
 		if len(cfg.ignored) > 0 {

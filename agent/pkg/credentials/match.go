@@ -40,6 +40,11 @@ type keyring struct {
 	index []string
 	globs map[string]*url.URL
 	creds map[string][]userPass
+	// skipped says which files of the search path were skipped because
+	// they do not parse (the kubelet skips them too); Lookup returns it
+	// so an image that is not available says why its pull may lack
+	// credentials.
+	skipped error
 }
 
 // defaultRegistryHost is the key Docker Hub credentials end up under

@@ -258,7 +258,7 @@ func (c *Containerd) ignoredHostsFile(p string) string {
 	default:
 		var doc map[string]any
 		if err := toml.Unmarshal(b, &doc); err != nil {
-			return fmt.Sprintf("%s is not valid TOML (%v); containerd ignores it and uses the default endpoint", p, err)
+			return fmt.Sprintf("%s is not valid TOML (%s: %v); containerd ignores it and uses the default endpoint", p, tomlLine(err), err)
 		} else if _, hasHost := doc["host"]; c.legacy && !hasHost {
 			return fmt.Sprintf("%s has no [host] table, which containerd %s refuses (invalid `host` tree); it uses the default endpoint, with the certificate files of %s", p, c.opts.RuntimeVersion, filepath.Dir(p))
 		}

@@ -111,7 +111,7 @@ func readTOML(p string) (map[string]any, error) {
 	}
 	var doc map[string]any
 	if err := toml.Unmarshal(b, &doc); err != nil {
-		return nil, fmt.Errorf("containerd config %s is not valid TOML: %w", p, err)
+		return nil, fmt.Errorf("containerd config %s is not valid TOML (%s): %w", p, tomlLine(err), err)
 	}
 	return doc, nil
 }

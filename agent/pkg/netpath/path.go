@@ -13,12 +13,35 @@ type Path struct {
 	Proxy ProxyConfig
 	// Resolver is the node's DNS; nil uses the process's.
 	Resolver *Resolver
+	// Timeout is the probe timeout (--probe-timeout): no registry answer
+	// waits longer for its headers or its TLS handshake. 0: 10s.
+	Timeout time.Duration
 }
 
-// Apply sets the proxy and resolver on t. A dialer t already has (say,
+// MaxResponseHeaderBytes bounds a registry's response headers: a registry
+// that sends megabytes of headers cannot grow the agent's memory (each
+// probe in flight would hold them).
+const MaxResponseHeaderBytes = 64 << 10
+
+// Bound applies the probe's bounds to t: response headers at most
+// MaxResponseHeaderBytes, and waits for them and for the TLS handshake
+// at most timeout (a dial timeout t has, e.g. hosts.toml's dial_timeout,
+// is its dialer's and kept).
+func Bound(t *http.Transport, timeout time.Duration) {
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	t.MaxResponseHeaderBytes = MaxResponseHeaderBytes
+	t.ResponseHeaderTimeout = timeout
+	t.TLSHandshakeTimeout = timeout
+	t.ExpectContinueTimeout = min(t.ExpectContinueTimeout, timeout)
+}
+
+// Apply sets the proxy, the resolver and the probe's bounds (Bound) on t. A dialer t already has (say,
 // hosts.toml's dial_timeout) is kept: names are resolved with the node's
 // resolver first and that dialer is given the address.
 func (p Path) Apply(t *http.Transport) {
+	Bound(t, p.Timeout)
 	t.Proxy = p.Proxy.Func()
 	dial := t.DialContext
 	if dial == nil {

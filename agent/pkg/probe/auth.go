@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -18,6 +19,8 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
+	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
+	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -113,25 +116,128 @@ func parseChallenge(h http.Header) challenge {
 	return challenge{}
 }
 
-// authorize returns the Authorization header value for a manifest request.
-func (p *Prober) authorize(ctx context.Context, ch challenge, t target, cred credentials.Credential) (string, error) {
+// authorize returns the Authorization header value for a manifest request
+// to the endpoint t (of ref's registry), and, when it withheld the
+// credential, why.
+//
+// Credentials go only where the runtime would send them: the node's
+// credentials are for the image's registry, so basic credentials never go
+// over plain HTTP to another host (a mirror, a token realm) than the
+// registry's own; they go over HTTPS, or to the registry itself. A token
+// realm on the loopback network, a link-local address (the cloud metadata
+// service) or this node's own address is refused unless the registry
+// itself is there: the agent runs on the host network, and a registry must
+// not make it fetch, and report, what only the node can reach.
+func (p *Prober) authorize(ctx context.Context, ch challenge, t target, ref imageref.Ref, ep hosts.Endpoint, cred credentials.Credential) (authz, withheld string, err error) {
 	switch ch.scheme {
 	case schemeBasic:
 		if cred.Secret == "" {
-			return "", nil // the HEAD's 401 says unauthorized
+			return "", "", nil // the HEAD's 401 says unauthorized
+		}
+		if why := withholdFrom(t.base, ref, ep, t.base); why != "" {
+			return "", why, nil
 		}
 		req := http.Request{Header: http.Header{}}
 		req.SetBasicAuth(cred.Username, cred.Secret)
-		return req.Header.Get("Authorization"), nil
+		return req.Header.Get("Authorization"), "", nil
 	case schemeBearer:
+		realm, err := p.checkRealm(ch.realm, t.base)
+		if err != nil {
+			return "", "", err
+		}
+		if cred.Secret != "" {
+			if withheld = withholdFrom(realm, ref, ep, t.base); withheld != "" {
+				cred = credentials.Credential{Source: cred.Source} // an anonymous token
+			}
+		}
 		tok, err := p.tokens.get(ctx, t.client, ch, t.repo, cred, p.opts.UserAgent)
 		if err != nil {
-			return "", err
+			return "", withheld, err
 		}
-		return "Bearer " + tok, nil
+		return "Bearer " + tok, withheld, nil
 	default:
-		return "", nil
+		return "", "", nil
 	}
+}
+
+// withholdFrom says why the node's credentials for ref's registry are not
+// sent to u ("" when they are): plain HTTP to another host than the
+// registry's — its name, its API host, or the upstream endpoint's host
+// that the runtime's configuration gives it (base) — ports aside. Plain
+// HTTP that stays on the loopback network, from a registry there, never
+// leaves the node and is the registry's own.
+func withholdFrom(u *url.URL, ref imageref.Ref, ep hosts.Endpoint, base *url.URL) string {
+	if u.Scheme == "https" {
+		return ""
+	}
+	host := u.Hostname()
+	api, _ := imageref.APIHost(ref.Registry())
+	for _, own := range []string{ref.Registry(), api} {
+		if strings.EqualFold(host, hostname(own)) {
+			return ""
+		}
+	}
+	if ep.Role == hosts.RoleUpstream && strings.EqualFold(host, base.Hostname()) {
+		return ""
+	}
+	if hosts.IsLocalhost(host) && hosts.IsLocalhost(base.Hostname()) {
+		return ""
+	}
+	return fmt.Sprintf("the node's credentials for %s are not sent over plain HTTP to another host (%s)", ref.Registry(), u.Host)
+}
+
+// hostname is host:port without the port.
+func hostname(hostport string) string {
+	return (&url.URL{Host: hostport}).Hostname()
+}
+
+// checkRealm parses a bearer challenge's realm and refuses one the agent
+// must not fetch (see authorize).
+func (p *Prober) checkRealm(realm string, registry *url.URL) (*url.URL, error) {
+	u, err := url.Parse(realm)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, &statusError{pb.ImageStatus_IMAGE_STATUS_UNKNOWN, 0, fmt.Sprintf("registry's token realm %q is not an http(s) URL", realm)}
+	}
+	where := p.nodeLocal(u.Hostname())
+	if where == "" || p.nodeLocal(registry.Hostname()) != "" {
+		return u, nil
+	}
+	u.User = nil
+	return nil, &statusError{pb.ImageStatus_IMAGE_STATUS_UNKNOWN, 0, fmt.Sprintf("token realm %s refused: it is on %s and the registry is not (the agent runs on the node's network and does not fetch such realms for a registry)", u.Redacted(), where)}
+}
+
+// nodeLocal says which of the node's own networks host (a name or an IP
+// literal) is on: loopback, link-local, unspecified, or one of the node's
+// own addresses; "" for none. Names other than localhost are not resolved.
+func (p *Prober) nodeLocal(host string) string {
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return "the loopback network"
+	}
+	ip := net.ParseIP(host)
+	switch {
+	case ip == nil:
+		return ""
+	case ip.IsLoopback():
+		return "the loopback network"
+	case ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast():
+		return "a link-local address"
+	case ip.IsUnspecified():
+		return "the unspecified address"
+	}
+	p.nodeIPsOnce.Do(func() {
+		addrs, _ := net.InterfaceAddrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				p.nodeIPs = append(p.nodeIPs, n.IP)
+			}
+		}
+	})
+	for _, own := range p.nodeIPs {
+		if own.Equal(ip) {
+			return "this node's own address"
+		}
+	}
+	return ""
 }
 
 // tokenCache keeps bearer tokens per realm, service, scope and credential

@@ -86,7 +86,7 @@ func (p *Prober) indexPlatforms(ctx context.Context, ref imageref.Ref, w answer,
 	if err != nil {
 		return nil, err
 	}
-	authz, err := p.authorize(ctx, ch, t, cred)
+	authz, _, err := p.authorize(ctx, ch, t, ref, w.ep, cred)
 	if err != nil {
 		return nil, err
 	}

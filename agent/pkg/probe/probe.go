@@ -18,11 +18,13 @@ import (
 	"time"
 
 	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	"github.com/pullwatch/pullwatch/agent/pkg/netpath"
 	"github.com/pullwatch/pullwatch/agent/pkg/report"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
@@ -89,6 +91,9 @@ type Prober struct {
 	limitMu sync.Mutex
 	limits  map[string]chan struct{}
 	backoff map[string]time.Time // endpoint host → no requests before
+
+	nodeIPsOnce sync.Once
+	nodeIPs     []net.IP // this node's own addresses, for token realms
 }
 
 // maxBodyBytes bounds what the prober reads of any response: a registry or
@@ -118,6 +123,7 @@ func New(opts Options) *Prober {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.Proxy = nil // the runtime's proxy settings, not the agent's environment, apply; see hosts
 		t.MaxIdleConnsPerHost = opts.PerHostConcurrency
+		netpath.Bound(t, opts.Timeout)
 		rt = t
 	}
 	return &Prober{
@@ -149,6 +155,9 @@ type Request struct {
 	Credentials []credentials.Credential
 	// NodeDigest is the manifest digest the node has for Ref, "" if unknown.
 	NodeDigest string
+	// Round is what the probes of this round share (slots, breakers);
+	// nil is none.
+	Round *Round
 }
 
 // Probe asks every endpoint, in order, for the reference's manifest, with
@@ -177,7 +186,7 @@ func (p *Prober) Probe(ctx context.Context, req Request) Result {
 			a = answer{Endpoint: endpointReport(ep, p.opts.Now()), ep: ep}
 			a.Status, a.Reason, a.Skipped = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "not asked: "+ep.Skip, true
 		} else {
-			a = p.probeWithCredentials(ctx, ref, ep, creds)
+			a = p.probeWithCredentials(ctx, req.Round, ref, ep, creds)
 			lastAsked = i
 		}
 		answers = append(answers, a)
@@ -258,10 +267,10 @@ func mostRelevantFailure(answers []answer) int {
 
 // probeWithCredentials tries each credential until the endpoint accepts
 // one, as the kubelet tries each matching credential in turn.
-func (p *Prober) probeWithCredentials(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, creds []credentials.Credential) answer {
+func (p *Prober) probeWithCredentials(ctx context.Context, round *Round, ref imageref.Ref, ep hosts.Endpoint, creds []credentials.Credential) answer {
 	var a answer
 	for i, cred := range creds {
-		a = p.probeEndpoint(ctx, ref, ep, cred)
+		a = p.probeEndpoint(ctx, round, ref, ep, cred)
 		a.credentialSource, a.credential = cred.Source, i
 		if a.Status != pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && a.Status != pb.ImageStatus_IMAGE_STATUS_FORBIDDEN {
 			break
@@ -316,7 +325,7 @@ func (p *Prober) newRequest(ctx context.Context, method, u string, t target) (*h
 	return req, nil
 }
 
-func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.Endpoint, cred credentials.Credential) (er answer) {
+func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.Ref, ep hosts.Endpoint, cred credentials.Credential) (er answer) {
 	start := p.opts.Now()
 	er = answer{Endpoint: endpointReport(ep, start), ep: ep}
 	t, err := p.target(ep, ref)
@@ -329,25 +338,73 @@ func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.E
 		er.Reason = fmt.Sprintf("not asked: backing off until %s after the registry answered 429", until.UTC().Format(time.RFC3339))
 		return er
 	}
-	release, err := p.acquire(ctx, t.base.Host)
-	if err != nil {
-		er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "probe cancelled: "+err.Error()
+	key := t.base.String()
+	// An endpoint whose breaker is open answers with its first failure,
+	// word for word (so the report of an image does not change from one
+	// round to the next with which image happened to be the canary); that
+	// it was not asked shows in its latency, about 0.
+	down := func() answer {
+		er.Status, er.Reason, er.HTTPStatus, _ = round.failed(key)
 		return er
+	}
+	if _, _, _, ok := round.failed(key); ok {
+		return down()
+	}
+	canary, answered, tripped := round.canary(key)
+	if canary {
+		// Whatever the canary's end, the probes waiting for it go on
+		// (a tripped breaker has told them already).
+		defer round.answered(key)
+	} else {
+		select {
+		case <-answered:
+		case <-tripped:
+			return down()
+		case <-ctx.Done():
+			return p.notProbed(ctx, er, ctx.Err(), down)
+		}
+	}
+	// The host's slot first, then the round's (the canary takes none): a
+	// probe queued behind a hung host holds none of the slots healthy
+	// registries need.
+	release, err := p.acquire(ctx, t.base.Host, round.tripped(key))
+	if err != nil {
+		return p.notProbed(ctx, er, err, down)
 	}
 	defer release()
+	if !canary {
+		releaseRound, err := round.acquire(ctx, round.tripped(key))
+		if err != nil {
+			return p.notProbed(ctx, er, err, down)
+		}
+		defer releaseRound()
+	}
+	if _, _, _, ok := round.failed(key); ok {
+		return down()
+	}
 
-	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	pctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
 	defer func() { er.LatencySeconds = p.opts.Now().Sub(start).Seconds() }()
-
-	ch, err := p.ping(ctx, t)
-	if err != nil {
-		er.Status, er.Reason, er.HTTPStatus = classifyError(ctx, err, p.opts.Timeout)
+	fail := func(err error) answer {
+		er.Status, er.Reason, er.HTTPStatus = p.classify(ctx, pctx, err)
 		return er
 	}
-	authz, err := p.authorize(ctx, ch, t, cred)
+
+	ch, err := p.ping(pctx, t)
 	if err != nil {
-		er.Status, er.Reason, er.HTTPStatus = classifyError(ctx, err, p.opts.Timeout)
+		fail(err)
+		if ctx.Err() == nil {
+			// A failed ping is this endpoint's answer for the rest of the
+			// round: the next probe would ask again and wait again.
+			round.trip(key, er.Status, er.Reason, er.HTTPStatus)
+		}
+		return er
+	}
+	authz, withheld, err := p.authorize(pctx, ch, t, ref, ep, cred)
+	if err != nil {
+		fail(err)
+		p.tripOnTransport(ctx, round, key, er)
 		return er
 	}
 
@@ -355,7 +412,7 @@ func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.E
 	if ep.Role == hosts.RoleMirror && ep.Host != "" {
 		u.RawQuery = url.Values{"ns": {ep.Host}}.Encode()
 	}
-	req, err := p.newRequest(ctx, http.MethodHead, u.String(), t)
+	req, err := p.newRequest(pctx, http.MethodHead, u.String(), t)
 	if err != nil {
 		er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, err.Error()
 		return er
@@ -366,17 +423,33 @@ func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.E
 	}
 	resp, err := t.client.Do(req)
 	if err != nil {
-		er.Status, er.Reason, er.HTTPStatus = classifyError(ctx, err, p.opts.Timeout)
+		fail(err)
+		p.tripOnTransport(ctx, round, key, er)
 		return er
 	}
 	resp.Body.Close()
 	er.HTTPStatus = resp.StatusCode
-	er.digest = resp.Header.Get("Docker-Content-Digest")
 	er.mediaType = mediaType(resp.Header.Get("Content-Type"))
 	er.RateLimitRemaining = resp.Header.Get("Ratelimit-Remaining")
 	er.Status, er.Reason = classifyManifest(resp, er.mediaType, t.repo, ref)
-	if er.Status == pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && cred.Secret == "" {
-		er.Reason = "registry requires credentials (401 Unauthorized) and the node has none for it"
+	// Digests are parsed (go-digest), never taken as the registry wrote
+	// them: a header that is no digest counts as none.
+	if d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil {
+		er.digest = d.String()
+	}
+	if pinned := ref.Digest(); pinned != "" && er.Status == pb.ImageStatus_IMAGE_STATUS_AVAILABLE && er.digest != "" && er.digest != pinned {
+		// The runtime checks what it fetches against the pinned digest
+		// and refuses other content: the pull fails.
+		er.Status = pb.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT
+		er.Reason = fmt.Sprintf("registry serves digest %s for the pinned %s: the runtime refuses the content (digest mismatch)", er.digest, pinned)
+	}
+	if er.Status == pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED {
+		switch {
+		case withheld != "":
+			er.Reason = "registry requires credentials (401 Unauthorized); " + withheld
+		case cred.Secret == "":
+			er.Reason = "registry requires credentials (401 Unauthorized) and the node has none for it"
+		}
 	}
 	switch er.Status {
 	case pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED:
@@ -390,8 +463,48 @@ func (p *Prober) probeEndpoint(ctx context.Context, ref imageref.Ref, ep hosts.E
 	return er
 }
 
-// acquire takes one of the host's concurrency slots.
-func (p *Prober) acquire(ctx context.Context, host string) (func(), error) {
+var errTripped = errors.New("endpoint failed earlier in this round")
+
+// notProbed is the answer of a probe that never got its slots: the
+// endpoint failed meanwhile (down), or the round ended.
+func (p *Prober) notProbed(ctx context.Context, er answer, err error, down func() answer) answer {
+	if errors.Is(err, errTripped) {
+		return down()
+	}
+	er.Status, er.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "not probed: "+cutShort(ctx, err).Error()
+	return er
+}
+
+// cutShort says why the round's context ended: its cause (the round's
+// deadline) when it has one.
+func cutShort(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); cause != nil {
+		return cause
+	}
+	return err
+}
+
+// tripOnTransport opens the endpoint's breaker when the probe got no HTTP
+// answer at all (timeout, connect, TLS, DNS): asking again this round
+// would only wait again.
+func (p *Prober) tripOnTransport(ctx context.Context, round *Round, key string, er answer) {
+	if ctx.Err() == nil && er.Status == pb.ImageStatus_IMAGE_STATUS_UNREACHABLE && er.HTTPStatus == 0 {
+		round.trip(key, er.Status, er.Reason, er.HTTPStatus)
+	}
+}
+
+// classify is classifyError for a probe: when the round's context (ctx)
+// ended rather than the probe's own timeout (pctx), it says so.
+func (p *Prober) classify(ctx, pctx context.Context, err error) (pb.ImageStatus, string, int) {
+	if ctx.Err() != nil {
+		return pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "probe cut short: " + cutShort(ctx, err).Error(), 0
+	}
+	return classifyError(pctx, err, p.opts.Timeout)
+}
+
+// acquire takes one of the host's concurrency slots, unless the
+// endpoint's breaker trips first.
+func (p *Prober) acquire(ctx context.Context, host string, tripped <-chan struct{}) (func(), error) {
 	p.limitMu.Lock()
 	sem, ok := p.limits[host]
 	if !ok {
@@ -402,6 +515,8 @@ func (p *Prober) acquire(ctx context.Context, host string) (func(), error) {
 	select {
 	case sem <- struct{}{}:
 		return func() { <-sem }, nil
+	case <-tripped:
+		return nil, errTripped
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -36,7 +36,7 @@ func (p *Prober) Reach(ctx context.Context, ref imageref.Ref, endpoints []hosts.
 }
 
 func (p *Prober) reach(ctx context.Context, t target) bool {
-	release, err := p.acquire(ctx, t.base.Host)
+	release, err := p.acquire(ctx, t.base.Host, nil)
 	if err != nil {
 		return false
 	}

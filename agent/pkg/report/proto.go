@@ -11,12 +11,14 @@ import (
 
 // Snapshot converts the node's report to the wire snapshot. Statuses and
 // roles are the wire's enums already; an UNSPECIFIED one, which the
-// aggregator refuses, can only come from a bug.
+// aggregator refuses, can only come from a bug. Every string is sanitized
+// first (Sanitized), so the snapshot always encodes and fits the limits.
 func (n Node) Snapshot(agentVersion string, interval time.Duration) *pb.NodeSnapshot {
+	n = n.Sanitized()
 	s := &pb.NodeSnapshot{
 		Node: &pb.Node{
 			Name:         n.Node,
-			AgentVersion: agentVersion,
+			AgentVersion: pb.Clip(agentVersion, pb.MaxShort),
 			Os:           n.Platform.OS,
 			Architecture: n.Platform.Architecture,
 			Variant:      n.Platform.Variant,

@@ -47,9 +47,14 @@ type Checker struct {
 	// Credentials default to none (anonymous pulls).
 	Credentials credentials.Provider
 	// Concurrency bounds probes in flight across all registries (per-host
-	// limits are the prober's). Default 16.
+	// limits are the prober's, and taken first). Default 16.
 	Concurrency int
-	Now         func() time.Time
+	// Deadline bounds the round's probes (0: none). An image whose probe
+	// has not ended by then is reported unknown, saying so: the round
+	// always ends, and the agent's liveness does not depend on how slow
+	// registries are.
+	Deadline time.Duration
+	Now      func() time.Time
 	// Platform is the node's.
 	Platform ocispec.Platform
 	// Labels describe the node to the aggregator (e.g. its zone).
@@ -87,7 +92,19 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 	if workers <= 0 {
 		workers = 16
 	}
-	sem := make(chan struct{}, workers)
+	pctx := ctx
+	if c.Deadline > 0 {
+		var cancel context.CancelFunc
+		pctx, cancel = context.WithTimeoutCause(ctx, c.Deadline, fmt.Errorf("the round's deadline (%s) was reached first", c.Deadline))
+		defer cancel()
+	}
+	// Every image gets its goroutine: a probe waits for its endpoint
+	// host's slot and then for one of the round's (probe.Round), so
+	// images of a hung registry never hold the slots the others need.
+	// Resolving endpoints is bounded on its own.
+	rnd := probe.NewRound(workers)
+	var warned sync.Map // credential problems logged this round
+	prep := make(chan struct{}, workers)
 	var wg sync.WaitGroup
 	for i, e := range entries {
 		images[i] = baseImage(e)
@@ -95,28 +112,31 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 			images[i].Status, images[i].Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, e.Problem
 			continue
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(i int, e cri.Entry) {
-			defer func() { <-sem; wg.Done() }()
-			eps, err := c.Resolver.Endpoints(ctx, e.Ref)
+		wg.Go(func() {
+			prep <- struct{}{}
+			eps, err := c.Resolver.Endpoints(pctx, e.Ref)
 			if err != nil {
+				<-prep
 				images[i].Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN
 				images[i].Reason = fmt.Sprintf("resolve registry endpoints for %s: %v", e.Ref.Registry(), err)
 				return
 			}
-			creds, err := c.credentials().Lookup(ctx, e.Ref, pods(e.Uses))
-			if err != nil {
-				// The kubelet pulls with what it found; so do we, and say so.
-				logging.FromContext(ctx).WarnContext(ctx, "some pull credentials could not be read; probing with those found", "image", e.Ref.String(), "found", len(creds), logging.ErrKey, err)
+			<-prep
+			// Outside the bound: a credential provider plugin that hangs
+			// (until its timeout) holds up only the images it serves.
+			creds, credErr := c.credentials().Lookup(pctx, e.Ref, pods(e.Uses))
+			if _, dup := warned.LoadOrStore(fmt.Sprint(credErr), true); credErr != nil && !dup {
+				// The kubelet pulls with what it found; so do we, and say
+				// so (once per problem and round, not once per image).
+				logging.FromContext(ctx).WarnContext(ctx, "some pull credentials could not be read; probing with those found", "image", e.Ref.String(), "found", len(creds), logging.ErrKey, credErr)
 			}
-			c.check(ctx, &images[i], e, eps, creds)
-		}(i, e)
+			c.check(pctx, &images[i], e, eps, creds, rnd, credErr)
+		})
 	}
 	wg.Wait()
 	c.forget(entries)
 	rt := report.Runtime{Name: inv.Runtime.Name, Version: inv.Runtime.Version, APIVersion: inv.Runtime.APIVersion, Endpoint: inv.Runtime.Endpoint}
-	n := report.Node{Node: c.NodeName, Runtime: rt, Platform: c.Platform, Labels: c.Labels, ObservedAt: now(), Images: images}
+	n := report.Node{Node: c.NodeName, Runtime: rt, Platform: c.Platform, Labels: c.Labels, ObservedAt: now(), Images: images}.Sanitized()
 	logging.FromContext(ctx).DebugContext(ctx, "round done", "images", len(images), "all_available", n.AllAvailable())
 	return n, nil
 }
@@ -126,7 +146,7 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 // result) or the registry's cluster-wide budget or hold says not now (the
 // report is its own last result). An image never checked is always
 // probed.
-func (c *Checker) check(ctx context.Context, im *report.Image, e cri.Entry, eps []hosts.Endpoint, creds []credentials.Credential) {
+func (c *Checker) check(ctx context.Context, im *report.Image, e cri.Entry, eps []hosts.Endpoint, creds []credentials.Credential, rnd *probe.Round, credErr error) {
 	ref := e.Ref.String()
 	host := e.Ref.Registry()
 	urls := make([]string, len(eps))
@@ -154,7 +174,13 @@ func (c *Checker) check(ctx context.Context, im *report.Image, e cri.Entry, eps 
 		im.Status, im.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "check cancelled: "+err.Error()
 		return
 	}
-	res := c.Prober.Probe(ctx, probe.Request{Ref: e.Ref, Endpoints: eps, Credentials: creds, NodeDigest: e.Digest})
+	res := c.Prober.Probe(ctx, probe.Request{Ref: e.Ref, Endpoints: eps, Credentials: creds, NodeDigest: e.Digest, Round: rnd})
+	if credErr != nil && res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+		// A broken credential source (a config.json that does not
+		// parse, a plugin that hangs or prints garbage) may be why:
+		// the image's reason names it.
+		res.Reason += "; some pull credentials could not be read: " + credErr.Error()
+	}
 	applyResult(im, e, res)
 	if ctx.Err() == nil {
 		c.mu.Lock()

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
@@ -94,6 +96,12 @@ func TestRun(t *testing.T) {
 			if !im.Drifted || im.RegistryDigest != d2 || im.Digest != d1 || im.CredentialSource != "pull_secret" || len(im.Endpoints) != 1 || im.CheckedAt == nil {
 				t.Errorf("app: %+v", im)
 			}
+		case "r.example/broken:v1":
+			// A credential source that failed is named in the reason of
+			// an image that is not available.
+			if !strings.Contains(im.Reason, "manifest unknown; some pull credentials could not be read: keyring unreadable") {
+				t.Errorf("broken: reason %q", im.Reason)
+			}
 		case idC:
 			if im.CheckedAt != nil || len(im.Pods) != 1 {
 				t.Errorf("ghost image: %+v", im)
@@ -124,5 +132,36 @@ func TestRun(t *testing.T) {
 	out := table.String()
 	if !strings.Contains(out, "IMAGE") || strings.Index(out, "broken") > strings.Index(out, "r.example/app:v1") || !strings.Contains(out, "3 images: 1 available, 2 not available") {
 		t.Errorf("table (failing images first):\n%s", out)
+	}
+}
+
+// hangingProber never answers before its context ends, as a registry
+// behind a firewall that drops would not.
+type hangingProber struct{}
+
+func (hangingProber) Probe(ctx context.Context, req probe.Request) probe.Result {
+	<-ctx.Done()
+	return probe.Result{Outcome: report.Outcome{Status: pb.ImageStatus_IMAGE_STATUS_UNKNOWN, Reason: "probe cut short: " + context.Cause(ctx).Error()}}
+}
+
+// TestRunDeadline: a round whose probes never end still ends at its
+// deadline, each image unknown saying why, so the agent's liveness does
+// not depend on how slow registries are.
+func TestRunDeadline(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	inv := &cri.Inventory{Runtime: cri.Runtime{Name: "containerd"}, Images: []cri.Image{
+		{ID: idA, RepoTags: []string{"r.example/a:v1"}}, {ID: idB, RepoTags: []string{"r.example/b:v1"}},
+	}}
+	c := &Checker{NodeName: "n1", Runtime: fakeRuntime{inv}, Resolver: hosts.Defaults{}, Prober: hangingProber{}, Deadline: 200 * time.Millisecond}
+	start := time.Now()
+	node, err := c.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("round ended after %s", time.Since(start).Round(time.Millisecond))
+	for _, im := range node.Images {
+		if im.Status != pb.ImageStatus_IMAGE_STATUS_UNKNOWN || !strings.Contains(im.Reason, "round's deadline (200ms)") {
+			t.Errorf("%s: %s %q", im.Image, im.Status.Word(), im.Reason)
+		}
 	}
 }

@@ -18,10 +18,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/pullwatch/pullwatch/pkg/kubeapi"
 	"github.com/pullwatch/pullwatch/pkg/logging"
+	"github.com/pullwatch/pullwatch/pkg/tlsfiles"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/authn"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/ingest"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
@@ -60,6 +63,16 @@ func main() {
 	kube, err := kubeapi.Announce(log, opts.Kubeconfig, "node-deletion tracking, Node zones and workload owners are")
 	if err != nil {
 		usageError(fmt.Errorf("%w (fix --kubeconfig / KUBECONFIG, or unset it to run without the Kubernetes API)", err))
+	}
+
+	if err := opts.CheckTransport(); err != nil {
+		usageError(err)
+	}
+	if opts.Auth, err = options.ResolveAuth("auth", opts.Auth, kube != nil); err != nil {
+		usageError(err)
+	}
+	if opts.HTTPAuth, err = options.ResolveAuth("http-auth", opts.HTTPAuth, kube != nil); err != nil {
+		usageError(err)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -102,7 +115,11 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
 		"node_image_series", opts.NodeImageSeries, "compat_metrics", opts.CompatMetrics,
 		"forget_after", opts.ForgetAfter.String(), "max_node_images", opts.MaxNodeImages, "max_node_endpoints", opts.MaxNodeEndpoints,
+		"auth", opts.Auth, "http_auth", opts.HTTPAuth, "tls", opts.TLSDir != "",
 		"probe_replicas", opts.ProbeReplicas, "registry_budget", opts.RegistryBudgets.String())
+	for _, off := range srv.offNotices {
+		log.Warn(off)
+	}
 
 	var runErr error
 	select {
@@ -120,6 +137,10 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 // servers are the aggregator's gRPC and HTTP servers, wired to the state,
 // the diagnosis and the metrics.
 type servers struct {
+	// offNotices say what protection is off (--auth=none, --insecure,
+	// --http-auth=none): logged at start and shown on the status page.
+	offNotices []string
+
 	ingest *ingest.Server
 	grpc   *grpc.Server
 	http   *http.Server
@@ -203,7 +224,15 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		}
 		log.Info("forgot nodes silent for --forget-after", "nodes", len(gone), "forget_after", opts.ForgetAfter.String(), "first", gone[0])
 	})
-	cs := []prometheus.Collector{metrics.NewCollector(store, an, collectorCfg), reports}
+	refusals := authn.NewRefusals(log)
+	var client kubernetes.Interface // nil without the API
+	if kube != nil {
+		var err error
+		if client, err = kubernetes.NewForConfig(kube.Rest); err != nil {
+			return nil, fmt.Errorf("client of the Kubernetes API (%s): %w", kube.Source, err)
+		}
+	}
+	cs := []prometheus.Collector{metrics.NewCollector(store, an, collectorCfg), reports, refusals}
 	s := &servers{ingest: ingest.NewServer(store, reports, log)}
 	s.ingest.SetBounds(bounds)
 	if planner != nil {
@@ -211,8 +240,22 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		s.ingest.SetSharder(planner)
 	}
 	registry := metrics.NewRegistry(cs...)
-	s.grpc = ingest.NewGRPCServer(s.ingest, opts.MaxReportBytes)
-	s.http = web.NewServer(web.NewHandler(registry, &s.ready, statusPage(an, store, log)))
+	grpcOpts, err := s.grpcSecurity(log, opts, client, refusals)
+	if err != nil {
+		return nil, err
+	}
+	s.grpc = ingest.NewGRPCServer(s.ingest, opts.MaxReportBytes, grpcOpts...)
+	var handler http.Handler = web.NewHandler(registry, &s.ready,
+		statusPage(an, store, log).WithNotices(s.offNotices...))
+	if opts.HTTPAuth == options.AuthKubernetes {
+		guard, err := authn.NewHTTP(client, log)
+		if err != nil {
+			return nil, err
+		}
+		// The kubelet's probes carry no token.
+		handler = guard.Wrap(handler, "/healthz", "/readyz")
+	}
+	s.http = web.NewServer(handler)
 	return s, nil
 }
 
@@ -220,6 +263,40 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 // a tenth of --stale-after, between 1s and a minute.
 func sweepEvery(staleAfter time.Duration) time.Duration {
 	return min(max(staleAfter/10, time.Second), time.Minute)
+}
+
+// grpcSecurity returns the gRPC server options for TLS (--tls-dir) and
+// agent authentication (--auth), and notes in s.offNotices what is off.
+func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, client kubernetes.Interface, refusals *authn.Refusals) ([]grpc.ServerOption, error) {
+	var out []grpc.ServerOption
+	if opts.Insecure {
+		s.offNotices = append(s.offNotices, "gRPC without TLS (--insecure): agent reports and tokens cross the network in plaintext")
+	} else {
+		keypair, err := tlsfiles.LoadKeypair(opts.TLSDir)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-dir: %w (mount the aggregator's TLS Secret there, see docs/security.md, or run with --insecure)", err)
+		}
+		out = append(out, grpc.Creds(credentials.NewTLS(keypair.ServerConfig())))
+		log.Info("gRPC TLS from files, reloaded when they change", "dir", opts.TLSDir)
+	}
+	if opts.Auth == options.AuthNone {
+		s.offNotices = append(s.offNotices, "agent authentication is off (--auth=none): anyone who reaches the gRPC port can report for any node")
+	} else {
+		v, err := authn.NewVerifier(authn.VerifierConfig{
+			Reviews:        client.AuthenticationV1().TokenReviews(),
+			Pods:           authn.ClientPods{Client: client},
+			ServiceAccount: opts.AgentServiceAccount,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("--agent-service-account: %w", err)
+		}
+		out = append(out, authn.ServerOptions(v, refusals)...)
+		log.Info("agents authenticated with TokenReview", "audience", authn.Audience, "service_account", opts.AgentServiceAccount)
+	}
+	if opts.HTTPAuth == options.AuthNone {
+		s.offNotices = append(s.offNotices, "HTTP authentication is off (--http-auth=none): anyone who reaches the HTTP port reads /metrics and the status page")
+	}
+	return out, nil
 }
 
 // serve serves on the listeners and marks the aggregator ready. The

@@ -39,6 +39,9 @@ type Observer interface {
 	ReportReceived(kind string)
 	// ReportRejected counts a refused message; reason is a Reason.
 	ReportRejected(reason string)
+	// ImageRefused counts one image report refused inside a message that
+	// was otherwise kept; reason is a Reason.
+	ImageRefused(reason string)
 }
 
 // Sharder spreads manifest checks over the nodes (shard.Planner): it sees
@@ -267,7 +270,8 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 	if size := proto.Size(msg); s.maxReportBytes > 0 && size > s.maxReportBytes {
 		return nil, fail(ReasonTooLarge, "message", "%d bytes, larger than max %d (the aggregator's --max-report-bytes)", size, s.maxReportBytes)
 	}
-	if err := validate(msg); err != nil {
+	refused, err := Screen(msg)
+	if err != nil {
 		return nil, err
 	}
 	if seq := msg.GetSequence(); seq <= st.lastSeq {
@@ -275,6 +279,13 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 	}
 	st.lastSeq = msg.GetSequence()
 	ack := &pullwatchv1.Ack{Sequence: msg.GetSequence()}
+	for _, r := range refused {
+		// One bad image report (a hostile registry's answer the agent did
+		// not clip, an older agent) must not blind pullwatch to the node:
+		// that image is refused, the rest of the report kept.
+		s.obs.ImageRefused(string(r.Reason))
+		st.log.WarnContext(ctx, "image report refused", "node", st.node, "sequence", msg.GetSequence(), "reason", r.Reason, logging.ErrKey, r.Error())
+	}
 
 	switch body := msg.GetBody().(type) {
 	case *pullwatchv1.AgentMessage_Snapshot:

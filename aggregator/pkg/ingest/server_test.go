@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,10 +29,23 @@ type countingObserver struct {
 	mu       sync.Mutex
 	received map[string]int
 	rejected map[string]int
+	refused  map[string]int
 }
 
 func newCountingObserver() *countingObserver {
-	return &countingObserver{received: map[string]int{}, rejected: map[string]int{}}
+	return &countingObserver{received: map[string]int{}, rejected: map[string]int{}, refused: map[string]int{}}
+}
+
+func (o *countingObserver) ImageRefused(reason string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.refused[reason]++
+}
+
+func (o *countingObserver) refusedCount(reason Reason) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.refused[string(reason)]
 }
 
 func (o *countingObserver) ReportReceived(kind string) {
@@ -351,12 +365,51 @@ func TestReportRefuses(t *testing.T) {
 	mustAck(t, bystander, snapshot(1, "bystander"))
 	bystanderSeq := uint64(1)
 
+	// A problem inside one image report refuses that image only: the
+	// message is acknowledged, the other images kept, the refused one
+	// shown unknown (or left out when its reference is unusable).
+	imageOnly := map[string][]string{
+		"empty image":                              {"ok:1=available"},
+		"duplicate image":                          {"a:1=available"},
+		"upserted and removed":                     nil,
+		"status unspecified":                       {"ok:1=available", "bad:1=unknown"},
+		"status unknown number":                    {"ok:1=available", "bad:1=unknown"},
+		"endpoint status unspecified":              {"ok:1=available", "bad:1=unknown"},
+		"endpoint status unknown number in update": {"a:1=available", "b:1=unknown"},
+		"endpoint role unspecified":                {"ok:1=available", "bad:1=unknown"},
+		"endpoint role unknown number":             {"ok:1=available", "bad:1=unknown"},
+		"too many endpoints":                       {"ok:1=available", "bad:1=unknown"},
+		"reason too long":                          {"ok:1=available", "bad:1=unknown"},
+		"image reference too long":                 {"ok:1=available"},
+		"endpoint url too long":                    {"ok:1=available", "bad:1=unknown"},
+		"container field too long":                 {"ok:1=available", "bad:1=unknown"},
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := h.obs.rejectedCount(tt.reason)
 			rs := h.open(t)
 			for _, msg := range tt.before {
 				mustAck(t, rs, msg)
+			}
+			if want, ok := imageOnly[tt.name]; ok {
+				refusedBefore := h.obs.refusedCount(tt.reason)
+				mustAck(t, rs, tt.msg)
+				if got := h.obs.refusedCount(tt.reason) - refusedBefore; got != 1 {
+					t.Errorf("image refusals{reason=%q} grew by %d, want 1", tt.reason, got)
+				}
+				if got := h.obs.rejectedCount(tt.reason) - before; got != 0 {
+					t.Errorf("message rejections{reason=%q} grew by %d, want 0", tt.reason, got)
+				}
+				if tt.name == "upserted and removed" {
+					return // a:1 removed; the upsert refused
+				}
+				got := nodeImages(t, h.store, "node-a")
+				slices.Sort(got)
+				want = slices.Sorted(slices.Values(want))
+				if strings.Join(got, " ") != strings.Join(want, " ") {
+					t.Errorf("node-a images = %v, want %v", got, want)
+				}
+				return
 			}
 			_, err := exchange(rs, tt.msg)
 			st, _ := status.FromError(err)

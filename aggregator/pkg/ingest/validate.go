@@ -3,6 +3,7 @@ package ingest
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -24,7 +25,8 @@ const (
 	ReasonTooManyImages Reason = "too_many_images"
 	ReasonTooManyItems  Reason = "too_many_items" // endpoints, containers, repo digests or labels over limit
 	ReasonFieldTooLong  Reason = "field_too_long"
-	ReasonTooLarge      Reason = "too_large" // over --max-report-bytes; refused by gRPC itself
+	ReasonTooLarge      Reason = "too_large"    // over --max-report-bytes; refused by gRPC itself
+	ReasonInvalidUTF8   Reason = "invalid_utf8" // a string that is not valid UTF-8
 )
 
 // Reasons lists every Reason as the string Observer.ReportRejected gets,
@@ -34,25 +36,27 @@ func Reasons() []string {
 		string(ReasonNoBody), string(ReasonBadSequence), string(ReasonInvalidNode), string(ReasonNodeMismatch),
 		string(ReasonInvalidImage), string(ReasonInvalidStatus), string(ReasonInvalidRole),
 		string(ReasonTooManyImages), string(ReasonTooManyItems), string(ReasonFieldTooLong), string(ReasonTooLarge),
+		string(ReasonInvalidUTF8),
 	}
 }
 
-// Limits on what one message may carry. They bound memory per node and
-// the cardinality of the metrics built from it; real nodes stay far below.
+// The limits on what one message may carry are the report's, in
+// proto/pullwatch/v1/limits.go: the agent clips to them, the aggregator
+// refuses past them.
 const (
 	// MaxImages bounds images per snapshot, and upserts plus removals per update.
-	MaxImages = 5000
+	MaxImages = pullwatchv1.MaxImages
 
-	maxEndpoints   = 32   // per image; a runtime tries a handful of mirrors
-	maxRepoDigests = 64   // per image
-	maxContainers  = 5000 // per image; above any node's max-pods times containers
-	maxLabels      = 256  // per node
+	maxEndpoints   = pullwatchv1.MaxEndpoints
+	maxRepoDigests = pullwatchv1.MaxRepoDigests
+	maxContainers  = pullwatchv1.MaxContainers
+	maxLabels      = pullwatchv1.MaxLabels
 
-	maxImageRef = 512  // normalized reference; also each repo digest
-	maxReason   = 1024 // human explanations
-	maxURL      = 2048 // endpoint URLs
-	maxLabelKey = 317  // Kubernetes: 253-byte prefix, '/', 63-byte name
-	maxShort    = 256  // ids, digests, versions, hosts, names, label values
+	maxImageRef = pullwatchv1.MaxImageRef
+	maxReason   = pullwatchv1.MaxReason
+	maxURL      = pullwatchv1.MaxURL
+	maxLabelKey = pullwatchv1.MaxLabelKey
+	maxShort    = pullwatchv1.MaxShort
 )
 
 // Error is a refused report: which field, why, and the Reason for metrics.
@@ -69,55 +73,120 @@ func fail(reason Reason, field, format string, args ...any) *Error {
 }
 
 // Validate checks one message on its own: everything that does not depend
-// on earlier messages of the stream. It returns nil or an *Error.
+// on earlier messages of the stream. It returns nil or an *Error: the
+// first problem, whether it refuses the whole message or one image of it.
 func Validate(msg *pullwatchv1.AgentMessage) error {
-	// Returning validate's result directly would turn a nil *Error into
-	// a non-nil error interface.
-	if err := validate(msg); err != nil {
+	// Returning an *Error directly would turn a nil *Error into a non-nil
+	// error interface.
+	refused, err := check(msg)
+	switch {
+	case err != nil:
 		return err
+	case len(refused) > 0:
+		return refused[0].err
 	}
 	return nil
 }
 
-func validate(msg *pullwatchv1.AgentMessage) *Error {
+// Screen checks one message like Validate, but a problem inside one image
+// report refuses that image only: Screen replaces the report in msg by an
+// unknown one that says why (or drops it when its reference itself is
+// unusable or listed twice) and returns the refusals, one per image, so
+// the rest of the node's report is kept. A problem with the message as a
+// whole (its node, its size, its sequence) is err, and msg is unchanged.
+func Screen(msg *pullwatchv1.AgentMessage) (refused []*Error, err *Error) {
+	bad, err := check(msg)
+	if err != nil || len(bad) == 0 {
+		return nil, err
+	}
+	var images *[]*pullwatchv1.ImageReport
+	switch body := msg.GetBody().(type) {
+	case *pullwatchv1.AgentMessage_Snapshot:
+		images = &body.Snapshot.Images
+	case *pullwatchv1.AgentMessage_Update:
+		images = &body.Update.Upserts
+	}
+	drop := make(map[int]bool, len(bad))
+	for _, b := range bad {
+		refused = append(refused, b.err)
+		if b.drop {
+			drop[b.index] = true
+			continue
+		}
+		(*images)[b.index] = refusedImage((*images)[b.index], b.err)
+	}
+	if len(drop) > 0 {
+		kept := make([]*pullwatchv1.ImageReport, 0, len(*images)-len(drop))
+		for i, im := range *images {
+			if !drop[i] {
+				kept = append(kept, im)
+			}
+		}
+		*images = kept
+	}
+	return refused, nil
+}
+
+// refusedImage stands in for an image report the aggregator refused: the
+// image stays on the node, unknown, with the refusal as its reason.
+func refusedImage(im *pullwatchv1.ImageReport, err *Error) *pullwatchv1.ImageReport {
+	return &pullwatchv1.ImageReport{
+		Image:     im.GetImage(),
+		InUse:     im.GetInUse(),
+		Status:    pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN,
+		Reason:    pullwatchv1.Clip("the aggregator refused this image's report ("+string(err.Reason)+"): "+err.Error(), maxReason),
+		CheckedAt: im.GetCheckedAt(),
+	}
+}
+
+// imageRefusal is one image report refused: its index in the message's
+// list, and whether it must go (its reference is unusable) rather than
+// be replaced.
+type imageRefusal struct {
+	index int
+	drop  bool
+	err   *Error
+}
+
+func check(msg *pullwatchv1.AgentMessage) ([]imageRefusal, *Error) {
 	switch body := msg.GetBody().(type) {
 	case *pullwatchv1.AgentMessage_Snapshot:
 		return validateSnapshot(body.Snapshot)
 	case *pullwatchv1.AgentMessage_Update:
 		return validateUpdate(body.Update)
 	default:
-		return fail(ReasonNoBody, "body", "message has neither snapshot nor update")
+		return nil, fail(ReasonNoBody, "body", "message has neither snapshot nor update")
 	}
 }
 
-func validateSnapshot(s *pullwatchv1.NodeSnapshot) *Error {
+func validateSnapshot(s *pullwatchv1.NodeSnapshot) ([]imageRefusal, *Error) {
 	if err := validateNode("snapshot.node", s.GetNode()); err != nil {
-		return err
+		return nil, err
 	}
 	if n := len(s.GetImages()); n > MaxImages {
-		return fail(ReasonTooManyImages, "snapshot.images", "%d images, limit %d", n, MaxImages)
+		return nil, fail(ReasonTooManyImages, "snapshot.images", "%d images, limit %d", n, MaxImages)
 	}
-	return validateImages("snapshot.images", s.GetImages(), nil)
+	return validateImages("snapshot.images", s.GetImages(), nil), nil
 }
 
-func validateUpdate(u *pullwatchv1.NodeUpdate) *Error {
+func validateUpdate(u *pullwatchv1.NodeUpdate) ([]imageRefusal, *Error) {
 	if err := validateNodeName("update.node_name", u.GetNodeName()); err != nil {
-		return err
+		return nil, err
 	}
 	if n := len(u.GetUpserts()) + len(u.GetRemovedImages()); n > MaxImages {
-		return fail(ReasonTooManyImages, "update", "%d upserts plus removed_images, limit %d", n, MaxImages)
+		return nil, fail(ReasonTooManyImages, "update", "%d upserts plus removed_images, limit %d", n, MaxImages)
 	}
 	removed := make(map[string]bool, len(u.GetRemovedImages()))
 	for i, ref := range u.GetRemovedImages() {
 		field := fmt.Sprintf("update.removed_images[%d]", i)
 		if err := validateImageRef(field, ref, removed); err != nil {
-			return err
+			return nil, err
 		}
 		removed[ref] = true
 	}
 	// An image both upserted and removed would make the result depend on
-	// the order the aggregator applies them in; refuse it instead.
-	return validateImages("update.upserts", u.GetUpserts(), removed)
+	// the order the aggregator applies them in; refuse the upsert instead.
+	return validateImages("update.upserts", u.GetUpserts(), removed), nil
 }
 
 func validateNodeName(field, name string) *Error {
@@ -153,6 +222,8 @@ func validateNode(field string, n *pullwatchv1.Node) *Error {
 	}
 	for k, v := range n.GetLabels() {
 		switch {
+		case !utf8.ValidString(k) || !utf8.ValidString(v):
+			return fail(ReasonInvalidUTF8, field+".labels", "key %s or its value is not valid UTF-8", quote(k))
 		case len(k) > maxLabelKey:
 			return fail(ReasonFieldTooLong, field+".labels", "key %s: %d bytes, limit %d", quote(k), len(k), maxLabelKey)
 		case len(v) > maxShort:
@@ -162,24 +233,27 @@ func validateNode(field string, n *pullwatchv1.Node) *Error {
 	return nil
 }
 
-// validateImages checks a list of image reports. Reports must name distinct
-// images, none of which may be in exclude.
-func validateImages(field string, images []*pullwatchv1.ImageReport, exclude map[string]bool) *Error {
+// validateImages checks a list of image reports and returns the refused
+// ones. Reports must name distinct images, none of which may be in exclude.
+func validateImages(field string, images []*pullwatchv1.ImageReport, exclude map[string]bool) []imageRefusal {
+	var refused []imageRefusal
 	seen := make(map[string]bool, len(images))
 	for i, im := range images {
 		f := fmt.Sprintf("%s[%d]", field, i)
 		if err := validateImageRef(f+".image", im.GetImage(), seen); err != nil {
-			return err
+			refused = append(refused, imageRefusal{index: i, drop: true, err: err})
+			continue
 		}
 		if exclude[im.GetImage()] {
-			return fail(ReasonInvalidImage, f+".image", "%s is also in removed_images", quote(im.GetImage()))
+			refused = append(refused, imageRefusal{index: i, drop: true, err: fail(ReasonInvalidImage, f+".image", "%s is also in removed_images", quote(im.GetImage()))})
+			continue
 		}
 		seen[im.GetImage()] = true
 		if err := validateImage(f, im); err != nil {
-			return err
+			refused = append(refused, imageRefusal{index: i, err: err})
 		}
 	}
-	return nil
+	return refused
 }
 
 // validateImageRef checks one image reference; seen holds the references
@@ -190,6 +264,8 @@ func validateImageRef(field, ref string, seen map[string]bool) *Error {
 		return fail(ReasonInvalidImage, field, "empty; set the normalized image reference")
 	case len(ref) > maxImageRef:
 		return fail(ReasonFieldTooLong, field, "%d bytes, limit %d", len(ref), maxImageRef)
+	case !utf8.ValidString(ref):
+		return fail(ReasonInvalidUTF8, field, "%s is not valid UTF-8", quote(ref))
 	case seen[ref]:
 		return fail(ReasonInvalidImage, field, "%s is listed twice", quote(ref))
 	}
@@ -261,6 +337,7 @@ func validateEndpoint(field string, ep *pullwatchv1.EndpointResult) *Error {
 	return checkLengths(field,
 		lenCheck{"url", ep.GetUrl(), maxURL},
 		lenCheck{"reason", ep.GetReason(), maxReason},
+		lenCheck{"ratelimit_remaining", ep.GetRatelimitRemaining(), maxShort},
 	)
 }
 
@@ -284,6 +361,9 @@ func checkLengths(field string, checks ...lenCheck) *Error {
 	for _, c := range checks {
 		if len(c.value) > c.limit {
 			return fail(ReasonFieldTooLong, field+"."+c.name, "%d bytes, limit %d", len(c.value), c.limit)
+		}
+		if !utf8.ValidString(c.value) {
+			return fail(ReasonInvalidUTF8, field+"."+c.name, "%s is not valid UTF-8", quote(c.value))
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package ingest
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -90,4 +91,36 @@ func FuzzValidate(f *testing.F) {
 			t.Fatalf("reason %q is not in Reasons()", verr.Reason)
 		}
 	})
+}
+
+func TestScreenRefusesOneImageOnly(t *testing.T) {
+	msg := snapshot(1, "node-a",
+		img("ok:1"),
+		imgWith("bad-utf8:1", func(im *pullwatchv1.ImageReport) { im.Reason = "status line \xff" }),
+		imgWith("long:1", func(im *pullwatchv1.ImageReport) {
+			im.Endpoints[0].RatelimitRemaining = strings.Repeat("9", maxShort+1)
+		}),
+		img("ok:1"), // listed twice: the second goes
+	)
+	refused, err := Screen(msg)
+	if err != nil {
+		t.Fatalf("Screen: %v", err)
+	}
+	var reasons []Reason
+	for _, r := range refused {
+		reasons = append(reasons, r.Reason)
+	}
+	if want := []Reason{ReasonInvalidUTF8, ReasonFieldTooLong, ReasonInvalidImage}; !slices.Equal(reasons, want) {
+		t.Fatalf("refusals %v, want %v", reasons, want)
+	}
+	if err := Validate(msg); err != nil {
+		t.Fatalf("the screened message does not validate: %v", err)
+	}
+	ims := msg.GetSnapshot().GetImages()
+	if len(ims) != 3 {
+		t.Fatalf("%d images after Screen, want 3", len(ims))
+	}
+	if ims[1].GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN || !strings.Contains(ims[1].GetReason(), "invalid_utf8") {
+		t.Errorf("refused image = %v, want unknown naming invalid_utf8", ims[1])
+	}
 }

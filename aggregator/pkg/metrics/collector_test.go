@@ -233,6 +233,7 @@ func TestReports(t *testing.T) {
 	r.ReportRejected("too_large")
 	r.StreamClosed("replaced")
 	r.NodesForgotten([]string{"a", "b"})
+	r.ImageRefused("invalid_node")
 	const want = `
 # HELP pullwatch_agent_streams_closed_total Agent streams the aggregator closed for its bounds, by reason: replaced (a newer stream for the same node took over) or first_report_timeout (no snapshot within --first-report-timeout).
 # TYPE pullwatch_agent_streams_closed_total counter
@@ -241,6 +242,10 @@ pullwatch_agent_streams_closed_total{reason="replaced"} 1
 # HELP pullwatch_nodes_forgotten_total Nodes dropped from the aggregator's state because they did not report for --forget-after.
 # TYPE pullwatch_nodes_forgotten_total counter
 pullwatch_nodes_forgotten_total 2
+# HELP pullwatch_image_reports_refused_total Image reports refused inside agent messages that were otherwise kept, by reason: the image is shown unknown (or left out when its reference is unusable), the rest of the node's report applies. Reasons: invalid_node, too_large.
+# TYPE pullwatch_image_reports_refused_total counter
+pullwatch_image_reports_refused_total{reason="invalid_node"} 1
+pullwatch_image_reports_refused_total{reason="too_large"} 0
 # HELP pullwatch_reports_received_total Valid agent messages received, by kind (snapshot or update). Includes updates answered with resync because the stream had no snapshot yet.
 # TYPE pullwatch_reports_received_total counter
 pullwatch_reports_received_total{kind="snapshot"} 1

@@ -15,6 +15,7 @@ import (
 type Reports struct {
 	received  *prometheus.CounterVec
 	rejected  *prometheus.CounterVec
+	refused   *prometheus.CounterVec
 	closed    *prometheus.CounterVec
 	forgotten prometheus.Counter
 }
@@ -30,6 +31,10 @@ func NewReports(kinds, reasons []string) *Reports {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullwatch_reports_rejected_total",
 			Help: "Agent messages refused, by reason; each refusal ends that agent's stream. Reasons: " + strings.Join(reasons, ", ") + ".",
+		}, []string{"reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullwatch_image_reports_refused_total",
+			Help: "Image reports refused inside agent messages that were otherwise kept, by reason: the image is shown unknown (or left out when its reference is unusable), the rest of the node's report applies. Reasons: " + strings.Join(reasons, ", ") + ".",
 		}, []string{"reason"}),
 	}
 	r.closed = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -48,6 +53,7 @@ func NewReports(kinds, reasons []string) *Reports {
 	}
 	for _, reason := range reasons {
 		r.rejected.WithLabelValues(reason)
+		r.refused.WithLabelValues(reason)
 	}
 	return r
 }
@@ -64,6 +70,8 @@ func (r *Reports) StreamClosed(reason string) { r.closed.WithLabelValues(reason)
 
 // NodesForgotten counts nodes dropped for silence.
 func (r *Reports) NodesForgotten(names []string) { r.forgotten.Add(float64(len(names))) }
+// ImageRefused counts one image report refused in a kept message.
+func (r *Reports) ImageRefused(reason string) { r.refused.WithLabelValues(reason).Inc() }
 
 // Describe implements prometheus.Collector.
 func (r *Reports) Describe(ch chan<- *prometheus.Desc) {
@@ -71,6 +79,7 @@ func (r *Reports) Describe(ch chan<- *prometheus.Desc) {
 	r.rejected.Describe(ch)
 	r.closed.Describe(ch)
 	r.forgotten.Describe(ch)
+	r.refused.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -79,6 +88,7 @@ func (r *Reports) Collect(ch chan<- prometheus.Metric) {
 	r.rejected.Collect(ch)
 	r.closed.Collect(ch)
 	r.forgotten.Collect(ch)
+	r.refused.Collect(ch)
 }
 
 // NewRegistry returns a registry with the Go runtime and process

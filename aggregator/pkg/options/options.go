@@ -3,6 +3,7 @@
 package options
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -55,6 +56,19 @@ type Options struct {
 	RegistryBudgets shard.Budgets
 	// AgentInterval is the agents' interval, which round phases spread over.
 	AgentInterval time.Duration
+
+	// Auth is how agents are authenticated: AuthKubernetes, AuthNone,
+	// or "" (not said: Kubernetes when the API is configured; without
+	// it the aggregator refuses to start, so that none is always said).
+	Auth string
+	// AgentServiceAccount is the agents' "namespace/name".
+	AgentServiceAccount string
+	// HTTPAuth guards /metrics and the status page, as Auth ("" likewise).
+	HTTPAuth string
+	// TLSDir holds tls.crt and tls.key for the gRPC listener; Insecure
+	// serves plaintext instead. One of them must be given.
+	TLSDir   string
+	Insecure bool
 }
 
 // compatValue is --compat-metrics: a schema word, or a boolean as the
@@ -104,6 +118,12 @@ func (r regexList) Set(s string) error {
 
 // forgetFactor is --forget-after's default in units of --stale-after.
 const forgetFactor = 10
+
+// The values of --auth and --http-auth.
+const (
+	AuthKubernetes = "kubernetes"
+	AuthNone       = "none"
+)
 
 // Name is the program name used in usage and error messages.
 const Name = "pullwatch-aggregator"
@@ -197,6 +217,23 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 			"Over budget, each node's share is scaled down by powers of 1/2 and it reports its last result for the images it skips.")
 	s.Var((*envflag.PositiveDuration)(&o.AgentInterval), "agent-interval",
 		"The agents' --interval `duration`: probe sharding spreads the nodes' round starts over it.")
+	o.AgentServiceAccount = "pullwatch/pullwatch-agent"
+	s.Var(&envflag.Choice{Value: &o.Auth, Choices: []string{AuthKubernetes, AuthNone}}, "auth",
+		"How agents are authenticated: `kubernetes` (each stream carries the agent pod's projected ServiceAccount token, audience pullwatch, verified with a TokenReview; "+
+			"only --agent-service-account, and only reports for the node its pod is bound to) or none (anyone who reaches --grpc-listen may report for any node: for a lab without the Kubernetes API). "+
+			"Default: kubernetes when the Kubernetes API is configured; without it, none must be given explicitly.")
+	s.StringVar(&o.AgentServiceAccount, "agent-service-account", o.AgentServiceAccount,
+		"The agents' ServiceAccount, `namespace/name`: with --auth=kubernetes, tokens of any other account are refused (PermissionDenied).")
+	s.Var(&envflag.Choice{Value: &o.HTTPAuth, Choices: []string{AuthKubernetes, AuthNone}}, "http-auth",
+		"Who may read /metrics and the status page: `kubernetes` (a bearer token authenticated with a TokenReview and authorized with a SubjectAccessReview of get on the URL path, "+
+			"as kube-rbac-proxy does: no token 401, not allowed 403) or none (anyone). /healthz and /readyz are always open. "+
+			"Default: kubernetes when the Kubernetes API is configured; without it, none must be given explicitly.")
+	s.StringVar(&o.TLSDir, "tls-dir", "",
+		"`directory` with tls.crt and tls.key (a kubernetes.io/tls Secret volume, as cert-manager writes it) for TLS on --grpc-listen; read again when the files change. "+
+			"Required unless --insecure.")
+	s.BoolVar(&o.Insecure, "insecure", false,
+		"Serve --grpc-listen in plaintext, without TLS (a lab; agent tokens would then cross the network in the clear). Only when said.")
+
 	if err := s.Parse(args, getenv, out); err != nil {
 		return nil, err
 	}
@@ -209,5 +246,38 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	if _, err := imagefilter.New(o.IgnoredImages, o.AllowedImages, o.NamespaceLabel); err != nil {
 		return nil, err
 	}
+	if ns, name, ok := strings.Cut(o.AgentServiceAccount, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return nil, fmt.Errorf("--agent-service-account %q: want namespace/name", o.AgentServiceAccount)
+	}
 	return o, nil
+}
+
+// CheckTransport says what is wrong with the gRPC listener's transport
+// security: neither --tls-dir nor --insecure, or both. (Not part of
+// Parse, so that options can be parsed and tested one at a time.)
+func (o *Options) CheckTransport() error {
+	switch {
+	case o.TLSDir == "" && !o.Insecure:
+		return errors.New("no TLS for --grpc-listen: set --tls-dir (env PULLWATCH_TLS_DIR) to a directory with tls.crt and tls.key, or --insecure (env PULLWATCH_INSECURE) for plaintext")
+	case o.TLSDir != "" && o.Insecure:
+		return fmt.Errorf("--tls-dir %s and --insecure both set: choose one", o.TLSDir)
+	}
+	return nil
+}
+
+// ResolveAuth returns mode (--auth or --http-auth, named flag) as it
+// applies: an explicit value as given, else kubernetes when the
+// Kubernetes API is configured. Kubernetes without the API, or not said
+// without the API, is an error: none is only ever what was asked for.
+func ResolveAuth(flag, mode string, haveAPI bool) (string, error) {
+	switch {
+	case mode == AuthNone:
+		return mode, nil
+	case haveAPI:
+		return AuthKubernetes, nil
+	case mode == AuthKubernetes:
+		return "", fmt.Errorf("--%s=kubernetes needs the Kubernetes API (run in a cluster or set --kubeconfig)", flag)
+	default:
+		return "", fmt.Errorf("no Kubernetes API to authenticate with: set --%s=none explicitly to let anyone in (a lab), or give the aggregator the API (in a cluster, or --kubeconfig)", flag)
+	}
 }

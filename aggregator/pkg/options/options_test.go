@@ -35,9 +35,11 @@ func TestParse(t *testing.T) {
 		MaxNodeEndpoints:     256,
 		MaxConcurrentStreams: 16,
 		FirstReportTimeout:   time.Minute,
-		ProbeReplicas:        2,
-		RegistryBudgets:      shard.Budgets{"docker.io": 600},
-		AgentInterval:        time.Minute,
+
+		AgentServiceAccount: "pullwatch/pullwatch-agent",
+		ProbeReplicas:       2,
+		RegistryBudgets:     shard.Budgets{"docker.io": 600},
+		AgentInterval:       time.Minute,
 	}
 	with := func(edit func(*Options)) Options {
 		o := defaults
@@ -60,13 +62,19 @@ func TestParse(t *testing.T) {
 			ProbeReplicas: 3, RegistryBudgets: shard.Budgets{"ghcr.io": 100}, AgentInterval: 2 * time.Minute,
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
-			Kubeconfig: "/tmp/kc", NodeImageSeries: "all", CompatMetrics: "off",
+			Kubeconfig: "/tmp/kc", NodeImageSeries: "all", CompatMetrics: "off", AgentServiceAccount: "pullwatch/pullwatch-agent",
 			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
 		}},
 		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s"}, nil,
 			with(func(o *Options) {
 				o.ForgetAfter, o.MaxNodeImages, o.MaxNodeEndpoints, o.MaxConcurrentStreams, o.FirstReportTimeout = time.Hour, 10, 3, 2, 5*time.Second
 			})},
+		{"security", []string{"--auth=kubernetes", "--http-auth=none", "--agent-service-account=ops/agent", "--tls-dir=/tls"}, nil,
+			with(func(o *Options) {
+				o.Auth, o.HTTPAuth, o.AgentServiceAccount, o.TLSDir = "kubernetes", "none", "ops/agent", "/tls"
+			})},
+		{"security in environment", nil, map[string]string{"PULLWATCH_AUTH": "none", "PULLWATCH_INSECURE": "true", "PULLWATCH_HTTP_AUTH": "kubernetes"},
+			with(func(o *Options) { o.Auth, o.Insecure, o.HTTPAuth = "none", true, "kubernetes" })},
 		{"environment", nil, map[string]string{
 			"PULLWATCH_GRPC_LISTEN": ":1", "PULLWATCH_STALE_AFTER": "5m", "PULLWATCH_LOG_LEVEL": "warn", "KUBECONFIG": "/a:/b",
 			"PULLWATCH_NODE_IMAGE_SERIES": "all", "PULLWATCH_COMPAT_METRICS": "false",
@@ -122,6 +130,8 @@ func TestParseRefuses(t *testing.T) {
 		{"bad namespace selector", []string{"--namespace-label=a b c"}, nil, []string{"--namespace-label"}},
 		{"bad compat switch", nil, map[string]string{"PULLWATCH_COMPAT_METRICS": "maybe"}, []string{"PULLWATCH_COMPAT_METRICS", "--compat-metrics"}},
 		{"forget before stale", []string{"--stale-after=5m", "--forget-after=5m"}, nil, []string{"--forget-after", "longer than --stale-after"}},
+		{"bad auth", []string{"--auth=off"}, nil, []string{"-auth", "want kubernetes or none"}},
+		{"bad agent account", []string{"--agent-service-account=pullwatch-agent"}, nil, []string{"-agent-service-account", "namespace/name"}},
 		{"positional argument", []string{"serve"}, nil, []string{`"serve"`, "all settings are flags"}},
 	}
 	for _, tt := range tests {
@@ -156,6 +166,44 @@ func TestHelp(t *testing.T) {
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestCheckTransport(t *testing.T) {
+	for _, tt := range []struct {
+		o       Options
+		wantErr string
+	}{
+		{Options{}, "set --tls-dir"},
+		{Options{TLSDir: "/tls", Insecure: true}, "choose one"},
+		{Options{TLSDir: "/tls"}, ""},
+		{Options{Insecure: true}, ""},
+	} {
+		err := tt.o.CheckTransport()
+		if (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("%+v: CheckTransport = %v, want %q", tt.o, err, tt.wantErr)
+		}
+	}
+}
+
+func TestResolveAuth(t *testing.T) {
+	for _, tt := range []struct {
+		mode    string
+		api     bool
+		want    string
+		wantErr string
+	}{
+		{"", true, AuthKubernetes, ""},
+		{"", false, "", "set --auth=none explicitly"},
+		{AuthNone, false, AuthNone, ""},
+		{AuthNone, true, AuthNone, ""},
+		{AuthKubernetes, true, AuthKubernetes, ""},
+		{AuthKubernetes, false, "", "needs the Kubernetes API"},
+	} {
+		got, err := ResolveAuth("auth", tt.mode, tt.api)
+		if got != tt.want || (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("ResolveAuth(%q, api %v) = %q, %v; want %q, %q", tt.mode, tt.api, got, err, tt.want, tt.wantErr)
 		}
 	}
 }

@@ -61,6 +61,7 @@ type StatusPage struct {
 	agents   Agents
 	log      *slog.Logger
 	now      func() time.Time
+	notices  []string
 
 	mu    sync.Mutex
 	cache *built
@@ -270,6 +271,7 @@ func filterText(q query) string {
 
 // The page's view model.
 type pageData struct {
+	Notices                          []string
 	Generated                        string
 	Live, Fresh, Stale, Unregistered int
 	Connected                        int
@@ -365,6 +367,7 @@ const maxNodeNames = 8
 func (p *StatusPage) build(r *diagnose.Report) (pageData, []diagnose.EndpointKey) {
 	d := pageData{Live: r.Live}
 	now := p.now() // the "since" ages: as of the build (rebuilt on every diagnosis or risk change)
+	d.Notices = p.notices
 
 	keys := d.addEndpoints(r)
 

@@ -95,7 +95,8 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
-	args := []string{"--grpc-listen=" + grpcAddr, "--http-listen=" + httpAddr, "--log-level=warn", "--stale-after=10m"}
+	args := []string{"--grpc-listen=" + grpcAddr, "--http-listen=" + httpAddr, "--log-level=warn", "--stale-after=10m",
+		"--auth=none", "--http-auth=none", "--insecure"}
 	if c.extraArgs != "" {
 		args = append(args, strings.Fields(c.extraArgs)...)
 	}

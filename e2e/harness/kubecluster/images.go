@@ -31,6 +31,10 @@ func (c *Cluster) PushImages(ctx context.Context, agentSrc, aggregatorSrc, tag s
 	return refs["pullwatch-agent"], refs["pullwatch-aggregator"], nil
 }
 
+// ScrapeTokenFile holds the token StartPrometheus scrapes the aggregator
+// with (ScraperUser's); a person reading the status page can use it too.
+func (c *Cluster) ScrapeTokenFile() string { return filepath.Join(c.dir, "prometheus", "scrape-token") }
+
 // StartPrometheus runs Prometheus (3.x, from the kube bin directory) on this machine with the usual
 // kubernetes_sd "pod" job and prometheus.io/* relabelling (what the
 // aggregator's annotations are for) and the shipped rules.
@@ -43,7 +47,18 @@ func (c *Cluster) StartPrometheus(ctx context.Context, rules string) (*prometheu
 	if err := os.WriteFile(tokenFile, []byte(c.API.AdminToken()), 0o600); err != nil {
 		return nil, err
 	}
+	// Scrapes carry a token allowed by deploy/'s pullwatch-metrics-reader
+	// (the aggregator runs --http-auth=kubernetes).
+	scrapeToken, err := c.bindScraper(ctx)
+	if err != nil {
+		return nil, err
+	}
+	scrapeTokenFile := c.ScrapeTokenFile()
+	if err := os.WriteFile(scrapeTokenFile, []byte(scrapeToken), 0o600); err != nil {
+		return nil, err
+	}
 	sc := fmt.Sprintf(`  - job_name: kubernetes-pods
+    authorization: {credentials_file: %q}
     kubernetes_sd_configs:
       - role: pod
         api_server: %q
@@ -64,7 +79,7 @@ func (c *Cluster) StartPrometheus(ctx context.Context, rules string) (*prometheu
         target_label: namespace
       - source_labels: [__meta_kubernetes_pod_name]
         target_label: pod
-`, c.API.URL(), c.API.CAFile(), tokenFile)
+`, scrapeTokenFile, c.API.URL(), c.API.CAFile(), tokenFile)
 	return prometheus.Start(ctx, dir, nil, prometheus.Options{
 		// Built from source by scripts/build-kube.sh: Debian's prometheus
 		// is built without kubernetes_sd_configs.

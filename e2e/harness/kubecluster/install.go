@@ -95,7 +95,8 @@ func splitImage(ref string) (name, tag string) {
 // OverlayDir is the directory Overlay writes.
 func (c *Cluster) OverlayDir() string { return filepath.Join(c.dir, "overlay") }
 
-// Install applies the monitoring CRDs, then `kubectl apply -k overlay`, and
+// Install applies the monitoring CRDs, creates the aggregator's TLS Secret
+// and CA ConfigMap (CreateTLS), then `kubectl apply -k overlay`, and
 // waits until the aggregator Deployment and the agent DaemonSet are
 // available on every node.
 func (c *Cluster) Install(ctx context.Context, overlay string, timeout time.Duration) error {
@@ -107,6 +108,10 @@ func (c *Cluster) Install(ctx context.Context, overlay string, timeout time.Dura
 		return err
 	}
 	if _, err := c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/prometheusrules.monitoring.coreos.com", "crd/servicemonitors.monitoring.coreos.com"); err != nil {
+		return err
+	}
+	// What deploy/ mounts and a user makes first (docs/security.md).
+	if err := c.CreateTLS(ctx); err != nil {
 		return err
 	}
 	out, err := c.Kubectl(ctx, "apply", "-k", overlay)

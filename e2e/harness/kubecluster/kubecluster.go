@@ -219,6 +219,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, gw net.IP) error {
 		BinDir:            c.bin,
 		AuthorizationMode: "Node,RBAC",
 		ServingIPs:        []net.IP{gw},
+		Users:             map[string][]string{ScraperUser: nil},
 		FullCluster:       true,
 		APIServerArgs: []string{
 			// Reachable from the nodes on the bridge, advertised there as

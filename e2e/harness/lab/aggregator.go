@@ -13,8 +13,42 @@ import (
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
 
+// AggregatorLabFlags are what StartAggregator passes unless extra says
+// otherwise: the lab has no ServiceAccount tokens and no TLS material, so
+// it says explicitly that the aggregator runs without them.
+var AggregatorLabFlags = []string{"--auth=none", "--http-auth=none", "--insecure"}
+
+// AgentLabFlags are what StartAgent passes unless extra says otherwise:
+// plaintext to an --insecure aggregator.
+var AgentLabFlags = []string{"--insecure"}
+
+// withLabFlags prepends each of defaults whose flag extra does not set
+// (--insecure also counts as set by --tls-dir or --ca-file, which
+// exclude it).
+func withLabFlags(defaults, extra []string) []string {
+	set := func(name string) bool {
+		for _, a := range extra {
+			a = strings.TrimLeft(a, "-")
+			if a == name || strings.HasPrefix(a, name+"=") {
+				return true
+			}
+		}
+		return false
+	}
+	var out []string
+	for _, d := range defaults {
+		name, _, _ := strings.Cut(strings.TrimLeft(d, "-"), "=")
+		if set(name) || name == "insecure" && (set("tls-dir") || set("ca-file")) {
+			continue
+		}
+		out = append(out, d)
+	}
+	return append(out, extra...)
+}
+
 // StartAggregator runs pullwatch-aggregator on free loopback ports and
-// returns its gRPC and HTTP addresses.
+// returns its gRPC and HTTP addresses. Without flags of their own in
+// extra, it runs with AggregatorLabFlags.
 func (l *Lab) StartAggregator(t testing.TB, extra ...string) (grpcAddr, httpAddr string, p *proc.Process) {
 	t.Helper()
 	gp, err := proc.FreePort()
@@ -31,7 +65,7 @@ func (l *Lab) StartAggregator(t testing.TB, extra ...string) (grpcAddr, httpAddr
 		Path: filepath.Join(l.Bin, checkout.AggregatorBinary),
 		// Per-node series for every image (not the scalable default,
 		// failing): the tests look for available images per node.
-		Args:    append([]string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr, "--node-image-series", "all"}, extra...),
+		Args:    append([]string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr, "--node-image-series", "all"}, withLabFlags(AggregatorLabFlags, extra)...),
 		LogFile: filepath.Join(t.TempDir(), "aggregator.log"),
 	})
 	if err != nil {
@@ -48,12 +82,13 @@ func (l *Lab) StartAggregator(t testing.TB, extra ...string) (grpcAddr, httpAddr
 // StartAgent runs the agent daemon (`pullwatch-agent run`) on the lab
 // node, reporting to the aggregator at grpcAddr, with env and extra args;
 // its log is kept with the test's artifacts, and it stops with the test.
+// Without flags of their own in extra, it runs with AgentLabFlags.
 func (l *Lab) StartAgent(t testing.TB, grpcAddr string, env []string, extra ...string) *proc.Process {
 	t.Helper()
 	p, err := proc.Start(proc.Spec{
 		Name:    checkout.AgentBinary,
 		Path:    filepath.Join(l.Bin, checkout.AgentBinary),
-		Args:    append([]string{"run", "--aggregator", grpcAddr, "--cri-endpoint", l.Containerd.Endpoint()}, extra...),
+		Args:    append([]string{"run", "--aggregator", grpcAddr, "--cri-endpoint", l.Containerd.Endpoint()}, withLabFlags(AgentLabFlags, extra)...),
 		Env:     env,
 		LogFile: filepath.Join(t.TempDir(), "agent.log"),
 	})

@@ -1,0 +1,96 @@
+package kubecluster
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/certs"
+)
+
+// The objects deploy/ mounts for TLS between the agents and the
+// aggregator, which a user makes before installing (docs/security.md).
+const (
+	AggregatorTLSSecret = "pullwatch-aggregator-tls"
+	AggregatorCAConfig  = "pullwatch-aggregator-ca"
+	// AggregatorServerName is the name agents verify (the Service's).
+	AggregatorServerName = "pullwatch-aggregator.pullwatch.svc"
+)
+
+// CreateTLS makes the aggregator's TLS material as docs/security.md tells
+// a user without cert-manager to: a CA of its own, a serving certificate
+// for the Service's name in the Secret pullwatch-aggregator-tls (tls.crt,
+// tls.key, ca.crt) and the CA alone in the ConfigMap
+// pullwatch-aggregator-ca, both in namespace pullwatch. Objects that exist
+// already are kept. Install calls it before applying deploy/.
+func (c *Cluster) CreateTLS(ctx context.Context) error {
+	if err := c.API.EnsureNamespace(ctx, Namespace); err != nil {
+		return err
+	}
+	ca, caKey, err := certs.CA("pullwatch-ca (kubecluster)")
+	if err != nil {
+		return err
+	}
+	der, key, err := certs.Issue(&x509.Certificate{
+		DNSNames:    []string{AggregatorServerName, AggregatorServerName + ".cluster.local"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, ca, caKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	caPEM := certs.PEM("CERTIFICATE", ca.Raw)
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: AggregatorTLSSecret},
+		Type:       corev1.SecretTypeTLS,
+		Data: map[string][]byte{
+			corev1.TLSCertKey:       certs.PEM("CERTIFICATE", der),
+			corev1.TLSPrivateKeyKey: certs.PEM("PRIVATE KEY", keyDER),
+			"ca.crt":                caPEM,
+		},
+	}
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: AggregatorCAConfig},
+		Data:       map[string]string{"ca.crt": string(caPEM)},
+	}
+	cl := c.Client()
+	if _, err := cl.CoreV1().Secrets(Namespace).Create(ctx, secret, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("kubecluster: secret %s: %w", AggregatorTLSSecret, err)
+	}
+	if _, err := cl.CoreV1().ConfigMaps(Namespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("kubecluster: configmap %s: %w", AggregatorCAConfig, err)
+	}
+	c.logf("created Secret %s and ConfigMap %s in %s", AggregatorTLSSecret, AggregatorCAConfig, Namespace)
+	return nil
+}
+
+// ScraperUser is the static-token user the box's Prometheus scrapes the
+// aggregator as (--http-auth=kubernetes): bound to deploy/'s
+// pullwatch-metrics-reader ClusterRole by bindScraper.
+const ScraperUser = "pullwatch-e2e-prometheus"
+
+// bindScraper binds ScraperUser to the shipped pullwatch-metrics-reader
+// ClusterRole and returns its token.
+func (c *Cluster) bindScraper(ctx context.Context) (string, error) {
+	_, err := c.Client().RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "pullwatch-metrics-reader-e2e"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "pullwatch-metrics-reader"},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: ScraperUser}},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("kubecluster: bind %s to pullwatch-metrics-reader: %w", ScraperUser, err)
+	}
+	tok, ok := c.API.Token(ScraperUser)
+	if !ok {
+		return "", fmt.Errorf("kubecluster: no token for %s", ScraperUser)
+	}
+	return tok, nil
+}
