@@ -212,7 +212,7 @@ func run(ctx context.Context, c config) error {
 	}
 	select {
 	case <-j.directed:
-		fmt.Printf("node joins (100 images): assignments after %v\n", time.Since(start).Round(time.Millisecond))
+		fmt.Printf("node joins (%d images): assignments after %v\n", c.images, time.Since(start).Round(time.Millisecond))
 	case <-time.After(10 * time.Second):
 		fmt.Println("node joins: no assignments within 10s")
 	}
