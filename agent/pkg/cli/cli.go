@@ -116,6 +116,8 @@ type common struct {
 	roundTimeout       time.Duration
 	perHostConcurrency int
 	concurrency        int
+	registryRate       float64
+	registryBurst      int
 	logLevel           slog.Level
 	logFormat          string
 	kubeconfig         string
@@ -143,6 +145,8 @@ func (c *common) register(s *envflag.Set, env Env) {
 	c.probeTimeout = 10 * time.Second
 	c.perHostConcurrency = 4
 	c.concurrency = 16
+	c.registryRate = round.DefaultRegistryRate
+	c.registryBurst = round.DefaultRegistryBurst
 	c.logFormat = "text"
 	c.nodeName, _ = env.Hostname()
 	s.StringVar(&c.criEndpoint, "cri-endpoint", "",
@@ -155,6 +159,8 @@ func (c *common) register(s *envflag.Set, env Env) {
 	s.DurationVar(&c.roundTimeout, "round-timeout", 0, "Longest one round's probes may take (`duration`); an image not checked by then is reported unknown, saying so. 0: automatic, --interval + 30s for run (a round then always ends well inside the liveness window of 3 × --interval + 1m, however slow the registries), "+checkRoundTimeout.String()+" for check.")
 	s.Var(&envflag.IntRange{Value: &c.perHostConcurrency, Min: 1, Max: 64}, "per-host-concurrency", "Probes in flight at once against one registry endpoint (`count`, 1-64).")
 	s.Var(&envflag.IntRange{Value: &c.concurrency, Min: 1, Max: 256}, "concurrency", "Probes in flight at once in all (`count`, 1-256).")
+	s.Float64Var(&c.registryRate, "registry-rate", c.registryRate, "Manifest checks per second to one registry host (`rate`; a token bucket per host, 0: unpaced). With an aggregator, its --registry-budget share applies on top.")
+	s.Var(&envflag.IntRange{Value: &c.registryBurst, Min: 1, Max: 10000}, "registry-burst", "Manifest checks to one registry host at once before --registry-rate paces them (`count`).")
 	s.Var((*envflag.LogLevel)(&c.logLevel), "log-level", "Least severe `level` to log: debug, info, warn or error.")
 	s.Var(&envflag.Choice{Value: &c.logFormat, Choices: []string{"text", "json"}}, "log-format", "Log `format` on stderr: text or json.")
 	s.StringVar(&c.kubeconfig, "kubeconfig", "", "`path` to a kubeconfig, used outside a cluster by --aggregator kubernetes:///... (the agent reads only the aggregator's EndpointSlices; pull secrets are lent by the aggregator).")
@@ -267,6 +273,7 @@ func (c *common) setup(ctx context.Context, log *slog.Logger, lender credentials
 		}),
 		Credentials: creds,
 		Concurrency: c.concurrency,
+		Plan:        round.NewPlan(c.registryRate, c.registryBurst),
 	}, client, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -14,6 +15,7 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/damping"
 	"github.com/pullwatch/pullwatch/agent/pkg/events"
 	"github.com/pullwatch/pullwatch/agent/pkg/health"
+	"github.com/pullwatch/pullwatch/agent/pkg/round"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -82,6 +84,21 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)
 		return ExitSetup
 	}
+	// The checker needs lending's connection, made below. No directive
+	// can come before it exists: the aggregator plans a node only once
+	// its first snapshot arrived, and the daemon sends that from the
+	// checker's first round.
+	var plan atomic.Pointer[round.Checker]
+	onDirective := func(d *pb.Directive) {
+		checker := plan.Load()
+		if checker == nil {
+			return
+		}
+		if pa := d.GetProbeAssignments(); pa != nil {
+			checker.Plan.Apply(pa, f.interval)
+			log.Debug("probe assignments", "generation", pa.GetGeneration(), "delegated", len(pa.GetDelegated()), "assigned", len(pa.GetAssigned()))
+		}
+	}
 	var (
 		sc        daemon.Stream
 		connected func() bool
@@ -94,6 +111,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		rs := stream.NewReplicas(func(addr string) (*grpc.ClientConn, error) {
 			return grpc.NewClient("passthrough:///"+addr, append(dialOpts, grpc.WithAuthority(replicas.authority))...)
 		}, log)
+		rs.Configure = func(c *stream.Client) { c.OnDirective = onDirective }
 		go replicas.watch(ctx, rs.SetAddresses)
 		sc, connected, endpoints = rs, rs.Connected, rs.Endpoints
 		if lendConn, err = replicas.lenderConn(log, f.aggregator, dialOpts); err != nil {
@@ -109,6 +127,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		}
 		defer conn.Close()
 		c := stream.New(conn, log.With("aggregator", f.aggregator))
+		c.OnDirective = onDirective
 		sc, connected = c, c.Connected
 		endpoints = func() map[string]bool { return map[string]bool{f.aggregator: c.Connected()} }
 		lendConn = conn // the stream's own connection
@@ -120,7 +139,11 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	}
 	defer client.Close()
 	checker.Deadline = f.roundDeadline(f.interval)
+	plan.Store(checker)
 
+	// Probe sharding: the aggregator's assignments steer the rounds while
+	// a stream is up; without one the node checks every image itself.
+	checker.Plan.SetActive(connected)
 	mon := health.New(f.interval, connected)
 	mon.ReportEndpoints(endpoints)
 	d := &daemon.Daemon{
@@ -128,6 +151,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		Stream:       sc,
 		Health:       mon,
 		Interval:     f.interval,
+		Next:         checker.Plan.NextRound,
 		AgentVersion: Version,
 		Log:          log,
 	}

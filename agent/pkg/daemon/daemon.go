@@ -61,6 +61,10 @@ type Daemon struct {
 	HTTP net.Listener
 	// Interval is the time between two rounds.
 	Interval time.Duration
+	// Next, when set, says how long to wait for the next round instead of
+	// Interval (round.Plan.NextRound: the aggregator's phase, or jitter);
+	// it should never say more than Interval.
+	Next func(now time.Time, interval time.Duration) time.Duration
 	// AgentVersion goes into every snapshot.
 	AgentVersion string
 	// ShutdownTimeout bounds the shutdown after the context ends
@@ -157,7 +161,11 @@ func (d *Daemon) loop(ctx context.Context, log *slog.Logger, trigger <-chan stri
 	reason := "start"
 	for {
 		d.round(ctx, log, reason)
-		timer := time.NewTimer(d.Interval)
+		wait := d.Interval
+		if d.Next != nil {
+			wait = d.Next(time.Now(), d.Interval)
+		}
+		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			timer.Stop()

@@ -15,7 +15,8 @@ const (
 	maxBackoff     = 15 * time.Minute
 )
 
-func (p *Prober) backOff(host, retryAfter string) {
+// backOff holds host off and returns for how long.
+func (p *Prober) backOff(host, retryAfter string) time.Duration {
 	now := p.opts.Now()
 	d := defaultBackoff
 	if secs, err := strconv.Atoi(retryAfter); err == nil && secs >= 0 {
@@ -27,6 +28,7 @@ func (p *Prober) backOff(host, retryAfter string) {
 	p.limitMu.Lock()
 	p.backoff[host] = now.Add(d)
 	p.limitMu.Unlock()
+	return d
 }
 
 func (p *Prober) backingOff(host string) (time.Time, bool) {

@@ -458,7 +458,7 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 			p.tokens.forget(ch, t.repo, cred)
 		}
 	case pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED:
-		p.backOff(t.base.Host, resp.Header.Get("Retry-After"))
+		er.RetryAfterSeconds = p.backOff(t.base.Host, resp.Header.Get("Retry-After")).Seconds()
 	}
 	return er
 }

@@ -53,6 +53,7 @@ func (im Image) proto() *pb.ImageReport {
 		Drifted:          im.Drifted,
 		RegistryDigest:   im.RegistryDigest,
 		CredentialSource: im.CredentialSource,
+		Delegated:        im.Delegated,
 	}
 	if im.CheckedAt != nil {
 		r.CheckedAt = timestamppb.New(*im.CheckedAt)
@@ -77,7 +78,7 @@ func (im Image) proto() *pb.ImageReport {
 }
 
 func (e Endpoint) proto() *pb.EndpointResult {
-	return &pb.EndpointResult{
+	r := &pb.EndpointResult{
 		Url:                e.URL,
 		Role:               e.Role,
 		Status:             e.Status,
@@ -88,4 +89,8 @@ func (e Endpoint) proto() *pb.EndpointResult {
 		Skipped:            e.Skipped,
 		RatelimitRemaining: e.RateLimitRemaining,
 	}
+	if e.RetryAfterSeconds > 0 {
+		r.RetryAfter = durationpb.New(time.Duration(e.RetryAfterSeconds * float64(time.Second)))
+	}
+	return r
 }

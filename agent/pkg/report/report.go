@@ -51,6 +51,10 @@ type Image struct {
 	StatusSince *time.Time `json:"status_since,omitempty"`
 	Outcome
 	Pods []Pod `json:"pods"`
+	// Delegated: probe sharding left this round's manifest HEAD to other
+	// nodes; this node reached every endpoint, and the outcome is its own
+	// last check's (the aggregator replaces it with the shared result).
+	Delegated bool `json:"delegated,omitempty"`
 }
 
 // Outcome is what probing an image found: the runtime's view of the
@@ -83,6 +87,9 @@ type Endpoint struct {
 	Skipped bool `json:"skipped,omitempty"`
 	// RateLimitRemaining is the registry's ratelimit-remaining header, when sent.
 	RateLimitRemaining string `json:"ratelimit_remaining,omitempty"`
+	// RetryAfterSeconds: after a 429, how long the registry asked to wait
+	// (the prober's default backoff when it sent no Retry-After).
+	RetryAfterSeconds float64 `json:"retry_after_seconds,omitempty"`
 }
 
 // Pod is one container that uses an image.

@@ -6,6 +6,7 @@ package round
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/credentials"
 	"github.com/pullwatch/pullwatch/agent/pkg/cri"
 	"github.com/pullwatch/pullwatch/agent/pkg/hosts"
+	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	"github.com/pullwatch/pullwatch/agent/pkg/probe"
 	"github.com/pullwatch/pullwatch/agent/pkg/report"
 	"github.com/pullwatch/pullwatch/pkg/logging"
@@ -28,6 +30,12 @@ type Inventory interface {
 // Prober is the registry side (probe.Prober).
 type Prober interface {
 	Probe(ctx context.Context, req probe.Request) probe.Result
+}
+
+// Reacher pings an image's endpoints without asking for the manifest
+// (probe.Prober.Reach): probe sharding's per-node reachability signal.
+type Reacher interface {
+	Reach(ctx context.Context, ref imageref.Ref, endpoints []hosts.Endpoint) bool
 }
 
 // Checker runs rounds.
@@ -51,6 +59,19 @@ type Checker struct {
 	Platform ocispec.Platform
 	// Labels describe the node to the aggregator (e.g. its zone).
 	Labels map[string]string
+	// Plan paces manifest checks per registry and carries the
+	// aggregator's probe sharding; nil checks every image every round,
+	// unpaced.
+	Plan *Plan
+
+	mu   sync.Mutex
+	last map[string]checked // by reference: the node's own last check
+}
+
+// checked is the node's own last check of an image.
+type checked struct {
+	res  probe.Result
+	urls []string
 }
 
 // Run checks every image on the node once. Every image in the report has
@@ -109,21 +130,83 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 				// so (once per problem and round, not once per image).
 				logging.FromContext(ctx).WarnContext(ctx, "some pull credentials could not be read; probing with those found", "image", e.Ref.String(), "found", len(creds), logging.ErrKey, credErr)
 			}
-			res := c.Prober.Probe(pctx, probe.Request{Ref: e.Ref, Endpoints: eps, Credentials: creds, NodeDigest: e.Digest, Round: rnd})
-			if credErr != nil && res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
-				// A broken credential source (a config.json that does not
-				// parse, a plugin that hangs or prints garbage) may be why:
-				// the image's reason names it.
-				res.Reason += "; some pull credentials could not be read: " + credErr.Error()
-			}
-			applyResult(&images[i], e, res)
+			c.check(pctx, &images[i], e, eps, creds, rnd, credErr)
 		})
 	}
 	wg.Wait()
+	c.forget(entries)
 	rt := report.Runtime{Name: inv.Runtime.Name, Version: inv.Runtime.Version, APIVersion: inv.Runtime.APIVersion, Endpoint: inv.Runtime.Endpoint}
 	n := report.Node{Node: c.NodeName, Runtime: rt, Platform: c.Platform, Labels: c.Labels, ObservedAt: now(), Images: images}.Sanitized()
 	logging.FromContext(ctx).DebugContext(ctx, "round done", "images", len(images), "all_available", n.AllAvailable())
 	return n, nil
+}
+
+// check probes one image, unless probe sharding leaves it to other nodes
+// (it reached every endpoint: the report is delegated, with its own last
+// result) or the registry's cluster-wide budget or hold says not now (the
+// report is its own last result). An image never checked is always
+// probed.
+func (c *Checker) check(ctx context.Context, im *report.Image, e cri.Entry, eps []hosts.Endpoint, creds []credentials.Credential, rnd *probe.Round, credErr error) {
+	ref := e.Ref.String()
+	host := e.Ref.Registry()
+	urls := make([]string, len(eps))
+	for i, ep := range eps {
+		urls[i] = ep.URL
+	}
+	c.mu.Lock()
+	last, ok := c.last[ref]
+	c.mu.Unlock()
+	if ok && !slices.Equal(last.urls, urls) {
+		ok = false // the runtime's endpoints changed: check afresh
+	}
+	if ok {
+		if r, can := c.Prober.(Reacher); can && c.Plan.Delegated(pb.ProbeKeyString(ref, last.res.CredentialSource, urls)) && r.Reach(ctx, e.Ref, eps) {
+			applyResult(im, e, last.res)
+			im.Delegated = true
+			return
+		}
+		if !c.Plan.Admit(host) {
+			applyResult(im, e, last.res)
+			return
+		}
+	}
+	if err := c.Plan.Wait(ctx, host); err != nil {
+		im.Status, im.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "check cancelled: "+err.Error()
+		return
+	}
+	res := c.Prober.Probe(ctx, probe.Request{Ref: e.Ref, Endpoints: eps, Credentials: creds, NodeDigest: e.Digest, Round: rnd})
+	if credErr != nil && res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+		// A broken credential source (a config.json that does not
+		// parse, a plugin that hangs or prints garbage) may be why:
+		// the image's reason names it.
+		res.Reason += "; some pull credentials could not be read: " + credErr.Error()
+	}
+	applyResult(im, e, res)
+	if ctx.Err() == nil {
+		c.mu.Lock()
+		if c.last == nil {
+			c.last = map[string]checked{}
+		}
+		c.last[ref] = checked{res: res, urls: urls}
+		c.mu.Unlock()
+	}
+}
+
+// forget drops the last checks of images the node no longer has.
+func (c *Checker) forget(entries []cri.Entry) {
+	keep := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		if e.Problem == "" {
+			keep[e.Ref.String()] = true
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ref := range c.last {
+		if !keep[ref] {
+			delete(c.last, ref)
+		}
+	}
 }
 
 func (c *Checker) credentials() credentials.Provider {

@@ -39,6 +39,10 @@ type Client struct {
 	// AckTimeout is how long to wait for the aggregator to acknowledge a
 	// message before the stream is considered broken (default 30s).
 	AckTimeout time.Duration
+	// OnDirective, when set, is handed every Directive the aggregator
+	// sends (probe sharding's assignments: round.Plan.Apply), from the
+	// stream's receiving goroutine.
+	OnDirective func(*pb.Directive)
 }
 
 // New uses conn (a grpc.ClientConn to the aggregator) for streams.
@@ -132,6 +136,9 @@ func (c *Client) session(ctx context.Context) error {
 				default:
 				}
 			case *pb.AggregatorMessage_Directive:
+				if c.OnDirective != nil {
+					c.OnDirective(b.Directive)
+				}
 				if b.Directive.GetSendSnapshot() {
 					select {
 					case resync <- struct{}{}:

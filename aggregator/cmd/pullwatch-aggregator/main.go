@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/pullwatch/pullwatch/pkg/kubeapi"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 	"github.com/pullwatch/pullwatch/pkg/tlsfiles"
@@ -32,6 +33,7 @@ import (
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/nodecondition"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/web"
 )
@@ -115,7 +117,8 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
 		"node_image_series", opts.NodeImageSeries, "compat_metrics", opts.CompatMetrics,
 		"forget_after", opts.ForgetAfter.String(), "max_node_images", opts.MaxNodeImages, "max_node_endpoints", opts.MaxNodeEndpoints,
-		"auth", opts.Auth, "http_auth", opts.HTTPAuth, "tls", opts.TLSDir != "")
+		"auth", opts.Auth, "http_auth", opts.HTTPAuth, "tls", opts.TLSDir != "",
+		"probe_replicas", opts.ProbeReplicas, "registry_budget", opts.RegistryBudgets.String())
 	for _, off := range srv.offNotices {
 		log.Warn(off)
 	}
@@ -156,6 +159,10 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		FirstReport:          opts.FirstReportTimeout,
 		MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
 	}
+	var planner *shard.Planner // nil: sharding off
+	if opts.ProbeReplicas > 0 {
+		planner = shard.New(shard.Options{Replicas: opts.ProbeReplicas, Budgets: opts.RegistryBudgets, Interval: opts.AgentInterval, Sink: store, Log: log})
+	}
 	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, CompatSchema: opts.CompatMetrics}
 	filter, err := imagefilter.New(opts.IgnoredImages, opts.AllowedImages, opts.NamespaceLabel)
 	if err != nil {
@@ -167,9 +174,14 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		// Pods and their owners are watched for the risk assessment and
 		// the compatibility metrics.
 		watcher, err := kubewatch.New(kube.Rest, log, kubewatch.Options{
-			Owners:        true,
-			Namespaces:    filter.SelectsNamespaces(),
-			OnNodeDeleted: func(name string) { store.Forget(name) },
+			Owners:     true,
+			Namespaces: filter.SelectsNamespaces(),
+			OnNodeDeleted: func(name string) {
+				store.Forget(name)
+				if planner != nil {
+					planner.Forget(name)
+				}
+			},
 		})
 		if err != nil {
 			return nil, err
@@ -212,6 +224,11 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	reports := metrics.NewReports(ingest.Kinds(), append(ingest.Reasons(), ingest.BoundReasons()...))
 	go store.RunSweeper(ctx, sweepEvery(opts.StaleAfter), func(gone []string) {
 		reports.NodesForgotten(gone)
+		if planner != nil {
+			for _, n := range gone {
+				planner.Forget(n)
+			}
+		}
 		log.Info("forgot nodes silent for --forget-after", "nodes", len(gone), "forget_after", opts.ForgetAfter.String(), "first", gone[0])
 	})
 	refusals := authn.NewRefusals(log)
@@ -222,10 +239,15 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 			return nil, fmt.Errorf("client of the Kubernetes API (%s): %w", kube.Source, err)
 		}
 	}
-	registry := metrics.NewRegistry(metrics.NewCollector(store, an, collectorCfg), reports, refusals, lender)
+	cs := []prometheus.Collector{metrics.NewCollector(store, an, collectorCfg), reports, refusals, lender}
 	s := &servers{ingest: ingest.NewServer(store, reports, log)}
 	s.ingest.SetBounds(bounds)
 	s.ingest.SetLender(lender)
+	if planner != nil {
+		cs = append(cs, shard.NewCollector(planner))
+		s.ingest.SetSharder(planner)
+	}
+	registry := metrics.NewRegistry(cs...)
 	grpcOpts, err := s.grpcSecurity(log, opts, client, refusals)
 	if err != nil {
 		return nil, err

@@ -44,6 +44,15 @@ type Observer interface {
 	ImageRefused(reason string)
 }
 
+// Sharder spreads manifest checks over the nodes (shard.Planner): it sees
+// every message before it is applied (and folds other nodes' results into
+// delegated images), and says what each node's plan is.
+type Sharder interface {
+	Watch(node string) (<-chan struct{}, func())
+	Ingest(node string, info *pullwatchv1.Node, snapshot bool, images []*pullwatchv1.ImageReport, removed []string, apply func())
+	Directive(node string) *pullwatchv1.ProbeAssignments
+}
+
 // Server implements pullwatchv1.ReportServiceServer.
 type Server struct {
 	pullwatchv1.UnimplementedReportServiceServer
@@ -54,6 +63,7 @@ type Server struct {
 	obs            Observer
 	log            *slog.Logger
 	bounds         Bounds
+	sharder        Sharder
 
 	drainOnce sync.Once
 	draining  chan struct{}
@@ -68,6 +78,10 @@ type Server struct {
 func NewServer(store *state.Store, obs Observer, log *slog.Logger) *Server {
 	return &Server{store: store, obs: obs, log: log, draining: make(chan struct{})}
 }
+
+// SetSharder turns probe sharding on: agents get their ProbeAssignments
+// in Directives. Call before serving.
+func (s *Server) SetSharder(sh Sharder) { s.sharder = sh }
 
 // wireSlack is how far past maxReportBytes gRPC still receives a message,
 // so that the server itself refuses it with the contract's InvalidArgument
@@ -119,6 +133,11 @@ type stream struct {
 	replaced     chan struct{}
 	replacedOnce sync.Once
 	detach       func()
+	// plan signals that the node's probe plan may have changed; sent is
+	// the plan last sent on this stream.
+	plan    <-chan struct{}
+	unwatch func()
+	sent    *pullwatchv1.ProbeAssignments
 }
 
 // Report serves one agent stream until the agent closes it, a message is
@@ -132,6 +151,9 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 	defer func() {
 		if st.detach != nil {
 			st.detach()
+		}
+		if st.unwatch != nil {
+			st.unwatch()
 		}
 	}()
 	// Until the stream says which node it reports, it holds a goroutine
@@ -187,6 +209,16 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 			if err := rs.Send(&pullwatchv1.AggregatorMessage{Body: &pullwatchv1.AggregatorMessage_Ack{Ack: ack}}); err != nil {
 				return fmt.Errorf("send ack %d: %w", ack.GetSequence(), err)
 			}
+		case <-st.plan:
+			pa := s.sharder.Directive(st.node)
+			if pa == nil || proto.Equal(pa, st.sent) {
+				continue
+			}
+			d := &pullwatchv1.Directive{ProbeAssignments: pa}
+			if err := rs.Send(&pullwatchv1.AggregatorMessage{Body: &pullwatchv1.AggregatorMessage_Directive{Directive: d}}); err != nil {
+				return fmt.Errorf("send probe assignments: %w", err)
+			}
+			st.sent = pa
 		}
 	}
 }
@@ -270,7 +302,14 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 		if err := s.bounds.PerNode.Check(name, body.Snapshot.GetImages()); err != nil {
 			return nil, limitError("snapshot.images", err)
 		}
-		s.store.ApplySnapshot(body.Snapshot)
+		if st.node == "" && s.sharder != nil {
+			st.plan, st.unwatch = s.sharder.Watch(name)
+		}
+		if s.sharder != nil {
+			s.sharder.Ingest(name, body.Snapshot.GetNode(), true, body.Snapshot.GetImages(), nil, func() { s.store.ApplySnapshot(body.Snapshot) })
+		} else {
+			s.store.ApplySnapshot(body.Snapshot)
+		}
 		s.obs.ReportReceived(KindSnapshot)
 		if st.node == "" {
 			st.node = name
@@ -285,7 +324,7 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 			st.log.InfoContext(ctx, "update before any snapshot; asked the agent to resync", "node", name)
 		} else if err := st.sameNode("update.node_name", name); err != nil {
 			return nil, err
-		} else if known, err := s.store.ApplyUpdateWithin(body.Update, s.bounds.PerNode); err != nil {
+		} else if known, err := s.applyUpdate(name, body.Update); err != nil {
 			return nil, limitError("update", err)
 		} else if !known {
 			// The store forgot the node (deleted, or silent for
@@ -296,6 +335,16 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 		s.obs.ReportReceived(KindUpdate)
 	}
 	return ack, nil
+}
+
+// applyUpdate applies an update within the per-node bounds, through the
+// sharder when there is one. It reports whether the store knew the node.
+func (s *Server) applyUpdate(name string, u *pullwatchv1.NodeUpdate) (known bool, err error) {
+	if s.sharder == nil {
+		return s.store.ApplyUpdateWithin(u, s.bounds.PerNode)
+	}
+	s.sharder.Ingest(name, nil, false, u.GetUpserts(), u.GetRemovedImages(), func() { known, err = s.store.ApplyUpdateWithin(u, s.bounds.PerNode) })
+	return known, err
 }
 
 // sameNode refuses a message about another node than the stream's first

@@ -77,13 +77,13 @@ type harness struct {
 }
 
 // newHarness serves a Server on a real loopback listener and dials it.
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, setup ...func(*Server)) *harness {
 	t.Helper()
-	return newBoundedHarness(t, Bounds{})
+	return newBoundedHarness(t, Bounds{}, setup...)
 }
 
 // newBoundedHarness is newHarness with bounds.
-func newBoundedHarness(t *testing.T, bounds Bounds) *harness {
+func newBoundedHarness(t *testing.T, bounds Bounds, setup ...func(*Server)) *harness {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -92,6 +92,9 @@ func newBoundedHarness(t *testing.T, bounds Bounds) *harness {
 	h := &harness{store: state.New(time.Minute), obs: newCountingObserver()}
 	h.srv = NewServer(h.store, h.obs, slog.New(slog.NewTextHandler(t.Output(), nil)))
 	h.srv.SetBounds(bounds)
+	for _, f := range setup {
+		f(h.srv)
+	}
 	gs := NewGRPCServer(h.srv, testMaxReportBytes)
 	go gs.Serve(lis)
 	// Drain and GracefulStop wait for every handler to return, so none

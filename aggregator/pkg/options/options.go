@@ -14,6 +14,7 @@ import (
 	"github.com/pullwatch/pullwatch/aggregator/pkg/imagefilter"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/lend"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 )
 
@@ -52,6 +53,13 @@ type Options struct {
 	MaxConcurrentStreams int
 	// FirstReportTimeout closes a stream that sends no snapshot in time.
 	FirstReportTimeout time.Duration
+	// ProbeReplicas is k of probe sharding; 0 turns sharding off.
+	ProbeReplicas int
+	// RegistryBudgets are cluster-wide manifest HEADs per interval per
+	// registry host.
+	RegistryBudgets shard.Budgets
+	// AgentInterval is the agents' interval, which round phases spread over.
+	AgentInterval time.Duration
 
 	// Auth is how agents are authenticated: AuthKubernetes, AuthNone,
 	// or "" (not said: Kubernetes when the API is configured; without
@@ -149,7 +157,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		ShutdownTimeout: 10 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
-		NodeImageSeries: metrics.NodeImageSeriesAll,
+		NodeImageSeries: metrics.NodeImageSeriesFailing,
 		CompatMetrics:   metrics.CompatCurrent,
 		LendCredentials: lend.ModeVerified,
 
@@ -157,6 +165,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		MaxNodeEndpoints:     256,
 		MaxConcurrentStreams: 16,
 		FirstReportTimeout:   time.Minute,
+		ProbeReplicas:        shard.DefaultReplicas,
+		RegistryBudgets:      shard.Budgets(shard.DefaultBudgets()),
+		AgentInterval:        time.Minute,
 	}
 	s := envflag.New(Name, Name+" [flags]", summary)
 	s.Var((*envflag.ListenAddr)(&o.GRPCListen), "grpc-listen", "`host:port` to serve the agents' gRPC ReportService on.")
@@ -173,8 +184,8 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		"`path` (or list of paths, as in $KUBECONFIG) to a kubeconfig, used outside a cluster. Without one and outside a cluster, node-deletion tracking, Node zones and workload owners are off.")
 	s.Env("kubeconfig", "KUBECONFIG")
 	s.Var(&envflag.Choice{Value: &o.NodeImageSeries, Choices: []string{metrics.NodeImageSeriesAll, metrics.NodeImageSeriesFailing}}, "node-image-series",
-		"Which images get per-node series (pullwatch_node_image_status, pullwatch_node_image_in_use): `all`, or failing (only images not available on the node; "+
-			"about 50,000 fewer series per 1,000 nodes with 50 images). Cluster-wide series are complete either way. See docs/metrics.md.")
+		"Which images get per-node series (pullwatch_node_image_status, pullwatch_node_image_in_use): `failing` (only images not available on the node; the default, "+
+			"which holds at 5,000 nodes × 100 images), or all (about 100,000 more series per 1,000 nodes with 50 images; see docs/benchmarks.md for its cost at each size). Cluster-wide series are complete either way. See docs/metrics.md.")
 	s.Var(compatValue{&o.CompatMetrics}, "compat-metrics",
 		"Also export k8s-image-availability-exporter's families, so its dashboards and alerts keep working: `schema` current "+
 			"(k8s_image_availability_exporter_<mode>, labels namespace, container, image, kind, name), legacy (before its v0.7: "+
@@ -208,6 +219,14 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	s.Var((*envflag.PositiveDuration)(&o.FirstReportTimeout), "first-report-timeout",
 		"Close a new agent stream that has not sent its first snapshot within this `duration`. Agents open their stream once they have a snapshot to send.")
 
+	s.Var(&envflag.IntRange{Value: &o.ProbeReplicas, Min: 0, Max: 100}, "probe-replicas",
+		"Probe sharding: how many `nodes` HEAD each distinct image (reference, credential source, endpoints) per interval, in different zones where there are any; "+
+			"the other nodes that have it only ping its registry and get their result. 0: every node HEADs every image it has. See docs/architecture.md#probe-sharding.")
+	s.Var(o.RegistryBudgets, "registry-budget",
+		"Cluster-wide manifest HEADs per interval per registry host, `host=N/interval,...` (docker.io=600/interval unless named; N=0 removes a budget). "+
+			"Over budget, each node's share is scaled down by powers of 1/2 and it reports its last result for the images it skips.")
+	s.Var((*envflag.PositiveDuration)(&o.AgentInterval), "agent-interval",
+		"The agents' --interval `duration`: probe sharding spreads the nodes' round starts over it.")
 	o.AgentServiceAccount = "pullwatch/pullwatch-agent"
 	s.Var(&envflag.Choice{Value: &o.Auth, Choices: []string{AuthKubernetes, AuthNone}}, "auth",
 		"How agents are authenticated: `kubernetes` (each stream carries the agent pod's projected ServiceAccount token, audience pullwatch, verified with a TokenReview; "+

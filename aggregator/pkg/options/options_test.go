@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 )
 
 func envOf(kv map[string]string) func(string) string {
@@ -25,7 +27,7 @@ func TestParse(t *testing.T) {
 		ShutdownTimeout: 10 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
-		NodeImageSeries: "all",
+		NodeImageSeries: "failing",
 		CompatMetrics:   "current",
 		LendCredentials: "verified",
 
@@ -36,6 +38,9 @@ func TestParse(t *testing.T) {
 		FirstReportTimeout:   time.Minute,
 
 		AgentServiceAccount: "pullwatch/pullwatch-agent",
+		ProbeReplicas:       2,
+		RegistryBudgets:     shard.Budgets{"docker.io": 600},
+		AgentInterval:       time.Minute,
 	}
 	with := func(edit func(*Options)) Options {
 		o := defaults
@@ -52,11 +57,13 @@ func TestParse(t *testing.T) {
 		{"flags", []string{
 			"--grpc-listen=127.0.0.1:19400", "--http-listen", ":18080", "--stale-after=90s",
 			"--max-report-bytes=1048576", "--shutdown-timeout=3s", "--log-level=debug", "--log-format=json",
-			"--kubeconfig=/tmp/kc", "--node-image-series=failing", "--compat-metrics=false", "--lend-credentials=unverified-lab",
+			"--kubeconfig=/tmp/kc", "--node-image-series=all", "--compat-metrics=false", "--lend-credentials=unverified-lab",
+			"--probe-replicas=3", "--registry-budget=ghcr.io=100/interval,docker.io=0", "--agent-interval=2m",
 		}, nil, Options{
+			ProbeReplicas: 3, RegistryBudgets: shard.Budgets{"ghcr.io": 100}, AgentInterval: 2 * time.Minute,
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
-			Kubeconfig: "/tmp/kc", NodeImageSeries: "failing", CompatMetrics: "off", AgentServiceAccount: "pullwatch/pullwatch-agent", LendCredentials: "unverified-lab",
+			Kubeconfig: "/tmp/kc", NodeImageSeries: "all", CompatMetrics: "off", AgentServiceAccount: "pullwatch/pullwatch-agent", LendCredentials: "unverified-lab",
 			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
 		}},
 		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s"}, nil,
@@ -71,11 +78,11 @@ func TestParse(t *testing.T) {
 			with(func(o *Options) { o.Auth, o.Insecure, o.HTTPAuth = "none", true, "kubernetes" })},
 		{"environment", nil, map[string]string{
 			"PULLWATCH_GRPC_LISTEN": ":1", "PULLWATCH_STALE_AFTER": "5m", "PULLWATCH_LOG_LEVEL": "warn", "KUBECONFIG": "/a:/b",
-			"PULLWATCH_NODE_IMAGE_SERIES": "failing", "PULLWATCH_COMPAT_METRICS": "false", "PULLWATCH_LEND_CREDENTIALS": "off",
+			"PULLWATCH_NODE_IMAGE_SERIES": "all", "PULLWATCH_COMPAT_METRICS": "false", "PULLWATCH_LEND_CREDENTIALS": "off",
 		}, with(func(o *Options) {
 			o.GRPCListen, o.StaleAfter, o.LogLevel, o.Kubeconfig = ":1", 5*time.Minute, slog.LevelWarn, "/a:/b"
 			o.ForgetAfter = 50 * time.Minute
-			o.NodeImageSeries, o.CompatMetrics, o.LendCredentials = "failing", "off", "off"
+			o.NodeImageSeries, o.CompatMetrics, o.LendCredentials = "all", "off", "off"
 		})},
 		{"flag wins over environment", []string{"--stale-after=1m"}, map[string]string{"PULLWATCH_STALE_AFTER": "5m"},
 			with(func(o *Options) { o.StaleAfter, o.ForgetAfter = time.Minute, 10*time.Minute })},
@@ -155,7 +162,7 @@ func TestHelp(t *testing.T) {
 		"env PULLWATCH_GRPC_LISTEN, default :9400",
 		"env KUBECONFIG)",
 		"--stale-after duration",
-		"env PULLWATCH_NODE_IMAGE_SERIES, default all",
+		"env PULLWATCH_NODE_IMAGE_SERIES, default failing",
 		"env PULLWATCH_COMPAT_METRICS, default current",
 	} {
 		if !strings.Contains(out.String(), want) {

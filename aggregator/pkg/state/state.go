@@ -212,6 +212,38 @@ func (s *Store) applyUpdate(n *node, u *pullwatchv1.NodeUpdate) {
 	}
 }
 
+// ReplaceImage replaces the node's report of ref with fn(old) when the
+// node has ref and fn returns non-nil (probe sharding folds another node's
+// result into this node's view this way; see aggregator/pkg/shard). The
+// node's freshness is unchanged. It reports whether the node has ref.
+func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageReport) *pullwatchv1.ImageReport) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[name]
+	if !ok {
+		return false
+	}
+	old, ok := n.images[ref]
+	if !ok {
+		return false
+	}
+	im := fn(old)
+	if im == nil {
+		return true
+	}
+	n.images[ref] = im
+	// A copy, not an in-place edit: NodeViews handed out earlier may still
+	// be iterating the old slice.
+	i, found := slices.BinarySearchFunc(n.sorted, ref, func(a *pullwatchv1.ImageReport, r string) int { return strings.Compare(a.GetImage(), r) })
+	if found {
+		sorted := slices.Clone(n.sorted)
+		sorted[i] = im
+		n.sorted = sorted
+	}
+	s.version++ // what Nodes returns changed: the analyzer diagnoses again
+	return true
+}
+
 // Forget drops everything known about a node (deleted from the cluster).
 // It reports whether the node was known. An agent still streaming for it
 // is asked to resync on its next update, which brings the node back.

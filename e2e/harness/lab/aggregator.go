@@ -61,9 +61,11 @@ func (l *Lab) StartAggregator(t testing.TB, extra ...string) (grpcAddr, httpAddr
 	}
 	grpcAddr, httpAddr = fmt.Sprintf("127.0.0.1:%d", gp), fmt.Sprintf("127.0.0.1:%d", hp)
 	p, err = proc.Start(proc.Spec{
-		Name:    "pullwatch-aggregator",
-		Path:    filepath.Join(l.Bin, checkout.AggregatorBinary),
-		Args:    append([]string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr}, withLabFlags(AggregatorLabFlags, extra)...),
+		Name: "pullwatch-aggregator",
+		Path: filepath.Join(l.Bin, checkout.AggregatorBinary),
+		// Per-node series for every image (not the scalable default,
+		// failing): the tests look for available images per node.
+		Args:    append([]string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr, "--node-image-series", "all"}, withLabFlags(AggregatorLabFlags, extra)...),
 		LogFile: filepath.Join(t.TempDir(), "aggregator.log"),
 	})
 	if err != nil {

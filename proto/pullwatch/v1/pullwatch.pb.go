@@ -388,9 +388,14 @@ type Directive struct {
 	// Ask the agent to send a full snapshot with its next message.
 	SendSnapshot bool `protobuf:"varint,1,opt,name=send_snapshot,json=sendSnapshot,proto3" json:"send_snapshot,omitempty"`
 	// Suggested probe interval; zero means keep the agent's own.
-	Interval      *durationpb.Duration `protobuf:"bytes,2,opt,name=interval,proto3" json:"interval,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Interval *durationpb.Duration `protobuf:"bytes,2,opt,name=interval,proto3" json:"interval,omitempty"`
+	// Probe sharding (issue 14): which images this node leaves to other
+	// nodes this interval, and the registry budgets it keeps. Unset: the
+	// node HEADs every image itself. Each Directive carrying it replaces the
+	// previous one whole.
+	ProbeAssignments *ProbeAssignments `protobuf:"bytes,40,opt,name=probe_assignments,json=probeAssignments,proto3" json:"probe_assignments,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Directive) Reset() {
@@ -437,6 +442,234 @@ func (x *Directive) GetInterval() *durationpb.Duration {
 	return nil
 }
 
+func (x *Directive) GetProbeAssignments() *ProbeAssignments {
+	if x != nil {
+		return x.ProbeAssignments
+	}
+	return nil
+}
+
+// ProbeAssignments is the aggregator's probe plan for one node. Every
+// aggregator replica computes the same plan from the same membership
+// (rendezvous hashing), so an agent streaming to several replicas gets the
+// same plan from each.
+type ProbeAssignments struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Hash of the membership and parameters the plan was computed from.
+	Generation string `protobuf:"bytes,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// Images (by ProbeKey) whose manifest this node does not HEAD: k other
+	// nodes do, and the aggregator shares their result with this node's own
+	// /v2/ reachability folded in. The node still pings every endpoint it
+	// uses. Any image not listed here the node checks itself.
+	Delegated []*ProbeKey `protobuf:"bytes,2,rep,name=delegated,proto3" json:"delegated,omitempty"`
+	// Images this node is one of the k probers of (informational: the node
+	// checks them as it checks any image not delegated).
+	Assigned []*ProbeKey `protobuf:"bytes,3,rep,name=assigned,proto3" json:"assigned,omitempty"`
+	// Per registry host, this node's share of the cluster-wide budget and a
+	// cluster-wide hold after a 429.
+	Budgets []*RegistryBudget `protobuf:"bytes,4,rep,name=budgets,proto3" json:"budgets,omitempty"`
+	// Spread rounds over the interval: the agent starts its next round this
+	// far into its interval (so nodes do not fire in the same second).
+	Phase         *durationpb.Duration `protobuf:"bytes,5,opt,name=phase,proto3" json:"phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeAssignments) Reset() {
+	*x = ProbeAssignments{}
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeAssignments) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeAssignments) ProtoMessage() {}
+
+func (x *ProbeAssignments) ProtoReflect() protoreflect.Message {
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeAssignments.ProtoReflect.Descriptor instead.
+func (*ProbeAssignments) Descriptor() ([]byte, []int) {
+	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ProbeAssignments) GetGeneration() string {
+	if x != nil {
+		return x.Generation
+	}
+	return ""
+}
+
+func (x *ProbeAssignments) GetDelegated() []*ProbeKey {
+	if x != nil {
+		return x.Delegated
+	}
+	return nil
+}
+
+func (x *ProbeAssignments) GetAssigned() []*ProbeKey {
+	if x != nil {
+		return x.Assigned
+	}
+	return nil
+}
+
+func (x *ProbeAssignments) GetBudgets() []*RegistryBudget {
+	if x != nil {
+		return x.Budgets
+	}
+	return nil
+}
+
+func (x *ProbeAssignments) GetPhase() *durationpb.Duration {
+	if x != nil {
+		return x.Phase
+	}
+	return nil
+}
+
+// ProbeKey names one distinct manifest check: the same reference through
+// the same endpoints with the same kind of credential gets the same answer.
+type ProbeKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Normalized reference (ImageReport.image).
+	Image string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// ImageReport.credential_source of the node's last check.
+	CredentialSource string `protobuf:"bytes,2,opt,name=credential_source,json=credentialSource,proto3" json:"credential_source,omitempty"`
+	// The endpoint URLs in the runtime's order, as in ImageReport.endpoints.
+	Endpoints     []string `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeKey) Reset() {
+	*x = ProbeKey{}
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeKey) ProtoMessage() {}
+
+func (x *ProbeKey) ProtoReflect() protoreflect.Message {
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeKey.ProtoReflect.Descriptor instead.
+func (*ProbeKey) Descriptor() ([]byte, []int) {
+	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ProbeKey) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *ProbeKey) GetCredentialSource() string {
+	if x != nil {
+		return x.CredentialSource
+	}
+	return ""
+}
+
+func (x *ProbeKey) GetEndpoints() []string {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+type RegistryBudget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Registry host as in ImageReport.registry (docker.io, 127.0.0.1:5000).
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// Manifest HEADs this node may send to the host per interval; 0 means
+	// no limit beyond the agent's own.
+	RequestsPerInterval float64 `protobuf:"fixed64,2,opt,name=requests_per_interval,json=requestsPerInterval,proto3" json:"requests_per_interval,omitempty"`
+	// No manifest HEADs to the host before this time (a node got 429 with
+	// Retry-After); the node reports its last result meanwhile.
+	HoldUntil     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=hold_until,json=holdUntil,proto3" json:"hold_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryBudget) Reset() {
+	*x = RegistryBudget{}
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryBudget) ProtoMessage() {}
+
+func (x *RegistryBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryBudget.ProtoReflect.Descriptor instead.
+func (*RegistryBudget) Descriptor() ([]byte, []int) {
+	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RegistryBudget) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *RegistryBudget) GetRequestsPerInterval() float64 {
+	if x != nil {
+		return x.RequestsPerInterval
+	}
+	return 0
+}
+
+func (x *RegistryBudget) GetHoldUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HoldUntil
+	}
+	return nil
+}
+
 // NodeSnapshot is everything one node knows about its images.
 type NodeSnapshot struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -452,7 +685,7 @@ type NodeSnapshot struct {
 
 func (x *NodeSnapshot) Reset() {
 	*x = NodeSnapshot{}
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[4]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +697,7 @@ func (x *NodeSnapshot) String() string {
 func (*NodeSnapshot) ProtoMessage() {}
 
 func (x *NodeSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[4]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +710,7 @@ func (x *NodeSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSnapshot.ProtoReflect.Descriptor instead.
 func (*NodeSnapshot) Descriptor() ([]byte, []int) {
-	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{4}
+	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *NodeSnapshot) GetNode() *Node {
@@ -526,7 +759,7 @@ type NodeUpdate struct {
 
 func (x *NodeUpdate) Reset() {
 	*x = NodeUpdate{}
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[5]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +771,7 @@ func (x *NodeUpdate) String() string {
 func (*NodeUpdate) ProtoMessage() {}
 
 func (x *NodeUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[5]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +784,7 @@ func (x *NodeUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeUpdate.ProtoReflect.Descriptor instead.
 func (*NodeUpdate) Descriptor() ([]byte, []int) {
-	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{5}
+	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NodeUpdate) GetNodeName() string {
@@ -600,7 +833,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[6]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +845,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[6]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +858,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{6}
+	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Node) GetName() string {
@@ -691,7 +924,7 @@ type Runtime struct {
 
 func (x *Runtime) Reset() {
 	*x = Runtime{}
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[7]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +936,7 @@ func (x *Runtime) String() string {
 func (*Runtime) ProtoMessage() {}
 
 func (x *Runtime) ProtoReflect() protoreflect.Message {
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[7]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +949,7 @@ func (x *Runtime) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Runtime.ProtoReflect.Descriptor instead.
 func (*Runtime) Descriptor() ([]byte, []int) {
-	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{7}
+	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Runtime) GetName() string {
@@ -785,14 +1018,23 @@ type ImageReport struct {
 	// When this node first saw the image's current status (the first of the
 	// consecutive results that confirmed it). Kept across agent restarts by
 	// the agent's state file; unset from agents that predate it.
-	StatusSince   *timestamppb.Timestamp `protobuf:"bytes,30,opt,name=status_since,json=statusSince,proto3" json:"status_since,omitempty"`
+	StatusSince *timestamppb.Timestamp `protobuf:"bytes,30,opt,name=status_since,json=statusSince,proto3" json:"status_since,omitempty"`
+	// Probe sharding: this node did not HEAD the manifest this round (the
+	// aggregator delegated it to other nodes); it reached every endpoint
+	// (/v2/ answered) and the result fields are its own last check's, which
+	// the aggregator replaces with the assigned nodes' result. A node that
+	// cannot reach an endpoint checks the image itself, so never sets it.
+	Delegated bool `protobuf:"varint,40,opt,name=delegated,proto3" json:"delegated,omitempty"`
+	// Set by the aggregator (never by an agent) on a delegated image whose
+	// result it took from another node: that node's name.
+	SharedFrom    string `protobuf:"bytes,41,opt,name=shared_from,json=sharedFrom,proto3" json:"shared_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImageReport) Reset() {
 	*x = ImageReport{}
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[8]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +1046,7 @@ func (x *ImageReport) String() string {
 func (*ImageReport) ProtoMessage() {}
 
 func (x *ImageReport) ProtoReflect() protoreflect.Message {
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[8]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +1059,7 @@ func (x *ImageReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageReport.ProtoReflect.Descriptor instead.
 func (*ImageReport) Descriptor() ([]byte, []int) {
-	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{8}
+	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ImageReport) GetImage() string {
@@ -932,6 +1174,20 @@ func (x *ImageReport) GetStatusSince() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ImageReport) GetDelegated() bool {
+	if x != nil {
+		return x.Delegated
+	}
+	return false
+}
+
+func (x *ImageReport) GetSharedFrom() string {
+	if x != nil {
+		return x.SharedFrom
+	}
+	return ""
+}
+
 type EndpointResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Base URL of the endpoint, e.g. https://mirror.example:5000/v2.
@@ -950,13 +1206,16 @@ type EndpointResult struct {
 	// The registry's ratelimit-remaining header, verbatim, when it sent one
 	// (Docker Hub: "100;w=21600").
 	RatelimitRemaining string `protobuf:"bytes,9,opt,name=ratelimit_remaining,json=ratelimitRemaining,proto3" json:"ratelimit_remaining,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// After a 429: how long the registry asked to wait (Retry-After), or the
+	// agent's default backoff when it sent none.
+	RetryAfter    *durationpb.Duration `protobuf:"bytes,40,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EndpointResult) Reset() {
 	*x = EndpointResult{}
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[9]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1227,7 @@ func (x *EndpointResult) String() string {
 func (*EndpointResult) ProtoMessage() {}
 
 func (x *EndpointResult) ProtoReflect() protoreflect.Message {
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[9]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1240,7 @@ func (x *EndpointResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointResult.ProtoReflect.Descriptor instead.
 func (*EndpointResult) Descriptor() ([]byte, []int) {
-	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{9}
+	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *EndpointResult) GetUrl() string {
@@ -1047,6 +1306,13 @@ func (x *EndpointResult) GetRatelimitRemaining() string {
 	return ""
 }
 
+func (x *EndpointResult) GetRetryAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RetryAfter
+	}
+	return nil
+}
+
 type ContainerRef struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Namespace   string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -1062,7 +1328,7 @@ type ContainerRef struct {
 
 func (x *ContainerRef) Reset() {
 	*x = ContainerRef{}
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[10]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1340,7 @@ func (x *ContainerRef) String() string {
 func (*ContainerRef) ProtoMessage() {}
 
 func (x *ContainerRef) ProtoReflect() protoreflect.Message {
-	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[10]
+	mi := &file_pullwatch_v1_pullwatch_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1353,7 @@ func (x *ContainerRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRef.ProtoReflect.Descriptor instead.
 func (*ContainerRef) Descriptor() ([]byte, []int) {
-	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{10}
+	return file_pullwatch_v1_pullwatch_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ContainerRef) GetNamespace() string {
@@ -1148,10 +1414,28 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\x04body\"9\n" +
 	"\x03Ack\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x16\n" +
-	"\x06resync\x18\x02 \x01(\bR\x06resync\"g\n" +
+	"\x06resync\x18\x02 \x01(\bR\x06resync\"\xb4\x01\n" +
 	"\tDirective\x12#\n" +
 	"\rsend_snapshot\x18\x01 \x01(\bR\fsendSnapshot\x125\n" +
-	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\"\xdd\x01\n" +
+	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12K\n" +
+	"\x11probe_assignments\x18( \x01(\v2\x1e.pullwatch.v1.ProbeAssignmentsR\x10probeAssignments\"\x85\x02\n" +
+	"\x10ProbeAssignments\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\tR\n" +
+	"generation\x124\n" +
+	"\tdelegated\x18\x02 \x03(\v2\x16.pullwatch.v1.ProbeKeyR\tdelegated\x122\n" +
+	"\bassigned\x18\x03 \x03(\v2\x16.pullwatch.v1.ProbeKeyR\bassigned\x126\n" +
+	"\abudgets\x18\x04 \x03(\v2\x1c.pullwatch.v1.RegistryBudgetR\abudgets\x12/\n" +
+	"\x05phase\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x05phase\"k\n" +
+	"\bProbeKey\x12\x14\n" +
+	"\x05image\x18\x01 \x01(\tR\x05image\x12+\n" +
+	"\x11credential_source\x18\x02 \x01(\tR\x10credentialSource\x12\x1c\n" +
+	"\tendpoints\x18\x03 \x03(\tR\tendpoints\"\x93\x01\n" +
+	"\x0eRegistryBudget\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x122\n" +
+	"\x15requests_per_interval\x18\x02 \x01(\x01R\x13requestsPerInterval\x129\n" +
+	"\n" +
+	"hold_until\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tholdUntil\"\xdd\x01\n" +
 	"\fNodeSnapshot\x12&\n" +
 	"\x04node\x18\x01 \x01(\v2\x12.pullwatch.v1.NodeR\x04node\x121\n" +
 	"\x06images\x18\x02 \x03(\v2\x19.pullwatch.v1.ImageReportR\x06images\x12;\n" +
@@ -1181,7 +1465,7 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1f\n" +
 	"\vapi_version\x18\x03 \x01(\tR\n" +
 	"apiVersion\x12\x1a\n" +
-	"\bendpoint\x18\x04 \x01(\tR\bendpoint\"\xf5\x04\n" +
+	"\bendpoint\x18\x04 \x01(\tR\bendpoint\"\xb4\x05\n" +
 	"\vImageReport\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x19\n" +
 	"\bimage_id\x18\x02 \x01(\tR\aimageId\x12!\n" +
@@ -1202,7 +1486,10 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\adrifted\x18\r \x01(\bR\adrifted\x12'\n" +
 	"\x0fregistry_digest\x18\x0e \x01(\tR\x0eregistryDigest\x12+\n" +
 	"\x11credential_source\x18\x0f \x01(\tR\x10credentialSource\x12=\n" +
-	"\fstatus_since\x18\x1e \x01(\v2\x1a.google.protobuf.TimestampR\vstatusSince\"\xf9\x02\n" +
+	"\fstatus_since\x18\x1e \x01(\v2\x1a.google.protobuf.TimestampR\vstatusSince\x12\x1c\n" +
+	"\tdelegated\x18( \x01(\bR\tdelegated\x12\x1f\n" +
+	"\vshared_from\x18) \x01(\tR\n" +
+	"sharedFrom\"\xb5\x03\n" +
 	"\x0eEndpointResult\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12.\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x1a.pullwatch.v1.EndpointRoleR\x04role\x121\n" +
@@ -1214,7 +1501,9 @@ const file_pullwatch_v1_pullwatch_proto_rawDesc = "" +
 	"\vhttp_status\x18\a \x01(\x05R\n" +
 	"httpStatus\x12\x18\n" +
 	"\askipped\x18\b \x01(\bR\askipped\x12/\n" +
-	"\x13ratelimit_remaining\x18\t \x01(\tR\x12ratelimitRemaining\"\xae\x01\n" +
+	"\x13ratelimit_remaining\x18\t \x01(\tR\x12ratelimitRemaining\x12:\n" +
+	"\vretry_after\x18( \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"retryAfter\"\xae\x01\n" +
 	"\fContainerRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x02 \x01(\tR\x03pod\x12\x17\n" +
@@ -1254,7 +1543,7 @@ func file_pullwatch_v1_pullwatch_proto_rawDescGZIP() []byte {
 }
 
 var file_pullwatch_v1_pullwatch_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_pullwatch_v1_pullwatch_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_pullwatch_v1_pullwatch_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_pullwatch_v1_pullwatch_proto_goTypes = []any{
 	(ImageStatus)(0),              // 0: pullwatch.v1.ImageStatus
 	(EndpointRole)(0),             // 1: pullwatch.v1.EndpointRole
@@ -1262,51 +1551,61 @@ var file_pullwatch_v1_pullwatch_proto_goTypes = []any{
 	(*AggregatorMessage)(nil),     // 3: pullwatch.v1.AggregatorMessage
 	(*Ack)(nil),                   // 4: pullwatch.v1.Ack
 	(*Directive)(nil),             // 5: pullwatch.v1.Directive
-	(*NodeSnapshot)(nil),          // 6: pullwatch.v1.NodeSnapshot
-	(*NodeUpdate)(nil),            // 7: pullwatch.v1.NodeUpdate
-	(*Node)(nil),                  // 8: pullwatch.v1.Node
-	(*Runtime)(nil),               // 9: pullwatch.v1.Runtime
-	(*ImageReport)(nil),           // 10: pullwatch.v1.ImageReport
-	(*EndpointResult)(nil),        // 11: pullwatch.v1.EndpointResult
-	(*ContainerRef)(nil),          // 12: pullwatch.v1.ContainerRef
-	nil,                           // 13: pullwatch.v1.Node.LabelsEntry
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*CredentialsRequest)(nil),    // 16: pullwatch.v1.CredentialsRequest
-	(*CredentialsResponse)(nil),   // 17: pullwatch.v1.CredentialsResponse
+	(*ProbeAssignments)(nil),      // 6: pullwatch.v1.ProbeAssignments
+	(*ProbeKey)(nil),              // 7: pullwatch.v1.ProbeKey
+	(*RegistryBudget)(nil),        // 8: pullwatch.v1.RegistryBudget
+	(*NodeSnapshot)(nil),          // 9: pullwatch.v1.NodeSnapshot
+	(*NodeUpdate)(nil),            // 10: pullwatch.v1.NodeUpdate
+	(*Node)(nil),                  // 11: pullwatch.v1.Node
+	(*Runtime)(nil),               // 12: pullwatch.v1.Runtime
+	(*ImageReport)(nil),           // 13: pullwatch.v1.ImageReport
+	(*EndpointResult)(nil),        // 14: pullwatch.v1.EndpointResult
+	(*ContainerRef)(nil),          // 15: pullwatch.v1.ContainerRef
+	nil,                           // 16: pullwatch.v1.Node.LabelsEntry
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*CredentialsRequest)(nil),    // 19: pullwatch.v1.CredentialsRequest
+	(*CredentialsResponse)(nil),   // 20: pullwatch.v1.CredentialsResponse
 }
 var file_pullwatch_v1_pullwatch_proto_depIdxs = []int32{
-	6,  // 0: pullwatch.v1.AgentMessage.snapshot:type_name -> pullwatch.v1.NodeSnapshot
-	7,  // 1: pullwatch.v1.AgentMessage.update:type_name -> pullwatch.v1.NodeUpdate
+	9,  // 0: pullwatch.v1.AgentMessage.snapshot:type_name -> pullwatch.v1.NodeSnapshot
+	10, // 1: pullwatch.v1.AgentMessage.update:type_name -> pullwatch.v1.NodeUpdate
 	4,  // 2: pullwatch.v1.AggregatorMessage.ack:type_name -> pullwatch.v1.Ack
 	5,  // 3: pullwatch.v1.AggregatorMessage.directive:type_name -> pullwatch.v1.Directive
-	14, // 4: pullwatch.v1.Directive.interval:type_name -> google.protobuf.Duration
-	8,  // 5: pullwatch.v1.NodeSnapshot.node:type_name -> pullwatch.v1.Node
-	10, // 6: pullwatch.v1.NodeSnapshot.images:type_name -> pullwatch.v1.ImageReport
-	15, // 7: pullwatch.v1.NodeSnapshot.observed_at:type_name -> google.protobuf.Timestamp
-	14, // 8: pullwatch.v1.NodeSnapshot.interval:type_name -> google.protobuf.Duration
-	10, // 9: pullwatch.v1.NodeUpdate.upserts:type_name -> pullwatch.v1.ImageReport
-	15, // 10: pullwatch.v1.NodeUpdate.observed_at:type_name -> google.protobuf.Timestamp
-	9,  // 11: pullwatch.v1.Node.runtime:type_name -> pullwatch.v1.Runtime
-	13, // 12: pullwatch.v1.Node.labels:type_name -> pullwatch.v1.Node.LabelsEntry
-	0,  // 13: pullwatch.v1.ImageReport.status:type_name -> pullwatch.v1.ImageStatus
-	11, // 14: pullwatch.v1.ImageReport.endpoints:type_name -> pullwatch.v1.EndpointResult
-	12, // 15: pullwatch.v1.ImageReport.containers:type_name -> pullwatch.v1.ContainerRef
-	15, // 16: pullwatch.v1.ImageReport.checked_at:type_name -> google.protobuf.Timestamp
-	15, // 17: pullwatch.v1.ImageReport.status_since:type_name -> google.protobuf.Timestamp
-	1,  // 18: pullwatch.v1.EndpointResult.role:type_name -> pullwatch.v1.EndpointRole
-	0,  // 19: pullwatch.v1.EndpointResult.status:type_name -> pullwatch.v1.ImageStatus
-	14, // 20: pullwatch.v1.EndpointResult.latency:type_name -> google.protobuf.Duration
-	15, // 21: pullwatch.v1.EndpointResult.checked_at:type_name -> google.protobuf.Timestamp
-	2,  // 22: pullwatch.v1.ReportService.Report:input_type -> pullwatch.v1.AgentMessage
-	16, // 23: pullwatch.v1.ReportService.Credentials:input_type -> pullwatch.v1.CredentialsRequest
-	3,  // 24: pullwatch.v1.ReportService.Report:output_type -> pullwatch.v1.AggregatorMessage
-	17, // 25: pullwatch.v1.ReportService.Credentials:output_type -> pullwatch.v1.CredentialsResponse
-	24, // [24:26] is the sub-list for method output_type
-	22, // [22:24] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	17, // 4: pullwatch.v1.Directive.interval:type_name -> google.protobuf.Duration
+	6,  // 5: pullwatch.v1.Directive.probe_assignments:type_name -> pullwatch.v1.ProbeAssignments
+	7,  // 6: pullwatch.v1.ProbeAssignments.delegated:type_name -> pullwatch.v1.ProbeKey
+	7,  // 7: pullwatch.v1.ProbeAssignments.assigned:type_name -> pullwatch.v1.ProbeKey
+	8,  // 8: pullwatch.v1.ProbeAssignments.budgets:type_name -> pullwatch.v1.RegistryBudget
+	17, // 9: pullwatch.v1.ProbeAssignments.phase:type_name -> google.protobuf.Duration
+	18, // 10: pullwatch.v1.RegistryBudget.hold_until:type_name -> google.protobuf.Timestamp
+	11, // 11: pullwatch.v1.NodeSnapshot.node:type_name -> pullwatch.v1.Node
+	13, // 12: pullwatch.v1.NodeSnapshot.images:type_name -> pullwatch.v1.ImageReport
+	18, // 13: pullwatch.v1.NodeSnapshot.observed_at:type_name -> google.protobuf.Timestamp
+	17, // 14: pullwatch.v1.NodeSnapshot.interval:type_name -> google.protobuf.Duration
+	13, // 15: pullwatch.v1.NodeUpdate.upserts:type_name -> pullwatch.v1.ImageReport
+	18, // 16: pullwatch.v1.NodeUpdate.observed_at:type_name -> google.protobuf.Timestamp
+	12, // 17: pullwatch.v1.Node.runtime:type_name -> pullwatch.v1.Runtime
+	16, // 18: pullwatch.v1.Node.labels:type_name -> pullwatch.v1.Node.LabelsEntry
+	0,  // 19: pullwatch.v1.ImageReport.status:type_name -> pullwatch.v1.ImageStatus
+	14, // 20: pullwatch.v1.ImageReport.endpoints:type_name -> pullwatch.v1.EndpointResult
+	15, // 21: pullwatch.v1.ImageReport.containers:type_name -> pullwatch.v1.ContainerRef
+	18, // 22: pullwatch.v1.ImageReport.checked_at:type_name -> google.protobuf.Timestamp
+	18, // 23: pullwatch.v1.ImageReport.status_since:type_name -> google.protobuf.Timestamp
+	1,  // 24: pullwatch.v1.EndpointResult.role:type_name -> pullwatch.v1.EndpointRole
+	0,  // 25: pullwatch.v1.EndpointResult.status:type_name -> pullwatch.v1.ImageStatus
+	17, // 26: pullwatch.v1.EndpointResult.latency:type_name -> google.protobuf.Duration
+	18, // 27: pullwatch.v1.EndpointResult.checked_at:type_name -> google.protobuf.Timestamp
+	17, // 28: pullwatch.v1.EndpointResult.retry_after:type_name -> google.protobuf.Duration
+	2,  // 29: pullwatch.v1.ReportService.Report:input_type -> pullwatch.v1.AgentMessage
+	19, // 30: pullwatch.v1.ReportService.Credentials:input_type -> pullwatch.v1.CredentialsRequest
+	3,  // 31: pullwatch.v1.ReportService.Report:output_type -> pullwatch.v1.AggregatorMessage
+	20, // 32: pullwatch.v1.ReportService.Credentials:output_type -> pullwatch.v1.CredentialsResponse
+	31, // [31:33] is the sub-list for method output_type
+	29, // [29:31] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_pullwatch_v1_pullwatch_proto_init() }
@@ -1329,7 +1628,7 @@ func file_pullwatch_v1_pullwatch_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pullwatch_v1_pullwatch_proto_rawDesc), len(file_pullwatch_v1_pullwatch_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,680 @@
+// Package shard spreads manifest checks over the cluster (issue 14): every
+// distinct (reference, credential source, endpoints) — a Key — is HEADed
+// by k of the nodes that have it each interval, chosen by rendezvous
+// hashing in different zones where there are any, and their result is
+// folded into every other node's view of that image. Each node still pings
+// every endpoint it uses, every interval: a node that cannot reach an
+// endpoint checks the image itself (and so reports its own unreachable),
+// and only a node that reached every endpoint leaves the HEAD to others.
+//
+// The plan is a pure function of the membership (which nodes have which
+// keys, their zones, which of them last failed to reach a key's
+// endpoints), the replica count and the budgets, so every aggregator
+// replica fed the same agent streams computes the same plan. The agent
+// side is agent/pkg/round (the plan it obeys) and the Directive's
+// ProbeAssignments.
+package shard
+
+import (
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+)
+
+// ZoneLabel is the node label whose value is the node's zone.
+const ZoneLabel = "topology.kubernetes.io/zone"
+
+// DefaultReplicas is --probe-replicas' default: two nodes HEAD each key.
+const DefaultReplicas = 2
+
+// DefaultBudgets are the cluster-wide budgets (manifest HEADs per
+// interval) that apply unless --registry-budget names the host: Docker Hub
+// counts HEADs against its abuse limits, so it gets a conservative one.
+func DefaultBudgets() map[string]float64 { return map[string]float64{"docker.io": 600} }
+
+// Key names one distinct manifest check.
+type Key string
+
+// KeyOf is the key of an image report: its reference, credential source
+// and endpoint URLs in the runtime's order (pb.ProbeKeyOf).
+func KeyOf(im *pb.ImageReport) Key { return Key(pb.ProbeKeyOf(im)) }
+
+func (k Key) proto() *pb.ProbeKey { return pb.ProbeKeyFromString(string(k)) }
+
+// Sink is where shared results are folded into the images the aggregator
+// already holds (state.Store.ReplaceImage).
+type Sink interface {
+	// ReplaceImage replaces node's report of ref with fn(old) when fn
+	// returns non-nil; it reports whether the node had ref.
+	ReplaceImage(node, ref string, fn func(old *pb.ImageReport) *pb.ImageReport) bool
+}
+
+// Options configure a Planner.
+type Options struct {
+	// Replicas is k, the number of nodes that HEAD each key (default
+	// DefaultReplicas).
+	Replicas int
+	// Budgets are cluster-wide manifest HEADs per interval per registry
+	// host (ImageReport.registry); hosts not named have none.
+	Budgets map[string]float64
+	// Interval is the agents' interval, for the round phase (default 1m).
+	Interval time.Duration
+	// Sink receives shared results for nodes already in the store.
+	Sink Sink
+	Now  func() time.Time
+	Log  *slog.Logger
+}
+
+type entry struct {
+	key       Key
+	host      string
+	delegated bool
+	// bad: the node checked the key itself and could not reach its
+	// endpoints; it is no candidate for the key until it can again.
+	bad bool
+}
+
+type member struct {
+	zone    string
+	streams int
+	images  map[string]entry // by reference
+	// ratelimit is Docker Hub's ratelimit-remaining per registry host, as
+	// the node's own last HEAD got it.
+	ratelimit map[string]string
+}
+
+type group struct {
+	key     Key
+	host    string
+	members map[string]*candidate
+	chosen  []string
+	// picked is how many of chosen were picked by rendezvous (the rest
+	// are members that cannot reach the key); fellBack is pick's.
+	picked   int
+	fellBack bool
+}
+
+// unmoved reports whether a reachable candidate c joining g leaves its
+// probers as they are, so rechoose can be skipped: the picks are full, c
+// scores below all of them, and c's zone cannot win it a place (it is
+// one the picks already have, or no pick had to fall back to a taken
+// zone). Then every step of pick over the larger set picks what it did.
+func (g *group) unmoved(c *candidate, k int) bool {
+	if c.bad || g.picked < k {
+		return false
+	}
+	zoneTaken := false
+	for _, n := range g.chosen[:g.picked] {
+		p := g.members[n]
+		if p == nil || c.score >= p.score {
+			return false
+		}
+		if c.zone != "" && p.zone == c.zone {
+			zoneTaken = true
+		}
+	}
+	return zoneTaken || (c.zone == "" && !g.fellBack)
+}
+
+// candidate is one member of a group as rechoose needs it, kept up to date
+// by Ingest so that rechoose looks nothing else up.
+type candidate struct {
+	score uint64 // rendezvous score for the key, computed once on joining
+	zone  string
+	bad   bool
+}
+
+type result struct {
+	node string
+	im   *pb.ImageReport
+	// endpoints is what every node the result is folded into shows: the
+	// prober's endpoint results without its ratelimit-remaining (that is
+	// its egress budget, not theirs). One slice shared by all of them
+	// (immutable, like everything in the store).
+	endpoints []*pb.EndpointResult
+}
+
+func newResult(node string, im *pb.ImageReport) result {
+	r := result{node: node, im: im, endpoints: im.GetEndpoints()}
+	cloned := false
+	for i, e := range im.GetEndpoints() {
+		if e.GetRatelimitRemaining() != "" {
+			if !cloned {
+				r.endpoints, cloned = slices.Clone(im.GetEndpoints()), true
+			}
+			c := proto.Clone(e).(*pb.EndpointResult)
+			c.RatelimitRemaining = ""
+			r.endpoints[i] = c
+		}
+	}
+	return r
+}
+
+// Planner computes the probe plan and shares results. Safe for concurrent
+// use.
+type Planner struct {
+	opts Options
+
+	mu         sync.Mutex
+	nodes      map[string]*member
+	groups     map[Key]*group
+	results    map[Key]result
+	holds      map[string]time.Time // registry host → no HEADs before
+	load       map[string]int       // registry host → HEADs per interval the plan asks for
+	factor     map[string]float64   // registry host → budget factor (1, 1/2, 1/4, ...)
+	watch      map[string]map[chan struct{}]struct{}
+	recomputes uint64
+}
+
+// New returns an empty Planner.
+func New(opts Options) *Planner {
+	if opts.Replicas <= 0 {
+		opts.Replicas = DefaultReplicas
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Planner{
+		opts:    opts,
+		nodes:   map[string]*member{},
+		groups:  map[Key]*group{},
+		results: map[Key]result{},
+		holds:   map[string]time.Time{},
+		load:    map[string]int{},
+		factor:  map[string]float64{},
+		watch:   map[string]map[chan struct{}]struct{}{},
+	}
+}
+
+// Watch returns a channel that receives a value whenever node's plan may
+// have changed (Directive then says what it is), and a function that
+// stops watching.
+func (p *Planner) Watch(node string) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.watch[node] == nil {
+		p.watch[node] = map[chan struct{}]struct{}{}
+	}
+	p.watch[node][ch] = struct{}{}
+	if m := p.nodes[node]; m != nil {
+		m.streams++
+	} else {
+		p.nodes[node] = &member{streams: 1, images: map[string]entry{}, ratelimit: map[string]string{}}
+	}
+	return ch, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		delete(p.watch[node], ch)
+		if len(p.watch[node]) == 0 {
+			delete(p.watch, node)
+		}
+		if m := p.nodes[node]; m != nil {
+			m.streams--
+			if m.streams <= 0 {
+				// The node's last stream ended: it checks nothing for
+				// others any more.
+				p.notify(p.removeLocked(node))
+			}
+		}
+	}
+}
+
+// Ingest takes a node's message before it is applied: for a snapshot
+// (images is then the whole node) or an update (upserts and removed
+// references). Delegated images in images are replaced by their shared
+// result (the slice is modified in place), apply is called (it applies
+// the message to the store) and the results the message brings are
+// folded into the other nodes holding the same keys. Everything runs under
+// the planner's lock, so a result folded in is never overwritten by an
+// older one.
+func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb.ImageReport, removed []string, apply func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.opts.Now()
+	m := p.nodes[node]
+	if m == nil {
+		// Ingest without Watch (a test, or a stream that has not started
+		// watching): the node is a member until Forget.
+		m = &member{images: map[string]entry{}, ratelimit: map[string]string{}}
+		p.nodes[node] = m
+	}
+	affected := map[string]bool{node: true}
+	touched := map[Key]bool{}
+	if info != nil {
+		if z := info.GetLabels()[ZoneLabel]; z != m.zone {
+			m.zone = z
+			for _, e := range m.images {
+				if g := p.groups[e.key]; g != nil && g.members[node] != nil {
+					g.members[node].zone = z
+				}
+				touched[e.key] = true
+			}
+		}
+	}
+	if snapshot {
+		keep := make(map[string]bool, len(images))
+		for _, im := range images {
+			keep[im.GetImage()] = true
+		}
+		for ref := range m.images {
+			if !keep[ref] {
+				removed = append(removed, ref)
+			}
+		}
+	}
+	for _, ref := range removed {
+		if e, ok := m.images[ref]; ok {
+			delete(m.images, ref)
+			p.leave(node, e.key, touched)
+		}
+	}
+	var fresh []Key // keys whose shared result changed
+	holdHosts := map[string]bool{}
+	for _, im := range images {
+		im.SharedFrom = "" // the aggregator's field, never the agent's
+		intern(im)
+		k := KeyOf(im)
+		if g := p.groups[k]; g != nil {
+			k = g.key // one copy of the key for all members
+		}
+		e := entry{key: k, host: im.GetRegistry(), delegated: im.GetDelegated(),
+			bad: !im.GetDelegated() && im.GetStatus() == pb.ImageStatus_IMAGE_STATUS_UNREACHABLE}
+		if old, ok := m.images[im.GetImage()]; ok {
+			if old.key != k {
+				p.leave(node, old.key, touched)
+			} else if old.bad != e.bad {
+				touched[k] = true
+			}
+		}
+		m.images[im.GetImage()] = e
+		g := p.groups[k]
+		if g == nil {
+			g = &group{key: k, host: e.host, members: map[string]*candidate{}}
+			p.groups[k] = g
+		}
+		if c, ok := g.members[node]; !ok {
+			c = &candidate{score: score(string(k), node), zone: m.zone, bad: e.bad}
+			if !g.unmoved(c, p.opts.Replicas) || len(g.members) == 1 {
+				touched[k] = true
+			}
+			g.members[node] = c
+		} else {
+			c.bad = e.bad
+		}
+		if !e.delegated {
+			for _, ep := range im.GetEndpoints() {
+				if r := ep.GetRatelimitRemaining(); r != "" {
+					m.ratelimit[e.host] = r
+				}
+				if ra := ep.GetRetryAfter(); ra != nil && ep.GetHttpStatus() == 429 {
+					until := now.Add(ra.AsDuration())
+					if until.After(p.holds[e.host]) {
+						p.holds[e.host] = until
+						holdHosts[e.host] = true
+					}
+				}
+			}
+		}
+		if e.delegated {
+			if r, ok := p.results[k]; ok && r.node != node {
+				foldInto(im, r) // not applied yet: ours to change
+			}
+			continue
+		}
+		if e.bad || im.GetStatus() == pb.ImageStatus_IMAGE_STATUS_UNKNOWN {
+			continue // node-specific, or no answer: nothing to share
+		}
+		if r, ok := p.results[k]; !ok || r.node == node || !sameResult(r.im, im) {
+			if !ok || !sameResult(r.im, im) {
+				fresh = append(fresh, k)
+			}
+			p.results[k] = newResult(node, im)
+		}
+	}
+	for k := range touched {
+		p.rechoose(k, affected)
+	}
+	for h := range holdHosts {
+		p.opts.Log.Info("registry rate-limited a node; holding its manifest checks cluster-wide", "registry", h, "until", p.holds[h].UTC().Format(time.RFC3339))
+		p.hostMembers(h, affected)
+	}
+	apply()
+	for _, k := range fresh {
+		p.share(k)
+	}
+	p.notify(affected)
+}
+
+// Forget drops a node (deleted from the cluster, or no stream left).
+func (p *Planner) Forget(node string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.notify(p.removeLocked(node))
+}
+
+func (p *Planner) removeLocked(node string) map[string]bool {
+	affected := map[string]bool{}
+	m := p.nodes[node]
+	if m == nil {
+		return affected
+	}
+	delete(p.nodes, node)
+	touched := map[Key]bool{}
+	for _, e := range m.images {
+		p.leave(node, e.key, touched)
+	}
+	for k := range touched {
+		p.rechoose(k, affected)
+	}
+	return affected
+}
+
+// leave takes node out of key's group.
+func (p *Planner) leave(node string, k Key, touched map[Key]bool) {
+	g := p.groups[k]
+	if g == nil {
+		return
+	}
+	delete(g.members, node)
+	// A member that was no prober leaving changes no pick.
+	if slices.Contains(g.chosen, node) || len(g.members) <= 1 {
+		touched[k] = true
+	}
+	if r, ok := p.results[k]; ok && r.node == node {
+		delete(p.results, k) // another prober's result replaces it soon
+	}
+}
+
+// rechoose recomputes key's probers and adds the nodes whose role changed
+// to affected. The probers are k of the members that can reach the key's
+// endpoints, plus every member that cannot (it checks the key itself
+// anyway, to report its own unreachable).
+func (p *Planner) rechoose(k Key, affected map[string]bool) {
+	p.recomputes++
+	g := p.groups[k]
+	if g == nil {
+		return
+	}
+	var next []string
+	if len(g.members) > 0 {
+		cands := make([]Scored, 0, len(g.members))
+		var bad []string
+		for n, c := range g.members {
+			if c.bad {
+				bad = append(bad, n)
+			} else {
+				cands = append(cands, Scored{Candidate{Node: n, Zone: c.zone}, c.score})
+			}
+		}
+		slices.Sort(bad)
+		next, g.fellBack = pick(cands, p.opts.Replicas)
+		g.picked = len(next)
+		next = append(next, bad...)
+	} else {
+		g.picked, g.fellBack = 0, false
+	}
+	old := g.chosen
+	g.chosen = next
+	for _, n := range old {
+		if !slices.Contains(next, n) {
+			affected[n] = true
+		}
+	}
+	for _, n := range next {
+		if !slices.Contains(old, n) {
+			affected[n] = true
+		}
+	}
+	if len(g.members) == 2 { // it may have had one: the other's plan lists it now
+		for n := range g.members {
+			affected[n] = true
+		}
+	}
+	p.setLoad(g.host, len(next)-len(old))
+	if len(g.members) == 0 {
+		delete(p.groups, k)
+		delete(p.results, k)
+	}
+}
+
+func imageOf(k Key) string {
+	s, _, _ := strings.Cut(string(k), "\x00")
+	return s
+}
+
+// setLoad moves host's planned HEADs per interval by d and, when the
+// budget factor changes, tells every node with keys on the host.
+func (p *Planner) setLoad(host string, d int) {
+	if d == 0 {
+		return
+	}
+	p.load[host] += d
+	budget, ok := p.opts.Budgets[host]
+	if !ok || budget <= 0 {
+		return
+	}
+	f := budgetFactor(float64(p.load[host]), budget)
+	if old, ok := p.factor[host]; !ok || old != f {
+		p.factor[host] = f
+		aff := map[string]bool{}
+		p.hostMembers(host, aff)
+		p.notify(aff)
+	}
+}
+
+// budgetFactor is the share of its planned HEADs a node may send: 1 while
+// the plan fits the budget, else the largest power of ½ that makes it fit.
+// Powers of ½ keep a node's share from changing with every node that
+// joins.
+func budgetFactor(load, budget float64) float64 {
+	f := 1.0
+	for load*f > budget && f > 1.0/1024 {
+		f /= 2
+	}
+	return f
+}
+
+// hostMembers adds every node with a key on host to affected.
+func (p *Planner) hostMembers(host string, affected map[string]bool) {
+	for n, m := range p.nodes {
+		for _, e := range m.images {
+			if e.host == host {
+				affected[n] = true
+				break
+			}
+		}
+	}
+}
+
+// share folds key's new result into every other member whose stored
+// report of it is delegated.
+func (p *Planner) share(k Key) {
+	g, r := p.groups[k], p.results[k]
+	if g == nil || p.opts.Sink == nil {
+		return
+	}
+	ref := imageOf(k)
+	for n := range g.members {
+		if n == r.node {
+			continue
+		}
+		if m := p.nodes[n]; m == nil || !m.images[ref].delegated {
+			continue
+		}
+		p.opts.Sink.ReplaceImage(n, ref, func(old *pb.ImageReport) *pb.ImageReport {
+			if !old.GetDelegated() || KeyOf(old) != k {
+				return nil
+			}
+			return fold(old, r)
+		})
+	}
+}
+
+func (p *Planner) notify(affected map[string]bool) {
+	for n := range affected {
+		for ch := range p.watch[n] {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// fold is a copy of own (a delegated image whose node reached every
+// endpoint, already in the store and so not to be changed) with the
+// shared result's answer.
+func fold(own *pb.ImageReport, r result) *pb.ImageReport {
+	out := proto.Clone(own).(*pb.ImageReport)
+	foldInto(out, r)
+	return out
+}
+
+// foldInto puts the shared result's answer into im. Strings, timestamps
+// and endpoint results are shared with the result, not copied.
+func foldInto(im *pb.ImageReport, r result) {
+	s := r.im
+	im.Status, im.Reason, im.Degraded = s.GetStatus(), s.GetReason(), s.GetDegraded()
+	im.CheckedAt = s.GetCheckedAt()
+	im.SharedFrom = r.node
+	im.Endpoints = r.endpoints
+	// The digest the registry serves, as the prober saw it: its drift
+	// target, or its own digest when it had not drifted.
+	serves := s.GetDigest()
+	if s.GetDrifted() {
+		serves = s.GetRegistryDigest()
+	}
+	im.Drifted, im.RegistryDigest = false, ""
+	if !strings.Contains(im.GetImage(), "@") && serves != "" && im.GetDigest() != "" && serves != im.GetDigest() &&
+		s.GetStatus() == pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+		im.Drifted, im.RegistryDigest = true, serves
+	}
+}
+
+// sameResult compares two checks of a key, ignoring times and latencies.
+func sameResult(a, b *pb.ImageReport) bool {
+	if a.GetStatus() != b.GetStatus() || a.GetReason() != b.GetReason() || a.GetDegraded() != b.GetDegraded() ||
+		a.GetDigest() != b.GetDigest() || a.GetDrifted() != b.GetDrifted() || a.GetRegistryDigest() != b.GetRegistryDigest() ||
+		len(a.GetEndpoints()) != len(b.GetEndpoints()) {
+		return false
+	}
+	for i, e := range a.GetEndpoints() {
+		f := b.GetEndpoints()[i]
+		if e.GetStatus() != f.GetStatus() || e.GetReason() != f.GetReason() || e.GetHttpStatus() != f.GetHttpStatus() {
+			return false
+		}
+	}
+	return true
+}
+
+// Directive is node's plan now, or nil when the planner knows nothing of
+// the node.
+func (p *Planner) Directive(node string) *pb.ProbeAssignments {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.nodes[node]
+	if m == nil {
+		return nil
+	}
+	now := p.opts.Now()
+	pa := &pb.ProbeAssignments{}
+	checks := map[string]int{}
+	refs := slices.Sorted(maps.Keys(m.images))
+	for _, ref := range refs {
+		e := m.images[ref]
+		g := p.groups[e.key]
+		if g == nil || len(g.members) <= 1 {
+			checks[e.host]++
+			continue
+		}
+		if slices.Contains(g.chosen, node) {
+			pa.Assigned = append(pa.Assigned, e.key.proto())
+			checks[e.host]++
+		} else {
+			pa.Delegated = append(pa.Delegated, e.key.proto())
+		}
+	}
+	hosts := slices.Sorted(maps.Keys(checks))
+	for _, h := range hosts {
+		b := &pb.RegistryBudget{Host: h}
+		if f, ok := p.factor[h]; ok && f < 1 {
+			b.RequestsPerInterval = math.Max(1, math.Floor(float64(checks[h])*f))
+		}
+		if until := p.holds[h]; until.After(now) {
+			b.HoldUntil = timestamppb.New(until)
+		}
+		if b.RequestsPerInterval > 0 || b.HoldUntil != nil {
+			pa.Budgets = append(pa.Budgets, b)
+		}
+	}
+	pa.Phase = durationpb.New(time.Duration(score("phase", node) % uint64(p.opts.Interval)))
+	h := fnv.New64a()
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(pa)
+	_, _ = h.Write(b)
+	pa.Generation = strconv.FormatUint(h.Sum64(), 16)
+	return pa
+}
+
+// Stats are the planner's numbers for metrics and the benchmark.
+type Stats struct {
+	Keys    int
+	Members int
+	// Load is HEADs per interval the plan asks for, per registry host.
+	Load map[string]int
+	// Factor is the budget factor per registry host with a budget.
+	Factor map[string]float64
+	// Holds is how long each held host stays held.
+	Holds map[string]time.Duration
+	// RateLimitRemaining is Docker Hub's ratelimit-remaining (the number
+	// before ';') per node and registry host, from the node's own HEADs.
+	RateLimitRemaining map[[2]string]float64
+	Recomputes         uint64
+}
+
+// Stats returns the planner's numbers now.
+func (p *Planner) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.opts.Now()
+	s := Stats{Keys: len(p.groups), Members: len(p.nodes), Load: maps.Clone(p.load), Factor: maps.Clone(p.factor),
+		Holds: map[string]time.Duration{}, RateLimitRemaining: map[[2]string]float64{}, Recomputes: p.recomputes}
+	for h, until := range p.holds {
+		if d := until.Sub(now); d > 0 {
+			s.Holds[h] = d
+		}
+	}
+	for n, m := range p.nodes {
+		for h, v := range m.ratelimit {
+			num, _, _ := strings.Cut(v, ";")
+			if f, err := strconv.ParseFloat(strings.TrimSpace(num), 64); err == nil {
+				s.RateLimitRemaining[[2]string{n, h}] = f
+			}
+		}
+	}
+	return s
+}
+
+// String describes the options, for the startup log.
+func (o Options) String() string {
+	return fmt.Sprintf("replicas=%d budgets=%v", o.Replicas, o.Budgets)
+}
