@@ -44,3 +44,16 @@ func TestRouteKlogErrKey(t *testing.T) {
 		t.Fatalf("klog line %q: want component=client-go and %s=boom", got, ErrKey)
 	}
 }
+
+func TestOnce(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	var o Once
+	for range 3 {
+		o.Log(context.Background(), log, "a", slog.LevelInfo, "refused", "reason", "a")
+	}
+	o.Log(context.Background(), log, "b", slog.LevelInfo, "refused", "reason", "b")
+	if n := strings.Count(buf.String(), "refused"); n != 2 {
+		t.Errorf("%d lines for two keys, want 2:\n%s", n, buf.String())
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
+	"github.com/pullwatch/pullwatch/pkg/logging"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -59,7 +60,7 @@ type PullSecrets struct {
 	mu       sync.Mutex
 	answers  map[string]cachedAnswer
 	swept    time.Time
-	reported map[string]bool
+	reported logging.Once
 }
 
 // cachedAnswer is one request's answer, or why there was none.
@@ -89,7 +90,6 @@ func NewPullSecrets(opts PullSecretsOptions) (*PullSecrets, error) {
 		log:      opts.Log,
 		now:      opts.Now,
 		answers:  map[string]cachedAnswer{},
-		reported: map[string]bool{},
 	}
 	if p.maxCache <= 0 {
 		p.maxCache = time.Minute
@@ -205,16 +205,5 @@ func (p *PullSecrets) sweepLocked(now time.Time) {
 }
 
 func (p *PullSecrets) logOnce(ctx context.Context, key string, level slog.Level, msg string, args ...any) {
-	p.mu.Lock()
-	seen := p.reported[key]
-	if !seen {
-		if len(p.reported) > 1024 {
-			clear(p.reported)
-		}
-		p.reported[key] = true
-	}
-	p.mu.Unlock()
-	if !seen {
-		p.log.Log(ctx, level, msg, args...)
-	}
+	p.reported.Log(ctx, p.log, key, level, msg, args...)
 }

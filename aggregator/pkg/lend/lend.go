@@ -124,7 +124,7 @@ type Lender struct {
 	mu       sync.Mutex
 	secrets  map[secretKey]cachedSecret
 	swept    time.Time
-	reported map[string]bool
+	reported logging.Once
 }
 
 type secretKey struct{ namespace, name string }
@@ -148,13 +148,12 @@ const transientTTL = 10 * time.Second
 // client (no Kubernetes API) lends nothing. Start runs its pod informer.
 func New(client kubernetes.Interface, opts Options) (*Lender, error) {
 	l := &Lender{
-		client:   client,
-		mode:     opts.Mode,
-		ttl:      opts.TTL,
-		log:      opts.Log,
-		now:      opts.Now,
-		secrets:  map[secretKey]cachedSecret{},
-		reported: map[string]bool{},
+		client:  client,
+		mode:    opts.Mode,
+		ttl:     opts.TTL,
+		log:     opts.Log,
+		now:     opts.Now,
+		secrets: map[secretKey]cachedSecret{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullwatch_credential_requests_total",
 			Help: "Credential lending requests from agents (ReportService.Credentials), by result: lent (at least one credential), empty (answered, nothing matched), refused.",
@@ -462,18 +461,7 @@ func (l *Lender) sweepLocked(now time.Time) {
 }
 
 func (l *Lender) logOnce(ctx context.Context, key string, level slog.Level, msg string, args ...any) {
-	l.mu.Lock()
-	seen := l.reported[key]
-	if !seen {
-		if len(l.reported) > 1024 {
-			clear(l.reported)
-		}
-		l.reported[key] = true
-	}
-	l.mu.Unlock()
-	if !seen {
-		l.log.Log(ctx, level, msg, args...)
-	}
+	l.reported.Log(ctx, l.log, key, level, msg, args...)
 }
 
 // Describe implements prometheus.Collector.
