@@ -265,7 +265,8 @@ func TestHostileRun(t *testing.T) {
 		Name: checkout.AgentBinary,
 		Path: filepath.Join(n.Bin, checkout.AgentBinary),
 		Args: []string{"run", "--aggregator", grpcAddr, "--cri-endpoint", n.Containerd.Endpoint(), "--containerd-config", n.Containerd.ConfigPath(),
-			"--node-name", "hostile-node", "--proxy-from", "none", "--probe-timeout", "2s", "--interval", "5s", "--events=false", "--http-listen", agentHTTP},
+			"--node-name", "hostile-node", "--proxy-from", "none", "--probe-timeout", "2s", "--interval", "5s", "--events=false", "--http-listen", agentHTTP,
+			"--insecure"}, // the lab aggregator runs without TLS (lab.StartAggregator)
 		LogFile: filepath.Join(t.TempDir(), "agent.log"),
 	})
 	if err != nil {

@@ -341,13 +341,14 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 	key := t.base.String()
 	// An endpoint whose breaker is open answers with its first failure,
 	// word for word (so the report of an image does not change from one
-	// round to the next with which image happened to be the canary); that
-	// it was not asked shows in its latency, about 0.
+	// round to the next with which image happened to be the canary), and
+	// with that failure's latency.
 	down := func() answer {
-		er.Status, er.Reason, er.HTTPStatus, _ = round.failed(key)
+		f, _ := round.failed(key)
+		er.Status, er.Reason, er.HTTPStatus, er.LatencySeconds = f.status, f.reason, f.code, f.latency
 		return er
 	}
-	if _, _, _, ok := round.failed(key); ok {
+	if _, ok := round.failed(key); ok {
 		return down()
 	}
 	canary, answered, tripped := round.canary(key)
@@ -379,7 +380,7 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 		}
 		defer releaseRound()
 	}
-	if _, _, _, ok := round.failed(key); ok {
+	if _, ok := round.failed(key); ok {
 		return down()
 	}
 
@@ -397,14 +398,14 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 		if ctx.Err() == nil {
 			// A failed ping is this endpoint's answer for the rest of the
 			// round: the next probe would ask again and wait again.
-			round.trip(key, er.Status, er.Reason, er.HTTPStatus)
+			round.trip(key, failure{er.Status, er.Reason, er.HTTPStatus, p.opts.Now().Sub(start).Seconds()})
 		}
 		return er
 	}
 	authz, withheld, err := p.authorize(pctx, ch, t, ref, ep, cred)
 	if err != nil {
 		fail(err)
-		p.tripOnTransport(ctx, round, key, er)
+		p.tripOnTransport(ctx, round, key, er, start)
 		return er
 	}
 
@@ -424,7 +425,7 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 	resp, err := t.client.Do(req)
 	if err != nil {
 		fail(err)
-		p.tripOnTransport(ctx, round, key, er)
+		p.tripOnTransport(ctx, round, key, er, start)
 		return er
 	}
 	resp.Body.Close()
@@ -487,9 +488,9 @@ func cutShort(ctx context.Context, err error) error {
 // tripOnTransport opens the endpoint's breaker when the probe got no HTTP
 // answer at all (timeout, connect, TLS, DNS): asking again this round
 // would only wait again.
-func (p *Prober) tripOnTransport(ctx context.Context, round *Round, key string, er answer) {
+func (p *Prober) tripOnTransport(ctx context.Context, round *Round, key string, er answer, start time.Time) {
 	if ctx.Err() == nil && er.Status == pb.ImageStatus_IMAGE_STATUS_UNREACHABLE && er.HTTPStatus == 0 {
-		round.trip(key, er.Status, er.Reason, er.HTTPStatus)
+		round.trip(key, failure{er.Status, er.Reason, er.HTTPStatus, p.opts.Now().Sub(start).Seconds()})
 	}
 }
 

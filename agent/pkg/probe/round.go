@@ -45,9 +45,18 @@ type breaker struct {
 	canaryTaken bool
 	answered    chan struct{}
 	isAnswered  bool
-	status      pb.ImageStatus
-	reason      string
-	code        int
+	first       failure
+}
+
+// failure is an endpoint's first failure in a round: what every later
+// probe of it in the round answers, latency included (the time the failed
+// attempt took, so that the answer reads as the endpoint's, not as "not
+// asked").
+type failure struct {
+	status  pb.ImageStatus
+	reason  string
+	code    int
+	latency float64
 }
 
 // NewRound returns a Round with concurrency probe slots (16 if <= 0).
@@ -70,19 +79,19 @@ func (r *Round) breaker(key string) *breaker {
 }
 
 // failed returns the endpoint's first failure in this round, if any.
-func (r *Round) failed(key string) (pb.ImageStatus, string, int, bool) {
+func (r *Round) failed(key string) (failure, bool) {
 	if r == nil {
-		return 0, "", 0, false
+		return failure{}, false
 	}
 	b := r.breaker(key)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return b.status, b.reason, b.code, b.tripped
+	return b.first, b.tripped
 }
 
 // trip records the endpoint's first failure in this round and wakes the
 // probes waiting for it.
-func (r *Round) trip(key string, status pb.ImageStatus, reason string, code int) {
+func (r *Round) trip(key string, f failure) {
 	if r == nil {
 		return
 	}
@@ -92,7 +101,7 @@ func (r *Round) trip(key string, status pb.ImageStatus, reason string, code int)
 	if b.tripped {
 		return
 	}
-	b.tripped, b.status, b.reason, b.code = true, status, reason, code
+	b.tripped, b.first = true, f
 	close(b.open)
 }
 
