@@ -55,6 +55,15 @@ func TestRiskProvenByTheKubelet(t *testing.T) {
 	for _, p := range pods {
 		waitPhase(ctx, t, c, p.Name, corev1.PodRunning)
 	}
+	// Healthy first: both images available from the node, nothing at risk.
+	for _, repo := range []string{"risk/always", "risk/cached"} {
+		// (deploy/ keeps per-node image series for failing images only:
+		// the cluster-wide count by status says it.)
+		waitQuery(ctx, t, fmt.Sprintf(`max(pullwatch_image_nodes{image=%q,status="available"})`, c.Registry.Ref(repo, "1")),
+			func(v float64) bool { return v >= 1 }, repo+" available")
+	}
+	waitEmpty(ctx, t, `pullwatch_container_at_risk{namespace="default",pod=~"always|cached"}`, "a risk pod at risk before the outage")
+	stopped := time.Now()
 
 	for _, r := range []*registry.Registry{c.Registry, c.Mirror} {
 		if err := r.Stop(); err != nil {
@@ -68,6 +77,7 @@ func TestRiskProvenByTheKubelet(t *testing.T) {
 		func(v float64) bool { return v == 1 }, "the Always pod at risk")
 	waitEmpty(ctx, t, `pullwatch_container_at_risk{namespace="default",pod="cached"}`, "the cached IfNotPresent pod at risk")
 	marked := time.Now()
+	t.Logf("the Always pod marked at risk %s after the registry and its mirror stopped", marked.Sub(stopped).Round(time.Second))
 
 	deleteAndWait(t, c, "default", "app=risk")
 	create()

@@ -172,9 +172,9 @@ func TestAgentMissingInstalled(t *testing.T) {
 	waitQuery(ctx, t, fmt.Sprintf(`max(pullwatch_node_stale{node=%q})`, n.Name()), func(v float64) bool { return v == 1 }, n.Name()+" stale")
 	t.Logf("%s stale %s after its agent died (the shipped --stale-after is 3m)", n.Name(), time.Since(gone).Round(time.Second))
 	waitAlerts(ctx, t, []string{"PullwatchAgentMissing"}, map[string]string{"alertname": "PullwatchAgentMissing", "node": n.Name()})
-	// Its last results are kept (and shown), but a stale node's failures
-	// page nobody: waitAlerts above found the agent-missing alert alone.
-	waitQuery(ctx, t, fmt.Sprintf(`count(pullwatch_node_image_status{node=%q})`, n.Name()), func(v float64) bool { return v > 0 }, n.Name()+"'s last results kept")
+	// Its last results are kept (e2e/cluster checks them), but a stale
+	// node's failures page nobody: waitAlerts above found the agent-missing
+	// alert alone.
 
 	if err := n.StartKubelet(ctx); err != nil {
 		t.Fatal(err)
