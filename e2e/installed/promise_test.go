@@ -160,26 +160,8 @@ func TestImageGoneBeforeRestartFails(t *testing.T) {
 	if err := cl.CoreV1().Pods(ns).Delete(ctx, pods.Items[0].Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var failed time.Time
-	var reason string
-	if err := proc.Poll(ctx, 3*time.Minute, time.Second, func() error {
-		pods, err := cl.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
-		if err != nil {
-			return err
-		}
-		for _, p := range pods.Items {
-			for _, s := range p.Status.ContainerStatuses {
-				if w := s.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
-					failed, reason = time.Now(), w.Reason+": "+w.Message
-					return nil
-				}
-			}
-		}
-		return fmt.Errorf("no replacement pod failing to pull yet")
-	}); err != nil {
-		out, _ := c.Kubectl(ctx, "-n", ns, "get", "events")
-		t.Fatalf("%v\n%s", err, out)
-	}
+	reason := waitPullFails(ctx, t, c, ns, "app=web")
+	failed := time.Now()
 	if !strings.Contains(reason, "not found") {
 		t.Errorf("kubelet's reason %q does not say the manifest is not found", reason)
 	}
@@ -257,23 +239,9 @@ func TestEgressCutBeforePullFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { deleteAndWait(t, c, "default", "app=api") })
-	var failed time.Time
-	if err := proc.Poll(ctx, 3*time.Minute, time.Second, func() error {
-		p, err := c.Client().CoreV1().Pods("default").Get(ctx, "api", metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		for _, s := range p.Status.ContainerStatuses {
-			if w := s.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
-				failed = time.Now()
-				t.Logf("kubelet on %s: %s: %s", node.Name(), w.Reason, w.Message)
-				return nil
-			}
-		}
-		return fmt.Errorf("pod api on %s: not failing to pull yet (%s)", node.Name(), p.Status.Phase)
-	}); err != nil {
-		t.Fatal(err)
-	}
+	reason := waitPullFails(ctx, t, c, "default", "app=api")
+	failed := time.Now()
+	t.Logf("kubelet on %s: %s", node.Name(), reason)
 	t.Logf("LEAD TIME: pullwatch said %s cannot reach the registry %s before the kubelet's pull failed there", node.Name(), failed.Sub(reported).Round(time.Second))
 }
 
@@ -300,4 +268,31 @@ func deleteAndWait(t *testing.T, c *kubecluster.Cluster, ns, selector string) {
 	}); err != nil {
 		t.Errorf("clean up: %v", err)
 	}
+}
+
+// waitPullFails waits until a pod in ns matching selector has a container
+// waiting in ErrImagePull or ImagePullBackOff, and returns the kubelet's
+// reason and message.
+func waitPullFails(ctx context.Context, t *testing.T, c *kubecluster.Cluster, ns, selector string) string {
+	t.Helper()
+	var reason string
+	if err := proc.Poll(ctx, 3*time.Minute, time.Second, func() error {
+		pods, err := c.Client().CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return err
+		}
+		for _, p := range pods.Items {
+			for _, s := range p.Status.ContainerStatuses {
+				if w := s.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
+					reason = w.Reason + ": " + w.Message
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no pod %s in %s failing to pull yet", selector, ns)
+	}); err != nil {
+		out, _ := c.Kubectl(ctx, "-n", ns, "get", "pods,events")
+		t.Fatalf("%v\n%s", err, out)
+	}
+	return reason
 }
