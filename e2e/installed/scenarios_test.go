@@ -3,6 +3,7 @@ package installed
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -308,7 +309,7 @@ func waitAlerts(ctx context.Context, t *testing.T, names []string, want map[stri
 		t.Fatalf("%v; alerts:\n%s", err, describeAlerts(last))
 	}
 	for _, x := range last {
-		if !contains(names, x.Labels["alertname"]) {
+		if !slices.Contains(names, x.Labels["alertname"]) {
 			t.Errorf("alert %v besides the expected %v", x.Labels, names)
 		}
 	}
@@ -322,15 +323,6 @@ func hasLabels(have, want map[string]string) bool {
 		}
 	}
 	return true
-}
-
-func contains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // waitEmpty waits until promql has no samples.
