@@ -115,7 +115,7 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 	}
 	log.Info("listening", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
-		"node_image_series", opts.NodeImageSeries, "compat_metrics", opts.CompatMetrics,
+		"node_image_series", opts.NodeImageSeries, "node_endpoint_series", opts.NodeEndpointSeries, "compat_metrics", opts.CompatMetrics,
 		"forget_after", opts.ForgetAfter.String(), "max_node_images", opts.MaxNodeImages, "max_node_endpoints", opts.MaxNodeEndpoints,
 		"auth", opts.Auth, "http_auth", opts.HTTPAuth, "tls", opts.TLSDir != "",
 		"probe_replicas", opts.ProbeReplicas, "registry_budget", opts.RegistryBudgets.String())
@@ -163,7 +163,12 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	if opts.ProbeReplicas > 0 {
 		planner = shard.New(shard.Options{Replicas: opts.ProbeReplicas, Budgets: opts.RegistryBudgets, Interval: opts.AgentInterval, Sink: store, Log: log})
 	}
-	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, CompatSchema: opts.CompatMetrics}
+	compat := options.ResolveCompat(opts.CompatMetrics, kube != nil)
+	if compat == metrics.CompatOff && opts.CompatMetrics == "" {
+		log.Info("k8s-image-availability-exporter compatibility metrics off: they need the Kubernetes API to name workloads (--compat-metrics=current has them per pod)")
+	}
+	opts.CompatMetrics = compat // what applies, for the startup log
+	collectorCfg := metrics.Config{NodeImageSeries: opts.NodeImageSeries, NodeEndpointSeries: opts.NodeEndpointSeries, CompatSchema: compat}
 	filter, err := imagefilter.New(opts.IgnoredImages, opts.AllowedImages, opts.NamespaceLabel)
 	if err != nil {
 		return nil, err
@@ -191,7 +196,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		bounds.Nodes = watcher // reports only for Nodes that exist
 		filter.SetNamespaces(watcher)
 		anOpts.Pods = watcher
-		if opts.CompatMetrics != metrics.CompatOff {
+		if compat != metrics.CompatOff {
 			collectorCfg.Owners = watcher
 		}
 		if opts.NodeCondition {
@@ -255,6 +260,9 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	s.grpc = ingest.NewGRPCServer(s.ingest, opts.MaxReportBytes, grpcOpts...)
 	var handler http.Handler = web.NewHandler(registry, &s.ready,
 		statusPage(an, store, log).WithNotices(s.offNotices...))
+	if opts.Pprof {
+		handler = web.WithProfiling(handler)
+	}
 	if opts.HTTPAuth == options.AuthKubernetes {
 		guard, err := authn.NewHTTP(client, log)
 		if err != nil {

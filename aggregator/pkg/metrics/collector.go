@@ -9,6 +9,8 @@ package metrics
 
 import (
 	"context"
+	"math"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -41,13 +43,20 @@ var (
 	endpointUpDesc = prometheus.NewDesc(
 		"pullwatch_node_endpoint_up",
 		"1 if the registry endpoint answered the node's agent (any HTTP response, whatever the status) for at least one image in its latest results, "+
-			"0 if it was tried and never answered (unreachable or unknown). Endpoints the runtime skips for every image have no series.",
+			"0 if it was tried and never answered (unreachable or unknown). Endpoints the runtime skips for every image have no series. "+
+			"With --node-endpoint-series=failing (the default), only the endpoints of registries that some endpoint of does not answer the node.",
 		[]string{"node", "registry", "endpoint", "role"}, nil)
 	endpointLatencyDesc = prometheus.NewDesc(
 		"pullwatch_node_endpoint_latency_seconds",
 		"Highest latency of the registry endpoint seen by the node's agent across the images in its latest results. "+
-			"No series when no result carries a latency.",
+			"No series when no result carries a latency. Same series selection as pullwatch_node_endpoint_up.",
 		[]string{"node", "registry", "endpoint", "role"}, nil)
+	endpointLatencyQuantileDesc = prometheus.NewDesc(
+		"pullwatch_endpoint_latency_seconds",
+		"Latency of the registry endpoint across the live nodes that tried it, as a summary over nodes: each node is one observation, its "+
+			"pullwatch_node_endpoint_latency_seconds; quantile 0.5, 0.9, 0.99 and 1 (the slowest node), _count the nodes, _sum their latencies. "+
+			"One per endpoint, whatever --node-endpoint-series says.",
+		[]string{"registry", "endpoint", "role"}, nil)
 	agentsConnectedDesc = prometheus.NewDesc(
 		"pullwatch_agents_connected",
 		"Number of nodes with a live agent report stream: nodes, not streams (a node's newer stream replaces its older one; a stream counts once it has sent its first snapshot).",
@@ -101,11 +110,26 @@ const (
 	NodeImageSeriesFailing = "failing"
 )
 
+// The values of Config.NodeEndpointSeries (and of --node-endpoint-series).
+const (
+	// NodeEndpointSeriesAll exports per-node endpoint series for every
+	// endpoint a node tried.
+	NodeEndpointSeriesAll = "all"
+	// NodeEndpointSeriesFailing exports them only for the registries
+	// some endpoint of which does not answer the node: every endpoint of
+	// such a registry, so that max by (node, registry) still tells a
+	// node that lost the registry from one that lost a mirror of it.
+	NodeEndpointSeriesFailing = "failing"
+)
+
 // Config selects what the Collector exports.
 type Config struct {
 	// NodeImageSeries is NodeImageSeriesAll (default) or
 	// NodeImageSeriesFailing.
 	NodeImageSeries string
+	// NodeEndpointSeries is NodeEndpointSeriesAll (default) or
+	// NodeEndpointSeriesFailing.
+	NodeEndpointSeries string
 	// Compat turns on the k8s_image_availability_exporter_* families:
 	// CompatCurrent, CompatLegacy, CompatBoth; "" or CompatOff: none.
 	CompatSchema string
@@ -139,7 +163,7 @@ func NewCollector(store *state.Store, analyzer Analyzer, cfg Config) *Collector 
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		imageStatusDesc, imageInUseDesc, nodeStaleDesc, lastReportDesc,
-		endpointUpDesc, endpointLatencyDesc, agentsConnectedDesc, agentStreamsDesc, nodesDesc,
+		endpointUpDesc, endpointLatencyDesc, endpointLatencyQuantileDesc, agentsConnectedDesc, agentStreamsDesc, nodesDesc,
 		imageNodesDesc, imageFailureDesc, registryFailureDesc, imageStatusSinceDesc,
 		containerAtRiskDesc, workloadRiskNodesDesc, containersSafeDesc,
 	} {
@@ -164,12 +188,15 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	r := c.analyzer.Analyze(context.Background())
 	onlyFailing := c.cfg.NodeImageSeries == NodeImageSeriesFailing
+	sel := endpointSelection{onlyFailing: c.cfg.NodeEndpointSeries == NodeEndpointSeriesFailing, down: map[string]bool{}}
 	states := map[diagnose.NodeState]int{}
 	for i := range r.Nodes {
 		n := &r.Nodes[i]
 		states[n.State()]++
-		collectNode(ch, n, r.NodeEndpoints[i], onlyFailing)
+		collectNode(ch, n, onlyFailing)
+		sel.collect(ch, n.Name, r.NodeEndpoints[i])
 	}
+	collectLatencies(ch, r)
 	for _, st := range diagnose.NodeStates() {
 		ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(states[st]), string(st))
 	}
@@ -217,7 +244,7 @@ func (cfg Config) compat() (current, legacy bool) {
 // statuses is the status vocabulary, listed once.
 var statuses = pullwatchv1.Statuses()
 
-func collectNode(ch chan<- prometheus.Metric, n *diagnose.Node, endpoints []diagnose.NodeEndpoint, onlyFailing bool) {
+func collectNode(ch chan<- prometheus.Metric, n *diagnose.Node, onlyFailing bool) {
 	ch <- prometheus.MustNewConstMetric(nodeStaleDesc, prometheus.GaugeValue, boolValue(n.Stale), n.Name)
 	ch <- prometheus.MustNewConstMetric(lastReportDesc, prometheus.GaugeValue, float64(n.LastReport.UnixNano())/1e9, n.Name)
 	for _, im := range n.Images {
@@ -234,11 +261,70 @@ func collectNode(ch chan<- prometheus.Metric, n *diagnose.Node, endpoints []diag
 				n.Name, im.GetImage(), im.GetStatus().Word())
 		}
 	}
-	for _, ep := range endpoints {
-		ch <- prometheus.MustNewConstMetric(endpointUpDesc, prometheus.GaugeValue, boolValue(ep.Up), n.Name, ep.Registry, ep.URL, ep.Role)
-		if ep.HasLatency {
-			ch <- prometheus.MustNewConstMetric(endpointLatencyDesc, prometheus.GaugeValue, ep.MaxLatency, n.Name, ep.Registry, ep.URL, ep.Role)
+}
+
+// endpointSelection emits a node's endpoint series, all of them or only
+// those of registries with an endpoint down (down is scratch space, one
+// map reused for every node).
+type endpointSelection struct {
+	onlyFailing bool
+	down        map[string]bool
+}
+
+func (sel endpointSelection) collect(ch chan<- prometheus.Metric, node string, endpoints []diagnose.NodeEndpoint) {
+	if sel.onlyFailing {
+		clear(sel.down)
+		for _, ep := range endpoints {
+			if !ep.Up {
+				sel.down[ep.Registry] = true
+			}
 		}
+		if len(sel.down) == 0 {
+			return
+		}
+	}
+	for _, ep := range endpoints {
+		if sel.onlyFailing && !sel.down[ep.Registry] {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(endpointUpDesc, prometheus.GaugeValue, boolValue(ep.Up), node, ep.Registry, ep.URL, ep.Role)
+		if ep.HasLatency {
+			ch <- prometheus.MustNewConstMetric(endpointLatencyDesc, prometheus.GaugeValue, ep.MaxLatency, node, ep.Registry, ep.URL, ep.Role)
+		}
+	}
+}
+
+// latencyQuantiles are the quantiles of pullwatch_endpoint_latency_seconds;
+// 1 is the slowest node.
+var latencyQuantiles = []float64{0.5, 0.9, 0.99, 1}
+
+// collectLatencies emits pullwatch_endpoint_latency_seconds: per endpoint,
+// quantiles of the live nodes' latencies to it (nearest rank), so that a
+// dashboard keeps a latency per endpoint when per-node series are only
+// for failing registries.
+func collectLatencies(ch chan<- prometheus.Metric, r *diagnose.Report) {
+	lat := map[diagnose.EndpointKey][]float64{}
+	for i := range r.Nodes {
+		if !r.Nodes[i].Live() {
+			continue
+		}
+		for _, ep := range r.NodeEndpoints[i] {
+			if ep.HasLatency {
+				lat[ep.EndpointKey] = append(lat[ep.EndpointKey], ep.MaxLatency)
+			}
+		}
+	}
+	for k, v := range lat {
+		slices.Sort(v)
+		qs := make(map[float64]float64, len(latencyQuantiles))
+		for _, q := range latencyQuantiles {
+			qs[q] = v[max(0, int(math.Ceil(q*float64(len(v))))-1)]
+		}
+		sum := 0.0
+		for _, x := range v {
+			sum += x
+		}
+		ch <- prometheus.MustNewConstSummary(endpointLatencyQuantileDesc, uint64(len(v)), sum, qs, k.Registry, k.URL, k.Role)
 	}
 }
 

@@ -101,6 +101,20 @@ pullwatch_agent_streams_open 2
 # HELP pullwatch_agents_connected Number of nodes with a live agent report stream: nodes, not streams (a node's newer stream replaces its older one; a stream counts once it has sent its first snapshot).
 # TYPE pullwatch_agents_connected gauge
 pullwatch_agents_connected 1
+# HELP pullwatch_endpoint_latency_seconds Latency of the registry endpoint across the live nodes that tried it, as a summary over nodes: each node is one observation, its pullwatch_node_endpoint_latency_seconds; quantile 0.5, 0.9, 0.99 and 1 (the slowest node), _count the nodes, _sum their latencies. One per endpoint, whatever --node-endpoint-series says.
+# TYPE pullwatch_endpoint_latency_seconds summary
+pullwatch_endpoint_latency_seconds{endpoint="https://mirror.example/v2",registry="docker.io",role="mirror",quantile="0.5"} 3
+pullwatch_endpoint_latency_seconds{endpoint="https://mirror.example/v2",registry="docker.io",role="mirror",quantile="0.9"} 3
+pullwatch_endpoint_latency_seconds{endpoint="https://mirror.example/v2",registry="docker.io",role="mirror",quantile="0.99"} 3
+pullwatch_endpoint_latency_seconds{endpoint="https://mirror.example/v2",registry="docker.io",role="mirror",quantile="1"} 3
+pullwatch_endpoint_latency_seconds_sum{endpoint="https://mirror.example/v2",registry="docker.io",role="mirror"} 3
+pullwatch_endpoint_latency_seconds_count{endpoint="https://mirror.example/v2",registry="docker.io",role="mirror"} 1
+pullwatch_endpoint_latency_seconds{endpoint="https://registry-1.docker.io/v2",registry="docker.io",role="upstream",quantile="0.5"} 0.25
+pullwatch_endpoint_latency_seconds{endpoint="https://registry-1.docker.io/v2",registry="docker.io",role="upstream",quantile="0.9"} 0.25
+pullwatch_endpoint_latency_seconds{endpoint="https://registry-1.docker.io/v2",registry="docker.io",role="upstream",quantile="0.99"} 0.25
+pullwatch_endpoint_latency_seconds{endpoint="https://registry-1.docker.io/v2",registry="docker.io",role="upstream",quantile="1"} 0.25
+pullwatch_endpoint_latency_seconds_sum{endpoint="https://registry-1.docker.io/v2",registry="docker.io",role="upstream"} 0.25
+pullwatch_endpoint_latency_seconds_count{endpoint="https://registry-1.docker.io/v2",registry="docker.io",role="upstream"} 1
 # HELP pullwatch_image_failure Where an image that is not available on some live node fails: scope node, zone, cluster or image (the registry answered: absent, unauthorized, forbidden, platform_missing, bad_image_format). Value: the number of live nodes where it is not available. One series per failing image; none for images available everywhere.
 # TYPE pullwatch_image_failure gauge
 pullwatch_image_failure{image="docker.io/library/b:1",registry="docker.io",scope="image"} 1
@@ -108,11 +122,11 @@ pullwatch_image_failure{image="docker.io/library/b:1",registry="docker.io",scope
 # TYPE pullwatch_image_nodes gauge
 pullwatch_image_nodes{image="docker.io/library/a:1",status="available"} 1
 pullwatch_image_nodes{image="docker.io/library/b:1",status="absent"} 1
-# HELP pullwatch_node_endpoint_latency_seconds Highest latency of the registry endpoint seen by the node's agent across the images in its latest results. No series when no result carries a latency.
+# HELP pullwatch_node_endpoint_latency_seconds Highest latency of the registry endpoint seen by the node's agent across the images in its latest results. No series when no result carries a latency. Same series selection as pullwatch_node_endpoint_up.
 # TYPE pullwatch_node_endpoint_latency_seconds gauge
 pullwatch_node_endpoint_latency_seconds{endpoint="https://mirror.example/v2",node="node-a",registry="docker.io",role="mirror"} 3
 pullwatch_node_endpoint_latency_seconds{endpoint="https://registry-1.docker.io/v2",node="node-a",registry="docker.io",role="upstream"} 0.25
-# HELP pullwatch_node_endpoint_up 1 if the registry endpoint answered the node's agent (any HTTP response, whatever the status) for at least one image in its latest results, 0 if it was tried and never answered (unreachable or unknown). Endpoints the runtime skips for every image have no series.
+# HELP pullwatch_node_endpoint_up 1 if the registry endpoint answered the node's agent (any HTTP response, whatever the status) for at least one image in its latest results, 0 if it was tried and never answered (unreachable or unknown). Endpoints the runtime skips for every image have no series. With --node-endpoint-series=failing (the default), only the endpoints of registries that some endpoint of does not answer the node.
 # TYPE pullwatch_node_endpoint_up gauge
 pullwatch_node_endpoint_up{endpoint="https://mirror.example/v2",node="node-a",registry="docker.io",role="mirror"} 0
 pullwatch_node_endpoint_up{endpoint="https://quay.io/v2",node="node-b",registry="quay.io",role="upstream"} 1
@@ -142,6 +156,30 @@ pullwatch_registry_failure{endpoint="https://mirror.example/v2",registry="docker
 `
 	if err := testutil.CollectAndCompare(newCollector(testStore()), strings.NewReader(want)); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestFailingEndpointSeries: with --node-endpoint-series=failing, node-a
+// (its docker.io mirror down) keeps both docker.io endpoints, so max by
+// (node, registry) is still 1, and node-b (quay.io answers) has none.
+func TestFailingEndpointSeries(t *testing.T) {
+	c := newCollector(testStore(), Config{NodeImageSeries: NodeImageSeriesAll, NodeEndpointSeries: NodeEndpointSeriesFailing})
+	want := `
+# HELP pullwatch_node_endpoint_up ` + helpOf(t, "pullwatch_node_endpoint_up") + `
+# TYPE pullwatch_node_endpoint_up gauge
+pullwatch_node_endpoint_up{endpoint="https://mirror.example/v2",node="node-a",registry="docker.io",role="mirror"} 0
+pullwatch_node_endpoint_up{endpoint="https://registry-1.docker.io/v2",node="node-a",registry="docker.io",role="upstream"} 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "pullwatch_node_endpoint_up"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(c, "pullwatch_node_endpoint_latency_seconds"); n != 2 {
+		t.Errorf("%d latency series, want node-a's 2", n)
+	}
+	// The summary over nodes stays: one per endpoint with a latency
+	// on a live node (node-b is stale).
+	if n := testutil.CollectAndCount(c, "pullwatch_endpoint_latency_seconds"); n != 2 {
+		t.Errorf("%d endpoint latency summaries, want 2", n)
 	}
 }
 

@@ -31,8 +31,12 @@ type Options struct {
 	// NodeImageSeries is metrics.NodeImageSeriesAll or
 	// metrics.NodeImageSeriesFailing.
 	NodeImageSeries string
+	// NodeEndpointSeries is metrics.NodeEndpointSeriesAll or
+	// metrics.NodeEndpointSeriesFailing.
+	NodeEndpointSeries string
 	// CompatMetrics is one of metrics.CompatSchemas: current, legacy,
-	// both or off.
+	// both or off; "" (not said) is current with the Kubernetes API and
+	// off without it (ResolveCompat).
 	CompatMetrics string
 	// Image filters (imagefilter.New): regular expressions, and a
 	// namespace label selector.
@@ -73,6 +77,8 @@ type Options struct {
 	// serves plaintext instead. One of them must be given.
 	TLSDir   string
 	Insecure bool
+	// Pprof serves Go's runtime profiles under /debug/pprof/.
+	Pprof bool
 }
 
 // compatValue is --compat-metrics: a schema word, or a boolean as the
@@ -158,8 +164,11 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
 		NodeImageSeries: metrics.NodeImageSeriesFailing,
-		CompatMetrics:   metrics.CompatCurrent,
-		LendCredentials: lend.ModeVerified,
+		// Per-node endpoint series for every endpoint are 2 × nodes ×
+		// endpoints: 200,000 at 5,000 nodes using 20 registries, a /metrics
+		// answer past 2 s (docs/benchmarks.md).
+		NodeEndpointSeries: metrics.NodeEndpointSeriesFailing,
+		LendCredentials:    lend.ModeVerified,
 
 		MaxNodeImages:        5000,
 		MaxNodeEndpoints:     256,
@@ -186,11 +195,17 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	s.Var(&envflag.Choice{Value: &o.NodeImageSeries, Choices: []string{metrics.NodeImageSeriesAll, metrics.NodeImageSeriesFailing}}, "node-image-series",
 		"Which images get per-node series (pullwatch_node_image_status, pullwatch_node_image_in_use): `failing` (only images not available on the node; the default, "+
 			"which holds at 5,000 nodes × 100 images), or all (about 100,000 more series per 1,000 nodes with 50 images; see docs/benchmarks.md for its cost at each size). Cluster-wide series are complete either way. See docs/metrics.md.")
+	s.Var(&envflag.Choice{Value: &o.NodeEndpointSeries, Choices: []string{metrics.NodeEndpointSeriesAll, metrics.NodeEndpointSeriesFailing}}, "node-endpoint-series",
+		"Which registry endpoints get per-node series (pullwatch_node_endpoint_up, pullwatch_node_endpoint_latency_seconds): `failing` (the default: every endpoint of a registry "+
+			"some endpoint of which does not answer the node, so max by (node, registry) still works), or all (2 series per node and endpoint: 200,000 at 5,000 nodes × 20 registries). "+
+			"pullwatch_endpoint_latency_seconds gives each endpoint's latency across nodes either way. See docs/metrics.md.")
 	s.Var(compatValue{&o.CompatMetrics}, "compat-metrics",
 		"Also export k8s-image-availability-exporter's families, so its dashboards and alerts keep working: `schema` current "+
 			"(k8s_image_availability_exporter_<mode>, labels namespace, container, image, kind, name), legacy (before its v0.7: "+
 			"k8s_image_availability_exporter_<kind>_<mode> with a label named after the kind, for deployment, statefulset, daemonset, cronjob), both, or off. "+
-			"true means current, false off. With the Kubernetes API, kind and name are the workload (Pod → ReplicaSet → Deployment, Job → CronJob); without it, the pod.")
+			"true means current, false off. With the Kubernetes API, kind and name are the workload (Pod → ReplicaSet → Deployment, Job → CronJob); without it, the pod. "+
+			"Default: current with the Kubernetes API, off without it (every pod would be a workload of its own: about 2 M series at 5,000 nodes × 100 images); "+
+			"say current to have them per pod anyway.")
 	s.Var(regexList{&o.IgnoredImages}, "ignored-images",
 		"Images not to watch: `regexps` separated by ~ (as k8s-image-availability-exporter's flag), matched against the normalized reference "+
 			"(docker.io/library/nginx:1.27). Applied to every metric, hence the alerts, and the status page.")
@@ -244,6 +259,10 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	s.BoolVar(&o.Insecure, "insecure", false,
 		"Serve --grpc-listen in plaintext, without TLS (a lab; agent tokens would then cross the network in the clear). Only when said.")
 
+	s.BoolVar(&o.Pprof, "pprof", false,
+		"Serve Go's runtime profiles (CPU, heap, goroutines) under /debug/pprof/ on --http-listen, behind --http-auth like /metrics: "+
+			"for measuring a large cluster (go tool pprof http://HOST:8080/debug/pprof/profile).")
+
 	if err := s.Parse(args, getenv, out); err != nil {
 		return nil, err
 	}
@@ -273,6 +292,20 @@ func (o *Options) CheckTransport() error {
 		return fmt.Errorf("--tls-dir %s and --insecure both set: choose one", o.TLSDir)
 	}
 	return nil
+}
+
+// ResolveCompat returns the --compat-metrics schema that applies: an
+// explicit value as given; not said, current with the Kubernetes API and
+// off without it, because without the API every pod is its own workload
+// and the families grow with the pods rather than the workloads.
+func ResolveCompat(schema string, haveAPI bool) string {
+	switch {
+	case schema != "":
+		return schema
+	case haveAPI:
+		return metrics.CompatCurrent
+	}
+	return metrics.CompatOff
 }
 
 // ResolveAuth returns mode (--auth or --http-auth, named flag) as it

@@ -28,8 +28,9 @@ func TestParse(t *testing.T) {
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
 		NodeImageSeries: "failing",
-		CompatMetrics:   "current",
 		LendCredentials: "verified",
+
+		NodeEndpointSeries: "failing",
 
 		ForgetAfter:          30 * time.Minute,
 		MaxNodeImages:        5000,
@@ -63,7 +64,7 @@ func TestParse(t *testing.T) {
 			ProbeReplicas: 3, RegistryBudgets: shard.Budgets{"ghcr.io": 100}, AgentInterval: 2 * time.Minute,
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
-			Kubeconfig: "/tmp/kc", NodeImageSeries: "all", CompatMetrics: "off", AgentServiceAccount: "pullwatch/pullwatch-agent", LendCredentials: "unverified-lab",
+			Kubeconfig: "/tmp/kc", NodeImageSeries: "all", NodeEndpointSeries: "failing", CompatMetrics: "off", AgentServiceAccount: "pullwatch/pullwatch-agent", LendCredentials: "unverified-lab",
 			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
 		}},
 		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s"}, nil,
@@ -94,7 +95,7 @@ func TestParse(t *testing.T) {
 				o.IgnoredImages, o.AllowedImages, o.NamespaceLabel = []string{`^quay\.io/`, ":latest$"}, []string{"example"}, "team=a"
 				return o
 			}()},
-		{"bare --compat-metrics is current", []string{"--compat-metrics"}, nil, defaults},
+		{"bare --compat-metrics is current", []string{"--compat-metrics"}, nil, with(func(o *Options) { o.CompatMetrics = "current" })},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -163,7 +164,7 @@ func TestHelp(t *testing.T) {
 		"env KUBECONFIG)",
 		"--stale-after duration",
 		"env PULLWATCH_NODE_IMAGE_SERIES, default failing",
-		"env PULLWATCH_COMPAT_METRICS, default current",
+		"env PULLWATCH_COMPAT_METRICS)",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, out.String())
@@ -205,6 +206,24 @@ func TestResolveAuth(t *testing.T) {
 		got, err := ResolveAuth("auth", tt.mode, tt.api)
 		if got != tt.want || (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
 			t.Errorf("ResolveAuth(%q, api %v) = %q, %v; want %q, %q", tt.mode, tt.api, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestResolveCompat(t *testing.T) {
+	for _, tt := range []struct {
+		schema string
+		api    bool
+		want   string
+	}{
+		{"", true, "current"},
+		{"", false, "off"},
+		{"current", false, "current"},
+		{"both", true, "both"},
+		{"off", true, "off"},
+	} {
+		if got := ResolveCompat(tt.schema, tt.api); got != tt.want {
+			t.Errorf("ResolveCompat(%q, %v) = %q, want %q", tt.schema, tt.api, got, tt.want)
 		}
 	}
 }

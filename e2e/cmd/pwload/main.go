@@ -96,7 +96,11 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 	args := []string{"--grpc-listen=" + grpcAddr, "--http-listen=" + httpAddr, "--log-level=warn", "--stale-after=10m",
-		"--auth=none", "--http-auth=none", "--insecure"}
+		"--auth=none", "--http-auth=none", "--insecure", "--pprof",
+		// A real agent has a connection of its own; the simulated ones
+		// share c.conns, so each carries nodes/conns streams (+1: the
+		// node that joins at the end).
+		fmt.Sprintf("--max-concurrent-streams=%d", c.nodes/c.conns+2)}
 	if c.extraArgs != "" {
 		args = append(args, strings.Fields(c.extraArgs)...)
 	}
