@@ -55,6 +55,7 @@ type config struct {
 	failing    float64
 	rounds     int
 	settle     time.Duration
+	heapFile   string
 }
 
 func main() {
@@ -70,6 +71,7 @@ func main() {
 	flag.Float64Var(&c.failing, "failing", 0.01, "share of distinct images absent from their registry")
 	flag.IntVar(&c.rounds, "rounds", 3, "full rounds to time after the first")
 	flag.DurationVar(&c.settle, "settle", 5*time.Second, "wait after connecting before measuring rounds")
+	flag.StringVar(&c.heapFile, "heap-profile", "", "write the aggregator's heap profile (after a GC) to this `file` once the rounds are ingested (go tool pprof)")
 	flag.Parse()
 	if err := run(context.Background(), c); err != nil {
 		fmt.Fprintln(os.Stderr, "pwload:", err)
@@ -185,6 +187,12 @@ func run(ctx context.Context, c config) error {
 		fmt.Printf("full round %d, %s: ingested in %v, aggregator CPU %v (RSS %s)\n", r+1, kind, time.Since(start).Round(time.Millisecond), cpu(pid)-cpu0, rss(pid))
 	}
 
+	if c.heapFile != "" {
+		if err := saveHeap(base, c.heapFile); err != nil {
+			return err
+		}
+		fmt.Printf("heap profile: %s (go tool pprof -sample_index=inuse_space %s %s)\n", c.heapFile, c.bin, c.heapFile)
+	}
 	for _, path := range []string{"/metrics", "/"} {
 		for range 2 {
 			cpu0 := cpu(pid)
@@ -467,6 +475,27 @@ func (w *world) requests(agents []*agent) (naive, sharded, pings, delegated, ass
 	return
 }
 
+// saveHeap writes the aggregator's heap profile (--pprof) to file.
+func saveHeap(base, file string) error {
+	resp, err := http.Get(base + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile: %s", resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("heap profile %s: %w", file, err)
+	}
+	return f.Close()
+}
+
 func waitReady(base string) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
@@ -496,6 +525,10 @@ func get(u string) (time.Duration, int64, error) {
 	return time.Since(start), n, err
 }
 
+// runtimeLines are the aggregator's own Go runtime series pwload prints:
+// where its resident memory goes.
+var runtimeLines = []string{"go_goroutines ", "go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes ", "go_memstats_sys_bytes ", "go_gc_gomemlimit_bytes "}
+
 func seriesCount(base string) (int, map[string]int) {
 	fams := map[string]int{}
 	resp, err := http.Get(base + "/metrics")
@@ -508,6 +541,16 @@ func seriesCount(base string) (int, map[string]int) {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		if l := sc.Text(); len(l) > 0 && l[0] != '#' {
+			for _, p := range runtimeLines {
+				if strings.HasPrefix(l, p) {
+					v, _ := strconv.ParseFloat(strings.TrimPrefix(l, p), 64)
+					if strings.HasSuffix(p, "bytes ") {
+						fmt.Printf("aggregator %s%.0f MiB\n", p, v/(1<<20))
+					} else {
+						fmt.Printf("aggregator %s%.0f\n", p, v)
+					}
+				}
+			}
 			n++
 			name, _, _ := strings.Cut(l, "{")
 			name, _, _ = strings.Cut(name, " ")
