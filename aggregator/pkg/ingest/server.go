@@ -279,6 +279,7 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 	if err != nil {
 		return nil, err
 	}
+	compactMessage(msg)
 	if seq := msg.GetSequence(); seq <= st.lastSeq {
 		return nil, fail(ReasonBadSequence, "sequence", "%d after %d; sequence numbers start at 1 and increase strictly on each stream", seq, st.lastSeq)
 	}

@@ -44,9 +44,11 @@ type attachment struct {
 }
 
 type node struct {
-	info       *pullwatchv1.Node
-	images     map[string]*pullwatchv1.ImageReport
-	sorted     []*pullwatchv1.ImageReport // images ordered by reference; replaced, never modified in place
+	info *pullwatchv1.Node
+	// sorted are the node's images ordered by reference; replaced, never
+	// modified in place. There is no map by reference beside it: lookups
+	// search it, and at 5,000 nodes × 100 images a map would hold 30 MB.
+	sorted     []*pullwatchv1.ImageReport
 	lastReport time.Time
 	observedAt time.Time
 	interval   time.Duration
@@ -85,14 +87,9 @@ func New(staleAfter time.Duration, opts ...Option) *Store {
 // ApplySnapshot replaces everything known about the snapshot's node. The
 // snapshot must already be validated (non-empty node name, unique images).
 func (s *Store) ApplySnapshot(snap *pullwatchv1.NodeSnapshot) {
-	images := make(map[string]*pullwatchv1.ImageReport, len(snap.GetImages()))
-	for _, im := range snap.GetImages() {
-		images[im.GetImage()] = im
-	}
 	n := &node{
 		info:       snap.GetNode(),
-		images:     images,
-		sorted:     sortedImages(images),
+		sorted:     sortedImages(snap.GetImages()),
 		observedAt: timeOf(snap.GetObservedAt()),
 		interval:   snap.GetInterval().AsDuration(),
 	}
@@ -156,21 +153,7 @@ func (s *Store) ApplyUpdateWithin(u *pullwatchv1.NodeUpdate, lim Limits) (known 
 		return false, nil
 	}
 	if lim != (Limits{}) {
-		after := make(map[string]*pullwatchv1.ImageReport, len(n.images)+len(u.GetUpserts()))
-		for k, v := range n.images {
-			after[k] = v
-		}
-		for _, im := range u.GetUpserts() {
-			after[im.GetImage()] = im
-		}
-		for _, ref := range u.GetRemovedImages() {
-			delete(after, ref)
-		}
-		list := make([]*pullwatchv1.ImageReport, 0, len(after))
-		for _, im := range after {
-			list = append(list, im)
-		}
-		if err := lim.Check(u.GetNodeName(), list); err != nil {
+		if err := lim.Check(u.GetNodeName(), updated(n.sorted, u)); err != nil {
 			return true, err
 		}
 	}
@@ -194,15 +177,9 @@ func (s *Store) ApplyUpdate(u *pullwatchv1.NodeUpdate) bool {
 
 // applyUpdate applies u to n; s.mu is held.
 func (s *Store) applyUpdate(n *node, u *pullwatchv1.NodeUpdate) {
-	for _, im := range u.GetUpserts() {
-		n.images[im.GetImage()] = im
-	}
-	for _, ref := range u.GetRemovedImages() {
-		delete(n.images, ref)
-	}
 	// A fresh slice rather than an in-place edit: NodeViews handed out
 	// earlier may still be iterating the old one without the lock.
-	n.sorted = sortedImages(n.images)
+	n.sorted = updated(n.sorted, u)
 	n.lastReport = s.now()
 	if u.GetObservedAt() != nil {
 		n.observedAt = u.GetObservedAt().AsTime()
@@ -223,23 +200,19 @@ func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageRep
 	if !ok {
 		return false
 	}
-	old, ok := n.images[ref]
-	if !ok {
+	i, found := slices.BinarySearchFunc(n.sorted, ref, func(a *pullwatchv1.ImageReport, r string) int { return strings.Compare(a.GetImage(), r) })
+	if !found {
 		return false
 	}
-	im := fn(old)
+	im := fn(n.sorted[i])
 	if im == nil {
 		return true
 	}
-	n.images[ref] = im
 	// A copy, not an in-place edit: NodeViews handed out earlier may still
 	// be iterating the old slice.
-	i, found := slices.BinarySearchFunc(n.sorted, ref, func(a *pullwatchv1.ImageReport, r string) int { return strings.Compare(a.GetImage(), r) })
-	if found {
-		sorted := slices.Clone(n.sorted)
-		sorted[i] = im
-		n.sorted = sorted
-	}
+	sorted := slices.Clone(n.sorted)
+	sorted[i] = im
+	n.sorted = sorted
 	s.version++ // what Nodes returns changed: the analyzer diagnoses again
 	return true
 }
@@ -318,13 +291,52 @@ func timeOf(ts *timestamppb.Timestamp) time.Time {
 	return ts.AsTime()
 }
 
-func sortedImages(images map[string]*pullwatchv1.ImageReport) []*pullwatchv1.ImageReport {
-	out := make([]*pullwatchv1.ImageReport, 0, len(images))
-	for _, im := range images {
-		out = append(out, im)
+// sortedImages returns a copy of images ordered by reference; of images
+// with the same reference, the last one given is kept.
+func sortedImages(images []*pullwatchv1.ImageReport) []*pullwatchv1.ImageReport {
+	out := slices.Clone(images)
+	slices.SortStableFunc(out, byImage)
+	// Keep the last of equal references: reverse runs are rare (only a
+	// report validation let through), so compact from the end.
+	slices.Reverse(out)
+	out = slices.CompactFunc(out, func(a, b *pullwatchv1.ImageReport) bool { return a.GetImage() == b.GetImage() })
+	slices.Reverse(out)
+	return slices.Clip(out)
+}
+
+func byImage(a, b *pullwatchv1.ImageReport) int { return strings.Compare(a.GetImage(), b.GetImage()) }
+
+// updated returns a new sorted list: sorted (ordered by reference) with
+// u's upserts put in and its removed references taken out.
+func updated(sorted []*pullwatchv1.ImageReport, u *pullwatchv1.NodeUpdate) []*pullwatchv1.ImageReport {
+	if len(u.GetUpserts())+len(u.GetRemovedImages()) == 0 {
+		return sorted
 	}
-	slices.SortFunc(out, func(a, b *pullwatchv1.ImageReport) int { return strings.Compare(a.GetImage(), b.GetImage()) })
-	return out
+	removed := make(map[string]bool, len(u.GetRemovedImages())+len(u.GetUpserts()))
+	for _, ref := range u.GetRemovedImages() {
+		removed[ref] = true
+	}
+	for _, im := range u.GetUpserts() {
+		removed[im.GetImage()] = true // replaced by the upsert
+	}
+	out := make([]*pullwatchv1.ImageReport, 0, len(sorted)+len(u.GetUpserts()))
+	for _, im := range sorted {
+		if !removed[im.GetImage()] {
+			out = append(out, im)
+		}
+	}
+	// An upsert listed and also removed in one update is removed, as
+	// the map version applied upserts first, then removals.
+	gone := make(map[string]bool, len(u.GetRemovedImages()))
+	for _, ref := range u.GetRemovedImages() {
+		gone[ref] = true
+	}
+	for _, im := range u.GetUpserts() {
+		if !gone[im.GetImage()] {
+			out = append(out, im)
+		}
+	}
+	return sortedImages(out)
 }
 
 // StreamOpened and StreamClosed count open agent streams, whether or not

@@ -56,6 +56,7 @@ type config struct {
 	rounds     int
 	settle     time.Duration
 	heapFile   string
+	cpuFile    string
 }
 
 func main() {
@@ -72,6 +73,7 @@ func main() {
 	flag.IntVar(&c.rounds, "rounds", 3, "full rounds to time after the first")
 	flag.DurationVar(&c.settle, "settle", 5*time.Second, "wait after connecting before measuring rounds")
 	flag.StringVar(&c.heapFile, "heap-profile", "", "write the aggregator's heap profile (after a GC) to this `file` once the rounds are ingested (go tool pprof)")
+	flag.StringVar(&c.cpuFile, "cpu-profile", "", "write the aggregator's CPU profile of the first full round (10 s from its start) to this `file`")
 	flag.Parse()
 	if err := run(context.Background(), c); err != nil {
 		fmt.Fprintln(os.Stderr, "pwload:", err)
@@ -169,6 +171,11 @@ func run(ctx context.Context, c config) error {
 
 	// Full rounds: every agent sends a snapshot (its delegated images
 	// marked), then rounds of updates.
+	var profiled chan error
+	if c.cpuFile != "" {
+		profiled = make(chan error, 1)
+		go func() { profiled <- saveProfile(base+"/debug/pprof/profile?seconds=10", c.cpuFile) }()
+	}
 	for r := range c.rounds {
 		snapshot := r == 0
 		start, cpu0 := time.Now(), cpu(pid)
@@ -187,8 +194,14 @@ func run(ctx context.Context, c config) error {
 		fmt.Printf("full round %d, %s: ingested in %v, aggregator CPU %v (RSS %s)\n", r+1, kind, time.Since(start).Round(time.Millisecond), cpu(pid)-cpu0, rss(pid))
 	}
 
+	if profiled != nil {
+		if err := <-profiled; err != nil {
+			return err
+		}
+		fmt.Printf("CPU profile of the first round: %s\n", c.cpuFile)
+	}
 	if c.heapFile != "" {
-		if err := saveHeap(base, c.heapFile); err != nil {
+		if err := saveProfile(base+"/debug/pprof/heap?gc=1", c.heapFile); err != nil {
 			return err
 		}
 		fmt.Printf("heap profile: %s (go tool pprof -sample_index=inuse_space %s %s)\n", c.heapFile, c.bin, c.heapFile)
@@ -475,15 +488,15 @@ func (w *world) requests(agents []*agent) (naive, sharded, pings, delegated, ass
 	return
 }
 
-// saveHeap writes the aggregator's heap profile (--pprof) to file.
-func saveHeap(base, file string) error {
-	resp, err := http.Get(base + "/debug/pprof/heap?gc=1")
+// saveProfile writes one of the aggregator's profiles (--pprof) to file.
+func saveProfile(url, file string) error {
+	resp, err := http.Get(url)
 	if err != nil {
-		return fmt.Errorf("heap profile: %w", err)
+		return fmt.Errorf("profile: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("heap profile: %s", resp.Status)
+		return fmt.Errorf("profile %s: %s", url, resp.Status)
 	}
 	f, err := os.Create(file)
 	if err != nil {
@@ -491,7 +504,7 @@ func saveHeap(base, file string) error {
 	}
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		f.Close()
-		return fmt.Errorf("heap profile %s: %w", file, err)
+		return fmt.Errorf("profile %s: %w", file, err)
 	}
 	return f.Close()
 }
