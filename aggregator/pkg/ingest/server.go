@@ -50,7 +50,9 @@ type Observer interface {
 type Sharder interface {
 	Watch(node string) (<-chan struct{}, func())
 	Ingest(node string, info *pullwatchv1.Node, snapshot bool, images []*pullwatchv1.ImageReport, removed []string, apply func())
-	Directive(node string) *pullwatchv1.ProbeAssignments
+	// DirectiveSince is the node's plan, or nil when it knows nothing of
+	// the node or the plan's generation is still since.
+	DirectiveSince(node, since string) *pullwatchv1.ProbeAssignments
 }
 
 // Server implements pullwatchv1.ReportServiceServer.
@@ -212,8 +214,8 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 				return fmt.Errorf("send ack %d: %w", ack.GetSequence(), err)
 			}
 		case <-st.plan:
-			pa := s.sharder.Directive(st.node)
-			if pa == nil || pa.GetGeneration() == st.sent {
+			pa := s.sharder.DirectiveSince(st.node, st.sent)
+			if pa == nil {
 				continue
 			}
 			d := &pullwatchv1.Directive{ProbeAssignments: pa}

@@ -2,6 +2,7 @@ package shard
 
 import (
 	"hash/fnv"
+	"slices"
 )
 
 // Candidate is a node that could check a key: its name and zone ("" when
@@ -68,27 +69,29 @@ func pick(all []Scored, k int) (out []string, fellBack bool) {
 	}
 	k = min(k, len(all))
 	out = make([]string, 0, k)
-	taken := make([]bool, len(all))
-	zones := make(map[string]bool, k)
+	// k is small: the indexes taken and the zones chosen are short lists,
+	// not a slice as long as all and a map.
+	taken := make([]int, 0, k)
+	zones := make([]string, 0, k)
 	for len(out) < k {
 		best, bestAny := -1, -1
 		for i, c := range all {
-			if taken[i] {
+			if slices.Contains(taken, i) {
 				continue
 			}
 			if bestAny < 0 || better(c, all[bestAny]) {
 				bestAny = i
 			}
-			if (c.Zone == "" || !zones[c.Zone]) && (best < 0 || better(c, all[best])) {
+			if (c.Zone == "" || !slices.Contains(zones, c.Zone)) && (best < 0 || better(c, all[best])) {
 				best = i
 			}
 		}
 		if best < 0 {
 			best, fellBack = bestAny, true
 		}
-		taken[best] = true
+		taken = append(taken, best)
 		if z := all[best].Zone; z != "" {
-			zones[z] = true
+			zones = append(zones, z)
 		}
 		out = append(out, all[best].Node)
 	}

@@ -97,9 +97,12 @@ type member struct {
 }
 
 type group struct {
-	key     Key
-	host    string
-	members map[string]*candidate
+	key  Key
+	host string
+	// members by node name: values, not pointers, so that 500,000
+	// memberships (5,000 nodes × 100 images) are not 500,000 objects for
+	// the garbage collector to trace.
+	members map[string]candidate
 	chosen  []string
 	// picked is how many of chosen were picked by rendezvous (the rest
 	// are members that cannot reach the key); fellBack is pick's.
@@ -112,14 +115,14 @@ type group struct {
 // scores below all of them, and c's zone cannot win it a place (it is
 // one the picks already have, or no pick had to fall back to a taken
 // zone). Then every step of pick over the larger set picks what it did.
-func (g *group) unmoved(c *candidate, k int) bool {
+func (g *group) unmoved(c candidate, k int) bool {
 	if c.bad || g.picked < k {
 		return false
 	}
 	zoneTaken := false
 	for _, n := range g.chosen[:g.picked] {
-		p := g.members[n]
-		if p == nil || c.score >= p.score {
+		p, ok := g.members[n]
+		if !ok || c.score >= p.score {
 			return false
 		}
 		if c.zone != "" && p.zone == c.zone {
@@ -177,6 +180,8 @@ type Planner struct {
 	factor     map[string]float64   // registry host → budget factor (1, 1/2, 1/4, ...)
 	watch      map[string]map[chan struct{}]struct{}
 	recomputes uint64
+	// scratch is rechoose's candidate list, kept between calls.
+	scratch []Scored
 }
 
 // New returns an empty Planner.
@@ -264,8 +269,11 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 		if z := info.GetLabels()[ZoneLabel]; z != m.zone {
 			m.zone = z
 			for _, e := range m.images {
-				if g := p.groups[e.key]; g != nil && g.members[node] != nil {
-					g.members[node].zone = z
+				if g := p.groups[e.key]; g != nil {
+					if c, ok := g.members[node]; ok {
+						c.zone = z
+						g.members[node] = c
+					}
 				}
 				touched[e.key] = true
 			}
@@ -309,17 +317,18 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 		m.images[im.GetImage()] = e
 		g := p.groups[k]
 		if g == nil {
-			g = &group{key: k, host: e.host, members: map[string]*candidate{}}
+			g = &group{key: k, host: e.host, members: map[string]candidate{}}
 			p.groups[k] = g
 		}
 		if c, ok := g.members[node]; !ok {
-			c = &candidate{score: score(string(k), node), zone: m.zone, bad: e.bad}
+			c = candidate{score: score(string(k), node), zone: m.zone, bad: e.bad}
 			if !g.unmoved(c, p.opts.Replicas) || len(g.members) == 1 {
 				touched[k] = true
 			}
 			g.members[node] = c
-		} else {
+		} else if c.bad != e.bad {
 			c.bad = e.bad
+			g.members[node] = c
 		}
 		if !e.delegated {
 			for _, ep := range im.GetEndpoints() {
@@ -417,7 +426,7 @@ func (p *Planner) rechoose(k Key, affected map[string]bool) {
 	}
 	var next []string
 	if len(g.members) > 0 {
-		cands := make([]Scored, 0, len(g.members))
+		cands := p.scratch[:0] // reused: rechoose runs for every key a node joins
 		var bad []string
 		for n, c := range g.members {
 			if c.bad {
@@ -428,6 +437,7 @@ func (p *Planner) rechoose(k Key, affected map[string]bool) {
 		}
 		slices.Sort(bad)
 		next, g.fellBack = pick(cands, p.opts.Replicas)
+		p.scratch = cands[:0]
 		g.picked = len(next)
 		next = append(next, bad...)
 	} else {
@@ -590,6 +600,16 @@ func sameResult(a, b *pb.ImageReport) bool {
 // Directive is node's plan now, or nil when the planner knows nothing of
 // the node.
 func (p *Planner) Directive(node string) *pb.ProbeAssignments {
+	return p.DirectiveSince(node, "")
+}
+
+// DirectiveSince is Directive, except that it returns nil also when the
+// plan's generation is still since (the one last sent): the plan is
+// hashed first and built only when it changed. Nodes are told their plan
+// may have changed far more often than it does (every member of a key
+// whose probers were chosen again), and building 100 keys' messages for
+// each telling is most of what a round of 5,000 nodes allocates.
+func (p *Planner) DirectiveSince(node, since string) *pb.ProbeAssignments {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	m := p.nodes[node]
@@ -597,42 +617,68 @@ func (p *Planner) Directive(node string) *pb.ProbeAssignments {
 		return nil
 	}
 	now := p.opts.Now()
-	pa := &pb.ProbeAssignments{}
-	checks := map[string]int{}
 	refs := slices.Sorted(maps.Keys(m.images))
-	for _, ref := range refs {
+	// role[i]: 0 checks itself (a key no other node has), 1 assigned, 2
+	// delegated.
+	role := make([]byte, len(refs))
+	checks := map[string]int{}
+	h := fnv.New64a()
+	for i, ref := range refs {
 		e := m.images[ref]
 		g := p.groups[e.key]
-		if g == nil || len(g.members) <= 1 {
+		switch {
+		case g == nil || len(g.members) <= 1:
 			checks[e.host]++
 			continue
-		}
-		if slices.Contains(g.chosen, node) {
-			pa.Assigned = append(pa.Assigned, e.key.proto())
+		case slices.Contains(g.chosen, node):
+			role[i] = 1
 			checks[e.host]++
-		} else {
-			pa.Delegated = append(pa.Delegated, e.key.proto())
+		default:
+			role[i] = 2
 		}
+		_, _ = h.Write([]byte{role[i]})
+		_, _ = h.Write([]byte(e.key))
+		_, _ = h.Write([]byte{0})
 	}
 	hosts := slices.Sorted(maps.Keys(checks))
-	for _, h := range hosts {
-		b := &pb.RegistryBudget{Host: h}
-		if f, ok := p.factor[h]; ok && f < 1 {
-			b.RequestsPerInterval = math.Max(1, math.Floor(float64(checks[h])*f))
+	var budgets []*pb.RegistryBudget
+	for _, host := range hosts {
+		b := &pb.RegistryBudget{Host: host}
+		if f, ok := p.factor[host]; ok && f < 1 {
+			b.RequestsPerInterval = math.Max(1, math.Floor(float64(checks[host])*f))
 		}
-		if until := p.holds[h]; until.After(now) {
+		if until := p.holds[host]; until.After(now) {
 			b.HoldUntil = timestamppb.New(until)
 		}
 		if b.RequestsPerInterval > 0 || b.HoldUntil != nil {
-			pa.Budgets = append(pa.Budgets, b)
+			budgets = append(budgets, b)
+			_, _ = fmt.Fprintf(h, "%s\x00%g\x00%d\x00", host, b.RequestsPerInterval, holdOf(b).UnixNano())
 		}
 	}
-	pa.Phase = durationpb.New(time.Duration(score("phase", node) % uint64(p.opts.Interval)))
-	h := fnv.New64a()
-	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(pa)
-	_, _ = h.Write(b)
-	pa.Generation = strconv.FormatUint(h.Sum64(), 16)
+	phase := time.Duration(score("phase", node) % uint64(p.opts.Interval))
+	_, _ = fmt.Fprintf(h, "%d", phase)
+	gen := strconv.FormatUint(h.Sum64(), 16)
+	if gen == since {
+		return nil
+	}
+	pa := &pb.ProbeAssignments{Budgets: budgets, Phase: durationpb.New(phase), Generation: gen}
+	for i, ref := range refs {
+		switch role[i] {
+		case 1:
+			pa.Assigned = append(pa.Assigned, m.images[ref].key.proto())
+		case 2:
+			pa.Delegated = append(pa.Delegated, m.images[ref].key.proto())
+		}
+	}
 	return pa
+}
+
+// holdOf is a budget's hold, the zero time when none.
+func holdOf(b *pb.RegistryBudget) time.Time {
+	if b.GetHoldUntil() == nil {
+		return time.Time{}
+	}
+	return b.GetHoldUntil().AsTime()
 }
 
 // Stats are the planner's numbers for metrics and the benchmark.

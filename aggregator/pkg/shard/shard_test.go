@@ -273,6 +273,14 @@ func TestPlannerBudgetAndHold(t *testing.T) {
 	if got := d.GetBudgets()[0].GetHoldUntil().AsTime(); !got.Equal(now.Add(90 * time.Second)) {
 		t.Errorf("hold until %v, want %v", got, now.Add(90*time.Second))
 	}
+	// The plan as sent is not built again until it changes.
+	if again := p.DirectiveSince("a", d.GetGeneration()); again != nil {
+		t.Errorf("DirectiveSince its own generation = %v, want nil", again)
+	}
+	now = now.Add(2 * time.Minute) // the hold ends: the plan changes
+	if later := p.DirectiveSince("a", d.GetGeneration()); later == nil || later.GetGeneration() == d.GetGeneration() || later.GetBudgets()[0].GetHoldUntil() != nil {
+		t.Errorf("after the hold: %v, want a new plan without the hold", later)
+	}
 	st := p.Stats()
 	if v, ok := st.RateLimitRemaining[[2]string{"a", "reg:5000"}]; !ok || v != 0 {
 		t.Errorf("ratelimit remaining %v %v", v, ok)
