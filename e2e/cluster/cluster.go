@@ -606,11 +606,11 @@ func (c *Cluster) startAggregator(ctx context.Context) error {
 		log:    filepath.Join(c.dir, "aggregator.log"),
 		detach: c.opts.Detach,
 	}
-	// Per-node series for every image, and the compatibility families
+	// Per-node series for every image and endpoint, and the compatibility families
 	// per pod (there is no Kubernetes API): a 3-node box affords them, and
 	// the demo and scenarios show available images per node.
 	a.args = []string{"--grpc-listen", a.GRPC, "--http-listen", a.HTTP, "--stale-after", c.opts.StaleAfter.String(), "--log-level", "info",
-		"--auth=none", "--http-auth=none", "--insecure", "--node-image-series", "all", "--compat-metrics", "current"}
+		"--auth=none", "--http-auth=none", "--insecure", "--node-image-series", "all", "--node-endpoint-series", "all", "--compat-metrics", "current"}
 	c.Aggregator = a
 	if err := a.Start(ctx); err != nil {
 		return err

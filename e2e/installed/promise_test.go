@@ -213,8 +213,14 @@ func TestEgressCutBeforePullFails(t *testing.T) {
 	if _, err := c.PushSleeper(ctx, "shop/api", "1"); err != nil {
 		t.Fatal(err)
 	}
-	up := fmt.Sprintf(`max(pullwatch_node_endpoint_up{node=%q,endpoint=~".*%s.*"})`, node.Name(), c.Registry.Addr())
-	waitQuery(ctx, t, up, func(v float64) bool { return v == 1 }, "the registry up from "+node.Name())
+	// The shipped --node-endpoint-series=failing exports a node's endpoint
+	// series only while some endpoint of the registry does not answer it:
+	// no series with 0 is every endpoint answering.
+	down := func(nodes string) string {
+		return fmt.Sprintf(`count(pullwatch_node_endpoint_up{node%s,endpoint=~".*%s.*"} == 0) or vector(0)`, nodes, c.Registry.Addr())
+	}
+	waitQuery(ctx, t, fmt.Sprintf(`max(pullwatch_node_stale{node=%q})`, node.Name()), func(v float64) bool { return v == 0 }, node.Name()+" reporting")
+	waitQuery(ctx, t, down(fmt.Sprintf("=%q", node.Name())), func(v float64) bool { return v == 0 }, "the registry up from "+node.Name())
 
 	rule, err := node.NS().Block(ctx, c.RegNS.IP(), 0, netns.Reject)
 	if err != nil {
@@ -222,11 +228,12 @@ func TestEgressCutBeforePullFails(t *testing.T) {
 	}
 	defer func() { _ = rule.Remove(context.Background()) }()
 	cut := time.Now()
-	waitQuery(ctx, t, up, func(v float64) bool { return v == 0 }, "the registry down from "+node.Name())
+	waitQuery(ctx, t, down(fmt.Sprintf("=%q", node.Name())), func(v float64) bool { return v >= 1 }, "the registry down from "+node.Name())
 	reported := time.Now()
 	t.Logf("pullwatch reported %s's registry endpoint down %s after its egress was cut", node.Name(), reported.Sub(cut).Round(time.Second))
-	others := fmt.Sprintf(`min(pullwatch_node_endpoint_up{node!=%q,endpoint=~".*%s.*"})`, node.Name(), c.Registry.Addr())
-	waitQuery(ctx, t, others, func(v float64) bool { return v == 1 }, "the registry still up from the other nodes")
+	waitQuery(ctx, t, down(fmt.Sprintf("!=%q", node.Name())), func(v float64) bool { return v == 0 }, "the registry still up from the other nodes")
+	waitQuery(ctx, t, fmt.Sprintf(`max(pullwatch_registry_failure{endpoint=~".*%s.*",scope="node"})`, c.Registry.Addr()), func(v float64) bool { return v == 1 },
+		"the failure diagnosed as one node's")
 
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "default", Labels: map[string]string{"app": "api"}},

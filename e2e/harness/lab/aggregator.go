@@ -63,11 +63,12 @@ func (l *Lab) StartAggregator(t testing.TB, extra ...string) (grpcAddr, httpAddr
 	p, err = proc.Start(proc.Spec{
 		Name: "pullwatch-aggregator",
 		Path: filepath.Join(l.Bin, checkout.AggregatorBinary),
-		// Per-node series for every image (not the scalable default,
-		// failing): the tests look for available images per node. The
-		// compatibility families too, per pod without the Kubernetes API
-		// (the default is off then); extra may say otherwise.
-		Args: append([]string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr, "--node-image-series", "all", "--compat-metrics", "current"},
+		// Per-node series for every image and endpoint (not the scalable
+		// defaults, failing): the tests look for available images and
+		// answering endpoints per node. The compatibility families too,
+		// per pod without the Kubernetes API (the default is off then);
+		// extra may say otherwise.
+		Args: append([]string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr, "--node-image-series", "all", "--node-endpoint-series", "all", "--compat-metrics", "current"},
 			withLabFlags(AggregatorLabFlags, extra)...),
 		LogFile: filepath.Join(t.TempDir(), "aggregator.log"),
 	})
