@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -122,5 +123,46 @@ func TestScreenRefusesOneImageOnly(t *testing.T) {
 	}
 	if ims[1].GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN || !strings.Contains(ims[1].GetReason(), "invalid_utf8") {
 		t.Errorf("refused image = %v, want unknown naming invalid_utf8", ims[1])
+	}
+}
+
+func TestPlaceNames(t *testing.T) {
+	img := place{base: "snapshot.images", i: 3, j: -1}
+	for _, tt := range []struct {
+		p    place
+		want string
+	}{
+		{img, "snapshot.images[3]"},
+		{img.leafed("status"), "snapshot.images[3].status"},
+		{img.in("endpoints", 0).leafed("status"), "snapshot.images[3].endpoints[0].status"},
+		{img.in("repo_digests", 2).leafed(""), "snapshot.images[3].repo_digests[2]"},
+		{img.leafed("containers"), "snapshot.images[3].containers"},
+		{place{base: "snapshot.node", i: -1, j: -1}.leafed("runtime.name"), "snapshot.node.runtime.name"},
+		{place{base: "update.removed_images", i: 0, j: -1}, "update.removed_images[0]"},
+	} {
+		if got := tt.p.String(); got != tt.want {
+			t.Errorf("%+v = %q, want %q", tt.p, got, tt.want)
+		}
+	}
+}
+
+// BenchmarkValidateSnapshot: validating a good snapshot of 100 images
+// builds no field names.
+func BenchmarkValidateSnapshot(b *testing.B) {
+	snap := &pullwatchv1.NodeSnapshot{Node: &pullwatchv1.Node{Name: "node-a"}}
+	for i := range 100 {
+		snap.Images = append(snap.Images, &pullwatchv1.ImageReport{
+			Image: fmt.Sprintf("registry.example/app-%d:v1", i), Status: pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE,
+			Endpoints: []*pullwatchv1.EndpointResult{{Url: "https://registry.example/v2", Role: pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM,
+				Status: pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE}},
+			Containers: []*pullwatchv1.ContainerRef{{Namespace: "ns", Pod: "pod", Container: "app"}},
+		})
+	}
+	msg := &pullwatchv1.AgentMessage{Sequence: 1, Body: &pullwatchv1.AgentMessage_Snapshot{Snapshot: snap}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Screen(msg); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
