@@ -182,6 +182,8 @@ type Planner struct {
 	recomputes uint64
 	// scratch is rechoose's candidate list, kept between calls.
 	scratch []Scored
+	// canon shares identical folded reports between nodes.
+	canon *canon
 }
 
 // New returns an empty Planner.
@@ -207,6 +209,7 @@ func New(opts Options) *Planner {
 		load:    map[string]int{},
 		factor:  map[string]float64{},
 		watch:   map[string]map[chan struct{}]struct{}{},
+		canon:   newCanon(),
 	}
 }
 
@@ -298,7 +301,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	}
 	var fresh []Key // keys whose shared result changed
 	holdHosts := map[string]bool{}
-	for _, im := range images {
+	for i, im := range images {
 		im.SharedFrom = "" // the aggregator's field, never the agent's
 		intern(im)
 		k := KeyOf(im)
@@ -347,6 +350,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 		if e.delegated {
 			if r, ok := p.results[k]; ok && r.node != node {
 				foldInto(im, r) // not applied yet: ours to change
+				images[i] = p.canon.of(im)
 			}
 			continue
 		}
@@ -535,7 +539,7 @@ func (p *Planner) share(k Key) {
 			if !old.GetDelegated() || KeyOf(old) != k {
 				return nil
 			}
-			return fold(old, r)
+			return p.canon.of(fold(old, r))
 		})
 	}
 }
