@@ -200,10 +200,17 @@ func run(ctx context.Context, c config) error {
 		}
 		fmt.Printf("CPU profile of the first round: %s\n", c.cpuFile)
 	}
+	// The heap profile's gc=1 collects garbage first: the third scrape's
+	// go_memstats_heap_alloc_bytes below is then about the live state.
+	heapFile := c.heapFile
+	if heapFile == "" {
+		heapFile = os.DevNull
+	}
+	if err := saveProfile(base+"/debug/pprof/heap?gc=1", heapFile); err != nil {
+		return err
+	}
+	fmt.Printf("live heap after a GC: %s\n", metricValue(base, "go_memstats_heap_alloc_bytes"))
 	if c.heapFile != "" {
-		if err := saveProfile(base+"/debug/pprof/heap?gc=1", c.heapFile); err != nil {
-			return err
-		}
 		fmt.Printf("heap profile: %s (go tool pprof -sample_index=inuse_space %s %s)\n", c.heapFile, c.bin, c.heapFile)
 	}
 	for _, path := range []string{"/metrics", "/"} {
@@ -540,7 +547,26 @@ func get(u string) (time.Duration, int64, error) {
 
 // runtimeLines are the aggregator's own Go runtime series pwload prints:
 // where its resident memory goes.
-var runtimeLines = []string{"go_goroutines ", "go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes ", "go_memstats_sys_bytes ", "go_gc_gomemlimit_bytes "}
+var runtimeLines = []string{"go_goroutines ", "go_memstats_heap_alloc_bytes ", "go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes ", "go_memstats_sys_bytes ", "go_gc_gomemlimit_bytes "}
+
+// metricValue is one unlabelled series of the aggregator's /metrics, a
+// byte count in MiB.
+func metricValue(base, name string) string {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return fmt.Sprintf("%.0f MiB", f/(1<<20))
+		}
+	}
+	return "not found"
+}
 
 func seriesCount(base string) (int, map[string]int) {
 	fams := map[string]int{}
