@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -70,7 +71,11 @@ type Analyzer struct {
 
 	// The latest diagnosis and what it was computed from: the store's
 	// version and each node's name, zone, staleness and registration.
-	report     *diagnose.Report
+	// The store drops it (OnChange) as soon as it changes: the diagnosis
+	// is computed again then anyway, and until then it would keep every
+	// node's previous images in memory (during a round of snapshots, the
+	// whole previous state).
+	report     atomic.Pointer[diagnose.Report]
 	version    uint64
 	inputs     []nodeKey
 	generation uint64
@@ -132,8 +137,10 @@ func NewAnalyzer(store *state.Store, dir Directory, log *slog.Logger) *Analyzer 
 
 // NewAnalyzerWith returns an Analyzer of store with opts; dir may be nil.
 func NewAnalyzerWith(store *state.Store, dir Directory, log *slog.Logger, opts Options) *Analyzer {
-	return &Analyzer{store: store, dir: dir, log: log, opts: opts, last: map[subject]verdict{},
+	a := &Analyzer{store: store, dir: dir, log: log, opts: opts, last: map[subject]verdict{},
 		changeLog: rate.NewLimiter(changeRate, changeBurst)}
+	store.OnChange(func() { a.report.Store(nil) })
+	return a
 }
 
 // Risk returns the risk assessment of the latest analysis: nil without
@@ -167,23 +174,24 @@ func (a *Analyzer) Diagnosis(ctx context.Context) (*diagnose.Report, uint64) {
 	for i, n := range in {
 		keys[i] = nodeKey{name: n.Name, zone: n.Zone, stale: n.Stale, unregistered: n.Unregistered}
 	}
-	if a.report != nil && version == a.version && slices.Equal(keys, a.inputs) {
+	if cached := a.report.Load(); cached != nil && version == a.version && slices.Equal(keys, a.inputs) {
 		// Same input but for report times: a copy with those updated,
 		// sharing everything else.
-		r := *a.report
-		r.Nodes = slices.Clone(a.report.Nodes)
+		r := *cached
+		r.Nodes = slices.Clone(cached.Nodes)
 		for i := range r.Nodes {
 			r.Nodes[i].LastReport = in[i].LastReport
 		}
 		// Pods change without the store: the risk is assessed again
 		// when it is older than riskEvery.
 		if time.Since(a.riskAt) >= riskEvery {
-			a.assessRisk(a.report)
+			a.assessRisk(cached)
 		}
 		return &r, a.generation
 	}
 	r := diagnose.Diagnose(in)
-	a.report, a.version, a.inputs = r, version, keys
+	a.report.Store(r)
+	a.version, a.inputs = version, keys
 	a.generation++
 	a.observe(ctx, r)
 	a.assessRisk(r)

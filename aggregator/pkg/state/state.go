@@ -34,8 +34,28 @@ type Store struct {
 	streams int                    // open streams, identified or not
 	agents  map[string]*attachment // the live stream of each node
 	// version counts changes of what Nodes returns, so that readers can
-	// cache what they compute from it.
-	version uint64
+	// cache what they compute from it; onChange is told of each.
+	version  uint64
+	onChange []func()
+}
+
+// OnChange registers f to be called after every change of what Nodes
+// returns (when Version changes). f runs under the store's lock: it must
+// return at once and must not call the store. A reader caching what it
+// computed from Nodes drops it there, so that the cache does not keep the
+// images the change replaced in memory.
+func (s *Store) OnChange(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onChange = append(s.onChange, f)
+}
+
+// changed counts a change; s.mu is held.
+func (s *Store) changed() {
+	s.version++
+	for _, f := range s.onChange {
+		f()
+	}
 }
 
 // attachment is the one live stream of a node.
@@ -98,7 +118,7 @@ func (s *Store) ApplySnapshot(snap *pullwatchv1.NodeSnapshot) {
 	defer s.mu.Unlock()
 	n.lastReport = s.now()
 	s.nodes[snap.GetNode().GetName()] = n
-	s.version++
+	s.changed()
 }
 
 // Limits bound what the store keeps for one node; 0 is no bound.
@@ -185,7 +205,7 @@ func (s *Store) applyUpdate(n *node, u *pullwatchv1.NodeUpdate) {
 		n.observedAt = u.GetObservedAt().AsTime()
 	}
 	if len(u.GetUpserts())+len(u.GetRemovedImages()) > 0 {
-		s.version++
+		s.changed()
 	}
 }
 
@@ -213,7 +233,7 @@ func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageRep
 	sorted := slices.Clone(n.sorted)
 	sorted[i] = im
 	n.sorted = sorted
-	s.version++ // what Nodes returns changed: the analyzer diagnoses again
+	s.changed() // what Nodes returns changed: the analyzer diagnoses again
 	return true
 }
 
@@ -226,7 +246,7 @@ func (s *Store) Forget(name string) bool {
 	_, ok := s.nodes[name]
 	delete(s.nodes, name)
 	if ok {
-		s.version++
+		s.changed()
 	}
 	return ok
 }
@@ -249,7 +269,7 @@ func (s *Store) Sweep() []string {
 		}
 	}
 	if len(gone) > 0 {
-		s.version++
+		s.changed()
 	}
 	slices.Sort(gone)
 	return gone

@@ -254,3 +254,16 @@ func TestForget(t *testing.T) {
 		t.Error("ApplyUpdate for a forgotten node succeeded")
 	}
 }
+
+func TestOnChange(t *testing.T) {
+	s := New(time.Minute)
+	changes := 0
+	s.OnChange(func() { changes++ })
+	s.ApplySnapshot(&pullwatchv1.NodeSnapshot{Node: &pullwatchv1.Node{Name: "a"}, Images: []*pullwatchv1.ImageReport{{Image: "x:1"}}})
+	s.ApplyUpdate(&pullwatchv1.NodeUpdate{NodeName: "a"}) // nothing changes: no call
+	s.ApplyUpdate(&pullwatchv1.NodeUpdate{NodeName: "a", RemovedImages: []string{"x:1"}})
+	s.Forget("a")
+	if changes != 3 {
+		t.Errorf("%d calls, want 3 (snapshot, update that removed an image, forget)", changes)
+	}
+}

@@ -72,9 +72,13 @@ type StatusPage struct {
 type built struct {
 	generation uint64
 	risk       *risk.Assessment // the risk assessment it shows (pods change without a new diagnosis)
-	report     *diagnose.Report
-	data       pageData
-	keys       []diagnose.EndpointKey // the columns' keys, in order
+	// What the rows need of the diagnosis, by node index: not the report
+	// itself, which would keep every node's images of that generation in
+	// memory until the page is asked for again.
+	lastReports   []time.Time
+	nodeEndpoints [][]diagnose.NodeEndpoint
+	data          pageData
+	keys          []diagnose.EndpointKey // the columns' keys, in order
 }
 
 // The page's bounds.
@@ -125,7 +129,10 @@ func (p *StatusPage) tables(rep *diagnose.Report, gen uint64) *built {
 		ra = p.Risk()
 	}
 	if p.cache == nil || p.cache.generation != gen || p.cache.risk != ra {
-		b := &built{generation: gen, report: rep, risk: ra}
+		b := &built{generation: gen, risk: ra, nodeEndpoints: rep.NodeEndpoints, lastReports: make([]time.Time, len(rep.Nodes))}
+		for i := range rep.Nodes {
+			b.lastReports[i] = rep.Nodes[i].LastReport
+		}
 		b.data, b.keys = p.build(rep)
 		p.cache = b
 	}
@@ -226,12 +233,12 @@ func (p *StatusPage) view(b *built, cur *diagnose.Report, q query) pageData {
 	now := p.now()
 	d.Rows = make([]row, 0, end-start)
 	for _, rw := range rows[start:end] {
-		last := b.report.Nodes[rw.index].LastReport
+		last := b.lastReports[rw.index]
 		if rw.index < len(cur.Nodes) && cur.Nodes[rw.index].Name == rw.Node {
 			last = cur.Nodes[rw.index].LastReport
 		}
 		rw.Age = age(now.Sub(last))
-		rw.Cells = nodeCells(b.report.NodeEndpoints[rw.index], b.keys, cols)
+		rw.Cells = nodeCells(b.nodeEndpoints[rw.index], b.keys, cols)
 		d.Rows = append(d.Rows, rw)
 	}
 	return d
