@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -31,7 +30,8 @@ func footprintRun() (interval time.Duration, rounds int, extra []string) {
 	return 10 * time.Second, 2, []string{"--registry-rate", "0"}
 }
 
-var roundsOK = regexp.MustCompile(`(?m)^pullwatch_agent_rounds_total\{result="ok"\} (\d+)`)
+// roundDone is the agent's log line at the end of each round.
+var roundDone = regexp.MustCompile(`(?m) level=INFO msg="round done" `)
 
 // TestAgentFootprint runs the real agent daemon (reporting to a real
 // aggregator, the only node, so it probes every image of its own) on a
@@ -79,24 +79,28 @@ func TestAgentFootprint(t *testing.T) {
 	t.Cleanup(func() { _ = agent.Stop(5 * time.Second) })
 	t.Logf("agent %v", args)
 
+	// Rounds are counted from the agent's log ("round done" lines), not its
+	// /metrics: polling /metrics would cost the agent more CPU than its
+	// rounds do.
 	rounds0 := func() int {
-		_, body := lab.HTTPGet(metricsURL)
-		m := roundsOK.FindStringSubmatch(body)
-		if m == nil {
+		b, err := os.ReadFile(agent.LogFile())
+		if err != nil {
 			return -1
 		}
-		n, _ := strconv.Atoi(m[1])
-		return n
+		return len(roundDone.FindAll(b, -1))
 	}
 	// waitRound waits for the agent's round count to reach n, then lets
 	// the registry write its last access log lines (rounds are separated
 	// by idle time).
 	waitRound := func(n int, timeout time.Duration) {
 		t.Helper()
-		lab.WaitFor(t, timeout, fmt.Sprintf("agent round %d", n), func() (bool, string) {
-			got := rounds0()
-			return got >= n, fmt.Sprintf("rounds ok: %d", got)
-		}, agent, agg)
+		deadline := time.Now().Add(timeout)
+		for got := rounds0(); got < n; got = rounds0() {
+			if time.Now().After(deadline) || agent.Exited() {
+				t.Fatalf("waited %s for agent round %d, saw %d\n--- agent log:\n%s\n--- aggregator log:\n%s", timeout, n, got, agent.LogTail(40), agg.LogTail(20))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 		time.Sleep(time.Second)
 	}
 
