@@ -82,14 +82,14 @@ func TestSideBySideRemoteHead(t *testing.T) {
 	}
 	pw := check("pullwatch-agent check --registry-rate 0", "--registry-rate", "0")
 	if os.Getenv("PULLWATCH_FOOTPRINT") == "full" {
-		check("pullwatch-agent check (default --registry-rate 10)")
+		check("pullwatch-agent check (default rate 10/s)")
 	}
 
 	// The exporter's way.
 	settle()
 	a := markNow(t, ts, reg)
 	start := time.Now()
-	ex := result{way: "remote.Head per image, a new transport each"}
+	ex := result{way: "remote.Head per image, new transport each"}
 	for _, im := range imgs {
 		ref, err := name.ParseReference(im.ref)
 		if err != nil {
@@ -113,9 +113,9 @@ func TestSideBySideRemoteHead(t *testing.T) {
 
 	var table strings.Builder
 	fmt.Fprintf(&table, "%d images, %d repositories, one TLS registry with token auth:\n", len(imgs), repoCount(imgs))
-	fmt.Fprintf(&table, "%-46s %6s %6s %6s %6s %6s %7s %9s %9s\n", "way", "HEAD", "GET", "/v2/", "token", "other", "total", "wall", "available")
+	fmt.Fprintf(&table, "%-42s %6s %6s %6s %6s %6s %7s %9s %9s\n", "way", "HEAD", "GET", "/v2/", "token", "other", "total", "wall", "available")
 	for _, r := range results {
-		fmt.Fprintf(&table, "%-46s %6d %6d %6d %6d %6d %7d %9s %9d\n", r.way, r.req.Heads, r.req.ManifestGets, r.req.Pings, r.req.Tokens, r.req.Other,
+		fmt.Fprintf(&table, "%-42s %6d %6d %6d %6d %6d %7d %9s %9d\n", r.way, r.req.Heads, r.req.ManifestGets, r.req.Pings, r.req.Tokens, r.req.Other,
 			r.req.total(), r.wall.Round(10*time.Millisecond), r.available)
 	}
 	t.Logf("side by side:\n%s", table.String())
