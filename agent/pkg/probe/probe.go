@@ -10,11 +10,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -187,16 +185,6 @@ func (p *Prober) Probe(ctx context.Context, req Request) Result {
 		if ep.Skip != "" {
 			a = answer{Endpoint: endpointReport(ep, p.opts.Now()), ep: ep}
 			a.Status, a.Reason, a.Skipped = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "not asked: "+ep.Skip, true
-		} else if j := askedBefore(answers, ep); j >= 0 {
-			// The runtime's list names this URL again: a hosts.toml whose
-			// server is also one of its [host] tables (containerd 1.6
-			// needs the table for a ca). The registry answered it over
-			// HTTP a moment ago with the same headers; containerd asks it
-			// again only after that failed, and would get the same answer.
-			// Asking twice would double every probe's requests.
-			a = answers[j]
-			a.Endpoint.Role, a.ep = ep.Role, ep
-			lastAsked = i
 		} else {
 			a = p.probeWithCredentials(ctx, req.Round, ref, ep, creds)
 			lastAsked = i
@@ -220,20 +208,6 @@ func (p *Prober) Probe(ctx context.Context, req Request) Result {
 		}
 	}
 	return res
-}
-
-// askedBefore is the index of an answer to the same URL, repository and
-// headers as ep that the registry gave over HTTP (an HTTP status, so TLS
-// and the connection worked), or -1. A transport failure is not reused:
-// the runtime's next entry for the URL may carry other TLS settings.
-func askedBefore(answers []answer, ep hosts.Endpoint) int {
-	for j, a := range answers {
-		if !a.Skipped && a.HTTPStatus != 0 && a.ep.URL == ep.URL && a.ep.Repository == ep.Repository &&
-			maps.EqualFunc(a.ep.Header, ep.Header, slices.Equal) {
-			return j
-		}
-	}
-	return -1
 }
 
 // won sets the image's answer from the winning endpoint's, and checks the

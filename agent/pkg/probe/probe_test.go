@@ -389,27 +389,3 @@ func TestPlatformCheck(t *testing.T) {
 		})
 	}
 }
-
-// TestSameURLAskedOnce: a hosts.toml whose server is also one of its
-// [host] tables lists the URL twice; the registry's HTTP answer to the
-// first serves both, so one HEAD per probe. A different header is another
-// request.
-func TestSameURLAskedOnce(t *testing.T) {
-	reg := &registry{}
-	srv := httptest.NewServer(reg)
-	defer srv.Close()
-	ref := mustRef(t, "127.0.0.1:5000/demo/app:v1")
-	eps := []hosts.Endpoint{{URL: srv.URL + "/v2", Role: hosts.RoleUpstream}, {URL: srv.URL + "/v2", Role: hosts.RoleUpstream}}
-	res := New(Options{}).Probe(context.Background(), Request{Ref: ref, Endpoints: eps})
-	if res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || res.Degraded || len(res.Endpoints) != 2 || res.Endpoints[1].HTTPStatus != http.StatusOK {
-		t.Fatalf("got %s degraded=%v endpoints=%+v (%s)", res.Status.Word(), res.Degraded, res.Endpoints, res.Reason)
-	}
-	if n := reg.headCalls.Load(); n != 1 {
-		t.Errorf("%d HEADs for one URL listed twice; want 1", n)
-	}
-	eps[1].Header = http.Header{"X-Other": {"1"}}
-	New(Options{}).Probe(context.Background(), Request{Ref: ref, Endpoints: eps})
-	if n := reg.headCalls.Load(); n != 3 {
-		t.Errorf("%d HEADs after a probe with another header on the second entry; want 3", n)
-	}
-}
