@@ -44,14 +44,22 @@ type ContainerdOptions struct {
 
 // Containerd resolves endpoints the way containerd's CRI plugin does: the
 // hosts.toml files under config_path, read with containerd's own
-// core/remotes/docker/config package on every call (containerd re-reads
-// them on every pull too), or the legacy registry.mirrors table.
+// core/remotes/docker/config package again whenever they change
+// (containerd re-reads them on every pull; the clients built from them are
+// kept while they do not change, see loadedHosts), or the legacy
+// registry.mirrors table.
 type Containerd struct {
 	hosts   docker.RegistryHosts
 	mirrors map[string][]string
 	opts    ContainerdOptions
 	roots   []string // config_path roots, node paths
 	copies  *hostsCopies
+
+	loaded loadedHosts // each host's endpoints while its files are unchanged
+
+	defaultOnce sync.Once
+	defaultHTTP *http.Client
+	defaultErr  error
 
 	warnMu sync.Mutex
 	warned map[string]string // hosts.toml path → last warning
@@ -136,7 +144,7 @@ func (c *Containerd) Endpoints(ctx context.Context, ref imageref.Ref) ([]Endpoin
 	// An ignored hosts.toml beside certificate files: containerd falls back
 	// to those files (its loadCertFiles) for the default endpoint, and so
 	// does the loader here, handed them alone (loaderHostDir).
-	rhosts, err := c.hosts(host)
+	rhosts, err := c.loaded.get(host, c.fingerprint(host), c.hosts)
 	if err != nil {
 		return nil, fmt.Errorf("containerd registry hosts for %s: %w", host, err)
 	}
@@ -200,11 +208,9 @@ func (c *Containerd) withDefaultClient(eps []Endpoint, err error) ([]Endpoint, e
 	if err != nil {
 		return nil, err
 	}
-	client := &http.Client{Transport: docker.DefaultHTTPTransport(nil)}
-	if c.opts.UpdateClient != nil {
-		if err := c.opts.UpdateClient(client); err != nil {
-			return nil, err
-		}
+	client, err := c.defaultClient()
+	if err != nil {
+		return nil, err
 	}
 	for i := range eps {
 		eps[i].Client = client
