@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -234,5 +235,30 @@ func TestHostileHeapFlat(t *testing.T) {
 		len(modes), time.Since(start).Round(time.Millisecond), float64(first)/(1<<20), float64(peak)/(1<<20))
 	if peak > first+16<<20 {
 		t.Errorf("heap grew from %.2f to %.2f MiB over 1,000 probes", float64(first)/(1<<20), float64(peak)/(1<<20))
+	}
+}
+
+// TestRoundBreakerPerEntry: a registry listed twice (hosts.toml's
+// [host."URL"] with its ca, then server = "URL" without, as containerd
+// lists them) is two endpoints with breakers of their own: the second
+// entry's x509 failure does not make the first report unreachable for
+// the rest of the round.
+func TestRoundBreakerPerEntry(t *testing.T) {
+	srv := httptest.NewTLSServer(&registry{})
+	defer srv.Close()
+	p := New(Options{Timeout: 5 * time.Second, PerHostConcurrency: 2})
+	round := NewRound(4)
+	for i := range 10 {
+		eps := []hosts.Endpoint{
+			{URL: srv.URL + "/v2", Role: hosts.RoleUpstream, Client: srv.Client()}, // its ca
+			{URL: srv.URL + "/v2", Role: hosts.RoleUpstream},                       // the default trust: x509
+		}
+		res := p.Probe(context.Background(), Request{Ref: mustRef(t, fmt.Sprintf("127.0.0.1:5000/app%d:v1", i)), Endpoints: eps, Round: round})
+		if res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || res.Endpoints[0].Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+			t.Fatalf("image %d: %s %s; first entry %s %s", i, res.Status.Word(), res.Reason, res.Endpoints[0].Status.Word(), res.Endpoints[0].Reason)
+		}
+		if !strings.Contains(res.Endpoints[1].Reason, "certificate") {
+			t.Errorf("image %d: second entry %s %q, want its x509 failure", i, res.Endpoints[1].Status.Word(), res.Endpoints[1].Reason)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -180,13 +181,20 @@ func (p *Prober) Probe(ctx context.Context, req Request) Result {
 	}
 	answers := make([]answer, 0, len(endpoints))
 	winner, lastAsked := -1, -1
+	// listed counts each URL's entries so far: a URL listed twice (a
+	// hosts.toml whose [host."URL"] and server = "URL" name the same
+	// registry, the first with its ca, the second without, as containerd
+	// lists them) is two endpoints with their own TLS, and their own
+	// breakers: the second's x509 failure must not trip the first's.
+	listed := map[string]int{}
 	for i, ep := range endpoints {
 		var a answer
 		if ep.Skip != "" {
 			a = answer{Endpoint: endpointReport(ep, p.opts.Now()), ep: ep}
 			a.Status, a.Reason, a.Skipped = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "not asked: "+ep.Skip, true
 		} else {
-			a = p.probeWithCredentials(ctx, req.Round, ref, ep, creds)
+			listed[ep.URL]++
+			a = p.probeWithCredentials(ctx, req.Round, ref, ep, listed[ep.URL], creds)
 			lastAsked = i
 		}
 		answers = append(answers, a)
@@ -267,10 +275,12 @@ func mostRelevantFailure(answers []answer) int {
 
 // probeWithCredentials tries each credential until the endpoint accepts
 // one, as the kubelet tries each matching credential in turn.
-func (p *Prober) probeWithCredentials(ctx context.Context, round *Round, ref imageref.Ref, ep hosts.Endpoint, creds []credentials.Credential) answer {
+// nth is which entry of its URL ep is in the image's endpoints (1: the
+// first).
+func (p *Prober) probeWithCredentials(ctx context.Context, round *Round, ref imageref.Ref, ep hosts.Endpoint, nth int, creds []credentials.Credential) answer {
 	var a answer
 	for i, cred := range creds {
-		a = p.probeEndpoint(ctx, round, ref, ep, cred)
+		a = p.probeEndpoint(ctx, round, ref, ep, nth, cred)
 		a.credentialSource, a.credential = cred.Source, i
 		if a.Status != pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && a.Status != pb.ImageStatus_IMAGE_STATUS_FORBIDDEN {
 			break
@@ -325,7 +335,7 @@ func (p *Prober) newRequest(ctx context.Context, method, u string, t target) (*h
 	return req, nil
 }
 
-func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.Ref, ep hosts.Endpoint, cred credentials.Credential) (er answer) {
+func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.Ref, ep hosts.Endpoint, nth int, cred credentials.Credential) (er answer) {
 	start := p.opts.Now()
 	er = answer{Endpoint: endpointReport(ep, start), ep: ep}
 	t, err := p.target(ep, ref)
@@ -338,7 +348,11 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 		er.Reason = fmt.Sprintf("not asked: backing off until %s after the registry answered 429", until.UTC().Format(time.RFC3339))
 		return er
 	}
+	// The breaker's key: the endpoint, and which entry of its URL it is.
 	key := t.base.String()
+	if nth > 1 {
+		key += "#" + strconv.Itoa(nth)
+	}
 	// An endpoint whose breaker is open answers with its first failure,
 	// word for word (so the report of an image does not change from one
 	// round to the next with which image happened to be the canary), and
