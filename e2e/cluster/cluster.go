@@ -610,7 +610,7 @@ func (c *Cluster) startAggregator(ctx context.Context) error {
 	// per pod (there is no Kubernetes API): a 3-node box affords them, and
 	// the demo and scenarios show available images per node.
 	a.args = []string{"--grpc-listen", a.GRPC, "--http-listen", a.HTTP, "--stale-after", c.opts.StaleAfter.String(), "--log-level", "info",
-		"--auth=none", "--http-auth=none", "--insecure", "--node-image-series", "all", "--node-endpoint-series", "all", "--compat-metrics", "current"}
+		"--auth=none", "--http-auth=none", "--insecure", "--node-image-series", "all", "--node-endpoint-series", "all", "--compat-metrics=current"}
 	c.Aggregator = a
 	if err := a.Start(ctx); err != nil {
 		return err

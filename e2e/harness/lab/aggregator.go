@@ -68,7 +68,7 @@ func (l *Lab) StartAggregator(t testing.TB, extra ...string) (grpcAddr, httpAddr
 		// answering endpoints per node. The compatibility families too,
 		// per pod without the Kubernetes API (the default is off then);
 		// extra may say otherwise.
-		Args: append([]string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr, "--node-image-series", "all", "--node-endpoint-series", "all", "--compat-metrics", "current"},
+		Args: append([]string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr, "--node-image-series", "all", "--node-endpoint-series", "all", "--compat-metrics=current"},
 			withLabFlags(AggregatorLabFlags, extra)...),
 		LogFile: filepath.Join(t.TempDir(), "aggregator.log"),
 	})
