@@ -44,7 +44,7 @@ var (
 		"pullwatch_node_endpoint_up",
 		"1 if the registry endpoint answered the node's agent (any HTTP response, whatever the status) for at least one image in its latest results, "+
 			"0 if it was tried and never answered (unreachable or unknown). Endpoints the runtime skips for every image have no series. "+
-			"With --node-endpoint-series=failing (the default), only the endpoints of registries that some endpoint of does not answer the node.",
+			"With --node-endpoint-series=failing (the default), only the endpoints of registries with an endpoint that does not answer the node.",
 		[]string{"node", "registry", "endpoint", "role"}, nil)
 	endpointLatencyDesc = prometheus.NewDesc(
 		"pullwatch_node_endpoint_latency_seconds",
@@ -116,7 +116,7 @@ const (
 	// endpoint a node tried.
 	NodeEndpointSeriesAll = "all"
 	// NodeEndpointSeriesFailing exports them only for the registries
-	// some endpoint of which does not answer the node: every endpoint of
+	// with an endpoint that does not answer the node: every endpoint of
 	// such a registry, so that max by (node, registry) still tells a
 	// node that lost the registry from one that lost a mirror of it.
 	NodeEndpointSeriesFailing = "failing"

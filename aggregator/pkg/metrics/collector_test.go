@@ -126,7 +126,7 @@ pullwatch_image_nodes{image="docker.io/library/b:1",status="absent"} 1
 # TYPE pullwatch_node_endpoint_latency_seconds gauge
 pullwatch_node_endpoint_latency_seconds{endpoint="https://mirror.example/v2",node="node-a",registry="docker.io",role="mirror"} 3
 pullwatch_node_endpoint_latency_seconds{endpoint="https://registry-1.docker.io/v2",node="node-a",registry="docker.io",role="upstream"} 0.25
-# HELP pullwatch_node_endpoint_up 1 if the registry endpoint answered the node's agent (any HTTP response, whatever the status) for at least one image in its latest results, 0 if it was tried and never answered (unreachable or unknown). Endpoints the runtime skips for every image have no series. With --node-endpoint-series=failing (the default), only the endpoints of registries that some endpoint of does not answer the node.
+# HELP pullwatch_node_endpoint_up 1 if the registry endpoint answered the node's agent (any HTTP response, whatever the status) for at least one image in its latest results, 0 if it was tried and never answered (unreachable or unknown). Endpoints the runtime skips for every image have no series. With --node-endpoint-series=failing (the default), only the endpoints of registries with an endpoint that does not answer the node.
 # TYPE pullwatch_node_endpoint_up gauge
 pullwatch_node_endpoint_up{endpoint="https://mirror.example/v2",node="node-a",registry="docker.io",role="mirror"} 0
 pullwatch_node_endpoint_up{endpoint="https://quay.io/v2",node="node-b",registry="quay.io",role="upstream"} 1

@@ -197,7 +197,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 			"which holds at 5,000 nodes × 100 images), or all (about 100,000 more series per 1,000 nodes with 50 images; see docs/benchmarks.md for its cost at each size). Cluster-wide series are complete either way. See docs/metrics.md.")
 	s.Var(&envflag.Choice{Value: &o.NodeEndpointSeries, Choices: []string{metrics.NodeEndpointSeriesAll, metrics.NodeEndpointSeriesFailing}}, "node-endpoint-series",
 		"Which registry endpoints get per-node series (pullwatch_node_endpoint_up, pullwatch_node_endpoint_latency_seconds): `failing` (the default: every endpoint of a registry "+
-			"some endpoint of which does not answer the node, so max by (node, registry) still works), or all (2 series per node and endpoint: 200,000 at 5,000 nodes × 20 registries). "+
+			"with an endpoint that does not answer the node, so max by (node, registry) still works), or all (2 series per node and endpoint: 200,000 at 5,000 nodes × 20 registries). "+
 			"pullwatch_endpoint_latency_seconds gives each endpoint's latency across nodes either way. See docs/metrics.md.")
 	s.Var(compatValue{&o.CompatMetrics}, "compat-metrics",
 		"Also export k8s-image-availability-exporter's families, so its dashboards and alerts keep working: `schema` current "+
