@@ -302,11 +302,7 @@ func (a *Analyzer) logChange(ctx context.Context, level slog.Level, args []any) 
 		a.suppressed++
 		return
 	}
-	if a.suppressed > 0 {
-		a.log.WarnContext(ctx, "diagnosis changes not logged (over the log budget); see pullwatch_image_failure and pullwatch_registry_failure",
-			"suppressed", a.suppressed)
-		a.suppressed = 0
-	}
+	a.writeSuppressed(ctx)
 	a.log.Log(ctx, level, "diagnosis changed", args...)
 }
 
@@ -314,6 +310,14 @@ func (a *Analyzer) logChange(ctx context.Context, level slog.Level, args []any) 
 // allows, so that a burst's count is not held back until the next change.
 func (a *Analyzer) flushSuppressed(ctx context.Context) {
 	if a.suppressed > 0 && a.changeLog.Allow() {
+		a.writeSuppressed(ctx)
+	}
+}
+
+// writeSuppressed writes how many lines were suppressed, if any, and
+// starts counting again.
+func (a *Analyzer) writeSuppressed(ctx context.Context) {
+	if a.suppressed > 0 {
 		a.log.WarnContext(ctx, "diagnosis changes not logged (over the log budget); see pullwatch_image_failure and pullwatch_registry_failure",
 			"suppressed", a.suppressed)
 		a.suppressed = 0

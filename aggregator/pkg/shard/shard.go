@@ -601,15 +601,10 @@ func sameResult(a, b *pb.ImageReport) bool {
 	return true
 }
 
-// Directive is node's plan now, or nil when the planner knows nothing of
-// the node.
-func (p *Planner) Directive(node string) *pb.ProbeAssignments {
-	return p.DirectiveSince(node, "")
-}
-
-// DirectiveSince is Directive, except that it returns nil also when the
-// plan's generation is still since (the one last sent): the plan is
-// hashed first and built only when it changed. Nodes are told their plan
+// DirectiveSince is node's plan now, or nil when the planner knows
+// nothing of the node or the plan's generation is still since (the one
+// last sent; "" for none): the plan is hashed first and built only when it
+// changed. Nodes are told their plan
 // may have changed far more often than it does (every member of a key
 // whose probers were chosen again), and building 100 keys' messages for
 // each telling is most of what a round of 5,000 nodes allocates.
@@ -651,12 +646,13 @@ func (p *Planner) DirectiveSince(node, since string) *pb.ProbeAssignments {
 		if f, ok := p.factor[host]; ok && f < 1 {
 			b.RequestsPerInterval = math.Max(1, math.Floor(float64(checks[host])*f))
 		}
+		var hold time.Time
 		if until := p.holds[host]; until.After(now) {
-			b.HoldUntil = timestamppb.New(until)
+			b.HoldUntil, hold = timestamppb.New(until), until
 		}
 		if b.RequestsPerInterval > 0 || b.HoldUntil != nil {
 			budgets = append(budgets, b)
-			_, _ = fmt.Fprintf(h, "%s\x00%g\x00%d\x00", host, b.RequestsPerInterval, holdOf(b).UnixNano())
+			_, _ = fmt.Fprintf(h, "%s\x00%g\x00%d\x00", host, b.RequestsPerInterval, hold.UnixNano())
 		}
 	}
 	phase := time.Duration(score("phase", node) % uint64(p.opts.Interval))
@@ -675,14 +671,6 @@ func (p *Planner) DirectiveSince(node, since string) *pb.ProbeAssignments {
 		}
 	}
 	return pa
-}
-
-// holdOf is a budget's hold, the zero time when none.
-func holdOf(b *pb.RegistryBudget) time.Time {
-	if b.GetHoldUntil() == nil {
-		return time.Time{}
-	}
-	return b.GetHoldUntil().AsTime()
 }
 
 // Stats are the planner's numbers for metrics and the benchmark.

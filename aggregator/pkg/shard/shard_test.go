@@ -158,7 +158,7 @@ func TestPlannerSharesResults(t *testing.T) {
 	// One node probes, two are delegated.
 	var prober string
 	for _, n := range names {
-		d := p.Directive(n)
+		d := p.DirectiveSince(n, "")
 		switch {
 		case len(d.GetAssigned()) == 1:
 			if prober != "" {
@@ -214,7 +214,7 @@ func TestPlannerSharesResults(t *testing.T) {
 	}
 	probers := 0
 	for _, n := range names {
-		if n != prober && len(p.Directive(n).GetAssigned()) == 1 {
+		if n != prober && len(p.DirectiveSince(n, "").GetAssigned()) == 1 {
 			probers++
 		}
 	}
@@ -223,7 +223,7 @@ func TestPlannerSharesResults(t *testing.T) {
 	}
 	// Its last stream ends: it leaves the plan.
 	p.Forget(prober)
-	if p.Directive(prober) != nil {
+	if p.DirectiveSince(prober, "") != nil {
 		t.Error("forgotten node still has a plan")
 	}
 }
@@ -237,7 +237,7 @@ func TestPlannerSingleHolderProbes(t *testing.T) {
 	}
 	delegated := 0
 	for _, n := range []string{"a", "b", "c"} {
-		d := p.Directive(n)
+		d := p.DirectiveSince(n, "")
 		for _, k := range d.GetDelegated() {
 			if k.GetImage() != "reg:5000/shared:v1" {
 				t.Errorf("%s: an image only it has is delegated", n)
@@ -259,7 +259,7 @@ func TestPlannerBudgetAndHold(t *testing.T) {
 		ims = append(ims, image(fmt.Sprintf("reg:5000/img-%d:v1", i), pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false))
 	}
 	p.Ingest("a", node("a", ""), true, ims, nil, func() {})
-	d := p.Directive("a")
+	d := p.DirectiveSince("a", "")
 	if len(d.GetBudgets()) != 1 || d.GetBudgets()[0].GetRequestsPerInterval() != 10 {
 		t.Fatalf("budgets %v, want 10 per interval for reg:5000", d.GetBudgets())
 	}
@@ -269,7 +269,7 @@ func TestPlannerBudgetAndHold(t *testing.T) {
 	limited.Endpoints[0].RetryAfter = durationpb.New(90 * time.Second)
 	limited.Endpoints[0].RatelimitRemaining = "0;w=21600"
 	p.Ingest("a", nil, false, []*pb.ImageReport{limited}, nil, func() {})
-	d = p.Directive("a")
+	d = p.DirectiveSince("a", "")
 	if got := d.GetBudgets()[0].GetHoldUntil().AsTime(); !got.Equal(now.Add(90 * time.Second)) {
 		t.Errorf("hold until %v, want %v", got, now.Add(90*time.Second))
 	}
@@ -311,7 +311,7 @@ func BenchmarkNodeJoins(b *testing.B) {
 	for i := range b.N {
 		name := fmt.Sprintf("new-%d", i)
 		p.Ingest(name, node(name, "z0"), true, benchImages(i), nil, func() {})
-		_ = p.Directive(name)
+		_ = p.DirectiveSince(name, "")
 		p.Forget(name)
 	}
 }
