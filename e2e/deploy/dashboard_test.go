@@ -77,6 +77,24 @@ func TestAggregatorDashboardQueries(t *testing.T) {
 		t.Fatalf("prometheus never scraped the registry failure: %v", err)
 	}
 
+	t.Run("endpoint latency across nodes", func(t *testing.T) {
+		// One live node: each endpoint's summary over nodes is that node's
+		// own latency, at every quantile.
+		q := `max by (endpoint) (pullwatch_endpoint_latency_seconds{quantile="1"}) - on (endpoint) max by (endpoint) (pullwatch_node_endpoint_latency_seconds)`
+		samples, err := prom.WaitForQuery(ctx, q, nil, 20*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		for _, smp := range samples {
+			if smp.Value != 0 {
+				t.Errorf("%v: the slowest node's latency differs from the node's by %v", smp.Labels, smp.Value)
+			}
+		}
+		if _, err := prom.WaitForQuery(ctx, `pullwatch_endpoint_latency_seconds_count == 1`, nil, 20*time.Second); err != nil {
+			t.Errorf("no endpoint counted over its one node: %v", err)
+		}
+	})
+
 	t.Run("dashboard queries", func(t *testing.T) {
 		paths, err := filepath.Glob(filepath.Join(root, "deploy", "grafana", "*.json"))
 		if err != nil || len(paths) == 0 {
