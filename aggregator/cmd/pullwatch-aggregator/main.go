@@ -192,6 +192,12 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	if err != nil {
 		return nil, err
 	}
+	var client kubernetes.Interface // nil without the API
+	if kube != nil {
+		if client, err = kubernetes.NewForConfig(kube.Rest); err != nil {
+			return nil, fmt.Errorf("client of the Kubernetes API (%s): %w", kube.Source, err)
+		}
+	}
 	anOpts := analyzer.Options{Filter: filter}
 	var dir analyzer.Directory // nil without the API
 	if kube != nil {
@@ -219,10 +225,6 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 			collectorCfg.Owners = watcher
 		}
 		if opts.NodeCondition {
-			client, err := kubernetes.NewForConfig(kube.Rest)
-			if err != nil {
-				return nil, fmt.Errorf("kubernetes client for %s: %w", kube.Rest.Host, err)
-			}
 			nc := nodecondition.New(client, log)
 			anOpts.OnAnalysis = nc.Observe
 			go nc.Run(ctx)
@@ -256,13 +258,6 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		log.Info("forgot nodes silent for --forget-after", "nodes", len(gone), "forget_after", opts.ForgetAfter.String(), "first", gone[0])
 	})
 	refusals := authn.NewRefusals(log)
-	var client kubernetes.Interface // nil without the API
-	if kube != nil {
-		var err error
-		if client, err = kubernetes.NewForConfig(kube.Rest); err != nil {
-			return nil, fmt.Errorf("client of the Kubernetes API (%s): %w", kube.Source, err)
-		}
-	}
 	cs := []prometheus.Collector{metrics.NewCollector(store, an, collectorCfg), reports, refusals, lender}
 	s := &servers{ingest: ingest.NewServer(store, reports, log)}
 	s.ingest.SetBounds(bounds)

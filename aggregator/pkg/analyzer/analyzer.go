@@ -169,7 +169,9 @@ func (a *Analyzer) Diagnosis(ctx context.Context) (*diagnose.Report, uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	version := a.store.Version()
-	in := Inputs(a.store.Nodes(), a.dir, a.opts.Filter)
+	// The images are filtered only when the diagnosis is computed again
+	// below: the cached one does not look at them.
+	in := Inputs(a.store.Nodes(), a.dir, nil)
 	keys := make([]nodeKey, len(in))
 	for i, n := range in {
 		keys[i] = nodeKey{name: n.Name, zone: n.Zone, stale: n.Stale, unregistered: n.Unregistered}
@@ -188,6 +190,9 @@ func (a *Analyzer) Diagnosis(ctx context.Context) (*diagnose.Report, uint64) {
 			a.assessRisk(cached)
 		}
 		return &r, a.generation
+	}
+	for i := range in {
+		in[i].Images = a.opts.Filter.Reports(in[i].Images)
 	}
 	r := diagnose.Diagnose(in)
 	a.report.Store(r)

@@ -73,7 +73,7 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, 
 	if err != nil {
 		return err
 	}
-	bs := &boundStream{ServerStream: ss, ctx: ctx, id: id, g: g, now: g.now}
+	bs := &boundStream{ServerStream: ss, ctx: ctx, id: id, g: g}
 	// The token was verified, so its expiry is the API server's.
 	bs.expires, bs.expiring = peekClaims(token).expiry()
 	return handler(srv, bs)
@@ -90,7 +90,6 @@ type boundStream struct {
 	g        *guard
 	expires  time.Time
 	expiring bool
-	now      func() time.Time
 }
 
 func (s *boundStream) Context() context.Context { return s.ctx }
@@ -99,7 +98,7 @@ func (s *boundStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	if s.expiring && !s.now().Before(s.expires) {
+	if s.expiring && !s.g.now().Before(s.expires) {
 		// Routine (hourly with the shipped token lifetime): not counted as
 		// a refusal.
 		return status.Error(codes.Unauthenticated, "token expired during the stream: reconnect with the current token")

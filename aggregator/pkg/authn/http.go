@@ -8,12 +8,12 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/apis/apiserver"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/authenticatorfactory"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
+	"k8s.io/apiserver/pkg/util/webhook"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/pullwatch/pullwatch/pkg/logging"
@@ -31,9 +31,9 @@ type HTTP struct {
 	log   *slog.Logger
 }
 
-// webhookBackoff is k8s.io/apiserver's DefaultAuthWebhookRetryBackoff
-// (not imported: that package pulls in the whole server options tree).
-var webhookBackoff = wait.Backoff{Duration: 500 * time.Millisecond, Factor: 1.5, Jitter: 0.2, Steps: 5}
+// webhookBackoff is the API server's own retry backoff for its
+// authentication and authorization webhooks.
+var webhookBackoff = webhook.DefaultRetryBackoffWithInitialDelay(500 * time.Millisecond)
 
 // NewHTTP returns the guard over client's TokenReview and
 // SubjectAccessReview APIs.

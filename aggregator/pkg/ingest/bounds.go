@@ -130,7 +130,6 @@ const (
 // refusalLog rate-limits "report refused" lines, so that a flood of bad
 // streams costs a few lines and a count, not a line each.
 type refusalLog struct {
-	once       sync.Once
 	limiter    *rate.Limiter
 	mu         sync.Mutex
 	suppressed int
@@ -140,7 +139,6 @@ type refusalLog struct {
 // number of lines suppressed since the last one written.
 func (s *Server) logRefusal(ctx context.Context, log *slog.Logger, args ...any) {
 	r := &s.refusals
-	r.once.Do(func() { r.limiter = rate.NewLimiter(refusalRate, refusalBurst) })
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.limiter.Allow() {

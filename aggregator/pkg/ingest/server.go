@@ -12,6 +12,7 @@ import (
 	"time"
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
@@ -78,7 +79,8 @@ type Server struct {
 
 // NewServer returns a Server applying reports to store.
 func NewServer(store *state.Store, obs Observer, log *slog.Logger) *Server {
-	return &Server{store: store, obs: obs, log: log, draining: make(chan struct{})}
+	return &Server{store: store, obs: obs, log: log, draining: make(chan struct{}),
+		refusals: refusalLog{limiter: rate.NewLimiter(refusalRate, refusalBurst)}}
 }
 
 // SetSharder turns probe sharding on: agents get their ProbeAssignments
@@ -307,10 +309,10 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 		if err := s.bounds.PerNode.Check(name, body.Snapshot.GetImages()); err != nil {
 			return nil, limitError("snapshot.images", err)
 		}
-		if st.node == "" && s.sharder != nil {
-			st.plan, st.unwatch = s.sharder.Watch(name)
-		}
 		if s.sharder != nil {
+			if st.node == "" {
+				st.plan, st.unwatch = s.sharder.Watch(name)
+			}
 			s.sharder.Ingest(name, body.Snapshot.GetNode(), true, body.Snapshot.GetImages(), nil, func() { s.store.ApplySnapshot(body.Snapshot) })
 		} else {
 			s.store.ApplySnapshot(body.Snapshot)

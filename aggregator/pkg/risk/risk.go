@@ -106,8 +106,14 @@ func Normalize(spec string) (ref, registry string, ok bool) {
 	if err != nil {
 		return "", "", false
 	}
+	ref, registry = normalized(named)
+	return ref, registry, true
+}
+
+// normalized is Normalize of a parsed spec.
+func normalized(named reference.Named) (ref, registry string) {
 	named = reference.TagNameOnly(named)
-	return named.String(), reference.Domain(named), true
+	return named.String(), reference.Domain(named)
 }
 
 // EffectivePullPolicy is the policy the kubelet applies: the spec's, or
@@ -121,6 +127,11 @@ func EffectivePullPolicy(spec string, p corev1.PullPolicy) corev1.PullPolicy {
 	if err != nil {
 		return corev1.PullIfNotPresent
 	}
+	return defaultPolicy(named)
+}
+
+// defaultPolicy is the API's default pull policy for a parsed spec.
+func defaultPolicy(named reference.Named) corev1.PullPolicy {
 	if _, digested := named.(reference.Digested); digested {
 		return corev1.PullIfNotPresent
 	}
@@ -173,7 +184,7 @@ func Assess(r *diagnose.Report, pods []kubewatch.PodFacts, filter Filter) *Asses
 	// their spec strings.
 	type parsed struct {
 		ref, registry string
-		ok            bool
+		watched       bool // parsed, and not filtered out
 		defaultPolicy corev1.PullPolicy
 	}
 	specs := map[string]parsed{}
@@ -184,12 +195,15 @@ func Assess(r *diagnose.Report, pods []kubewatch.PodFacts, filter Filter) *Asses
 		for _, c := range p.Containers {
 			sp, seen := specs[c.Image]
 			if !seen {
-				sp.ref, sp.registry, sp.ok = Normalize(c.Image)
-				sp.defaultPolicy = EffectivePullPolicy(c.Image, "")
+				if named, err := reference.ParseNormalizedNamed(c.Image); err == nil {
+					sp.defaultPolicy = defaultPolicy(named)
+					sp.ref, sp.registry = normalized(named)
+					sp.watched = filter == nil || filter.Image(sp.ref)
+				}
 				specs[c.Image] = sp
 			}
 			ref, registry := sp.ref, sp.registry
-			if !sp.ok || (filter != nil && !filter.Image(ref)) {
+			if !sp.watched {
 				continue
 			}
 			policy := cmp.Or(c.PullPolicy, sp.defaultPolicy)

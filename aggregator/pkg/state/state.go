@@ -172,12 +172,11 @@ func (s *Store) ApplyUpdateWithin(u *pullwatchv1.NodeUpdate, lim Limits) (known 
 	if !ok {
 		return false, nil
 	}
-	if lim != (Limits{}) {
-		if err := lim.Check(u.GetNodeName(), updated(n.sorted, u)); err != nil {
-			return true, err
-		}
+	next := updated(n.sorted, u)
+	if err := lim.Check(u.GetNodeName(), next); err != nil {
+		return true, err
 	}
-	s.applyUpdate(n, u)
+	s.applyUpdated(n, u, next)
 	return true, nil
 }
 
@@ -199,7 +198,12 @@ func (s *Store) ApplyUpdate(u *pullwatchv1.NodeUpdate) bool {
 func (s *Store) applyUpdate(n *node, u *pullwatchv1.NodeUpdate) {
 	// A fresh slice rather than an in-place edit: NodeViews handed out
 	// earlier may still be iterating the old one without the lock.
-	n.sorted = updated(n.sorted, u)
+	s.applyUpdated(n, u, updated(n.sorted, u))
+}
+
+// applyUpdated makes next, updated(n.sorted, u), n's images; s.mu is held.
+func (s *Store) applyUpdated(n *node, u *pullwatchv1.NodeUpdate, next []*pullwatchv1.ImageReport) {
+	n.sorted = next
 	n.lastReport = s.now()
 	if u.GetObservedAt() != nil {
 		n.observedAt = u.GetObservedAt().AsTime()
