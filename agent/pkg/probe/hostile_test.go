@@ -262,3 +262,31 @@ func TestRoundBreakerPerEntry(t *testing.T) {
 		}
 	}
 }
+
+// TestReachHonoursTheBreaker: once an endpoint's breaker is open in the
+// round, Reach says it is not reached without pinging it again (each of
+// a hung endpoint's delegated images would otherwise wait a timeout).
+func TestReachHonoursTheBreaker(t *testing.T) {
+	silent, err := probetest.Start(probetest.Silent, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	const timeout = 5 * time.Second
+	p := New(Options{Timeout: timeout})
+	round := NewRound(4)
+	ep := hosts.Endpoint{URL: silent.URL(), Role: hosts.RoleUpstream}
+	ref := mustRef(t, "127.0.0.1:5000/app:v1")
+	tg, err := p.target(ep, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	round.trip(breakerKey(tg, 1), failure{status: pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, reason: "timeout"})
+	start := time.Now()
+	if p.Reach(context.Background(), round, ref, []hosts.Endpoint{ep}) {
+		t.Fatal("a hung endpoint was reached")
+	}
+	if took := time.Since(start); took > timeout/2 {
+		t.Errorf("Reach took %s: it pinged the endpoint whose breaker is open", took)
+	}
+}

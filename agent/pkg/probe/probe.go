@@ -335,6 +335,15 @@ func (p *Prober) newRequest(ctx context.Context, method, u string, t target) (*h
 	return req, nil
 }
 
+// breakerKey is the key of an endpoint's breaker in a Round: the endpoint,
+// and which entry of its URL it is (nth, from 1).
+func breakerKey(t target, nth int) string {
+	if nth > 1 {
+		return t.base.String() + "#" + strconv.Itoa(nth)
+	}
+	return t.base.String()
+}
+
 func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.Ref, ep hosts.Endpoint, nth int, cred credentials.Credential) (er answer) {
 	start := p.opts.Now()
 	er = answer{Endpoint: endpointReport(ep, start), ep: ep}
@@ -348,11 +357,7 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 		er.Reason = fmt.Sprintf("not asked: backing off until %s after the registry answered 429", until.UTC().Format(time.RFC3339))
 		return er
 	}
-	// The breaker's key: the endpoint, and which entry of its URL it is.
-	key := t.base.String()
-	if nth > 1 {
-		key += "#" + strconv.Itoa(nth)
-	}
+	key := breakerKey(t, nth)
 	// An endpoint whose breaker is open answers with its first failure,
 	// word for word (so the report of an image does not change from one
 	// round to the next with which image happened to be the canary), and

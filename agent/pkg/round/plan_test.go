@@ -22,7 +22,9 @@ type reachingProber struct {
 	reach bool
 }
 
-func (r reachingProber) Reach(context.Context, imageref.Ref, []hosts.Endpoint) bool { return r.reach }
+func (r reachingProber) Reach(context.Context, *probe.Round, imageref.Ref, []hosts.Endpoint) bool {
+	return r.reach
+}
 
 func TestPlanDelegatesAndBudgets(t *testing.T) {
 	inv := &cri.Inventory{

@@ -35,7 +35,7 @@ type Prober interface {
 // Reacher pings an image's endpoints without asking for the manifest
 // (probe.Prober.Reach): probe sharding's per-node reachability signal.
 type Reacher interface {
-	Reach(ctx context.Context, ref imageref.Ref, endpoints []hosts.Endpoint) bool
+	Reach(ctx context.Context, round *probe.Round, ref imageref.Ref, endpoints []hosts.Endpoint) bool
 }
 
 // Checker runs rounds.
@@ -125,10 +125,12 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 			// Outside the bound: a credential provider plugin that hangs
 			// (until its timeout) holds up only the images it serves.
 			creds, credErr := c.credentials().Lookup(pctx, e.Ref, pods(e.Uses))
-			if _, dup := warned.LoadOrStore(fmt.Sprint(credErr), true); credErr != nil && !dup {
-				// The kubelet pulls with what it found; so do we, and say
-				// so (once per problem and round, not once per image).
-				logging.FromContext(ctx).WarnContext(ctx, "some pull credentials could not be read; probing with those found", "image", e.Ref.String(), "found", len(creds), logging.ErrKey, credErr)
+			if credErr != nil {
+				if _, dup := warned.LoadOrStore(credErr.Error(), true); !dup {
+					// The kubelet pulls with what it found; so do we, and say
+					// so (once per problem and round, not once per image).
+					logging.FromContext(ctx).WarnContext(ctx, "some pull credentials could not be read; probing with those found", "image", e.Ref.String(), "found", len(creds), logging.ErrKey, credErr)
+				}
 			}
 			c.check(pctx, &images[i], e, eps, creds, rnd, credErr)
 		})
@@ -160,7 +162,7 @@ func (c *Checker) check(ctx context.Context, im *report.Image, e cri.Entry, eps 
 		ok = false // the runtime's endpoints changed: check afresh
 	}
 	if ok {
-		if r, can := c.Prober.(Reacher); can && c.Plan.Delegated(pb.ProbeKeyString(ref, last.res.CredentialSource, urls)) && r.Reach(ctx, e.Ref, eps) {
+		if r, can := c.Prober.(Reacher); can && c.Plan.Delegated(pb.ProbeKeyString(ref, last.res.CredentialSource, urls)) && r.Reach(ctx, rnd, e.Ref, eps) {
 			applyResult(im, e, last.res)
 			im.Delegated = true
 			return
