@@ -66,7 +66,7 @@ func (c *common) aggregatorReplicas(log *slog.Logger, aggregator string) (*repli
 		watch: func(ctx context.Context, onChange func([]string)) {
 			discovery.Watch(ctx, client, target, dlog, onChange)
 		},
-		authority: target.Service + "." + target.Namespace + ".svc",
+		authority: target.ServerName(),
 		client:    client,
 		target:    target,
 	}, nil

@@ -61,7 +61,7 @@ func (t *transportFlags) dialOptions(log *slog.Logger, aggregator string) ([]grp
 			if err != nil {
 				return nil, fmt.Errorf("--aggregator: %w", err)
 			}
-			name = target.Service + "." + target.Namespace + ".svc"
+			name = target.ServerName()
 		}
 		opts = append(opts, grpc.WithTransportCredentials(stream.NewServerTLS(ca, name)))
 		log.Info("aggregator verified with TLS", "ca_file", t.caFile, "server_name", name)

@@ -111,14 +111,14 @@ type NodeKeyring struct {
 	checked   time.Time
 	stamp     string // identity of the files as last loaded
 	keyring   *dockerauth.Keyring
-	skipped   error           // files of the search path skipped as not parsing, as last loaded
-	reported  map[string]bool // problems already logged, by file stamp
-	sourceLog string          // the file in use, as last logged
+	skipped   error        // files of the search path skipped as not parsing, as last loaded
+	reported  logging.Once // problems already logged, by file stamp
+	sourceLog string       // the file in use, as last logged
 }
 
 // NewNodeKeyring returns the node keyring; files are read on first use.
 func NewNodeKeyring(opts KeyringOptions) *NodeKeyring {
-	k := &NodeKeyring{recheck: opts.Recheck, log: opts.Log, now: opts.Now, reported: map[string]bool{}}
+	k := &NodeKeyring{recheck: opts.Recheck, log: opts.Log, now: opts.Now}
 	if opts.DockerConfig != "" {
 		k.files = keyringFiles(opts.DockerConfig)
 	} else {
@@ -249,15 +249,7 @@ func (k *NodeKeyring) load(ctx context.Context) *dockerauth.Keyring {
 
 // reportOnce logs a problem once per version of the files.
 func (k *NodeKeyring) reportOnce(ctx context.Context, what string, level slog.Level, msg string, args ...any) {
-	key := k.stamp + "|" + what
-	if k.reported[key] {
-		return
-	}
-	if len(k.reported) > 256 {
-		clear(k.reported)
-	}
-	k.reported[key] = true
-	k.log.Log(ctx, level, msg, args...)
+	k.reported.Log(ctx, k.log, k.stamp+"|"+what, level, msg, args...)
 }
 
 // readBounded reads a regular file of at most dockerauth.MaxConfigBytes.

@@ -32,6 +32,11 @@ type Target struct {
 	Port string
 }
 
+// ServerName is the Service's DNS name, SERVICE.NAMESPACE.svc: the
+// :authority of streams to its pods' addresses, and the name its TLS
+// certificate carries (the pods' addresses are not in it).
+func (t Target) ServerName() string { return t.Service + "." + t.Namespace + ".svc" }
+
 // String is the target in its canonical form.
 func (t Target) String() string {
 	return Scheme + ":///" + t.Service + "." + t.Namespace + ":" + t.Port

@@ -35,7 +35,6 @@ type Plan struct {
 	mu        sync.Mutex
 	local     map[string]*rate.Limiter // registry host → the agent's own bucket
 	active    func() bool
-	interval  time.Duration
 	delegated map[string]bool          // ProbeKeyString
 	shares    map[string]*rate.Limiter // registry host → cluster budget share
 	holds     map[string]time.Time
@@ -67,7 +66,6 @@ func (p *Plan) SetActive(active func() bool) {
 func (p *Plan) Apply(pa *pb.ProbeAssignments, interval time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.interval = interval
 	p.delegated = map[string]bool{}
 	p.holds = map[string]time.Time{}
 	old := p.shares
