@@ -63,7 +63,7 @@ lint: tools vet ## go vet and staticcheck on every module, gofmt
 	@for m in $(MODULES); do (cd $$m && staticcheck ./...) || exit 1; done
 	@# The images build each binary's module alone (GOWORK=off): its go.mod
 	@# must be complete without the workspace.
-	@for m in proto pkg agent aggregator e2e; do (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m/go.mod is not tidy: cd $$m && GOWORK=off go mod tidy"; exit 1; }; done
+	@for m in $(MODULES); do (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m/go.mod is not tidy: cd $$m && GOWORK=off go mod tidy"; exit 1; }; done
 	@echo "lint ok"
 
 unit: ## module tests (promtool rule tests need Debian's prometheus: make deps)

@@ -29,8 +29,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "make soak needs root: it creates network namespaces and starts containerd" >&2
   exit 2
 fi
-bash scripts/install-deps.sh
-make build
+bash scripts/install-deps.sh # make soak built the binaries
 mkdir -p "$SOAK_DIR"
 pwlab() { (cd e2e && go run ./cmd/pwlab cluster "$@" --dir "$SOAK_DIR"); }
 trap 'pwlab down >/dev/null 2>&1 || true' EXIT
@@ -85,4 +84,4 @@ pwlab heal
 sleep 60 # a round or two healed
 sample "$(($(date +%s) - start))"
 echo "soak done: $out"
-column -t -s $'\t' "$out"
+cat "$out"

@@ -3,79 +3,25 @@ package risk_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
 	"github.com/pullwatch/pullwatch/e2e/harness/lab"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 )
-
-// applyRBAC creates every ClusterRole and ClusterRoleBinding of the
-// given deploy/ files exactly as shipped, and returns a kubeconfig for the
-// ServiceAccount they bind: the test proves the shipped RBAC is enough.
-func applyRBAC(t *testing.T, ctx context.Context, c *kubeapi.Cluster, files ...string) string {
-	t.Helper()
-	root, err := checkout.Root()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sa rbacv1.Subject
-	for _, f := range files {
-		b, err := os.ReadFile(filepath.Join(root, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(b), -1) {
-			var head struct{ Kind string }
-			if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			switch head.Kind {
-			case "ClusterRole":
-				var role rbacv1.ClusterRole
-				if err := yaml.UnmarshalStrict([]byte(doc), &role); err != nil {
-					t.Fatalf("%s: %v", f, err)
-				}
-				if _, err := c.Client().RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{}); err != nil {
-					t.Fatal(err)
-				}
-			case "ClusterRoleBinding":
-				var binding rbacv1.ClusterRoleBinding
-				if err := yaml.UnmarshalStrict([]byte(doc), &binding); err != nil {
-					t.Fatalf("%s: %v", f, err)
-				}
-				if _, err := c.Client().RbacV1().ClusterRoleBindings().Create(ctx, &binding, metav1.CreateOptions{}); err != nil {
-					t.Fatal(err)
-				}
-				sa = binding.Subjects[0]
-			}
-		}
-	}
-	kc, err := c.KubeconfigFor("system:serviceaccount:"+sa.Namespace+":"+sa.Name,
-		[]string{"system:serviceaccounts", "system:serviceaccounts:" + sa.Namespace, "system:authenticated"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kc
-}
 
 // sample is the value of the first series of family on the page whose
 // labels include every k="v" of labels, and whether there is one.
@@ -146,7 +92,7 @@ func TestRisk(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cluster := lab.Kube(ctx, t)
-	kubeconfig := applyRBAC(t, ctx, cluster, "deploy/aggregator.yaml", "deploy/components/node-condition/rbac.yaml")
+	kubeconfig := lab.ApplyShippedRBAC(ctx, t, cluster, "aggregator.yaml", "components/node-condition/rbac.yaml")
 
 	reg := lab.Registry(t, "risk-registry", registry.Options{})
 	refs := map[string]string{}
@@ -276,7 +222,7 @@ func TestRisk(t *testing.T) {
 	})
 
 	t.Run("filters: an ignored image and an unselected namespace are gone from metrics and the page", func(t *testing.T) {
-		kc := applyRBAC(t, ctx, cluster, "deploy/components/namespace-filter/rbac.yaml")
+		kc := lab.ApplyShippedRBAC(ctx, t, cluster, "components/namespace-filter/rbac.yaml")
 		grpc2, httpAddr2, agg2 := l.StartAggregator(t, "--kubeconfig", kc, "--stale-after", "10m", "--compat-metrics=both",
 			"--ignored-images", `/risk/always:~^nothing$`, "--namespace-label", "pullwatch.io/watch=true")
 		url2 := "http://" + httpAddr2 + "/metrics"

@@ -80,12 +80,7 @@ func size(t *testing.T, path string) int64 {
 
 func TestShardedProbes(t *testing.T) {
 	l := lab.Need(t)
-	if missing := proc.Missing(netns.Binaries...); missing != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("missing %s", missing)
-		}
-		t.Skipf("missing %s", missing)
-	}
+	proc.RequireReal(t, netns.Binaries...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
@@ -119,27 +114,10 @@ func TestShardedProbes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hp, err := proc.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcAddr, httpAddr := fmt.Sprintf("%s:%d", gw, gp), fmt.Sprintf("127.0.0.1:%d", hp)
-	agg, err := proc.Start(proc.Spec{
-		Name: "pullwatch-aggregator", Path: filepath.Join(l.Bin, checkout.AggregatorBinary),
-		Args: []string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr, "--probe-replicas", fmt.Sprint(replicas),
-			"--agent-interval", interval.String(), "--node-image-series", "all", "--log-level", "debug",
-			"--auth=none", "--http-auth=none", "--insecure"},
-		LogFile: filepath.Join(t.TempDir(), "aggregator.log"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = agg.Stop(5 * time.Second) })
+	grpcAddr := fmt.Sprintf("%s:%d", gw, gp)
+	_, httpAddr, agg := l.StartAggregator(t, "--grpc-listen", grpcAddr, "--probe-replicas", fmt.Sprint(replicas),
+		"--agent-interval", interval.String(), "--log-level", "debug")
 	metricsURL := "http://" + httpAddr + "/metrics"
-	lab.WaitFor(t, 20*time.Second, "aggregator ready", func() (bool, string) {
-		code, body := lab.HTTPGet("http://" + httpAddr + "/readyz")
-		return code == http.StatusOK, body
-	}, agg)
 
 	procs := []*proc.Process{agg}
 	nss := map[string]*netns.Namespace{}

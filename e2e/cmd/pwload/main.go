@@ -24,7 +24,6 @@ import (
 	"io"
 	"maps"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -40,6 +39,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -81,13 +81,10 @@ func main() {
 	}
 }
 
+// freePort is a free loopback address.
 func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	port, err := proc.FreePort()
+	return fmt.Sprintf("127.0.0.1:%d", port), err
 }
 
 func run(ctx context.Context, c config) error {
@@ -517,18 +514,21 @@ func saveProfile(url, file string) error {
 }
 
 func waitReady(base string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	err := proc.Poll(context.Background(), 30*time.Second, 100*time.Millisecond, func() error {
 		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
+		if err != nil {
+			return err
 		}
-		time.Sleep(100 * time.Millisecond)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("aggregator not ready within 30s: %w", err)
 	}
-	return errors.New("aggregator not ready within 30s")
+	return nil
 }
 
 func get(u string) (time.Duration, int64, error) {
