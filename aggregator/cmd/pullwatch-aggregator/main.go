@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/analyzer"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/authn"
@@ -199,7 +200,8 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		}
 	}
 	anOpts := analyzer.Options{Filter: filter}
-	var dir analyzer.Directory // nil without the API
+	var dir analyzer.Directory         // nil without the API
+	var pods cache.SharedIndexInformer // kubewatch's, nil without the API
 	if kube != nil {
 		// Pods and their owners are watched for the risk assessment and
 		// the compatibility metrics.
@@ -217,7 +219,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 			return nil, err
 		}
 		watcher.Start(ctx)
-		dir = watcher
+		dir, pods = watcher, watcher.PodInformer()
 		bounds.Nodes = watcher // reports only for Nodes that exist
 		filter.SetNamespaces(watcher)
 		anOpts.Pods = watcher
@@ -242,7 +244,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	collectorCfg.Risk = an.Risk
 	go an.Run(ctx, analyzeEvery)
 
-	lender, err := newLender(ctx, log, opts, kube)
+	lender, err := newLender(ctx, log, opts, kube, pods)
 	if err != nil {
 		return nil, err
 	}
@@ -291,7 +293,8 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 
 // newLender builds and starts credential lending (aggregator/pkg/lend):
 // off without the Kubernetes API or with --lend-credentials=off.
-func newLender(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) (*lend.Lender, error) {
+// pods is kubewatch's pod informer, which lending shares (nil: its own).
+func newLender(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config, pods cache.SharedIndexInformer) (*lend.Lender, error) {
 	var client kubernetes.Interface
 	if kube != nil && opts.LendCredentials != lend.ModeOff {
 		cfg := rest.CopyConfig(kube.Rest)
@@ -302,7 +305,7 @@ func newLender(ctx context.Context, log *slog.Logger, opts *options.Options, kub
 		}
 		client = c
 	}
-	l, err := lend.New(client, lend.Options{Mode: opts.LendCredentials, Log: log.With("component", "lend")})
+	l, err := lend.New(client, lend.Options{Mode: opts.LendCredentials, Log: log.With("component", "lend"), Pods: pods})
 	if err != nil {
 		return nil, err
 	}

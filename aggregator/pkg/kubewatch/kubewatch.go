@@ -115,6 +115,10 @@ func NewForClients(kube kubernetes.Interface, meta metadata.Interface, log *slog
 	return w
 }
 
+// PodInformer is the pod informer (nil without Options.Owners), for
+// credential lending to share rather than list and watch every pod again.
+func (w *Watcher) PodInformer() cache.SharedIndexInformer { return w.pods }
+
 // Start starts the informers and returns at once; the caches load in the
 // background. Until the node list is loaded, Node answers synced=false;
 // until the pods and their owners are loaded, OwnersSynced is false. Both
@@ -372,6 +376,8 @@ func stripPod(obj any) (any, error) {
 	// pod can restart at all (risk).
 	out.Spec.NodeName = p.Spec.NodeName
 	out.Status.Phase = p.Status.Phase
+	// The pull secrets it names: credential lending shares this informer.
+	out.Spec.ImagePullSecrets = p.Spec.ImagePullSecrets
 	keep := func(cs []corev1.Container) []corev1.Container {
 		if len(cs) == 0 {
 			return nil

@@ -103,6 +103,11 @@ type Options struct {
 	TTL time.Duration
 	Log *slog.Logger
 	Now func() time.Time
+	// Pods, when set, is a pod informer the aggregator already runs
+	// (kubewatch's), keeping at least each pod's node, UID and
+	// imagePullSecrets; its owner starts it. Unset, the Lender runs one
+	// of its own.
+	Pods cache.SharedIndexInformer
 }
 
 // Lender answers ReportService.Credentials. It is a prometheus.Collector
@@ -187,9 +192,12 @@ func New(client kubernetes.Interface, opts Options) (*Lender, error) {
 	if client == nil || l.mode == ModeOff {
 		return l, nil
 	}
-	// No periodic resync: the cache only answers.
-	l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimPod))
-	l.pods = l.factory.Core().V1().Pods().Informer()
+	l.pods = opts.Pods
+	if l.pods == nil {
+		// No periodic resync: the cache only answers.
+		l.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimPod))
+		l.pods = l.factory.Core().V1().Pods().Informer()
+	}
 	_, err := l.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		UpdateFunc: func(oldObj, newObj any) {
 			o, okOld := oldObj.(*corev1.Pod)
@@ -222,7 +230,9 @@ func (l *Lender) Start(ctx context.Context) {
 	default:
 		l.log.InfoContext(ctx, "credential lending on: agents with a verified token get their own node's pods' pull secrets")
 	}
-	l.factory.Start(ctx.Done())
+	if l.factory != nil {
+		l.factory.Start(ctx.Done())
+	}
 }
 
 // WaitForSync waits until the pods are listed, or ctx ends.
