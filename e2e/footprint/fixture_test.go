@@ -1,14 +1,12 @@
 package footprint
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"net/http"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -181,10 +179,6 @@ func pull(t *testing.T, node *lab.Node, imgs []image) {
 	t.Logf("containerd pulled %d images in %s", len(imgs), time.Since(start).Round(time.Millisecond))
 }
 
-// accessLine is the registry's access log line (combined log format):
-// source, method, path, status, user agent.
-var accessLine = regexp.MustCompile(`^(\S+) - \S+ \[[^\]]+\] "(\w+) (\S+) HTTP/[0-9.]+" (\d{3}) \S+ "[^"]*" "([^"]*)"`)
-
 // requests counts what a client sent the registry, by kind.
 type requests struct {
 	Heads, HeadsNot200 int // manifest HEADs, and those not answered 200
@@ -211,11 +205,11 @@ type mark struct {
 
 func markNow(t *testing.T, ts *tokenserver.Server, reg *registry.Registry) mark {
 	t.Helper()
-	st, err := os.Stat(reg.LogFile())
+	offset, err := reg.LogOffset()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return mark{logOffset: st.Size(), tokens: len(ts.Requests())}
+	return mark{logOffset: offset, tokens: len(ts.Requests())}
 }
 
 // between counts the requests sent by clients whose user agent starts
@@ -223,33 +217,23 @@ func markNow(t *testing.T, ts *tokenserver.Server, reg *registry.Registry) mark 
 func between(t *testing.T, ts *tokenserver.Server, reg *registry.Registry, a, b mark, uaPrefix string) requests {
 	t.Helper()
 	var r requests
-	f, err := os.Open(reg.LogFile())
+	reqs, _, err := reg.Accesses(a.logOffset, b.logOffset)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if _, err := f.Seek(a.logOffset, 0); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	n := a.logOffset
-	for sc.Scan() && n < b.logOffset {
-		n += int64(len(sc.Bytes())) + 1
-		m := accessLine.FindStringSubmatch(sc.Text())
-		if m == nil || !strings.HasPrefix(m[5], uaPrefix) {
+	for _, req := range reqs {
+		if !strings.HasPrefix(req.UserAgent, uaPrefix) {
 			continue
 		}
-		method, path, status := m[2], m[3], m[4]
 		switch {
-		case method == "HEAD" && strings.Contains(path, "/manifests/"):
+		case req.Method == "HEAD" && strings.Contains(req.Path, "/manifests/"):
 			r.Heads++
-			if status != "200" {
+			if req.Status != "200" {
 				r.HeadsNot200++
 			}
-		case method == "GET" && strings.Contains(path, "/manifests/"):
+		case req.Method == "GET" && strings.Contains(req.Path, "/manifests/"):
 			r.ManifestGets++
-		case method == "GET" && path == "/v2/":
+		case req.Method == "GET" && req.Path == "/v2/":
 			r.Pings++
 		default:
 			r.Other++

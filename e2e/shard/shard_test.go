@@ -6,14 +6,11 @@
 package shard
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,46 +33,27 @@ const (
 
 var nodes = []struct{ name, zone string }{{"node-a", "zone-1"}, {"node-b", "zone-2"}, {"node-c", "zone-1"}}
 
-// accessLine is the registry's access log line (combined log format).
-var accessLine = regexp.MustCompile(`^(\S+) - \S+ \[[^\]]+\] "(\w+) (\S+) HTTP`)
-
 // heads counts the registry's manifest HEADs from byte offset on: per
 // repository, the source addresses that sent them and how many.
-func heads(t *testing.T, logFile string, offset int64) (map[string]map[string]int, int64) {
+func heads(t *testing.T, reg *registry.Registry, offset int64) (map[string]map[string]int, int64) {
 	t.Helper()
-	f, err := os.Open(logFile)
+	reqs, end, err := reg.Accesses(offset, -1)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Seek(offset, 0); err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]map[string]int{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	var n int64 = offset
-	for sc.Scan() {
-		n += int64(len(sc.Bytes())) + 1
-		m := accessLine.FindStringSubmatch(sc.Text())
-		if m == nil || m[2] != http.MethodHead || !strings.Contains(m[3], "/manifests/") {
+	for _, r := range reqs {
+		i := strings.Index(r.Path, "/manifests/")
+		if r.Method != http.MethodHead || i < 0 {
 			continue
 		}
-		repo := strings.TrimPrefix(m[3][:strings.Index(m[3], "/manifests/")], "/v2/")
+		repo := strings.TrimPrefix(r.Path[:i], "/v2/")
 		if out[repo] == nil {
 			out[repo] = map[string]int{}
 		}
-		out[repo][m[1]]++
+		out[repo][r.Source]++
 	}
-	return out, n
-}
-
-func size(t *testing.T, path string) int64 {
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st.Size()
+	return out, end
 }
 
 func TestShardedProbes(t *testing.T) {
@@ -172,10 +150,13 @@ func TestShardedProbes(t *testing.T) {
 
 	// Let the assignments reach the agents, then count a window of rounds.
 	time.Sleep(2 * interval)
-	offset := size(t, reg.LogFile())
+	offset, err := reg.LogOffset()
+	if err != nil {
+		t.Fatal(err)
+	}
 	const rounds = 5
 	time.Sleep(rounds * interval)
-	got, offset := heads(t, reg.LogFile(), offset)
+	got, offset := heads(t, reg, offset)
 	naive := len(nodes) * len(refs) * rounds
 	total := 0
 	for i, repo := range repos {
@@ -243,9 +224,9 @@ func TestShardedProbes(t *testing.T) {
 
 	// The nodes that reach the registry now HEAD every image for node-c.
 	time.Sleep(2 * interval)
-	_, offset = heads(t, reg.LogFile(), offset)
+	_, offset = heads(t, reg, offset)
 	time.Sleep(rounds * interval)
-	got, _ = heads(t, reg.LogFile(), offset)
+	got, _ = heads(t, reg, offset)
 	for i, repo := range repos {
 		for ip := range got[repo] {
 			if ips[ip] == "node-c" {
