@@ -14,6 +14,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/e2e/harness/containerd"
 	"github.com/pullwatch/pullwatch/e2e/harness/lab"
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -46,8 +47,8 @@ type result struct {
 // available both ways.
 func TestSideBySideRemoteHead(t *testing.T) {
 	l := lab.Need(t)
-	t.Logf("load average at start: %s", loadavg())
-	defer func() { t.Logf("load average at end: %s", loadavg()) }()
+	t.Logf("load average at start: %s", proc.LoadAvg())
+	defer func() { t.Logf("load average at end: %s", proc.LoadAvg()) }()
 
 	ts, reg := tokenRegistry(t, "compare")
 	imgs := images(reg, "cmp", compareImages)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -247,68 +246,4 @@ func between(t *testing.T, ts *tokenserver.Server, reg *registry.Registry, a, b 
 	return r
 }
 
-// procSample is what /proc says about a process now.
-type procSample struct {
-	rssKiB, hwmKiB   int64
-	anonKiB, fileKiB int64 // RssAnon (heap, stacks), RssFile (the binary's pages)
-	cpuTicks         int64 // utime + stime, in clock ticks
-}
-
-// clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on every
-// Linux architecture Go supports (sysconf(_SC_CLK_TCK) would need cgo).
-const clockTicks = 100
-
-func sample(pid int) (procSample, error) {
-	var s procSample
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return s, err
-	}
-	for line := range strings.SplitSeq(string(status), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		kib, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		switch k {
-		case "VmRSS":
-			s.rssKiB = kib
-		case "VmHWM":
-			s.hwmKiB = kib
-		case "RssAnon":
-			s.anonKiB = kib
-		case "RssFile":
-			s.fileKiB = kib
-		}
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return s, err
-	}
-	// Fields after the command (which may hold spaces) in parentheses:
-	// state is field 3, utime 14, stime 15.
-	rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return s, fmt.Errorf("/proc/%d/stat: %q", pid, stat)
-	}
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	s.cpuTicks = utime + stime
-	return s, nil
-}
-
 func mib(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
-
-// loadavg is /proc/loadavg's first three fields.
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return err.Error()
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return string(b)
-	}
-	return strings.Join(f[:3], " ")
-}

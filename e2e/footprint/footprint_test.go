@@ -47,8 +47,8 @@ var roundDone = regexp.MustCompile(`(?m) level=INFO msg="round done" `)
 func TestAgentFootprint(t *testing.T) {
 	l := lab.Need(t)
 	interval, rounds, extra := footprintRun()
-	t.Logf("load average at start: %s", loadavg())
-	defer func() { t.Logf("load average at end: %s", loadavg()) }()
+	t.Logf("load average at start: %s", proc.LoadAvg())
+	defer func() { t.Logf("load average at end: %s", proc.LoadAvg()) }()
 
 	ts, reg := tokenRegistry(t, "footprint")
 	imgs := images(reg, "fp", footprintImages)
@@ -118,7 +118,7 @@ func TestAgentFootprint(t *testing.T) {
 		mu      sync.Mutex
 		rssMax  int64
 		rssSum  int64
-		last    procSample
+		last    proc.Usage
 		samples int64
 		stop    = make(chan struct{})
 		done    = make(chan struct{})
@@ -128,9 +128,9 @@ func TestAgentFootprint(t *testing.T) {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {
-			if s, err := sample(agent.Pid()); err == nil {
+			if s, err := proc.UsageOf(agent.Pid()); err == nil {
 				mu.Lock()
-				rssMax, rssSum, samples = max(rssMax, s.rssKiB), rssSum+s.rssKiB, samples+1
+				rssMax, rssSum, samples = max(rssMax, s.RSSKiB), rssSum+s.RSSKiB, samples+1
 				last = s
 				mu.Unlock()
 			}
@@ -141,7 +141,7 @@ func TestAgentFootprint(t *testing.T) {
 			}
 		}
 	}()
-	s0, err := sample(agent.Pid())
+	s0, err := proc.UsageOf(agent.Pid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestAgentFootprint(t *testing.T) {
 		sum.Tokens += r.Tokens
 	}
 	window := time.Since(t0)
-	s1, err := sample(agent.Pid())
+	s1, err := proc.UsageOf(agent.Pid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,11 +193,11 @@ func TestAgentFootprint(t *testing.T) {
 		t.Errorf("%d token requests in %s; want at most %d (%d repositories × %d token lifetimes of %s)", sum.Tokens, window.Round(time.Second), limit, repos, lifetimes, tokenLifetime)
 	}
 
-	cpu := float64(s1.cpuTicks-s0.cpuTicks) / clockTicks
+	cpu := (s1.CPU - s0.CPU).Seconds()
 	mu.Lock()
 	rssAvg := rssSum / max(samples, 1)
 	t.Logf("footprint over %d rounds (%s, --interval %s, %d images, %d repositories): RSS avg %s max %s (%d samples), VmHWM %s, last RssAnon %s RssFile %s; CPU %.2f s = %.2f millicores; requests: %s",
-		rounds, window.Round(time.Second), interval, len(imgs), repos, mib(rssAvg), mib(rssMax), samples, mib(s1.hwmKiB), mib(last.anonKiB), mib(last.fileKiB), cpu, cpu/window.Seconds()*1000, sum)
+		rounds, window.Round(time.Second), interval, len(imgs), repos, mib(rssAvg), mib(rssMax), samples, mib(s1.HWMKiB), mib(last.AnonKiB), mib(last.FileKiB), cpu, cpu/window.Seconds()*1000, sum)
 	mu.Unlock()
 	_, body := lab.HTTPGet(metricsURL)
 	t.Logf("agent metrics:\n%s\n%s\n%s", lab.GrepLines(body, "pullwatch_agent_round_duration_seconds_sum"),

@@ -118,7 +118,7 @@ func run(ctx context.Context, c config) error {
 	}
 	fmt.Printf("aggregator %s (pid %d), args %v\n", c.bin, pid, args)
 	fmt.Printf("load: %d nodes × %d images, %d distinct over %d registries, %d zones, %.1f%% absent; load average %s\n",
-		c.nodes, c.images, c.distinct, c.registries, c.zones, c.failing*100, loadavg())
+		c.nodes, c.images, c.distinct, c.registries, c.zones, c.failing*100, proc.LoadAvg())
 
 	conns := make([]*grpc.ClientConn, c.conns)
 	for i := range conns {
@@ -245,7 +245,7 @@ func run(ctx context.Context, c config) error {
 	case <-time.After(10 * time.Second):
 		fmt.Println("node joins: no assignments within 10s")
 	}
-	fmt.Printf("aggregator RSS %s, peak %s; load average %s\n", rss(pid), hwm(pid), loadavg())
+	fmt.Printf("aggregator RSS %s, peak %s; load average %s\n", rss(pid), hwm(pid), proc.LoadAvg())
 	return nil
 }
 
@@ -599,42 +599,14 @@ func seriesCount(base string) (int, map[string]int) {
 	return n, fams
 }
 
-func procStatus(pid int, field string) string {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return "?"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			kb, _ := strconv.Atoi(strings.Fields(v)[0])
-			return fmt.Sprintf("%d MiB", kb/1024)
-		}
-	}
-	return "?"
+// usage is the aggregator's /proc usage now (zero if it cannot be read).
+func usage(pid int) proc.Usage {
+	u, _ := proc.UsageOf(pid)
+	return u
 }
 
-func rss(pid int) string { return procStatus(pid, "VmRSS") }
+func rss(pid int) string { return fmt.Sprintf("%d MiB", usage(pid).RSSKiB/1024) }
+func hwm(pid int) string { return fmt.Sprintf("%d MiB", usage(pid).HWMKiB/1024) }
 
-// cpu is the process's user + system CPU time so far (/proc/PID/stat).
-func cpu(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.Atoi(f[11])
-	st, _ := strconv.Atoi(f[12])
-	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ 100
-}
-func hwm(pid int) string { return procStatus(pid, "VmHWM") }
-
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	return strings.Join(strings.Fields(string(b))[:3], " ")
-}
+// cpu is the process's user + system CPU time so far.
+func cpu(pid int) time.Duration { return usage(pid).CPU }
