@@ -20,6 +20,7 @@ import (
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // hostileNode is a fresh containerd holding one real image (pulled from
@@ -35,13 +36,33 @@ func hostileNode(t *testing.T, l *lab.Lab, hostsTOML map[string]string, tags fun
 	names := tags(digest)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for len(names) > 0 {
-		batch := names[:min(len(names), 50)]
-		names = names[len(batch):]
-		args := append([]string{"--address", n.Containerd.Socket(), "--namespace", "k8s.io", "images", "tag", "--force", healthy}, batch...)
-		if out, err := exec.CommandContext(ctx, "ctr", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ctr images tag: %v\n%s", err, out)
+	for rest := names; len(rest) > 0; {
+		batch := rest[:min(len(rest), 50)]
+		rest = rest[len(batch):]
+		ctr(t, n, append([]string{"images", "tag", "--force", healthy}, batch...)...)
+	}
+	// The CRI plugin learns of ctr's tags from containerd's events, a
+	// moment later: wait until it lists them all, as the agent reads it.
+	err := proc.Poll(ctx, 30*time.Second, 100*time.Millisecond, func() error {
+		resp, err := n.Containerd.Images().ListImages(ctx, &runtimeapi.ListImagesRequest{})
+		if err != nil {
+			return err
 		}
+		listed := map[string]bool{}
+		for _, im := range resp.GetImages() {
+			for _, tag := range im.GetRepoTags() {
+				listed[tag] = true
+			}
+		}
+		for _, name := range names {
+			if !listed[name] {
+				return fmt.Errorf("the CRI does not list %s yet", name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return n, healthy, digest
 }
