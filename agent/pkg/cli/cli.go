@@ -270,6 +270,7 @@ func (c *common) setup(ctx context.Context, log *slog.Logger, lender credentials
 			UserAgent:          "pullwatch-agent/" + Version,
 			Transport:          path.Transport(),
 			Platform:           &platform,
+			FirstFailure:       probe.RanksFailuresInOrder(rt.Name, rt.Version),
 		}),
 		Credentials: creds,
 		Concurrency: c.concurrency,

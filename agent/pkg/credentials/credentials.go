@@ -20,6 +20,11 @@ const (
 	SourcePullSecret         = "pull_secret"
 	SourceNodeKeyring        = "node_keyring"
 	SourceCredentialProvider = "credential_provider"
+	// SourceRuntimeConfig: the runtime's own configuration (containerd's
+	// registry.configs."host".auth, where k3s and RKE2 put the
+	// credentials of registries.yaml), which the runtime uses when the
+	// kubelet hands it none.
+	SourceRuntimeConfig = "runtime_config"
 )
 
 // Credential is what the node would send to a registry.

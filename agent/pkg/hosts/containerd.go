@@ -2,6 +2,8 @@ package hosts
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -51,6 +53,8 @@ type ContainerdOptions struct {
 type Containerd struct {
 	hosts   docker.RegistryHosts
 	mirrors map[string][]string
+	cfg     ContainerdRegistryConfig
+	path    PullPath
 	opts    ContainerdOptions
 	roots   []string // config_path roots, node paths
 	copies  *hostsCopies
@@ -73,12 +77,89 @@ type Containerd struct {
 // The library this package uses is 2.x's, so those two cases are handled
 // here.
 func legacyHosts(version string) bool {
+	major, minor, ok := runtimeVersion(version)
+	return ok && (major < 1 || (major == 1 && minor < 7))
+}
+
+// runtimeVersion is containerd's release line, read from the version CRI
+// reports ("v2.4.2", "1.6.20~ds1"); ok is false when it does not parse.
+func runtimeVersion(version string) (major, minor int, ok bool) {
 	v := strings.TrimPrefix(version, "v")
-	var major, minor int
 	if _, err := fmt.Sscanf(v, "%d.%d", &major, &minor); err != nil {
-		return false
+		return 0, 0, false
 	}
-	return major < 1 || (major == 1 && minor < 7)
+	return major, minor, true
+}
+
+// PullPath is how containerd's CRI plugin finds a registry's endpoints,
+// which depends on its version and configuration: containerd 1.x and 2.0
+// read a list of host directory roots (config_path, colon-separated) or,
+// without config_path, the legacy registry.mirrors and registry.configs
+// (1.x applies configs' tls, 2.x does not); 2.x sets config_path to
+// /etc/containerd/certs.d:/etc/docker/certs.d when neither is set; 2.1+
+// pulls through the transfer service unless use_local_image_pull (or a
+// setting the transfer service does not support) says otherwise, and the
+// transfer service takes config_path as one directory, never a list. The
+// credentials of registry.configs."host".auth count in every mode.
+type PullPath struct {
+	// Roots are the host directory roots searched in order; none when the
+	// legacy tables are used.
+	Roots []string
+	// Legacy: registry.mirrors and registry.configs, no host directories.
+	Legacy bool
+	// LegacyTLS: registry.configs tls applies (containerd 1.x).
+	LegacyTLS bool
+	// Mode says which puller and why, for the log and reasons.
+	Mode string
+}
+
+// PullPathFor is the pull path of containerd at version with cfg.
+// An error is a configuration containerd itself refuses.
+func PullPathFor(version string, cfg ContainerdRegistryConfig) (PullPath, error) {
+	major, minor, ok := runtimeVersion(version)
+	if !ok {
+		major, minor = 2, 99 // unknown: the newest behaviour
+	}
+	configPath := cfg.ConfigPath
+	if configPath != "" && len(cfg.Mirrors) > 0 {
+		return PullPath{}, errors.New("containerd refuses registry.mirrors together with config_path (\"`mirrors` cannot be set when `config_path` is provided\"): its CRI plugin does not load; move the mirrors into hosts.toml files")
+	}
+	if major >= 2 && configPath == "" && len(cfg.Mirrors) == 0 {
+		configPath = DefaultConfigPath
+	}
+	switch {
+	case major < 2:
+		if configPath == "" {
+			return PullPath{Legacy: true, LegacyTLS: true, Mode: "containerd " + version + ": no config_path, the legacy registry.mirrors and registry.configs"}, nil
+		}
+		return PullPath{Roots: splitRoots(configPath), Mode: "containerd " + version + ": config_path " + configPath}, nil
+	case minor >= 1 && !cfg.UseLocalImagePull && cfg.LocalPullBecause == "":
+		// The transfer service: HostDirFromRoot(config_path), one root.
+		return PullPath{Roots: []string{configPath}, Mode: "containerd " + version + ": transfer service pull, config_path " + configPath + " as one directory"}, nil
+	default:
+		mode := "containerd " + version + ": local pull"
+		if minor >= 1 {
+			if cfg.UseLocalImagePull {
+				mode += " (use_local_image_pull)"
+			} else {
+				mode += " (" + cfg.LocalPullBecause + " is set, which the transfer service does not support)"
+			}
+		}
+		if configPath == "" {
+			return PullPath{Legacy: true, Mode: mode + ", the legacy registry.mirrors"}, nil
+		}
+		return PullPath{Roots: splitRoots(configPath), Mode: mode + ", config_path " + configPath}, nil
+	}
+}
+
+func splitRoots(configPath string) []string {
+	var roots []string
+	for _, root := range filepath.SplitList(configPath) {
+		if root != "" {
+			roots = append(roots, root)
+		}
+	}
+	return roots
 }
 
 // NewContainerd reads containerd's configuration.
@@ -90,25 +171,19 @@ func NewContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, er
 	if err != nil {
 		return nil, err
 	}
-	configPath := cfg.ConfigPath
 	if opts.ConfigPath != "" {
-		configPath = opts.ConfigPath
+		cfg.ConfigPath = opts.ConfigPath
 	}
-	c := &Containerd{opts: opts, warned: map[string]string{}, legacy: legacyHosts(opts.RuntimeVersion), copies: &hostsCopies{parent: opts.TempDir}}
-	if len(cfg.Mirrors) > 0 && configPath == "" {
-		// containerd refuses both at once; with mirrors only, it uses them.
+	path, err := PullPathFor(opts.RuntimeVersion, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("containerd config %s: %w", strings.Join(cfg.Files, ", "), err)
+	}
+	c := &Containerd{opts: opts, cfg: cfg, path: path, warned: map[string]string{}, legacy: legacyHosts(opts.RuntimeVersion), copies: &hostsCopies{parent: opts.TempDir}}
+	if path.Legacy {
 		c.mirrors = cfg.Mirrors
-		logging.FromContext(ctx).InfoContext(ctx, "containerd registry mirrors from config.toml (deprecated registry.mirrors)", "files", cfg.Files, "hosts", len(cfg.Mirrors))
 	}
-	if configPath == "" {
-		configPath = DefaultConfigPath
-	}
-	for _, root := range filepath.SplitList(configPath) {
-		if root != "" {
-			c.roots = append(c.roots, root)
-		}
-	}
-	logging.FromContext(ctx).InfoContext(ctx, "containerd registry configuration", "config_files", cfg.Files, "config_path", strings.Join(c.roots, ":"), "host_root", opts.Root.Dir())
+	c.roots = path.Roots
+	logging.FromContext(ctx).InfoContext(ctx, "containerd registry configuration", "config_files", cfg.Files, "pull_path", path.Mode, "host_root", opts.Root.Dir())
 	c.hosts = config.ConfigureHosts(ctx, config.HostOptions{
 		HostDir:      c.loaderHostDir,
 		UpdateClient: opts.UpdateClient,
@@ -135,11 +210,11 @@ func (c *Containerd) hostDir(host string) (string, error) {
 // Endpoints implements Resolver.
 func (c *Containerd) Endpoints(ctx context.Context, ref imageref.Ref) ([]Endpoint, error) {
 	host := ref.Registry()
-	if eps, ok := c.mirrors[host]; ok {
-		return c.legacyEndpoints(ctx, ref, eps)
+	if c.path.Legacy {
+		return c.legacyEndpoints(ctx, ref)
 	}
 	if c.checkHostsFile(ctx, host) == hostsIgnored && !c.hasCertFiles(host) {
-		return c.withDefaultClient(Defaults{}.Endpoints(ctx, ref))
+		return c.withAuth(c.withDefaultClient(Defaults{}.Endpoints(ctx, ref)))
 	}
 	// An ignored hosts.toml beside certificate files: containerd falls back
 	// to those files (its loadCertFiles) for the default endpoint, and so
@@ -172,34 +247,126 @@ func (c *Containerd) Endpoints(ctx context.Context, ref imageref.Ref) ([]Endpoin
 		}
 		out = append(out, ep)
 	}
-	return out, nil
+	return c.withAuth(out, nil)
 }
 
-// legacyEndpoints are the registry.mirrors endpoints, upstream appended
-// after them unless listed, as containerd 1.x does.
-func (c *Containerd) legacyEndpoints(ctx context.Context, ref imageref.Ref, urls []string) ([]Endpoint, error) {
+// withAuth gives each endpoint the credentials registry.configs names for
+// its host: containerd sends them when the kubelet hands it none.
+func (c *Containerd) withAuth(eps []Endpoint, err error) ([]Endpoint, error) {
+	if err != nil {
+		return nil, err
+	}
+	for i := range eps {
+		u, perr := url.Parse(eps[i].URL)
+		if perr != nil {
+			continue
+		}
+		if hc, ok := c.cfg.Configs[u.Host]; ok && hc.Auth != nil {
+			eps[i].RuntimeAuth = hc.Auth
+		}
+	}
+	return eps, nil
+}
+
+// legacyEndpoints are the registry.mirrors endpoints of the host (or of
+// "*"), upstream appended after them unless listed, each with the TLS
+// settings registry.configs names for its host (containerd 1.x only), as
+// containerd's registryEndpoints and registryHosts build them.
+func (c *Containerd) legacyEndpoints(ctx context.Context, ref imageref.Ref) ([]Endpoint, error) {
 	host := ref.Registry()
+	urls, ok := c.mirrors[host]
+	source := "config.toml registry.mirrors"
+	if !ok {
+		urls = c.mirrors["*"]
+		source = `config.toml registry.mirrors."*"`
+	}
 	def, _ := Defaults{}.Endpoints(ctx, ref)
-	upstream := def[0].URL
+	apiHost, _ := imageref.APIHost(host)
 	var out []Endpoint
+	listed := false
 	for _, raw := range urls {
+		if !strings.Contains(raw, "://") {
+			// containerd's addDefaultScheme: http for a loopback host.
+			scheme := "https"
+			if IsLocalhost(strings.SplitN(raw, "/", 2)[0]) {
+				scheme = "http"
+			}
+			raw = scheme + "://" + raw
+		}
 		u, err := url.Parse(raw)
 		if err != nil || u.Host == "" {
 			return nil, fmt.Errorf("containerd config: mirror endpoint %q for %s is not a URL", raw, host)
 		}
+		listed = listed || u.Host == host || u.Host == apiHost
 		if u.Path == "" || u.Path == "/" {
 			u.Path = "/v2"
 		}
-		out = append(out, Endpoint{URL: u.String(), Role: roleFor(host, u.Host), Host: host, Source: "config.toml registry.mirrors"})
-	}
-	listed := false
-	for _, ep := range out {
-		listed = listed || ep.URL == upstream
+		out = append(out, Endpoint{URL: u.String(), Role: roleFor(host, u.Host), Host: host, Source: source})
 	}
 	if !listed {
+		def[0].Source = "default (after registry.mirrors)"
 		out = append(out, def[0])
 	}
-	return c.withDefaultClient(out, nil)
+	for i := range out {
+		client, err := c.legacyClient(out[i])
+		if err != nil {
+			return nil, err
+		}
+		out[i].Client = client
+	}
+	return c.withAuth(out, nil)
+}
+
+// legacyClient is the HTTP client containerd builds for a legacy
+// endpoint: its default transport, with registry.configs tls for the
+// endpoint's host on 1.x, and no certificate check for plain HTTP to a
+// loopback registry on 2.x.
+func (c *Containerd) legacyClient(ep Endpoint) (*http.Client, error) {
+	u, _ := url.Parse(ep.URL)
+	hc, hasConfig := c.cfg.Configs[u.Host]
+	if !c.path.LegacyTLS || !hasConfig || !hc.HasTLS {
+		return c.defaultClient()
+	}
+	tlsConfig, err := c.legacyTLS(hc)
+	if err != nil {
+		return nil, fmt.Errorf("containerd config: registry.configs.%q.tls: %w", u.Host, err)
+	}
+	client := &http.Client{Transport: docker.DefaultHTTPTransport(tlsConfig)}
+	if c.opts.UpdateClient != nil {
+		if err := c.opts.UpdateClient(client); err != nil {
+			return nil, err
+		}
+	}
+	return client, nil
+}
+
+// legacyTLS is containerd 1.x's getTLSConfig: the system pool plus
+// ca_file, the client pair, insecure_skip_verify; files are node paths.
+func (c *Containerd) legacyTLS(hc RegistryHostConfig) (*tls.Config, error) {
+	cfg := &tls.Config{InsecureSkipVerify: hc.InsecureSkipVerify} //nolint:gosec // the node's own setting
+	if hc.CertFile != "" || hc.KeyFile != "" {
+		if hc.CertFile == "" || hc.KeyFile == "" {
+			return nil, errors.New("cert_file and key_file must be set together")
+		}
+		pair, err := tls.LoadX509KeyPair(c.opts.Root.Path(hc.CertFile), c.opts.Root.Path(hc.KeyFile))
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	if hc.CAFile != "" {
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		b, err := os.ReadFile(c.opts.Root.Path(hc.CAFile))
+		if err != nil {
+			return nil, fmt.Errorf("ca_file: %w", err)
+		}
+		pool.AppendCertsFromPEM(b)
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
 }
 
 // withDefaultClient gives endpoints containerd's default transport on the

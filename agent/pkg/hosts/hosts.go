@@ -49,6 +49,10 @@ type Endpoint struct {
 	Skip string
 	// Source says which configuration produced the endpoint.
 	Source string
+	// RuntimeAuth are the credentials the runtime's own configuration
+	// names for this endpoint's host (containerd's registry.configs
+	// auth): the runtime sends them when the kubelet hands it none.
+	RuntimeAuth *RuntimeAuth
 }
 
 // Resolver returns the endpoints for an image, in the order the runtime

@@ -12,10 +12,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/platforms"
@@ -56,6 +58,26 @@ type Options struct {
 	// Platform is the node's (default: this process's, with the CPU
 	// variant, as containerd detects it).
 	Platform *ocispec.Platform
+	// FirstFailure makes the image's failure the first endpoint's failure
+	// that is not a 404 (404 only when every endpoint answered it), as
+	// containerd 1.x reports; off, failures are ranked as 2.x ranks them
+	// (see mostRelevantFailure). Set from the runtime's version
+	// (RanksFailuresInOrder).
+	FirstFailure bool
+}
+
+// RanksFailuresInOrder reports whether the runtime, by its name and
+// version as CRI reports them, reports the first endpoint's failure that
+// is not a 404 (containerd 1.x) rather than ranking failures (2.x).
+func RanksFailuresInOrder(runtimeName, version string) bool {
+	if runtimeName != "containerd" {
+		return false
+	}
+	var major int
+	if _, err := fmt.Sscanf(strings.TrimPrefix(version, "v"), "%d.", &major); err != nil {
+		return false
+	}
+	return major < 2
 }
 
 // answer is one endpoint's answer: the report's account of it, and what
@@ -70,6 +92,10 @@ type answer struct {
 	// with, credential its index in the request's credentials.
 	credentialSource string
 	credential       int
+	// terminal: the runtime stops at this answer and asks no later
+	// endpoint (a malformed digest header, an endpoint that accepted the
+	// request and never answered).
+	terminal bool
 }
 
 // Result is an image's answer: what the runtime would get. Its Outcome is
@@ -187,15 +213,23 @@ func (p *Prober) Probe(ctx context.Context, req Request) Result {
 	// lists them) is two endpoints with their own TLS, and their own
 	// breakers: the second's x509 failure must not trip the first's.
 	listed := map[string]int{}
+	stopped := -1 // the terminal answer the runtime would stop at
 	for i, ep := range endpoints {
 		var a answer
-		if ep.Skip != "" {
+		switch {
+		case stopped >= 0:
+			a = answer{Endpoint: endpointReport(ep, p.opts.Now()), ep: ep}
+			a.Status, a.Reason, a.Skipped = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "not asked: the runtime stops at "+answers[stopped].URL, true
+		case ep.Skip != "":
 			a = answer{Endpoint: endpointReport(ep, p.opts.Now()), ep: ep}
 			a.Status, a.Reason, a.Skipped = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "not asked: "+ep.Skip, true
-		} else {
+		default:
 			listed[ep.URL]++
 			a = p.probeWithCredentials(ctx, req.Round, ref, ep, listed[ep.URL], creds)
 			lastAsked = i
+			if a.terminal && winner < 0 {
+				stopped = i
+			}
 		}
 		answers = append(answers, a)
 		res.Endpoints = append(res.Endpoints, a.Endpoint)
@@ -209,7 +243,11 @@ func (p *Prober) Probe(ctx context.Context, req Request) Result {
 	case lastAsked < 0:
 		res.Status, res.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "the runtime would ask no endpoint for this reference: "+endpoints[0].Skip
 	default:
-		failed := answers[mostRelevantFailure(answers)]
+		pick := stopped
+		if pick < 0 {
+			pick = mostRelevantFailure(answers, p.opts.FirstFailure)
+		}
+		failed := answers[pick]
 		res.Status, res.Reason, res.CredentialSource = failed.Status, failed.Reason, failed.credentialSource
 		if len(endpoints) > 1 {
 			res.Reason = failed.URL + ": " + failed.Reason
@@ -247,17 +285,22 @@ func endpointReport(ep hosts.Endpoint, checked time.Time) report.Endpoint {
 // mostRelevantFailure picks the error the runtime reports when no endpoint
 // has the image, as containerd 2.x ranks them: an HTTP error other than
 // 404 (it says what to fix: credentials, rate limits) over a 404 over a
-// transport error; the first in host order among equals. (containerd 1.6
-// reports the first error that is not a 404, which agrees whenever an
-// HTTP error is among them.) A rate_limited answer without an HTTP status
-// (backing off after a 429) counts as the 429 it stands for.
-func mostRelevantFailure(answers []answer) int {
+// transport error; the first in host order among equals. With
+// firstFailure, as containerd 1.x: the first failure that is not a 404,
+// whatever its kind, else the 404 (seen on 1.6 and 1.7: a deleted tag
+// behind a [host] table with its CA that falls through to the server entry
+// without it fails with the server entry's x509 error). A rate_limited
+// answer without an HTTP status (backing off after a 429) counts as the
+// 429 it stands for.
+func mostRelevantFailure(answers []answer, firstFailure bool) int {
 	rank := func(a answer) int {
 		switch {
 		case a.Skipped:
 			return -1
 		case a.Status == pb.ImageStatus_IMAGE_STATUS_ABSENT:
 			return 1
+		case firstFailure:
+			return 2
 		case pb.Answered(a.Status, a.HTTPStatus):
 			return 2
 		default:
@@ -280,6 +323,17 @@ func mostRelevantFailure(answers []answer) int {
 func (p *Prober) probeWithCredentials(ctx context.Context, round *Round, ref imageref.Ref, ep hosts.Endpoint, nth int, creds []credentials.Credential) answer {
 	var a answer
 	for i, cred := range creds {
+		if cred.Source == credentials.SourceAnonymous && ep.RuntimeAuth != nil {
+			// The kubelet hands the runtime no credentials: the runtime
+			// sends its own configuration's for this host.
+			user, secret, err := ep.RuntimeAuth.UserSecret()
+			if err != nil {
+				a = answer{Endpoint: endpointReport(ep, p.opts.Now()), ep: ep}
+				a.Status, a.Reason = pb.ImageStatus_IMAGE_STATUS_UNKNOWN, err.Error()
+				return a
+			}
+			cred = credentials.Credential{Username: user, Secret: secret, Source: credentials.SourceRuntimeConfig}
+		}
 		a = p.probeEndpoint(ctx, round, ref, ep, nth, cred)
 		a.credentialSource, a.credential = cred.Source, i
 		if a.Status != pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED && a.Status != pb.ImageStatus_IMAGE_STATUS_FORBIDDEN {
@@ -364,7 +418,7 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 	// with that failure's latency.
 	down := func() answer {
 		f, _ := round.failed(key)
-		er.Status, er.Reason, er.HTTPStatus, er.LatencySeconds = f.status, f.reason, f.code, f.latency
+		er.Status, er.Reason, er.HTTPStatus, er.LatencySeconds, er.terminal = f.status, f.reason, f.code, f.latency, f.terminal
 		return er
 	}
 	if _, ok := round.failed(key); ok {
@@ -405,9 +459,20 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 
 	pctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
+	// wrote: a request went out on an open connection. Timing out after
+	// that is an endpoint that accepted the request and never answered:
+	// containerd's client has no deadline of its own there, so the runtime
+	// waits on it and never asks the next endpoint (a refused or
+	// unreachable one it skips; a dial or TLS handshake has its timeout).
+	var wrote atomic.Bool
+	pctx = httptrace.WithClientTrace(pctx, &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { wrote.Store(true) }})
 	defer func() { er.LatencySeconds = p.opts.Now().Sub(start).Seconds() }()
 	fail := func(err error) answer {
 		er.Status, er.Reason, er.HTTPStatus = p.classify(ctx, pctx, err)
+		if ctx.Err() == nil && errors.Is(pctx.Err(), context.DeadlineExceeded) && wrote.Load() && er.HTTPStatus == 0 {
+			er.terminal = true
+			er.Reason = fmt.Sprintf("timeout after %s: the endpoint accepted the request and never answered; the runtime waits on it with no deadline of its own and asks no later endpoint, until the kubelet's runtime-request-timeout (2m by default) ends the pull", p.opts.Timeout)
+		}
 		return er
 	}
 
@@ -417,7 +482,7 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 		if ctx.Err() == nil {
 			// A failed ping is this endpoint's answer for the rest of the
 			// round: the next probe would ask again and wait again.
-			round.trip(key, failure{er.Status, er.Reason, er.HTTPStatus, p.opts.Now().Sub(start).Seconds()})
+			round.trip(key, failure{er.Status, er.Reason, er.HTTPStatus, p.opts.Now().Sub(start).Seconds(), er.terminal})
 		}
 		return er
 	}
@@ -453,9 +518,20 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 	er.RateLimitRemaining = resp.Header.Get("Ratelimit-Remaining")
 	er.Status, er.Reason = classifyManifest(resp, er.mediaType, t.repo, ref)
 	// Digests are parsed (go-digest), never taken as the registry wrote
-	// them: a header that is no digest counts as none.
-	if d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil {
-		er.digest = d.String()
+	// them. A header that is no digest, on a manifest the runtime resolves
+	// by tag with a known size, stops the runtime's resolver ("in header
+	// not a valid digest"): no later endpoint is asked, the pull fails.
+	if h := resp.Header.Get("Docker-Content-Digest"); h != "" {
+		if d, err := digest.Parse(h); err == nil {
+			er.digest = d.String()
+		} else if er.Status == pb.ImageStatus_IMAGE_STATUS_AVAILABLE && ref.Digest() == "" && resp.ContentLength >= 0 {
+			if len(h) > 80 {
+				h = h[:80] + "…"
+			}
+			er.Status = pb.ImageStatus_IMAGE_STATUS_BAD_IMAGE_FORMAT
+			er.Reason = fmt.Sprintf("registry answered the manifest with a Docker-Content-Digest that is not a valid digest (%q): the runtime stops there and asks no other endpoint", h)
+			er.terminal = true
+		}
 	}
 	if pinned := ref.Digest(); pinned != "" && er.Status == pb.ImageStatus_IMAGE_STATUS_AVAILABLE && er.digest != "" && er.digest != pinned {
 		// The runtime checks what it fetches against the pinned digest
@@ -509,7 +585,7 @@ func cutShort(ctx context.Context, err error) error {
 // would only wait again.
 func (p *Prober) tripOnTransport(ctx context.Context, round *Round, key string, er answer, start time.Time) {
 	if ctx.Err() == nil && er.Status == pb.ImageStatus_IMAGE_STATUS_UNREACHABLE && er.HTTPStatus == 0 {
-		round.trip(key, failure{er.Status, er.Reason, er.HTTPStatus, p.opts.Now().Sub(start).Seconds()})
+		round.trip(key, failure{er.Status, er.Reason, er.HTTPStatus, p.opts.Now().Sub(start).Seconds(), er.terminal})
 	}
 }
 

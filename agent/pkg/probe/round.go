@@ -53,10 +53,11 @@ type breaker struct {
 // attempt took, so that the answer reads as the endpoint's, not as "not
 // asked").
 type failure struct {
-	status  pb.ImageStatus
-	reason  string
-	code    int
-	latency float64
+	status   pb.ImageStatus
+	reason   string
+	code     int
+	latency  float64
+	terminal bool // the runtime stops at this endpoint (see answer.terminal)
 }
 
 // NewRound returns a Round with concurrency probe slots (16 if <= 0).

@@ -1,4 +1,5 @@
-// Package containerd runs a real containerd 1.6 (with its CRI plugin, runc
+// Package containerd runs a real containerd (Debian's 1.6 by default, or a
+// 1.7 or 2.x built by scripts/build-runtimes.sh; with its CRI plugin, runc
 // and the overlayfs snapshotter) in a directory of its own, and drives it
 // over CRI the way a kubelet would: pull images, run host-network pods with
 // init and regular containers, remove them.
@@ -56,6 +57,42 @@ type Options struct {
 	// its unix sockets reachable. The namespace needs loopback up (the CRI
 	// stream server listens on 127.0.0.1).
 	Netns string
+	// ConfigVersion is config.toml's schema: 2 (containerd 1.x, the
+	// default) or 3 (containerd 2.x: the CRI plugin split into
+	// io.containerd.cri.v1.images and .runtime). See ImagesTable.
+	ConfigVersion int
+	// Registry, when not nil, replaces the registry section the harness
+	// writes (config_path = CertsDir) and is appended to config.toml as
+	// it is: TOML with full table names (ImagesTable(version) + ".registry").
+	// "" leaves the registry unconfigured: the runtime's defaults.
+	Registry *string
+	// ImagesExtra is more keys of the CRI images table (e.g.
+	// use_local_image_pull = true), one per line.
+	ImagesExtra string
+	// TopLevel is TOML written before the first table (imports = [...]).
+	TopLevel string
+	// ConfigFile is where config.toml is written (default dir/config.toml)
+	// and NodeConfig the path containerd is given (--config; default
+	// ConfigFile): the same file seen through Mounts.
+	ConfigFile, NodeConfig string
+	// Mounts bind-mounts host directories over node paths (node path →
+	// host dir) in a private mount namespace that containerd alone runs
+	// in (unshare -m), so the node's /etc/containerd or /etc/docker can be
+	// a test's own without touching this machine's. A node path that does
+	// not exist here is created (an empty directory) as the mount point.
+	Mounts map[string]string
+	// Env is added to containerd's environment (e.g. a PATH that finds
+	// its own containerd-shim-runc-v2 first).
+	Env []string
+}
+
+// ImagesTable is the CRI plugin's image and registry table for a config
+// version: where config_path, mirrors, configs and sandbox images live.
+func ImagesTable(version int) string {
+	if version >= 3 {
+		return `plugins."io.containerd.cri.v1.images"`
+	}
+	return `plugins."io.containerd.grpc.v1.cri"`
 }
 
 // Containerd is a running containerd with a CRI client connected to it.
@@ -100,6 +137,9 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 		return nil, err
 	}
 	c := newContainerd(dir)
+	if opts.ConfigFile != "" {
+		c.configPath = opts.ConfigFile
+	}
 	for _, d := range []string{c.root, c.state, c.certs, filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "conf"), filepath.Join(dir, "opt"), filepath.Join(dir, "pods")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
@@ -121,16 +161,29 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 			return nil, err
 		}
 	}
+	if err := os.MkdirAll(filepath.Dir(c.configPath), 0o755); err != nil {
+		return nil, err
+	}
 	if err := os.WriteFile(c.configPath, []byte(c.config(opts)), 0o644); err != nil {
 		return nil, err
+	}
+	nodeConfig := opts.NodeConfig
+	if nodeConfig == "" {
+		nodeConfig = c.configPath
 	}
 	spec := proc.Spec{
 		Name:    "containerd",
 		Path:    opts.Binary,
-		Args:    []string{"--config", c.configPath},
+		Args:    []string{"--config", nodeConfig},
 		Dir:     dir,
 		LogFile: c.logPath,
 		Detach:  opts.Detach,
+		Env:     opts.Env,
+	}
+	if len(opts.Mounts) > 0 {
+		if spec, err = withMounts(spec, opts.Mounts); err != nil {
+			return nil, err
+		}
 	}
 	if opts.Netns != "" {
 		// nsenter execs containerd in place: the pid stays the same.
@@ -175,6 +228,35 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 	}
 	return c, nil
 }
+
+// withMounts runs spec in a private mount namespace of its own with each
+// host dir bind-mounted over its node path (unshare -m, then a shell that
+// mounts and execs the daemon: the pid stays the daemon's).
+func withMounts(spec proc.Spec, mounts map[string]string) (proc.Spec, error) {
+	nodePaths := make([]string, 0, len(mounts))
+	for p := range mounts {
+		nodePaths = append(nodePaths, p)
+	}
+	sort.Strings(nodePaths) // parents before children
+	var script strings.Builder
+	script.WriteString("set -e\n")
+	for _, p := range nodePaths {
+		if !filepath.IsAbs(p) || filepath.Clean(p) == "/" {
+			return spec, fmt.Errorf("containerd: mount point %q must be an absolute path below /", p)
+		}
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return spec, fmt.Errorf("containerd: mount point %s: %w", p, err)
+		}
+		fmt.Fprintf(&script, "mount --bind %s %s\n", shellQuote(mounts[p]), shellQuote(p))
+	}
+	script.WriteString(`exec "$@"` + "\n")
+	args := []string{"-m", "--propagation", "private", "sh", "-c", script.String(), "containerd", spec.Path}
+	spec.Args = append(args, spec.Args...)
+	spec.Path = "unshare"
+	return spec, nil
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 func newContainerd(dir string) *Containerd {
 	return &Containerd{
@@ -437,19 +519,29 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
-// config renders containerd's config.toml (version 2, containerd 1.6).
+// config renders containerd's config.toml: version 2 (containerd 1.x, and
+// 2.x migrates it) or 3 (containerd 2.x).
 func (c *Containerd) config(opts Options) string {
 	q := strconv.Quote // Go's quoted strings are valid TOML basic strings for paths
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
-	w("# written by the pullwatch e2e harness (containerd 1.6, config version 2)")
-	w("version = 2")
+	version := opts.ConfigVersion
+	if version == 0 {
+		version = 2
+	}
+	w("# written by the pullwatch e2e harness (config version %d)", version)
+	w("version = %d", version)
 	w("root = %s", q(c.root))
 	w("state = %s", q(c.state))
 	w("oom_score = 0")
 	// CRI must load, or Start fails at once rather than serving without it.
 	w(`required_plugins = ["io.containerd.grpc.v1.cri"]`)
-	w(`disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]`)
+	// NRI (on by default in 2.x) would share one socket between the
+	// containerds of a test.
+	w(`disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.nri.v1.nri"]`)
+	if opts.TopLevel != "" {
+		w("%s", opts.TopLevel)
+	}
 	w("")
 	w("[grpc]")
 	w("  address = %s", q(c.socket))
@@ -466,30 +558,57 @@ func (c *Containerd) config(opts Options) string {
 	w("[plugins]")
 	w(`  [plugins."io.containerd.internal.v1.opt"]`)
 	w("    path = %s", q(filepath.Join(c.dir, "opt")))
-	w(`  [plugins."io.containerd.grpc.v1.cri"]`)
-	if opts.SandboxImage != "" {
-		w("    sandbox_image = %s", q(opts.SandboxImage))
+	images, runtime := ImagesTable(version), ImagesTable(version)
+	if version >= 3 {
+		runtime = `plugins."io.containerd.cri.v1.runtime"`
+		w(`  [plugins."io.containerd.grpc.v1.cri"]`)
+		w(`    stream_server_address = "127.0.0.1"`)
+		w(`    stream_server_port = "0"`)
+		w(`  [%s]`, images)
+		w(`    snapshotter = "overlayfs"`)
+		if opts.ImagesExtra != "" {
+			w("%s", opts.ImagesExtra)
+		}
+		if opts.SandboxImage != "" {
+			w(`    [%s.pinned_images]`, images)
+			w("      sandbox = %s", q(opts.SandboxImage))
+		}
+		w(`  [%s]`, runtime)
+	} else {
+		w(`  [%s]`, runtime)
+		if opts.SandboxImage != "" {
+			w("    sandbox_image = %s", q(opts.SandboxImage))
+		}
+		w(`    stream_server_address = "127.0.0.1"`)
+		w(`    stream_server_port = "0"`)
+		if opts.ImagesExtra != "" {
+			w("%s", opts.ImagesExtra)
+		}
 	}
 	// This machine's root lacks CAP_SYS_RESOURCE: without this runc fails
 	// with "can't get final child's PID from pipe: EOF".
 	w("    restrict_oom_score_adj = true")
 	w("    disable_apparmor = true")
 	w("    enable_selinux = false")
-	w(`    stream_server_address = "127.0.0.1"`)
-	w(`    stream_server_port = "0"`)
-	w(`    [plugins."io.containerd.grpc.v1.cri".containerd]`)
-	w(`      snapshotter = "overlayfs"`)
+	w(`    [%s.containerd]`, runtime)
+	if version < 3 {
+		w(`      snapshotter = "overlayfs"`)
+	}
 	w(`      default_runtime_name = "runc"`)
-	w(`      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]`)
+	w(`      [%s.containerd.runtimes.runc]`, runtime)
 	w(`        runtime_type = "io.containerd.runc.v2"`)
-	w(`        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]`)
+	w(`        [%s.containerd.runtimes.runc.options]`, runtime)
 	w("          SystemdCgroup = false")
 	w("          Root = %s", q(filepath.Join(c.state, "runc")))
 	// Host-network pods need no CNI; point the plugin at empty dirs of ours.
-	w(`    [plugins."io.containerd.grpc.v1.cri".cni]`)
+	w(`    [%s.cni]`, runtime)
 	w("      bin_dir = %s", q(filepath.Join(c.dir, "cni", "bin")))
 	w("      conf_dir = %s", q(filepath.Join(c.dir, "cni", "conf")))
-	w(`    [plugins."io.containerd.grpc.v1.cri".registry]`)
-	w("      config_path = %s", q(c.certs))
+	if opts.Registry != nil {
+		w("%s", *opts.Registry)
+	} else {
+		w(`    [%s.registry]`, images)
+		w("      config_path = %s", q(c.certs))
+	}
 	return b.String()
 }

@@ -1,0 +1,297 @@
+package fidelity_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pullwatch/pullwatch/e2e/harness/certs"
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
+	"github.com/pullwatch/pullwatch/e2e/harness/netns"
+	"github.com/pullwatch/pullwatch/e2e/harness/registry"
+	"github.com/pullwatch/pullwatch/e2e/harness/registryfront"
+	"github.com/pullwatch/pullwatch/e2e/harness/runtimes"
+)
+
+// The node paths the runtime and the agent read, each a directory of the
+// case's own (bind-mounted for the runtime, --host-root for the agent).
+var nodeDirs = []string{"/etc/containerd", "/etc/docker", "/var/lib/rancher"}
+
+// Where the CA files are on the node.
+const (
+	nodeCA      = "/etc/containerd/fidelity/ca.crt"
+	nodeOtherCA = "/etc/containerd/fidelity/other-ca.crt"
+)
+
+// The registry the fronts share the credentials of.
+const (
+	regUser = "fidelity"
+	regPass = "fidelity-secret-1"
+)
+
+// The fronts: each a registry host the node sees.
+const (
+	fUp      = "up"       // TLS, the upstream
+	fMirror  = "mirror"   // TLS, a mirror with app only
+	fAuth    = "auth"     // TLS, htpasswd
+	fPlain   = "plain"    // plain HTTP, the upstream's content
+	fLo      = "lo"       // TLS on the node's loopback
+	fLoPlain = "lo-plain" // plain HTTP on the node's loopback (kind-style)
+)
+
+// The images (repository:tag) behind the fronts.
+const (
+	imApp     = "fid/app:v1"      // everywhere
+	imGone    = "fid/gone:v1"     // deleted from the upstream after the node cached it
+	imUpOnly  = "fid/uponly:v1"   // on the upstream, not on the mirror
+	imPrivate = "fid/private:v1"  // behind auth
+	imOther   = "fid/other:v1"    // on the upstream and the mirror (second image)
+	imDigest  = "fid/digested:v1" // on the upstream
+)
+
+type env struct {
+	dir      string
+	ns       *netns.Namespace
+	caPEM    []byte
+	otherPEM []byte
+	fronts   map[string]*registryfront.Front
+	agentBin string
+	crictl   string
+	digests  map[string]string // image → manifest digest
+	upstream *registry.Registry // behind fUp, fPlain, fLo, fLoPlain
+}
+
+// deleteGone deletes imGone from the upstream registry.
+func (e *env) deleteGone(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	repo, _, _ := strings.Cut(imGone, ":")
+	if err := registry.DeleteManifest(ctx, e.upstream, repo, e.digests[imGone]); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// front returns the named front (failing t).
+func (e *env) front(t testing.TB, name string) *registryfront.Front {
+	t.Helper()
+	f, ok := e.fronts[name]
+	if !ok {
+		t.Fatalf("no front %q", name)
+	}
+	return f
+}
+
+// ref is image at front.
+func (e *env) ref(front, image string) string { return e.fronts[front].Addr() + "/" + image }
+
+// host is front's host:port.
+func (e *env) host(front string) string { return e.fronts[front].Addr() }
+
+// url is front's base URL.
+func (e *env) url(front string) string { return e.fronts[front].URL() }
+
+// setModes puts every front in its mode (Pass unless listed).
+func (e *env) setModes(t testing.TB, modes map[string]registryfront.Mode) {
+	t.Helper()
+	for name, f := range e.fronts {
+		m, ok := modes[name]
+		if !ok {
+			m = registryfront.Pass
+		}
+		if err := f.Set(m); err != nil {
+			t.Fatalf("front %s to %s: %v", name, m, err)
+		}
+	}
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	e := &env{dir: t.TempDir(), fronts: map[string]*registryfront.Front{}, digests: map[string]string{}}
+	var err error
+	if e.crictl, err = runtimes.Crictl(); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := checkout.Binaries(ctx, "", filepath.Join(e.dir, "bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.agentBin = filepath.Join(bin, checkout.AgentBinary)
+
+	network, err := netns.Create(ctx, netns.Options{Prefix: "pwf"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
+		defer dcancel()
+		if err := network.Delete(dctx); err != nil {
+			t.Errorf("delete network: %v", err)
+		}
+	})
+	if e.ns, err = network.AddNamespace(ctx, "node"); err != nil {
+		t.Fatal(err)
+	}
+	nodeIP := e.ns.IP()
+
+	// The registries: real docker-registry on this machine's loopback,
+	// reached by the node only through the fronts.
+	start := func(name string, opts registry.Options) *registry.Registry {
+		r, err := registry.Start(ctx, filepath.Join(e.dir, "registry-"+name), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.Stop() })
+		return r
+	}
+	open := start("open", registry.Options{})
+	e.upstream = open
+	mirror := start("mirror", registry.Options{})
+	auth := start("auth", registry.Options{Htpasswd: map[string]string{regUser: regPass}})
+	push := func(r *registry.Registry, image string) {
+		repo, tag, _ := strings.Cut(image, ":")
+		d, err := registry.PushImage(ctx, r, repo, tag, registry.ImageOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if prev, ok := e.digests[image]; ok && prev != d {
+			t.Fatalf("%s: digest %s here, %s elsewhere", image, d, prev)
+		}
+		e.digests[image] = d
+	}
+	for _, im := range []string{imApp, imGone, imUpOnly, imOther, imDigest} {
+		push(open, im)
+	}
+	push(mirror, imApp)
+	push(mirror, imOther)
+	push(auth, imPrivate)
+
+	// One CA signs every front's certificate; another signs nothing the
+	// node meets (the wrong-CA cases).
+	ca, caKey, err := certs.CA("pullwatch fidelity CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _, err := certs.CA("pullwatch fidelity other CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.caPEM, e.otherPEM = certs.PEM("CERTIFICATE", ca.Raw), certs.PEM("CERTIFICATE", other.Raw)
+	der, key, err := certs.Issue(&x509.Certificate{
+		IPAddresses: []net.IP{nodeIP, net.ParseIP("127.0.0.1")},
+		DNSNames:    []string{"localhost"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, ca, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
+
+	for _, f := range []struct {
+		name    string
+		host    string
+		tls     bool
+		backend *registry.Registry
+	}{
+		{fUp, nodeIP.String(), true, open},
+		{fMirror, nodeIP.String(), true, mirror},
+		{fAuth, nodeIP.String(), true, auth},
+		{fPlain, nodeIP.String(), false, open},
+		{fLo, "127.0.0.1", true, open},
+		{fLoPlain, "127.0.0.1", false, open},
+	} {
+		opts := registryfront.Options{Listen: e.ns.Listen, Addr: net.JoinHostPort(f.host, "0"), Backend: f.backend.URL()}
+		if f.tls {
+			opts.TLS = tlsCfg
+		}
+		fr, err := registryfront.Start(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = fr.Close() })
+		e.fronts[f.name] = fr
+	}
+	t.Logf("node %s; fronts: %s", nodeIP, e.describeFronts())
+	return e
+}
+
+func (e *env) describeFronts() string {
+	names := make([]string, 0, len(e.fronts))
+	for n := range e.fronts {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var parts []string
+	for _, n := range names {
+		parts = append(parts, n+"="+e.fronts[n].URL())
+	}
+	return strings.Join(parts, " ")
+}
+
+// seedFiles is a node configuration every front works with: each front's
+// hosts.toml with the CA.
+func (e *env) seedHosts() map[string]string {
+	files := map[string]string{}
+	for name := range e.fronts {
+		files["/etc/containerd/certs.d/"+e.host(name)+"/hosts.toml"] = e.hostsTOML(name, nodeCA)
+	}
+	return files
+}
+
+// hostsTOML is a hosts.toml for front with a [host] table (ca when TLS).
+func (e *env) hostsTOML(front, ca string) string {
+	u := e.url(front)
+	s := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", u, u)
+	if strings.HasPrefix(u, "https://") && ca != "" {
+		s += fmt.Sprintf("  ca = %q\n", ca)
+	}
+	return s
+}
+
+// dockerConfig is a kubelet keyring (config.json) with user:pass for host.
+func dockerConfig(host, user, pass string) string {
+	b, _ := json.Marshal(map[string]any{"auths": map[string]any{host: map[string]string{
+		"auth": base64.StdEncoding.EncodeToString([]byte(user + ":" + pass)),
+	}}})
+	return string(b)
+}
+
+// writeRoot lays out a node root under dir: the CA files, resolv.conf and
+// files (node path → content).
+func (e *env) writeRoot(dir string, files map[string]string) error {
+	all := map[string]string{
+		nodeCA:             string(e.caPEM),
+		nodeOtherCA:        string(e.otherPEM),
+		"/etc/resolv.conf": "nameserver 127.0.0.1\n",
+	}
+	for p, c := range files {
+		all[p] = c
+	}
+	for _, d := range nodeDirs {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	for p, c := range all {
+		full := filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(full, []byte(c), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
