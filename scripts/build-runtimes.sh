@@ -6,7 +6,8 @@
 # runtime reports (CRI Version, --version) the release a distribution's
 # build reports; the agent gates behaviour on that version.
 #
-#   containerd 1.7   github.com/containerd/containerd        (newest 1.7.x served)
+#   containerd 1.7   github.com/containerd/containerd        (newest 1.7.x served;
+#                    built in hack/runtimes/containerd-1.7, see 2.0)
 #   containerd 2.0   github.com/containerd/containerd/v2     (last 2.x minor that
 #                    pulls through the CRI plugin's local pull path by default;
 #                    its go.mod has exclude directives, which `go install
@@ -34,7 +35,7 @@ export GOWORK=off CGO_ENABLED=0 GOFLAGS=-mod=mod
 # The pins. Keep e2e/harness/runtimes (which reads `build-runtimes.sh list`)
 # and docs/node-path.md in step when they move.
 CONTAINERD_17=v1.7.35
-# CONTAINERD_20 must match hack/runtimes/containerd-2.0/go.mod.
+# CONTAINERD_17 and CONTAINERD_20 must match hack/runtimes/containerd-*/go.mod.
 CONTAINERD_20=v2.0.14
 CONTAINERD_24=v2.4.2
 CRICTL=v1.37.0
@@ -122,7 +123,9 @@ m=github.com/containerd/containerd/v2
 build_in hack/runtimes/containerd-2.0 "$DIR/containerd-${CONTAINERD_20#v}" \
   "-X $m/version.Version=$CONTAINERD_20 -X $m/version.Revision=module-$CONTAINERD_20" \
   "$m/cmd/containerd" "$m/cmd/containerd-shim-runc-v2"
-containerd "$CONTAINERD_17"
+build_in hack/runtimes/containerd-1.7 "$DIR/containerd-${CONTAINERD_17#v}" \
+  "-X github.com/containerd/containerd/version.Version=$CONTAINERD_17 -X github.com/containerd/containerd/version.Revision=module-$CONTAINERD_17" \
+  github.com/containerd/containerd/cmd/containerd github.com/containerd/containerd/cmd/containerd-shim-runc-v2
 install "$DIR/crictl-${CRICTL#v}" "-X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL#v}" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL"
 for d in "$DIR"/containerd-*/; do
   log "$("$d/containerd" --version 2>&1 | head -n1)"

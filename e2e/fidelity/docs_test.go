@@ -20,7 +20,7 @@ const (
 // writeDocs puts the matrix between the markers of docs/node-path.md
 // (appending them when missing): one line per case and image, one column
 // per runtime with the runtime's verdict and whether the agent's agreed.
-func writeDocs(rows []row, rts []runtimes.Containerd) error {
+func writeDocs(rows []row, rts []runtimes.Containerd, cases []fcase) error {
 	if os.Getenv("PULLWATCH_FIDELITY_CASES") != "" || os.Getenv("PULLWATCH_FIDELITY_RUNTIMES") != "" {
 		return nil // a partial run is no evidence
 	}
@@ -35,17 +35,24 @@ func writeDocs(rows []row, rts []runtimes.Containerd) error {
 	}
 	type key struct{ cse, image string }
 	cells := map[key]map[string]row{}
-	var order []key
 	agree := 0
 	for _, r := range rows {
 		k := key{r.cse, r.image}
 		if cells[k] == nil {
 			cells[k] = map[string]row{}
-			order = append(order, k)
 		}
 		cells[k][r.runtime] = r
 		if r.agree() {
 			agree++
+		}
+	}
+	// The cases' order, each case's images in its pulls' order.
+	var order []key
+	for _, c := range cases {
+		for _, p := range c.pulls {
+			if k := (key{c.name, p.front + "/" + p.image}); cells[k] != nil {
+				order = append(order, k)
+			}
 		}
 	}
 	var b strings.Builder

@@ -59,20 +59,31 @@ const (
 	imDigest  = "fid/digested:v1" // on the upstream
 )
 
-type env struct {
+// shared is what every runtime's node uses: the registries, the CA, the
+// binaries, the network.
+type shared struct {
 	dir      string
-	ns       *netns.Namespace
+	network  *netns.Network
 	caPEM    []byte
 	otherPEM []byte
-	fronts   map[string]*registryfront.Front
+	tls      *tls.Config
 	agentBin string
 	crictl   string
 	digests  map[string]string // image → manifest digest
 	upstream *registry.Registry // behind fUp, fPlain, fLo, fLoPlain
+	backends map[string]*registry.Registry
+}
+
+// env is one runtime's node: a network namespace of its own with its own
+// fronts, so the runtimes' matrices run side by side.
+type env struct {
+	*shared
+	ns     *netns.Namespace
+	fronts map[string]*registryfront.Front
 }
 
 // deleteGone deletes imGone from the upstream registry.
-func (e *env) deleteGone(t testing.TB) {
+func (e *shared) deleteGone(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -115,11 +126,11 @@ func (e *env) setModes(t testing.TB, modes map[string]registryfront.Mode) {
 	}
 }
 
-func newEnv(t *testing.T) *env {
+func newShared(t *testing.T) *shared {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	e := &env{dir: t.TempDir(), fronts: map[string]*registryfront.Front{}, digests: map[string]string{}}
+	e := &shared{dir: t.TempDir(), digests: map[string]string{}, backends: map[string]*registry.Registry{}}
 	var err error
 	if e.crictl, err = runtimes.Crictl(); err != nil {
 		t.Fatal(err)
@@ -130,30 +141,26 @@ func newEnv(t *testing.T) *env {
 	}
 	e.agentBin = filepath.Join(bin, checkout.AgentBinary)
 
-	network, err := netns.Create(ctx, netns.Options{Prefix: "pwf"})
-	if err != nil {
+	if e.network, err = netns.Create(ctx, netns.Options{Prefix: "pwf"}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
 		defer dcancel()
-		if err := network.Delete(dctx); err != nil {
+		if err := e.network.Delete(dctx); err != nil {
 			t.Errorf("delete network: %v", err)
 		}
 	})
-	if e.ns, err = network.AddNamespace(ctx, "node"); err != nil {
-		t.Fatal(err)
-	}
-	nodeIP := e.ns.IP()
 
 	// The registries: real docker-registry on this machine's loopback,
-	// reached by the node only through the fronts.
+	// reached by the nodes only through their fronts.
 	start := func(name string, opts registry.Options) *registry.Registry {
 		r, err := registry.Start(ctx, filepath.Join(e.dir, "registry-"+name), opts)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = r.Stop() })
+		e.backends[name] = r
 		return r
 	}
 	open := start("open", registry.Options{})
@@ -178,8 +185,8 @@ func newEnv(t *testing.T) *env {
 	push(mirror, imOther)
 	push(auth, imPrivate)
 
-	// One CA signs every front's certificate; another signs nothing the
-	// node meets (the wrong-CA cases).
+	// One CA signs every front's certificate (for every node address);
+	// another signs nothing the nodes meet (the wrong-CA cases).
 	ca, caKey, err := certs.CA("pullwatch fidelity CA")
 	if err != nil {
 		t.Fatal(err)
@@ -189,32 +196,51 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e.caPEM, e.otherPEM = certs.PEM("CERTIFICATE", ca.Raw), certs.PEM("CERTIFICATE", other.Raw)
+	ips := []net.IP{net.ParseIP("127.0.0.1")}
+	subnet := e.network.Subnet()
+	for i := 1; i < 255; i++ {
+		ip := make(net.IP, 4)
+		copy(ip, subnet.IP.To4())
+		ip[3] = byte(i)
+		ips = append(ips, ip)
+	}
 	der, key, err := certs.Issue(&x509.Certificate{
-		IPAddresses: []net.IP{nodeIP, net.ParseIP("127.0.0.1")},
+		IPAddresses: ips,
 		DNSNames:    []string{"localhost"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}, ca, caKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tlsCfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
+	e.tls = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
+	return e
+}
 
+// node makes a runtime's node: a namespace and its fronts.
+func (s *shared) node(t *testing.T, name string) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e := &env{shared: s, fronts: map[string]*registryfront.Front{}}
+	var err error
+	if e.ns, err = s.network.AddNamespace(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	nodeIP := e.ns.IP()
 	for _, f := range []struct {
-		name    string
-		host    string
-		tls     bool
-		backend *registry.Registry
+		name, host, backend string
+		tls                 bool
 	}{
-		{fUp, nodeIP.String(), true, open},
-		{fMirror, nodeIP.String(), true, mirror},
-		{fAuth, nodeIP.String(), true, auth},
-		{fPlain, nodeIP.String(), false, open},
-		{fLo, "127.0.0.1", true, open},
-		{fLoPlain, "127.0.0.1", false, open},
+		{fUp, nodeIP.String(), "open", true},
+		{fMirror, nodeIP.String(), "mirror", true},
+		{fAuth, nodeIP.String(), "auth", true},
+		{fPlain, nodeIP.String(), "open", false},
+		{fLo, "127.0.0.1", "open", true},
+		{fLoPlain, "127.0.0.1", "open", false},
 	} {
-		opts := registryfront.Options{Listen: e.ns.Listen, Addr: net.JoinHostPort(f.host, "0"), Backend: f.backend.URL()}
+		opts := registryfront.Options{Listen: e.ns.Listen, Addr: net.JoinHostPort(f.host, "0"), Backend: s.backends[f.backend].URL()}
 		if f.tls {
-			opts.TLS = tlsCfg
+			opts.TLS = s.tls
 		}
 		fr, err := registryfront.Start(opts)
 		if err != nil {
@@ -223,7 +249,7 @@ func newEnv(t *testing.T) *env {
 		t.Cleanup(func() { _ = fr.Close() })
 		e.fronts[f.name] = fr
 	}
-	t.Logf("node %s; fronts: %s", nodeIP, e.describeFronts())
+	t.Logf("%s: node %s; fronts: %s", name, nodeIP, e.describeFronts())
 	return e
 }
 

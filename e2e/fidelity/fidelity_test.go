@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,7 +33,7 @@ import (
 // pullTimeout is how long the oracle's pull may take: a runtime that waits
 // longer on an endpoint that accepted and never answered is taken as the
 // kubelet's runtime-request-timeout ending the pull.
-const pullTimeout = 12 * time.Second
+const pullTimeout = 8 * time.Second
 
 // nodeConfig is a case's node files.
 type nodeConfig struct {
@@ -95,7 +96,7 @@ func TestFidelity(t *testing.T) {
 		}
 		rts = keep
 	}
-	e := newEnv(t)
+	sh := newShared(t)
 	cases := matrix()
 	if only := os.Getenv("PULLWATCH_FIDELITY_CASES"); only != "" {
 		var keep []fcase
@@ -109,35 +110,43 @@ func TestFidelity(t *testing.T) {
 
 	// Every runtime caches every image first (through a configuration that
 	// works), then the deleted image goes.
-	nodes := map[string]*node{}
-	for _, rt := range rts {
-		n := &node{rt: rt, e: e, dir: filepath.Join(e.dir, rt.Name)}
+	var nodes []*node
+	for i, rt := range rts {
+		n := &node{rt: rt, e: sh.node(t, fmt.Sprintf("n%d", i)), dir: filepath.Join(sh.dir, rt.Name)}
 		n.seed(t)
-		nodes[rt.Name] = n
+		nodes = append(nodes, n)
 	}
-	e.deleteGone(t)
+	sh.deleteGone(t)
 
+	// The runtimes side by side, each its cases in turn.
+	var mu sync.Mutex
 	var rows []row
 	start := time.Now()
-	for _, rt := range rts {
-		n := nodes[rt.Name]
-		for _, c := range cases {
-			if c.only != nil && !c.only(rt) {
-				continue
-			}
-			t.Run(rt.Name+"/"+c.name, func(t *testing.T) {
-				got := n.run(t, c)
-				for _, r := range got {
-					if !r.agree() {
-						t.Errorf("%s: the runtime says %s, the agent %s\n  runtime: %s\n  agent:   %s", r.image, r.runtimeV.class, r.agentV.class, r.runtimeV.detail, r.agentV.detail)
+	t.Run("matrix", func(t *testing.T) {
+		for _, n := range nodes {
+			t.Run(n.rt.Name, func(t *testing.T) {
+				t.Parallel()
+				for _, c := range cases {
+					if c.only != nil && !c.only(n.rt) {
+						continue
 					}
+					t.Run(c.name, func(t *testing.T) {
+						got := n.run(t, c)
+						for _, r := range got {
+							if !r.agree() {
+								t.Errorf("%s: the runtime says %s, the agent %s\n  runtime: %s\n  agent:   %s", r.image, r.runtimeV.class, r.agentV.class, r.runtimeV.detail, r.agentV.detail)
+							}
+						}
+						mu.Lock()
+						rows = append(rows, got...)
+						mu.Unlock()
+					})
 				}
-				rows = append(rows, got...)
 			})
 		}
-	}
+	})
 	t.Logf("matrix: %d rows on %d runtimes in %s", len(rows), len(rts), time.Since(start).Round(time.Second))
-	if err := writeDocs(rows, rts); err != nil {
+	if err := writeDocs(rows, rts, cases); err != nil {
 		t.Errorf("docs/node-path.md: %v", err)
 	}
 }
@@ -325,7 +334,7 @@ func (n *node) check(t testing.TB, cd *containerd.Containerd, root string, cfg n
 		"--containerd-config", cfg.configFileOrDefault(),
 		"--node-name", "fidelity",
 		"--proxy-from", "none",
-		"--probe-timeout", "4s",
+		"--probe-timeout", "3s",
 		"--log-level", "debug",
 	}
 	cmd := n.e.ns.Command(ctx, n.e.agentBin, args...)

@@ -95,8 +95,8 @@ func runtimeVersion(version string) (major, minor int, ok bool) {
 // which depends on its version and configuration: containerd 1.x and 2.0
 // read a list of host directory roots (config_path, colon-separated) or,
 // without config_path, the legacy registry.mirrors and registry.configs
-// (1.x applies configs' tls, 2.x does not); 2.x sets config_path to
-// /etc/containerd/certs.d:/etc/docker/certs.d when neither is set; 2.1+
+// (1.x applies configs' tls, 2.x does not); 2.1+ sets config_path to
+// /etc/containerd/certs.d:/etc/docker/certs.d when neither is set, and
 // pulls through the transfer service unless use_local_image_pull (or a
 // setting the transfer service does not support) says otherwise, and the
 // transfer service takes config_path as one directory, never a list. The
@@ -124,7 +124,9 @@ func PullPathFor(version string, cfg ContainerdRegistryConfig) (PullPath, error)
 	if configPath != "" && len(cfg.Mirrors) > 0 {
 		return PullPath{}, errors.New("containerd refuses registry.mirrors together with config_path (\"`mirrors` cannot be set when `config_path` is provided\"): its CRI plugin does not load; move the mirrors into hosts.toml files")
 	}
-	if major >= 2 && configPath == "" && len(cfg.Mirrors) == 0 {
+	if (major > 2 || (major == 2 && minor >= 1)) && configPath == "" && len(cfg.Mirrors) == 0 {
+		// 2.1+ (2.0 had no default: its CRI plugin reads no host
+		// directory then, seen on 2.0.14).
 		configPath = DefaultConfigPath
 	}
 	switch {

@@ -19,7 +19,8 @@ import (
 // DefaultContainerdConfig is where containerd reads its configuration.
 const DefaultContainerdConfig = "/etc/containerd/config.toml"
 
-// DefaultConfigPath is containerd 2.x's config_path when none is set.
+// DefaultConfigPath is containerd 2.1+'s config_path when neither it nor
+// registry.mirrors is set.
 const DefaultConfigPath = "/etc/containerd/certs.d:/etc/docker/certs.d"
 
 // maxConfigBytes bounds what is read of any one configuration file.

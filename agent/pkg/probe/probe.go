@@ -465,11 +465,14 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 	// waits on it and never asks the next endpoint (a refused or
 	// unreachable one it skips; a dial or TLS handshake has its timeout).
 	var wrote atomic.Bool
-	pctx = httptrace.WithClientTrace(pctx, &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { wrote.Store(true) }})
+	pctx = httptrace.WithClientTrace(pctx, &httptrace.ClientTrace{
+		GetConn:      func(string) { wrote.Store(false) }, // each request anew
+		WroteRequest: func(httptrace.WroteRequestInfo) { wrote.Store(true) },
+	})
 	defer func() { er.LatencySeconds = p.opts.Now().Sub(start).Seconds() }()
 	fail := func(err error) answer {
 		er.Status, er.Reason, er.HTTPStatus = p.classify(ctx, pctx, err)
-		if ctx.Err() == nil && errors.Is(pctx.Err(), context.DeadlineExceeded) && wrote.Load() && er.HTTPStatus == 0 {
+		if ctx.Err() == nil && isTimeout(pctx, err) && wrote.Load() && er.HTTPStatus == 0 {
 			er.terminal = true
 			er.Reason = fmt.Sprintf("timeout after %s: the endpoint accepted the request and never answered; the runtime waits on it with no deadline of its own and asks no later endpoint, until the kubelet's runtime-request-timeout (2m by default) ends the pull", p.opts.Timeout)
 		}
@@ -587,6 +590,13 @@ func (p *Prober) tripOnTransport(ctx context.Context, round *Round, key string, 
 	if ctx.Err() == nil && er.Status == pb.ImageStatus_IMAGE_STATUS_UNREACHABLE && er.HTTPStatus == 0 {
 		round.trip(key, failure{er.Status, er.Reason, er.HTTPStatus, p.opts.Now().Sub(start).Seconds(), er.terminal})
 	}
+}
+
+// isTimeout reports whether err is the probe's timeout: its context's
+// deadline, or the transport's own (netpath.Bound), whichever came first.
+func isTimeout(pctx context.Context, err error) bool {
+	var ne net.Error
+	return errors.Is(pctx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // classify is classifyError for a probe: when the round's context (ctx)
