@@ -20,7 +20,7 @@ TAG            ?= $(VERSION)
 ARCHES         ?= $(shell go env GOARCH 2>/dev/null || echo amd64)
 IMAGES_TLS_VERIFY ?=
 PUSH           ?=
-IMAGE_LICENSES ?= NOASSERTION
+IMAGE_LICENSES ?= Apache-2.0
 OCI_DIR        ?=
 
 export PATH := $(TOOLS):$(PATH)
