@@ -5,6 +5,10 @@ SHELL := /bin/bash
 MODULES        := proto pkg agent aggregator e2e
 TOOLS          := $(CURDIR)/.tools
 VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION       ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# Both binaries: the version in their own variable, the commit in
+# pkg/buildinfo (pullwatch_build_info{version,revision,goversion}).
+REVISION_LDFLAG = -X github.com/pullwatch/pullwatch/pkg/buildinfo.Revision=$(REVISION)
 CI             ?=
 OUT            := $(CURDIR)/_out
 DEMO_DIR       ?= /tmp/pullwatch-demo
@@ -20,7 +24,7 @@ TAG            ?= $(VERSION)
 ARCHES         ?= $(shell go env GOARCH 2>/dev/null || echo amd64)
 IMAGES_TLS_VERIFY ?=
 PUSH           ?=
-IMAGE_LICENSES ?= NOASSERTION
+IMAGE_LICENSES ?= Apache-2.0
 OCI_DIR        ?=
 
 export PATH := $(TOOLS):$(PATH)
@@ -28,8 +32,8 @@ export PATH := $(TOOLS):$(PATH)
 .PHONY: build kube e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
-	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
-	cd aggregator && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o ../bin/pullwatch-aggregator ./cmd/pullwatch-aggregator
+	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION) $(REVISION_LDFLAG)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
+	cd aggregator && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION) $(REVISION_LDFLAG)" -o ../bin/pullwatch-aggregator ./cmd/pullwatch-aggregator
 
 deps: ## Debian packages for the real parts (containerd, registry, Prometheus, protoc); needs root
 	bash scripts/install-deps.sh
@@ -115,7 +119,7 @@ demo-down: ## stop what `make demo` or `make demo-cluster` started
 	bash scripts/demo.sh down
 
 IMAGES_ENV = REGISTRY='$(REGISTRY)' TAG='$(TAG)' VERSION='$(VERSION)' ARCHES='$(ARCHES)' \
-	REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" LICENSES='$(IMAGE_LICENSES)' \
+	REVISION='$(REVISION)' LICENSES='$(IMAGE_LICENSES)' \
 	IMAGES_TLS_VERIFY='$(IMAGES_TLS_VERIFY)' PUSH='$(PUSH)' OCI_DIR='$(OCI_DIR)'
 
 images: ## agent and aggregator images from the Dockerfiles with buildah, no Docker engine (root); REGISTRY=host:port pushes

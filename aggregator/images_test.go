@@ -467,6 +467,9 @@ func TestImagesBuilt(t *testing.T) {
 				if !strings.Contains(out, "-grpc-listen") {
 					t.Errorf("%s: `%s --help` printed no --grpc-listen:\n%s", img.Ref, bin, out)
 				}
+				if out, want := string(buildah(t, rec.StorageDriver, "run", ctr, "--", bin, "version")), "pullwatch-aggregator "+rec.Version+"\n"; out != want {
+					t.Errorf("%s: `%s version` printed %q, want %q", img.Ref, bin, out, want)
+				}
 			}
 		})
 	}

@@ -11,7 +11,7 @@
 #   VERSION            the binaries' version and the version label (default dev)
 #   REVISION, CREATED  OCI revision (commit) and created (RFC 3339) labels
 #   SOURCE_URL         OCI source label
-#   LICENSES           OCI licenses label (an SPDX expression)
+#   LICENSES           OCI licenses label (an SPDX expression; default Apache-2.0, LICENSE)
 #   ARCHES             comma-separated GOARCHes, e.g. amd64,arm64 (default: the build
 #                      host's). Several arches: REGISTRY/NAME:TAG is a manifest list,
 #                      each arch's image is also tagged TAG-ARCH.
@@ -45,7 +45,7 @@ TAG=${TAG:-$VERSION}
 REVISION=${REVISION:-$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)}
 CREATED=${CREATED:-$(TZ=UTC git -C "$REPO" log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)}
 SOURCE_URL=${SOURCE_URL:-https://github.com/pullwatch/pullwatch}
-LICENSES=${LICENSES:-NOASSERTION}
+LICENSES=${LICENSES:-Apache-2.0}
 OCI_DIR=${OCI_DIR:-}
 # Standard tag syntax; `make` passes `git describe --dirty` output, which fits.
 [[ $TAG =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || { echo "build-images: TAG '$TAG' is not a valid image tag" >&2; exit 2; }

@@ -17,6 +17,7 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/health"
 	"github.com/pullwatch/pullwatch/agent/pkg/round"
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
+	"github.com/pullwatch/pullwatch/pkg/buildinfo"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
@@ -55,7 +56,7 @@ func (f *runFlags) register(s *envflag.Set, env Env) {
 		"`path` of a small JSON file keeping each image's reported status and since when, so an agent restart neither resets the since times "+
 			"nor lets a blip through (the DaemonSet: /var/lib/pullwatch/agent-state.json on a hostPath). Empty: kept in memory only.")
 	f.transport.register(s)
-	s.StringVar(&f.httpListen, "http-listen", "", "`host:port` for /healthz (rounds keep succeeding), /readyz (first round published, stream up) and /metrics (the agent's own metrics). Empty: off. The agent shares the node's network: pick a free node port.")
+	s.StringVar(&f.httpListen, "http-listen", "", "`host:port` for /healthz (rounds keep succeeding), /readyz (first round published; not the aggregator stream, whose state is on /metrics) and /metrics (the agent's own metrics). Empty: off. The agent shares the node's network: pick a free node port.")
 }
 
 // runCommand parses run's flags, wires the daemon's parts and runs it
@@ -146,6 +147,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	checker.Plan.SetActive(connected)
 	mon := health.New(f.interval, connected)
 	mon.ReportEndpoints(endpoints)
+	mon.ReportBuild(buildinfo.Read(Version))
 	d := &daemon.Daemon{
 		Rounds:       damping.New(damping.Options{Confirm: f.confirm, Node: f.nodeName, StateFile: f.stateFile, Log: log}).Wrap(checker),
 		Stream:       sc,

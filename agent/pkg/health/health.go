@@ -1,8 +1,17 @@
 // Package health is the agent's own HTTP endpoint: /healthz (rounds keep
-// happening), /readyz (a first round has been published, the stream to the
-// aggregator is up and the agent is not shutting down) and /metrics (the
-// agent's own metrics, documented in docs/metrics.md). The node's image
-// results are not exported here: the aggregator owns those series.
+// happening), /readyz (a first round has been published and the agent is
+// not shutting down) and /metrics (the agent's own metrics, documented in
+// docs/metrics.md). The node's image results are not exported here: the
+// aggregator owns those series.
+//
+// Readiness does not depend on the stream to the aggregator: an aggregator
+// outage would otherwise make every agent NotReady at once and stall a
+// DaemonSet rollout, and an agent that cannot reach the aggregator still
+// checks its node (its `check` and its log say what it sees). The stream's
+// health is pullwatch_agent_stream_connected and
+// pullwatch_agent_aggregator_connected here, and on the aggregator's side
+// the PullwatchAgentMissing and PullwatchAggregatorReplicaMissingAgents
+// alerts (docs/alerts.md).
 package health
 
 import (
@@ -15,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/report"
+	"github.com/pullwatch/pullwatch/pkg/buildinfo"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -39,7 +49,7 @@ type Monitor struct {
 }
 
 // New returns a Monitor for rounds every interval; connected reports
-// whether the stream to the aggregator is up.
+// whether the stream to the aggregator is up (for the metrics only).
 func New(interval time.Duration, connected func() bool) *Monitor {
 	m := &Monitor{interval: interval, now: time.Now, connected: connected}
 	m.started = m.now()
@@ -107,6 +117,17 @@ func (m *Monitor) ReportEndpoints(endpoints func() map[string]bool) {
 	m.registry.MustRegister(endpointsCollector(endpoints))
 }
 
+// ReportBuild exports pullwatch_build_info for info; call it once, before
+// serving.
+func (m *Monitor) ReportBuild(info buildinfo.Info) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pullwatch_build_info",
+		Help: "Always 1; the labels say which build of pullwatch-agent runs: version, revision (commit) and goversion.",
+	}, []string{"version", "revision", "goversion"})
+	g.WithLabelValues(info.Version, info.Revision, info.GoVersion).Set(1)
+	m.registry.MustRegister(g)
+}
+
 // Round records one round: its duration and, when it succeeded, the
 // node's report.
 func (m *Monitor) Round(took time.Duration, node *report.Node, err error) {
@@ -163,8 +184,6 @@ func (m *Monitor) ready() (bool, string) {
 		return false, "shutting down"
 	case !published:
 		return false, "no round finished yet"
-	case m.connected != nil && !m.connected():
-		return false, "not connected to the aggregator"
 	}
 	return true, "ok"
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/report"
+	"github.com/pullwatch/pullwatch/pkg/buildinfo"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -39,7 +40,7 @@ func TestProbes(t *testing.T) {
 		{func() {}, 200, 503, "no round finished yet"},
 		{func() {
 			m.Round(time.Second, &report.Node{Images: []report.Image{{Outcome: report.Outcome{Status: pb.ImageStatus_IMAGE_STATUS_AVAILABLE}}, {Outcome: report.Outcome{Status: pb.ImageStatus_IMAGE_STATUS_ABSENT}}}}, nil)
-		}, 200, 503, "not connected"},
+		}, 200, 200, ""}, // ready without the aggregator: readiness is not the stream's
 		{func() { connected = true }, 200, 200, ""},
 		{func() { now = now.Add(3 * time.Minute); m.Round(time.Second, nil, errors.New("CRI down")) }, 200, 200, ""},
 		{func() { now = now.Add(2 * time.Minute) }, 503, 200, ""},
@@ -62,8 +63,27 @@ func TestProbes(t *testing.T) {
 	if problems, err := testutil.GatherAndLint(m.registry); err != nil || len(problems) > 0 {
 		t.Errorf("metric lint: %v %v", problems, err)
 	}
+	m.ReportBuild(buildinfo.Info{Version: "v0.3.1", Revision: "abc123", GoVersion: "go1.26.6"})
 	code, body := get(t, h, "/metrics")
+	if want := `pullwatch_build_info{goversion="go1.26.6",revision="abc123",version="v0.3.1"} 1`; !strings.Contains(body, want) {
+		t.Errorf("/metrics lacks %s", want)
+	}
 	if code != 200 || !strings.Contains(body, "pullwatch_agent_stream_connected 1") {
 		t.Errorf("/metrics %d:\n%s", code, body)
+	}
+}
+
+// TestReadyWithoutAggregator: an agent whose stream never comes up (an
+// aggregator outage) is ready once it has a round, and says on /metrics
+// that the stream is down.
+func TestReadyWithoutAggregator(t *testing.T) {
+	m := New(time.Minute, func() bool { return false })
+	h := m.Handler()
+	m.Round(time.Second, &report.Node{}, nil)
+	if code, body := get(t, h, "/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz with the aggregator unreachable: %d %q, want 200", code, body)
+	}
+	if _, body := get(t, h, "/metrics"); !strings.Contains(body, "pullwatch_agent_stream_connected 0") {
+		t.Errorf("/metrics does not say the stream is down:\n%s", body)
 	}
 }

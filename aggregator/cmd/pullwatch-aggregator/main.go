@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/pullwatch/pullwatch/pkg/buildinfo"
 	"github.com/pullwatch/pullwatch/pkg/kubeapi"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 	"github.com/pullwatch/pullwatch/pkg/tlsfiles"
@@ -51,6 +53,9 @@ const (
 )
 
 func main() {
+	if versionCommand(os.Args[1:], os.Stdout) {
+		os.Exit(0)
+	}
 	opts, err := options.Parse(os.Args[1:], os.Getenv, os.Stdout)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -61,7 +66,8 @@ func main() {
 	log := logging.New(os.Stderr, opts.LogLevel, opts.LogFormat)
 	// client-go logs through klog; send it to the same handler.
 	logging.RouteKlog(log)
-	log.Info("starting "+options.Name, "version", version)
+	build := buildinfo.Read(version)
+	log.Info("starting "+options.Name, "version", build.Version, "revision", build.Revision, "goversion", build.GoVersion)
 	setMemoryLimit(log)
 
 	// Without the API, nodes are never dropped, zones come from the labels
@@ -104,6 +110,17 @@ func setMemoryLimit(log *slog.Logger) {
 	case limit > 0 && limit < math.MaxInt64:
 		log.Info("soft memory limit (GOMEMLIMIT)", "bytes", limit)
 	}
+}
+
+// versionCommand prints the version for `pullwatch-aggregator version`
+// (or --version), as `pullwatch-agent version` does, and reports whether
+// args asked for it.
+func versionCommand(args []string, w io.Writer) bool {
+	if len(args) != 1 || (args[0] != "version" && args[0] != "--version") {
+		return false
+	}
+	fmt.Fprintln(w, options.Name, buildinfo.Read(version).Version)
+	return true
 }
 
 func usageError(err error) {
@@ -178,6 +195,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		PerNode:              state.Limits{Images: opts.MaxNodeImages, Endpoints: opts.MaxNodeEndpoints},
 		FirstReport:          opts.FirstReportTimeout,
 		MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
+		Version:              version,
 	}
 	var planner *shard.Planner // nil: sharding off
 	if opts.ProbeReplicas > 0 {
@@ -260,7 +278,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		log.Info("forgot nodes silent for --forget-after", "nodes", len(gone), "forget_after", opts.ForgetAfter.String(), "first", gone[0])
 	})
 	refusals := authn.NewRefusals(log)
-	cs := []prometheus.Collector{metrics.NewCollector(store, an, collectorCfg), reports, refusals, lender}
+	cs := []prometheus.Collector{metrics.NewCollector(store, an, collectorCfg), reports, refusals, lender, metrics.NewBuildInfo(buildinfo.Read(version))}
 	s := &servers{ingest: ingest.NewServer(store, reports, log)}
 	s.ingest.SetBounds(bounds)
 	s.ingest.SetLender(lender)

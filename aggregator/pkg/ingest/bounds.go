@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/pullwatch/pullwatch/pkg/buildinfo"
 	"google.golang.org/grpc/codes"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
@@ -21,11 +22,12 @@ const (
 	ReasonNodesLoading      Reason = "nodes_loading"       // the Kubernetes API's node list is not loaded yet
 	ReasonNodeImageLimit    Reason = "node_image_limit"    // the node would have more images than --max-node-images
 	ReasonNodeEndpointLimit Reason = "node_endpoint_limit" // the node would have more endpoints than --max-node-endpoints
+	ReasonVersionSkew       Reason = "version_skew"        // the agent's version is outside the skew rule (buildinfo.Skew)
 )
 
 // BoundReasons lists the bound Reasons, as Reasons lists the others.
 func BoundReasons() []string {
-	return []string{string(ReasonUnknownNode), string(ReasonNodesLoading), string(ReasonNodeImageLimit), string(ReasonNodeEndpointLimit)}
+	return []string{string(ReasonUnknownNode), string(ReasonNodesLoading), string(ReasonNodeImageLimit), string(ReasonNodeEndpointLimit), string(ReasonVersionSkew)}
 }
 
 // Why a stream ended other than by a refused message or the agent closing
@@ -68,6 +70,11 @@ type Bounds struct {
 	// MaxConcurrentStreams bounds streams per HTTP/2 connection
 	// (grpc.MaxConcurrentStreams; 0: gRPC's default).
 	MaxConcurrentStreams uint32
+	// Version is the aggregator's own version: snapshots of agents outside
+	// the version-skew rule (buildinfo.Skew) are refused with
+	// FailedPrecondition. Empty, or a version that names no release: every
+	// agent is accepted.
+	Version string
 }
 
 // SetBounds applies b to the server's streams; call it before
@@ -96,6 +103,15 @@ func (s *Server) admitNode(name string) *Error {
 	return nil
 }
 
+// admitVersion refuses a snapshot of an agent whose version the skew rule
+// excludes (nil: admitted).
+func (s *Server) admitVersion(agentVersion string) *Error {
+	if err := buildinfo.Skew(s.bounds.Version, agentVersion); err != nil {
+		return fail(ReasonVersionSkew, "snapshot.node.agent_version", "%v", err)
+	}
+	return nil
+}
+
 // limitError turns the store's limit error into a refusal.
 func limitError(field string, err error) *Error {
 	reason := ReasonNodeImageLimit
@@ -109,7 +125,7 @@ func limitError(field string, err error) *Error {
 // InvalidArgument for a malformed message, others for the bounds.
 func (r Reason) code() codes.Code {
 	switch r {
-	case ReasonUnknownNode:
+	case ReasonUnknownNode, ReasonVersionSkew:
 		return codes.FailedPrecondition
 	case ReasonNodesLoading:
 		return codes.Unavailable

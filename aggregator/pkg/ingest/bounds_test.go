@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -150,5 +152,36 @@ func TestMaxConcurrentStreamsPerConnection(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the third stream was not served after the first closed")
+	}
+}
+
+// TestVersionSkew: an agent outside the skew rule is refused with
+// FailedPrecondition and a reason that names the rule, counted as
+// version_skew; agents inside it, and development builds, are accepted.
+func TestVersionSkew(t *testing.T) {
+	h := newBoundedHarness(t, Bounds{Version: "v0.3.1"})
+	withVersion := func(seq uint64, node, version string) *pullwatchv1.AgentMessage {
+		m := snapshot(seq, node)
+		m.GetSnapshot().Node.AgentVersion = version
+		return m
+	}
+	_, err := exchange(h.open(t), withVersion(1, "old", "v0.1.4"))
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("agent v0.1.4, aggregator v0.3.1: %v, want FailedPrecondition", err)
+	}
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "v0.2.x to v0.4.x") || !strings.Contains(msg, "version-skew") {
+		t.Errorf("refusal %q does not say which versions are accepted and where the rule is", msg)
+	}
+	if _, err := exchange(h.open(t), withVersion(1, "new", "v1.0.0")); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("agent v1.0.0: %v, want FailedPrecondition", err)
+	}
+	for i, v := range []string{"v0.2.0", "v0.3.1", "v0.4.2-3-gabcdef0", "dev", ""} {
+		mustAck(t, h.open(t), withVersion(1, "ok-"+strconv.Itoa(i), v))
+	}
+	if got := h.obs.rejectedCount(ReasonVersionSkew); got != 2 {
+		t.Errorf("version_skew refusals = %d, want 2", got)
+	}
+	if nodes := h.store.Nodes(); len(nodes) != 5 {
+		t.Errorf("the store has %d nodes, want the 5 accepted ones", len(nodes))
 	}
 }

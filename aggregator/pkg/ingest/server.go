@@ -306,6 +306,9 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 		if err := s.admitNode(name); err != nil {
 			return nil, err
 		}
+		if err := s.admitVersion(body.Snapshot.GetNode().GetAgentVersion()); err != nil {
+			return nil, err
+		}
 		if err := s.bounds.PerNode.Check(name, body.Snapshot.GetImages()); err != nil {
 			return nil, limitError("snapshot.images", err)
 		}
