@@ -29,7 +29,7 @@ OCI_DIR        ?=
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
+.PHONY: build kube runtimes fidelity e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION) $(REVISION_LDFLAG)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -75,7 +75,7 @@ unit: ## module tests (promtool rule tests need Debian's prometheus: make deps)
 
 E2E_ENV = PULLWATCH_BIN=$(CURDIR)/bin PULLWATCH_TEST_OUT=$(OUT) PULLWATCH_REQUIRE_REAL=$(if $(CI),1,$(PULLWATCH_REQUIRE_REAL))
 
-integration: build kube ## tests on real containerd, registry, Prometheus, kube-apiserver (root; installs them)
+integration: build kube runtimes ## tests on real containerd (1.6, 1.7, 2.0, 2.4: e2e/fidelity), registry, Prometheus, kube-apiserver (root; installs them)
 	bash scripts/install-deps.sh
 	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -timeout 20m $$(go list ./... | grep -v -e '/e2e/cluster$$' -e '/e2e/installed$$')
 
@@ -87,6 +87,13 @@ e2e-installed: build kube ## deploy/ and the images from the Dockerfiles on the 
 	bash scripts/install-deps.sh
 	$(MAKE) images TAG=e2e
 	cd e2e && $(E2E_ENV) PULLWATCH_IMAGES=localhost/pullwatch PULLWATCH_IMAGE_TAG=e2e go test $(GOTEST_FLAGS) -v -timeout 30m ./installed/
+
+runtimes: ## containerd 1.7, 2.0, 2.4 and crictl from their Go modules into .cache/runtimes (cached; minutes when cold)
+	bash scripts/build-runtimes.sh
+
+fidelity: build runtimes ## the differential matrix alone: crictl pull vs pullwatch-agent check on every runtime; writes docs/node-path.md (root)
+	bash scripts/install-deps.sh
+	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -v -timeout 20m -run TestFidelity ./fidelity/
 
 kube: ## build etcd, kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, kubectl into .cache/kube/bin (cached; minutes when cold)
 	bash scripts/build-kube.sh

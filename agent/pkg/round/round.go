@@ -124,7 +124,11 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 			<-prep
 			// Outside the bound: a credential provider plugin that hangs
 			// (until its timeout) holds up only the images it serves.
-			creds, credErr := c.credentials().Lookup(pctx, e.Ref, pods(e.Uses))
+			var creds []credentials.Credential
+			var credErr error
+			if !e.RuntimePulls() {
+				creds, credErr = c.credentials().Lookup(pctx, e.Ref, pods(e.Uses))
+			}
 			if credErr != nil {
 				if _, dup := warned.LoadOrStore(credErr.Error(), true); !dup {
 					// The kubelet pulls with what it found; so do we, and say
