@@ -222,14 +222,14 @@ func newResult(node string, im *pb.ImageReport) result {
 type Planner struct {
 	opts Options
 
-	mu         sync.Mutex
-	nodes      map[string]*member
-	groups     map[Key]*group
-	results    map[Key]result
-	holds      map[string]time.Time // registry host → no HEADs before
-	load       map[string]int       // registry host → HEADs per interval the plan asks for
-	factor     map[string]float64   // registry host → budget factor (1, 1/2, 1/4, ...)
-	watch      map[string]map[chan struct{}]struct{}
+	mu      sync.Mutex
+	nodes   map[string]*member
+	groups  map[Key]*group
+	results map[Key]result
+	holds   map[string]time.Time // registry host → no HEADs before
+	load    map[string]int       // registry host → HEADs per interval the plan asks for
+	factor  map[string]float64   // registry host → budget factor (1, 1/2, 1/4, ...)
+	watch   map[string]map[chan struct{}]struct{}
 	// fresh are the keys whose shared result changed and is yet to be
 	// folded into the members (flush).
 	fresh      map[Key]bool
