@@ -137,6 +137,7 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
 		"node_image_series", opts.NodeImageSeries, "node_endpoint_series", opts.NodeEndpointSeries, "compat_metrics", opts.CompatMetrics,
 		"forget_after", opts.ForgetAfter.String(), "max_node_images", opts.MaxNodeImages, "max_node_endpoints", opts.MaxNodeEndpoints,
+		"max_node_bytes", opts.MaxNodeBytes,
 		"auth", opts.Auth, "http_auth", opts.HTTPAuth, "tls", opts.TLSDir != "",
 		"probe_replicas", opts.ProbeReplicas, "registry_budget", opts.RegistryBudgets.String())
 	for _, off := range srv.offNotices {
@@ -175,7 +176,7 @@ type servers struct {
 func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) (*servers, error) {
 	store := state.New(opts.StaleAfter, state.WithForgetAfter(opts.ForgetAfter))
 	bounds := ingest.Bounds{
-		PerNode:              state.Limits{Images: opts.MaxNodeImages, Endpoints: opts.MaxNodeEndpoints},
+		PerNode:              state.Limits{Images: opts.MaxNodeImages, Endpoints: opts.MaxNodeEndpoints, Bytes: opts.MaxNodeBytes},
 		FirstReport:          opts.FirstReportTimeout,
 		MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
 	}

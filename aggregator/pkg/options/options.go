@@ -53,6 +53,8 @@ type Options struct {
 	// MaxNodeImages and MaxNodeEndpoints cap what one node may hold.
 	MaxNodeImages    int
 	MaxNodeEndpoints int
+	// MaxNodeBytes caps the bytes of one node's reports the aggregator keeps.
+	MaxNodeBytes int
 	// MaxConcurrentStreams bounds streams per agent connection.
 	MaxConcurrentStreams int
 	// FirstReportTimeout closes a stream that sends no snapshot in time.
@@ -172,6 +174,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 
 		MaxNodeImages:        5000,
 		MaxNodeEndpoints:     256,
+		MaxNodeBytes:         4 << 20,
 		MaxConcurrentStreams: 16,
 		FirstReportTimeout:   time.Minute,
 		ProbeReplicas:        shard.DefaultReplicas,
@@ -229,6 +232,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		"Most images the aggregator keeps for one node (`count`); a report that would take a node over it is refused (pullwatch_reports_rejected_total{reason=\"node_image_limit\"}).")
 	s.Var(&envflag.IntRange{Value: &o.MaxNodeEndpoints, Min: 1, Max: 100_000}, "max-node-endpoints",
 		"Most distinct registry endpoint URLs one node's images may name (`count`); a report over it is refused (reason node_endpoint_limit).")
+	s.Var(&envflag.IntRange{Value: &o.MaxNodeBytes, Min: 64 << 10, Max: 1 << 30}, "max-node-bytes",
+		"Most `bytes` of image reports (as encoded) the aggregator keeps for one node, 65536 to 1073741824; a report that would take a node over it is refused "+
+			"(reason node_byte_limit) and the node's last good state kept. A real node with 5,000 images stays far below the default 4 MiB; one node cannot grow the aggregator past it.")
 	s.Var(&envflag.IntRange{Value: &o.MaxConcurrentStreams, Min: 1, Max: 10_000}, "max-concurrent-streams",
 		"Most gRPC streams on one agent connection (`count`); an agent needs one.")
 	s.Var((*envflag.PositiveDuration)(&o.FirstReportTimeout), "first-report-timeout",

@@ -35,6 +35,7 @@ func TestParse(t *testing.T) {
 		ForgetAfter:          30 * time.Minute,
 		MaxNodeImages:        5000,
 		MaxNodeEndpoints:     256,
+		MaxNodeBytes:         4 << 20,
 		MaxConcurrentStreams: 16,
 		FirstReportTimeout:   time.Minute,
 
@@ -65,12 +66,15 @@ func TestParse(t *testing.T) {
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
 			Kubeconfig: "/tmp/kc", NodeImageSeries: "all", NodeEndpointSeries: "failing", CompatMetrics: "off", AgentServiceAccount: "pullwatch/pullwatch-agent", LendCredentials: "unverified-lab",
-			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
+			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxNodeBytes: 4 << 20, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
 		}},
-		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s"}, nil,
+		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s", "--max-node-bytes=65536"}, nil,
 			with(func(o *Options) {
 				o.ForgetAfter, o.MaxNodeImages, o.MaxNodeEndpoints, o.MaxConcurrentStreams, o.FirstReportTimeout = time.Hour, 10, 3, 2, 5*time.Second
+				o.MaxNodeBytes = 65536
 			})},
+		{"byte budget in environment", nil, map[string]string{"PULLWATCH_MAX_NODE_BYTES": "1048576"},
+			with(func(o *Options) { o.MaxNodeBytes = 1 << 20 })},
 		{"security", []string{"--auth=kubernetes", "--http-auth=none", "--agent-service-account=ops/agent", "--tls-dir=/tls"}, nil,
 			with(func(o *Options) {
 				o.Auth, o.HTTPAuth, o.AgentServiceAccount, o.TLSDir = "kubernetes", "none", "ops/agent", "/tls"
