@@ -270,7 +270,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		s.ingest.SetSharder(planner)
 	}
 	registry := metrics.NewRegistry(cs...)
-	grpcOpts, err := s.grpcSecurity(log, opts, client, refusals)
+	grpcOpts, err := s.grpcSecurity(log, opts, kube, refusals)
 	if err != nil {
 		return nil, err
 	}
@@ -281,7 +281,11 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		handler = web.WithProfiling(handler)
 	}
 	if opts.HTTPAuth == options.AuthKubernetes {
-		guard, err := authn.NewHTTP(client, log)
+		httpClient, err := authClient(kube, opts, "http-auth")
+		if err != nil {
+			return nil, err
+		}
+		guard, err := authn.NewHTTP(httpClient, log)
 		if err != nil {
 			return nil, err
 		}
@@ -320,9 +324,27 @@ func sweepEvery(staleAfter time.Duration) time.Duration {
 	return min(max(staleAfter/10, time.Second), time.Minute)
 }
 
+// authClient is a Kubernetes client of authentication's own, named who in
+// its user agent, with its own rate limits (--auth-qps, --auth-burst): a
+// flood of junk tokens queues behind no other API call, and no other API
+// call behind it. The agents' reviews and the HTTP callers' each get one.
+func authClient(kube *kubeapi.Config, opts *options.Options, who string) (kubernetes.Interface, error) {
+	if kube == nil {
+		return nil, fmt.Errorf("%s needs the Kubernetes API", who)
+	}
+	cfg := rest.CopyConfig(kube.Rest)
+	cfg.QPS, cfg.Burst, cfg.RateLimiter = float32(opts.AuthQPS), opts.AuthBurst, nil
+	cfg.UserAgent = "pullwatch-aggregator/" + who
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: Kubernetes client for %s: %w", who, cfg.Host, err)
+	}
+	return c, nil
+}
+
 // grpcSecurity returns the gRPC server options for TLS (--tls-dir) and
 // agent authentication (--auth), and notes in s.offNotices what is off.
-func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, client kubernetes.Interface, refusals *authn.Refusals) ([]grpc.ServerOption, error) {
+func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, kube *kubeapi.Config, refusals *authn.Refusals) ([]grpc.ServerOption, error) {
 	var out []grpc.ServerOption
 	if opts.Insecure {
 		s.offNotices = append(s.offNotices, "gRPC without TLS (--insecure): agent reports and tokens cross the network in plaintext")
@@ -337,6 +359,10 @@ func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, client k
 	if opts.Auth == options.AuthNone {
 		s.offNotices = append(s.offNotices, "agent authentication is off (--auth=none): anyone who reaches the gRPC port can report for any node")
 	} else {
+		client, err := authClient(kube, opts, "agent-auth")
+		if err != nil {
+			return nil, err
+		}
 		v, err := authn.NewVerifier(authn.VerifierConfig{
 			Reviews:        client.AuthenticationV1().TokenReviews(),
 			Pods:           authn.ClientPods{Client: client},
@@ -346,7 +372,9 @@ func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, client k
 			return nil, fmt.Errorf("--agent-service-account: %w", err)
 		}
 		out = append(out, authn.ServerOptions(v, refusals)...)
-		log.Info("agents authenticated with TokenReview", "audience", authn.Audience, "service_account", opts.AgentServiceAccount)
+		log.Info("agents authenticated with TokenReview", "audience", authn.Audience, "service_account", opts.AgentServiceAccount,
+			"auth_qps", opts.AuthQPS, "auth_burst", opts.AuthBurst, "review_timeout", authn.DefaultReviewTimeout.String(),
+			"max_reviews_in_flight", authn.DefaultMaxInFlight)
 	}
 	if opts.HTTPAuth == options.AuthNone {
 		s.offNotices = append(s.offNotices, "HTTP authentication is off (--http-auth=none): anyone who reaches the HTTP port reads /metrics and the status page")

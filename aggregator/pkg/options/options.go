@@ -73,6 +73,11 @@ type Options struct {
 	Auth string
 	// AgentServiceAccount is the agents' "namespace/name".
 	AgentServiceAccount string
+	// AuthQPS and AuthBurst are the rate limits of authentication's own
+	// Kubernetes client (TokenReviews, SubjectAccessReviews), apart from
+	// the client every other API call shares.
+	AuthQPS   float64
+	AuthBurst int
 	// HTTPAuth guards /metrics and the status page, as Auth ("" likewise).
 	HTTPAuth string
 	// TLSDir holds tls.crt and tls.key for the gRPC listener; Insecure
@@ -180,6 +185,8 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		ProbeReplicas:        shard.DefaultReplicas,
 		RegistryBudgets:      shard.Budgets(shard.DefaultBudgets()),
 		AgentInterval:        time.Minute,
+		AuthQPS:              20,
+		AuthBurst:            40,
 	}
 	s := envflag.New(Name, Name+" [flags]", summary)
 	s.Var((*envflag.ListenAddr)(&o.GRPCListen), "grpc-listen", "`host:port` to serve the agents' gRPC ReportService on.")
@@ -255,6 +262,11 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 			"Default: kubernetes when the Kubernetes API is configured; without it, none must be given explicitly.")
 	s.StringVar(&o.AgentServiceAccount, "agent-service-account", o.AgentServiceAccount,
 		"The agents' ServiceAccount, `namespace/name`: with --auth=kubernetes, tokens of any other account are refused (PermissionDenied).")
+	s.Var(&envflag.FloatRange{Value: &o.AuthQPS, Min: 0.1, Max: 10_000}, "auth-qps",
+		"Requests per second (`rate`) authentication's own Kubernetes client may send (TokenReviews of agents' tokens, the pods of their tokens, and the HTTP callers' "+
+			"TokenReviews and SubjectAccessReviews): apart from every other API call, so a flood of junk tokens cannot starve them, nor they the rest.")
+	s.Var(&envflag.IntRange{Value: &o.AuthBurst, Min: 1, Max: 100_000}, "auth-burst",
+		"Burst (`count`) of authentication's own Kubernetes client above --auth-qps.")
 	s.Var(&envflag.Choice{Value: &o.HTTPAuth, Choices: []string{AuthKubernetes, AuthNone}}, "http-auth",
 		"Who may read /metrics and the status page: `kubernetes` (a bearer token authenticated with a TokenReview and authorized with a SubjectAccessReview of get on the URL path, "+
 			"as kube-rbac-proxy does: no token 401, not allowed 403) or none (anyone). /healthz and /readyz are always open. "+
