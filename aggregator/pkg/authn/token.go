@@ -97,6 +97,7 @@ type Verifier struct {
 
 // The defaults of VerifierConfig's bounds.
 const (
+	DefaultMaxCacheTTL    = 5 * time.Minute
 	DefaultReviewTimeout  = 10 * time.Second
 	DefaultMaxInFlight    = 32
 	DefaultPerSourceBurst = 20
@@ -128,7 +129,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		cfg.CacheSize = 4096
 	}
 	if cfg.MaxCacheTTL <= 0 {
-		cfg.MaxCacheTTL = 5 * time.Minute
+		cfg.MaxCacheTTL = DefaultMaxCacheTTL
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
