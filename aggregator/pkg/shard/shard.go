@@ -430,7 +430,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	holdHosts := map[string]bool{}
 	for _, l := range limited {
 		g := p.groups[l.key]
-		if !g.prober(node) {
+		if !g.prober(node) || l.retryAfter <= 0 {
 			continue // a node that is no prober of the key does not HEAD it for anyone
 		}
 		until := now.Add(min(l.retryAfter, MaxHold))
