@@ -416,6 +416,9 @@ func TestHelmTemplateOptions(t *testing.T) {
 			if got := envValue(c, "PULLWATCH_CRI_ENDPOINT"); got != "unix:///run/k3s/containerd/containerd.sock" {
 				t.Errorf("PULLWATCH_CRI_ENDPOINT %q", got)
 			}
+			if got, want := envValue(c, "PULLWATCH_CONTAINERD_CONFIG"), "/var/lib/rancher/k3s/agent/etc/containerd/config.toml"; got != want {
+				t.Errorf("PULLWATCH_CONTAINERD_CONFIG %q, want %q", got, want)
+			}
 			paths := map[string]string{}
 			for _, vol := range spec.Volumes {
 				if vol.HostPath != nil {
