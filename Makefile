@@ -29,7 +29,7 @@ OCI_DIR        ?=
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube helm helm-lint e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
+.PHONY: build kube helm helm-lint runtimes fidelity e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION) $(REVISION_LDFLAG)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -75,7 +75,7 @@ unit: ## module tests (promtool rule tests need Debian's prometheus: make deps)
 
 E2E_ENV = PULLWATCH_BIN=$(CURDIR)/bin PULLWATCH_HELM_BIN=$(HELM_BIN) PULLWATCH_TEST_OUT=$(OUT) PULLWATCH_REQUIRE_REAL=$(if $(CI),1,$(PULLWATCH_REQUIRE_REAL))
 
-integration: build kube helm ## tests on real containerd, registry, Prometheus, kube-apiserver (root; installs them)
+integration: build kube runtimes helm ## tests on real containerd (1.6, 1.7, 2.0, 2.4: e2e/fidelity), registry, Prometheus, kube-apiserver (root; installs them)
 	bash scripts/install-deps.sh
 	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -timeout 20m $$(go list ./... | grep -v -e '/e2e/cluster$$' -e '/e2e/installed$$')
 
@@ -101,6 +101,13 @@ helm-lint: helm ## helm lint --strict and helm template of deploy/helm/pullwatch
 	$(HELM_BIN)/helm lint --strict deploy/helm/pullwatch --namespace pullwatch
 	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
 		--set networkPolicy.enabled=true --set grafanaDashboards.enabled=true >/dev/null
+
+runtimes: ## containerd 1.7, 2.0, 2.4 and crictl from their Go modules into .cache/runtimes (cached; minutes when cold)
+	bash scripts/build-runtimes.sh
+
+fidelity: build runtimes ## the differential matrix alone: crictl pull vs pullwatch-agent check on every runtime; writes docs/node-path.md (root)
+	bash scripts/install-deps.sh
+	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -v -timeout 20m -run TestFidelity ./fidelity/
 
 kube: ## build etcd, kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, kubectl into .cache/kube/bin (cached; minutes when cold)
 	bash scripts/build-kube.sh

@@ -50,8 +50,8 @@ func (e *env) mirrorHosts(capabilities string, extra string) string {
 	return fmt.Sprintf("server = %q\nca = %q\n\n[host.%q]\n  capabilities = %s\n  ca = %q\n%s", e.url(fUp), nodeCA, e.url(fMirror), capabilities, nodeCA, extra)
 }
 
-func v2x(rt runtimes.Containerd) bool       { return rt.Major >= 2 }
-func transfer(rt runtimes.Containerd) bool  { return rt.TransferPull() }
+func v2x(rt runtimes.Containerd) bool      { return rt.Major >= 2 }
+func transfer(rt runtimes.Containerd) bool { return rt.TransferPull() }
 func withHosts(files ...string) map[string]string {
 	m := map[string]string{}
 	for i := 0; i+1 < len(files); i += 2 {
