@@ -78,6 +78,14 @@ func matrix() []fcase {
 		}
 	}
 	pullResolve := `["pull", "resolve"]`
+	// The private registry with its CA and no credentials in the
+	// runtime's config: only the kubelet's count.
+	authWithCA := func(e *env, rt runtimes.Containerd) nodeConfig {
+		return nodeConfig{
+			registry: configPath(rt.ConfigVersion, certsD),
+			files:    withHosts(certsD+"/"+e.host(fAuth)+"/hosts.toml", e.hostsTOML(fAuth, nodeCA)),
+		}
+	}
 	return []fcase{
 		{
 			name:   "hosts.toml [host] with ca: up, tag deleted",
@@ -272,32 +280,17 @@ func matrix() []fcase {
 		},
 		{
 			name: "the kubelet's credentials right",
-			config: func(e *env, rt runtimes.Containerd) nodeConfig {
-				return nodeConfig{
-					registry: configPath(rt.ConfigVersion, certsD),
-					files:    withHosts(certsD+"/"+e.host(fAuth)+"/hosts.toml", e.hostsTOML(fAuth, nodeCA)),
-				}
-			},
+			config: authWithCA,
 			pulls: []pull{{front: fAuth, image: imPrivate, user: regUser, pass: regPass}},
 		},
 		{
 			name: "the kubelet's credentials wrong",
-			config: func(e *env, rt runtimes.Containerd) nodeConfig {
-				return nodeConfig{
-					registry: configPath(rt.ConfigVersion, certsD),
-					files:    withHosts(certsD+"/"+e.host(fAuth)+"/hosts.toml", e.hostsTOML(fAuth, nodeCA)),
-				}
-			},
+			config: authWithCA,
 			pulls: []pull{{front: fAuth, image: imPrivate, user: regUser, pass: "wrong-password"}},
 		},
 		{
 			name: "no credentials anywhere",
-			config: func(e *env, rt runtimes.Containerd) nodeConfig {
-				return nodeConfig{
-					registry: configPath(rt.ConfigVersion, certsD),
-					files:    withHosts(certsD+"/"+e.host(fAuth)+"/hosts.toml", e.hostsTOML(fAuth, nodeCA)),
-				}
-			},
+			config: authWithCA,
 			pulls: []pull{{front: fAuth, image: imPrivate}},
 		},
 		{
