@@ -189,6 +189,8 @@ func TestNodeNetworkPath(t *testing.T) {
 		"etc/resolv.conf": "nameserver 127.0.0.153\n",
 		"etc/systemd/system/containerd.service.d/http-proxy.conf": "[Service]\nEnvironment=\"HTTP_PROXY=http://" + proxyAddr + "\" \"NO_PROXY=example.internal\"\n",
 		"etc/containerd/certs.d/" + host + "/hosts.toml":          plainHTTPHosts(host),
+		// containerd 1.x reads host directories only with config_path set.
+		"etc/containerd/config.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n",
 	}
 	for p, content := range files {
 		full := filepath.Join(root, p)
