@@ -26,10 +26,16 @@ IMAGES_TLS_VERIFY ?=
 PUSH           ?=
 IMAGE_LICENSES ?= Apache-2.0
 OCI_DIR        ?=
+# make demo-cluster RUNTIME=containerd-2.4: the nodes' containerd (default:
+# Debian's 1.6; others from scripts/build-runtimes.sh). make e2e-installed runs
+# the suite on 1.6, then E2E_INSTALLED_2X_RUN on E2E_INSTALLED_2X_RUNTIME.
+RUNTIME        ?=
+E2E_INSTALLED_2X_RUNTIME ?= containerd-2.4
+E2E_INSTALLED_2X_RUN     ?= ^(TestNodesAreRealKubelets|TestInstalledOnEveryNode|TestImageGoneBeforeRestartFails|TestEgressCutBeforePullFails)$$
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
+.PHONY: build kube runtimes e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION) $(REVISION_LDFLAG)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -83,10 +89,14 @@ e2e: build ## cluster in a box: 3 nodes in network namespaces, faults, alerts en
 	bash scripts/install-deps.sh
 	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -v -timeout 12m ./cluster/
 
-e2e-installed: build kube ## deploy/ and the images from the Dockerfiles on the real-kubelet box (root; builds the images with make images TAG=e2e)
+e2e-installed: build kube runtimes ## deploy/ and the images from the Dockerfiles on the real-kubelet box: all on containerd 1.6, then install/image-deleted/egress-cut on 2.4 (root; builds the images with make images TAG=e2e)
 	bash scripts/install-deps.sh
 	$(MAKE) images TAG=e2e
 	cd e2e && $(E2E_ENV) PULLWATCH_IMAGES=localhost/pullwatch PULLWATCH_IMAGE_TAG=e2e go test $(GOTEST_FLAGS) -v -timeout 30m ./installed/
+	cd e2e && $(E2E_ENV) PULLWATCH_TEST_OUT=$(OUT)/$(E2E_INSTALLED_2X_RUNTIME) PULLWATCH_BOX_RUNTIME=$(E2E_INSTALLED_2X_RUNTIME) PULLWATCH_IMAGES=localhost/pullwatch PULLWATCH_IMAGE_TAG=e2e go test $(GOTEST_FLAGS) -v -timeout 30m -run '$(E2E_INSTALLED_2X_RUN)' ./installed/
+
+runtimes: ## containerd 1.7, 2.0, 2.4 and crictl from their Go modules into .cache/runtimes (cached; minutes when cold)
+	bash scripts/build-runtimes.sh
 
 kube: ## build etcd, kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, kubectl into .cache/kube/bin (cached; minutes when cold)
 	bash scripts/build-kube.sh
@@ -112,8 +122,8 @@ soak: build ## the cluster in a box for SOAK_DURATION (1h) with faults toggled e
 demo: build ## local containerd + registry + aggregator + agent; prints the check table and metrics (root)
 	bash scripts/demo.sh up
 
-demo-cluster: build ## the box with real kubelets and deploy/ installed; prints KUBECONFIG=... (root; minutes)
-	bash scripts/demo.sh cluster
+demo-cluster: build runtimes ## the box with real kubelets and deploy/ installed; RUNTIME=containerd-2.4 runs the nodes on 2.4; prints KUBECONFIG=... (root; minutes)
+	RUNTIME='$(RUNTIME)' bash scripts/demo.sh cluster
 
 demo-down: ## stop what `make demo` or `make demo-cluster` started
 	bash scripts/demo.sh down
