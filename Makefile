@@ -35,7 +35,7 @@ E2E_INSTALLED_2X_RUN     ?= ^(TestNodesAreRealKubelets|TestInstalledOnEveryNode|
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube runtimes e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
+.PHONY: build kube helm helm-lint runtimes fidelity e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION) $(REVISION_LDFLAG)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -68,7 +68,7 @@ proto-check: tools ## fail when the committed generated code is stale
 vet:
 	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
 
-lint: tools vet ## go vet and staticcheck on every module, gofmt
+lint: tools vet helm-lint ## go vet and staticcheck on every module, gofmt, helm lint
 	@unformatted=$$(gofmt -l $(MODULES)); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	@for m in $(MODULES); do (cd $$m && staticcheck ./...) || exit 1; done
 	@# The images build each binary's module alone (GOWORK=off): its go.mod
@@ -79,9 +79,9 @@ lint: tools vet ## go vet and staticcheck on every module, gofmt
 unit: ## module tests (promtool rule tests need Debian's prometheus: make deps)
 	@for m in proto pkg agent aggregator; do (cd $$m && PULLWATCH_REQUIRE_REAL=$(if $(CI),1,$(PULLWATCH_REQUIRE_REAL)) go test $(GOTEST_FLAGS) ./...) || exit 1; done
 
-E2E_ENV = PULLWATCH_BIN=$(CURDIR)/bin PULLWATCH_TEST_OUT=$(OUT) PULLWATCH_REQUIRE_REAL=$(if $(CI),1,$(PULLWATCH_REQUIRE_REAL))
+E2E_ENV = PULLWATCH_BIN=$(CURDIR)/bin PULLWATCH_HELM_BIN=$(HELM_BIN) PULLWATCH_TEST_OUT=$(OUT) PULLWATCH_REQUIRE_REAL=$(if $(CI),1,$(PULLWATCH_REQUIRE_REAL))
 
-integration: build kube ## tests on real containerd, registry, Prometheus, kube-apiserver (root; installs them)
+integration: build kube runtimes helm ## tests on real containerd (1.6, 1.7, 2.0, 2.4: e2e/fidelity), registry, Prometheus, kube-apiserver (root; installs them)
 	bash scripts/install-deps.sh
 	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -timeout 20m $$(go list ./... | grep -v -e '/e2e/cluster$$' -e '/e2e/installed$$')
 
@@ -95,8 +95,26 @@ e2e-installed: build kube runtimes ## deploy/ and the images from the Dockerfile
 	cd e2e && $(E2E_ENV) PULLWATCH_IMAGES=localhost/pullwatch PULLWATCH_IMAGE_TAG=e2e go test $(GOTEST_FLAGS) -v -timeout 30m ./installed/
 	cd e2e && $(E2E_ENV) PULLWATCH_TEST_OUT=$(OUT)/$(E2E_INSTALLED_2X_RUNTIME) PULLWATCH_BOX_RUNTIME=$(E2E_INSTALLED_2X_RUNTIME) PULLWATCH_IMAGES=localhost/pullwatch PULLWATCH_IMAGE_TAG=e2e go test $(GOTEST_FLAGS) -v -timeout 30m -run '$(E2E_INSTALLED_2X_RUN)' ./installed/
 
+# The pinned helm (hack/helm/go.mod): PULLWATCH_HELM_BIN as scripts/build-helm.sh
+# and e2e/deploy/helm_test.go read it.
+HELM_BIN ?= $(or $(PULLWATCH_HELM_BIN),$(CURDIR)/.cache/helm/bin)
+
+helm: ## build the pinned helm (helm.sh/helm/v4, hack/helm) into .cache/helm/bin (cached; minutes when cold)
+	PULLWATCH_HELM_BIN='$(HELM_BIN)' bash scripts/build-helm.sh
+
+# The chart's defaults equal deploy/ object by object: e2e/deploy/helm_test.go
+# (make integration); here, lint and a render with every option on.
+helm-lint: helm ## helm lint --strict and helm template of deploy/helm/pullwatch
+	$(HELM_BIN)/helm lint --strict deploy/helm/pullwatch --namespace pullwatch
+	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
+		--set networkPolicy.enabled=true --set grafanaDashboards.enabled=true >/dev/null
+
 runtimes: ## containerd 1.7, 2.0, 2.4 and crictl from their Go modules into .cache/runtimes (cached; minutes when cold)
 	bash scripts/build-runtimes.sh
+
+fidelity: build runtimes ## the differential matrix alone: crictl pull vs pullwatch-agent check on every runtime; writes docs/node-path.md (root)
+	bash scripts/install-deps.sh
+	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -v -timeout 20m -run TestFidelity ./fidelity/
 
 kube: ## build etcd, kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, kubectl into .cache/kube/bin (cached; minutes when cold)
 	bash scripts/build-kube.sh

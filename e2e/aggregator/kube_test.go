@@ -149,14 +149,17 @@ func TestAggregatorKubernetes(t *testing.T) {
 		{"nightly-29000-7kq2z", "main", s.Gone, controllerRef("batch/v1", "Job", job.Name, string(job.UID))},
 	}
 	for _, p := range pods {
-		if _, err := c.CreatePod(ctx, kubeapi.PodOptions{
+		created, err := c.CreatePod(ctx, kubeapi.PodOptions{
 			Namespace: ns, Name: p.name, NodeName: "kube-node-a1",
 			Containers:      []corev1.Container{{Name: p.container, Image: p.image}},
 			OwnerReferences: []metav1.OwnerReference{p.owner},
-		}); err != nil {
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
-		sandbox, err := l.Containerd.RunPod(ctx, containerd.PodSpec{Namespace: ns, Name: p.name,
+		// The runtime's pod is the API's (its UID): compat series count
+		// only pods the API has on the reporting node.
+		sandbox, err := l.Containerd.RunPod(ctx, containerd.PodSpec{Namespace: ns, Name: p.name, UID: string(created.UID),
 			Containers: []containerd.ContainerSpec{{Name: p.container, Image: p.image}}})
 		if err != nil {
 			t.Fatal(err)

@@ -490,9 +490,15 @@ func TestTLS(t *testing.T) {
 	if err := report(ctx, w.grpcAddr, wrongName, tok, "node-a"); status.Code(err) != codes.Unavailable {
 		t.Fatalf("agent expecting another name: %v, want Unavailable", err)
 	}
-	if err := report(ctx, w.grpcAddr, clientTLS(w.ca), tok, "node-a"); err != nil {
-		t.Fatalf("agent trusting the CA: %v", err)
-	}
+	// The aggregator refuses with Unavailable until it has listed the
+	// cluster's Nodes (the agent retries); so does this check.
+	lab.WaitFor(t, 30*time.Second, "the agent trusting the CA accepted", func() (bool, string) {
+		err := report(ctx, w.grpcAddr, clientTLS(w.ca), tok, "node-a")
+		if err != nil && !(status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "not loaded the cluster's Nodes")) {
+			t.Fatalf("agent trusting the CA: %v", err)
+		}
+		return err == nil, fmt.Sprint(err)
+	})
 
 	// Rotate: the Secret now holds a certificate of the other CA.
 	writeServing(t, w.tlsDir, other, otherKey)

@@ -50,8 +50,8 @@ func (e *env) mirrorHosts(capabilities string, extra string) string {
 	return fmt.Sprintf("server = %q\nca = %q\n\n[host.%q]\n  capabilities = %s\n  ca = %q\n%s", e.url(fUp), nodeCA, e.url(fMirror), capabilities, nodeCA, extra)
 }
 
-func v2x(rt runtimes.Containerd) bool       { return rt.Major >= 2 }
-func transfer(rt runtimes.Containerd) bool  { return rt.TransferPull() }
+func v2x(rt runtimes.Containerd) bool      { return rt.Major >= 2 }
+func transfer(rt runtimes.Containerd) bool { return rt.TransferPull() }
 func withHosts(files ...string) map[string]string {
 	m := map[string]string{}
 	for i := 0; i+1 < len(files); i += 2 {
@@ -78,6 +78,14 @@ func matrix() []fcase {
 		}
 	}
 	pullResolve := `["pull", "resolve"]`
+	// The private registry with its CA and no credentials in the
+	// runtime's config: only the kubelet's count.
+	authWithCA := func(e *env, rt runtimes.Containerd) nodeConfig {
+		return nodeConfig{
+			registry: configPath(rt.ConfigVersion, certsD),
+			files:    withHosts(certsD+"/"+e.host(fAuth)+"/hosts.toml", e.hostsTOML(fAuth, nodeCA)),
+		}
+	}
 	return []fcase{
 		{
 			name:   "hosts.toml [host] with ca: up, tag deleted",
@@ -272,32 +280,17 @@ func matrix() []fcase {
 		},
 		{
 			name: "the kubelet's credentials right",
-			config: func(e *env, rt runtimes.Containerd) nodeConfig {
-				return nodeConfig{
-					registry: configPath(rt.ConfigVersion, certsD),
-					files:    withHosts(certsD+"/"+e.host(fAuth)+"/hosts.toml", e.hostsTOML(fAuth, nodeCA)),
-				}
-			},
+			config: authWithCA,
 			pulls: []pull{{front: fAuth, image: imPrivate, user: regUser, pass: regPass}},
 		},
 		{
 			name: "the kubelet's credentials wrong",
-			config: func(e *env, rt runtimes.Containerd) nodeConfig {
-				return nodeConfig{
-					registry: configPath(rt.ConfigVersion, certsD),
-					files:    withHosts(certsD+"/"+e.host(fAuth)+"/hosts.toml", e.hostsTOML(fAuth, nodeCA)),
-				}
-			},
+			config: authWithCA,
 			pulls: []pull{{front: fAuth, image: imPrivate, user: regUser, pass: "wrong-password"}},
 		},
 		{
 			name: "no credentials anywhere",
-			config: func(e *env, rt runtimes.Containerd) nodeConfig {
-				return nodeConfig{
-					registry: configPath(rt.ConfigVersion, certsD),
-					files:    withHosts(certsD+"/"+e.host(fAuth)+"/hosts.toml", e.hostsTOML(fAuth, nodeCA)),
-				}
-			},
+			config: authWithCA,
 			pulls: []pull{{front: fAuth, image: imPrivate}},
 		},
 		{

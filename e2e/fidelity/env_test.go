@@ -69,7 +69,7 @@ type shared struct {
 	tls      *tls.Config
 	agentBin string
 	crictl   string
-	digests  map[string]string // image → manifest digest
+	digests  map[string]string  // image → manifest digest
 	upstream *registry.Registry // behind fUp, fPlain, fLo, fLoPlain
 	backends map[string]*registry.Registry
 }
@@ -91,16 +91,6 @@ func (e *shared) deleteGone(t testing.TB) {
 	if err := registry.DeleteManifest(ctx, e.upstream, repo, e.digests[imGone]); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// front returns the named front (failing t).
-func (e *env) front(t testing.TB, name string) *registryfront.Front {
-	t.Helper()
-	f, ok := e.fronts[name]
-	if !ok {
-		t.Fatalf("no front %q", name)
-	}
-	return f
 }
 
 // ref is image at front.

@@ -52,3 +52,24 @@ func (c Chain) Lookup(ctx context.Context, ref imageref.Ref, pods []Pod) ([]Cred
 	}
 	return out, errors.Join(errs...)
 }
+
+// TokenProviders is a Provider that knows the credential provider plugins
+// it cannot run because they need the pod's service account token
+// (KEP-4412 tokenAttributes).
+type TokenProviders interface {
+	// NeedsServiceAccountToken names the first such provider whose
+	// matchImages match ref ("" when none does).
+	NeedsServiceAccountToken(ref imageref.Ref) string
+}
+
+// NeedsServiceAccountToken implements TokenProviders.
+func (c Chain) NeedsServiceAccountToken(ref imageref.Ref) string {
+	for _, src := range c {
+		if tp, ok := src.(TokenProviders); ok {
+			if name := tp.NeedsServiceAccountToken(ref); name != "" {
+				return name
+			}
+		}
+	}
+	return ""
+}

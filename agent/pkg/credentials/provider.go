@@ -49,6 +49,9 @@ type PluginsOptions struct {
 // cacheKeyType and cacheDuration.
 type Plugins struct {
 	providers []*plugin
+	// tokenProviders need a service account token (KEP-4412): not run,
+	// only matched (name and matchImages).
+	tokenProviders []*plugin
 }
 
 // plugin is one configured provider.
@@ -84,7 +87,8 @@ const globalCacheKey = "global"
 // LoadPlugins reads the provider config. A missing config file is not an
 // error: it returns nil (no plugins), and says so. Providers that need a
 // service account token (tokenAttributes) are not run: pullwatch cannot
-// mint tokens for the pods' service accounts; it logs them once.
+// mint tokens for the pods' service accounts; it logs them once, and
+// NeedsServiceAccountToken names them for the images they match.
 func LoadPlugins(ctx context.Context, opts PluginsOptions) (*Plugins, error) {
 	log := opts.Log
 	if log == nil {
@@ -108,8 +112,9 @@ func LoadPlugins(ctx context.Context, opts PluginsOptions) (*Plugins, error) {
 	ps := &Plugins{}
 	for _, c := range cfg.Providers {
 		if c.TokenAttributes != nil {
-			log.WarnContext(ctx, "credential provider needs service account tokens (tokenAttributes); pullwatch does not run it, so images only it serves may be reported unauthorized",
+			log.WarnContext(ctx, "credential provider needs service account tokens (tokenAttributes, KEP-4412); pullwatch does not run it: images it matches that the registry refuses without it are reported unknown, naming it",
 				"provider", c.Name, "config", opts.Config)
+			ps.tokenProviders = append(ps.tokenProviders, &plugin{name: c.Name, matchImages: c.MatchImages})
 			continue
 		}
 		p := newPlugin(c, opts, log)
@@ -155,6 +160,19 @@ func newPlugin(c kubeletconfigv1.CredentialProvider, opts PluginsOptions, log *s
 		p.environ = os.Environ
 	}
 	return p
+}
+
+// NeedsServiceAccountToken implements TokenProviders.
+func (ps *Plugins) NeedsServiceAccountToken(ref imageref.Ref) string {
+	if ps == nil {
+		return ""
+	}
+	for _, p := range ps.tokenProviders {
+		if p.matches(ref.Name()) {
+			return p.name
+		}
+	}
+	return ""
 }
 
 func (ps *Plugins) names() []string {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/agent/pkg/imageref"
 	"github.com/pullwatch/pullwatch/pkg/logging/logtest"
 
 	"github.com/pullwatch/pullwatch/pkg/dockerauth"
@@ -304,6 +305,18 @@ func TestLoadPlugins(t *testing.T) {
 	ps, err = LoadPlugins(ctx, PluginsOptions{Config: l.config, BinDir: l.binDir, Log: log})
 	if err != nil || len(ps.providers) != 0 || !strings.Contains(logs.String(), "tokenAttributes") {
 		t.Errorf("token provider: %v %v\n%s", ps, err, logs)
+	}
+	// Not run, but named for the images it matches (the agent then says
+	// unknown rather than a false unauthorized).
+	chain := NewChain(nil, nil, ps)
+	for image, want := range map[string]string{"registry.example/app:1": "script", "other.example.org/app:1": ""} {
+		ref, err := imageref.Parse(image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := chain.NeedsServiceAccountToken(ref); got != want {
+			t.Errorf("token provider for %s = %q, want %q", image, got, want)
+		}
 	}
 }
 

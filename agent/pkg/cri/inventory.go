@@ -71,7 +71,16 @@ type Entry struct {
 	// Problem is set when the reference could not be resolved to a
 	// registry reference the agent can probe.
 	Problem string
+	// Pinned: the runtime pins the image (CRI Image.pinned): its sandbox
+	// ("pause") image, which it pulls itself.
+	Pinned bool
 }
+
+// RuntimePulls reports whether the runtime itself pulls the image, not
+// the kubelet for a pod: a pinned image no container uses (the sandbox
+// image). The runtime pulls it with its own configuration's credentials
+// only, never the kubelet's.
+func (e Entry) RuntimePulls() bool { return e.Pinned && len(e.Uses) == 0 }
 
 // InUse reports whether any container references the entry.
 func (e Entry) InUse() bool { return len(e.Uses) > 0 }
@@ -107,6 +116,7 @@ func (inv *Inventory) Entries() []Entry {
 		}
 		if im != nil && e.ImageID == "" {
 			e.ImageID = im.ID
+			e.Pinned = im.Pinned
 			e.RepoDigests = im.RepoDigests
 			e.Digest = ref.Digest()
 			if e.Digest == "" {

@@ -42,8 +42,8 @@ type RegistryHostConfig struct {
 	// CAFile, CertFile, KeyFile are node paths; InsecureSkipVerify skips
 	// the server's certificate check.
 	CAFile, CertFile, KeyFile string
-	InsecureSkipVerify       bool
-	HasTLS                   bool
+	InsecureSkipVerify        bool
+	HasTLS                    bool
 	// Auth is nil when the entry has no credentials.
 	Auth *RuntimeAuth
 }

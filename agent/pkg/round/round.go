@@ -124,7 +124,11 @@ func (c *Checker) Run(ctx context.Context) (report.Node, error) {
 			<-prep
 			// Outside the bound: a credential provider plugin that hangs
 			// (until its timeout) holds up only the images it serves.
-			creds, credErr := c.credentials().Lookup(pctx, e.Ref, pods(e.Uses))
+			var creds []credentials.Credential
+			var credErr error
+			if !e.RuntimePulls() {
+				creds, credErr = c.credentials().Lookup(pctx, e.Ref, pods(e.Uses))
+			}
 			if credErr != nil {
 				if _, dup := warned.LoadOrStore(credErr.Error(), true); !dup {
 					// The kubelet pulls with what it found; so do we, and say
@@ -177,6 +181,17 @@ func (c *Checker) check(ctx context.Context, im *report.Image, e cri.Entry, eps 
 		return
 	}
 	res := c.Prober.Probe(ctx, probe.Request{Ref: e.Ref, Endpoints: eps, Credentials: creds, NodeDigest: e.Digest, Round: rnd})
+	if res.Status == pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED || res.Status == pb.ImageStatus_IMAGE_STATUS_FORBIDDEN {
+		if tp, ok := c.credentials().(credentials.TokenProviders); ok && !e.RuntimePulls() {
+			if name := tp.NeedsServiceAccountToken(e.Ref); name != "" {
+				// The kubelet pulls it with that provider's credentials,
+				// which pullwatch cannot get: it cannot tell, and says so
+				// rather than raise a false unauthorized.
+				res.Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN
+				res.Reason = fmt.Sprintf("the kubelet pulls this image with credentials from credential provider %q, which needs the pod's service account token (tokenAttributes, KEP-4412) that pullwatch cannot mint; without them: %s", name, res.Reason)
+			}
+		}
+	}
 	if credErr != nil && res.Status != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
 		// A broken credential source (a config.json that does not
 		// parse, a plugin that hangs or prints garbage) may be why:
