@@ -26,6 +26,12 @@ IMAGES_TLS_VERIFY ?=
 PUSH           ?=
 IMAGE_LICENSES ?= Apache-2.0
 OCI_DIR        ?=
+# make demo-cluster RUNTIME=containerd-2.4: the nodes' containerd (default:
+# Debian's 1.6; others from scripts/build-runtimes.sh). make e2e-installed runs
+# the suite on 1.6, then E2E_INSTALLED_2X_RUN on E2E_INSTALLED_2X_RUNTIME.
+RUNTIME        ?=
+E2E_INSTALLED_2X_RUNTIME ?= containerd-2.4
+E2E_INSTALLED_2X_RUN     ?= ^(TestNodesAreRealKubelets|TestInstalledOnEveryNode|TestImageGoneBeforeRestartFails|TestEgressCutBeforePullFails)$$
 
 export PATH := $(TOOLS):$(PATH)
 
@@ -83,10 +89,11 @@ e2e: build ## cluster in a box: 3 nodes in network namespaces, faults, alerts en
 	bash scripts/install-deps.sh
 	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -v -timeout 12m ./cluster/
 
-e2e-installed: build kube ## deploy/ and the images from the Dockerfiles on the real-kubelet box (root; builds the images with make images TAG=e2e)
+e2e-installed: build kube runtimes ## deploy/ and the images from the Dockerfiles on the real-kubelet box: all on containerd 1.6, then install/image-deleted/egress-cut on 2.4 (root; builds the images with make images TAG=e2e)
 	bash scripts/install-deps.sh
 	$(MAKE) images TAG=e2e
 	cd e2e && $(E2E_ENV) PULLWATCH_IMAGES=localhost/pullwatch PULLWATCH_IMAGE_TAG=e2e go test $(GOTEST_FLAGS) -v -timeout 30m ./installed/
+	cd e2e && $(E2E_ENV) PULLWATCH_TEST_OUT=$(OUT)/$(E2E_INSTALLED_2X_RUNTIME) PULLWATCH_BOX_RUNTIME=$(E2E_INSTALLED_2X_RUNTIME) PULLWATCH_IMAGES=localhost/pullwatch PULLWATCH_IMAGE_TAG=e2e go test $(GOTEST_FLAGS) -v -timeout 30m -run '$(E2E_INSTALLED_2X_RUN)' ./installed/
 
 # The pinned helm (hack/helm/go.mod): PULLWATCH_HELM_BIN as scripts/build-helm.sh
 # and e2e/deploy/helm_test.go read it.
@@ -133,8 +140,8 @@ soak: build ## the cluster in a box for SOAK_DURATION (1h) with faults toggled e
 demo: build ## local containerd + registry + aggregator + agent; prints the check table and metrics (root)
 	bash scripts/demo.sh up
 
-demo-cluster: build ## the box with real kubelets and deploy/ installed; prints KUBECONFIG=... (root; minutes)
-	bash scripts/demo.sh cluster
+demo-cluster: build runtimes ## the box with real kubelets and deploy/ installed; RUNTIME=containerd-2.4 runs the nodes on 2.4; prints KUBECONFIG=... (root; minutes)
+	RUNTIME='$(RUNTIME)' bash scripts/demo.sh cluster
 
 demo-down: ## stop what `make demo` or `make demo-cluster` started
 	bash scripts/demo.sh down

@@ -9,7 +9,10 @@
 # make demo-cluster: the same box with real kubelets (e2e/cmd/pwlab kube):
 # kube-apiserver, controller-manager, scheduler, 2 nodes each with a kubelet,
 # containerd and kube-proxy; deploy/ installed with kubectl apply -k and the
-# images built from the Dockerfiles (make images TAG=demo).
+# images built from the Dockerfiles (make images TAG=demo). RUNTIME (or
+# PULLWATCH_BOX_RUNTIME) picks the nodes' containerd: containerd-1.6
+# (Debian's, the default) or one scripts/build-runtimes.sh built, e.g.
+# containerd-2.4 (a version = 3 config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-/tmp/pullwatch-demo}
@@ -66,10 +69,12 @@ cluster() {
   fi
   bash scripts/install-deps.sh
   bash scripts/build-kube.sh
+  local runtime=${RUNTIME:-${PULLWATCH_BOX_RUNTIME:-containerd-1.6}}
+  [ "$runtime" = containerd-1.6 ] || bash scripts/build-runtimes.sh
   make images TAG=demo
   mkdir -p "$DEMO_DIR"
-  say "cluster in a box with real kubelets: kube-apiserver, controller-manager, scheduler, 2 nodes (kubelet, containerd, kube-proxy); deploy/ installed with kubectl apply -k"
-  (cd e2e && go run ./cmd/pwlab kube up --dir "$DEMO_DIR" --images localhost/pullwatch --tag demo)
+  say "cluster in a box with real kubelets: kube-apiserver, controller-manager, scheduler, 2 nodes (kubelet, $runtime, kube-proxy); deploy/ installed with kubectl apply -k"
+  (cd e2e && go run ./cmd/pwlab kube up --dir "$DEMO_DIR" --images localhost/pullwatch --tag demo --runtime "$runtime")
 }
 
 case "${1:-up}" in

@@ -86,6 +86,7 @@ func kubeUp(args []string) error {
 	nodes := fs.Int("nodes", 2, "number of nodes")
 	images := fs.String("images", "localhost/pullwatch", "where make images put the images (its REGISTRY)")
 	tag := fs.String("tag", "dev", "the images' tag (make images TAG=...)")
+	runtime := fs.String("runtime", os.Getenv(kubecluster.RuntimeEnv), "the nodes' containerd: containerd-1.6 (Debian's; default) or one scripts/build-runtimes.sh built (containerd-2.4, ...); default $"+kubecluster.RuntimeEnv)
 	timeout := fs.Duration("timeout", 15*time.Minute, "give up if the cluster is not up within this time")
 	dir, err := parse(fs, dirFlag, args)
 	if err != nil {
@@ -110,7 +111,7 @@ func kubeUp(args []string) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(self, "kube", "serve", "--dir", dir, "--nodes", strconv.Itoa(*nodes), "--images", *images, "--tag", *tag)
+	cmd := exec.Command(self, "kube", "serve", "--dir", dir, "--nodes", strconv.Itoa(*nodes), "--images", *images, "--tag", *tag, "--runtime", *runtime)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -144,6 +145,7 @@ func kubeServe(args []string) error {
 	nodes := fs.Int("nodes", 2, "number of nodes")
 	images := fs.String("images", "localhost/pullwatch", "where make images put the images")
 	tag := fs.String("tag", "dev", "the images' tag")
+	runtime := fs.String("runtime", os.Getenv(kubecluster.RuntimeEnv), "the nodes' containerd (see pwlab kube up)")
 	dir, err := parse(fs, dirFlag, args)
 	if err != nil {
 		return err
@@ -161,7 +163,7 @@ func kubeServe(args []string) error {
 	}
 	startCtx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
-	c, err := kubecluster.Start(startCtx, kubecluster.Options{Dir: filepath.Join(dir, "kube"), Nodes: *nodes, Log: os.Stdout})
+	c, err := kubecluster.Start(startCtx, kubecluster.Options{Dir: filepath.Join(dir, "kube"), Nodes: *nodes, Runtime: *runtime, Log: os.Stdout})
 	if err != nil {
 		return fail(err)
 	}
@@ -191,7 +193,7 @@ func kubeServe(args []string) error {
 	defer prom.Stop()
 	pods, _ := c.Kubectl(startCtx, "get", "pods", "-A", "-o", "wide")
 	var b strings.Builder
-	fmt.Fprintf(&b, "pullwatch on a real-kubelet cluster in a box (%d nodes, kube-apiserver %s)\n", len(c.Nodes), c.API.URL())
+	fmt.Fprintf(&b, "pullwatch on a real-kubelet cluster in a box (%d nodes on %s, kube-apiserver %s)\n", len(c.Nodes), c.Runtime().Name, c.API.URL())
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "  %s at %s, pods %s\n", n.Name(), n.IP(), n.PodCIDR())
 	}

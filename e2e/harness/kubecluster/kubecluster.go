@@ -36,6 +36,7 @@ import (
 	"github.com/pullwatch/pullwatch/e2e/harness/netns"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
+	"github.com/pullwatch/pullwatch/e2e/harness/runtimes"
 )
 
 // Ranges of the cluster.
@@ -51,6 +52,42 @@ const (
 	PauseRepo = "box/pause"
 )
 
+// RuntimeEnv names the containerd every node runs when Options.Runtime is
+// empty: "containerd-1.6" (Debian's, the default when unset) or a release
+// line scripts/build-runtimes.sh builds ("containerd-1.7", "containerd-2.0",
+// "containerd-2.4"). make demo-cluster RUNTIME=... and make e2e-installed
+// set it.
+const RuntimeEnv = "PULLWATCH_BOX_RUNTIME"
+
+// DefaultRuntime is Debian's containerd 1.6 (scripts/deps.txt).
+const DefaultRuntime = "containerd-1.6"
+
+// Runtime finds the containerd named name ("" or DefaultRuntime: Debian's
+// 1.6, exactly as the box ran before runtimes were selectable). A release
+// line that is pinned but not built is an error naming the script that
+// builds it.
+func Runtime(name string) (runtimes.Containerd, error) {
+	if name == "" || name == DefaultRuntime {
+		return kubenode.Debian16, nil
+	}
+	all, missing := runtimes.Containerds()
+	var names []string
+	for _, c := range all {
+		if c.Name == name {
+			return c, nil
+		}
+		names = append(names, c.Name)
+	}
+	if strings.Contains(missing, name+" (") {
+		return runtimes.Containerd{}, fmt.Errorf("kubecluster: %s=%s is not built here: run scripts/build-runtimes.sh (make runtimes) first", RuntimeEnv, name)
+	}
+	why := "built here: " + strings.Join(names, ", ")
+	if missing != "" {
+		why += "; missing: " + missing
+	}
+	return runtimes.Containerd{}, fmt.Errorf("kubecluster: %s=%s: no such runtime (%s); scripts/build-runtimes.sh builds the pinned ones", RuntimeEnv, name, why)
+}
+
 // Binaries in the kube bin directory besides kube-apiserver and etcd
 // (scripts/build-kube.sh builds them all).
 var Binaries = []string{"kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl", "prometheus"}
@@ -64,6 +101,9 @@ type Options struct {
 	Nodes int
 	// BinDir holds the kube binaries (default: as kubeapi.LocateBinaries).
 	BinDir string
+	// Runtime is the containerd every node runs (see RuntimeEnv; default:
+	// $PULLWATCH_BOX_RUNTIME, else Debian's 1.6).
+	Runtime string
 	// Detach lets the cluster outlive this process (make demo-cluster).
 	Detach bool
 	// Log receives one line per step (nil: discarded).
@@ -75,6 +115,7 @@ type Cluster struct {
 	opts     Options
 	dir      string
 	bin      string
+	runtime  runtimes.Containerd
 	log      io.Writer
 	mu       sync.Mutex
 	Net      *netns.Network
@@ -133,6 +174,13 @@ func (c *Cluster) start(ctx context.Context) error {
 		return err
 	}
 	c.bin = filepath.Dir(bins.APIServer)
+	name := c.opts.Runtime
+	if name == "" {
+		name = os.Getenv(RuntimeEnv)
+	}
+	if c.runtime, err = Runtime(name); err != nil {
+		return err
+	}
 	for _, b := range Binaries {
 		if _, err := os.Stat(filepath.Join(c.bin, b)); err != nil {
 			return fmt.Errorf("%w: %s missing in %s: run scripts/build-kube.sh", kubeapi.ErrNoBinaries, b, c.bin)
@@ -305,6 +353,7 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 			PodCIDR:      c.podCIDR(i), ClusterCIDR: ClusterCIDR, ServiceCIDR: ServiceCIDR,
 			SandboxImage: c.Registry.Ref(PauseRepo, "1"),
 			Hosts:        map[string]string{c.Registry.Addr(): hostsTOML},
+			Runtime:      c.runtime,
 			Detach:       c.opts.Detach,
 		})
 		if err != nil {
@@ -318,7 +367,7 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 			}
 		}
 		c.Nodes = append(c.Nodes, n)
-		c.logf("%s (%s) at %s: kubelet, kube-proxy, containerd", name, Zone(i), ns.IP())
+		c.logf("%s (%s) at %s: kubelet, kube-proxy, %s", name, Zone(i), ns.IP(), c.runtime.Name)
 	}
 	// Pod ranges reach each other over the bridge, and this machine (where
 	// Prometheus runs) reaches every pod.
@@ -482,6 +531,9 @@ func (c *Cluster) Stop() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Runtime is the containerd every node runs.
+func (c *Cluster) Runtime() runtimes.Containerd { return c.runtime }
 
 // BinDir is the directory of the kube binaries (kubectl among them).
 func (c *Cluster) BinDir() string { return c.bin }

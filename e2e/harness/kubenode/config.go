@@ -9,8 +9,12 @@ import (
 // standard paths (inside the node's mount namespace), the CRI plugin with
 // runc on cgroupfs, the box's sandbox image, CNI from Debian's plugins and
 // hosts.toml under certs.d — what a kubeadm node on containerd 1.6 has, plus
-// restrict_oom_score_adj (this machine lacks CAP_SYS_RESOURCE).
+// restrict_oom_score_adj (this machine lacks CAP_SYS_RESOURCE). A 2.x
+// runtime gets the same in its own schema (containerdConfigV3).
 func (n *Node) containerdConfig() string {
+	if n.opts.Runtime.ConfigVersion >= 3 {
+		return n.containerdConfigV3()
+	}
 	return fmt.Sprintf(`version = 2
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -35,6 +39,55 @@ state = "/run/containerd"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "/etc/containerd/certs.d"
 `, n.opts.SandboxImage, CNIBinDir)
+}
+
+// containerdConfigV3 is the same node configuration in containerd 2.x's
+// version = 3 schema, as a kubeadm node on 2.x writes it: the CRI plugin is
+// split into io.containerd.cri.v1.images (snapshotter, the sandbox image as
+// pinned_images.sandbox, registry.config_path) and io.containerd.cri.v1.runtime
+// (restrict_oom_score_adj, CNI, runc). Where 2.x moved a key: CNI's bin_dir
+// became the list bin_dirs in 2.1; enable_cdi is gone in 2.1+ (CDI always
+// on; 2.0 still reads it). NRI, on by default in 2.x, is turned off: its
+// socket (/var/run/nri/nri.sock) is not one of the node's own paths, so two
+// nodes would share it, and a kubeadm node on 1.6 has none.
+func (n *Node) containerdConfigV3() string {
+	rt := n.opts.Runtime
+	cni := fmt.Sprintf("bin_dirs = [%q]", CNIBinDir)
+	cdi := ""
+	if rt.Major == 2 && rt.Minor == 0 {
+		cni = fmt.Sprintf("bin_dir = %q", CNIBinDir)
+		cdi = "\n    enable_cdi = false"
+	}
+	return fmt.Sprintf(`version = 3
+root = "/var/lib/containerd"
+state = "/run/containerd"
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+
+[plugins]
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.cri.v1.images".pinned_images]
+      sandbox = %q
+    [plugins."io.containerd.cri.v1.images".registry]
+      config_path = "/etc/containerd/certs.d"
+
+  [plugins."io.containerd.cri.v1.runtime"]
+    restrict_oom_score_adj = true%s
+    [plugins."io.containerd.cri.v1.runtime".cni]
+      %s
+      conf_dir = "/etc/cni/net.d"
+    [plugins."io.containerd.cri.v1.runtime".containerd]
+      default_runtime_name = "runc"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+
+  [plugins."io.containerd.nri.v1.nri"]
+    disable = true
+`, n.opts.SandboxImage, cdi, cni)
 }
 
 // cniConfig is a bridge + host-local network over the node's pod range,

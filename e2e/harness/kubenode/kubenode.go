@@ -3,8 +3,9 @@
 // namespace in which the node's standard paths — /etc/containerd,
 // /run/containerd, /var/lib/containerd, /var/lib/kubelet, /var/log/pods,
 // /etc/cni/net.d, /etc/kubernetes, /etc/resolv.conf, ... — are directories of
-// this node only, a containerd 1.6 serving CRI on
-// /run/containerd/containerd.sock there, a real kubelet registered with the
+// this node only, a containerd serving CRI on /run/containerd/containerd.sock
+// there (Debian's 1.6 by default, or one Options.Runtime names: a 2.x with a
+// version = 3 config), a real kubelet registered with the
 // API server, and kube-proxy (iptables mode) in the node's network namespace.
 //
 // So the hostPath volumes of what a user installs (deploy/) resolve to this
@@ -33,6 +34,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/e2e/harness/netns"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
+	"github.com/pullwatch/pullwatch/e2e/harness/runtimes"
 )
 
 // CNIBinDir is where Debian's containernetworking-plugins installs the plugins.
@@ -87,9 +89,17 @@ type Options struct {
 	// Resolv is the node's /etc/resolv.conf (default: a nameserver on the
 	// node's own loopback, which answers nothing: the box has no DNS).
 	Resolv string
+	// Runtime is the containerd the node runs (e2e/harness/runtimes); the
+	// zero value is Debian's containerd 1.6 on PATH with a version = 2
+	// config. A 2.x one gets a version = 3 config and its own shim first
+	// on containerd's PATH.
+	Runtime runtimes.Containerd
 	// Detach lets the node's daemons outlive this process (make demo-cluster).
 	Detach bool
 }
+
+// Debian16 is Debian's containerd 1.6 (scripts/deps.txt), the default.
+var Debian16 = runtimes.Containerd{Name: "containerd-1.6", Binary: "containerd", ConfigVersion: 2, Major: 1, Minor: 6}
 
 // Node is a running node.
 type Node struct {
@@ -106,6 +116,9 @@ type Node struct {
 func Start(ctx context.Context, opts Options) (*Node, error) {
 	if opts.Name == "" || opts.NS == nil || opts.Dir == "" || opts.Kubelet == "" || opts.KubeProxy == "" {
 		return nil, errors.New("kubenode: Name, NS, Dir, Kubelet and KubeProxy are required")
+	}
+	if opts.Runtime.Binary == "" {
+		opts.Runtime = Debian16
 	}
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
@@ -143,6 +156,9 @@ func (n *Node) IP() net.IP { return n.opts.NS.IP() }
 
 // NS is the node's network namespace.
 func (n *Node) NS() *netns.Namespace { return n.opts.NS }
+
+// Runtime is the containerd the node runs.
+func (n *Node) Runtime() runtimes.Containerd { return n.opts.Runtime }
 
 // Dir is the node's directory.
 func (n *Node) Dir() string { return n.dir }
@@ -325,7 +341,11 @@ func (n *Node) spec(name string, argv ...string) proc.Spec {
 }
 
 func (n *Node) startContainerd(ctx context.Context) error {
-	p, err := proc.Start(n.spec("containerd", "containerd", "--config", "/etc/containerd/config.toml"))
+	spec := n.spec("containerd", n.opts.Runtime.Binary, "--config", "/etc/containerd/config.toml")
+	// A built containerd's own containerd-shim-runc-v2 comes first on its
+	// PATH (Debian's 1.6 uses the one on PATH).
+	spec.Env = n.opts.Runtime.Env()
+	p, err := proc.Start(spec)
 	if err != nil {
 		return err
 	}
@@ -333,7 +353,7 @@ func (n *Node) startContainerd(ctx context.Context) error {
 	sock := strings.TrimPrefix(n.CRIEndpoint(), "unix://")
 	return proc.Poll(ctx, 30*time.Second, 100*time.Millisecond, func() error {
 		if p.Exited() {
-			return fmt.Errorf("containerd exited: %v\n%s: %w", p.ExitErr(), p.LogTail(30), proc.ErrStop)
+			return fmt.Errorf("%s exited: %v\n%s: %w", n.opts.Runtime.Name, p.ExitErr(), p.LogTail(30), proc.ErrStop)
 		}
 		c, err := net.DialTimeout("unix", sock, time.Second)
 		if err != nil {
@@ -405,7 +425,9 @@ func (n *Node) StartKubelet(ctx context.Context) error {
 
 // KillContainers SIGKILLs the task of every Kubernetes container on the
 // node whose image reference contains image, through the node's own
-// containerd, and returns how many it killed.
+// containerd, and returns how many it killed. Debian's ctr (1.6) does it on
+// every runtime: containerd 2.x still serves the v1 containers and tasks
+// APIs it speaks.
 func (n *Node) KillContainers(ctx context.Context, image string) (int, error) {
 	ctr := []string{"ctr", "--address", "/run/containerd/containerd.sock", "-n", "k8s.io"}
 	out, err := n.Exec(ctx, append(ctr, "containers", "ls", "-q")...)
