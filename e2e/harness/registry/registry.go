@@ -337,10 +337,18 @@ func (r *Registry) Transport() http.RoundTripper {
 }
 
 // HostsTOML is a containerd certs.d hosts.toml for this registry (write it
-// at certs.d/ADDR/hosts.toml): the registry as the server, with its CA.
+// at certs.d/ADDR/hosts.toml): the registry as a [host] entry (containerd
+// 1.6 refuses a file without one) and as the server, each with its CA.
+// Without the CA on the server entry, a tag the registry lacks falls
+// through from the [host] entry to the server entry, whose x509 error is
+// what containerd 1.x reports (docs/node-path.md).
 func (r *Registry) HostsTOML() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", r.URL(), r.URL())
+	fmt.Fprintf(&b, "server = %q\n", r.URL())
+	if r.caFile != "" {
+		fmt.Fprintf(&b, "ca = %q\n", r.caFile)
+	}
+	fmt.Fprintf(&b, "\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", r.URL())
 	if r.caFile != "" {
 		fmt.Fprintf(&b, "  ca = %q\n", r.caFile)
 	}
