@@ -279,19 +279,19 @@ func matrix() []fcase {
 			pulls: []pull{{front: fAuth, image: imPrivate}},
 		},
 		{
-			name: "the kubelet's credentials right",
+			name:   "the kubelet's credentials right",
 			config: authWithCA,
-			pulls: []pull{{front: fAuth, image: imPrivate, user: regUser, pass: regPass}},
+			pulls:  []pull{{front: fAuth, image: imPrivate, user: regUser, pass: regPass}},
 		},
 		{
-			name: "the kubelet's credentials wrong",
+			name:   "the kubelet's credentials wrong",
 			config: authWithCA,
-			pulls: []pull{{front: fAuth, image: imPrivate, user: regUser, pass: "wrong-password"}},
+			pulls:  []pull{{front: fAuth, image: imPrivate, user: regUser, pass: "wrong-password"}},
 		},
 		{
-			name: "no credentials anywhere",
+			name:   "no credentials anywhere",
 			config: authWithCA,
-			pulls: []pull{{front: fAuth, image: imPrivate}},
+			pulls:  []pull{{front: fAuth, image: imPrivate}},
 		},
 		{
 			name: "no registry configuration: plain HTTP and loopback registries",
