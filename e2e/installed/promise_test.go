@@ -98,8 +98,19 @@ func TestImageGoneBeforeRestartFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The scenarios after this one start from a quiet box: the failing
-	// workload goes away (the cached image stays, no longer in use).
-	t.Cleanup(func() { deleteAndWait(t, c, ns, "app=web") })
+	// workload goes away (the cached image stays, no longer in use), and
+	// the image comes back to the registry and the mirror. A deleted tag
+	// left cached would fail differently in the later scenarios: with the
+	// mirror down, containerd 1.x reports the mirror's refused connection
+	// over the registry's 404 (docs/node-path.md), and so does the agent.
+	t.Cleanup(func() {
+		deleteAndWait(t, c, ns, "app=web")
+		pctx, pcancel := context.WithTimeout(context.Background(), time.Minute)
+		defer pcancel()
+		if _, err := c.PushSleeper(pctx, "shop/web", "1"); err != nil {
+			t.Errorf("push shop/web:1 back: %v", err)
+		}
+	})
 	labels := map[string]string{"app": "web"}
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
