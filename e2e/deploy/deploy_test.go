@@ -668,9 +668,10 @@ type kustomizationFile struct {
 	} `json:"images,omitempty"`
 }
 
-func TestKustomizationListsEveryManifest(t *testing.T) {
-	r := root(t)
-	data, err := os.ReadFile(filepath.Join(r, "deploy", kustomization))
+// readKustomization is deploy/'s kustomization, strictly decoded.
+func readKustomization(t *testing.T) kustomizationFile {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root(t), "deploy", kustomization))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -678,6 +679,12 @@ func TestKustomizationListsEveryManifest(t *testing.T) {
 	if err := yaml.UnmarshalStrict(data, &k); err != nil {
 		t.Fatalf("deploy/%s: %v", kustomization, err)
 	}
+	return k
+}
+
+func TestKustomizationListsEveryManifest(t *testing.T) {
+	r := root(t)
+	k := readKustomization(t)
 	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
 		t.Errorf("deploy/%s: apiVersion %q kind %q, want kustomize.config.k8s.io/v1beta1 Kustomization", kustomization, k.APIVersion, k.Kind)
 	}

@@ -167,14 +167,7 @@ func kustomizeImages(t *testing.T, k kustomizationFile, m map[string]any) {
 func deployObjects(t *testing.T) map[string]map[string]any {
 	t.Helper()
 	r := root(t)
-	data, err := os.ReadFile(filepath.Join(r, "deploy", kustomization))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var k kustomizationFile
-	if err := yaml.UnmarshalStrict(data, &k); err != nil {
-		t.Fatalf("deploy/%s: %v", kustomization, err)
-	}
+	k := readKustomization(t)
 	if k.Namespace != "" {
 		t.Fatalf("deploy/%s sets namespace: %q; this test does not model it", kustomization, k.Namespace)
 	}

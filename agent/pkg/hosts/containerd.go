@@ -51,15 +51,17 @@ type ContainerdOptions struct {
 // kept while they do not change, see loadedHosts), or the legacy
 // registry.mirrors table.
 type Containerd struct {
-	hosts   docker.RegistryHosts
-	mirrors map[string][]string
-	cfg     ContainerdRegistryConfig
-	path    PullPath
-	opts    ContainerdOptions
-	roots   []string // config_path roots, node paths
-	copies  *hostsCopies
+	hosts  docker.RegistryHosts
+	cfg    ContainerdRegistryConfig
+	path   PullPath
+	opts   ContainerdOptions
+	roots  []string // config_path roots, node paths
+	copies *hostsCopies
 
 	loaded loadedHosts // each host's endpoints while its files are unchanged
+
+	legacyMu      sync.Mutex
+	legacyClients map[string]legacyClient // registry.configs tls clients by endpoint host
 
 	defaultOnce sync.Once
 	defaultHTTP *http.Client
@@ -181,9 +183,6 @@ func NewContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, er
 		return nil, fmt.Errorf("containerd config %s: %w", strings.Join(cfg.Files, ", "), err)
 	}
 	c := &Containerd{opts: opts, cfg: cfg, path: path, warned: map[string]string{}, legacy: legacyHosts(opts.RuntimeVersion), copies: &hostsCopies{parent: opts.TempDir}}
-	if path.Legacy {
-		c.mirrors = cfg.Mirrors
-	}
 	c.roots = path.Roots
 	logging.FromContext(ctx).InfoContext(ctx, "containerd registry configuration", "config_files", cfg.Files, "pull_path", path.Mode, "host_root", opts.Root.Dir())
 	c.hosts = config.ConfigureHosts(ctx, config.HostOptions{
@@ -276,10 +275,10 @@ func (c *Containerd) withAuth(eps []Endpoint, err error) ([]Endpoint, error) {
 // containerd's registryEndpoints and registryHosts build them.
 func (c *Containerd) legacyEndpoints(ctx context.Context, ref imageref.Ref) ([]Endpoint, error) {
 	host := ref.Registry()
-	urls, ok := c.mirrors[host]
+	urls, ok := c.cfg.Mirrors[host]
 	source := "config.toml registry.mirrors"
 	if !ok {
-		urls = c.mirrors["*"]
+		urls = c.cfg.Mirrors["*"]
 		source = `config.toml registry.mirrors."*"`
 	}
 	def, _ := Defaults{}.Endpoints(ctx, ref)
@@ -310,7 +309,7 @@ func (c *Containerd) legacyEndpoints(ctx context.Context, ref imageref.Ref) ([]E
 		out = append(out, def[0])
 	}
 	for i := range out {
-		client, err := c.legacyClient(out[i])
+		client, err := c.legacyClientFor(out[i])
 		if err != nil {
 			return nil, err
 		}
@@ -319,15 +318,24 @@ func (c *Containerd) legacyEndpoints(ctx context.Context, ref imageref.Ref) ([]E
 	return c.withAuth(out, nil)
 }
 
-// legacyClient is the HTTP client containerd builds for a legacy
+// legacyClientFor is the HTTP client containerd builds for a legacy
 // endpoint: its default transport, with registry.configs tls for the
 // endpoint's host on 1.x, and no certificate check for plain HTTP to a
 // loopback registry on 2.x.
-func (c *Containerd) legacyClient(ep Endpoint) (*http.Client, error) {
+func (c *Containerd) legacyClientFor(ep Endpoint) (*http.Client, error) {
 	u, _ := url.Parse(ep.URL)
 	hc, hasConfig := c.cfg.Configs[u.Host]
 	if !c.path.LegacyTLS || !hasConfig || !hc.HasTLS {
 		return c.defaultClient()
+	}
+	// One client per host while its files are unchanged, as loadedHosts
+	// keeps the hosts.toml ones: a client per image would cost a TLS
+	// handshake per image and round.
+	key := u.Host + "\x00" + c.fileStamps(hc.CAFile, hc.CertFile, hc.KeyFile)
+	c.legacyMu.Lock()
+	defer c.legacyMu.Unlock()
+	if client, ok := c.legacyClients[u.Host]; ok && client.key == key {
+		return client.client, nil
 	}
 	tlsConfig, err := c.legacyTLS(hc)
 	if err != nil {
@@ -339,7 +347,35 @@ func (c *Containerd) legacyClient(ep Endpoint) (*http.Client, error) {
 			return nil, err
 		}
 	}
+	if c.legacyClients == nil {
+		c.legacyClients = map[string]legacyClient{}
+	}
+	c.legacyClients[u.Host] = legacyClient{key: key, client: client}
 	return client, nil
+}
+
+// legacyClient is a registry.configs host's client and the stamps of the
+// files it was built from.
+type legacyClient struct {
+	key    string
+	client *http.Client
+}
+
+// fileStamps names the node files' sizes and modification times ("" for
+// none): a change makes a new client, as containerd reads them per pull.
+func (c *Containerd) fileStamps(paths ...string) string {
+	var b strings.Builder
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		if fi, err := os.Stat(c.opts.Root.Path(p)); err == nil {
+			fmt.Fprintf(&b, "%s:%d:%d;", p, fi.Size(), fi.ModTime().UnixNano())
+		} else {
+			fmt.Fprintf(&b, "%s:missing;", p)
+		}
+	}
+	return b.String()
 }
 
 // legacyTLS is containerd 1.x's getTLSConfig: the system pool plus
