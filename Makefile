@@ -31,7 +31,7 @@ OCI_DIR        ?=
 # the suite on 1.6, then E2E_INSTALLED_2X_RUN on E2E_INSTALLED_2X_RUNTIME.
 RUNTIME        ?=
 E2E_INSTALLED_2X_RUNTIME ?= containerd-2.4
-E2E_INSTALLED_2X_RUN     ?= ^(TestNodesAreRealKubelets|TestInstalledOnEveryNode|TestImageGoneBeforeRestartFails|TestEgressCutBeforePullFails)$$
+E2E_INSTALLED_2X_RUN     ?= ^(TestNodesAreRealKubelets|TestInstalledOnEveryNode|TestImageGoneBeforeRestartFails|TestEgressCutBeforePullFails|TestTokenCredentialProviderInstalled)$$
 
 export PATH := $(TOOLS):$(PATH)
 

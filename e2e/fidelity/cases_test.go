@@ -66,7 +66,8 @@ func matrix() []fcase {
 	hostsWithCA := func(e *env, rt runtimes.Containerd) nodeConfig {
 		return nodeConfig{
 			registry: configPath(rt.ConfigVersion, certsD),
-			files:    withHosts(certsD+"/"+e.host(fUp)+"/hosts.toml", e.hostsTOML(fUp, nodeCA), certsD+"/"+e.host(fLo)+"/hosts.toml", e.hostsTOML(fLo, nodeCA)),
+			files: withHosts(certsD+"/"+e.host(fUp)+"/hosts.toml", e.hostsTOML(fUp, nodeCA), certsD+"/"+e.host(fLo)+"/hosts.toml", e.hostsTOML(fLo, nodeCA),
+				certsD+"/"+e.host(fToken)+"/hosts.toml", e.hostsTOML(fToken, nodeCA)),
 		}
 	}
 	mirrored := func(capabilities, extra string) func(e *env, rt runtimes.Containerd) nodeConfig {
@@ -348,6 +349,72 @@ func matrix() []fcase {
 				}
 			},
 			pulls: []pull{{front: fAuth, image: imPrivate}, up(imApp), up(imGone)},
+		},
+		{
+			name: "hosts.toml client certificate (mTLS registry)",
+			config: func(e *env, rt runtimes.Containerd) nodeConfig {
+				return nodeConfig{
+					registry: configPath(rt.ConfigVersion, certsD),
+					files:    withHosts(certsD+"/"+e.host(fMTLS)+"/hosts.toml", e.hostsTOML(fMTLS, nodeCA)+clientTOML),
+				}
+			},
+			pulls: []pull{{front: fMTLS, image: imApp}},
+		},
+		{
+			name: "mTLS registry, hosts.toml without the client certificate",
+			config: func(e *env, rt runtimes.Containerd) nodeConfig {
+				return nodeConfig{
+					registry: configPath(rt.ConfigVersion, certsD),
+					files:    withHosts(certsD+"/"+e.host(fMTLS)+"/hosts.toml", e.hostsTOML(fMTLS, nodeCA)),
+				}
+			},
+			pulls: []pull{{front: fMTLS, image: imApp}},
+		},
+		{
+			name: "hosts.toml [header] a gateway wants",
+			config: func(e *env, rt runtimes.Containerd) nodeConfig {
+				return nodeConfig{
+					registry: configPath(rt.ConfigVersion, certsD),
+					files:    withHosts(certsD+"/"+e.host(fGate)+"/hosts.toml", e.hostsTOML(fGate, nodeCA)+e.headerTOML(fGate)),
+				}
+			},
+			pulls: []pull{{front: fGate, image: imApp}},
+		},
+		{
+			name: "gateway without its header (403)",
+			config: func(e *env, rt runtimes.Containerd) nodeConfig {
+				return nodeConfig{
+					registry: configPath(rt.ConfigVersion, certsD),
+					files:    withHosts(certsD+"/"+e.host(fGate)+"/hosts.toml", e.hostsTOML(fGate, nodeCA)),
+				}
+			},
+			pulls: []pull{{front: fGate, image: imApp}},
+		},
+		{
+			name: "legacy registry.headers with the gateway's header",
+			config: func(e *env, rt runtimes.Containerd) nodeConfig {
+				v := rt.ConfigVersion
+				return nodeConfig{
+					registry: configPath(v, certsD) + fmt.Sprintf("[%s.headers]\n  %s = [%q]\n", reg(v), gateHeader, gateValue),
+					files:    withHosts(certsD+"/"+e.host(fGate)+"/hosts.toml", e.hostsTOML(fGate, nodeCA)),
+				}
+			},
+			pulls: []pull{{front: fGate, image: imApp}},
+		},
+		{
+			name:   "bearer-token registry: the kubelet's credentials right",
+			config: hostsWithCA,
+			pulls:  []pull{{front: fToken, image: imToken, user: regUser, pass: regPass}},
+		},
+		{
+			name:   "bearer-token registry: the kubelet's credentials wrong",
+			config: hostsWithCA,
+			pulls:  []pull{{front: fToken, image: imToken, user: regUser, pass: "wrong-password"}},
+		},
+		{
+			name:   "bearer-token registry: no credentials (an anonymous token grants nothing)",
+			config: hostsWithCA,
+			pulls:  []pull{{front: fToken, image: imToken}},
 		},
 		{
 			name: "a version 2 config that 2.x migrates",

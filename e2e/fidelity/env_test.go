@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/pullwatch/pullwatch/e2e/harness/registry"
 	"github.com/pullwatch/pullwatch/e2e/harness/registryfront"
 	"github.com/pullwatch/pullwatch/e2e/harness/runtimes"
+	"github.com/pullwatch/pullwatch/e2e/harness/tokenserver"
 )
 
 // The node paths the runtime and the agent read, each a directory of the
@@ -31,6 +33,15 @@ var nodeDirs = []string{"/etc/containerd", "/etc/docker", "/var/lib/rancher"}
 const (
 	nodeCA      = "/etc/containerd/fidelity/ca.crt"
 	nodeOtherCA = "/etc/containerd/fidelity/other-ca.crt"
+	// The client certificate fMTLS wants, and its key.
+	nodeClientCert = "/etc/containerd/fidelity/client.crt"
+	nodeClientKey  = "/etc/containerd/fidelity/client.key"
+)
+
+// The header fGate wants (hosts.toml [header], registry.headers).
+const (
+	gateHeader = "X-Fidelity-Gate"
+	gateValue  = "open"
 )
 
 // The registry the fronts share the credentials of.
@@ -47,6 +58,9 @@ const (
 	fPlain   = "plain"    // plain HTTP, the upstream's content
 	fLo      = "lo"       // TLS on the node's loopback
 	fLoPlain = "lo-plain" // plain HTTP on the node's loopback (kind-style)
+	fMTLS    = "mtls"     // TLS wanting a client certificate of the CA
+	fGate    = "gate"     // TLS, 403 DENIED without gateHeader
+	fToken   = "token"    // TLS, bearer-token auth (realm: tokenRealm)
 )
 
 // The images (repository:tag) behind the fronts.
@@ -57,6 +71,7 @@ const (
 	imPrivate = "fid/private:v1"  // behind auth
 	imOther   = "fid/other:v1"    // on the upstream and the mirror (second image)
 	imDigest  = "fid/digested:v1" // on the upstream
+	imToken   = "fid/token:v1"    // behind bearer-token auth
 )
 
 // shared is what every runtime's node uses: the registries, the CA, the
@@ -66,12 +81,19 @@ type shared struct {
 	network  *netns.Network
 	caPEM    []byte
 	otherPEM []byte
-	tls      *tls.Config
-	agentBin string
-	crictl   string
-	digests  map[string]string  // image → manifest digest
-	upstream *registry.Registry // behind fUp, fPlain, fLo, fLoPlain
-	backends map[string]*registry.Registry
+	// clientPEM and clientKeyPEM are fMTLS's client certificate.
+	clientPEM, clientKeyPEM []byte
+	tls                     *tls.Config
+	agentBin                string
+	crictl                  string
+	digests                 map[string]string  // image → manifest digest
+	upstream                *registry.Registry // behind fUp, fPlain, fLo, fLoPlain
+	backends                map[string]*registry.Registry
+	// tokens is the token server of the bearer-auth registry (behind
+	// fToken), on this machine's 127.0.0.1; each node reaches its realm
+	// (http://localhost:<port>/token) through a front on its own loopback
+	// at the same port.
+	tokens *tokenserver.Server
 }
 
 // env is one runtime's node: a network namespace of its own with its own
@@ -157,6 +179,15 @@ func newShared(t *testing.T) *shared {
 	e.upstream = open
 	mirror := start("mirror", registry.Options{})
 	auth := start("auth", registry.Options{Htpasswd: map[string]string{regUser: regPass}})
+	// Bearer-token auth as Docker Hub does it for a private repository:
+	// an anonymous token grants nothing, the user's grants pull.
+	if e.tokens, err = tokenserver.Start(filepath.Join(e.dir, "tokens"), tokenserver.Options{
+		Users: map[string]string{regUser: regPass}, Anonymous: tokenserver.AnonymousNoAccess,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.tokens.Close)
+	token := start("token", registry.Options{Token: e.tokens.TokenAuth()})
 	push := func(r *registry.Registry, image string) {
 		repo, tag, _ := strings.Cut(image, ":")
 		d, err := registry.PushImage(ctx, r, repo, tag, registry.ImageOptions{})
@@ -174,6 +205,12 @@ func newShared(t *testing.T) *shared {
 	push(mirror, imApp)
 	push(mirror, imOther)
 	push(auth, imPrivate)
+	repo, tag, _ := strings.Cut(imToken, ":")
+	d, err := registry.PushImage(ctx, token, repo, tag, registry.ImageOptions{Username: regUser, Password: regPass})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.digests[imToken] = d
 
 	// One CA signs every front's certificate (for every node address);
 	// another signs nothing the nodes meet (the wrong-CA cases).
@@ -203,7 +240,28 @@ func newShared(t *testing.T) *shared {
 		t.Fatal(err)
 	}
 	e.tls = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
+	cder, ckey, err := certs.Issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: "fidelity node"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, ca, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ckeyDER, err := x509.MarshalECPrivateKey(ckey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.clientPEM, e.clientKeyPEM = certs.PEM("CERTIFICATE", cder), certs.PEM("EC PRIVATE KEY", ckeyDER)
 	return e
+}
+
+// mtlsConfig is the fronts' TLS wanting a client certificate of the CA.
+func (s *shared) mtlsConfig() *tls.Config {
+	c := s.tls.Clone()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(s.caPEM)
+	c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	return c
 }
 
 // node makes a runtime's node: a namespace and its fronts.
@@ -219,19 +277,20 @@ func (s *shared) node(t *testing.T, name string) *env {
 	nodeIP := e.ns.IP()
 	for _, f := range []struct {
 		name, host, backend string
-		tls                 bool
+		tls                 *tls.Config
+		header              string
 	}{
-		{fUp, nodeIP.String(), "open", true},
-		{fMirror, nodeIP.String(), "mirror", true},
-		{fAuth, nodeIP.String(), "auth", true},
-		{fPlain, nodeIP.String(), "open", false},
-		{fLo, "127.0.0.1", "open", true},
-		{fLoPlain, "127.0.0.1", "open", false},
+		{fUp, nodeIP.String(), "open", s.tls, ""},
+		{fMirror, nodeIP.String(), "mirror", s.tls, ""},
+		{fAuth, nodeIP.String(), "auth", s.tls, ""},
+		{fPlain, nodeIP.String(), "open", nil, ""},
+		{fLo, "127.0.0.1", "open", s.tls, ""},
+		{fLoPlain, "127.0.0.1", "open", nil, ""},
+		{fMTLS, nodeIP.String(), "open", s.mtlsConfig(), ""},
+		{fGate, nodeIP.String(), "open", s.tls, gateHeader + ": " + gateValue},
+		{fToken, nodeIP.String(), "token", s.tls, ""},
 	} {
-		opts := registryfront.Options{Listen: e.ns.Listen, Addr: net.JoinHostPort(f.host, "0"), Backend: s.backends[f.backend].URL()}
-		if f.tls {
-			opts.TLS = s.tls
-		}
+		opts := registryfront.Options{Listen: e.ns.Listen, Addr: net.JoinHostPort(f.host, "0"), Backend: s.backends[f.backend].URL(), TLS: f.tls, RequireHeader: f.header}
 		fr, err := registryfront.Start(opts)
 		if err != nil {
 			t.Fatal(err)
@@ -239,7 +298,13 @@ func (s *shared) node(t *testing.T, name string) *env {
 		t.Cleanup(func() { _ = fr.Close() })
 		e.fronts[f.name] = fr
 	}
-	t.Logf("%s: node %s; fronts: %s", name, nodeIP, e.describeFronts())
+	// The token realm on the node's own loopback, at the port it has here.
+	realm, err := registryfront.Start(registryfront.Options{Listen: e.ns.Listen, Addr: s.tokens.Addr(), Backend: "http://" + s.tokens.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = realm.Close() })
+	t.Logf("%s: node %s; fronts: %s; token realm %s", name, nodeIP, e.describeFronts(), s.tokens.Realm())
 	return e
 }
 
@@ -263,7 +328,19 @@ func (e *env) seedHosts() map[string]string {
 	for name := range e.fronts {
 		files["/etc/containerd/certs.d/"+e.host(name)+"/hosts.toml"] = e.hostsTOML(name, nodeCA)
 	}
+	files["/etc/containerd/certs.d/"+e.host(fMTLS)+"/hosts.toml"] = e.hostsTOML(fMTLS, nodeCA) + clientTOML
+	files["/etc/containerd/certs.d/"+e.host(fGate)+"/hosts.toml"] = e.hostsTOML(fGate, nodeCA) + e.headerTOML(fGate)
 	return files
+}
+
+// clientTOML is the [host] table's client certificate line (after
+// hostsTOML).
+var clientTOML = fmt.Sprintf("  client = [[%q, %q]]\n", nodeClientCert, nodeClientKey)
+
+// headerTOML is the [host] table's header table with fGate's header
+// (after hostsTOML).
+func (e *env) headerTOML(front string) string {
+	return fmt.Sprintf("\n[host.%q.header]\n  %s = %q\n", e.url(front), gateHeader, gateValue)
 }
 
 // hostsTOML is a hosts.toml for front with a [host] table (ca when TLS).
@@ -290,6 +367,8 @@ func (e *env) writeRoot(dir string, files map[string]string) error {
 	all := map[string]string{
 		nodeCA:             string(e.caPEM),
 		nodeOtherCA:        string(e.otherPEM),
+		nodeClientCert:     string(e.clientPEM),
+		nodeClientKey:      string(e.clientKeyPEM),
 		"/etc/resolv.conf": "nameserver 127.0.0.1\n",
 	}
 	for p, c := range files {

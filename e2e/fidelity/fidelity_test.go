@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -99,9 +100,14 @@ func TestFidelity(t *testing.T) {
 	sh := newShared(t)
 	cases := matrix()
 	if only := os.Getenv("PULLWATCH_FIDELITY_CASES"); only != "" {
+		// A regular expression over case names, e.g. "mTLS|header".
+		re, err := regexp.Compile(only)
+		if err != nil {
+			t.Fatalf("PULLWATCH_FIDELITY_CASES=%q: %v", only, err)
+		}
 		var keep []fcase
 		for _, c := range cases {
-			if strings.Contains(c.name, only) {
+			if re.MatchString(c.name) {
 				keep = append(keep, c)
 			}
 		}
@@ -221,6 +227,8 @@ func seedPulls() []pull {
 		{front: fUp, image: imOther}, {front: fUp, image: imDigest},
 		{front: fAuth, image: imPrivate, user: regUser, pass: regPass},
 		{front: fPlain, image: imApp}, {front: fLo, image: imApp}, {front: fLoPlain, image: imApp},
+		{front: fMTLS, image: imApp}, {front: fGate, image: imApp},
+		{front: fToken, image: imToken, user: regUser, pass: regPass},
 	}
 }
 

@@ -12,10 +12,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/checkout"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubecluster"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubenode"
@@ -51,7 +53,14 @@ func TestMain(m *testing.M) {
 		}
 		dir = filepath.Join(dir, "installed")
 		_ = os.RemoveAll(dir)
-		c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Nodes: 2, Log: os.Stderr})
+		// The kubelets' token credential provider (KEP-4412) for the
+		// box's private registry: TestTokenCredentialProviderInstalled.
+		plugin, err := buildCredProvider(ctx, filepath.Join(dir, "bin"))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "installed: %v\n", err)
+			return 1
+		}
+		c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Nodes: 2, CredentialProvider: plugin, Log: os.Stderr})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "installed: %v\n", err)
 			return 1
@@ -77,4 +86,21 @@ func need(t *testing.T) *kubecluster.Cluster {
 		t.Skip(skipReason)
 	}
 	return box
+}
+
+// buildCredProvider builds e2e/harness/credprovider (static: the kubelet
+// runs it in the node's mount namespace) into dir and returns its path.
+func buildCredProvider(ctx context.Context, dir string) (string, error) {
+	root, err := checkout.Root()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, kubecluster.CredentialProviderName)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./harness/credprovider")
+	cmd.Dir = filepath.Join(root, "e2e")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build the credential provider plugin: %w\n%s", err, b)
+	}
+	return out, nil
 }

@@ -215,7 +215,7 @@ func (c *Containerd) Endpoints(ctx context.Context, ref imageref.Ref) ([]Endpoin
 		return c.legacyEndpoints(ctx, ref)
 	}
 	if c.checkHostsFile(ctx, host) == hostsIgnored && !c.hasCertFiles(host) {
-		return c.withAuth(c.withDefaultClient(Defaults{}.Endpoints(ctx, ref)))
+		return c.withRuntimeConfig(c.withDefaultClient(Defaults{}.Endpoints(ctx, ref)))
 	}
 	// An ignored hosts.toml beside certificate files: containerd falls back
 	// to those files (its loadCertFiles) for the default endpoint, and so
@@ -248,16 +248,30 @@ func (c *Containerd) Endpoints(ctx context.Context, ref imageref.Ref) ([]Endpoin
 		}
 		out = append(out, ep)
 	}
-	return c.withAuth(out, nil)
+	return c.withRuntimeConfig(out, nil)
 }
 
-// withAuth gives each endpoint the credentials registry.configs names for
-// its host: containerd sends them when the kubelet hands it none.
-func (c *Containerd) withAuth(eps []Endpoint, err error) ([]Endpoint, error) {
+// withRuntimeConfig gives each endpoint what the runtime's own config adds
+// to every request: the credentials registry.configs names for its host
+// (containerd sends them when the kubelet hands it none), and the
+// registry.headers, which containerd's resolver sends to every registry
+// before the host's own hosts.toml headers (docker.ResolverOptions.Headers;
+// all four runtimes of the fidelity matrix do, on either pull path).
+func (c *Containerd) withRuntimeConfig(eps []Endpoint, err error) ([]Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
 	for i := range eps {
+		if len(c.cfg.Headers) > 0 {
+			h := make(http.Header, len(c.cfg.Headers)+len(eps[i].Header))
+			for k, v := range c.cfg.Headers {
+				h[http.CanonicalHeaderKey(k)] = append([]string(nil), v...)
+			}
+			for k, v := range eps[i].Header {
+				h[k] = append(h[k], v...)
+			}
+			eps[i].Header = h
+		}
 		u, perr := url.Parse(eps[i].URL)
 		if perr != nil {
 			continue
@@ -315,7 +329,7 @@ func (c *Containerd) legacyEndpoints(ctx context.Context, ref imageref.Ref) ([]E
 		}
 		out[i].Client = client
 	}
-	return c.withAuth(out, nil)
+	return c.withRuntimeConfig(out, nil)
 }
 
 // legacyClientFor is the HTTP client containerd builds for a legacy

@@ -283,3 +283,46 @@ func TestLegacyIgnoredHostsFileKeepsDirectoryCerts(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestRuntimeHeaders: registry.headers go with every endpoint, before the
+// host's own hosts.toml headers, without changing what the loader keeps.
+func TestRuntimeHeaders(t *testing.T) {
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs.d")
+	writeFile(t, filepath.Join(dir, "config.toml"), `version = 2
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "`+certs+`"
+[plugins."io.containerd.grpc.v1.cri".registry.headers]
+  X-Gate = ["open"]
+  x-team = ["runtime"]`)
+	writeFile(t, filepath.Join(certs, "upstream.example:5000", "hosts.toml"), `server = "https://upstream.example:5000"
+[host."https://mirror.example:5001"]
+  capabilities = ["pull", "resolve"]
+  [host."https://mirror.example:5001".header]
+    X-Team = ["platform"]
+`)
+	c, err := NewContainerd(context.Background(), ContainerdOptions{ConfigFile: filepath.Join(dir, "config.toml")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second time from the loader's cache
+		for _, image := range []string{"upstream.example:5000/app:v1", "other.example/app:v1"} {
+			eps, err := c.Endpoints(context.Background(), mustRef(t, image))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ep := range eps {
+				if ep.Header.Get("X-Gate") != "open" {
+					t.Errorf("%s %s: registry.headers not sent: %v", image, ep.URL, ep.Header)
+				}
+				want := "runtime"
+				if ep.Role == RoleMirror {
+					want = "runtime,platform"
+				}
+				if got := strings.Join(ep.Header.Values("X-Team"), ","); got != want {
+					t.Errorf("%s %s: X-Team %q, want %q", image, ep.URL, got, want)
+				}
+			}
+		}
+	}
+}

@@ -92,7 +92,11 @@ func (p *Prober) ping(ctx context.Context, t target) (challenge, error) {
 	case resp.StatusCode >= 500:
 		return challenge{}, &statusError{pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, resp.StatusCode, fmt.Sprintf("registry answered %s on /v2/", resp.Status)}
 	default:
-		return challenge{}, &statusError{pb.ImageStatus_IMAGE_STATUS_UNKNOWN, resp.StatusCode, fmt.Sprintf("endpoint answered %s on /v2/: not a registry API", resp.Status)}
+		// Any other answer (403 from a gateway that wants a header, 404
+		// from a proxy that serves only repository paths): the runtime
+		// never asks /v2/ before a pull (containerd's resolver goes
+		// straight to the manifest), so neither does its verdict depend
+		// on it. No challenge; the manifest's answer decides.
 	}
 	p.pings.mu.Lock()
 	p.pings.m[key] = pingEntry{ch: ch, expires: p.opts.Now().Add(pingTTL)}

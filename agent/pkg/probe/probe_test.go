@@ -30,6 +30,7 @@ const (
 // real docker-registry is exercised in the e2e tests.
 type registry struct {
 	manifestStatus int
+	pingStatus     int // /v2/'s answer when neither bearer nor basic
 	mediaType      string
 	header         http.Header
 	bearer         bool // /v2/ demands a bearer token from /token
@@ -64,6 +65,8 @@ func (r *registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		case r.basic:
 			w.Header().Set("WWW-Authenticate", `Basic realm="registry"`)
 			w.WriteHeader(http.StatusUnauthorized)
+		case r.pingStatus != 0:
+			w.WriteHeader(r.pingStatus)
 		}
 	case strings.Contains(req.URL.Path, "/manifests/"):
 		if req.Method != http.MethodHead {
@@ -124,6 +127,11 @@ func TestProbeClassification(t *testing.T) {
 		{"basic without creds", &registry{basic: true}, nil, 0, pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED, "401"},
 		{"basic with creds", &registry{basic: true}, []credentials.Credential{{Username: "x", Secret: "wrong", Source: "pull_secret"}, {Username: "u", Secret: secret, Source: "node_keyring"}}, 0, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "manifest found"},
 		{"forbidden", &registry{manifestStatus: 403}, nil, 0, pb.ImageStatus_IMAGE_STATUS_FORBIDDEN, "403"},
+		// The runtime never asks /v2/ before a pull: an odd answer there
+		// (a gateway's 403, a proxy's 404) leaves the verdict to the
+		// manifest, as the fidelity matrix's gateway cases show.
+		{"403 on /v2/ and on the manifest", &registry{pingStatus: 403, manifestStatus: 403}, nil, 0, pb.ImageStatus_IMAGE_STATUS_FORBIDDEN, "403"},
+		{"404 on /v2/, manifest found", &registry{pingStatus: 404}, nil, 0, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "manifest found"},
 		{"rate limited", &registry{manifestStatus: 429, header: http.Header{"Retry-After": {"30"}}}, nil, 0, pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED, "retry after 30"},
 		{"server error", &registry{manifestStatus: 502}, nil, 0, pb.ImageStatus_IMAGE_STATUS_UNREACHABLE, "502"},
 		{"teapot", &registry{manifestStatus: 418}, nil, 0, pb.ImageStatus_IMAGE_STATUS_UNKNOWN, "418"},

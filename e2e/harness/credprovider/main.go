@@ -14,6 +14,10 @@
 //	CREDPROVIDER_DURATION   cacheDuration (default: unset)
 //	CREDPROVIDER_LOG        a file each request's image is appended to
 //	CREDPROVIDER_FAIL       when set, print it on stderr and exit 1
+//	CREDPROVIDER_REQUIRE_TOKEN  when set, fail unless the request carries a
+//	                        service account token (KEP-4412: a provider whose
+//	                        config has tokenAttributes); the log line then
+//	                        ends in " token"
 package main
 
 import (
@@ -30,6 +34,9 @@ type request struct {
 	APIVersion string `json:"apiVersion"`
 	Kind       string `json:"kind"`
 	Image      string `json:"image"`
+	// ServiceAccountToken is the pod's service account token, sent when
+	// the provider's config has tokenAttributes (KEP-4412).
+	ServiceAccountToken string `json:"serviceAccountToken,omitempty"`
 }
 
 type authConfig struct {
@@ -69,11 +76,18 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		_, err = fmt.Fprintln(f, req.Image)
+		line := req.Image
+		if req.ServiceAccountToken != "" {
+			line += " token"
+		}
+		_, err = fmt.Fprintln(f, line)
 		f.Close()
 		if err != nil {
 			return err
 		}
+	}
+	if os.Getenv("CREDPROVIDER_REQUIRE_TOKEN") != "" && req.ServiceAccountToken == "" {
+		return fmt.Errorf("no service account token in the request for %q (this provider needs one: tokenAttributes)", req.Image)
 	}
 	if msg := os.Getenv("CREDPROVIDER_FAIL"); msg != "" {
 		return fmt.Errorf("told to fail: %s", msg)

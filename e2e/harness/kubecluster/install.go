@@ -59,7 +59,8 @@ spec:
 `
 
 // Overlay writes a kustomize overlay of deployDir under the cluster's
-// directory that changes nothing but the two image names, and returns its
+// directory that changes nothing but the two image names (and, with a
+// credential provider, gives the agent the kubelet's), and returns its
 // directory: what a user does with `kustomize edit set image`.
 func (c *Cluster) Overlay(deployDir, agentImage, aggregatorImage string) (string, error) {
 	abs, err := filepath.Abs(deployDir)
@@ -79,6 +80,14 @@ func (c *Cluster) Overlay(deployDir, agentImage, aggregatorImage string) (string
 	for _, im := range []struct{ from, to string }{{ShippedAgentImage, agentImage}, {ShippedAggregatorImage, aggregatorImage}} {
 		name, tag := splitImage(im.to)
 		fmt.Fprintf(&b, "  - name: %s\n    newName: %s\n    newTag: %q\n", im.from, name, tag)
+	}
+	if patch := c.credentialProviderPatch(); patch != "" {
+		// The kubelets' credential provider, given to the agent as a user
+		// does (docs/credentials.md).
+		if err := os.WriteFile(filepath.Join(dir, "credential-provider.yaml"), []byte(patch), 0o644); err != nil {
+			return "", err
+		}
+		b.WriteString("patches:\n  - path: credential-provider.yaml\n")
 	}
 	return dir, os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(b.String()), 0o644)
 }

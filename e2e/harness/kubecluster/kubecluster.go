@@ -104,6 +104,11 @@ type Options struct {
 	// Runtime is the containerd every node runs (see RuntimeEnv; default:
 	// $PULLWATCH_BOX_RUNTIME, else Debian's 1.6).
 	Runtime string
+	// CredentialProvider is a kubelet credential provider plugin built
+	// from e2e/harness/credprovider: when set, the box also runs a private
+	// registry (Private) whose credential only that plugin gives, through a
+	// provider with tokenAttributes (KEP-4412; see credprovider.go).
+	CredentialProvider string
 	// Detach lets the cluster outlive this process (make demo-cluster).
 	Detach bool
 	// Log receives one line per step (nil: discarded).
@@ -125,7 +130,10 @@ type Cluster struct {
 	// them in step) and is the first endpoint every node's hosts.toml
 	// names for Registry's host, as a pull-through or replicated mirror is.
 	Mirror *registry.Registry
-	// RegNS is the namespace of Registry and Mirror.
+	// Private is the registry only the kubelets' token credential
+	// provider unlocks (nil without Options.CredentialProvider).
+	Private *registry.Registry
+	// RegNS is the namespace of Registry, Mirror and Private.
 	RegNS *netns.Namespace
 	Nodes []*kubenode.Node
 	procs []*proc.Process
@@ -202,6 +210,9 @@ func (c *Cluster) start(ctx context.Context) error {
 	if err := c.startControlPlane(ctx, gw); err != nil {
 		return err
 	}
+	if err := c.allowProviderAudience(ctx); err != nil {
+		return err
+	}
 	if err := c.startNodes(ctx, gw); err != nil {
 		return err
 	}
@@ -228,6 +239,11 @@ func (c *Cluster) startRegistry(ctx context.Context) error {
 	}
 	if _, err := c.PushSleeper(ctx, PauseRepo, "1"); err != nil {
 		return fmt.Errorf("push the sandbox image: %w", err)
+	}
+	if c.opts.CredentialProvider != "" {
+		if err := c.startPrivateRegistry(ctx); err != nil {
+			return err
+		}
 	}
 	c.logf("registry %s and its mirror %s in namespace %s", c.Registry.URL(), c.Mirror.URL(), ns.Netns())
 	return nil
@@ -344,6 +360,10 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 		if err != nil {
 			return err
 		}
+		files, executables, kubeletArgs, err := c.credentialProviderNode()
+		if err != nil {
+			return err
+		}
 		n, err := kubenode.Start(ctx, kubenode.Options{
 			Name: name, Zone: Zone(i), NS: ns, Gateway: gw,
 			Dir:     filepath.Join(c.dir, name),
@@ -354,7 +374,8 @@ func (c *Cluster) startNodes(ctx context.Context, gw net.IP) error {
 			SandboxImage: c.Registry.Ref(PauseRepo, "1"),
 			Hosts:        map[string]string{c.Registry.Addr(): hostsTOML},
 			Runtime:      c.runtime,
-			Detach:       c.opts.Detach,
+			Files:        files, Executables: executables, KubeletArgs: kubeletArgs,
+			Detach: c.opts.Detach,
 		})
 		if err != nil {
 			return err
@@ -517,7 +538,7 @@ func (c *Cluster) Stop() error {
 			errs = append(errs, err)
 		}
 	}
-	for _, r := range []*registry.Registry{c.Registry, c.Mirror} {
+	for _, r := range []*registry.Registry{c.Registry, c.Mirror, c.Private} {
 		if r != nil {
 			if err := r.Stop(); err != nil {
 				errs = append(errs, err)

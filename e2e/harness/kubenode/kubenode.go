@@ -94,6 +94,12 @@ type Options struct {
 	// config. A 2.x one gets a version = 3 config and its own shim first
 	// on containerd's PATH.
 	Runtime runtimes.Containerd
+	// Files are more node files (node path → content), e.g. the kubelet's
+	// credential provider config; Executables node paths → files on this
+	// machine copied there with mode 0755 (a credential provider plugin).
+	Files, Executables map[string]string
+	// KubeletArgs are more kubelet flags.
+	KubeletArgs []string
 	// Detach lets the node's daemons outlive this process (make demo-cluster).
 	Detach bool
 }
@@ -216,16 +222,33 @@ func (n *Node) writeFiles(context.Context) error {
 	for host, content := range n.opts.Hosts {
 		files["/etc/containerd/certs.d/"+host+"/hosts.toml"] = content
 	}
+	for p, content := range n.opts.Files {
+		files[p] = content
+	}
 	for p, content := range files {
-		hp := n.HostPath(p)
-		if err := os.MkdirAll(filepath.Dir(hp), 0o755); err != nil {
+		if err := n.writeFile(p, []byte(content), 0o644); err != nil {
 			return err
 		}
-		if err := os.WriteFile(hp, []byte(content), 0o644); err != nil {
+	}
+	for p, src := range n.opts.Executables {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		if err := n.writeFile(p, b, 0o755); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// writeFile writes the node's file p (its directory created).
+func (n *Node) writeFile(p string, b []byte, mode os.FileMode) error {
+	hp := n.HostPath(p)
+	if err := os.MkdirAll(filepath.Dir(hp), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(hp, b, mode)
 }
 
 // makeMountNamespace makes a persistent mount namespace bound to
@@ -387,15 +410,16 @@ func (n *Node) startProxy(context.Context) error {
 
 func (n *Node) startKubelet(context.Context) error {
 	labels := "topology.kubernetes.io/zone=" + n.opts.Zone
-	p, err := proc.Start(n.spec("kubelet", n.opts.Kubelet,
+	argv := append([]string{n.opts.Kubelet,
 		"--config=/etc/kubernetes/kubelet-config.yaml",
-		"--kubeconfig="+n.opts.KubeletKubeconfig,
-		"--hostname-override="+n.opts.Name,
-		"--node-ip="+n.IP().String(),
-		"--node-labels="+labels,
+		"--kubeconfig=" + n.opts.KubeletKubeconfig,
+		"--hostname-override=" + n.opts.Name,
+		"--node-ip=" + n.IP().String(),
+		"--node-labels=" + labels,
 		"--root-dir=/var/lib/kubelet",
 		"--v=1",
-	))
+	}, n.opts.KubeletArgs...)
+	p, err := proc.Start(n.spec("kubelet", argv...))
 	if err != nil {
 		return err
 	}

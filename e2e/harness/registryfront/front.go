@@ -56,6 +56,10 @@ type Options struct {
 	TLS *tls.Config
 	// Backend is the registry's base URL, e.g. http://127.0.0.1:5000.
 	Backend string
+	// RequireHeader, "Name: value", makes the front a gateway that answers
+	// 403 DENIED to every request without that header (as an API gateway
+	// or a registry proxy that wants a key header does), in every mode.
+	RequireHeader string
 }
 
 // Front is a running front door.
@@ -178,6 +182,12 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	mode, unhang := f.mode, f.unhang
 	f.mu.Unlock()
+	if name, value, ok := strings.Cut(f.opts.RequireHeader, ":"); ok && r.Header.Get(strings.TrimSpace(name)) != strings.TrimSpace(value) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		fmt.Fprintf(w, `{"errors":[{"code":"DENIED","message":"the gateway wants header %s"}]}`, strings.TrimSpace(name))
+		return
+	}
 	switch {
 	case mode == Hang, mode == HangHeader && isManifest(r):
 		select {
