@@ -60,7 +60,11 @@ const (
 	fLoPlain = "lo-plain" // plain HTTP on the node's loopback (kind-style)
 	fMTLS    = "mtls"     // TLS wanting a client certificate of the CA
 	fGate    = "gate"     // TLS, 403 DENIED without gateHeader
-	fToken   = "token"    // TLS, bearer-token auth (realm: tokenRealm)
+	// fToken is TLS with bearer-token auth, on the node's loopback (a
+	// kind-style local registry with its token server beside it: the agent
+	// fetches a loopback realm only for a registry there, and sends
+	// credentials over plain HTTP only on the loopback).
+	fToken = "token"
 )
 
 // The images (repository:tag) behind the fronts.
@@ -288,7 +292,7 @@ func (s *shared) node(t *testing.T, name string) *env {
 		{fLoPlain, "127.0.0.1", "open", nil, ""},
 		{fMTLS, nodeIP.String(), "open", s.mtlsConfig(), ""},
 		{fGate, nodeIP.String(), "open", s.tls, gateHeader + ": " + gateValue},
-		{fToken, nodeIP.String(), "token", s.tls, ""},
+		{fToken, "127.0.0.1", "token", s.tls, ""},
 	} {
 		opts := registryfront.Options{Listen: e.ns.Listen, Addr: net.JoinHostPort(f.host, "0"), Backend: s.backends[f.backend].URL(), TLS: f.tls, RequireHeader: f.header}
 		fr, err := registryfront.Start(opts)

@@ -545,7 +545,12 @@ func (p *Prober) probeEndpoint(ctx context.Context, round *Round, ref imageref.R
 	if er.Status == pb.ImageStatus_IMAGE_STATUS_UNAUTHORIZED {
 		switch {
 		case withheld != "":
-			er.Reason = "registry requires credentials (401 Unauthorized); " + withheld
+			// The runtime sends them there (the fidelity matrix's
+			// runtimes all do) and may well pull: pullwatch cannot tell
+			// without doing the same, so it says unknown, never a false
+			// unauthorized.
+			er.Status = pb.ImageStatus_IMAGE_STATUS_UNKNOWN
+			er.Reason = "registry requires credentials (401 Unauthorized); " + withheld + ", which the runtime does: pullwatch cannot tell whether they work"
 		case cred.Secret == "":
 			er.Reason = "registry requires credentials (401 Unauthorized) and the node has none for it"
 		}
