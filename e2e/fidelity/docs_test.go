@@ -63,7 +63,7 @@ func writeDocs(rows []row, rts []runtimes.Containerd, cases []fcase) error {
 	}
 	b.WriteString(". Each cell is what `crictl pull` got through that runtime; ✓ when `pullwatch-agent check` said the same " +
 		"(status and, for `unreachable`, its kind: `tls`, `refused`, `timeout`, `server`), else ✗ and the agent's word. " +
-		"Registries are on a non-loopback address unless the image's front is `lo` or `lo-plain` (the node's 127.0.0.1).\n\n")
+		"Registries are on a non-loopback address unless the image's front is `lo`, `lo-plain` or `token` (the node's 127.0.0.1). `mtls` wants a client certificate, `gate` a header, `token` a bearer token.\n\n")
 	b.WriteString("| case | image |")
 	for _, rt := range rts {
 		b.WriteString(" " + rt.Name + " |")
