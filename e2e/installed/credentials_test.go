@@ -16,6 +16,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubecluster"
+	"github.com/pullwatch/pullwatch/e2e/harness/kubenode"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
 
@@ -49,8 +50,8 @@ func TestTokenCredentialProviderInstalled(t *testing.T) {
 		deleteAndWait(t, c, "default", "app=kep4412")
 		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer ccancel()
-		if out, err := node.Exec(cctx, "ctr", "--address", "/run/containerd/containerd.sock", "-n", "k8s.io", "images", "rm", image); err != nil {
-			t.Logf("remove %s from %s: %v\n%s", image, node.Name(), err, out)
+		if err := removeImage(cctx, node, kubecluster.PrivateRepo); err != nil {
+			t.Errorf("remove %s from %s: %v", image, node.Name(), err)
 		}
 	})
 	if _, err := c.Client().CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
@@ -122,4 +123,26 @@ func agentPodOn(ctx context.Context, c *kubecluster.Cluster, node string) (strin
 		return nil
 	})
 	return name, err
+}
+
+// removeImage removes every reference of repo (its tag and its digest
+// reference) from the node's image store, as crictl rmi does: the agent
+// lists the node's cached images by either.
+func removeImage(ctx context.Context, node *kubenode.Node, repo string) error {
+	ctr := []string{"ctr", "--address", "/run/containerd/containerd.sock", "-n", "k8s.io", "images"}
+	out, err := node.Exec(ctx, append(ctr, "ls", "-q")...)
+	if err != nil {
+		return err
+	}
+	var refs []string
+	for _, ref := range strings.Fields(out) {
+		if strings.Contains(ref, "/"+repo+":") || strings.Contains(ref, "/"+repo+"@") {
+			refs = append(refs, ref)
+		}
+	}
+	if len(refs) == 0 {
+		return nil
+	}
+	_, err = node.Exec(ctx, append(append(ctr, "rm"), refs...)...)
+	return err
 }
