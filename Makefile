@@ -35,7 +35,7 @@ E2E_INSTALLED_2X_RUN     ?= ^(TestNodesAreRealKubelets|TestInstalledOnEveryNode|
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube helm helm-lint runtimes fidelity e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
+.PHONY: build kube helm helm-lint runtimes fidelity e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down demo-sequence images images-oci clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION) $(REVISION_LDFLAG)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -143,8 +143,11 @@ demo: build ## local containerd + registry + aggregator + agent; prints the chec
 demo-cluster: build runtimes ## the box with real kubelets and deploy/ installed; RUNTIME=containerd-2.4 runs the nodes on 2.4; prints KUBECONFIG=... (root; minutes)
 	RUNTIME='$(RUNTIME)' bash scripts/demo.sh cluster
 
-demo-down: ## stop what `make demo` or `make demo-cluster` started
+demo-down: ## stop what `make demo` or `make demo-cluster` started, and remove DEMO_DIR
 	bash scripts/demo.sh down
+
+demo-sequence: build runtimes ## the demo commands in sequence, both demos side by side, a killed demo-cluster (root; ~10 min; not in make test)
+	bash scripts/demo-sequence.sh
 
 IMAGES_ENV = REGISTRY='$(REGISTRY)' TAG='$(TAG)' VERSION='$(VERSION)' ARCHES='$(ARCHES)' \
 	REVISION='$(REVISION)' LICENSES='$(IMAGE_LICENSES)' \

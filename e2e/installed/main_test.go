@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,6 +51,13 @@ func TestMain(m *testing.M) {
 			dir = os.TempDir()
 		}
 		dir = filepath.Join(dir, "installed")
+		// A killed earlier run's box (in this directory or another) is
+		// stopped before its files go.
+		if removed, err := kubecluster.CleanupStale(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "installed: cleaning up earlier runs: %v\n", err)
+		} else if len(removed) > 0 {
+			fmt.Fprintf(os.Stderr, "installed: stopped what earlier runs left: %s\n", strings.Join(removed, "; "))
+		}
 		_ = os.RemoveAll(dir)
 		c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: dir, Nodes: 2, Log: os.Stderr})
 		if err != nil {
