@@ -12,8 +12,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -65,6 +67,22 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		box = c
+		// Ctrl-C or a CI runner's SIGTERM: stop the box before going.
+		// (SIGKILL and go test's -timeout leave it to the next run's
+		// kubecluster.Start, which stops what a run without its holder left.)
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		go func() {
+			s := <-sig
+			fmt.Fprintf(os.Stderr, "installed: %v: stopping the box\n", s)
+			if prom != nil {
+				_ = prom.Stop()
+			}
+			if err := c.Stop(); err != nil {
+				fmt.Fprintf(os.Stderr, "installed: stop: %v\n", err)
+			}
+			os.Exit(1)
+		}()
 		defer func() {
 			// The Prometheus the first test started (installed).
 			if prom != nil {
