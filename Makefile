@@ -146,7 +146,7 @@ demo-cluster: build runtimes ## the box with real kubelets and deploy/ installed
 demo-down: ## stop what `make demo` or `make demo-cluster` started, and remove DEMO_DIR
 	bash scripts/demo.sh down
 
-demo-sequence: build runtimes ## the demo commands in sequence, both demos side by side, a killed demo-cluster (root; ~10 min; not in make test)
+demo-sequence: build runtimes ## the demo commands in sequence, both demos side by side, a killed demo-cluster (root; ~5 min; not in make test)
 	bash scripts/demo-sequence.sh
 
 IMAGES_ENV = REGISTRY='$(REGISTRY)' TAG='$(TAG)' VERSION='$(VERSION)' ARCHES='$(ARCHES)' \

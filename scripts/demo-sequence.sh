@@ -10,7 +10,7 @@
 #   make demo-cluster; SIGKILL its pwlab; make demo-down (what a killed
 #   holder left is stopped too)
 #
-# Not in make test (about 10 minutes with the images cached); root. Run
+# Not in make test (about 5 minutes with the images and binaries cached); root. Run
 # under the box lock when other box runs share the machine:
 #   flock /tmp/pullwatch-box.lock make demo-sequence
 set -euo pipefail
