@@ -35,7 +35,7 @@ E2E_INSTALLED_2X_RUN     ?= ^(TestNodesAreRealKubelets|TestInstalledOnEveryNode|
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube helm helm-lint runtimes fidelity e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down images images-oci clean
+.PHONY: build kube helm helm-lint runtimes fidelity e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down demo-sequence images images-oci clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION) $(REVISION_LDFLAG)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -89,7 +89,7 @@ e2e: build ## cluster in a box: 3 nodes in network namespaces, faults, alerts en
 	bash scripts/install-deps.sh
 	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -v -timeout 12m ./cluster/
 
-e2e-installed: build kube runtimes ## deploy/ and the images from the Dockerfiles on the real-kubelet box: all on containerd 1.6, then install/image-deleted/egress-cut on 2.4 (root; builds the images with make images TAG=e2e)
+e2e-installed: build kube runtimes helm ## deploy/ and the images from the Dockerfiles on the real-kubelet box: all on containerd 1.6, then install/image-deleted/egress-cut on 2.4 (root; builds the images with make images TAG=e2e)
 	bash scripts/install-deps.sh
 	$(MAKE) images TAG=e2e
 	cd e2e && $(E2E_ENV) PULLWATCH_IMAGES=localhost/pullwatch PULLWATCH_IMAGE_TAG=e2e go test $(GOTEST_FLAGS) -v -timeout 30m ./installed/
@@ -143,8 +143,11 @@ demo: build ## local containerd + registry + aggregator + agent; prints the chec
 demo-cluster: build runtimes ## the box with real kubelets and deploy/ installed; RUNTIME=containerd-2.4 runs the nodes on 2.4; prints KUBECONFIG=... (root; minutes)
 	RUNTIME='$(RUNTIME)' bash scripts/demo.sh cluster
 
-demo-down: ## stop what `make demo` or `make demo-cluster` started
+demo-down: ## stop what `make demo` or `make demo-cluster` started, and remove DEMO_DIR
 	bash scripts/demo.sh down
+
+demo-sequence: build runtimes ## the demo commands in sequence, both demos side by side, a killed demo-cluster (root; ~5 min; not in make test)
+	bash scripts/demo-sequence.sh
 
 IMAGES_ENV = REGISTRY='$(REGISTRY)' TAG='$(TAG)' VERSION='$(VERSION)' ARCHES='$(ARCHES)' \
 	REVISION='$(REVISION)' LICENSES='$(IMAGE_LICENSES)' \

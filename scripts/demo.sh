@@ -35,12 +35,25 @@ stop_pid() { # name
 }
 
 down() {
+  case "$(realpath -m "$DEMO_DIR")" in
+    /|/tmp|/root|/home|/var|/run|"$(realpath -m "$HOME")") echo "demo-down: DEMO_DIR=$DEMO_DIR is not a demo's own directory" >&2; exit 2 ;;
+  esac
   if [ -d "$DEMO_DIR" ]; then
     (cd e2e && go run ./cmd/pwlab kube down --dir "$DEMO_DIR") || true
     (cd e2e && go run ./cmd/pwlab cluster down --dir "$DEMO_DIR") || true
     # A single-node demo from an older checkout, if one is still up.
     stop_pid agent; stop_pid aggregator
     (cd e2e && go run ./cmd/pwlab down --dir "$DEMO_DIR") || true
+    # Nothing of either demo is left in the directory: it goes, so the next
+    # demo starts from nothing (a new box may get another subnet). Not while
+    # something is still mounted under it (a stop that failed halfway: run
+    # make demo-down again).
+    if grep -q " ${DEMO_DIR%/}/" /proc/self/mountinfo; then
+      echo "demo-down: mounts under $DEMO_DIR are still there; kept it (run make demo-down again):" >&2
+      grep " ${DEMO_DIR%/}/" /proc/self/mountinfo | awk '{print "  " $5}' >&2
+      exit 1
+    fi
+    rm -rf "$DEMO_DIR"
   fi
   echo "demo stopped"
 }

@@ -13,7 +13,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,6 +55,13 @@ func TestMain(m *testing.M) {
 			dir = os.TempDir()
 		}
 		dir = filepath.Join(dir, "installed")
+		// A killed earlier run's box (in this directory or another) is
+		// stopped before its files go.
+		if removed, err := kubecluster.CleanupStale(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "installed: cleaning up earlier runs: %v\n", err)
+		} else if len(removed) > 0 {
+			fmt.Fprintf(os.Stderr, "installed: stopped what earlier runs left: %s\n", strings.Join(removed, "; "))
+		}
 		_ = os.RemoveAll(dir)
 		// The kubelets' token credential provider (KEP-4412) for the
 		// box's private registry: TestTokenCredentialProviderInstalled.
@@ -66,6 +76,22 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		box = c
+		// Ctrl-C or a CI runner's SIGTERM: stop the box before going.
+		// (SIGKILL and go test's -timeout leave it to the next run's
+		// kubecluster.Start, which stops what a run without its holder left.)
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		go func() {
+			s := <-sig
+			fmt.Fprintf(os.Stderr, "installed: %v: stopping the box\n", s)
+			if prom != nil {
+				_ = prom.Stop()
+			}
+			if err := c.Stop(); err != nil {
+				fmt.Fprintf(os.Stderr, "installed: stop: %v\n", err)
+			}
+			os.Exit(1)
+		}()
 		defer func() {
 			// The Prometheus the first test started (installed).
 			if prom != nil {

@@ -56,6 +56,9 @@ func main() {
 	if versionCommand(os.Args[1:], os.Stdout) {
 		os.Exit(0)
 	}
+	if len(os.Args) > 1 && os.Args[1] == removeCommandName {
+		os.Exit(removeNodeCondition(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	opts, err := options.Parse(os.Args[1:], os.Getenv, os.Stdout)
 	switch {
 	case errors.Is(err, flag.ErrHelp):

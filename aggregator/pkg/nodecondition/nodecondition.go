@@ -4,11 +4,13 @@
 // node pulls from has no endpoint that answers it) and an Event on each
 // change. It is off unless --node-condition is set, and then needs patch
 // on nodes/status and create on events (deploy/components/node-condition).
+// Remove takes the condition off every Node again (uninstall).
 package nodecondition
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -222,4 +225,71 @@ func (w *Writer) event(ctx context.Context, node *corev1.Node, cond corev1.NodeC
 		return fmt.Errorf("event for node %s: %w", node.Name, err)
 	}
 	return nil
+}
+
+// removePatch deletes the condition of type Type from a Node's status: a
+// strategic merge patch (conditions merge on type) that touches no other
+// condition.
+var removePatch = []byte(`{"status":{"conditions":[{"type":"` + string(Type) + `","$patch":"delete"}]}}`)
+
+// Remove deletes the RegistryReachable condition from every Node that has
+// it (pullwatch-aggregator remove-node-condition, the chart's pre-delete
+// hook) and returns the names of those Nodes. Nothing must be writing it
+// meanwhile: stop the aggregator first (StopDeployment).
+func Remove(ctx context.Context, kube kubernetes.Interface, log *slog.Logger) ([]string, error) {
+	nodes, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, n := range nodes.Items {
+		if !slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool { return c.Type == Type }) {
+			continue
+		}
+		if _, err := kube.CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, removePatch, metav1.PatchOptions{}, "status"); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s from node %s: %w", Type, n.Name, err))
+			continue
+		}
+		log.InfoContext(ctx, "node condition removed", "node", n.Name, "condition", string(Type))
+		removed = append(removed, n.Name)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// StopDeployment scales the Deployment namespace/name to zero replicas and
+// waits until none of its pods is left (or ctx ends), so that no
+// aggregator writes the condition again after Remove. A Deployment that
+// does not exist is no error.
+func StopDeployment(ctx context.Context, kube kubernetes.Interface, log *slog.Logger, namespace, name string) error {
+	deploys := kube.AppsV1().Deployments(namespace)
+	d, err := deploys.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get deployment %s/%s: %w", namespace, name, err)
+	}
+	selector, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil {
+		return fmt.Errorf("deployment %s/%s: selector: %w", namespace, name, err)
+	}
+	if _, err := deploys.Patch(ctx, name, types.MergePatchType, []byte(`{"spec":{"replicas":0}}`), metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("scale deployment %s/%s to 0: %w", namespace, name, err)
+	}
+	log.InfoContext(ctx, "scaled to zero, waiting for its pods to go", "deployment", namespace+"/"+name)
+	for {
+		pods, err := kube.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: selector.String()})
+		if err != nil {
+			return fmt.Errorf("list pods of deployment %s/%s: %w", namespace, name, err)
+		}
+		if len(pods.Items) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("deployment %s/%s: %d pods still there: %w", namespace, name, len(pods.Items), ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
 }

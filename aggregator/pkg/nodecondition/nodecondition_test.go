@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -77,6 +78,41 @@ func TestApplyEvents(t *testing.T) {
 		}
 		if n := events(); n != s.wantEvents {
 			t.Errorf("step %d: %d events, want %d", i, n, s.wantEvents)
+		}
+	}
+}
+
+// TestRemove: only the RegistryReachable condition goes, from every Node
+// that has it; the kubelet's stay. (On a real API server: the chart's
+// pre-delete hook in e2e/installed.)
+func TestRemove(t *testing.T) {
+	ctx := context.Background()
+	node := func(name string, conds ...corev1.NodeConditionType) *corev1.Node {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		for _, c := range conds {
+			n.Status.Conditions = append(n.Status.Conditions, corev1.NodeCondition{Type: c, Status: corev1.ConditionTrue})
+		}
+		return n
+	}
+	kube := kubefake.NewClientset(node("n1", corev1.NodeReady, Type, corev1.NodeMemoryPressure), node("n2", corev1.NodeReady))
+	removed, err := Remove(ctx, kube, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 1 || removed[0] != "n1" {
+		t.Errorf("removed from %v, want [n1]", removed)
+	}
+	for name, want := range map[string][]corev1.NodeConditionType{"n1": {corev1.NodeReady, corev1.NodeMemoryPressure}, "n2": {corev1.NodeReady}} {
+		n, err := kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []corev1.NodeConditionType
+		for _, c := range n.Status.Conditions {
+			got = append(got, c.Type)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("node %s conditions %v, want %v", name, got, want)
 		}
 	}
 }

@@ -163,7 +163,19 @@ func kubeServe(args []string) error {
 	}
 	startCtx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
-	c, err := kubecluster.Start(startCtx, kubecluster.Options{Dir: filepath.Join(dir, "kube"), Nodes: *nodes, Runtime: *runtime, Log: os.Stdout})
+	// A box an earlier run left in this directory (its pwlab killed) is
+	// stopped, and its files go: the new box's subnet, and so its
+	// registry's certificate, may differ.
+	boxDir := filepath.Join(dir, "kube")
+	if removed, err := kubecluster.CleanupDir(startCtx, boxDir); err != nil {
+		return fail(fmt.Errorf("stopping what an earlier run left: %w", err))
+	} else if len(removed) > 0 {
+		fmt.Printf("pwlab: stopped what earlier runs left: %s\n", strings.Join(removed, "; "))
+	}
+	if err := os.RemoveAll(boxDir); err != nil {
+		return fail(err)
+	}
+	c, err := kubecluster.Start(startCtx, kubecluster.Options{Dir: boxDir, Nodes: *nodes, Runtime: *runtime, Log: os.Stdout})
 	if err != nil {
 		return fail(err)
 	}
@@ -222,18 +234,31 @@ func kubeDown(args []string) error {
 	}
 	f := kubeFiles{dir}
 	pid := servingPid(f)
-	if pid == 0 {
+	if pid != 0 {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		for i := 0; i < 120 && syscall.Kill(pid, 0) == nil; i++ {
+			time.Sleep(time.Second)
+		}
+		if syscall.Kill(pid, 0) == nil {
+			return fmt.Errorf("pwlab kube serve (pid %d) did not stop within 2m; see %s", pid, f.log())
+		}
+		fmt.Println("pwlab: kube cluster stopped")
+	}
+	// Whatever is still there (pwlab kube serve was killed, or its Stop
+	// failed halfway), and what other killed runs left.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	removed, err := kubecluster.CleanupDir(ctx, filepath.Join(dir, "kube"))
+	if len(removed) > 0 {
+		fmt.Printf("pwlab: stopped what was left: %s\n", strings.Join(removed, "; "))
+	}
+	if err != nil {
+		return err
+	}
+	if pid == 0 && len(removed) == 0 {
 		fmt.Println("pwlab: no kube cluster is up in", dir)
-		return nil
 	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	for i := 0; i < 120 && syscall.Kill(pid, 0) == nil; i++ {
-		time.Sleep(time.Second)
-	}
-	if syscall.Kill(pid, 0) == nil {
-		return fmt.Errorf("pwlab kube serve (pid %d) did not stop within 2m; see %s", pid, f.log())
-	}
-	fmt.Println("pwlab: kube cluster stopped")
+	_ = os.Remove(f.pid())
 	return nil
 }
 

@@ -198,8 +198,18 @@ func (c *Cluster) start(ctx context.Context) error {
 	if c.opts.Detach {
 		keep = c.dir
 	}
+	// What killed runs left (their kubelets, containerds, control planes,
+	// Prometheus, registries, pods) goes first.
+	if removed, err := CleanupStale(ctx); err != nil {
+		c.logf("cleaning up earlier runs: %v", err)
+	} else if len(removed) > 0 {
+		c.logf("stopped what earlier runs left: %s", strings.Join(removed, "; "))
+	}
 	if c.Net, err = netns.Create(ctx, netns.Options{KeepWhile: keep}); err != nil {
 		return err
+	}
+	if err := c.writeRecord(); err != nil {
+		return fmt.Errorf("kubecluster: record the box in %s: %w", RecordDir, err)
 	}
 	gw := c.Net.Gateway()
 	c.logf("network %s: bridge %s %s, gateway %s", c.Net.ID(), c.Net.Bridge(), c.Net.Subnet(), gw)
@@ -549,6 +559,10 @@ func (c *Cluster) Stop() error {
 		if err := c.Net.Delete(context.Background()); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if len(errs) == 0 {
+		// Kept after a failed Stop: the next run's CleanupStale finishes it.
+		errs = append(errs, c.removeRecord())
 	}
 	return errors.Join(errs...)
 }

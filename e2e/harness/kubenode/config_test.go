@@ -61,3 +61,17 @@ func TestContainerdConfigEveryRuntime(t *testing.T) {
 		})
 	}
 }
+
+func TestPodNetnsMounts(t *testing.T) {
+	mi := `22 1 0:21 / /run rw,nosuid shared:5 - tmpfs tmpfs rw
+812 22 0:4 net:[4026532771] /run/netns/cni-37c74818-0fa2-6bcf-7228-6b842baea393 rw shared:400 - nsfs nsfs rw
+813 22 0:4 net:[4026532772] /var/run/netns/cni-aa rw - nsfs nsfs rw
+814 22 0:4 net:[4026532773] /run/netns/pwc-abc123-node-1 rw - nsfs nsfs rw
+815 22 0:4 mnt:[4026532774] /tmp/x/ns/mnt rw - nsfs nsfs rw
+816 22 0:21 / /run/netns rw - tmpfs tmpfs rw`
+	got := PodNetnsMounts(mi)
+	want := []string{"/run/netns/cni-37c74818-0fa2-6bcf-7228-6b842baea393", "/run/netns/cni-aa"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("PodNetnsMounts = %q, want %q", got, want)
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -495,10 +496,58 @@ func (n *Node) Stop() error {
 		}
 	}
 	n.killShims()
+	n.removePodNetns()
 	_ = exec.Command("umount", "-l", n.nsFile).Run()
 	_ = exec.Command("umount", "-l", filepath.Dir(n.nsFile)).Run()
 	n.removeCgroups()
 	return errors.Join(errs...)
+}
+
+// Leftover is the node a run that was killed (SIGKILL, a CI time limit)
+// left in dir, on the network namespace netns: Stop kills whatever still
+// runs in its mount namespace (containerd, its shims, the kubelet,
+// kube-proxy) and cgroups (the pods), removes the pods' network namespaces,
+// unmounts the mount namespace and removes the cgroups.
+func Leftover(dir, netns string) *Node {
+	return &Node{dir: dir, nsFile: filepath.Join(dir, "ns", "mnt"), cgroup: "/" + netns}
+}
+
+// removePodNetns removes the network namespaces of the node's pods that
+// are still there: containerd bind-mounts each under /run/netns (cni-...)
+// inside the node's mount namespace, so on this machine they show up as
+// files in /run/netns that no namespace is mounted on once the node is
+// gone. Called once the node's processes are gone.
+func (n *Node) removePodNetns() {
+	out, err := exec.Command("nsenter", "--mount="+n.nsFile, "--", "cat", "/proc/self/mountinfo").Output()
+	if err != nil {
+		return
+	}
+	for _, path := range PodNetnsMounts(string(out)) {
+		_ = exec.Command("nsenter", "--mount="+n.nsFile, "--", "umount", path).Run()
+		_ = os.Remove(path)
+	}
+}
+
+// PodNetnsMounts are the nsfs mount points named cni-* (as containerd names
+// a pod's) under /run/netns (or /var/run/netns) in a mountinfo listing; not
+// the node's own namespace, which netns made on this machine.
+func PodNetnsMounts(mountinfo string) []string {
+	var out []string
+	for _, line := range strings.Split(mountinfo, "\n") {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
+		f := strings.Fields(line)
+		sep := slices.Index(f, "-")
+		if len(f) < 5 || sep < 0 || sep+1 >= len(f) || f[sep+1] != "nsfs" {
+			continue
+		}
+		mp := f[4]
+		for _, dir := range []string{"/run/netns/", "/var/run/netns/"} {
+			if name, ok := strings.CutPrefix(mp, dir); ok && strings.HasPrefix(name, "cni-") && !strings.Contains(name, "/") {
+				out = append(out, "/run/netns/"+name)
+			}
+		}
+	}
+	return out
 }
 
 // killCgroup kills every process in the node's cgroup tree (its pods).
