@@ -154,6 +154,7 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
 		"node_image_series", opts.NodeImageSeries, "node_endpoint_series", opts.NodeEndpointSeries, "compat_metrics", opts.CompatMetrics,
 		"forget_after", opts.ForgetAfter.String(), "max_node_images", opts.MaxNodeImages, "max_node_endpoints", opts.MaxNodeEndpoints,
+		"max_node_bytes", opts.MaxNodeBytes,
 		"auth", opts.Auth, "http_auth", opts.HTTPAuth, "tls", opts.TLSDir != "",
 		"probe_replicas", opts.ProbeReplicas, "registry_budget", opts.RegistryBudgets.String())
 	for _, off := range srv.offNotices {
@@ -192,7 +193,7 @@ type servers struct {
 func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) (*servers, error) {
 	store := state.New(opts.StaleAfter, state.WithForgetAfter(opts.ForgetAfter))
 	bounds := ingest.Bounds{
-		PerNode:              state.Limits{Images: opts.MaxNodeImages, Endpoints: opts.MaxNodeEndpoints},
+		PerNode:              state.Limits{Images: opts.MaxNodeImages, Endpoints: opts.MaxNodeEndpoints, Bytes: opts.MaxNodeBytes},
 		FirstReport:          opts.FirstReportTimeout,
 		MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
 		Version:              version,
@@ -287,7 +288,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		s.ingest.SetSharder(planner)
 	}
 	registry := metrics.NewRegistry(cs...)
-	grpcOpts, err := s.grpcSecurity(log, opts, client, refusals)
+	grpcOpts, err := s.grpcSecurity(log, opts, kube, refusals)
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +299,11 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		handler = web.WithProfiling(handler)
 	}
 	if opts.HTTPAuth == options.AuthKubernetes {
-		guard, err := authn.NewHTTP(client, log)
+		httpClient, err := authClient(kube, opts, "http-auth")
+		if err != nil {
+			return nil, err
+		}
+		guard, err := authn.NewHTTP(httpClient, log)
 		if err != nil {
 			return nil, err
 		}
@@ -337,9 +342,27 @@ func sweepEvery(staleAfter time.Duration) time.Duration {
 	return min(max(staleAfter/10, time.Second), time.Minute)
 }
 
+// authClient is a Kubernetes client of authentication's own, named who in
+// its user agent, with its own rate limits (--auth-qps, --auth-burst): a
+// flood of junk tokens queues behind no other API call, and no other API
+// call behind it. The agents' reviews and the HTTP callers' each get one.
+func authClient(kube *kubeapi.Config, opts *options.Options, who string) (kubernetes.Interface, error) {
+	if kube == nil {
+		return nil, fmt.Errorf("%s needs the Kubernetes API", who)
+	}
+	cfg := rest.CopyConfig(kube.Rest)
+	cfg.QPS, cfg.Burst, cfg.RateLimiter = float32(opts.AuthQPS), opts.AuthBurst, nil
+	cfg.UserAgent = "pullwatch-aggregator/" + who
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: Kubernetes client for %s: %w", who, cfg.Host, err)
+	}
+	return c, nil
+}
+
 // grpcSecurity returns the gRPC server options for TLS (--tls-dir) and
 // agent authentication (--auth), and notes in s.offNotices what is off.
-func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, client kubernetes.Interface, refusals *authn.Refusals) ([]grpc.ServerOption, error) {
+func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, kube *kubeapi.Config, refusals *authn.Refusals) ([]grpc.ServerOption, error) {
 	var out []grpc.ServerOption
 	if opts.Insecure {
 		s.offNotices = append(s.offNotices, "gRPC without TLS (--insecure): agent reports and tokens cross the network in plaintext")
@@ -354,6 +377,10 @@ func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, client k
 	if opts.Auth == options.AuthNone {
 		s.offNotices = append(s.offNotices, "agent authentication is off (--auth=none): anyone who reaches the gRPC port can report for any node")
 	} else {
+		client, err := authClient(kube, opts, "agent-auth")
+		if err != nil {
+			return nil, err
+		}
 		v, err := authn.NewVerifier(authn.VerifierConfig{
 			Reviews:        client.AuthenticationV1().TokenReviews(),
 			Pods:           authn.ClientPods{Client: client},
@@ -363,7 +390,9 @@ func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, client k
 			return nil, fmt.Errorf("--agent-service-account: %w", err)
 		}
 		out = append(out, authn.ServerOptions(v, refusals)...)
-		log.Info("agents authenticated with TokenReview", "audience", authn.Audience, "service_account", opts.AgentServiceAccount)
+		log.Info("agents authenticated with TokenReview", "audience", authn.Audience, "service_account", opts.AgentServiceAccount,
+			"auth_qps", opts.AuthQPS, "auth_burst", opts.AuthBurst, "review_timeout", authn.DefaultReviewTimeout.String(),
+			"max_reviews_in_flight", authn.DefaultMaxInFlight)
 	}
 	if opts.HTTPAuth == options.AuthNone {
 		s.offNotices = append(s.offNotices, "HTTP authentication is off (--http-auth=none): anyone who reaches the HTTP port reads /metrics and the status page")

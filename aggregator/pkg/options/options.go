@@ -53,6 +53,8 @@ type Options struct {
 	// MaxNodeImages and MaxNodeEndpoints cap what one node may hold.
 	MaxNodeImages    int
 	MaxNodeEndpoints int
+	// MaxNodeBytes caps the bytes of one node's reports the aggregator keeps.
+	MaxNodeBytes int
 	// MaxConcurrentStreams bounds streams per agent connection.
 	MaxConcurrentStreams int
 	// FirstReportTimeout closes a stream that sends no snapshot in time.
@@ -71,6 +73,11 @@ type Options struct {
 	Auth string
 	// AgentServiceAccount is the agents' "namespace/name".
 	AgentServiceAccount string
+	// AuthQPS and AuthBurst are the rate limits of authentication's own
+	// Kubernetes client (TokenReviews, SubjectAccessReviews), apart from
+	// the client every other API call shares.
+	AuthQPS   float64
+	AuthBurst int
 	// HTTPAuth guards /metrics and the status page, as Auth ("" likewise).
 	HTTPAuth string
 	// TLSDir holds tls.crt and tls.key for the gRPC listener; Insecure
@@ -172,11 +179,14 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 
 		MaxNodeImages:        5000,
 		MaxNodeEndpoints:     256,
+		MaxNodeBytes:         4 << 20,
 		MaxConcurrentStreams: 16,
 		FirstReportTimeout:   time.Minute,
 		ProbeReplicas:        shard.DefaultReplicas,
 		RegistryBudgets:      shard.Budgets(shard.DefaultBudgets()),
 		AgentInterval:        time.Minute,
+		AuthQPS:              20,
+		AuthBurst:            40,
 	}
 	s := envflag.New(Name, Name+" [flags]", summary)
 	s.Var((*envflag.ListenAddr)(&o.GRPCListen), "grpc-listen", "`host:port` to serve the agents' gRPC ReportService on.")
@@ -229,6 +239,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		"Most images the aggregator keeps for one node (`count`); a report that would take a node over it is refused (pullwatch_reports_rejected_total{reason=\"node_image_limit\"}).")
 	s.Var(&envflag.IntRange{Value: &o.MaxNodeEndpoints, Min: 1, Max: 100_000}, "max-node-endpoints",
 		"Most distinct registry endpoint URLs one node's images may name (`count`); a report over it is refused (reason node_endpoint_limit).")
+	s.Var(&envflag.IntRange{Value: &o.MaxNodeBytes, Min: 64 << 10, Max: 1 << 30}, "max-node-bytes",
+		"Most `bytes` of image reports (as encoded) the aggregator keeps for one node, 65536 to 1073741824; a report that would take a node over it is refused "+
+			"(reason node_byte_limit) and the node's last good state kept. A real node with 5,000 images stays far below the default 4 MiB; one node cannot grow the aggregator past it.")
 	s.Var(&envflag.IntRange{Value: &o.MaxConcurrentStreams, Min: 1, Max: 10_000}, "max-concurrent-streams",
 		"Most gRPC streams on one agent connection (`count`); an agent needs one.")
 	s.Var((*envflag.PositiveDuration)(&o.FirstReportTimeout), "first-report-timeout",
@@ -249,6 +262,11 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 			"Default: kubernetes when the Kubernetes API is configured; without it, none must be given explicitly.")
 	s.StringVar(&o.AgentServiceAccount, "agent-service-account", o.AgentServiceAccount,
 		"The agents' ServiceAccount, `namespace/name`: with --auth=kubernetes, tokens of any other account are refused (PermissionDenied).")
+	s.Var(&envflag.FloatRange{Value: &o.AuthQPS, Min: 0.1, Max: 10_000}, "auth-qps",
+		"Requests per second (`rate`) authentication's own Kubernetes client may send (TokenReviews of agents' tokens, the pods of their tokens, and the HTTP callers' "+
+			"TokenReviews and SubjectAccessReviews): apart from every other API call, so a flood of junk tokens cannot starve them, nor they the rest.")
+	s.Var(&envflag.IntRange{Value: &o.AuthBurst, Min: 1, Max: 100_000}, "auth-burst",
+		"Burst (`count`) of authentication's own Kubernetes client above --auth-qps.")
 	s.Var(&envflag.Choice{Value: &o.HTTPAuth, Choices: []string{AuthKubernetes, AuthNone}}, "http-auth",
 		"Who may read /metrics and the status page: `kubernetes` (a bearer token authenticated with a TokenReview and authorized with a SubjectAccessReview of get on the URL path, "+
 			"as kube-rbac-proxy does: no token 401, not allowed 403) or none (anyone). /healthz and /readyz are always open. "+
