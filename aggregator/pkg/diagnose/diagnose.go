@@ -375,16 +375,20 @@ func (a *aggregation) imageFindings(nodes []Node, live int) []ImageFinding {
 		case len(agg.stated) >= 2 || (len(agg.stated) == 1 && live <= 1):
 			// The registry said so to two nodes (or to the only one).
 			f.Scope = ScopeImage
+		case !agg.regUp && a.registries[f.Registry] != nil:
+			// Every failing node lost the registry as a whole: the scope
+			// is that of the registry's reachability, which every node
+			// states for itself (an unreachable check is never shared) and
+			// spread never widens from one node alone. An image only one
+			// node has is down with the registry in a whole-registry
+			// outage, not that node's own failure.
+			ra := a.registries[f.Registry]
+			f.Scope, f.Zones = spread(nodes, ra.down, ra.nodes, live)
 		case len(agg.answerers) < 2 && live > 1:
 			// One node's answer, however many nodes show it, says nothing
 			// beyond that node: no node can make a failure cluster- or
 			// image-wide by itself.
 			f.Scope = ScopeNode
-		case !agg.regUp && a.registries[f.Registry] != nil:
-			// Every failing node lost the registry as a whole: the scope
-			// is that of the registry's reachability.
-			ra := a.registries[f.Registry]
-			f.Scope, f.Zones = spread(nodes, ra.down, ra.nodes, live)
 		default:
 			f.Scope, f.Zones = spread(nodes, agg.failing, agg.nodes, live)
 		}

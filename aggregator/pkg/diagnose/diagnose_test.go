@@ -201,6 +201,12 @@ func TestImageScope(t *testing.T) {
 			want{ScopeZone, []string{"a", "b"}, []string{"z1"}}, unreachable},
 		{"cluster: no node reaches the registry", []Node{cutOff("a", "z1"), cutOff("b", "z2")},
 			want{ScopeCluster, []string{"a", "b"}, nil}, unreachable},
+		{"cluster: no node reaches the registry, the image on one of them (each node's own pings, not one answer)",
+			[]Node{cutOff("a", "z1"), node("b", "z2", image("registry.example/other:1", unreachable, upDown))},
+			want{ScopeCluster, []string{"a"}, nil}, unreachable},
+		{"zone: the image on one node of the zone that lost the registry",
+			[]Node{cutOff("a", "z1"), node("b", "z1", image("registry.example/other:1", unreachable, upDown)), other("c", "z2")},
+			want{ScopeZone, []string{"a"}, []string{"z1"}}, unreachable},
 		{"cluster: 503 for this image on every node that has it, although the registry answers",
 			[]Node{node("a", "z1", image(app, unreachable, up503)), node("b", "z2", image(app, unreachable, up503)), other("c", "z1")},
 			want{ScopeCluster, []string{"a", "b"}, nil}, unreachable},
@@ -258,6 +264,14 @@ func TestImageScopeCountsAnswersNotCopies(t *testing.T) {
 			node("p", "", image(app, absent, upAbsent)), node("q", "", image(app, absent, upAbsent)),
 			shared("a", "p", absent, upAbsent), shared("b", "q", absent, upAbsent),
 		}, ScopeImage},
+		{"two probers' 503 in three nodes", []Node{
+			node("p", "", image(app, unreachable, up503)), node("q", "", image(app, unreachable, up503)),
+			shared("a", "p", unreachable, up503),
+		}, ScopeCluster},
+		{"an outage: every node's own unreachable", []Node{
+			node("p", "", image(app, unreachable, upDown)), node("q", "", image(app, unreachable, upDown)),
+			node("a", "", image(app, unreachable, upDown)),
+		}, ScopeCluster},
 		{"the only node's own absent", []Node{node("p", "", image(app, absent, upAbsent))}, ScopeImage},
 	}
 	for _, tt := range tests {
