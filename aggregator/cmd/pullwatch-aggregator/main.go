@@ -178,7 +178,8 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 // the diagnosis and the metrics.
 type servers struct {
 	// offNotices say what protection is off (--auth=none, --insecure,
-	// --http-auth=none): logged at start and shown on the status page.
+	// --http-auth=none, --lend-credentials=unverified-lab): logged at
+	// start and shown on the status page.
 	offNotices []string
 
 	ingest *ingest.Server
@@ -267,6 +268,10 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	if err != nil {
 		return nil, err
 	}
+	var offNotices []string
+	if opts.LendCredentials == lend.ModeUnverifiedLab {
+		offNotices = append(offNotices, "credential lending to unverified callers (--lend-credentials=unverified-lab): anyone who reaches the gRPC port can read the pull secrets of any node's pods; for a lab only")
+	}
 
 	reports := metrics.NewReports(ingest.Kinds(), append(ingest.Reasons(), ingest.BoundReasons()...))
 	go store.RunSweeper(ctx, sweepEvery(opts.StaleAfter), func(gone []string) {
@@ -280,7 +285,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	})
 	refusals := authn.NewRefusals(log)
 	cs := []prometheus.Collector{metrics.NewCollector(store, an, collectorCfg), reports, refusals, lender, metrics.NewBuildInfo(buildinfo.Read(version))}
-	s := &servers{ingest: ingest.NewServer(store, reports, log)}
+	s := &servers{ingest: ingest.NewServer(store, reports, log), offNotices: offNotices}
 	s.ingest.SetBounds(bounds)
 	s.ingest.SetLender(lender)
 	if planner != nil {
