@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -150,12 +151,15 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 		grpcLis.Close()
 		return fmt.Errorf("--http-listen: %w", err)
 	}
+	if srv.keypair != nil && opts.HTTPTLS {
+		httpLis = tls.NewListener(httpLis, srv.keypair.ServerConfig())
+	}
 	log.Info("listening", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
 		"node_image_series", opts.NodeImageSeries, "node_endpoint_series", opts.NodeEndpointSeries, "compat_metrics", opts.CompatMetrics,
 		"forget_after", opts.ForgetAfter.String(), "max_node_images", opts.MaxNodeImages, "max_node_endpoints", opts.MaxNodeEndpoints,
 		"max_node_bytes", opts.MaxNodeBytes,
-		"auth", opts.Auth, "http_auth", opts.HTTPAuth, "tls", opts.TLSDir != "",
+		"auth", opts.Auth, "http_auth", opts.HTTPAuth, "tls", opts.TLSDir != "", "http_tls", opts.HTTPTLS,
 		"probe_replicas", opts.ProbeReplicas, "registry_budget", opts.RegistryBudgets.String())
 	for _, off := range srv.offNotices {
 		log.Warn(off)
@@ -181,6 +185,9 @@ type servers struct {
 	// --http-auth=none, --lend-credentials=unverified-lab): logged at
 	// start and shown on the status page.
 	offNotices []string
+	// keypair is --tls-dir's, nil with --insecure: gRPC's, and
+	// --http-listen's with --http-tls.
+	keypair *tlsfiles.Keypair
 
 	ingest *ingest.Server
 	grpc   *grpc.Server
@@ -377,7 +384,8 @@ func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, kube *ku
 			return nil, fmt.Errorf("--tls-dir: %w (mount the aggregator's TLS Secret there, see docs/security.md, or run with --insecure)", err)
 		}
 		out = append(out, grpc.Creds(credentials.NewTLS(keypair.ServerConfig())))
-		log.Info("gRPC TLS from files, reloaded when they change", "dir", opts.TLSDir)
+		s.keypair = keypair
+		log.Info("gRPC TLS from files, reloaded when they change", "dir", opts.TLSDir, "http_too", opts.HTTPTLS)
 	}
 	if opts.Auth == options.AuthNone {
 		s.offNotices = append(s.offNotices, "agent authentication is off (--auth=none): anyone who reaches the gRPC port can report for any node")
@@ -401,6 +409,8 @@ func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, kube *ku
 	}
 	if opts.HTTPAuth == options.AuthNone {
 		s.offNotices = append(s.offNotices, "HTTP authentication is off (--http-auth=none): anyone who reaches the HTTP port reads /metrics and the status page")
+	} else if !opts.HTTPTLS {
+		s.offNotices = append(s.offNotices, "HTTP without TLS (no --http-tls): scrapers' bearer tokens cross the network in plaintext")
 	}
 	return out, nil
 }

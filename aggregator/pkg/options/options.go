@@ -84,6 +84,8 @@ type Options struct {
 	// serves plaintext instead. One of them must be given.
 	TLSDir   string
 	Insecure bool
+	// HTTPTLS serves --http-listen over TLS too, from TLSDir's files.
+	HTTPTLS bool
 	// Pprof serves Go's runtime profiles under /debug/pprof/.
 	Pprof bool
 }
@@ -276,6 +278,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 			"Required unless --insecure.")
 	s.BoolVar(&o.Insecure, "insecure", false,
 		"Serve --grpc-listen in plaintext, without TLS (a lab; agent tokens would then cross the network in the clear). Only when said.")
+	s.BoolVar(&o.HTTPTLS, "http-tls", false,
+		"Serve --http-listen (/metrics, the status page, /healthz, /readyz) over TLS too, with --tls-dir's files (read again when they change), "+
+			"so that scrapers' bearer tokens never cross the network in the clear. Needs --tls-dir. deploy/ turns it on.")
 
 	s.BoolVar(&o.Pprof, "pprof", false,
 		"Serve Go's runtime profiles (CPU, heap, goroutines) under /debug/pprof/ on --http-listen, behind --http-auth like /metrics: "+
@@ -299,8 +304,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	return o, nil
 }
 
-// CheckTransport says what is wrong with the gRPC listener's transport
-// security: neither --tls-dir nor --insecure, or both. (Not part of
+// CheckTransport says what is wrong with the listeners' transport
+// security: neither --tls-dir nor --insecure, or both; --http-tls without
+// --tls-dir. (Not part of
 // Parse, so that options can be parsed and tested one at a time.)
 func (o *Options) CheckTransport() error {
 	switch {
@@ -308,6 +314,8 @@ func (o *Options) CheckTransport() error {
 		return errors.New("no TLS for --grpc-listen: set --tls-dir (env PULLWATCH_TLS_DIR) to a directory with tls.crt and tls.key, or --insecure (env PULLWATCH_INSECURE) for plaintext")
 	case o.TLSDir != "" && o.Insecure:
 		return fmt.Errorf("--tls-dir %s and --insecure both set: choose one", o.TLSDir)
+	case o.HTTPTLS && o.TLSDir == "":
+		return errors.New("--http-tls (env PULLWATCH_HTTP_TLS) needs --tls-dir (env PULLWATCH_TLS_DIR): it serves that directory's tls.crt and tls.key")
 	}
 	return nil
 }

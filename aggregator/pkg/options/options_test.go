@@ -192,6 +192,8 @@ func TestCheckTransport(t *testing.T) {
 		{Options{TLSDir: "/tls", Insecure: true}, "choose one"},
 		{Options{TLSDir: "/tls"}, ""},
 		{Options{Insecure: true}, ""},
+		{Options{TLSDir: "/tls", HTTPTLS: true}, ""},
+		{Options{Insecure: true, HTTPTLS: true}, "needs --tls-dir"},
 	} {
 		err := tt.o.CheckTransport()
 		if (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
