@@ -130,7 +130,7 @@ func startShared() {
 
 // setUp returns the shared kube-apiserver and starts an aggregator of the
 // test's own on it, with a TLS certificate from a CA of its own.
-func setUp(_ context.Context, t *testing.T, l *lab.Lab) *world {
+func setUp(_ context.Context, t *testing.T, l *lab.Lab, extra ...string) *world {
 	t.Helper()
 	shared.once.Do(startShared)
 	switch {
@@ -147,8 +147,8 @@ func setUp(_ context.Context, t *testing.T, l *lab.Lab) *world {
 	}
 	w.tlsDir = filepath.Join(t.TempDir(), "tls")
 	writeServing(t, w.tlsDir, w.ca, w.caKey)
-	w.grpcAddr, w.httpAddr, w.agg = l.StartAggregator(t, "--kubeconfig", shared.kubeconfig, "--tls-dir", w.tlsDir,
-		"--auth=kubernetes", "--http-auth=kubernetes", "--log-level=debug")
+	w.grpcAddr, w.httpAddr, w.agg = l.StartAggregator(t, append([]string{"--kubeconfig", shared.kubeconfig, "--tls-dir", w.tlsDir,
+		"--auth=kubernetes", "--http-auth=kubernetes", "--log-level=debug"}, extra...)...)
 	return w
 }
 
@@ -560,6 +560,87 @@ func TestMetricsAuthorization(t *testing.T) {
 		if tt.path == "/" && code == http.StatusOK && bytes.Contains([]byte(body), []byte("authentication is off")) {
 			t.Errorf("status page says authentication is off, with --auth=kubernetes")
 		}
+	}
+}
+
+// TestMetricsOverTLS: with --http-tls, /metrics, the status page and the
+// probes are served over TLS with the gRPC listener's files: a scraper that
+// verifies the certificate with the aggregator's CA for the Service's name
+// reads /metrics with its token; a plaintext request is answered 400
+// before any handler (so before any token is looked at), and the rotated
+// certificate is served without a restart.
+func TestMetricsOverTLS(t *testing.T) {
+	l := lab.Need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	w := setUp(ctx, t, l, "--http-tls")
+	reader := w.scraperToken(ctx, t, "prometheus", true)
+	verified := func(ca *x509.Certificate) *http.Client {
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: clientTLS(ca)}}
+	}
+	get := func(c *http.Client, url, token string) (int, string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return 0, "", err
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	base := "https://" + w.httpAddr
+	for _, tt := range []struct {
+		path, token string
+		want        int
+	}{
+		{"/metrics", reader, http.StatusOK},
+		{"/metrics", "", http.StatusUnauthorized},
+		{"/", reader, http.StatusOK},
+		{"/healthz", "", http.StatusOK},
+		{"/readyz", "", http.StatusOK},
+	} {
+		code, body, err := get(verified(w.ca), base+tt.path, tt.token)
+		if err != nil || code != tt.want {
+			t.Errorf("GET %s over verified TLS: %d, %v; want %d\n%.300s", tt.path, code, err, tt.want, body)
+		}
+		if tt.path == "/" && code == http.StatusOK && strings.Contains(body, "HTTP without TLS") {
+			t.Error("the status page says HTTP is without TLS, with --http-tls")
+		}
+	}
+	if code, body, err := get(http.DefaultClient, "http://"+w.httpAddr+"/metrics", reader); err == nil && code != http.StatusBadRequest {
+		t.Errorf("plaintext GET /metrics: %d, want 400 (an HTTPS listener)\n%.300s", code, body)
+	}
+	other, otherKey, err := certs.CA("someone else's CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := get(verified(other), base+"/metrics", reader); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("a scraper trusting another CA: %v, want a certificate error", err)
+	}
+	writeServing(t, w.tlsDir, other, otherKey)
+	lab.WaitFor(t, 15*time.Second, "the rotated certificate served on the HTTP port", func() (bool, string) {
+		code, _, err := get(verified(other), base+"/metrics", reader)
+		return err == nil && code == http.StatusOK, fmt.Sprint(code, err)
+	}, w.agg)
+}
+
+// TestMetricsWithoutTLSNoticed: without --http-tls the status page says
+// that scrapers' tokens cross the network in plaintext.
+func TestMetricsWithoutTLSNoticed(t *testing.T) {
+	l := lab.Need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	w := setUp(ctx, t, l)
+	reader := w.scraperToken(ctx, t, "prometheus", true)
+	code, body := httpGet(t, "http://"+w.httpAddr+"/", reader)
+	if code != http.StatusOK || !strings.Contains(body, "HTTP without TLS (no --http-tls)") {
+		t.Errorf("status page (%d) does not say HTTP is without TLS:\n%.500s", code, body)
 	}
 }
 

@@ -219,6 +219,13 @@ func TestCredentialsPullSecret(t *testing.T) {
 		}, agg)
 	})
 
+	t.Run("the status page warns of unverified lending", func(t *testing.T) {
+		code, page := lab.HTTPGet("http://" + httpAddr + "/")
+		if code != http.StatusOK || !strings.Contains(page, `class="notice status">⚠ credential lending to unverified callers (--lend-credentials=unverified-lab)`) {
+			t.Errorf("status page (%d) has no unverified-lab notice:\n%s", code, lab.GrepLines(page, `<p class="notice`))
+		}
+	})
+
 	t.Run("no password in the aggregator's log or metrics", func(t *testing.T) {
 		code, metrics := lab.HTTPGet("http://" + httpAddr + "/metrics")
 		if code != http.StatusOK {

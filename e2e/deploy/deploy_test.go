@@ -169,6 +169,14 @@ type serviceMonitor struct {
 			HonorLabels bool `json:"honorLabels,omitempty"`
 			// The scraper's own ServiceAccount token, for --http-auth.
 			BearerTokenFile string `json:"bearerTokenFile,omitempty"`
+			// https, verified with the aggregator's CA (--http-tls).
+			Scheme    string `json:"scheme,omitempty"`
+			TLSConfig *struct {
+				CA struct {
+					ConfigMap *corev1.ConfigMapKeySelector `json:"configMap,omitempty"`
+				} `json:"ca"`
+				ServerName string `json:"serverName,omitempty"`
+			} `json:"tlsConfig,omitempty"`
 		} `json:"endpoints"`
 	} `json:"spec"`
 }
@@ -1019,32 +1027,36 @@ func TestAggregatorPorts(t *testing.T) {
 			if port, ok := containerPort(c, g.Port); !ok || port != httpPort {
 				t.Errorf("port %s (= %d), want the HTTP listener's %d", g.Port.String(), port, httpPort)
 			}
-			if g.Scheme != "" && g.Scheme != corev1.URISchemeHTTP {
-				t.Errorf("scheme %s, the aggregator serves plain HTTP", g.Scheme)
+			if g.Scheme != corev1.URISchemeHTTPS {
+				t.Errorf("scheme %q, the aggregator serves HTTPS (PULLWATCH_HTTP_TLS)", g.Scheme)
 			}
 		})
 	}
 
-	scrape := []struct {
-		name        string
-		annotations map[string]string
-	}{
-		{"pod template", pod.Annotations},
-		{"service", svc.Annotations},
-	}
-	for _, s := range scrape {
-		t.Run(s.name+" prometheus annotations", func(t *testing.T) {
-			if s.annotations["prometheus.io/scrape"] != "true" {
-				t.Errorf("prometheus.io/scrape = %q, want \"true\"", s.annotations["prometheus.io/scrape"])
+	t.Run("pod template prometheus annotations", func(t *testing.T) {
+		if pod.Annotations["prometheus.io/scrape"] != "true" {
+			t.Errorf("prometheus.io/scrape = %q, want \"true\"", pod.Annotations["prometheus.io/scrape"])
+		}
+		if got := pod.Annotations["prometheus.io/port"]; got != strconv.Itoa(int(httpPort)) {
+			t.Errorf("prometheus.io/port = %q, want %d", got, httpPort)
+		}
+		if p, ok := pod.Annotations["prometheus.io/path"]; ok && p != "/metrics" {
+			t.Errorf("prometheus.io/path = %q, want /metrics", p)
+		}
+		if got := pod.Annotations["prometheus.io/scheme"]; got != "https" {
+			t.Errorf("prometheus.io/scheme = %q, want https (PULLWATCH_HTTP_TLS)", got)
+		}
+	})
+	// Annotated once: the pod and its Service both annotated, a stock
+	// config's pod and endpoints jobs scrape each replica twice and every
+	// alert fires twice.
+	t.Run("service has no prometheus annotations", func(t *testing.T) {
+		for k := range svc.Annotations {
+			if strings.HasPrefix(k, "prometheus.io/") {
+				t.Errorf("Service annotation %s: the pod template is annotated already", k)
 			}
-			if got := s.annotations["prometheus.io/port"]; got != strconv.Itoa(int(httpPort)) {
-				t.Errorf("prometheus.io/port = %q, want %d", got, httpPort)
-			}
-			if p, ok := s.annotations["prometheus.io/path"]; ok && p != "/metrics" {
-				t.Errorf("prometheus.io/path = %q, want /metrics", p)
-			}
-		})
-	}
+		}
+	})
 }
 
 func TestRBAC(t *testing.T) {
@@ -1518,6 +1530,18 @@ func TestServiceMonitor(t *testing.T) {
 	// ServiceMonitor must send Prometheus' token.
 	if ep.BearerTokenFile == "" {
 		t.Errorf("ServiceMonitor endpoint sends no bearer token; the aggregator answers 401 without one")
+	}
+	// The token goes over TLS only (--http-tls), to the certificate of the
+	// Service's name under the aggregator's own CA.
+	if ep.Scheme != "https" || ep.TLSConfig == nil || ep.TLSConfig.CA.ConfigMap == nil ||
+		ep.TLSConfig.CA.ConfigMap.Name != "pullwatch-aggregator-ca" || ep.TLSConfig.CA.ConfigMap.Key != "ca.crt" ||
+		ep.TLSConfig.ServerName != aggregatorName+"."+namespace+".svc" {
+		t.Errorf("ServiceMonitor endpoint scheme %q tlsConfig %+v: want https verified with ConfigMap pullwatch-aggregator-ca ca.crt for %s.%s.svc",
+			ep.Scheme, ep.TLSConfig, aggregatorName, namespace)
+	}
+	agg := only[*appsv1.Deployment](t, aggregatorName)
+	if c := containerNamed(t, &agg.Spec.Template.Spec, "aggregator"); envValue(c, "PULLWATCH_HTTP_TLS") != "true" || envValue(c, "PULLWATCH_TLS_DIR") == "" {
+		t.Errorf("the aggregator serves /metrics without TLS (PULLWATCH_HTTP_TLS %q): the ServiceMonitor's token would cross the network in the clear", envValue(c, "PULLWATCH_HTTP_TLS"))
 	}
 }
 

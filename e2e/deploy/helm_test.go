@@ -505,3 +505,96 @@ func TestHelmLint(t *testing.T) {
 	runHelm(t, "lint", "--strict", chartDir, "--namespace", namespace,
 		"--set", "networkPolicy.enabled=true", "--set", "grafanaDashboards.enabled=true")
 }
+
+// kustomizeWith renders deploy/ with components (directories under
+// deploy/components) as an overlay of a user's would: kubectl kustomize
+// of a kustomization that names deploy/ and the components by relative
+// path (kustomize refuses absolute ones). Skips without kubectl.
+func kustomizeWith(t *testing.T, components ...string) []byte {
+	t.Helper()
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skip("kubectl not on PATH; kustomize rendering not checked")
+	}
+	dir := t.TempDir()
+	base, err := filepath.Rel(dir, filepath.Join(root(t), "deploy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\ncomponents:\n", base)
+	for _, c := range components {
+		fmt.Fprintf(&b, "  - %s\n", filepath.Join(base, "components", c))
+	}
+	if err := os.WriteFile(filepath.Join(dir, kustomization), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(kubectl, "kustomize", dir).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("kubectl kustomize with %v: %v\n%s", components, err, ee.Stderr)
+		}
+		t.Fatalf("kubectl kustomize with %v: %v", components, err)
+	}
+	return out
+}
+
+// TestHelmDedicatedNodesMatchComponent: aggregator.dedicatedNodes=true
+// renders what deploy/ with the dedicated-aggregator-nodes component
+// applies, object by object, and the component pins the aggregator (and
+// only it) to control-plane or set-aside nodes.
+func TestHelmDedicatedNodesMatchComponent(t *testing.T) {
+	want, err := decodeMaps("kubectl kustomize (dedicated-aggregator-nodes)", kustomizeWith(t, "dedicated-aggregator-nodes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := helmTemplate(t, "--set", "aggregator.dedicatedNodes=true")
+	got, err := decodeMaps("helm template (dedicatedNodes)", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareObjects(t, want, got)
+
+	objs, err := decodeAll("helm template (dedicatedNodes)", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		var spec corev1.PodSpec
+		switch v := o.obj.(type) {
+		case *appsv1.Deployment:
+			spec = v.Spec.Template.Spec
+		case *appsv1.DaemonSet:
+			if v.Spec.Template.Spec.Affinity != nil && v.Spec.Template.Spec.Affinity.NodeAffinity != nil {
+				t.Errorf("DaemonSet %s: node affinity %v; the agents must stay on every node", v.Name, v.Spec.Template.Spec.Affinity.NodeAffinity)
+			}
+			continue
+		default:
+			continue
+		}
+		na := spec.Affinity.NodeAffinity
+		if na == nil || na.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+			t.Fatalf("aggregator: no required node affinity: %+v", spec.Affinity)
+		}
+		var keys []string
+		for _, term := range na.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+			for _, e := range term.MatchExpressions {
+				keys = append(keys, e.Key)
+			}
+		}
+		if want := []string{"node-role.kubernetes.io/control-plane", "pullwatch.io/aggregator"}; !slices.Equal(keys, want) {
+			t.Errorf("aggregator: node affinity on %v, want one term each for %v", keys, want)
+		}
+		if spec.Affinity.PodAntiAffinity == nil {
+			t.Error("aggregator: the replicas' anti-affinity is gone")
+		}
+		var tolerated []string
+		for _, tol := range spec.Tolerations {
+			tolerated = append(tolerated, tol.Key+":"+string(tol.Effect))
+		}
+		if want := []string{"node-role.kubernetes.io/control-plane:NoSchedule", "pullwatch.io/aggregator:NoSchedule"}; !slices.Equal(tolerated, want) {
+			t.Errorf("aggregator: tolerates %v, want %v", tolerated, want)
+		}
+	}
+}

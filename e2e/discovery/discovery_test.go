@@ -107,12 +107,15 @@ func endpointSlice(name, ip string, port int32, ready bool) *discoveryv1.Endpoin
 			Namespace: namespace,
 			Labels: map[string]string{
 				discoveryv1.LabelServiceName: service,
-				discoveryv1.LabelManagedBy:   "pullwatch-e2e",
+				// As the EndpointSlice controller writes them (none runs
+				// here): agents trust no other slices.
+				discoveryv1.LabelManagedBy: "endpointslice-controller.k8s.io",
 			},
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints: []discoveryv1.Endpoint{{
 			Addresses:  []string{ip},
+			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: namespace, Name: name},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready), Serving: ptr.To(ready), Terminating: ptr.To(false)},
 		}},
 		Ports: []discoveryv1.EndpointPort{

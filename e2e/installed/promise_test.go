@@ -57,8 +57,14 @@ func TestInstalledOnEveryNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = pf.Process.Kill(); _ = pf.Wait() }()
+	// HTTPS (PULLWATCH_HTTP_TLS), verified with the installed CA.
+	tlsConf, err := c.AggregatorTLS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}}
 	if err := proc.Poll(ctx, 30*time.Second, 500*time.Millisecond, func() error {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", port))
+		resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/healthz", port))
 		if err != nil {
 			return err
 		}

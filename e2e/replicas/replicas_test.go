@@ -75,11 +75,13 @@ func slice(name, grpcAddr string, ready bool) *discoveryv1.EndpointSlice {
 	n, _ := strconv.Atoi(port)
 	return &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: map[string]string{
-			discoveryv1.LabelServiceName: service, discoveryv1.LabelManagedBy: "pullwatch-e2e",
+			// As the EndpointSlice controller writes them: agents trust no other slices.
+			discoveryv1.LabelServiceName: service, discoveryv1.LabelManagedBy: "endpointslice-controller.k8s.io",
 		}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints: []discoveryv1.Endpoint{{
 			Addresses:  []string{host},
+			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: namespace, Name: name},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready), Serving: ptr.To(ready), Terminating: ptr.To(false)},
 		}},
 		Ports: []discoveryv1.EndpointPort{{Name: ptr.To("grpc"), Port: ptr.To(int32(n)), Protocol: ptr.To(corev1.ProtocolTCP)}},

@@ -82,3 +82,21 @@ func TestKeyValues(t *testing.T) {
 		t.Errorf("Set(novalue) = %v", err)
 	}
 }
+
+func TestFloatRange(t *testing.T) {
+	var v float64
+	r := &FloatRange{Value: &v, Min: 0.5, Max: 100}
+	for _, good := range []string{"0.5", "20", " 7.25 ", "100"} {
+		if err := r.Set(good); err != nil {
+			t.Errorf("Set(%q): %v", good, err)
+		}
+	}
+	if r.String() != "100" {
+		t.Errorf("String() = %q", r.String())
+	}
+	for _, bad := range []string{"", "x", "0.1", "101", "NaN", "-1"} {
+		if err := r.Set(bad); err == nil {
+			t.Errorf("Set(%q) accepted", bad)
+		}
+	}
+}

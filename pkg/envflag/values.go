@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -98,6 +100,29 @@ func (r *IntRange) Set(s string) error {
 	var v int
 	if _, err := fmt.Sscan(s, &v); err != nil || fmt.Sprint(v) != strings.TrimSpace(s) || v < r.Min || v > r.Max {
 		return fmt.Errorf("want a whole number from %d to %d", r.Min, r.Max)
+	}
+	*r.Value = v
+	return nil
+}
+
+// FloatRange is a number within [Min, Max].
+type FloatRange struct {
+	Value    *float64
+	Min, Max float64
+}
+
+func (r *FloatRange) String() string {
+	if r.Value == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*r.Value, 'g', -1, 64)
+}
+
+// Set implements flag.Value.
+func (r *FloatRange) Set(s string) error {
+	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || math.IsNaN(v) || v < r.Min || v > r.Max {
+		return fmt.Errorf("want a number from %g to %g", r.Min, r.Max)
 	}
 	*r.Value = v
 	return nil

@@ -10,6 +10,30 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 )
 
+// ControllerName is the value of the EndpointSlice controller's
+// endpointslice.kubernetes.io/managed-by label: only slices it wrote, for
+// the Service's selector, name the aggregator's pods. Anyone allowed to
+// create EndpointSlices (or Endpoints, which the mirroring controller
+// copies) in the namespace could otherwise point agents anywhere.
+const ControllerName = "endpointslice-controller.k8s.io"
+
+// MaxAddresses caps the aggregator addresses taken from the slices (in
+// address order): an aggregator runs a few replicas, and a slice listing
+// thousands must not make every agent dial thousands.
+const MaxAddresses = 16
+
+// fromController reports whether the EndpointSlice controller wrote s.
+func fromController(s *discoveryv1.EndpointSlice) bool {
+	return s.Labels[discoveryv1.LabelManagedBy] == ControllerName
+}
+
+// targetsPod reports whether ep is a pod of the slice's namespace, as the
+// controller's endpoints for a Service's selector are.
+func targetsPod(s *discoveryv1.EndpointSlice, ep discoveryv1.Endpoint) bool {
+	ref := ep.TargetRef
+	return ref != nil && ref.Kind == "Pod" && (ref.Namespace == "" || ref.Namespace == s.Namespace)
+}
+
 // isReady is whether an endpoint takes traffic: its ready condition is not
 // false. This is what kube-proxy routes a Service's traffic to (as long as
 // any endpoint is ready): a nil condition means unknown and counts as
@@ -23,17 +47,23 @@ func isReady(c discoveryv1.EndpointConditions) bool {
 // readyAddresses returns the sorted, distinct host:port addresses of the
 // ready endpoints in slices, one per endpoint (its first address: the API
 // says the others are fungible), on port: a port number as it is, or a
-// port name looked up among each slice's TCP ports. Slices of address type
-// FQDN are skipped: they would need DNS, which this package is there to
-// avoid. When there is no address, why says what the slices lacked.
+// port name looked up among each slice's TCP ports; at most MaxAddresses.
+// Only slices the EndpointSlice controller wrote count, and of them only
+// endpoints that are pods. Slices of address type FQDN are skipped: they
+// would need DNS, which this package is there to avoid. When there is no
+// address, why says what the slices lacked.
 func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (addrs []string, why string) {
 	number, err := portNumber(port)
 	if err != nil {
 		return nil, err.Error()
 	}
 	seen := map[string]bool{}
-	endpoints, noPort := 0, 0
+	endpoints, noPort, foreign := 0, 0, 0
 	for _, s := range endpointSlices {
+		if !fromController(s) {
+			foreign++
+			continue
+		}
 		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
 		}
@@ -46,7 +76,7 @@ func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (a
 			continue
 		}
 		for _, ep := range s.Endpoints {
-			if len(ep.Addresses) == 0 {
+			if len(ep.Addresses) == 0 || !targetsPod(s, ep) {
 				continue
 			}
 			endpoints++
@@ -61,11 +91,16 @@ func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (a
 		}
 	}
 	slices.Sort(addrs)
+	if len(addrs) > MaxAddresses {
+		addrs = addrs[:MaxAddresses]
+	}
 	switch {
 	case len(addrs) > 0:
 		return addrs, ""
 	case len(endpointSlices) == 0:
 		return nil, "no EndpointSlices (no such Service, or it has no selector)"
+	case foreign == len(endpointSlices):
+		return nil, fmt.Sprintf("its EndpointSlices are not managed by the EndpointSlice controller (label %s=%s); they are not trusted", discoveryv1.LabelManagedBy, ControllerName)
 	case endpoints == 0 && noPort > 0:
 		return nil, fmt.Sprintf("no TCP port named %q in its EndpointSlices", port)
 	case endpoints == 0:

@@ -1,7 +1,9 @@
 package discovery
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,12 +18,13 @@ type endpoint struct {
 	ready, terminating *bool
 }
 
-// slice is an EndpointSlice of Service svc in namespace ns.
+// slice is an EndpointSlice of Service svc in namespace ns, as the
+// EndpointSlice controller writes it.
 func slice(name string, typ discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...endpoint) *discoveryv1.EndpointSlice {
 	s := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name, Namespace: "ns",
-			Labels: map[string]string{discoveryv1.LabelServiceName: "svc"},
+			Labels: map[string]string{discoveryv1.LabelServiceName: "svc", discoveryv1.LabelManagedBy: ControllerName},
 		},
 		AddressType: typ,
 		Ports:       ports,
@@ -34,7 +37,8 @@ func slice(name string, typ discoveryv1.AddressType, ports []discoveryv1.Endpoin
 
 // slice turns the test endpoint into an API one.
 func (e endpoint) slice() discoveryv1.Endpoint {
-	return discoveryv1.Endpoint{Addresses: []string{e.addr}, Conditions: discoveryv1.EndpointConditions{Ready: e.ready, Terminating: e.terminating}}
+	return discoveryv1.Endpoint{Addresses: []string{e.addr}, Conditions: discoveryv1.EndpointConditions{Ready: e.ready, Terminating: e.terminating},
+		TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "ns", Name: "aggregator-" + e.addr}}
 }
 
 func port(name string, number int32) discoveryv1.EndpointPort {
@@ -151,5 +155,39 @@ func TestReadyAddresses(t *testing.T) {
 				t.Errorf("readyAddresses = %q, %q; want %q, %q", got, why, tc.want, tc.why)
 			}
 		})
+	}
+}
+
+// Only what the EndpointSlice controller wrote for the Service's pods is
+// dialed: a slice someone else labelled with the Service's name, or an
+// endpoint that is no pod, is not; and the addresses are capped.
+func TestReadyAddressesOnlyFromTheController(t *testing.T) {
+	grpcPort := []discoveryv1.EndpointPort{port("grpc", 9400)}
+	v4 := discoveryv1.AddressTypeIPv4
+	forged := slice("forged", v4, grpcPort, ready("203.0.113.7"))
+	forged.Labels[discoveryv1.LabelManagedBy] = "someone-else"
+	unmanaged := slice("unmanaged", v4, grpcPort, ready("203.0.113.8"))
+	delete(unmanaged.Labels, discoveryv1.LabelManagedBy)
+	mirrored := slice("mirrored", v4, grpcPort, ready("203.0.113.9"))
+	mirrored.Labels[discoveryv1.LabelManagedBy] = "endpointslicemirroring-controller.k8s.io"
+	noPod := slice("no-pod", v4, grpcPort, ready("203.0.113.10"), ready("203.0.113.11"), ready("203.0.113.12"), ready("10.0.0.1"))
+	noPod.Endpoints[0].TargetRef = nil
+	noPod.Endpoints[1].TargetRef.Kind = "Node"
+	noPod.Endpoints[2].TargetRef.Namespace = "elsewhere"
+	got, _ := readyAddresses([]*discoveryv1.EndpointSlice{forged, unmanaged, mirrored, noPod}, "grpc")
+	if !slices.Equal(got, []string{"10.0.0.1:9400"}) {
+		t.Errorf("readyAddresses = %q, want only the controller's pod 10.0.0.1:9400", got)
+	}
+	if _, why := readyAddresses([]*discoveryv1.EndpointSlice{forged}, "grpc"); !strings.Contains(why, "not managed by") {
+		t.Errorf("why = %q, want it to say the slice is not the controller's", why)
+	}
+
+	var many []endpoint
+	for i := range 3 * MaxAddresses {
+		many = append(many, ready(fmt.Sprintf("10.1.%d.%d", i/250, i%250)))
+	}
+	got, _ = readyAddresses([]*discoveryv1.EndpointSlice{slice("big", v4, grpcPort, many...)}, "grpc")
+	if len(got) != MaxAddresses {
+		t.Errorf("%d addresses from %d ready endpoints, want the cap %d", len(got), 3*MaxAddresses, MaxAddresses)
 	}
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -153,11 +154,15 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 		grpcLis.Close()
 		return fmt.Errorf("--http-listen: %w", err)
 	}
+	if srv.keypair != nil && opts.HTTPTLS {
+		httpLis = tls.NewListener(httpLis, srv.keypair.ServerConfig())
+	}
 	log.Info("listening", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(),
 		"stale_after", opts.StaleAfter.String(), "max_report_bytes", opts.MaxReportBytes,
 		"node_image_series", opts.NodeImageSeries, "node_endpoint_series", opts.NodeEndpointSeries, "compat_metrics", opts.CompatMetrics,
 		"forget_after", opts.ForgetAfter.String(), "max_node_images", opts.MaxNodeImages, "max_node_endpoints", opts.MaxNodeEndpoints,
-		"auth", opts.Auth, "http_auth", opts.HTTPAuth, "tls", opts.TLSDir != "",
+		"max_node_bytes", opts.MaxNodeBytes,
+		"auth", opts.Auth, "http_auth", opts.HTTPAuth, "tls", opts.TLSDir != "", "http_tls", opts.HTTPTLS,
 		"probe_replicas", opts.ProbeReplicas, "registry_budget", opts.RegistryBudgets.String())
 	for _, off := range srv.offNotices {
 		log.Warn(off)
@@ -180,8 +185,12 @@ func run(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kub
 // the diagnosis and the metrics.
 type servers struct {
 	// offNotices say what protection is off (--auth=none, --insecure,
-	// --http-auth=none): logged at start and shown on the status page.
+	// --http-auth=none, --lend-credentials=unverified-lab): logged at
+	// start and shown on the status page.
 	offNotices []string
+	// keypair is --tls-dir's, nil with --insecure: gRPC's, and
+	// --http-listen's with --http-tls.
+	keypair *tlsfiles.Keypair
 
 	ingest *ingest.Server
 	grpc   *grpc.Server
@@ -195,7 +204,7 @@ type servers struct {
 func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, kube *kubeapi.Config) (*servers, error) {
 	store := state.New(opts.StaleAfter, state.WithForgetAfter(opts.ForgetAfter))
 	bounds := ingest.Bounds{
-		PerNode:              state.Limits{Images: opts.MaxNodeImages, Endpoints: opts.MaxNodeEndpoints},
+		PerNode:              state.Limits{Images: opts.MaxNodeImages, Endpoints: opts.MaxNodeEndpoints, Bytes: opts.MaxNodeBytes},
 		FirstReport:          opts.FirstReportTimeout,
 		MaxConcurrentStreams: uint32(opts.MaxConcurrentStreams),
 		Version:              version,
@@ -269,6 +278,10 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	if err != nil {
 		return nil, err
 	}
+	var offNotices []string
+	if opts.LendCredentials == lend.ModeUnverifiedLab {
+		offNotices = append(offNotices, "credential lending to unverified callers (--lend-credentials=unverified-lab): anyone who reaches the gRPC port can read the pull secrets of any node's pods; for a lab only")
+	}
 
 	reports := metrics.NewReports(ingest.Kinds(), append(ingest.Reasons(), ingest.BoundReasons()...))
 	go store.RunSweeper(ctx, sweepEvery(opts.StaleAfter), func(gone []string) {
@@ -282,7 +295,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 	})
 	refusals := authn.NewRefusals(log)
 	cs := []prometheus.Collector{metrics.NewCollector(store, an, collectorCfg), reports, refusals, lender, metrics.NewBuildInfo(buildinfo.Read(version))}
-	s := &servers{ingest: ingest.NewServer(store, reports, log)}
+	s := &servers{ingest: ingest.NewServer(store, reports, log), offNotices: offNotices}
 	s.ingest.SetBounds(bounds)
 	s.ingest.SetLender(lender)
 	if planner != nil {
@@ -290,7 +303,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		s.ingest.SetSharder(planner)
 	}
 	registry := metrics.NewRegistry(cs...)
-	grpcOpts, err := s.grpcSecurity(log, opts, client, refusals)
+	grpcOpts, err := s.grpcSecurity(log, opts, kube, refusals)
 	if err != nil {
 		return nil, err
 	}
@@ -301,7 +314,11 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		handler = web.WithProfiling(handler)
 	}
 	if opts.HTTPAuth == options.AuthKubernetes {
-		guard, err := authn.NewHTTP(client, log)
+		httpClient, err := authClient(kube, opts, "http-auth")
+		if err != nil {
+			return nil, err
+		}
+		guard, err := authn.NewHTTP(httpClient, log)
 		if err != nil {
 			return nil, err
 		}
@@ -340,9 +357,27 @@ func sweepEvery(staleAfter time.Duration) time.Duration {
 	return min(max(staleAfter/10, time.Second), time.Minute)
 }
 
+// authClient is a Kubernetes client of authentication's own, named who in
+// its user agent, with its own rate limits (--auth-qps, --auth-burst): a
+// flood of junk tokens queues behind no other API call, and no other API
+// call behind it. The agents' reviews and the HTTP callers' each get one.
+func authClient(kube *kubeapi.Config, opts *options.Options, who string) (kubernetes.Interface, error) {
+	if kube == nil {
+		return nil, fmt.Errorf("%s needs the Kubernetes API", who)
+	}
+	cfg := rest.CopyConfig(kube.Rest)
+	cfg.QPS, cfg.Burst, cfg.RateLimiter = float32(opts.AuthQPS), opts.AuthBurst, nil
+	cfg.UserAgent = "pullwatch-aggregator/" + who
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: Kubernetes client for %s: %w", who, cfg.Host, err)
+	}
+	return c, nil
+}
+
 // grpcSecurity returns the gRPC server options for TLS (--tls-dir) and
 // agent authentication (--auth), and notes in s.offNotices what is off.
-func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, client kubernetes.Interface, refusals *authn.Refusals) ([]grpc.ServerOption, error) {
+func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, kube *kubeapi.Config, refusals *authn.Refusals) ([]grpc.ServerOption, error) {
 	var out []grpc.ServerOption
 	if opts.Insecure {
 		s.offNotices = append(s.offNotices, "gRPC without TLS (--insecure): agent reports and tokens cross the network in plaintext")
@@ -352,11 +387,16 @@ func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, client k
 			return nil, fmt.Errorf("--tls-dir: %w (mount the aggregator's TLS Secret there, see docs/security.md, or run with --insecure)", err)
 		}
 		out = append(out, grpc.Creds(credentials.NewTLS(keypair.ServerConfig())))
-		log.Info("gRPC TLS from files, reloaded when they change", "dir", opts.TLSDir)
+		s.keypair = keypair
+		log.Info("gRPC TLS from files, reloaded when they change", "dir", opts.TLSDir, "http_too", opts.HTTPTLS)
 	}
 	if opts.Auth == options.AuthNone {
 		s.offNotices = append(s.offNotices, "agent authentication is off (--auth=none): anyone who reaches the gRPC port can report for any node")
 	} else {
+		client, err := authClient(kube, opts, "agent-auth")
+		if err != nil {
+			return nil, err
+		}
 		v, err := authn.NewVerifier(authn.VerifierConfig{
 			Reviews:        client.AuthenticationV1().TokenReviews(),
 			Pods:           authn.ClientPods{Client: client},
@@ -366,10 +406,14 @@ func (s *servers) grpcSecurity(log *slog.Logger, opts *options.Options, client k
 			return nil, fmt.Errorf("--agent-service-account: %w", err)
 		}
 		out = append(out, authn.ServerOptions(v, refusals)...)
-		log.Info("agents authenticated with TokenReview", "audience", authn.Audience, "service_account", opts.AgentServiceAccount)
+		log.Info("agents authenticated with TokenReview", "audience", authn.Audience, "service_account", opts.AgentServiceAccount,
+			"auth_qps", opts.AuthQPS, "auth_burst", opts.AuthBurst, "review_timeout", authn.DefaultReviewTimeout.String(),
+			"max_reviews_in_flight", authn.DefaultMaxInFlight)
 	}
 	if opts.HTTPAuth == options.AuthNone {
 		s.offNotices = append(s.offNotices, "HTTP authentication is off (--http-auth=none): anyone who reaches the HTTP port reads /metrics and the status page")
+	} else if !opts.HTTPTLS {
+		s.offNotices = append(s.offNotices, "HTTP without TLS (no --http-tls): scrapers' bearer tokens cross the network in plaintext")
 	}
 	return out, nil
 }

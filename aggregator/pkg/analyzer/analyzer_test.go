@@ -129,7 +129,9 @@ func TestAnalyzerLogsChanges(t *testing.T) {
 			`level=INFO msg="diagnosis changed" from=cluster to=none image=registry.example/app:1`,
 		}},
 		{"a failing image goes away", func() {
+			// Two nodes' answers: one node's alone makes no image scope.
 			snapshot("a", image("registry.example/gone:1", absent, upAbsent))
+			snapshot("b", image("registry.example/gone:1", absent, upAbsent))
 			a.Analyze(ctx)
 			logs.Reset()
 			snapshot("a")

@@ -25,8 +25,17 @@ type Authenticator interface {
 // (streams and unary calls) with auth, put the caller's Identity in the
 // call's context, and refuse, on a stream, any AgentMessage about another
 // node than the caller's.
+//
+// An open stream's token is verified again every reverify interval (the
+// review cache's TTL when auth is a *Verifier, else DefaultMaxCacheTTL):
+// once the API no longer accepts it (its pod was deleted) the stream ends
+// at its next message, not when the token expires.
 func ServerOptions(auth Authenticator, refusals *Refusals) []grpc.ServerOption {
-	return (&guard{auth: auth, refusals: refusals, now: time.Now}).serverOptions()
+	reverify := DefaultMaxCacheTTL
+	if v, ok := auth.(*Verifier); ok {
+		reverify = v.cfg.MaxCacheTTL
+	}
+	return (&guard{auth: auth, refusals: refusals, now: time.Now, reverify: reverify}).serverOptions()
 }
 
 func (g *guard) serverOptions() []grpc.ServerOption {
@@ -40,6 +49,9 @@ type guard struct {
 	auth     Authenticator
 	refusals *Refusals
 	now      func() time.Time
+	// reverify is how often an open stream's token is verified again
+	// (0: never).
+	reverify time.Duration
 }
 
 func (g *guard) authenticate(ctx context.Context) (context.Context, Identity, error) {
@@ -73,7 +85,7 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, 
 	if err != nil {
 		return err
 	}
-	bs := &boundStream{ServerStream: ss, ctx: ctx, id: id, g: g}
+	bs := &boundStream{ServerStream: ss, ctx: ctx, id: id, g: g, token: token, verified: g.now()}
 	// The token was verified, so its expiry is the API server's.
 	bs.expires, bs.expiring = peekClaims(token).expiry()
 	return handler(srv, bs)
@@ -90,6 +102,9 @@ type boundStream struct {
 	g        *guard
 	expires  time.Time
 	expiring bool
+	// token was last verified at verified.
+	token    string
+	verified time.Time
 }
 
 func (s *boundStream) Context() context.Context { return s.ctx }
@@ -103,6 +118,9 @@ func (s *boundStream) RecvMsg(m any) error {
 		// a refusal.
 		return status.Error(codes.Unauthenticated, "token expired during the stream: reconnect with the current token")
 	}
+	if err := s.stillValid(); err != nil {
+		return err
+	}
 	msg, ok := m.(*pullwatchv1.AgentMessage)
 	if !ok {
 		return nil
@@ -112,6 +130,32 @@ func (s *boundStream) RecvMsg(m any) error {
 		return r
 	}
 	return nil
+}
+
+// stillValid verifies the stream's token again once the reverify interval
+// has passed since it last was: a token the API no longer accepts (its
+// pod, hence its node's agent, is gone) or that now names another node
+// ends the stream, counted as a refusal. When the API cannot be asked the
+// stream is kept and asked again at the next message.
+func (s *boundStream) stillValid() error {
+	if s.g.reverify <= 0 || s.g.now().Sub(s.verified) < s.g.reverify {
+		return nil
+	}
+	id, err := s.g.auth.Verify(s.ctx, s.token)
+	var r *Refusal
+	switch {
+	case err == nil && id.Node == s.id.Node && id.ServiceAccount == s.id.ServiceAccount:
+		s.verified = s.g.now()
+		return nil
+	case err == nil:
+		r = refuse(ReasonNodeMismatch, "this stream's token is bound to node %q now, not %q: reconnect", id.Node, s.id.Node)
+	case !errors.As(err, &r):
+		return nil
+	case r.Code == codes.Unavailable:
+		return nil // not known now: keep the stream, ask at the next message
+	}
+	s.g.refusals.Refuse(s.ctx, Source(s.ctx), r)
+	return r
 }
 
 // ReportedNode is the node an agent message claims to report (the

@@ -33,12 +33,19 @@ const (
 	ReasonNodeMismatch = "node_mismatch"
 	// ReasonReviewFailed: the Kubernetes API could not be asked (Unavailable).
 	ReasonReviewFailed = "review_failed"
+	// ReasonReviewBusy: too many reviews in flight; refused at once (Unavailable).
+	ReasonReviewBusy = "review_busy"
+	// ReasonReviewThrottled: the source address caused too many reviews (Unavailable).
+	ReasonReviewThrottled = "review_throttled"
+	// ReasonNotPodBound: a token bound to a node but to no pod on it (PermissionDenied).
+	ReasonNotPodBound = "not_pod_bound"
 )
 
 // Reasons lists every reason, so the counter's series start at zero.
 func Reasons() []string {
 	return []string{ReasonMissingToken, ReasonInvalidToken, ReasonExpiredToken, ReasonWrongAudience,
-		ReasonWrongServiceAccount, ReasonNotNodeBound, ReasonNodeMismatch, ReasonReviewFailed}
+		ReasonWrongServiceAccount, ReasonNotNodeBound, ReasonNodeMismatch, ReasonReviewFailed,
+		ReasonReviewBusy, ReasonReviewThrottled, ReasonNotPodBound}
 }
 
 // Refusal is why a caller was refused. It is a gRPC status error: the
@@ -65,6 +72,9 @@ var reasonCodes = map[string]codes.Code{
 	ReasonNotNodeBound:        codes.PermissionDenied,
 	ReasonNodeMismatch:        codes.PermissionDenied,
 	ReasonReviewFailed:        codes.Unavailable,
+	ReasonReviewBusy:          codes.Unavailable,
+	ReasonReviewThrottled:     codes.Unavailable,
+	ReasonNotPodBound:         codes.PermissionDenied,
 }
 
 func refuse(reason, format string, args ...any) *Refusal {
@@ -93,7 +103,8 @@ func NewRefusals(log *slog.Logger) *Refusals {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pullwatch_aggregator_auth_refused_total",
 		Help: "Agent streams and reports refused by authentication, by reason: missing_token, invalid_token, expired_token, wrong_audience (Unauthenticated); " +
-			"wrong_service_account, not_node_bound, node_mismatch (PermissionDenied); review_failed (the Kubernetes API could not be asked; Unavailable).",
+			"wrong_service_account, not_node_bound, not_pod_bound, node_mismatch (PermissionDenied); review_failed (the Kubernetes API could not be asked), " +
+			"review_busy (too many reviews in flight), review_throttled (too many reviews from the caller's address) (Unavailable).",
 	}, []string{"reason"})
 	for _, r := range Reasons() {
 		c.WithLabelValues(r)

@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -62,6 +65,21 @@ type VerifierConfig struct {
 	MaxCacheTTL time.Duration
 	// Clock defaults to the real one.
 	Clock clock.Clock
+
+	// Timeout bounds one verification: its TokenReview and, on older
+	// API servers, the get of the token's pod (default 10s).
+	Timeout time.Duration
+	// MaxInFlight bounds the reviews in flight at once (default 32):
+	// beyond it Verify refuses at once (review_busy, Unavailable; the
+	// agent retries) rather than queueing every caller behind junk
+	// tokens. Cached answers need no review and are never refused so.
+	MaxInFlight int
+	// PerSourceBurst and PerSourceRate bound the reviews one source
+	// address may cause (a token bucket; defaults 20 and 1 per second):
+	// beyond them its reviews are refused (review_throttled, Unavailable)
+	// while other sources' go on.
+	PerSourceBurst int
+	PerSourceRate  float64
 }
 
 // Verifier verifies agent tokens with TokenReview and caches the answers.
@@ -70,7 +88,25 @@ type Verifier struct {
 	namespace string
 	username  string
 	cache     *cache.LRUExpireCache
+	// inFlight holds a slot per review in flight (MaxInFlight).
+	inFlight chan struct{}
+	// sources are the per-source token buckets, by address.
+	sourcesMu sync.Mutex
+	sources   *cache.LRUExpireCache
 }
+
+// The defaults of VerifierConfig's bounds.
+const (
+	DefaultMaxCacheTTL    = 5 * time.Minute
+	DefaultReviewTimeout  = 10 * time.Second
+	DefaultMaxInFlight    = 32
+	DefaultPerSourceBurst = 20
+	DefaultPerSourceRate  = 1.0
+)
+
+// sourceIdle is how long a source's token bucket is kept after it was
+// made: longer than it takes to refill.
+const sourceIdle = 10 * time.Minute
 
 // negativeTTL is how long a refused token stays refused without asking
 // the API again: short, so a fixed clock skew or a late pod binding heals,
@@ -93,17 +129,56 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		cfg.CacheSize = 4096
 	}
 	if cfg.MaxCacheTTL <= 0 {
-		cfg.MaxCacheTTL = 5 * time.Minute
+		cfg.MaxCacheTTL = DefaultMaxCacheTTL
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultReviewTimeout
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.PerSourceBurst <= 0 {
+		cfg.PerSourceBurst = DefaultPerSourceBurst
+	}
+	if cfg.PerSourceRate <= 0 {
+		cfg.PerSourceRate = DefaultPerSourceRate
 	}
 	return &Verifier{
 		cfg:       cfg,
 		namespace: ns,
 		username:  "system:serviceaccount:" + ns + ":" + name,
 		cache:     cache.NewLRUExpireCacheWithClock(cfg.CacheSize, cfg.Clock),
+		inFlight:  make(chan struct{}, cfg.MaxInFlight),
+		sources:   cache.NewLRUExpireCache(cfg.CacheSize),
 	}, nil
+}
+
+// admit takes a review slot for a call from source, or refuses: the
+// source used up its reviews, or the reviews in flight are at the cap.
+// done gives the slot back.
+func (v *Verifier) admit(source string) (done func(), r *Refusal) {
+	v.sourcesMu.Lock()
+	var lim *rate.Limiter
+	if l, ok := v.sources.Get(source); ok {
+		lim = l.(*rate.Limiter)
+	} else {
+		lim = rate.NewLimiter(rate.Limit(v.cfg.PerSourceRate), v.cfg.PerSourceBurst)
+		v.sources.Add(source, lim, sourceIdle)
+	}
+	allowed := lim.Allow()
+	v.sourcesMu.Unlock()
+	if !allowed {
+		return nil, refuse(ReasonReviewThrottled, "too many token reviews from this address; retry later")
+	}
+	select {
+	case v.inFlight <- struct{}{}:
+		return func() { <-v.inFlight }, nil
+	default:
+		return nil, refuse(ReasonReviewBusy, "the aggregator is verifying too many tokens at once; retry")
+	}
 }
 
 type cached struct {
@@ -128,7 +203,14 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Identity, error) {
 		}
 		return c.id, nil
 	}
-	id, err := v.review(ctx, token)
+	done, refused := v.admit(Source(ctx))
+	if refused != nil {
+		return Identity{}, refused
+	}
+	rctx, cancel := context.WithTimeout(ctx, v.cfg.Timeout)
+	id, err := v.review(rctx, token)
+	cancel()
+	done()
 	now := v.cfg.Clock.Now()
 	var r *Refusal
 	switch {
@@ -170,6 +252,12 @@ func (v *Verifier) review(ctx context.Context, token string) (Identity, error) {
 	}
 	id := Identity{ServiceAccount: v.cfg.ServiceAccount, Verified: true}
 	if nodes := st.User.Extra[ExtraNodeName]; len(nodes) == 1 && nodes[0] != "" {
+		// A token bound to the node itself, not to a pod on it (kubectl
+		// create token --bound-object-kind Node), outlives every pod:
+		// only a pod-bound token dies with the agent's pod.
+		if !onePod(st.User.Extra) {
+			return Identity{}, refuse(ReasonNotPodBound, "token is bound to node %s but to no pod: use the agent pod's projected ServiceAccount token", nodes[0])
+		}
 		id.Node = nodes[0]
 		return id, nil
 	}
@@ -179,6 +267,12 @@ func (v *Verifier) review(ctx context.Context, token string) (Identity, error) {
 	}
 	id.Node = node
 	return id, nil
+}
+
+// onePod reports whether a review names one pod, by name and uid.
+func onePod(extra map[string]authenticationv1.ExtraValue) bool {
+	names, uids := extra[ExtraPodName], extra[ExtraPodUID]
+	return len(names) == 1 && names[0] != "" && len(uids) == 1 && uids[0] != ""
 }
 
 // podNode is the node of the pod a token is bound to, for API servers

@@ -209,9 +209,12 @@ type imageAgg struct {
 	f       *ImageFinding
 	nodes   []int
 	failing []int
-	// answered is true when some node's failure is one the registry
-	// stated (ScopeImage).
-	answered bool
+	// stated are the nodes whose answer a failure the registry stated
+	// (absent, unauthorized, ...) is, and answerers those of any failure:
+	// a node's own check, or the prober a shared result came from
+	// (shared_from). One node's answer folded into many nodes is still
+	// one node's.
+	stated, answerers map[string]bool
 	// regUp is true when a failing node reached the image's registry.
 	regUp bool
 }
@@ -369,13 +372,23 @@ func (a *aggregation) imageFindings(nodes []Node, live int) []ImageFinding {
 		f := agg.f
 		switch {
 		case len(agg.failing) == 0:
-		case agg.answered:
+		case len(agg.stated) >= 2 || (len(agg.stated) == 1 && live <= 1):
+			// The registry said so to two nodes (or to the only one).
 			f.Scope = ScopeImage
 		case !agg.regUp && a.registries[f.Registry] != nil:
 			// Every failing node lost the registry as a whole: the scope
-			// is that of the registry's reachability.
+			// is that of the registry's reachability, which every node
+			// states for itself (an unreachable check is never shared) and
+			// spread never widens from one node alone. An image only one
+			// node has is down with the registry in a whole-registry
+			// outage, not that node's own failure.
 			ra := a.registries[f.Registry]
 			f.Scope, f.Zones = spread(nodes, ra.down, ra.nodes, live)
+		case len(agg.answerers) < 2 && live > 1:
+			// One node's answer, however many nodes show it, says nothing
+			// beyond that node: no node can make a failure cluster- or
+			// image-wide by itself.
+			f.Scope = ScopeNode
 		default:
 			f.Scope, f.Zones = spread(nodes, agg.failing, agg.nodes, live)
 		}
@@ -392,7 +405,8 @@ var roleMirror = pullwatchv1.EndpointRole_ENDPOINT_ROLE_MIRROR.Word()
 func addImage(images map[string]*imageAgg, i int, n *Node, im *pullwatchv1.ImageReport) {
 	agg := images[im.GetImage()]
 	if agg == nil {
-		agg = &imageAgg{f: &ImageFinding{Image: im.GetImage(), Registry: im.GetRegistry(), Worst: im.GetStatus(), Reason: im.GetReason()}}
+		agg = &imageAgg{f: &ImageFinding{Image: im.GetImage(), Registry: im.GetRegistry(), Worst: im.GetStatus(), Reason: im.GetReason()},
+			stated: map[string]bool{}, answerers: map[string]bool{}}
 		images[im.GetImage()] = agg
 	}
 	f := agg.f
@@ -407,7 +421,11 @@ func addImage(images map[string]*imageAgg, i int, n *Node, im *pullwatchv1.Image
 	agg.nodes = append(agg.nodes, i)
 	if st != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
 		agg.failing = append(agg.failing, i)
-		agg.answered = agg.answered || st.Stated()
+		answerer := cmp.Or(im.GetSharedFrom(), n.Name)
+		agg.answerers[answerer] = true
+		if st.Stated() {
+			agg.stated[answerer] = true
+		}
 	}
 }
 

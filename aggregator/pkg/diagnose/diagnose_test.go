@@ -170,21 +170,27 @@ func TestImageScope(t *testing.T) {
 		{"image: absent everywhere",
 			[]Node{node("a", "z1", image(app, absent, upAbsent)), node("b", "z2", image(app, absent, upAbsent))},
 			want{ScopeImage, []string{"a", "b"}, nil}, absent},
-		{"image: unauthorized on one node",
+		{"node: unauthorized on one node (one node's answer alone is no image scope)",
 			[]Node{node("a", "z1", image(app, unauthz, upDenied)), healthy("b", "z2")},
-			want{ScopeImage, []string{"a"}, nil}, unauthz},
+			want{ScopeNode, []string{"a"}, nil}, unauthz},
+		{"image: unauthorized on two nodes",
+			[]Node{node("a", "z1", image(app, unauthz, upDenied)), node("b", "z2", image(app, unauthz, upDenied)), healthy("c", "z2")},
+			want{ScopeImage, []string{"a", "b"}, nil}, unauthz},
 		{"image: forbidden",
 			[]Node{node("a", "z1", image(app, forbidden, upDenied)), node("b", "z1", image(app, forbidden, upDenied))},
 			want{ScopeImage, []string{"a", "b"}, nil}, forbidden},
-		{"image: platform missing on the arm64 node",
+		{"node: platform missing on the one arm64 node",
 			[]Node{node("a", "z1", image(app, platform, upOK)), healthy("b", "z1")},
-			want{ScopeImage, []string{"a"}, nil}, platform},
+			want{ScopeNode, []string{"a"}, nil}, platform},
 		{"image: bad format",
 			[]Node{node("a", "z1", image(app, badFormat, upOK))},
 			want{ScopeImage, []string{"a"}, nil}, badFormat},
 		{"image: absent wins over unreachable elsewhere",
+			[]Node{node("a", "z1", image(app, absent, upAbsent)), node("c", "z1", image(app, absent, upAbsent)), cutOff("b", "z2")},
+			want{ScopeImage, []string{"a", "b", "c"}, nil}, absent},
+		{"cluster: one node's absent and another's unreachable (no image scope from one answer)",
 			[]Node{node("a", "z1", image(app, absent, upAbsent)), cutOff("b", "z2")},
-			want{ScopeImage, []string{"a", "b"}, nil}, absent},
+			want{ScopeCluster, []string{"a", "b"}, nil}, absent},
 		{"node: one node lost the registry", []Node{healthy("a", "z1"), cutOff("b", "z1"), healthy("c", "z2")},
 			want{ScopeNode, []string{"b"}, nil}, unreachable},
 		{"node: the only node with the image lost the registry, others reach it",
@@ -195,6 +201,12 @@ func TestImageScope(t *testing.T) {
 			want{ScopeZone, []string{"a", "b"}, []string{"z1"}}, unreachable},
 		{"cluster: no node reaches the registry", []Node{cutOff("a", "z1"), cutOff("b", "z2")},
 			want{ScopeCluster, []string{"a", "b"}, nil}, unreachable},
+		{"cluster: no node reaches the registry, the image on one of them (each node's own pings, not one answer)",
+			[]Node{cutOff("a", "z1"), node("b", "z2", image("registry.example/other:1", unreachable, upDown))},
+			want{ScopeCluster, []string{"a"}, nil}, unreachable},
+		{"zone: the image on one node of the zone that lost the registry",
+			[]Node{cutOff("a", "z1"), node("b", "z1", image("registry.example/other:1", unreachable, upDown)), other("c", "z2")},
+			want{ScopeZone, []string{"a"}, []string{"z1"}}, unreachable},
 		{"cluster: 503 for this image on every node that has it, although the registry answers",
 			[]Node{node("a", "z1", image(app, unreachable, up503)), node("b", "z2", image(app, unreachable, up503)), other("c", "z1")},
 			want{ScopeCluster, []string{"a", "b"}, nil}, unreachable},
@@ -220,6 +232,54 @@ func TestImageScope(t *testing.T) {
 			}
 			if f.Worst != tt.worst {
 				t.Errorf("worst = %s, want %s", f.Worst.Word(), tt.worst.Word())
+			}
+		})
+	}
+}
+
+// One node's answer, folded into the nodes that delegated the key to it
+// (probe sharding: shared_from names it), is one node's answer however
+// many nodes show it: it makes no image or cluster scope by itself.
+func TestImageScopeCountsAnswersNotCopies(t *testing.T) {
+	const app = "registry.example/app:1"
+	shared := func(name, from string, st pullwatchv1.ImageStatus, ep *pullwatchv1.EndpointResult) Node {
+		im := image(app, st, ep)
+		im.SharedFrom = from
+		return node(name, "", im)
+	}
+	tests := []struct {
+		name  string
+		nodes []Node
+		want  Scope
+	}{
+		{"one prober's absent in four nodes", []Node{
+			node("p", "", image(app, absent, upAbsent)),
+			shared("a", "p", absent, upAbsent), shared("b", "p", absent, upAbsent), shared("c", "p", absent, upAbsent),
+		}, ScopeNode},
+		{"one prober's 503 in three nodes", []Node{
+			node("p", "", image(app, unreachable, up503)),
+			shared("a", "p", unreachable, up503), shared("b", "p", unreachable, up503),
+		}, ScopeNode},
+		{"two probers' absent", []Node{
+			node("p", "", image(app, absent, upAbsent)), node("q", "", image(app, absent, upAbsent)),
+			shared("a", "p", absent, upAbsent), shared("b", "q", absent, upAbsent),
+		}, ScopeImage},
+		{"two probers' 503 in three nodes", []Node{
+			node("p", "", image(app, unreachable, up503)), node("q", "", image(app, unreachable, up503)),
+			shared("a", "p", unreachable, up503),
+		}, ScopeCluster},
+		{"an outage: every node's own unreachable", []Node{
+			node("p", "", image(app, unreachable, upDown)), node("q", "", image(app, unreachable, upDown)),
+			node("a", "", image(app, unreachable, upDown)),
+		}, ScopeCluster},
+		{"the only node's own absent", []Node{node("p", "", image(app, absent, upAbsent))}, ScopeImage},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Diagnose(tt.nodes)
+			f := r.Images[slices.IndexFunc(r.Images, func(f ImageFinding) bool { return f.Image == app })]
+			if f.Scope != tt.want {
+				t.Errorf("scope %q, want %q", f.Scope, tt.want)
 			}
 		})
 	}

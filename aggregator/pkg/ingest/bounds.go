@@ -23,11 +23,13 @@ const (
 	ReasonNodeImageLimit    Reason = "node_image_limit"    // the node would have more images than --max-node-images
 	ReasonNodeEndpointLimit Reason = "node_endpoint_limit" // the node would have more endpoints than --max-node-endpoints
 	ReasonVersionSkew       Reason = "version_skew"        // the agent's version is outside the skew rule (buildinfo.Skew)
+	ReasonNodeByteLimit     Reason = "node_byte_limit"     // the node's reports would take more than --max-node-bytes
 )
 
 // BoundReasons lists the bound Reasons, as Reasons lists the others.
 func BoundReasons() []string {
-	return []string{string(ReasonUnknownNode), string(ReasonNodesLoading), string(ReasonNodeImageLimit), string(ReasonNodeEndpointLimit), string(ReasonVersionSkew)}
+	return []string{string(ReasonUnknownNode), string(ReasonNodesLoading), string(ReasonNodeImageLimit), string(ReasonNodeEndpointLimit),
+		string(ReasonVersionSkew), string(ReasonNodeByteLimit)}
 }
 
 // Why a stream ended other than by a refused message or the agent closing
@@ -62,7 +64,7 @@ type Bounds struct {
 	// its node list is loaded, snapshots are refused with Unavailable
 	// (the agent retries with backoff).
 	Nodes Nodes
-	// PerNode caps images and endpoints per node.
+	// PerNode caps images, endpoints and bytes per node.
 	PerNode state.Limits
 	// FirstReport is how long a new stream may take to send its first
 	// snapshot before it is closed (0: forever).
@@ -115,8 +117,13 @@ func (s *Server) admitVersion(agentVersion string) *Error {
 // limitError turns the store's limit error into a refusal.
 func limitError(field string, err error) *Error {
 	reason := ReasonNodeImageLimit
-	if le := (*state.LimitError)(nil); errors.As(err, &le) && le.What == "endpoints" {
-		reason = ReasonNodeEndpointLimit
+	if le := (*state.LimitError)(nil); errors.As(err, &le) {
+		switch le.What {
+		case state.LimitEndpoints:
+			reason = ReasonNodeEndpointLimit
+		case state.LimitBytes:
+			reason = ReasonNodeByteLimit
+		}
 	}
 	return fail(reason, field, "%v", err)
 }
@@ -129,7 +136,7 @@ func (r Reason) code() codes.Code {
 		return codes.FailedPrecondition
 	case ReasonNodesLoading:
 		return codes.Unavailable
-	case ReasonNodeImageLimit, ReasonNodeEndpointLimit:
+	case ReasonNodeImageLimit, ReasonNodeEndpointLimit, ReasonNodeByteLimit:
 		return codes.ResourceExhausted
 	}
 	return codes.InvalidArgument

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -183,5 +184,37 @@ func TestVersionSkew(t *testing.T) {
 	}
 	if nodes := h.store.Nodes(); len(nodes) != 5 {
 		t.Errorf("the store has %d nodes, want the 5 accepted ones", len(nodes))
+	}
+}
+
+// A node may keep only so many bytes of reports in the aggregator: one
+// beyond it is refused and counted, and the node's last good state stays.
+func TestPerNodeByteBudget(t *testing.T) {
+	h := newBoundedHarness(t, Bounds{PerNode: state.Limits{Bytes: 64 << 10}})
+	fat := func(ref string) *pullwatchv1.ImageReport {
+		return imgWith(ref, func(im *pullwatchv1.ImageReport) {
+			for i := range 200 {
+				im.Containers = append(im.Containers, &pullwatchv1.ContainerRef{Namespace: strings.Repeat("n", 200), Pod: strings.Repeat("p", 200) + strconv.Itoa(i), Container: "c"})
+			}
+		})
+	}
+	rs := h.open(t)
+	mustAck(t, rs, snapshot(1, "n", img("a:1")))
+	mustAck(t, rs, update(2, "n", []*pullwatchv1.ImageReport{img("b:1")}))
+	_, err := exchange(rs, update(3, "n", []*pullwatchv1.ImageReport{fat("c:1")}))
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("an update past the byte budget: %v, want ResourceExhausted", err)
+	}
+	if got := nodeImages(t, h.store, "n"); len(got) != 2 {
+		t.Errorf("node n = %v, want its last good two images", got)
+	}
+	if _, err := exchange(h.open(t), snapshot(1, "m", fat("a:1"))); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a snapshot past the byte budget: %v, want ResourceExhausted", err)
+	}
+	if got := h.obs.rejectedCount(ReasonNodeByteLimit); got != 2 {
+		t.Errorf("node_byte_limit refusals = %d, want 2 (all: %v)", got, h.obs.rejected)
+	}
+	if !slices.Contains(BoundReasons(), string(ReasonNodeByteLimit)) {
+		t.Errorf("BoundReasons() lacks %s", ReasonNodeByteLimit)
 	}
 }

@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"fmt"
+	"net/netip"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -27,6 +29,8 @@ const (
 	ReasonFieldTooLong  Reason = "field_too_long"
 	ReasonTooLarge      Reason = "too_large"    // over --max-report-bytes; refused by gRPC itself
 	ReasonInvalidUTF8   Reason = "invalid_utf8" // a string that is not valid UTF-8
+	// ReasonInvalidRegistry: an image's registry is not a host[:port].
+	ReasonInvalidRegistry Reason = "invalid_registry"
 )
 
 // Reasons lists every Reason as the string Observer.ReportRejected gets,
@@ -36,7 +40,7 @@ func Reasons() []string {
 		string(ReasonNoBody), string(ReasonBadSequence), string(ReasonInvalidNode), string(ReasonNodeMismatch),
 		string(ReasonInvalidImage), string(ReasonInvalidStatus), string(ReasonInvalidRole),
 		string(ReasonTooManyImages), string(ReasonTooManyItems), string(ReasonFieldTooLong), string(ReasonTooLarge),
-		string(ReasonInvalidUTF8),
+		string(ReasonInvalidUTF8), string(ReasonInvalidRegistry),
 	}
 }
 
@@ -286,6 +290,11 @@ func validateImage(at place, im *pullwatchv1.ImageReport) *Error {
 	); err != nil {
 		return err
 	}
+	if r := im.GetRegistry(); r != "" {
+		if why := registryProblem(r); why != "" {
+			return fail(ReasonInvalidRegistry, at.leafed("registry").String(), "%s is not a registry host[:port]: %s", quote(r), why)
+		}
+	}
 	if err := checkCount(at.leafed("repo_digests"), len(im.GetRepoDigests()), maxRepoDigests); err != nil {
 		return err
 	}
@@ -430,4 +439,72 @@ func quote(s string) string {
 		return fmt.Sprintf("%q... (%d bytes)", s[:limit], len(s))
 	}
 	return fmt.Sprintf("%q", s)
+}
+
+// registryProblem says what keeps s from being a registry host as image
+// references name it: a DNS name or IP address, with an optional port
+// (host[:port], [IPv6][:port]); "" when it is one. The registry is a key
+// of the probe planner's maps and a metric label, so nothing else may
+// stand there.
+func registryProblem(s string) string {
+	host, port, hasPort := s, "", false
+	if strings.HasPrefix(s, "[") {
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			return "no closing ] after an IPv6 address"
+		}
+		host = s[1:end]
+		switch rest := s[end+1:]; {
+		case rest == "":
+		case strings.HasPrefix(rest, ":"):
+			port, hasPort = rest[1:], true
+		default:
+			return "text after the IPv6 address"
+		}
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() {
+			return "not an IPv6 address in brackets"
+		}
+	} else {
+		if i := strings.LastIndexByte(s, ':'); i >= 0 {
+			host, port, hasPort = s[:i], s[i+1:], true
+		}
+		if why := hostnameProblem(host); why != "" {
+			return why
+		}
+	}
+	if hasPort {
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+			return "the port is not a number from 1 to 65535"
+		}
+	}
+	return ""
+}
+
+// hostnameProblem says what keeps host from being a DNS name (labels of
+// letters, digits and inner hyphens, 63 bytes each, 253 in all) or an
+// IPv4 address; "" when it is one.
+func hostnameProblem(host string) string {
+	if host == "" {
+		return "no host"
+	}
+	if len(host) > 253 {
+		return "longer than 253 bytes"
+	}
+	for label := range strings.SplitSeq(host, ".") {
+		switch {
+		case label == "":
+			return "an empty label"
+		case len(label) > 63:
+			return "a label longer than 63 bytes"
+		case label[0] == '-' || label[len(label)-1] == '-':
+			return "a label starting or ending with -"
+		}
+		for _, c := range []byte(label) {
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+				return "a character other than letters, digits, - and ."
+			}
+		}
+	}
+	return ""
 }

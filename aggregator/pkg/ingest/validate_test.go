@@ -166,3 +166,26 @@ func BenchmarkValidateSnapshot(b *testing.B) {
 		}
 	}
 }
+
+// A registry is a host[:port]: it is a map key and a metric label in the
+// planner, so a node must not put anything else there.
+func TestValidateRegistry(t *testing.T) {
+	good := []string{"", "docker.io", "registry-1.docker.io", "reg:5000", "localhost", "localhost:5000", "10.0.0.1:443", "[::1]:5000", "Registry.Example"}
+	for _, r := range good {
+		if err := Validate(snapshot(1, "node-a", imgWith("a:1", func(im *pullwatchv1.ImageReport) { im.Registry = r }))); err != nil {
+			t.Errorf("registry %q: %v", r, err)
+		}
+	}
+	bad := []string{"docker.io/library", "https://docker.io", "reg:port", "reg:0", "reg:70000", "a b", "-bad.example", "bad-.example", "a..b", ".a", "a.", "reg:", ":5000",
+		"[::1", "x\x00y", strings.Repeat("a", 64) + ".example", "reg:5000:1"}
+	for _, r := range bad {
+		err := Validate(snapshot(1, "node-a", imgWith("a:1", func(im *pullwatchv1.ImageReport) { im.Registry = r })))
+		var verr *Error
+		if !errors.As(err, &verr) || verr.Reason != ReasonInvalidRegistry {
+			t.Errorf("registry %q: %v, want reason %s", r, err, ReasonInvalidRegistry)
+		}
+	}
+	if !slices.Contains(Reasons(), string(ReasonInvalidRegistry)) {
+		t.Errorf("Reasons() lacks %s", ReasonInvalidRegistry)
+	}
+}

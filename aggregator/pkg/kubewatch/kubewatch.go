@@ -293,6 +293,21 @@ func (w *Watcher) ownerOf(inf cache.SharedIndexInformer, namespace string, c *me
 	return strings.ToLower(c.Kind), c.Name
 }
 
+// PodOn reports whether the API has the pod bound to node with uid
+// (metrics.Placement): what a node's agent says runs on it counts only
+// for pods that do.
+func (w *Watcher) PodOn(namespace, pod, uid, node string) bool {
+	if w.pods == nil || uid == "" {
+		return false
+	}
+	obj, ok, _ := w.pods.GetIndexer().GetByKey(namespace + "/" + pod)
+	if !ok {
+		return false
+	}
+	p, ok := obj.(*corev1.Pod)
+	return ok && p.Spec.NodeName == node && string(p.UID) == uid
+}
+
 // ContainerImage returns the image of the named container as the pod
 // spec writes it (init and ephemeral containers included), or "" when
 // the pod or container is unknown.

@@ -247,3 +247,25 @@ func TestNamespaceLabels(t *testing.T) {
 		t.Error("unknown namespace reported known")
 	}
 }
+
+func TestPodOn(t *testing.T) {
+	web := pod("shop", "web-1", nil, "app", "registry.example/app:1")
+	web.Spec.NodeName, web.UID = "node-a", "uid-1"
+	w, _ := started(t, Options{Owners: true}, []runtime.Object{web},
+		meta("v1", "Namespace", "", "shop", nil, nil))
+	for _, tc := range []struct {
+		ns, pod, uid, node string
+		want               bool
+	}{
+		{"shop", "web-1", "uid-1", "node-a", true},
+		{"shop", "web-1", "uid-1", "node-b", false},
+		{"shop", "web-1", "uid-0", "node-a", false},
+		{"shop", "web-1", "", "node-a", false},
+		{"shop", "web-2", "uid-1", "node-a", false},
+		{"bank", "web-1", "uid-1", "node-a", false},
+	} {
+		if got := w.PodOn(tc.ns, tc.pod, tc.uid, tc.node); got != tc.want {
+			t.Errorf("PodOn(%s, %s, %s, %s) = %v, want %v", tc.ns, tc.pod, tc.uid, tc.node, got, tc.want)
+		}
+	}
+}

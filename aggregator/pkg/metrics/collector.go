@@ -101,6 +101,15 @@ type Owners interface {
 	ContainerImage(namespace, pod, container string) string
 }
 
+// Placement is where the Kubernetes API has pods (kubewatch.Watcher).
+// When Owners also implements it, a node's containers make compatibility
+// series only for pods the API shows bound to that node with the UID the
+// agent reports: no node can mint series for workloads that are not on it.
+type Placement interface {
+	// PodOn reports whether the API has the pod bound to node, with uid.
+	PodOn(namespace, pod, uid, node string) bool
+}
+
 // The values of Config.NodeImageSeries (and of --node-image-series).
 const (
 	// NodeImageSeriesAll exports per-node image series for every image.

@@ -69,9 +69,11 @@ type compatKey struct {
 
 // collectCompat emits the compatibility families: per workload container
 // and image, the worst status (ImageStatus.Rank) across the live nodes that
-// run it. Containers the agent could not tie to a pod are left out.
+// run it. Containers the agent could not tie to a pod are left out, and
+// with the API (Placement) those of pods not bound to the reporting node.
 func collectCompat(ch chan<- prometheus.Metric, r *diagnose.Report, owners Owners, current, legacy bool) {
 	worst := map[compatKey]pullwatchv1.ImageStatus{}
+	place, _ := owners.(Placement)
 	for i := range r.Nodes {
 		n := &r.Nodes[i]
 		if !n.Live() {
@@ -81,6 +83,9 @@ func collectCompat(ch chan<- prometheus.Metric, r *diagnose.Report, owners Owner
 			for _, ct := range im.GetContainers() {
 				if ct.GetNamespace() == "" || ct.GetPod() == "" || ct.GetContainer() == "" {
 					continue
+				}
+				if place != nil && !place.PodOn(ct.GetNamespace(), ct.GetPod(), ct.GetPodUid(), n.Name) {
+					continue // not a pod of this node's, as far as the API knows
 				}
 				k := compatKey{namespace: ct.GetNamespace(), container: ct.GetContainer(), image: im.GetImage(), kind: "pod", name: ct.GetPod()}
 				if owners != nil {

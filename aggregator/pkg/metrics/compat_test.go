@@ -207,3 +207,43 @@ func TestCompatLegacy(t *testing.T) {
 		}
 	}
 }
+
+// placedOwners is fakeOwners that also knows where the API has pods:
+// "namespace/pod" -> node and uid.
+type placedOwners struct {
+	fakeOwners
+	pods map[string][2]string
+}
+
+func (o placedOwners) PodOn(namespace, pod, uid, node string) bool {
+	p, ok := o.pods[namespace+"/"+pod]
+	return ok && p[0] == node && p[1] == uid
+}
+
+// With the API, a node's containers make compatibility series only for
+// pods the API has bound to that node with the UID it reports: a node
+// cannot mint series for workloads that are not on it.
+func TestCompatOnlyForPodsOnTheNode(t *testing.T) {
+	s := state.New(3*time.Minute, state.WithClock(func() time.Time { return t0 }))
+	ref := func(ns, pod, uid, c string) *pullwatchv1.ContainerRef {
+		return &pullwatchv1.ContainerRef{Namespace: ns, Pod: pod, PodUid: uid, Container: c}
+	}
+	s.ApplySnapshot(&pullwatchv1.NodeSnapshot{Node: &pullwatchv1.Node{Name: "node-1"}, Images: []*pullwatchv1.ImageReport{{
+		Image: "registry.example/web:1", Registry: "registry.example", Status: absent, InUse: true,
+		Containers: []*pullwatchv1.ContainerRef{
+			ref("shop", "web-a-1", "u1", "app"),    // its own pod
+			ref("shop", "web-a-2", "u2", "app"),    // a pod on node-2
+			ref("shop", "web-a-3", "old", "app"),   // a pod on node-1, another UID
+			ref("shop", "ghost", "u9", "app"),      // no such pod
+			ref("bank", "ledger-1", "u5", "vault"), // a pod on node-2, another namespace
+		},
+		Endpoints: []*pullwatchv1.EndpointResult{endpoint("https://registry.example", upstream, absent, 0, 0)},
+	}}})
+	owners := placedOwners{fakeOwners: fakeOwners{synced: true}, pods: map[string][2]string{
+		"shop/web-a-1": {"node-1", "u1"}, "shop/web-a-2": {"node-2", "u2"}, "shop/web-a-3": {"node-1", "u3"}, "bank/ledger-1": {"node-2", "u5"},
+	}}
+	want := compatLines(t, [2]string{`container="app",image="registry.example/web:1",kind="pod",name="web-a-1",namespace="shop"`, "absent"})
+	if err := testutil.CollectAndCompare(newCollector(s, Config{CompatSchema: CompatCurrent, Owners: owners}), strings.NewReader(want), compatFamilies()...); err != nil {
+		t.Error(err)
+	}
+}

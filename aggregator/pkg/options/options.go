@@ -53,6 +53,8 @@ type Options struct {
 	// MaxNodeImages and MaxNodeEndpoints cap what one node may hold.
 	MaxNodeImages    int
 	MaxNodeEndpoints int
+	// MaxNodeBytes caps the bytes of one node's reports the aggregator keeps.
+	MaxNodeBytes int
 	// MaxConcurrentStreams bounds streams per agent connection.
 	MaxConcurrentStreams int
 	// FirstReportTimeout closes a stream that sends no snapshot in time.
@@ -71,12 +73,19 @@ type Options struct {
 	Auth string
 	// AgentServiceAccount is the agents' "namespace/name".
 	AgentServiceAccount string
+	// AuthQPS and AuthBurst are the rate limits of authentication's own
+	// Kubernetes client (TokenReviews, SubjectAccessReviews), apart from
+	// the client every other API call shares.
+	AuthQPS   float64
+	AuthBurst int
 	// HTTPAuth guards /metrics and the status page, as Auth ("" likewise).
 	HTTPAuth string
 	// TLSDir holds tls.crt and tls.key for the gRPC listener; Insecure
 	// serves plaintext instead. One of them must be given.
 	TLSDir   string
 	Insecure bool
+	// HTTPTLS serves --http-listen over TLS too, from TLSDir's files.
+	HTTPTLS bool
 	// Pprof serves Go's runtime profiles under /debug/pprof/.
 	Pprof bool
 }
@@ -172,11 +181,14 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 
 		MaxNodeImages:        5000,
 		MaxNodeEndpoints:     256,
+		MaxNodeBytes:         4 << 20,
 		MaxConcurrentStreams: 16,
 		FirstReportTimeout:   time.Minute,
 		ProbeReplicas:        shard.DefaultReplicas,
 		RegistryBudgets:      shard.Budgets(shard.DefaultBudgets()),
 		AgentInterval:        time.Minute,
+		AuthQPS:              20,
+		AuthBurst:            40,
 	}
 	s := envflag.New(Name, Name+" [flags]", summary)
 	s.Var((*envflag.ListenAddr)(&o.GRPCListen), "grpc-listen", "`host:port` to serve the agents' gRPC ReportService on.")
@@ -229,6 +241,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		"Most images the aggregator keeps for one node (`count`); a report that would take a node over it is refused (pullwatch_reports_rejected_total{reason=\"node_image_limit\"}).")
 	s.Var(&envflag.IntRange{Value: &o.MaxNodeEndpoints, Min: 1, Max: 100_000}, "max-node-endpoints",
 		"Most distinct registry endpoint URLs one node's images may name (`count`); a report over it is refused (reason node_endpoint_limit).")
+	s.Var(&envflag.IntRange{Value: &o.MaxNodeBytes, Min: 64 << 10, Max: 1 << 30}, "max-node-bytes",
+		"Most `bytes` of image reports (as encoded) the aggregator keeps for one node, 65536 to 1073741824; a report that would take a node over it is refused "+
+			"(reason node_byte_limit) and the node's last good state kept. A real node with 5,000 images stays far below the default 4 MiB; one node cannot grow the aggregator past it.")
 	s.Var(&envflag.IntRange{Value: &o.MaxConcurrentStreams, Min: 1, Max: 10_000}, "max-concurrent-streams",
 		"Most gRPC streams on one agent connection (`count`); an agent needs one.")
 	s.Var((*envflag.PositiveDuration)(&o.FirstReportTimeout), "first-report-timeout",
@@ -249,6 +264,11 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 			"Default: kubernetes when the Kubernetes API is configured; without it, none must be given explicitly.")
 	s.StringVar(&o.AgentServiceAccount, "agent-service-account", o.AgentServiceAccount,
 		"The agents' ServiceAccount, `namespace/name`: with --auth=kubernetes, tokens of any other account are refused (PermissionDenied).")
+	s.Var(&envflag.FloatRange{Value: &o.AuthQPS, Min: 0.1, Max: 10_000}, "auth-qps",
+		"Requests per second (`rate`) authentication's own Kubernetes client may send (TokenReviews of agents' tokens, the pods of their tokens, and the HTTP callers' "+
+			"TokenReviews and SubjectAccessReviews): apart from every other API call, so a flood of junk tokens cannot starve them, nor they the rest.")
+	s.Var(&envflag.IntRange{Value: &o.AuthBurst, Min: 1, Max: 100_000}, "auth-burst",
+		"Burst (`count`) of authentication's own Kubernetes client above --auth-qps.")
 	s.Var(&envflag.Choice{Value: &o.HTTPAuth, Choices: []string{AuthKubernetes, AuthNone}}, "http-auth",
 		"Who may read /metrics and the status page: `kubernetes` (a bearer token authenticated with a TokenReview and authorized with a SubjectAccessReview of get on the URL path, "+
 			"as kube-rbac-proxy does: no token 401, not allowed 403) or none (anyone). /healthz and /readyz are always open. "+
@@ -258,6 +278,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 			"Required unless --insecure.")
 	s.BoolVar(&o.Insecure, "insecure", false,
 		"Serve --grpc-listen in plaintext, without TLS (a lab; agent tokens would then cross the network in the clear). Only when said.")
+	s.BoolVar(&o.HTTPTLS, "http-tls", false,
+		"Serve --http-listen (/metrics, the status page, /healthz, /readyz) over TLS too, with --tls-dir's files (read again when they change), "+
+			"so that scrapers' bearer tokens never cross the network in the clear. Needs --tls-dir. deploy/ turns it on.")
 
 	s.BoolVar(&o.Pprof, "pprof", false,
 		"Serve Go's runtime profiles (CPU, heap, goroutines) under /debug/pprof/ on --http-listen, behind --http-auth like /metrics: "+
@@ -281,8 +304,9 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	return o, nil
 }
 
-// CheckTransport says what is wrong with the gRPC listener's transport
-// security: neither --tls-dir nor --insecure, or both. (Not part of
+// CheckTransport says what is wrong with the listeners' transport
+// security: neither --tls-dir nor --insecure, or both; --http-tls without
+// --tls-dir. (Not part of
 // Parse, so that options can be parsed and tested one at a time.)
 func (o *Options) CheckTransport() error {
 	switch {
@@ -290,6 +314,8 @@ func (o *Options) CheckTransport() error {
 		return errors.New("no TLS for --grpc-listen: set --tls-dir (env PULLWATCH_TLS_DIR) to a directory with tls.crt and tls.key, or --insecure (env PULLWATCH_INSECURE) for plaintext")
 	case o.TLSDir != "" && o.Insecure:
 		return fmt.Errorf("--tls-dir %s and --insecure both set: choose one", o.TLSDir)
+	case o.HTTPTLS && o.TLSDir == "":
+		return errors.New("--http-tls (env PULLWATCH_HTTP_TLS) needs --tls-dir (env PULLWATCH_TLS_DIR): it serves that directory's tls.crt and tls.key")
 	}
 	return nil
 }

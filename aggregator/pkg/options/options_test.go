@@ -35,10 +35,13 @@ func TestParse(t *testing.T) {
 		ForgetAfter:          30 * time.Minute,
 		MaxNodeImages:        5000,
 		MaxNodeEndpoints:     256,
+		MaxNodeBytes:         4 << 20,
 		MaxConcurrentStreams: 16,
 		FirstReportTimeout:   time.Minute,
 
 		AgentServiceAccount: "pullwatch/pullwatch-agent",
+		AuthQPS:             20,
+		AuthBurst:           40,
 		ProbeReplicas:       2,
 		RegistryBudgets:     shard.Budgets{"docker.io": 600},
 		AgentInterval:       time.Minute,
@@ -65,12 +68,20 @@ func TestParse(t *testing.T) {
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
 			Kubeconfig: "/tmp/kc", NodeImageSeries: "all", NodeEndpointSeries: "failing", CompatMetrics: "off", AgentServiceAccount: "pullwatch/pullwatch-agent", LendCredentials: "unverified-lab",
-			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
+			AuthQPS: 20, AuthBurst: 40,
+			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxNodeBytes: 4 << 20, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
 		}},
-		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s"}, nil,
+		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s", "--max-node-bytes=65536"}, nil,
 			with(func(o *Options) {
 				o.ForgetAfter, o.MaxNodeImages, o.MaxNodeEndpoints, o.MaxConcurrentStreams, o.FirstReportTimeout = time.Hour, 10, 3, 2, 5*time.Second
+				o.MaxNodeBytes = 65536
 			})},
+		{"authentication's own API client", []string{"--auth-qps=5.5", "--auth-burst=11"}, map[string]string{"PULLWATCH_AUTH_BURST": "12"},
+			with(func(o *Options) { o.AuthQPS, o.AuthBurst = 5.5, 11 })},
+		{"authentication's API client in environment", nil, map[string]string{"PULLWATCH_AUTH_QPS": "50", "PULLWATCH_AUTH_BURST": "100"},
+			with(func(o *Options) { o.AuthQPS, o.AuthBurst = 50, 100 })},
+		{"byte budget in environment", nil, map[string]string{"PULLWATCH_MAX_NODE_BYTES": "1048576"},
+			with(func(o *Options) { o.MaxNodeBytes = 1 << 20 })},
 		{"security", []string{"--auth=kubernetes", "--http-auth=none", "--agent-service-account=ops/agent", "--tls-dir=/tls"}, nil,
 			with(func(o *Options) {
 				o.Auth, o.HTTPAuth, o.AgentServiceAccount, o.TLSDir = "kubernetes", "none", "ops/agent", "/tls"
@@ -181,6 +192,8 @@ func TestCheckTransport(t *testing.T) {
 		{Options{TLSDir: "/tls", Insecure: true}, "choose one"},
 		{Options{TLSDir: "/tls"}, ""},
 		{Options{Insecure: true}, ""},
+		{Options{TLSDir: "/tls", HTTPTLS: true}, ""},
+		{Options{Insecure: true, HTTPTLS: true}, "needs --tls-dir"},
 	} {
 		err := tt.o.CheckTransport()
 		if (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {

@@ -15,6 +15,8 @@ var (
 		"Seconds until nodes may HEAD manifests at the registry again, after it answered 429 with Retry-After (0 series: no hold).", []string{"registry"}, nil)
 	ratelimitDesc = prometheus.NewDesc("pullwatch_registry_ratelimit_remaining",
 		"The registry's ratelimit-remaining header (Docker Hub: pulls left in its window) as the node's own last manifest HEAD got it. Per node: the budget is per egress IP.", []string{"node", "registry"}, nil)
+	holdsByNodeDesc = prometheus.NewDesc("pullwatch_registry_holds_total",
+		"429 answers with Retry-After that held a registry, per reporting node: only a key's chosen probers hold a registry, each for at most 15 minutes. A node with many is rate-limited, or lying.", []string{"node"}, nil)
 	recomputeDesc = prometheus.NewDesc("pullwatch_probe_assignment_recomputes_total",
 		"Times the probers of a key were recomputed (node joined, left, or changed images).", nil, nil)
 )
@@ -27,7 +29,7 @@ func NewCollector(p *Planner) *Collector { return &Collector{p} }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{keysDesc, plannedDesc, factorDesc, holdDesc, ratelimitDesc, recomputeDesc} {
+	for _, d := range []*prometheus.Desc{keysDesc, plannedDesc, factorDesc, holdDesc, ratelimitDesc, holdsByNodeDesc, recomputeDesc} {
 		ch <- d
 	}
 }
@@ -45,6 +47,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for h, d := range s.Holds {
 		ch <- prometheus.MustNewConstMetric(holdDesc, prometheus.GaugeValue, d.Seconds(), h)
+	}
+	for n, v := range s.HoldsByNode {
+		ch <- prometheus.MustNewConstMetric(holdsByNodeDesc, prometheus.CounterValue, float64(v), n)
 	}
 	for nh, v := range s.RateLimitRemaining {
 		ch <- prometheus.MustNewConstMetric(ratelimitDesc, prometheus.GaugeValue, v, nh[0], nh[1])

@@ -45,6 +45,11 @@ const DefaultReplicas = 2
 // counts HEADs against its abuse limits, so it gets a conservative one.
 func DefaultBudgets() map[string]float64 { return map[string]float64{"docker.io": 600} }
 
+// MaxHold caps how long one 429's Retry-After holds a registry, as the
+// agent caps it: a node cannot stop the cluster's checks of a registry for
+// longer by naming a longer Retry-After.
+const MaxHold = 15 * time.Minute
+
 // Key names one distinct manifest check.
 type Key string
 
@@ -91,9 +96,42 @@ type member struct {
 	zone    string
 	streams int
 	images  map[string]entry // by reference
+	// hosts counts the node's images per registry host: a host the node
+	// names no more leaves ratelimit.
+	hosts map[string]int
 	// ratelimit is Docker Hub's ratelimit-remaining per registry host, as
 	// the node's own last HEAD got it.
 	ratelimit map[string]string
+	// holds counts the registry holds the node's 429s set.
+	holds uint64
+}
+
+func newMember() *member {
+	return &member{images: map[string]entry{}, hosts: map[string]int{}, ratelimit: map[string]string{}}
+}
+
+// set makes e the node's entry for ref.
+func (m *member) set(ref string, e entry) {
+	if old, ok := m.images[ref]; ok {
+		m.unhost(old.host)
+	}
+	m.images[ref] = e
+	m.hosts[e.host]++
+}
+
+// remove drops the node's entry for ref.
+func (m *member) remove(ref string) {
+	if old, ok := m.images[ref]; ok {
+		delete(m.images, ref)
+		m.unhost(old.host)
+	}
+}
+
+func (m *member) unhost(host string) {
+	if m.hosts[host]--; m.hosts[host] <= 0 {
+		delete(m.hosts, host)
+		delete(m.ratelimit, host)
+	}
 }
 
 type group struct {
@@ -108,6 +146,19 @@ type group struct {
 	// are members that cannot reach the key); fellBack is pick's.
 	picked   int
 	fellBack bool
+	// answers are the latest answers of the picked probers (chosen[:picked]),
+	// by node: only they may speak for the other members.
+	answers map[string]result
+	// split: the picked probers disagree, so nobody's answer is shared
+	// and every member checks the key itself until they agree again.
+	split bool
+	// planned is what the group adds to its host's load.
+	planned int
+}
+
+// prober reports whether node is one of the key's picked probers.
+func (g *group) prober(node string) bool {
+	return g != nil && slices.Contains(g.chosen[:g.picked], node)
 }
 
 // unmoved reports whether a reachable candidate c joining g leaves its
@@ -171,14 +222,17 @@ func newResult(node string, im *pb.ImageReport) result {
 type Planner struct {
 	opts Options
 
-	mu         sync.Mutex
-	nodes      map[string]*member
-	groups     map[Key]*group
-	results    map[Key]result
-	holds      map[string]time.Time // registry host → no HEADs before
-	load       map[string]int       // registry host → HEADs per interval the plan asks for
-	factor     map[string]float64   // registry host → budget factor (1, 1/2, 1/4, ...)
-	watch      map[string]map[chan struct{}]struct{}
+	mu      sync.Mutex
+	nodes   map[string]*member
+	groups  map[Key]*group
+	results map[Key]result
+	holds   map[string]time.Time // registry host → no HEADs before
+	load    map[string]int       // registry host → HEADs per interval the plan asks for
+	factor  map[string]float64   // registry host → budget factor (1, 1/2, 1/4, ...)
+	watch   map[string]map[chan struct{}]struct{}
+	// fresh are the keys whose shared result changed and is yet to be
+	// folded into the members (flush).
+	fresh      map[Key]bool
 	recomputes uint64
 	// scratch is rechoose's candidate list, kept between calls.
 	scratch []Scored
@@ -209,6 +263,7 @@ func New(opts Options) *Planner {
 		load:    map[string]int{},
 		factor:  map[string]float64{},
 		watch:   map[string]map[chan struct{}]struct{}{},
+		fresh:   map[Key]bool{},
 		canon:   newCanon(),
 	}
 }
@@ -227,7 +282,9 @@ func (p *Planner) Watch(node string) (<-chan struct{}, func()) {
 	if m := p.nodes[node]; m != nil {
 		m.streams++
 	} else {
-		p.nodes[node] = &member{streams: 1, images: map[string]entry{}, ratelimit: map[string]string{}}
+		m := newMember()
+		m.streams = 1
+		p.nodes[node] = m
 	}
 	return ch, func() {
 		p.mu.Lock()
@@ -242,6 +299,7 @@ func (p *Planner) Watch(node string) (<-chan struct{}, func()) {
 				// The node's last stream ended: it checks nothing for
 				// others any more.
 				p.notify(p.removeLocked(node))
+				p.flush()
 			}
 		}
 	}
@@ -263,7 +321,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	if m == nil {
 		// Ingest without Watch (a test, or a stream that has not started
 		// watching): the node is a member until Forget.
-		m = &member{images: map[string]entry{}, ratelimit: map[string]string{}}
+		m = newMember()
 		p.nodes[node] = m
 	}
 	affected := map[string]bool{node: true}
@@ -295,12 +353,18 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	}
 	for _, ref := range removed {
 		if e, ok := m.images[ref]; ok {
-			delete(m.images, ref)
+			m.remove(ref)
 			p.leave(node, e.key, touched)
 		}
 	}
-	var fresh []Key // keys whose shared result changed
-	holdHosts := map[string]bool{}
+	for h, until := range p.holds {
+		if !until.After(now) {
+			delete(p.holds, h)
+		}
+	}
+	// The node's answers and 429s, weighed once the probers are chosen
+	// again: only a key's picked probers speak for the other members.
+	var answers, limited []keyed
 	for i, im := range images {
 		im.SharedFrom = "" // the aggregator's field, never the agent's
 		intern(im)
@@ -317,15 +381,15 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 				touched[k] = true
 			}
 		}
-		m.images[im.GetImage()] = e
+		m.set(im.GetImage(), e)
 		g := p.groups[k]
 		if g == nil {
-			g = &group{key: k, host: e.host, members: map[string]candidate{}}
+			g = &group{key: k, host: e.host, members: map[string]candidate{}, answers: map[string]result{}}
 			p.groups[k] = g
 		}
 		if c, ok := g.members[node]; !ok {
 			c = candidate{score: score(string(k), node), zone: m.zone, bad: e.bad}
-			if !g.unmoved(c, p.opts.Replicas) || len(g.members) == 1 {
+			if !g.unmoved(c, p.opts.Replicas) || len(g.members) == 1 || g.split {
 				touched[k] = true
 			}
 			g.members[node] = c
@@ -338,12 +402,8 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 				if r := ep.GetRatelimitRemaining(); r != "" {
 					m.ratelimit[e.host] = r
 				}
-				if ra := ep.GetRetryAfter(); ra != nil && ep.GetHttpStatus() == 429 {
-					until := now.Add(ra.AsDuration())
-					if until.After(p.holds[e.host]) {
-						p.holds[e.host] = until
-						holdHosts[e.host] = true
-					}
+				if ep.GetRetryAfter() != nil && ep.GetHttpStatus() == 429 {
+					limited = append(limited, keyed{k, ep.GetRetryAfter().AsDuration(), im})
 				}
 			}
 		}
@@ -354,28 +414,126 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 			}
 			continue
 		}
-		if e.bad || im.GetStatus() == pb.ImageStatus_IMAGE_STATUS_UNKNOWN {
-			continue // node-specific, or no answer: nothing to share
+		switch im.GetStatus() {
+		case pb.ImageStatus_IMAGE_STATUS_UNKNOWN, pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED:
+			// No answer about the image (a 429 is the registry's
+			// refusal to answer): the prober's last answer stands.
+			continue
 		}
-		if r, ok := p.results[k]; !ok || r.node == node || !sameResult(r.im, im) {
-			if !ok || !sameResult(r.im, im) {
-				fresh = append(fresh, k)
-			}
-			p.results[k] = newResult(node, im)
+		if !e.bad { // unreachable is the node's own: nothing to share
+			answers = append(answers, keyed{key: k, im: im})
 		}
 	}
 	for k := range touched {
 		p.rechoose(k, affected)
 	}
+	holdHosts := map[string]bool{}
+	for _, l := range limited {
+		g := p.groups[l.key]
+		if !g.prober(node) || l.retryAfter <= 0 {
+			continue // a node that is no prober of the key does not HEAD it for anyone
+		}
+		until := now.Add(min(l.retryAfter, MaxHold))
+		m.holds++
+		if until.After(p.holds[g.host]) {
+			p.holds[g.host] = until
+			holdHosts[g.host] = true
+		}
+	}
+	for _, a := range answers {
+		g := p.groups[a.key]
+		if !g.prober(node) {
+			continue // its own view, never the other members'
+		}
+		g.answers[node] = newResult(node, a.im)
+		p.decide(g, node, affected)
+	}
 	for h := range holdHosts {
-		p.opts.Log.Info("registry rate-limited a node; holding its manifest checks cluster-wide", "registry", h, "until", p.holds[h].UTC().Format(time.RFC3339))
+		p.opts.Log.Info("registry rate-limited a node; holding its manifest checks cluster-wide", "registry", h, "node", node,
+			"until", p.holds[h].UTC().Format(time.RFC3339))
 		p.hostMembers(h, affected)
 	}
 	apply()
-	for _, k := range fresh {
+	p.flush()
+	p.notify(affected)
+}
+
+// keyed is one image report of a message, for a key: an answer, or a 429
+// with its Retry-After.
+type keyed struct {
+	key        Key
+	retryAfter time.Duration
+	im         *pb.ImageReport
+}
+
+// decide weighs the picked probers' answers of g after one of them, last,
+// answered or the probers changed: all of them agree (and at least two, or
+// the one there is, answered) and the key's shared result is theirs; they
+// disagree and nobody's is shared, every member checking the key itself
+// until they agree again. Members whose role changes are added to
+// affected; a changed result is folded into the members on flush.
+func (p *Planner) decide(g *group, last string, affected map[string]bool) {
+	var first *result
+	n, split := 0, false
+	for _, name := range g.chosen[:g.picked] {
+		a, ok := g.answers[name]
+		if !ok {
+			continue
+		}
+		n++
+		if first == nil {
+			first = &a
+		} else if !agree(first.im, a.im) {
+			split = true
+		}
+	}
+	if split != g.split {
+		g.split = split
+		for name := range g.members {
+			affected[name] = true
+		}
+		p.countLoad(g)
+		if split {
+			p.opts.Log.Info("the probers of an image disagree; every node that has it checks it itself until they agree",
+				"image", imageOf(g.key), "probers", g.chosen[:g.picked])
+		}
+	}
+	if split {
+		delete(p.results, g.key)
+		return
+	}
+	if n == 0 || n < min(2, g.picked) {
+		return // pending: the last agreed result stands
+	}
+	r := *first
+	if a, ok := g.answers[last]; ok {
+		r = a
+	}
+	old, had := p.results[g.key]
+	p.results[g.key] = r
+	if !had || !sameResult(old.im, r.im) {
+		p.fresh[g.key] = true
+	}
+}
+
+// flush folds the keys' changed results into their members.
+func (p *Planner) flush() {
+	for k := range p.fresh {
 		p.share(k)
 	}
-	p.notify(affected)
+	clear(p.fresh)
+}
+
+// countLoad moves g's host load to what g plans now: its chosen probers,
+// or every member while its probers disagree.
+func (p *Planner) countLoad(g *group) {
+	planned := len(g.chosen)
+	if g.split && len(g.members) > 0 {
+		planned = len(g.members)
+	}
+	d := planned - g.planned
+	g.planned = planned
+	p.setLoad(g.host, d)
 }
 
 // Forget drops a node (deleted from the cluster, or no stream left).
@@ -383,6 +541,7 @@ func (p *Planner) Forget(node string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.notify(p.removeLocked(node))
+	p.flush()
 }
 
 func (p *Planner) removeLocked(node string) map[string]bool {
@@ -409,8 +568,10 @@ func (p *Planner) leave(node string, k Key, touched map[Key]bool) {
 		return
 	}
 	delete(g.members, node)
-	// A member that was no prober leaving changes no pick.
-	if slices.Contains(g.chosen, node) || len(g.members) <= 1 {
+	delete(g.answers, node)
+	// A member that was no prober leaving changes no pick (but the load
+	// of a key whose probers disagree: every member checks it).
+	if slices.Contains(g.chosen, node) || len(g.members) <= 1 || g.split {
 		touched[k] = true
 	}
 	if r, ok := p.results[k]; ok && r.node == node {
@@ -464,10 +625,20 @@ func (p *Planner) rechoose(k Key, affected map[string]bool) {
 			affected[n] = true
 		}
 	}
-	p.setLoad(g.host, len(next)-len(old))
+	// Only the picked probers' answers count.
+	for n := range g.answers {
+		if !g.prober(n) {
+			delete(g.answers, n)
+		}
+	}
+	if len(g.members) > 0 {
+		p.decide(g, "", affected)
+	}
+	p.countLoad(g)
 	if len(g.members) == 0 {
 		delete(p.groups, k)
 		delete(p.results, k)
+		delete(p.fresh, k)
 	}
 }
 
@@ -483,6 +654,13 @@ func (p *Planner) setLoad(host string, d int) {
 		return
 	}
 	p.load[host] += d
+	if p.load[host] <= 0 {
+		// No node names the host any more: nothing of it is kept.
+		delete(p.load, host)
+		delete(p.factor, host)
+		delete(p.holds, host)
+		return
+	}
 	budget, ok := p.opts.Budgets[host]
 	if !ok || budget <= 0 {
 		return
@@ -511,11 +689,8 @@ func budgetFactor(load, budget float64) float64 {
 // hostMembers adds every node with a key on host to affected.
 func (p *Planner) hostMembers(host string, affected map[string]bool) {
 	for n, m := range p.nodes {
-		for _, e := range m.images {
-			if e.host == host {
-				affected[n] = true
-				break
-			}
+		if m.hosts[host] > 0 {
+			affected[n] = true
 		}
 	}
 }
@@ -572,17 +747,39 @@ func foldInto(im *pb.ImageReport, r result) {
 	im.CheckedAt = s.GetCheckedAt()
 	im.SharedFrom = r.node
 	im.Endpoints = r.endpoints
-	// The digest the registry serves, as the prober saw it: its drift
-	// target, or its own digest when it had not drifted.
-	serves := s.GetDigest()
-	if s.GetDrifted() {
-		serves = s.GetRegistryDigest()
-	}
+	// The prober's digest of what the registry serves, as this node's drift target.
+	at := serves(s)
 	im.Drifted, im.RegistryDigest = false, ""
-	if !strings.Contains(im.GetImage(), "@") && serves != "" && im.GetDigest() != "" && serves != im.GetDigest() &&
+	if !strings.Contains(im.GetImage(), "@") && at != "" && im.GetDigest() != "" && at != im.GetDigest() &&
 		s.GetStatus() == pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
-		im.Drifted, im.RegistryDigest = true, serves
+		im.Drifted, im.RegistryDigest = true, at
 	}
+}
+
+// agree reports whether two probers' checks of a key say the same about
+// it: status, degraded, the digest the registry serves, and each
+// endpoint's answer. Reasons and the probers' own digests may differ.
+func agree(a, b *pb.ImageReport) bool {
+	if a.GetStatus() != b.GetStatus() || a.GetDegraded() != b.GetDegraded() || serves(a) != serves(b) ||
+		len(a.GetEndpoints()) != len(b.GetEndpoints()) {
+		return false
+	}
+	for i, e := range a.GetEndpoints() {
+		f := b.GetEndpoints()[i]
+		if e.GetStatus() != f.GetStatus() || e.GetHttpStatus() != f.GetHttpStatus() {
+			return false
+		}
+	}
+	return true
+}
+
+// serves is the digest the registry serves, as a check saw it: its drift
+// target, or its own digest when it had not drifted.
+func serves(im *pb.ImageReport) string {
+	if im.GetDrifted() {
+		return im.GetRegistryDigest()
+	}
+	return im.GetDigest()
 }
 
 // sameResult compares two checks of a key, ignoring times and latencies.
@@ -629,7 +826,7 @@ func (p *Planner) DirectiveSince(node, since string) *pb.ProbeAssignments {
 		case g == nil || len(g.members) <= 1:
 			checks[e.host]++
 			continue
-		case slices.Contains(g.chosen, node):
+		case g.split || slices.Contains(g.chosen, node):
 			role[i] = 1
 			checks[e.host]++
 		default:
@@ -686,7 +883,9 @@ type Stats struct {
 	// RateLimitRemaining is Docker Hub's ratelimit-remaining (the number
 	// before ';') per node and registry host, from the node's own HEADs.
 	RateLimitRemaining map[[2]string]float64
-	Recomputes         uint64
+	// HoldsByNode counts the holds each node's 429s set.
+	HoldsByNode map[string]uint64
+	Recomputes  uint64
 }
 
 // Stats returns the planner's numbers now.
@@ -695,13 +894,17 @@ func (p *Planner) Stats() Stats {
 	defer p.mu.Unlock()
 	now := p.opts.Now()
 	s := Stats{Keys: len(p.groups), Members: len(p.nodes), Load: maps.Clone(p.load), Factor: maps.Clone(p.factor),
-		Holds: map[string]time.Duration{}, RateLimitRemaining: map[[2]string]float64{}, Recomputes: p.recomputes}
+		Holds: map[string]time.Duration{}, RateLimitRemaining: map[[2]string]float64{}, HoldsByNode: map[string]uint64{},
+		Recomputes: p.recomputes}
 	for h, until := range p.holds {
 		if d := until.Sub(now); d > 0 {
 			s.Holds[h] = d
 		}
 	}
 	for n, m := range p.nodes {
+		if m.holds > 0 {
+			s.HoldsByNode[n] = m.holds
+		}
 		for h, v := range m.ratelimit {
 			num, _, _ := strings.Cut(v, ";")
 			if f, err := strconv.ParseFloat(strings.TrimSpace(num), 64); err == nil {

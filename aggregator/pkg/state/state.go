@@ -13,6 +13,7 @@ import (
 	"time"
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -128,11 +129,21 @@ type Limits struct {
 	// Endpoints is the most distinct registry endpoint URLs a node's
 	// images may name together.
 	Endpoints int
+	// Bytes is the most bytes a node's image reports may take, as
+	// encoded (proto.Size).
+	Bytes int
 }
+
+// What a LimitError is about.
+const (
+	LimitImages    = "images"
+	LimitEndpoints = "endpoints"
+	LimitBytes     = "bytes"
+)
 
 // LimitError is a report that would take a node over a Limits bound.
 type LimitError struct {
-	What     string // "images" or "endpoints"
+	What     string // LimitImages, LimitEndpoints or LimitBytes
 	Have     int
 	Max      int
 	NodeName string
@@ -145,7 +156,15 @@ func (e *LimitError) Error() string {
 // Check returns a *LimitError when images, all of one node, exceed lim.
 func (lim Limits) Check(nodeName string, images []*pullwatchv1.ImageReport) error {
 	if lim.Images > 0 && len(images) > lim.Images {
-		return &LimitError{What: "images", Have: len(images), Max: lim.Images, NodeName: nodeName}
+		return &LimitError{What: LimitImages, Have: len(images), Max: lim.Images, NodeName: nodeName}
+	}
+	if lim.Bytes > 0 {
+		size := 0
+		for _, im := range images {
+			if size += proto.Size(im); size > lim.Bytes {
+				return &LimitError{What: LimitBytes, Have: size, Max: lim.Bytes, NodeName: nodeName}
+			}
+		}
 	}
 	if lim.Endpoints <= 0 {
 		return nil
@@ -155,7 +174,7 @@ func (lim Limits) Check(nodeName string, images []*pullwatchv1.ImageReport) erro
 		for _, e := range im.GetEndpoints() {
 			urls[e.GetUrl()] = struct{}{}
 			if len(urls) > lim.Endpoints {
-				return &LimitError{What: "endpoints", Have: len(urls), Max: lim.Endpoints, NodeName: nodeName}
+				return &LimitError{What: LimitEndpoints, Have: len(urls), Max: lim.Endpoints, NodeName: nodeName}
 			}
 		}
 	}

@@ -81,6 +81,7 @@ func TestStatusPageBuiltOncePerGeneration(t *testing.T) {
 		t.Fatal("a second request with the same diagnosis rebuilt the page")
 	}
 	store.ApplyUpdate(&pullwatchv1.NodeUpdate{NodeName: "node-a", RemovedImages: []string{"registry.example/gone:1"}})
+	store.ApplyUpdate(&pullwatchv1.NodeUpdate{NodeName: "node-e", RemovedImages: []string{"registry.example/gone:1"}})
 	if _, body := serveGet(t, page, "/"); page.cache == first || strings.Contains(body, "registry.example/gone:1") {
 		t.Fatal("the page did not follow a changed diagnosis")
 	}

@@ -49,6 +49,8 @@ func statusStore() *state.Store {
 	snap("node-a", img("registry.example/app:1", available, "", ok), img("registry.example/gone:1", absent, "manifest unknown", notFound))
 	snap("node-b", img("registry.example/app:1", unreachable, "dial tcp 10.0.0.1:443: i/o timeout", down), img("registry.example/x"+hostile, unreachable, hostile, down))
 	snap("node-c", img("registry.example/app:1", available, "", ok))
+	// A second node says gone:1 is absent: one node's answer alone makes no image scope.
+	snap("node-e", img("registry.example/gone:1", absent, "manifest unknown", notFound))
 	s.StreamOpened()
 	s.Attach("node-a", nil)
 	return s
@@ -88,7 +90,7 @@ func TestStatusPage(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"<b>3</b> live nodes · 3 fresh · 1 stale · 0 unregistered · 1 agents connected",
+		"<b>4</b> live nodes · 4 fresh · 1 stale · 0 unregistered · 1 agents connected",
 		// The failing images, with scope and reason.
 		`registry.example/gone:1`, `<span class="badge scope-image">image</span>`, "manifest unknown",
 		`<span class="badge scope-node">node</span>`,

@@ -214,8 +214,10 @@ func kubeServe(args []string) error {
 	fmt.Fprintf(&b, "kubectl get pods -A -o wide:\n%s\n", pods)
 	fmt.Fprintf(&b, "status page: KUBECONFIG=%s kubectl -n pullwatch port-forward svc/pullwatch-aggregator 8080:8080\n", c.Kubeconfig)
 	// The aggregator authorizes every HTTP reader (--http-auth).
-	fmt.Fprintf(&b, "  then: curl -H \"Authorization: Bearer $(cat %s)\" http://127.0.0.1:8080/ (as %s, bound to pullwatch-metrics-reader)\n",
-		c.ScrapeTokenFile(), kubecluster.ScraperUser)
+	// HTTPS (PULLWATCH_HTTP_TLS), verified with the installed CA.
+	caFile, _ := c.AggregatorCA(startCtx)
+	fmt.Fprintf(&b, "  then: curl --cacert %s --resolve %s:8080:127.0.0.1 -H \"Authorization: Bearer $(cat %s)\" https://%s:8080/ (as %s, bound to pullwatch-metrics-reader)\n",
+		caFile, kubecluster.AggregatorServerName, c.ScrapeTokenFile(), kubecluster.AggregatorServerName, kubecluster.ScraperUser)
 	fmt.Fprintf(&b, "KUBECONFIG=%s\n", c.Kubeconfig)
 	fmt.Fprintf(&b, "kubectl: %s\nrunning until: make demo-down\n", filepath.Join(c.BinDir(), "kubectl"))
 	if err := os.WriteFile(f.summary(), []byte(b.String()), 0o644); err != nil {

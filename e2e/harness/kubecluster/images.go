@@ -57,11 +57,20 @@ func (c *Cluster) StartPrometheus(ctx context.Context, rules string) (*prometheu
 	if err := os.WriteFile(scrapeTokenFile, []byte(scrapeToken), 0o600); err != nil {
 		return nil, err
 	}
+	// The aggregator serves /metrics over TLS (PULLWATCH_HTTP_TLS): verify
+	// it with the installed CA for the Service's name, as the
+	// ServiceMonitor does.
+	caFile, err := c.AggregatorCA(ctx)
+	if err != nil {
+		return nil, err
+	}
 	sc := fmt.Sprintf(`  - job_name: kubernetes-pods
     # The risk and compatibility families carry namespace, pod and
     # container labels of their own (as the ServiceMonitor, docs/install.md).
     honor_labels: true
     authorization: {credentials_file: %q}
+    scheme: https
+    tls_config: {ca_file: %q, server_name: %q}
     kubernetes_sd_configs:
       - role: pod
         api_server: %q
@@ -74,6 +83,9 @@ func (c *Cluster) StartPrometheus(ctx context.Context, rules string) (*prometheu
       - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]
         target_label: __metrics_path__
         regex: (.+)
+      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scheme]
+        target_label: __scheme__
+        regex: (https?)
       - source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port]
         regex: ([^:]+)(?::\d+)?;(\d+)
         replacement: $1:$2
@@ -82,7 +94,7 @@ func (c *Cluster) StartPrometheus(ctx context.Context, rules string) (*prometheu
         target_label: namespace
       - source_labels: [__meta_kubernetes_pod_name]
         target_label: pod
-`, scrapeTokenFile, c.API.URL(), c.API.CAFile(), tokenFile)
+`, scrapeTokenFile, caFile, AggregatorServerName, c.API.URL(), c.API.CAFile(), tokenFile)
 	return prometheus.Start(ctx, dir, nil, prometheus.Options{
 		// Built from source by scripts/build-kube.sh: Debian's prometheus
 		// is built without kubernetes_sd_configs.

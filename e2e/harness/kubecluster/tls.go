@@ -2,8 +2,11 @@ package kubecluster
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -93,4 +96,37 @@ func (c *Cluster) bindScraper(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("kubecluster: no token for %s", ScraperUser)
 	}
 	return tok, nil
+}
+
+// AggregatorCA writes the CA of the ConfigMap pullwatch-aggregator-ca (as
+// installed: what a user's scraper verifies the aggregator's HTTPS with)
+// under the cluster's directory and returns the file's path.
+func (c *Cluster) AggregatorCA(ctx context.Context) (string, error) {
+	cm, err := c.Client().CoreV1().ConfigMaps(Namespace).Get(ctx, AggregatorCAConfig, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("kubecluster: configmap %s: %w", AggregatorCAConfig, err)
+	}
+	file := filepath.Join(c.dir, "aggregator-ca.crt")
+	if err := os.WriteFile(file, []byte(cm.Data["ca.crt"]), 0o644); err != nil {
+		return "", err
+	}
+	return file, nil
+}
+
+// AggregatorTLS is a client TLS configuration that verifies the
+// aggregator's certificate (AggregatorCA) for the Service's name.
+func (c *Cluster) AggregatorTLS(ctx context.Context) (*tls.Config, error) {
+	file, err := c.AggregatorCA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("kubecluster: %s: no certificate", file)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: AggregatorServerName, MinVersion: tls.VersionTLS12}, nil
 }

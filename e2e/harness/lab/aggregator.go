@@ -1,10 +1,12 @@
 package lab
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -76,8 +78,17 @@ func (l *Lab) StartAggregator(t testing.TB, extra ...string) (grpcAddr, httpAddr
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.Stop(5 * time.Second) })
+	get := HTTPGet
+	if slices.Contains(extra, "--http-tls") {
+		// Ready as the kubelet's HTTPS probe sees it: no certificate
+		// check (the test checks the certificate itself).
+		get = func(url string) (int, string) {
+			c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // readiness only, as the kubelet probes
+			return httpGetWith(c, strings.Replace(url, "http://", "https://", 1))
+		}
+	}
 	WaitFor(t, 20*time.Second, "aggregator ready", func() (bool, string) {
-		code, body := HTTPGet("http://" + httpAddr + "/readyz")
+		code, body := get("http://" + httpAddr + "/readyz")
 		return code == http.StatusOK, body
 	}, p)
 	return grpcAddr, httpAddr, p
@@ -105,8 +116,10 @@ func (l *Lab) StartAgent(t testing.TB, grpcAddr string, env []string, extra ...s
 
 // HTTPGet returns the status code and body of url (0 and the error when
 // it does not answer).
-func HTTPGet(url string) (int, string) {
-	resp, err := http.Get(url)
+func HTTPGet(url string) (int, string) { return httpGetWith(http.DefaultClient, url) }
+
+func httpGetWith(c *http.Client, url string) (int, string) {
+	resp, err := c.Get(url)
 	if err != nil {
 		return 0, err.Error()
 	}

@@ -1,0 +1,205 @@
+package shard
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+)
+
+// sixNodes is the reproduction: six nodes with one image, k=2, so
+// two nodes probe and four delegate. It returns the probers and the
+// delegating nodes, each of which has reported the image delegated.
+func sixNodes(t *testing.T, p *Planner, s store, ref string) (probers, delegating []string) {
+	t.Helper()
+	names := []string{"n1", "n2", "n3", "n4", "n5", "n6"}
+	for _, n := range names {
+		ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)}
+		p.Ingest(n, node(n, ""), true, ims, nil, s.apply(n, ims))
+	}
+	for _, n := range names {
+		d := p.DirectiveSince(n, "")
+		switch {
+		case len(d.GetAssigned()) == 1:
+			probers = append(probers, n)
+		case len(d.GetDelegated()) == 1:
+			delegating = append(delegating, n)
+		default:
+			t.Fatalf("%s: plan %v", n, d)
+		}
+	}
+	if len(probers) != 2 || len(delegating) != 4 {
+		t.Fatalf("probers %v, delegating %v; want 2 and 4", probers, delegating)
+	}
+	for _, n := range delegating {
+		ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, true)}
+		p.Ingest(n, nil, true, ims, nil, s.apply(n, ims))
+	}
+	return probers, delegating
+}
+
+// A node that is not one of the key's chosen probers cannot write the
+// other nodes' result: its own "check" is its own.
+func TestPlannerIgnoresAnswersOfNodesNotChosen(t *testing.T) {
+	s := store{}
+	p := New(Options{Replicas: 2, Sink: s})
+	const ref = "reg:5000/app:v1"
+	probers, delegating := sixNodes(t, p, s, ref)
+	for _, n := range probers {
+		ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)}
+		p.Ingest(n, nil, true, ims, nil, s.apply(n, ims))
+	}
+	attacker, victim := delegating[0], delegating[1]
+	forged := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_ABSENT, false)}
+	p.Ingest(attacker, nil, true, forged, nil, s.apply(attacker, forged))
+	if got := s[victim][ref].GetStatus(); got != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+		t.Errorf("%s's image after %s (no prober) said absent: %v, want available", victim, attacker, got)
+	}
+	if got := s[victim][ref].GetSharedFrom(); got == attacker {
+		t.Errorf("%s's image is shared from %s, which is no prober", victim, attacker)
+	}
+	// The victim reporting again is folded with the probers' answer, not
+	// the attacker's.
+	ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, true)}
+	p.Ingest(victim, nil, true, ims, nil, s.apply(victim, ims))
+	if got := s[victim][ref]; got.GetStatus() != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || !slices.Contains(probers, got.GetSharedFrom()) {
+		t.Errorf("re-reported: %v shared from %q, want available from one of %v", got.GetStatus(), got.GetSharedFrom(), probers)
+	}
+	// The attacker's own view is its own.
+	if got := s[attacker][ref].GetStatus(); got != pb.ImageStatus_IMAGE_STATUS_ABSENT {
+		t.Errorf("attacker's own image: %v", got)
+	}
+}
+
+// When the chosen probers disagree, nobody's answer is shared, and every
+// node checks the key itself until they agree again.
+func TestPlannerProbersDisagree(t *testing.T) {
+	s := store{}
+	p := New(Options{Replicas: 2, Sink: s})
+	const ref = "reg:5000/app:v1"
+	probers, delegating := sixNodes(t, p, s, ref)
+	honest, liar := probers[0], probers[1]
+	ok := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)}
+	p.Ingest(honest, nil, true, ok, nil, s.apply(honest, ok))
+	// One prober alone is not enough to share a new answer: its absent
+	// must not reach anyone while the other has not said the same.
+	lie := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_ABSENT, false)}
+	p.Ingest(liar, nil, true, lie, nil, s.apply(liar, lie))
+	for _, n := range delegating {
+		if got := s[n][ref].GetStatus(); got != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+			t.Errorf("%s: %v after the probers disagreed, want its own available", n, got)
+		}
+		d := p.DirectiveSince(n, "")
+		if len(d.GetAssigned()) != 1 || len(d.GetDelegated()) != 0 {
+			t.Errorf("%s: plan %v while the probers disagree, want the key assigned to it", n, d)
+		}
+	}
+	// A delegated report arriving now is not folded with anything.
+	ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, true)}
+	p.Ingest(delegating[0], nil, true, ims, nil, s.apply(delegating[0], ims))
+	if got := s[delegating[0]][ref]; got.GetStatus() != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || got.GetSharedFrom() != "" {
+		t.Errorf("delegated report while split: %v shared from %q", got.GetStatus(), got.GetSharedFrom())
+	}
+	// They agree again: the key is delegated again.
+	p.Ingest(liar, nil, true, ok, nil, s.apply(liar, ok))
+	for _, n := range delegating {
+		if d := p.DirectiveSince(n, ""); len(d.GetDelegated()) != 1 {
+			t.Errorf("%s: plan %v after the probers agree, want the key delegated", n, d)
+		}
+	}
+	// Both say absent: shared.
+	gone := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_ABSENT, false)}
+	p.Ingest(honest, nil, true, gone, nil, s.apply(honest, gone))
+	if got := s[delegating[1]][ref].GetStatus(); got != pb.ImageStatus_IMAGE_STATUS_AVAILABLE {
+		t.Errorf("one prober's absent reached %s: %v", delegating[1], got)
+	}
+	gone = []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_ABSENT, false)}
+	p.Ingest(liar, nil, true, gone, nil, s.apply(liar, gone))
+	for _, n := range delegating[1:] {
+		if got := s[n][ref].GetStatus(); got != pb.ImageStatus_IMAGE_STATUS_ABSENT {
+			t.Errorf("%s: %v after both probers said absent, want absent", n, got)
+		}
+	}
+}
+
+func rateLimited(ref string, retryAfter time.Duration) *pb.ImageReport {
+	im := image(ref, pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED, false)
+	im.Endpoints[0].HttpStatus = 429
+	im.Endpoints[0].RetryAfter = durationpb.New(retryAfter)
+	return im
+}
+
+// Holds are capped at MaxHold, expire, are taken only from a key's chosen
+// probers, and are counted per reporting node.
+func TestPlannerHolds(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	s := store{}
+	p := New(Options{Replicas: 2, Sink: s, Now: func() time.Time { return now }})
+	const ref = "reg:5000/app:v1"
+	probers, delegating := sixNodes(t, p, s, ref)
+
+	// A node that is no prober of the key: no hold.
+	forged := []*pb.ImageReport{rateLimited(ref, 100*365*24*time.Hour)}
+	p.Ingest(delegating[0], nil, true, forged, nil, s.apply(delegating[0], forged))
+	if h := p.Stats().Holds; len(h) != 0 {
+		t.Errorf("holds %v after a 429 from %s, no prober of the key", h, delegating[0])
+	}
+	// A prober's 100-year Retry-After holds for MaxHold at most.
+	limited := []*pb.ImageReport{rateLimited(ref, 100*365*24*time.Hour)}
+	p.Ingest(probers[0], nil, true, limited, nil, s.apply(probers[0], limited))
+	st := p.Stats()
+	if h := st.Holds["reg:5000"]; h <= 0 || h > MaxHold {
+		t.Errorf("hold %v, want (0, %v]", h, MaxHold)
+	}
+	if got := st.HoldsByNode[probers[0]]; got != 1 {
+		t.Errorf("holds counted for %s: %d, want 1 (all: %v)", probers[0], got, st.HoldsByNode)
+	}
+	if got := st.HoldsByNode[delegating[0]]; got != 0 {
+		t.Errorf("holds counted for %s: %d, want 0", delegating[0], got)
+	}
+	d := p.DirectiveSince(probers[1], "")
+	if len(d.GetBudgets()) != 1 || d.GetBudgets()[0].GetHoldUntil().AsTime().After(now.Add(MaxHold)) {
+		t.Errorf("budgets %v, want a hold of at most %v", d.GetBudgets(), MaxHold)
+	}
+	// It expires, and is forgotten.
+	now = now.Add(MaxHold + time.Second)
+	if h := p.Stats().Holds; len(h) != 0 {
+		t.Errorf("holds %v after %v", h, MaxHold)
+	}
+	p.Ingest(probers[1], nil, true, []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)}, nil, func() {})
+	p.mu.Lock()
+	n := len(p.holds)
+	p.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d expired holds still kept", n)
+	}
+}
+
+// Registry hosts no node names any more leave the planner's maps, so that
+// cycling names cannot grow its state and series.
+func TestPlannerPrunesRegistries(t *testing.T) {
+	p := New(Options{Replicas: 2, Budgets: map[string]float64{}})
+	for i := range 100 {
+		reg := fmt.Sprintf("reg-%d.example", i)
+		im := image(reg+"/app:v1", pb.ImageStatus_IMAGE_STATUS_RATE_LIMITED, false)
+		im.Registry = reg
+		im.Endpoints[0].RatelimitRemaining = "0;w=21600"
+		im.Endpoints[0].HttpStatus = 429
+		im.Endpoints[0].RetryAfter = durationpb.New(time.Minute)
+		p.Ingest("a", node("a", ""), true, []*pb.ImageReport{im}, nil, func() {})
+	}
+	st := p.Stats()
+	if len(st.Load) != 1 || len(st.RateLimitRemaining) != 1 || len(st.Holds) > 1 {
+		t.Errorf("after 100 registry names, one at a time: load %d hosts, ratelimit %d, holds %d; want 1, 1, at most 1",
+			len(st.Load), len(st.RateLimitRemaining), len(st.Holds))
+	}
+	p.Forget("a")
+	st = p.Stats()
+	if len(st.Load)+len(st.RateLimitRemaining)+len(st.Holds)+len(st.Factor) != 0 {
+		t.Errorf("after the node left: %+v", st)
+	}
+}
