@@ -75,6 +75,8 @@ lint: tools vet helm-lint ## go vet and staticcheck on every module, gofmt, helm
 	@# The images build each binary's module alone (GOWORK=off): its go.mod
 	@# must be complete without the workspace.
 	@for m in $(MODULES); do (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m/go.mod is not tidy: cd $$m && GOWORK=off go mod tidy"; exit 1; }; done
+	@# Every make target, flag of both binaries and metric the docs name exists.
+	cd e2e && go test -count=1 ./docs/
 	@echo "lint ok"
 
 unit: ## module tests (promtool rule tests need Debian's prometheus: make deps)
