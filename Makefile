@@ -111,6 +111,10 @@ helm-lint: helm ## helm lint --strict and helm template of deploy/helm/pullwatch
 	$(HELM_BIN)/helm lint --strict deploy/helm/pullwatch --namespace pullwatch
 	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
 		--set networkPolicy.enabled=true --set grafanaDashboards.enabled=true >/dev/null
+	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
+		--set 'runtime.profiles={k3s,rke2}' >/dev/null
+	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
+		--set 'runtime.profiles={talos}' >/dev/null
 
 runtimes: ## containerd 1.7, 2.0, 2.4 and crictl from their Go modules into .cache/runtimes (cached; minutes when cold)
 	bash scripts/build-runtimes.sh
