@@ -883,8 +883,8 @@ func TestAgentDaemonSet(t *testing.T) {
 			if hp == nil || hp.Path != m.MountPath || hp.Type == nil || *hp.Type != corev1.HostPathDirectoryOrCreate {
 				t.Errorf("socket directory %s: volume %+v, want hostPath of the same path, DirectoryOrCreate", m.MountPath, spec.Volumes[vi].VolumeSource)
 			}
-			if !m.ReadOnly || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer {
-				t.Errorf("socket directory %s: readOnly %v, propagation %v; want read-only, HostToContainer (the runtime's container mounts below it are released here too)", m.MountPath, m.ReadOnly, m.MountPropagation)
+			if !m.ReadOnly {
+				t.Errorf("socket directory %s is mounted writable", m.MountPath)
 			}
 		}
 		if got := setting(t, c, inv, "runtime-profile"); got != "auto" {
