@@ -26,6 +26,7 @@ IMAGES_TLS_VERIFY ?=
 PUSH           ?=
 IMAGE_LICENSES ?= Apache-2.0
 OCI_DIR        ?=
+RELEASE_OUT    ?=
 # make demo-cluster RUNTIME=containerd-2.4: the nodes' containerd (default:
 # Debian's 1.6; others from scripts/build-runtimes.sh). make e2e-installed runs
 # the suite on 1.6, then E2E_INSTALLED_2X_RUN on E2E_INSTALLED_2X_RUNTIME.
@@ -35,7 +36,7 @@ E2E_INSTALLED_2X_RUN     ?= ^(TestNodesAreRealKubelets|TestInstalledOnEveryNode|
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: build kube helm helm-lint runtimes fidelity e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down demo-sequence images images-oci clean
+.PHONY: build kube helm helm-lint runtimes fidelity e2e e2e-installed deps tools proto proto-check lint vet unit integration test test-fresh fuzz fuzz-short bench soak demo demo-cluster demo-down demo-sequence images images-oci release release-test clean
 
 build: ## bin/pullwatch-agent and bin/pullwatch-aggregator
 	cd agent && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/pullwatch/pullwatch/agent/pkg/cli.Version=$(VERSION) $(REVISION_LDFLAG)" -o ../bin/pullwatch-agent ./cmd/pullwatch-agent
@@ -74,6 +75,8 @@ lint: tools vet helm-lint ## go vet and staticcheck on every module, gofmt, helm
 	@# The images build each binary's module alone (GOWORK=off): its go.mod
 	@# must be complete without the workspace.
 	@for m in $(MODULES); do (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m/go.mod is not tidy: cd $$m && GOWORK=off go mod tidy"; exit 1; }; done
+	@# Every make target, flag of both binaries and metric the docs name exists.
+	cd e2e && go test -count=1 ./docs/
 	@echo "lint ok"
 
 unit: ## module tests (promtool rule tests need Debian's prometheus: make deps)
@@ -108,6 +111,10 @@ helm-lint: helm ## helm lint --strict and helm template of deploy/helm/pullwatch
 	$(HELM_BIN)/helm lint --strict deploy/helm/pullwatch --namespace pullwatch
 	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
 		--set networkPolicy.enabled=true --set grafanaDashboards.enabled=true >/dev/null
+	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
+		--set 'runtime.profiles={k3s,rke2}' >/dev/null
+	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
+		--set 'runtime.profiles={talos}' >/dev/null
 
 runtimes: ## containerd 1.7, 2.0, 2.4 and crictl from their Go modules into .cache/runtimes (cached; minutes when cold)
 	bash scripts/build-runtimes.sh
@@ -159,6 +166,22 @@ images: ## agent and aggregator images from the Dockerfiles with buildah, no Doc
 
 images-oci: ## make images, and export each image as an OCI archive into _out/images/
 	$(MAKE) images OCI_DIR=$(OUT)/images
+
+# make release REGISTRY=registry.example.com/pullwatch VERSION=v0.2.0:
+# RELEASE_ARCHES (default amd64,arm64) images pushed as manifest lists, and
+# install files pinned by the digests the registry serves in
+# _out/release/VERSION (docs/install.md, "Release images").
+RELEASE_ARCHES ?= amd64,arm64
+release: ## build both images for RELEASE_ARCHES with buildah, push them to REGISTRY as VERSION, write _out/release/VERSION pinned by digest (root)
+	REGISTRY='$(REGISTRY)' VERSION='$(VERSION)' ARCHES='$(RELEASE_ARCHES)' REVISION='$(REVISION)' \
+		LICENSES='$(IMAGE_LICENSES)' IMAGES_TLS_VERIFY='$(IMAGES_TLS_VERIFY)' OUT='$(RELEASE_OUT)' \
+		bash scripts/release.sh
+
+# Not in make test (a multi-arch build, minutes): make release against a
+# docker-registry on 127.0.0.1, then the served digests against the files.
+release-test: build ## make release into a local docker-registry; check the pinned digests against what it serves (root; minutes)
+	bash scripts/install-deps.sh
+	cd e2e && $(E2E_ENV) PULLWATCH_RELEASE_TEST=1 go test -count=1 -v -timeout 40m -run TestRelease ./release/
 
 clean:
 	rm -rf bin $(OUT)

@@ -473,6 +473,10 @@ func under(p, dir string) bool {
 	return p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/")
 }
 
+// criSocketDirs are the runtimes' socket directories the DaemonSet mounts
+// at their own paths (PULLWATCH_CRI_ENDPOINT lists a socket in each).
+var criSocketDirs = []string{"/run/containerd", "/var/run/crio", "/run/k3s/containerd"}
+
 // TestDeployAgentHostPaths: the DaemonSet mounts, read-only, under the
 // agent's --host-root, each node path the agent reads by default (unless
 // docs/node-path.md says it is not mounted, and why), and nothing as wide
@@ -527,8 +531,8 @@ func TestDeployAgentHostPaths(t *testing.T) {
 			t.Errorf("hostPath volume %s is mounted with a subPath", m.Name)
 		}
 		switch {
-		case m.MountPath == p && strings.HasSuffix(p, ".sock"):
-			// The CRI socket, where the agent dials it.
+		case m.MountPath == p && (strings.HasSuffix(p, ".sock") || slices.Contains(criSocketDirs, p)):
+			// A CRI socket or its directory, where the agent dials it.
 		case m.MountPath == root+p:
 			covered[p] = true
 		default:

@@ -21,6 +21,9 @@
 #                      localhost/127.0.0.1 registries, which are plain HTTP)
 #   OCI_DIR            when set, also export each image as an OCI archive
 #                      OCI_DIR/pullwatch-NAME-TAG[-ARCH].tar
+#   DIGEST_DIR         when set and pushing, write the digest of each pushed
+#                      REGISTRY/NAME:TAG (the manifest list's with several arches)
+#                      to DIGEST_DIR/pullwatch-NAME.digest (scripts/release.sh)
 #
 # Nothing is pulled: the base images the Dockerfiles name are made locally,
 # under the same names, so that the Dockerfiles stay what a Docker/BuildKit
@@ -47,6 +50,7 @@ CREATED=${CREATED:-$(TZ=UTC git -C "$REPO" log -1 --format=%cd --date=format-loc
 SOURCE_URL=${SOURCE_URL:-https://github.com/pullwatch/pullwatch}
 LICENSES=${LICENSES:-Apache-2.0}
 OCI_DIR=${OCI_DIR:-}
+DIGEST_DIR=${DIGEST_DIR:-}
 # Standard tag syntax; `make` passes `git describe --dirty` output, which fits.
 [[ $TAG =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || { echo "build-images: TAG '$TAG' is not a valid image tag" >&2; exit 2; }
 
@@ -331,12 +335,18 @@ for name in agent aggregator; do
   fi
 
   if [[ $PUSH == 1 ]]; then
+    digest_args=()
+    if [[ -n $DIGEST_DIR ]]; then
+      mkdir -p "$DIGEST_DIR"
+      rm -f "$DIGEST_DIR/pullwatch-$name.digest"
+      digest_args=(--digestfile "$DIGEST_DIR/pullwatch-$name.digest")
+    fi
     if ((${#per_arch[@]} == 1)); then
       log "push $ref (--tls-verify=$IMAGES_TLS_VERIFY)"
-      bh push --quiet --tls-verify="$IMAGES_TLS_VERIFY" "$ref" "docker://$ref" >/dev/null
+      bh push --quiet "${digest_args[@]}" --tls-verify="$IMAGES_TLS_VERIFY" "$ref" "docker://$ref" >/dev/null
     else
       log "push manifest list $ref with ${#per_arch[@]} images (--tls-verify=$IMAGES_TLS_VERIFY)"
-      bh manifest push --quiet --all --tls-verify="$IMAGES_TLS_VERIFY" "$ref" "docker://$ref" >/dev/null
+      bh manifest push --quiet --all "${digest_args[@]}" --tls-verify="$IMAGES_TLS_VERIFY" "$ref" "docker://$ref" >/dev/null
     fi
   fi
 done

@@ -52,10 +52,11 @@ import (
 )
 
 const (
-	namespace       = "pullwatch"
-	agentName       = "pullwatch-agent"
-	aggregatorName  = "pullwatch-aggregator"
-	kustomization   = "kustomization.yaml"
+	namespace      = "pullwatch"
+	agentName      = "pullwatch-agent"
+	aggregatorName = "pullwatch-aggregator"
+	kustomization  = "kustomization.yaml"
+	// criSocketVolume is the chart's agent.criSocket volume (one socket).
 	criSocketVolume = "cri-socket"
 )
 
@@ -646,7 +647,7 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 			t.Errorf("%s: also defined in %s", o, prev)
 		}
 		seen[key] = o.String()
-		clusterScoped := slices.Contains([]string{"Namespace", "ClusterRole", "ClusterRoleBinding"}, gvk.Kind)
+		clusterScoped := slices.Contains([]string{"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass"}, gvk.Kind)
 		switch {
 		case clusterScoped && m.GetNamespace() != "":
 			t.Errorf("%s: cluster-scoped object with namespace %q", o, m.GetNamespace())
@@ -869,30 +870,33 @@ func TestAgentDaemonSet(t *testing.T) {
 		}
 	})
 
-	t.Run("CRI socket", func(t *testing.T) {
-		vi := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == criSocketVolume })
-		if vi < 0 {
-			t.Fatalf("no volume %q", criSocketVolume)
+	t.Run("CRI sockets", func(t *testing.T) {
+		// Every socket PULLWATCH_CRI_ENDPOINT lists lies in a socket
+		// directory mounted read-only at its own path, of a type that does
+		// not keep the pod from nodes of another runtime (not Socket).
+		endpoints := strings.Split(setting(t, c, inv, "cri-endpoint"), ",")
+		if len(endpoints) < 3 {
+			t.Errorf("CRI endpoints %v: want containerd's, CRI-O's and k3s's sockets (one DaemonSet for every runtime)", endpoints)
 		}
-		hp := spec.Volumes[vi].HostPath
-		if hp == nil || hp.Type == nil || *hp.Type != corev1.HostPathSocket {
-			t.Fatalf("volume %s = %+v, want hostPath of type Socket", criSocketVolume, spec.Volumes[vi].VolumeSource)
+		for _, ep := range endpoints {
+			sock := strings.TrimPrefix(ep, "unix://")
+			mi := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return filepath.Dir(sock) == m.MountPath })
+			if mi < 0 {
+				t.Errorf("socket %s: its directory is not mounted", sock)
+				continue
+			}
+			m := c.VolumeMounts[mi]
+			vi := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+			hp := spec.Volumes[vi].HostPath
+			if hp == nil || hp.Path != m.MountPath || hp.Type == nil || *hp.Type != corev1.HostPathDirectoryOrCreate {
+				t.Errorf("socket directory %s: volume %+v, want hostPath of the same path, DirectoryOrCreate", m.MountPath, spec.Volumes[vi].VolumeSource)
+			}
+			if !m.ReadOnly {
+				t.Errorf("socket directory %s is mounted writable", m.MountPath)
+			}
 		}
-		mi := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == criSocketVolume })
-		if mi < 0 {
-			t.Fatalf("container %s does not mount %s", c.Name, criSocketVolume)
-		}
-		m := c.VolumeMounts[mi]
-		if !m.ReadOnly {
-			t.Errorf("mount of %s is not readOnly", criSocketVolume)
-		}
-		if m.MountPath != hp.Path || m.SubPath != "" {
-			t.Errorf("socket %s mounted at %s (subPath %q), want the same path as on the host", hp.Path, m.MountPath, m.SubPath)
-		}
-		// The agent must dial the socket that is mounted (an empty
-		// endpoint would try the defaults, which may not be it).
-		if got, want := setting(t, c, inv, "cri-endpoint"), "unix://"+m.MountPath; got != want {
-			t.Errorf("CRI endpoint %q, want %q (the mounted socket)", got, want)
+		if got := setting(t, c, inv, "runtime-profile"); got != "auto" {
+			t.Errorf("runtime profile %q, want auto", got)
 		}
 	})
 
@@ -902,9 +906,9 @@ func TestAgentDaemonSet(t *testing.T) {
 		// reads from the node"; aggregator/deploy_test.go checks the
 		// table against the mounts). Extend this list deliberately.
 		allowed := []string{
-			"/run/containerd/containerd.sock",
+			"/run/containerd", "/var/run/crio", "/run/k3s/containerd",
 			"/etc/containerd", "/etc/docker/certs.d", "/etc/containers",
-			"/lib/systemd/system", "/usr/lib/systemd/system",
+			"/lib/systemd/system", "/usr/lib/systemd/system", "/usr/local/lib/systemd/system",
 			"/etc/systemd/system/containerd.service.d", "/etc/systemd/system/crio.service.d",
 			"/etc/resolv.conf",
 			"/etc/ssl/certs", "/etc/pki/tls/certs", "/etc/pki/ca-trust/extracted",

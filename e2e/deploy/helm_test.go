@@ -483,6 +483,8 @@ func TestHelmTemplateSchema(t *testing.T) {
 		{"--set", "aggregator.replicas=0"},
 		{"--set", "agent.criSocket.path=run/containerd.sock"},
 		{"--set", "serviceMonitor.enabeld=true"},
+		{"--set", "runtime.profiles={docker}"},
+		{"--set", "priorityClass.value=2000000000"},
 	} {
 		args := append([]string{"template", releaseName, chartDir, "--namespace", namespace}, bad...)
 		cmd := exec.Command(bin, args...)

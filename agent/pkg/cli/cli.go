@@ -22,6 +22,7 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/netpath"
 	"github.com/pullwatch/pullwatch/agent/pkg/probe"
 	"github.com/pullwatch/pullwatch/agent/pkg/round"
+	"github.com/pullwatch/pullwatch/agent/pkg/runtimeprofile"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
@@ -131,7 +132,14 @@ type common struct {
 	registriesConfDir  string
 	proxyFrom          string
 	runtimeUnit        string
+	runtimeEnvFiles    string
+	runtimeProfile     string
 	resolvConf         string
+	// profile is the runtime layout in use, once the runtime answered
+	// (setup); explicit are the flags set on the command line or in the
+	// environment, which the profile's paths do not replace.
+	profile  runtimeprofile.Profile
+	explicit map[string]bool
 
 	// Pull credentials, found as the kubelet finds them.
 	dockerConfig   string
@@ -150,7 +158,10 @@ func (c *common) register(s *envflag.Set, env Env) {
 	c.logFormat = "text"
 	c.nodeName, _ = env.Hostname()
 	s.StringVar(&c.criEndpoint, "cri-endpoint", "",
-		"CRI `endpoint` of the node's container runtime (unix:///path). Empty: try "+strings.Join(cri.DefaultEndpoints, ", ")+" in that order and log which answered.")
+		"CRI `endpoint` of the node's container runtime (unix:///path), or several, comma-separated, tried in order (the first that answers is used, and logged). Empty: the --runtime-profile's sockets; auto tries "+strings.Join(runtimeprofile.Endpoints(runtimeprofile.Auto), ", ")+".")
+	c.runtimeProfile = runtimeprofile.Auto
+	s.Var(&envflag.Choice{Value: &c.runtimeProfile, Choices: runtimeprofile.Names}, "runtime-profile",
+		"Where the node's runtime keeps its socket, registry configuration and systemd units (`profile`): auto (from the socket that answers and the files the node has), containerd, k3s, rke2, crio or talos. --cri-endpoint, --containerd-config, --registry-config-path and --runtime-unit set explicitly win over the profile's.")
 	s.Var((*envflag.PositiveDuration)(&c.criTimeout), "cri-timeout", "Timeout of each CRI call (`duration`).")
 	s.StringVar(&c.nodeName, "node-name", c.nodeName, "`name` of this node as Kubernetes knows it (the DaemonSet sets it from spec.nodeName). Default: the hostname.")
 	s.Env("node-name", "NODE_NAME")
@@ -178,7 +189,8 @@ func (c *common) register(s *envflag.Set, env Env) {
 	s.StringVar(&c.registriesConfDir, "registries-conf-dir", c.registriesConfDir, "CRI-O's registries.conf.d (`dir`).")
 	s.Var(&envflag.Choice{Value: &c.proxyFrom, Choices: []string{netpath.ProxyFromSystemd, netpath.ProxyFromEnv, netpath.ProxyFromNone}}, "proxy-from",
 		"Where the runtime's proxy settings come from (`source`): systemd (HTTP(S)_PROXY/NO_PROXY in the runtime's unit and drop-ins, see --runtime-unit), env (the agent's own environment) or none.")
-	s.StringVar(&c.runtimeUnit, "runtime-unit", "", "The runtime's systemd unit `name` for --proxy-from=systemd, e.g. containerd.service. Default: from the runtime CRI reports (containerd.service or crio.service).")
+	s.StringVar(&c.runtimeUnit, "runtime-unit", "", "The runtime's systemd unit `names` (comma-separated; those present are read) for --proxy-from=systemd, e.g. containerd.service, or k3s.service,k3s-agent.service. Their Environment= lines and the EnvironmentFile= files they name are read. Default: the --runtime-profile's (containerd.service, crio.service, k3s.service,k3s-agent.service, rke2-server.service,rke2-agent.service).")
+	s.StringVar(&c.runtimeEnvFiles, "runtime-env-file", "", "More environment files (`paths`, comma-separated, under --host-root; KEY=VALUE lines) the runtime runs with, read after its units' for --proxy-from=systemd, e.g. /etc/default/k3s where the unit itself is not mounted. Missing files are skipped.")
 	s.StringVar(&c.resolvConf, "resolv-conf", c.resolvConf, "The node's resolv.conf (`path`, under --host-root): registry names resolve with its nameservers, whatever the agent pod's DNS policy.")
 
 	c.pullSecrets = "on"
@@ -216,6 +228,8 @@ func parse(s *envflag.Set, args []string, env Env, c *common) (int, bool) {
 		return ExitOK, false
 	}
 	if err == nil {
+		c.explicit = map[string]bool{}
+		s.Visit(func(f *flag.Flag) { c.explicit[f.Name] = true })
 		err = c.validate()
 	}
 	if err != nil {
@@ -233,9 +247,9 @@ func (c *common) setup(ctx context.Context, log *slog.Logger, lender credentials
 	if err != nil {
 		return nil, nil, err
 	}
-	endpoints := cri.DefaultEndpoints
+	endpoints := runtimeprofile.Endpoints(c.runtimeProfile)
 	if c.criEndpoint != "" {
-		endpoints = []string{c.criEndpoint}
+		endpoints = splitList(c.criEndpoint)
 	}
 	client, err := cri.Dial(ctx, endpoints, c.criTimeout)
 	if err != nil {
@@ -246,7 +260,9 @@ func (c *common) setup(ctx context.Context, log *slog.Logger, lender credentials
 		client.Close()
 		return nil, nil, err
 	}
-	log.Info("connected to the container runtime", "endpoint", client.Endpoint(), "runtime", rt.Name, "version", rt.Version, "node", c.nodeName)
+	c.useProfile(runtimeprofile.Detect(c.runtimeProfile, c.root, client.Endpoint(), rt.Name))
+	log.Info("connected to the container runtime", "endpoint", client.Endpoint(), "runtime", rt.Name, "version", rt.Version, "node", c.nodeName,
+		"profile", c.profile.Name, "containerd_config", c.containerdConfig, "registry_config_path", c.registryConfigPath)
 	path, err := c.networkPath(ctx, log, rt.Name)
 	if err != nil {
 		client.Close()
@@ -278,6 +294,44 @@ func (c *common) setup(ctx context.Context, log *slog.Logger, lender credentials
 	}, client, nil
 }
 
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// useProfile takes the runtime layout p: its paths for the flags not set
+// explicitly.
+func (c *common) useProfile(p runtimeprofile.Profile) {
+	c.profile = p
+	if !c.explicit["containerd-config"] && p.ContainerdConfig != "" {
+		c.containerdConfig = p.ContainerdConfig
+	}
+	if !c.explicit["registry-config-path"] && p.RegistryConfigPath != "" {
+		c.registryConfigPath = p.RegistryConfigPath
+	}
+}
+
+// runtimeUnits are the systemd units read for the runtime's proxy:
+// --runtime-unit, else the profile's, else by the runtime's CRI name.
+func (c *common) runtimeUnits(runtimeName string) []string {
+	if units := splitList(c.runtimeUnit); len(units) > 0 {
+		return units
+	}
+	if len(c.profile.Units) > 0 {
+		return c.profile.Units
+	}
+	if runtimeName == "cri-o" {
+		return []string{"crio.service"}
+	}
+	return []string{"containerd.service"}
+}
+
 // credentials builds the pull-credential sources in the kubelet's order.
 func (c *common) credentials(ctx context.Context, log *slog.Logger, lender credentials.Lender) (credentials.Chain, error) {
 	return credentials.New(ctx, credentials.Options{
@@ -307,14 +361,14 @@ func (c *common) trustNodeCAs(log *slog.Logger) {
 
 // networkPath loads the runtime's proxy and the node's resolver.
 func (c *common) networkPath(ctx context.Context, log *slog.Logger, runtimeName string) (netpath.Path, error) {
-	unitName := c.runtimeUnit
-	if unitName == "" {
-		unitName = "containerd.service"
-		if runtimeName == "cri-o" {
-			unitName = "crio.service"
-		}
+	var unitFiles []string
+	for _, u := range c.runtimeUnits(runtimeName) {
+		unitFiles = append(unitFiles, netpath.UnitPaths(u)...)
 	}
-	proxy, err := netpath.LoadProxy(ctx, c.proxyFrom, c.root, netpath.UnitPaths(unitName), os.Getenv)
+	proxy, err := netpath.LoadProxyOptions(ctx, netpath.ProxyOptions{
+		Source: c.proxyFrom, Root: c.root, UnitFiles: unitFiles, EnvFiles: splitList(c.runtimeEnvFiles),
+		Prefix: c.profile.ProxyPrefix, Getenv: os.Getenv,
+	})
 	if err != nil {
 		return netpath.Path{}, fmt.Errorf("runtime proxy settings (--proxy-from=%s): %w", c.proxyFrom, err)
 	}

@@ -19,15 +19,6 @@ import (
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
-// DefaultEndpoints are tried in this order when no endpoint is configured:
-// crictl's order, then k3s's embedded containerd.
-var DefaultEndpoints = []string{
-	"unix:///run/containerd/containerd.sock",
-	"unix:///run/crio/crio.sock",
-	"unix:///var/run/cri-dockerd.sock",
-	"unix:///run/k3s/containerd/containerd.sock",
-}
-
 // maxMsgSize matches crictl: image and container lists on a busy node
 // exceed gRPC's 4 MiB default.
 const maxMsgSize = 16 << 20

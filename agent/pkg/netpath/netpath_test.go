@@ -173,3 +173,46 @@ func TestNodeTrust(t *testing.T) {
 		t.Errorf("dirs %q, want %q", dirs, want)
 	}
 }
+
+// TestLoadProxyEnvironmentFiles: EnvironmentFile= files override the
+// units' Environment= (as in systemd), an empty EnvironmentFile= drops the
+// files named before it, %N is the unit's name without its suffix, quotes
+// and line continuations are read as systemd reads them, and a Prefix
+// (k3s's CONTAINERD_) wins over the plain variable.
+func TestLoadProxyEnvironmentFiles(t *testing.T) {
+	root := t.TempDir()
+	write := func(p, content string) {
+		t.Helper()
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("etc/systemd/system/k3s.service", "[Service]\nEnvironment=HTTP_PROXY=http://from-unit:1\nEnvironmentFile=-/etc/dropped\nEnvironmentFile=\nEnvironmentFile=-/etc/default/%N\nEnvironmentFile=-/etc/missing\n")
+	write("etc/dropped", "NO_PROXY=dropped\n")
+	write("etc/default/k3s", "# comment\n; another\nHTTP_PROXY=\"http://from-file:2\"\nNO_PROXY='10.0.0.0/8,\\\n.svc'\nCONTAINERD_HTTPS_PROXY=http://containerd-only:3\nHTTPS_PROXY=http://everyone:4\n")
+	ctx := context.Background()
+	cfg, err := LoadProxyOptions(ctx, ProxyOptions{Source: ProxyFromSystemd, Root: hostfs.New(root), UnitFiles: UnitPaths("k3s.service"), Prefix: "CONTAINERD_"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ProxyConfig{HTTPProxy: "http://from-file:2", HTTPSProxy: "http://containerd-only:3", NoProxy: "10.0.0.0/8,.svc"}
+	if cfg.HTTPProxy != want.HTTPProxy || cfg.HTTPSProxy != want.HTTPSProxy || cfg.NoProxy != want.NoProxy {
+		t.Errorf("proxy %+v, want %+v", cfg, want)
+	}
+	if !strings.Contains(cfg.Source, filepath.Join(root, "etc/default/k3s")) || strings.Contains(cfg.Source, "dropped") {
+		t.Errorf("source %q: want the env file named, the dropped one not", cfg.Source)
+	}
+	// Without the prefix, the plain variable; --runtime-env-file after the unit's.
+	write("etc/extra", "HTTP_PROXY=http://extra:5\n")
+	cfg, err = LoadProxyOptions(ctx, ProxyOptions{Source: ProxyFromSystemd, Root: hostfs.New(root), UnitFiles: UnitPaths("k3s.service"), EnvFiles: []string{"/etc/extra", "/etc/absent"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTPSProxy != "http://everyone:4" || cfg.HTTPProxy != "http://extra:5" {
+		t.Errorf("proxy %+v, want HTTPS_PROXY from the file and HTTP_PROXY from --runtime-env-file", cfg)
+	}
+}

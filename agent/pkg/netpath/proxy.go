@@ -62,8 +62,9 @@ func (c ProxyConfig) Redacted() ProxyConfig {
 }
 
 // UnitDirs are where systemd finds units, in the order the agent reads
-// them (later assignments win).
-var UnitDirs = []string{"/lib/systemd/system", "/usr/lib/systemd/system", "/etc/systemd/system", "/run/systemd/system"}
+// them (later assignments win): vendor units first (/usr/local/lib holds
+// the units of tarball installs such as RKE2's), then the administrator's.
+var UnitDirs = []string{"/lib/systemd/system", "/usr/lib/systemd/system", "/usr/local/lib/systemd/system", "/etc/systemd/system", "/run/systemd/system"}
 
 // UnitPaths are the node paths of unit's files: the unit file and its
 // drop-in directory in each of UnitDirs, for LoadProxy.
@@ -75,23 +76,73 @@ func UnitPaths(unit string) []string {
 	return out
 }
 
+// ProxyOptions says where the runtime's proxy settings are.
+type ProxyOptions struct {
+	// Source is ProxyFromSystemd, ProxyFromEnv or ProxyFromNone.
+	Source string
+	// Root is where the node's files are.
+	Root hostfs.Root
+	// UnitFiles are the runtime's unit files and drop-in directories,
+	// node paths in systemd's order (UnitPaths); missing ones are skipped.
+	// Their Environment= assignments apply, then the files their
+	// EnvironmentFile= lines name (%n and %N expanded; a missing file is
+	// skipped whether or not it is marked "-"), which override them, as
+	// in systemd.
+	UnitFiles []string
+	// EnvFiles are more environment files (node paths, KEY=VALUE lines)
+	// read after the units' own, e.g. /etc/default/k3s for a runtime whose
+	// unit the agent cannot see (--runtime-env-file).
+	EnvFiles []string
+	// Prefix, when set, is a variable prefix the runtime's supervisor
+	// strips for the runtime alone: k3s and RKE2 start their containerd
+	// with CONTAINERD_HTTP_PROXY as HTTP_PROXY (and so on), over the
+	// unprefixed value.
+	Prefix string
+	// Getenv is the agent's environment, for ProxyFromEnv.
+	Getenv func(string) string
+}
+
 // LoadProxy returns the proxy configuration for source. For systemd,
 // unitFiles are the runtime's unit file and drop-in directories, node
 // paths read under root, in systemd's order (the unit, then *.conf
 // drop-ins sorted by name, later assignments winning); missing ones are
-// skipped.
+// skipped. LoadProxyOptions says more.
 func LoadProxy(ctx context.Context, source string, root hostfs.Root, unitFiles []string, getenv func(string) string) (ProxyConfig, error) {
-	switch source {
+	return LoadProxyOptions(ctx, ProxyOptions{Source: source, Root: root, UnitFiles: unitFiles, Getenv: getenv})
+}
+
+// LoadProxyOptions returns the proxy configuration o describes.
+func LoadProxyOptions(ctx context.Context, o ProxyOptions) (ProxyConfig, error) {
+	switch o.Source {
 	case ProxyFromNone:
 		return ProxyConfig{Source: "none"}, nil
 	case ProxyFromEnv:
-		return fromEnv(getenv, "agent environment"), nil
+		return fromEnv(o.Getenv, "agent environment"), nil
 	case ProxyFromSystemd:
 		env := map[string]string{}
-		var read []string
-		for _, p := range expandDropIns(root, unitFiles) {
-			p = root.Path(p)
-			vars, err := unitEnvironment(p)
+		var read, envFiles []string
+		for _, p := range expandDropIns(o.Root, o.UnitFiles) {
+			u, err := unitEnvironment(o.Root.Path(p))
+			if os.IsNotExist(err) {
+				continue
+			}
+			if err != nil {
+				return ProxyConfig{}, err
+			}
+			read = append(read, o.Root.Path(p))
+			for k, v := range u.env {
+				env[k] = v
+			}
+			if u.resetFiles {
+				envFiles = nil
+			}
+			for _, f := range u.envFiles {
+				envFiles = append(envFiles, expandSpecifiers(f, unitOf(p)))
+			}
+		}
+		for _, f := range append(envFiles, o.EnvFiles...) {
+			p := o.Root.Path(f)
+			vars, err := readEnvFile(p)
 			if os.IsNotExist(err) {
 				continue
 			}
@@ -103,6 +154,14 @@ func LoadProxy(ctx context.Context, source string, root hostfs.Root, unitFiles [
 				env[k] = v
 			}
 		}
+		if o.Prefix != "" {
+			for k, v := range env {
+				if name, ok := strings.CutPrefix(k, o.Prefix); ok && name != "" {
+					env[name] = v
+					delete(env, strings.ToLower(name))
+				}
+			}
+		}
 		cfg := fromEnv(func(k string) string { return env[k] }, "systemd "+strings.Join(read, ", "))
 		if len(read) == 0 {
 			cfg.Source = "systemd (no unit files found: direct connections)"
@@ -110,7 +169,7 @@ func LoadProxy(ctx context.Context, source string, root hostfs.Root, unitFiles [
 		logging.FromContext(ctx).DebugContext(ctx, "runtime proxy from systemd", "files", read)
 		return cfg, nil
 	default:
-		return ProxyConfig{}, fmt.Errorf("proxy source %q: want env, systemd or none", source)
+		return ProxyConfig{}, fmt.Errorf("proxy source %q: want env, systemd or none", o.Source)
 	}
 }
 
@@ -143,41 +202,118 @@ func expandDropIns(root hostfs.Root, paths []string) []string {
 	return out
 }
 
-// unitEnvironment returns the Environment= assignments of a unit file's
-// [Service] section, parsed with go-systemd's unit deserializer.
-func unitEnvironment(path string) (map[string]string, error) {
+// unitOf is the unit a unit file or drop-in (node path) belongs to:
+// k3s.service for /etc/systemd/system/k3s.service and for
+// /etc/systemd/system/k3s.service.d/proxy.conf.
+func unitOf(p string) string {
+	if d := filepath.Base(filepath.Dir(p)); strings.HasSuffix(d, ".d") {
+		return strings.TrimSuffix(d, ".d")
+	}
+	return filepath.Base(p)
+}
+
+// expandSpecifiers expands the unit specifiers an EnvironmentFile= path
+// uses in practice: %n (the unit's full name), %N (without its type
+// suffix, "k3s" for k3s.service) and %%.
+func expandSpecifiers(s, unitName string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	short := strings.TrimSuffix(unitName, filepath.Ext(unitName))
+	return strings.NewReplacer("%%", "%", "%n", unitName, "%N", short).Replace(s)
+}
+
+// unitEnv is what a unit file says about its service's environment.
+type unitEnv struct {
+	env        map[string]string
+	envFiles   []string // EnvironmentFile= paths, "-" removed, in order
+	resetFiles bool     // an empty EnvironmentFile= cleared earlier files' list
+}
+
+// readUnit reads a unit file with the size limit.
+func readUnit(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, maxUnitBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("read systemd unit %s: %w", path, err)
+		return "", fmt.Errorf("read systemd unit %s: %w", path, err)
 	}
 	if len(b) > maxUnitBytes {
-		return nil, fmt.Errorf("systemd unit %s is larger than %d bytes", path, maxUnitBytes)
+		return "", fmt.Errorf("systemd unit %s is larger than %d bytes", path, maxUnitBytes)
 	}
-	opts, err := unit.DeserializeOptions(strings.NewReader(string(b)))
+	return string(b), nil
+}
+
+// unitEnvironment returns the Environment= assignments and the
+// EnvironmentFile= paths of a unit file's [Service] section, parsed with
+// go-systemd's unit deserializer.
+func unitEnvironment(path string) (unitEnv, error) {
+	text, err := readUnit(path)
 	if err != nil {
-		return nil, fmt.Errorf("systemd unit %s does not parse: %w", path, err)
+		return unitEnv{}, err
+	}
+	opts, err := unit.DeserializeOptions(strings.NewReader(text))
+	if err != nil {
+		return unitEnv{}, fmt.Errorf("systemd unit %s does not parse: %w", path, err)
+	}
+	u := unitEnv{env: map[string]string{}}
+	for _, o := range opts {
+		if o.Section != "Service" {
+			continue
+		}
+		switch o.Name {
+		case "Environment":
+			if strings.TrimSpace(o.Value) == "" {
+				// "Environment=" resets the list, as in systemd.
+				clear(u.env)
+				continue
+			}
+			for _, word := range splitQuoted(o.Value) {
+				k, v, ok := strings.Cut(word, "=")
+				if ok && k != "" {
+					u.env[k] = v
+				}
+			}
+		case "EnvironmentFile":
+			f := strings.TrimSpace(o.Value)
+			if f == "" {
+				u.envFiles, u.resetFiles = nil, true
+				continue
+			}
+			u.envFiles = append(u.envFiles, strings.TrimPrefix(f, "-"))
+		}
+	}
+	return u, nil
+}
+
+// readEnvFile reads an environment file as systemd's EnvironmentFile=
+// does: KEY=VALUE lines, # and ; comments, blank lines, values optionally
+// in single or double quotes, a trailing backslash continuing the line.
+func readEnvFile(path string) (map[string]string, error) {
+	text, err := readUnit(path)
+	if err != nil {
+		return nil, err
 	}
 	env := map[string]string{}
-	for _, o := range opts {
-		if o.Section != "Service" || o.Name != "Environment" {
+	text = strings.ReplaceAll(text, "\\\n", "")
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' || line[0] == ';' {
 			continue
 		}
-		if strings.TrimSpace(o.Value) == "" {
-			// "Environment=" resets the list, as in systemd.
-			clear(env)
+		k, v, ok := strings.Cut(line, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" || strings.ContainsAny(k, " \t") {
 			continue
 		}
-		for _, word := range splitQuoted(o.Value) {
-			k, v, ok := strings.Cut(word, "=")
-			if ok && k != "" {
-				env[k] = v
-			}
+		v = strings.TrimSpace(v)
+		if words := splitQuoted(v); len(words) == 1 && (strings.HasPrefix(v, `"`) || strings.HasPrefix(v, "'")) {
+			v = words[0]
 		}
+		env[k] = v
 	}
 	return env, nil
 }
