@@ -92,7 +92,7 @@ e2e: build ## cluster in a box: 3 nodes in network namespaces, faults, alerts en
 	bash scripts/install-deps.sh
 	cd e2e && $(E2E_ENV) go test $(GOTEST_FLAGS) -v -timeout 12m ./cluster/
 
-e2e-installed: build kube runtimes helm ## deploy/ and the images from the Dockerfiles on the real-kubelet box: all on containerd 1.6, then install/image-deleted/egress-cut on 2.4 (root; builds the images with make images TAG=e2e)
+e2e-installed: build kube runtimes helm ## deploy/ and the images from the Dockerfiles on the real-kubelet box: all on containerd 1.6, then install/image-deleted/egress-cut/token-provider on 2.4 (root; builds the images with make images TAG=e2e)
 	bash scripts/install-deps.sh
 	$(MAKE) images TAG=e2e
 	cd e2e && $(E2E_ENV) PULLWATCH_IMAGES=localhost/pullwatch PULLWATCH_IMAGE_TAG=e2e go test $(GOTEST_FLAGS) -v -timeout 30m ./installed/
