@@ -86,6 +86,21 @@ var (
 		"Where a registry endpoint that does not answer some live node fails: scope node, zone, mirror (a mirror down from every node while the upstream answers) "+
 			"or cluster. Value: the number of live nodes it does not answer. One series per failing endpoint; none for endpoints that answer everywhere.",
 		[]string{"registry", "endpoint", "scope"}, nil)
+	registryUnreachableNodesDesc = prometheus.NewDesc(
+		"pullwatch_registry_unreachable_nodes",
+		"Live nodes from which no endpoint of the registry answers (they lost the registry), per zone of those nodes (empty: no zone), "+
+			"and where the loss lies: scope node, zone or cluster. One series per registry and zone with such nodes; none while every node reaches it.",
+		[]string{"registry", "zone", "scope"}, nil)
+	nodeUnreachableRegistriesDesc = prometheus.NewDesc(
+		"pullwatch_node_unreachable_registries",
+		"Registries the live node lost (no endpoint answers it), by the scope of each registry's loss (node, zone or cluster). "+
+			"Only nodes that lost one; select scope=\"node\" for the nodes whose own path fails.",
+		[]string{"node", "zone", "scope"}, nil)
+	nodeFailingImagesDesc = prometheus.NewDesc(
+		"pullwatch_node_failing_images",
+		"In-use images not available on the live node, by the scope of each image's failure (node, zone, cluster or image). "+
+			"Only nodes with such images; select scope=\"node\" for failures of the node's own.",
+		[]string{"node", "zone", "scope"}, nil)
 )
 
 // Owners resolves the workload behind a pod for the compatibility
@@ -166,6 +181,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		endpointUpDesc, endpointLatencyDesc, endpointLatencyQuantileDesc, agentsConnectedDesc, agentStreamsDesc, nodesDesc,
 		imageNodesDesc, imageFailureDesc, registryFailureDesc, imageStatusSinceDesc,
 		containerAtRiskDesc, workloadRiskNodesDesc, containersSafeDesc,
+		registryUnreachableNodesDesc, nodeUnreachableRegistriesDesc, nodeFailingImagesDesc,
 	} {
 		ch <- d
 	}
@@ -220,11 +236,73 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(registryFailureDesc, prometheus.GaugeValue, float64(len(f.Failing)), f.Registry, f.URL, string(f.Scope))
 		}
 	}
+	collectScopes(ch, r)
 	if current, legacy := c.cfg.compat(); (current || legacy) && (c.cfg.Owners == nil || c.cfg.Owners.OwnersSynced()) {
 		collectCompat(ch, r, c.cfg.Owners, current, legacy)
 	}
 	if c.cfg.Risk != nil {
 		collectRisk(ch, c.cfg.Risk())
+	}
+}
+
+// scopeCounts counts something per diagnosis scope.
+type scopeCounts map[diagnose.Scope]int
+
+// collectScopes emits the families that tell scopes apart per node and
+// per zone, so that alerts select one scope's series (a handful during
+// an incident) instead of reading every node's image series.
+func collectScopes(ch chan<- prometheus.Metric, r *diagnose.Report) {
+	type regZone struct {
+		registry, zone string
+		scope          diagnose.Scope
+	}
+	byZone := map[regZone]int{}
+	lostRegs := map[int]scopeCounts{} // node index → registries lost, by scope
+	for _, f := range r.Registries {
+		if f.Scope == diagnose.ScopeNone {
+			continue
+		}
+		for _, i := range f.Failing {
+			byZone[regZone{f.Registry, r.Nodes[i].Zone, f.Scope}]++
+			if lostRegs[i] == nil {
+				lostRegs[i] = scopeCounts{}
+			}
+			lostRegs[i][f.Scope]++
+		}
+	}
+	for k, n := range byZone {
+		ch <- prometheus.MustNewConstMetric(registryUnreachableNodesDesc, prometheus.GaugeValue, float64(n), k.registry, k.zone, string(k.scope))
+	}
+	imageScope := make(map[string]diagnose.Scope, len(r.Images))
+	for i := range r.Images {
+		if f := &r.Images[i]; f.Scope != diagnose.ScopeNone {
+			imageScope[f.Image] = f.Scope
+		}
+	}
+	failing := scopeCounts{}
+	for i := range r.Nodes {
+		n := &r.Nodes[i]
+		if !n.Live() {
+			continue
+		}
+		emitScopes(ch, nodeUnreachableRegistriesDesc, n, lostRegs[i])
+		clear(failing)
+		for _, im := range n.Images {
+			if im.GetInUse() && im.GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
+				if sc, ok := imageScope[im.GetImage()]; ok {
+					failing[sc]++
+				}
+			}
+		}
+		emitScopes(ch, nodeFailingImagesDesc, n, failing)
+	}
+}
+
+func emitScopes(ch chan<- prometheus.Metric, desc *prometheus.Desc, n *diagnose.Node, counts scopeCounts) {
+	for _, sc := range diagnose.Scopes() {
+		if v := counts[sc]; v > 0 {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(v), n.Name, n.Zone, string(sc))
+		}
 	}
 }
 

@@ -418,3 +418,57 @@ func BenchmarkScrape(b *testing.B) {
 		})
 	}
 }
+
+// TestScopeFamilies: a zone that lost a registry is one series per
+// registry and zone in pullwatch_registry_unreachable_nodes; the per-node
+// scope families carry each live node's count under its failure's scope,
+// so that rules select scope="node" without reading the zone's nodes.
+func TestScopeFamilies(t *testing.T) {
+	s := state.New(3*time.Minute, state.WithClock(func() time.Time { return t0 }))
+	report := func(name, zone string, st pullwatchv1.ImageStatus, httpStatus int32) {
+		s.ApplySnapshot(&pullwatchv1.NodeSnapshot{
+			Node: &pullwatchv1.Node{Name: name, Labels: map[string]string{"topology.kubernetes.io/zone": zone}},
+			Images: []*pullwatchv1.ImageReport{{
+				Image: "reg.example/app:1", Registry: "reg.example", Status: st, InUse: true,
+				Endpoints: []*pullwatchv1.EndpointResult{endpoint("https://reg.example/v2", upstream, st, httpStatus, 0)},
+			}},
+		})
+	}
+	report("n1", "z1", unreachable, 0)
+	report("n2", "z1", unreachable, 0)
+	report("n3", "z2", available, 200)
+	report("n4", "z2", available, 200)
+	const want = `
+# HELP pullwatch_node_failing_images In-use images not available on the live node, by the scope of each image's failure (node, zone, cluster or image). Only nodes with such images; select scope="node" for failures of the node's own.
+# TYPE pullwatch_node_failing_images gauge
+pullwatch_node_failing_images{node="n1",scope="zone",zone="z1"} 1
+pullwatch_node_failing_images{node="n2",scope="zone",zone="z1"} 1
+# HELP pullwatch_node_unreachable_registries Registries the live node lost (no endpoint answers it), by the scope of each registry's loss (node, zone or cluster). Only nodes that lost one; select scope="node" for the nodes whose own path fails.
+# TYPE pullwatch_node_unreachable_registries gauge
+pullwatch_node_unreachable_registries{node="n1",scope="zone",zone="z1"} 1
+pullwatch_node_unreachable_registries{node="n2",scope="zone",zone="z1"} 1
+# HELP pullwatch_registry_unreachable_nodes Live nodes from which no endpoint of the registry answers (they lost the registry), per zone of those nodes (empty: no zone), and where the loss lies: scope node, zone or cluster. One series per registry and zone with such nodes; none while every node reaches it.
+# TYPE pullwatch_registry_unreachable_nodes gauge
+pullwatch_registry_unreachable_nodes{registry="reg.example",scope="zone",zone="z1"} 2
+`
+	names := []string{"pullwatch_node_failing_images", "pullwatch_node_unreachable_registries", "pullwatch_registry_unreachable_nodes"}
+	if err := testutil.CollectAndCompare(newCollector(s), strings.NewReader(want), names...); err != nil {
+		t.Error(err)
+	}
+	// n2 gets its path back: n1 alone is a node-scoped loss.
+	report("n2", "z1", available, 200)
+	const want2 = `
+# HELP pullwatch_node_failing_images In-use images not available on the live node, by the scope of each image's failure (node, zone, cluster or image). Only nodes with such images; select scope="node" for failures of the node's own.
+# TYPE pullwatch_node_failing_images gauge
+pullwatch_node_failing_images{node="n1",scope="node",zone="z1"} 1
+# HELP pullwatch_node_unreachable_registries Registries the live node lost (no endpoint answers it), by the scope of each registry's loss (node, zone or cluster). Only nodes that lost one; select scope="node" for the nodes whose own path fails.
+# TYPE pullwatch_node_unreachable_registries gauge
+pullwatch_node_unreachable_registries{node="n1",scope="node",zone="z1"} 1
+# HELP pullwatch_registry_unreachable_nodes Live nodes from which no endpoint of the registry answers (they lost the registry), per zone of those nodes (empty: no zone), and where the loss lies: scope node, zone or cluster. One series per registry and zone with such nodes; none while every node reaches it.
+# TYPE pullwatch_registry_unreachable_nodes gauge
+pullwatch_registry_unreachable_nodes{registry="reg.example",scope="node",zone="z1"} 1
+`
+	if err := testutil.CollectAndCompare(newCollector(s), strings.NewReader(want2), names...); err != nil {
+		t.Error(err)
+	}
+}
