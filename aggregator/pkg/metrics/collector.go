@@ -101,6 +101,16 @@ var (
 		"In-use images not available on the live node, by the scope of each image's failure (node, zone, cluster or image). "+
 			"Only nodes with such images; select scope=\"node\" for failures of the node's own.",
 		[]string{"node", "zone", "scope"}, nil)
+	imageFailureInUseDesc = prometheus.NewDesc(
+		"pullwatch_image_failure_in_use_nodes",
+		"Live nodes where the image is not available and a container uses it, with the image's registry and failure scope as in pullwatch_image_failure. "+
+			"Only failing images some container uses.",
+		[]string{"image", "registry", "scope"}, nil)
+	nodeNotReportingDesc = prometheus.NewDesc(
+		"pullwatch_node_not_reporting",
+		"1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after). "+
+			"Only such nodes have a series.",
+		[]string{"node", "reason"}, nil)
 )
 
 // Owners resolves the workload behind a pod for the compatibility
@@ -182,6 +192,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		imageNodesDesc, imageFailureDesc, registryFailureDesc, imageStatusSinceDesc,
 		containerAtRiskDesc, workloadRiskNodesDesc, containersSafeDesc,
 		registryUnreachableNodesDesc, nodeUnreachableRegistriesDesc, nodeFailingImagesDesc,
+		imageFailureInUseDesc, nodeNotReportingDesc,
 	} {
 		ch <- d
 	}
@@ -280,8 +291,12 @@ func collectScopes(ch chan<- prometheus.Metric, r *diagnose.Report) {
 		}
 	}
 	failing := scopeCounts{}
+	inUse := map[string]int{} // failing image → live nodes where it is in use
 	for i := range r.Nodes {
 		n := &r.Nodes[i]
+		if n.State() == diagnose.NodeStale {
+			ch <- prometheus.MustNewConstMetric(nodeNotReportingDesc, prometheus.GaugeValue, 1, n.Name, "stale")
+		}
 		if !n.Live() {
 			continue
 		}
@@ -291,10 +306,17 @@ func collectScopes(ch chan<- prometheus.Metric, r *diagnose.Report) {
 			if im.GetInUse() && im.GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
 				if sc, ok := imageScope[im.GetImage()]; ok {
 					failing[sc]++
+					inUse[im.GetImage()]++
 				}
 			}
 		}
 		emitScopes(ch, nodeFailingImagesDesc, n, failing)
+	}
+	for i := range r.Images {
+		f := &r.Images[i]
+		if n := inUse[f.Image]; n > 0 {
+			ch <- prometheus.MustNewConstMetric(imageFailureInUseDesc, prometheus.GaugeValue, float64(n), f.Image, f.Registry, string(f.Scope))
+		}
 	}
 }
 

@@ -141,6 +141,9 @@ pullwatch_node_image_in_use{image="quay.io/org/c:1",node="node-b"} 0
 pullwatch_node_image_status{image="docker.io/library/a:1",node="node-a",status="available"} 1
 pullwatch_node_image_status{image="docker.io/library/b:1",node="node-a",status="absent"} 1
 pullwatch_node_image_status{image="quay.io/org/c:1",node="node-b",status="rate_limited"} 1
+# HELP pullwatch_node_not_reporting 1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after). Only such nodes have a series.
+# TYPE pullwatch_node_not_reporting gauge
+pullwatch_node_not_reporting{node="node-b",reason="stale"} 1
 # HELP pullwatch_node_stale 1 if the node's agent has not reported for longer than --stale-after, else 0.
 # TYPE pullwatch_node_stale gauge
 pullwatch_node_stale{node="node-a"} 0
@@ -439,6 +442,9 @@ func TestScopeFamilies(t *testing.T) {
 	report("n3", "z2", available, 200)
 	report("n4", "z2", available, 200)
 	const want = `
+# HELP pullwatch_image_failure_in_use_nodes Live nodes where the image is not available and a container uses it, with the image's registry and failure scope as in pullwatch_image_failure. Only failing images some container uses.
+# TYPE pullwatch_image_failure_in_use_nodes gauge
+pullwatch_image_failure_in_use_nodes{image="reg.example/app:1",registry="reg.example",scope="zone"} 2
 # HELP pullwatch_node_failing_images In-use images not available on the live node, by the scope of each image's failure (node, zone, cluster or image). Only nodes with such images; select scope="node" for failures of the node's own.
 # TYPE pullwatch_node_failing_images gauge
 pullwatch_node_failing_images{node="n1",scope="zone",zone="z1"} 1
@@ -451,13 +457,16 @@ pullwatch_node_unreachable_registries{node="n2",scope="zone",zone="z1"} 1
 # TYPE pullwatch_registry_unreachable_nodes gauge
 pullwatch_registry_unreachable_nodes{registry="reg.example",scope="zone",zone="z1"} 2
 `
-	names := []string{"pullwatch_node_failing_images", "pullwatch_node_unreachable_registries", "pullwatch_registry_unreachable_nodes"}
+	names := []string{"pullwatch_node_failing_images", "pullwatch_image_failure_in_use_nodes", "pullwatch_node_unreachable_registries", "pullwatch_registry_unreachable_nodes"}
 	if err := testutil.CollectAndCompare(newCollector(s), strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}
 	// n2 gets its path back: n1 alone is a node-scoped loss.
 	report("n2", "z1", available, 200)
 	const want2 = `
+# HELP pullwatch_image_failure_in_use_nodes Live nodes where the image is not available and a container uses it, with the image's registry and failure scope as in pullwatch_image_failure. Only failing images some container uses.
+# TYPE pullwatch_image_failure_in_use_nodes gauge
+pullwatch_image_failure_in_use_nodes{image="reg.example/app:1",registry="reg.example",scope="node"} 1
 # HELP pullwatch_node_failing_images In-use images not available on the live node, by the scope of each image's failure (node, zone, cluster or image). Only nodes with such images; select scope="node" for failures of the node's own.
 # TYPE pullwatch_node_failing_images gauge
 pullwatch_node_failing_images{node="n1",scope="node",zone="z1"} 1
