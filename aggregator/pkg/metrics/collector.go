@@ -108,9 +108,15 @@ var (
 		[]string{"image", "registry", "scope"}, nil)
 	nodeNotReportingDesc = prometheus.NewDesc(
 		"pullwatch_node_not_reporting",
-		"1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after). "+
-			"Only such nodes have a series.",
+		"1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after) "+
+			"or never (with the Kubernetes API: a Ready, non-Windows Node whose agent never reported). Only such nodes have a series.",
 		[]string{"node", "reason"}, nil)
+	apiNodesDesc = prometheus.NewDesc(
+		"pullwatch_api_nodes",
+		"The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale), not_reporting (Ready Linux nodes "+
+			"whose agent never reported), not_ready (NotReady nodes without a report), windows (not monitored: no agent runs there). "+
+			"Only with the API, once its node list is loaded.",
+		[]string{"state"}, nil)
 )
 
 // Owners resolves the workload behind a pod for the compatibility
@@ -164,6 +170,46 @@ type Config struct {
 	// Owners resolves pods to workloads for Compat; nil without the
 	// Kubernetes API (kind pod, name the pod).
 	Owners Owners
+	// APINodes returns the Kubernetes API's Nodes, and false until they
+	// are loaded; nil without the API (no never-reporting nodes known).
+	APINodes func() ([]APINode, bool)
+}
+
+// APINode is a Node of the Kubernetes API as pullwatch_api_nodes and
+// pullwatch_node_not_reporting{reason="never"} need it.
+type APINode struct {
+	Name string
+	// Ready is its Ready condition; Windows, kubernetes.io/os=windows.
+	Ready, Windows bool
+}
+
+// The states of pullwatch_api_nodes.
+var apiNodeStates = []string{"reporting", "not_reporting", "not_ready", "windows"}
+
+// collectAPINodes emits pullwatch_api_nodes and the never-reporting
+// nodes: Nodes of the API without a report from their agent.
+func collectAPINodes(ch chan<- prometheus.Metric, r *diagnose.Report, nodes []APINode) {
+	reported := make(map[string]bool, len(r.Nodes))
+	for i := range r.Nodes {
+		reported[r.Nodes[i].Name] = true
+	}
+	counts := map[string]int{}
+	for _, n := range nodes {
+		switch {
+		case reported[n.Name]:
+			counts["reporting"]++
+		case n.Windows:
+			counts["windows"]++
+		case !n.Ready:
+			counts["not_ready"]++
+		default:
+			counts["not_reporting"]++
+			ch <- prometheus.MustNewConstMetric(nodeNotReportingDesc, prometheus.GaugeValue, 1, n.Name, "never")
+		}
+	}
+	for _, st := range apiNodeStates {
+		ch <- prometheus.MustNewConstMetric(apiNodesDesc, prometheus.GaugeValue, float64(counts[st]), st)
+	}
 }
 
 // Analyzer is what the Collector reads: analyzer.Analyzer.
@@ -192,7 +238,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		imageNodesDesc, imageFailureDesc, registryFailureDesc, imageStatusSinceDesc,
 		containerAtRiskDesc, workloadRiskNodesDesc, containersSafeDesc,
 		registryUnreachableNodesDesc, nodeUnreachableRegistriesDesc, nodeFailingImagesDesc,
-		imageFailureInUseDesc, nodeNotReportingDesc,
+		imageFailureInUseDesc, nodeNotReportingDesc, apiNodesDesc,
 	} {
 		ch <- d
 	}
@@ -248,6 +294,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	collectScopes(ch, r)
+	if c.cfg.APINodes != nil {
+		if nodes, synced := c.cfg.APINodes(); synced {
+			collectAPINodes(ch, r, nodes)
+		}
+	}
 	if current, legacy := c.cfg.compat(); (current || legacy) && (c.cfg.Owners == nil || c.cfg.Owners.OwnersSynced()) {
 		collectCompat(ch, r, c.cfg.Owners, current, legacy)
 	}

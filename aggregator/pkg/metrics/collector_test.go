@@ -141,7 +141,7 @@ pullwatch_node_image_in_use{image="quay.io/org/c:1",node="node-b"} 0
 pullwatch_node_image_status{image="docker.io/library/a:1",node="node-a",status="available"} 1
 pullwatch_node_image_status{image="docker.io/library/b:1",node="node-a",status="absent"} 1
 pullwatch_node_image_status{image="quay.io/org/c:1",node="node-b",status="rate_limited"} 1
-# HELP pullwatch_node_not_reporting 1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after). Only such nodes have a series.
+# HELP pullwatch_node_not_reporting 1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after) or never (with the Kubernetes API: a Ready, non-Windows Node whose agent never reported). Only such nodes have a series.
 # TYPE pullwatch_node_not_reporting gauge
 pullwatch_node_not_reporting{node="node-b",reason="stale"} 1
 # HELP pullwatch_node_stale 1 if the node's agent has not reported for longer than --stale-after, else 0.
@@ -479,5 +479,36 @@ pullwatch_registry_unreachable_nodes{registry="reg.example",scope="node",zone="z
 `
 	if err := testutil.CollectAndCompare(newCollector(s), strings.NewReader(want2), names...); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestNeverReportingNodes: with the API's Nodes, a Ready Linux node
+// without a report is not_reporting (and has a series of its own); a
+// NotReady one and a Windows one are only counted.
+func TestNeverReportingNodes(t *testing.T) {
+	cfg := Config{NodeImageSeries: NodeImageSeriesFailing, APINodes: func() ([]APINode, bool) {
+		return []APINode{
+			{Name: "node-a", Ready: true}, {Name: "node-b", Ready: true}, // both reported (node-b is stale)
+			{Name: "node-c", Ready: true}, {Name: "node-d"}, {Name: "win-1", Ready: true, Windows: true},
+		}, true
+	}}
+	const want = `
+# HELP pullwatch_api_nodes The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale), not_reporting (Ready Linux nodes whose agent never reported), not_ready (NotReady nodes without a report), windows (not monitored: no agent runs there). Only with the API, once its node list is loaded.
+# TYPE pullwatch_api_nodes gauge
+pullwatch_api_nodes{state="not_ready"} 1
+pullwatch_api_nodes{state="not_reporting"} 1
+pullwatch_api_nodes{state="reporting"} 2
+pullwatch_api_nodes{state="windows"} 1
+# HELP pullwatch_node_not_reporting 1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after) or never (with the Kubernetes API: a Ready, non-Windows Node whose agent never reported). Only such nodes have a series.
+# TYPE pullwatch_node_not_reporting gauge
+pullwatch_node_not_reporting{node="node-b",reason="stale"} 1
+pullwatch_node_not_reporting{node="node-c",reason="never"} 1
+`
+	if err := testutil.CollectAndCompare(newCollector(testStore(), cfg), strings.NewReader(want), "pullwatch_api_nodes", "pullwatch_node_not_reporting"); err != nil {
+		t.Error(err)
+	}
+	cfg.APINodes = func() ([]APINode, bool) { return nil, false }
+	if n := testutil.CollectAndCount(newCollector(testStore(), cfg), "pullwatch_api_nodes"); n != 0 {
+		t.Errorf("%d pullwatch_api_nodes series before the node list is loaded, want none", n)
 	}
 }
