@@ -71,8 +71,8 @@ var scaleScenarios = []struct {
 		map[string]int{"PullwatchImageAbsent": 2, "PullwatchImageRefused": 1},
 	},
 	{
-		scaleseries.Scenario{Name: "40 agents silent", Node: func(i, _ int) scaleseries.NodeFault {
-			return scaleseries.NodeFault{Stale: i%125 == 0}
+		scaleseries.Scenario{Name: "20 agents silent, 20 never started", Node: func(i, _ int) scaleseries.NodeFault {
+			return scaleseries.NodeFault{Stale: i%250 == 0, Never: i%250 == 125}
 		}},
 		map[string]int{"PullwatchAgentMissing": 40},
 	},

@@ -49,6 +49,8 @@ type NodeFault struct {
 	MirrorDown bool
 	// Stale: the agent went silent longer than --stale-after ago.
 	Stale bool
+	// Never: the agent never reported (its Node is Ready in the API).
+	Never bool
 }
 
 // Scenario is a fault across the cluster.
@@ -143,6 +145,9 @@ func Store(sh Shape, sc Scenario) *state.Store {
 			ims = images(sh, sc, f)
 			shared[key] = ims
 		}
+		if f.Never {
+			continue
+		}
 		snap := &pullwatchv1.NodeSnapshot{
 			Node:   &pullwatchv1.Node{Name: NodeName(i), Labels: map[string]string{"topology.kubernetes.io/zone": ZoneName(z)}},
 			Images: ims,
@@ -177,9 +182,15 @@ type Series struct {
 func Collect(sh Shape, sc Scenario) ([]Series, error) {
 	s := Store(sh, sc)
 	an := analyzer.NewAnalyzer(s, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	// The API's Nodes: every simulated node, Ready.
+	nodes := make([]metrics.APINode, sh.Nodes)
+	for i := range nodes {
+		nodes[i] = metrics.APINode{Name: NodeName(i), Ready: true}
+	}
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(metrics.NewCollector(s, an, metrics.Config{
 		NodeImageSeries: metrics.NodeImageSeriesFailing, NodeEndpointSeries: metrics.NodeEndpointSeriesFailing,
+		APINodes: func() ([]metrics.APINode, bool) { return nodes, true },
 	})); err != nil {
 		return nil, fmt.Errorf("register the collector: %w", err)
 	}
