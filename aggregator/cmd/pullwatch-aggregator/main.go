@@ -441,7 +441,7 @@ func apiNodes(w *kubewatch.Watcher) func() ([]metrics.APINode, bool) {
 		facts, synced := w.Nodes()
 		out := make([]metrics.APINode, len(facts))
 		for i, f := range facts {
-			out[i] = metrics.APINode{Name: f.Name, Ready: f.Ready, Windows: f.Windows}
+			out[i] = metrics.APINode{Name: f.Name, Zone: f.Zone, Ready: f.Ready, Windows: f.Windows}
 		}
 		return out, synced
 	}

@@ -193,7 +193,8 @@ func (w *Watcher) Node(name string) (zone string, exists, synced bool) {
 // NodeFacts is what the aggregator needs of a Node to know whether an
 // agent should report from it.
 type NodeFacts struct {
-	Name string
+	// Name and Zone (topology.kubernetes.io/zone, empty if none).
+	Name, Zone string
 	// Ready is the Node's Ready condition.
 	Ready bool
 	// Windows: labelled kubernetes.io/os=windows, where no agent runs.
@@ -213,7 +214,7 @@ func (w *Watcher) Nodes() ([]NodeFacts, bool) {
 		if !ok {
 			continue
 		}
-		f := NodeFacts{Name: n.Name, Windows: n.Labels[corev1.LabelOSStable] == "windows"}
+		f := NodeFacts{Name: n.Name, Zone: n.Labels[ZoneLabel], Windows: n.Labels[corev1.LabelOSStable] == "windows"}
 		for _, c := range n.Status.Conditions {
 			if c.Type == corev1.NodeReady {
 				f.Ready = c.Status == corev1.ConditionTrue

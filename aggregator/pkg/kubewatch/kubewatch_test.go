@@ -126,7 +126,7 @@ func TestNodes(t *testing.T) {
 	}
 	facts, synced := w.Nodes()
 	slices.SortFunc(facts, func(a, b NodeFacts) int { return strings.Compare(a.Name, b.Name) })
-	want := []NodeFacts{{Name: "node-a", Ready: true}, {Name: "node-b"}, {Name: "win-1", Ready: true, Windows: true}}
+	want := []NodeFacts{{Name: "node-a", Zone: "zone-1", Ready: true}, {Name: "node-b"}, {Name: "win-1", Ready: true, Windows: true}}
 	if !synced || !slices.Equal(facts, want) {
 		t.Errorf("Nodes() = %+v, %v; want %+v, true", facts, synced, want)
 	}

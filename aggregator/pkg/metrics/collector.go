@@ -115,8 +115,8 @@ var (
 		"pullwatch_api_nodes",
 		"The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale), not_reporting (Ready Linux nodes "+
 			"whose agent never reported), not_ready (NotReady nodes without a report), windows (not monitored: no agent runs there). "+
-			"Only with the API, once its node list is loaded.",
-		[]string{"state"}, nil)
+			"Per zone (topology.kubernetes.io/zone; empty: none). Only with the API, once its node list is loaded.",
+		[]string{"state", "zone"}, nil)
 )
 
 // Owners resolves the workload behind a pod for the compatibility
@@ -178,7 +178,7 @@ type Config struct {
 // APINode is a Node of the Kubernetes API as pullwatch_api_nodes and
 // pullwatch_node_not_reporting{reason="never"} need it.
 type APINode struct {
-	Name string
+	Name, Zone string
 	// Ready is its Ready condition; Windows, kubernetes.io/os=windows.
 	Ready, Windows bool
 }
@@ -193,22 +193,27 @@ func collectAPINodes(ch chan<- prometheus.Metric, r *diagnose.Report, nodes []AP
 	for i := range r.Nodes {
 		reported[r.Nodes[i].Name] = true
 	}
-	counts := map[string]int{}
+	type stateZone struct{ state, zone string }
+	counts := map[stateZone]int{}
+	zones := map[string]bool{}
 	for _, n := range nodes {
+		zones[n.Zone] = true
 		switch {
 		case reported[n.Name]:
-			counts["reporting"]++
+			counts[stateZone{"reporting", n.Zone}]++
 		case n.Windows:
-			counts["windows"]++
+			counts[stateZone{"windows", n.Zone}]++
 		case !n.Ready:
-			counts["not_ready"]++
+			counts[stateZone{"not_ready", n.Zone}]++
 		default:
-			counts["not_reporting"]++
+			counts[stateZone{"not_reporting", n.Zone}]++
 			ch <- prometheus.MustNewConstMetric(nodeNotReportingDesc, prometheus.GaugeValue, 1, n.Name, "never")
 		}
 	}
-	for _, st := range apiNodeStates {
-		ch <- prometheus.MustNewConstMetric(apiNodesDesc, prometheus.GaugeValue, float64(counts[st]), st)
+	for z := range zones {
+		for _, st := range apiNodeStates {
+			ch <- prometheus.MustNewConstMetric(apiNodesDesc, prometheus.GaugeValue, float64(counts[stateZone{st, z}]), st, z)
+		}
 	}
 }
 

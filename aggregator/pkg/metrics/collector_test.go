@@ -489,16 +489,20 @@ func TestNeverReportingNodes(t *testing.T) {
 	cfg := Config{NodeImageSeries: NodeImageSeriesFailing, APINodes: func() ([]APINode, bool) {
 		return []APINode{
 			{Name: "node-a", Ready: true}, {Name: "node-b", Ready: true}, // both reported (node-b is stale)
-			{Name: "node-c", Ready: true}, {Name: "node-d"}, {Name: "win-1", Ready: true, Windows: true},
+			{Name: "node-c", Ready: true}, {Name: "node-d"}, {Name: "win-1", Zone: "z1", Ready: true, Windows: true},
 		}, true
 	}}
 	const want = `
-# HELP pullwatch_api_nodes The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale), not_reporting (Ready Linux nodes whose agent never reported), not_ready (NotReady nodes without a report), windows (not monitored: no agent runs there). Only with the API, once its node list is loaded.
+# HELP pullwatch_api_nodes The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale), not_reporting (Ready Linux nodes whose agent never reported), not_ready (NotReady nodes without a report), windows (not monitored: no agent runs there). Per zone (topology.kubernetes.io/zone; empty: none). Only with the API, once its node list is loaded.
 # TYPE pullwatch_api_nodes gauge
-pullwatch_api_nodes{state="not_ready"} 1
-pullwatch_api_nodes{state="not_reporting"} 1
-pullwatch_api_nodes{state="reporting"} 2
-pullwatch_api_nodes{state="windows"} 1
+pullwatch_api_nodes{state="not_ready",zone=""} 1
+pullwatch_api_nodes{state="not_reporting",zone=""} 1
+pullwatch_api_nodes{state="reporting",zone=""} 2
+pullwatch_api_nodes{state="windows",zone=""} 0
+pullwatch_api_nodes{state="not_ready",zone="z1"} 0
+pullwatch_api_nodes{state="not_reporting",zone="z1"} 0
+pullwatch_api_nodes{state="reporting",zone="z1"} 0
+pullwatch_api_nodes{state="windows",zone="z1"} 1
 # HELP pullwatch_node_not_reporting 1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after) or never (with the Kubernetes API: a Ready, non-Windows Node whose agent never reported). Only such nodes have a series.
 # TYPE pullwatch_node_not_reporting gauge
 pullwatch_node_not_reporting{node="node-b",reason="stale"} 1
