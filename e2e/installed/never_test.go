@@ -67,7 +67,12 @@ func TestAgentNeverReportedInstalled(t *testing.T) {
 	waitSamples(ctx, t, fmt.Sprintf(`node_reason:pullwatch_node_not_reporting:all_replicas{node=%q,reason="never"}`, left), 1, "the shipped record has it")
 	waitQuery(ctx, t, `max(pullwatch_api_nodes{state="not_reporting"})`, func(v float64) bool { return v == 1 }, "pullwatch_api_nodes counts it")
 	waitSamples(ctx, t, fmt.Sprintf(`ALERTS{alertname="PullwatchAgentMissing",node=%q,reason="never"}`, left), 1, "PullwatchAgentMissing pending for it")
-	if s, err := prom.Query(ctx, `max(pullwatch_api_nodes{state="reporting"})`); err != nil || len(s) != 1 || int(s[0].Value) != len(c.Nodes)-1 {
+	// The cluster dashboard's panel lists it.
+	q := panelQuery(t, "pullwatch-cluster.json", "Nodes not reporting", left)
+	if _, err := prom.WaitForQuery(ctx, q, func(s []prometheus.Sample) bool { return len(s) == 1 && s[0].Labels["node"] == left }, 30*time.Second); err != nil {
+		t.Errorf("the cluster dashboard's \"Nodes not reporting\" panel: %v", err)
+	}
+	if s, err := prom.Query(ctx, `sum(max by (zone) (pullwatch_api_nodes{state="reporting"}))`); err != nil || len(s) != 1 || int(s[0].Value) != len(c.Nodes)-1 {
 		t.Errorf("pullwatch_api_nodes{state=\"reporting\"} = %v (%v), want %d", s, err, len(c.Nodes)-1)
 	}
 	t.Logf("an agent kept off %s: reported as never reporting by %d replicas %s after the DaemonSet patch", left, replicas, time.Since(start).Round(time.Second))
