@@ -245,6 +245,7 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 			collectorCfg.Owners = watcher
 		}
 		collectorCfg.APINodes = apiNodes(watcher)
+		collectorCfg.NeverReportedAfter = opts.FirstReportTimeout
 		if opts.NodeCondition {
 			nc := nodecondition.New(client, log)
 			anOpts.OnAnalysis = nc.Observe
@@ -441,7 +442,7 @@ func apiNodes(w *kubewatch.Watcher) func() ([]metrics.APINode, bool) {
 		facts, synced := w.Nodes()
 		out := make([]metrics.APINode, len(facts))
 		for i, f := range facts {
-			out[i] = metrics.APINode{Name: f.Name, Zone: f.Zone, Ready: f.Ready, Windows: f.Windows}
+			out[i] = metrics.APINode{Name: f.Name, Zone: f.Zone, Created: f.Created, Ready: f.Ready, Windows: f.Windows}
 		}
 		return out, synced
 	}

@@ -195,6 +195,8 @@ func (w *Watcher) Node(name string) (zone string, exists, synced bool) {
 type NodeFacts struct {
 	// Name and Zone (topology.kubernetes.io/zone, empty if none).
 	Name, Zone string
+	// Created is the Node's creation time.
+	Created time.Time
 	// Ready is the Node's Ready condition.
 	Ready bool
 	// Windows: labelled kubernetes.io/os=windows, where no agent runs.
@@ -214,7 +216,7 @@ func (w *Watcher) Nodes() ([]NodeFacts, bool) {
 		if !ok {
 			continue
 		}
-		f := NodeFacts{Name: n.Name, Zone: n.Labels[ZoneLabel], Windows: n.Labels[corev1.LabelOSStable] == "windows"}
+		f := NodeFacts{Name: n.Name, Zone: n.Labels[ZoneLabel], Created: n.CreationTimestamp.Time, Windows: n.Labels[corev1.LabelOSStable] == "windows"}
 		for _, c := range n.Status.Conditions {
 			if c.Type == corev1.NodeReady {
 				f.Ready = c.Status == corev1.ConditionTrue
@@ -233,7 +235,7 @@ func stripNode(obj any) (any, error) {
 	if !ok {
 		return obj, nil // a DeletedFinalStateUnknown: keep as is
 	}
-	out := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion}}
+	out := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, CreationTimestamp: n.CreationTimestamp}}
 	for _, k := range []string{ZoneLabel, corev1.LabelOSStable} {
 		if v, ok := n.Labels[k]; ok {
 			if out.Labels == nil {

@@ -11,6 +11,7 @@ import (
 	"context"
 	"math"
 	"slices"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -113,7 +114,8 @@ var (
 		[]string{"node", "reason"}, nil)
 	apiNodesDesc = prometheus.NewDesc(
 		"pullwatch_api_nodes",
-		"The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale), not_reporting (Ready Linux nodes "+
+		"The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale; or too early to tell: "+
+			"the aggregator or the Node younger than --first-report-timeout), not_reporting (Ready Linux nodes "+
 			"whose agent never reported), not_ready (NotReady nodes without a report), windows (not monitored: no agent runs there). "+
 			"Per zone (topology.kubernetes.io/zone; empty: none). Only with the API, once its node list is loaded.",
 		[]string{"state", "zone"}, nil)
@@ -173,12 +175,21 @@ type Config struct {
 	// APINodes returns the Kubernetes API's Nodes, and false until they
 	// are loaded; nil without the API (no never-reporting nodes known).
 	APINodes func() ([]APINode, bool)
+	// NeverReportedAfter is how long the aggregator must have run, and a
+	// Node have existed, before a Node without a report counts as never
+	// reporting (the aggregator's --first-report-timeout: agents send a
+	// snapshot as soon as they connect, also to a restarted aggregator).
+	NeverReportedAfter time.Duration
+	// Now is the clock (time.Now if nil).
+	Now func() time.Time
 }
 
 // APINode is a Node of the Kubernetes API as pullwatch_api_nodes and
 // pullwatch_node_not_reporting{reason="never"} need it.
 type APINode struct {
 	Name, Zone string
+	// Created is the Node's creation time.
+	Created time.Time
 	// Ready is its Ready condition; Windows, kubernetes.io/os=windows.
 	Ready, Windows bool
 }
@@ -187,8 +198,11 @@ type APINode struct {
 var apiNodeStates = []string{"reporting", "not_reporting", "not_ready", "windows"}
 
 // collectAPINodes emits pullwatch_api_nodes and the never-reporting
-// nodes: Nodes of the API without a report from their agent.
-func collectAPINodes(ch chan<- prometheus.Metric, r *diagnose.Report, nodes []APINode) {
+// nodes: Nodes of the API without a report from their agent, once the
+// aggregator has run, and the Node existed, for longer than grace before
+// now (until then they count as reporting: too early to tell).
+func collectAPINodes(ch chan<- prometheus.Metric, r *diagnose.Report, nodes []APINode, started, now time.Time, grace time.Duration) {
+	early := now.Sub(started) < grace
 	reported := make(map[string]bool, len(r.Nodes))
 	for i := range r.Nodes {
 		reported[r.Nodes[i].Name] = true
@@ -199,7 +213,7 @@ func collectAPINodes(ch chan<- prometheus.Metric, r *diagnose.Report, nodes []AP
 	for _, n := range nodes {
 		zones[n.Zone] = true
 		switch {
-		case reported[n.Name]:
+		case reported[n.Name] || early || now.Sub(n.Created) < grace:
 			counts[stateZone{"reporting", n.Zone}]++
 		case n.Windows:
 			counts[stateZone{"windows", n.Zone}]++
@@ -228,11 +242,15 @@ type Collector struct {
 	store    *state.Store
 	analyzer Analyzer
 	cfg      Config
+	started  time.Time
 }
 
 // NewCollector returns a Collector reading store through analyzer.
 func NewCollector(store *state.Store, analyzer Analyzer, cfg Config) *Collector {
-	return &Collector{store: store, analyzer: analyzer, cfg: cfg}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Collector{store: store, analyzer: analyzer, cfg: cfg, started: cfg.Now()}
 }
 
 // Describe implements prometheus.Collector.
@@ -301,7 +319,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	collectScopes(ch, r)
 	if c.cfg.APINodes != nil {
 		if nodes, synced := c.cfg.APINodes(); synced {
-			collectAPINodes(ch, r, nodes)
+			collectAPINodes(ch, r, nodes, c.started, c.cfg.Now(), c.cfg.NeverReportedAfter)
 		}
 	}
 	if current, legacy := c.cfg.compat(); (current || legacy) && (c.cfg.Owners == nil || c.cfg.Owners.OwnersSynced()) {

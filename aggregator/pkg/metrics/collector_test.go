@@ -486,18 +486,27 @@ pullwatch_registry_unreachable_nodes{registry="reg.example",scope="node",zone="z
 // without a report is not_reporting (and has a series of its own); a
 // NotReady one and a Windows one are only counted.
 func TestNeverReportingNodes(t *testing.T) {
-	cfg := Config{NodeImageSeries: NodeImageSeriesFailing, APINodes: func() ([]APINode, bool) {
+	now := t0
+	cfg := Config{NodeImageSeries: NodeImageSeriesFailing, NeverReportedAfter: time.Minute, Now: func() time.Time { return now }, APINodes: func() ([]APINode, bool) {
 		return []APINode{
 			{Name: "node-a", Ready: true}, {Name: "node-b", Ready: true}, // both reported (node-b is stale)
 			{Name: "node-c", Ready: true}, {Name: "node-d"}, {Name: "win-1", Zone: "z1", Ready: true, Windows: true},
+			{Name: "node-new", Ready: true, Created: t0.Add(30 * time.Second)}, // too young to tell
 		}, true
 	}}
+	c := newCollector(testStore(), cfg)
+	// Right after the aggregator starts, no node counts as never reporting:
+	// agents reconnect and send their snapshot within --first-report-timeout.
+	if n := testutil.CollectAndCount(c, "pullwatch_node_not_reporting"); n != 1 { // node-b, stale
+		t.Errorf("%d pullwatch_node_not_reporting series at the aggregator's start, want only the stale node's", n)
+	}
+	now = t0.Add(70 * time.Second)
 	const want = `
-# HELP pullwatch_api_nodes The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale), not_reporting (Ready Linux nodes whose agent never reported), not_ready (NotReady nodes without a report), windows (not monitored: no agent runs there). Per zone (topology.kubernetes.io/zone; empty: none). Only with the API, once its node list is loaded.
+# HELP pullwatch_api_nodes The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale; or too early to tell: the aggregator or the Node younger than --first-report-timeout), not_reporting (Ready Linux nodes whose agent never reported), not_ready (NotReady nodes without a report), windows (not monitored: no agent runs there). Per zone (topology.kubernetes.io/zone; empty: none). Only with the API, once its node list is loaded.
 # TYPE pullwatch_api_nodes gauge
 pullwatch_api_nodes{state="not_ready",zone=""} 1
 pullwatch_api_nodes{state="not_reporting",zone=""} 1
-pullwatch_api_nodes{state="reporting",zone=""} 2
+pullwatch_api_nodes{state="reporting",zone=""} 3
 pullwatch_api_nodes{state="windows",zone=""} 0
 pullwatch_api_nodes{state="not_ready",zone="z1"} 0
 pullwatch_api_nodes{state="not_reporting",zone="z1"} 0
@@ -508,7 +517,7 @@ pullwatch_api_nodes{state="windows",zone="z1"} 1
 pullwatch_node_not_reporting{node="node-b",reason="stale"} 1
 pullwatch_node_not_reporting{node="node-c",reason="never"} 1
 `
-	if err := testutil.CollectAndCompare(newCollector(testStore(), cfg), strings.NewReader(want), "pullwatch_api_nodes", "pullwatch_node_not_reporting"); err != nil {
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "pullwatch_api_nodes", "pullwatch_node_not_reporting"); err != nil {
 		t.Error(err)
 	}
 	cfg.APINodes = func() ([]APINode, bool) { return nil, false }
