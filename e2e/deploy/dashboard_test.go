@@ -134,9 +134,9 @@ func TestAggregatorDashboardQueries(t *testing.T) {
 			// The lab node is the only node: the stopped registry fails
 			// from every node, so it is an outage, not a node problem.
 			{"PullwatchRegistryOutage", map[string]string{"registry": s.DeadRegistry}},
+			{"PullwatchImageAbsent", map[string]string{"image": s.Gone, "status": "absent"}},
 			{"PullwatchRegistryUnreachableFromNode", nil},
 			{"PullwatchRegistryUnreachableFromZone", nil},
-			{"PullwatchImageAbsent", map[string]string{"image": s.Gone, "status": "absent"}},
 			{"PullwatchImageUnavailableOnNode", nil},
 			{"PullwatchMirrorDown", nil},
 			{"PullwatchAgentMissing", nil},
@@ -148,27 +148,31 @@ func TestAggregatorDashboardQueries(t *testing.T) {
 				t.Errorf("no alert %s in the rules", tt.alert)
 				continue
 			}
-			samples, err := prom.Query(ctx, expr)
-			if err != nil {
-				t.Errorf("%s: %v", tt.alert, err)
-				continue
-			}
 			if tt.want == nil {
-				if len(samples) != 0 {
+				samples, err := prom.Query(ctx, expr)
+				if err != nil {
+					t.Errorf("%s: %v", tt.alert, err)
+				} else if len(samples) != 0 {
 					t.Errorf("%s: %d samples, want none: %+v", tt.alert, len(samples), samples)
 				}
 				continue
 			}
-			found := false
-			for _, smp := range samples {
-				match := true
-				for k, v := range tt.want {
-					match = match && smp.Labels[k] == v
+			// The alerts read recording rules: wait for their first
+			// evaluation over the scraped data.
+			found := func(samples []prometheus.Sample) bool {
+				for _, smp := range samples {
+					match := true
+					for k, v := range tt.want {
+						match = match && smp.Labels[k] == v
+					}
+					if match {
+						return true
+					}
 				}
-				found = found || match
+				return false
 			}
-			if !found {
-				t.Errorf("%s: no sample with %v in %+v", tt.alert, tt.want, samples)
+			if samples, err := prom.WaitForQuery(ctx, expr, found, 20*time.Second); err != nil {
+				t.Errorf("%s: no sample with %v in %+v: %v", tt.alert, tt.want, samples, err)
 			}
 		}
 	})
