@@ -331,16 +331,41 @@ func allPanels(ps []panel) []panel {
 	return out
 }
 
-// TestDashboards: every panel but rows queries the ${datasource} variable,
-// the node dashboard has a node variable, and per-node panels filter on it.
+// dashboardVars are the variables each dashboard must have, and the
+// selector every panel of it must use.
+var dashboardVars = map[string]struct {
+	vars     []string
+	selector string
+}{
+	"pullwatch-node.json":    {[]string{"datasource", "node"}, `node="$node"`},
+	"pullwatch-cluster.json": {[]string{"datasource", "cluster", "zone", "registry"}, `cluster=~"$cluster"`},
+}
+
+// TestDashboards: every panel but rows queries the ${datasource} variable;
+// the node dashboard has a node variable and its panels filter on it; the
+// cluster overview has cluster, zone and registry variables and its panels
+// filter on the cluster.
 func TestDashboards(t *testing.T) {
-	for file, d := range loadDashboards(t) {
+	dashboards := loadDashboards(t)
+	for file := range dashboardVars {
+		if _, ok := dashboards[file]; !ok {
+			t.Errorf("no %s in %s", file, grafanaDir)
+		}
+	}
+	for file, d := range dashboards {
+		want, known := dashboardVars[file]
+		if !known {
+			t.Errorf("%s: a dashboard this test does not know: add it to dashboardVars", file)
+			continue
+		}
 		vars := map[string]bool{}
 		for _, v := range d.Templating.List {
 			vars[v.Name] = true
 		}
-		if !vars["datasource"] || !vars["node"] {
-			t.Errorf("%s: variables %v, want datasource and node", file, vars)
+		for _, v := range want.vars {
+			if !vars[v] {
+				t.Errorf("%s: variables %v, want %v", file, vars, want.vars)
+			}
 		}
 		n := 0
 		for _, p := range allPanels(d.Panels) {
@@ -355,8 +380,8 @@ func TestDashboards(t *testing.T) {
 				t.Errorf("%s: panel %q has no query", file, p.Title)
 			}
 			for _, tg := range p.Targets {
-				if !strings.Contains(tg.Expr, `node="$node"`) {
-					t.Errorf("%s: panel %q: %s does not select node=\"$node\"", file, p.Title, tg.Expr)
+				if !strings.Contains(tg.Expr, want.selector) {
+					t.Errorf("%s: panel %q: %s does not select %s", file, p.Title, tg.Expr, want.selector)
 				}
 			}
 		}
@@ -365,6 +390,9 @@ func TestDashboards(t *testing.T) {
 		}
 	}
 }
+
+// dashboardVariables fills a panel's variables as a test queries them.
+var dashboardVariables = strings.NewReplacer("$node", "node-1", "$cluster", ".*", "$zone", ".*", "$registry", ".*")
 
 // TestDashboardQueriesParse: every panel's PromQL, with $node filled in,
 // is valid (promtool checks it as a recording rule). The e2e test
@@ -382,7 +410,7 @@ func TestDashboardQueriesParse(t *testing.T) {
 				}
 				doc.Groups[0].Rules = append(doc.Groups[0].Rules, rule{
 					Record: fmt.Sprintf("dashboard:%s:%d", regexp.MustCompile(`[^a-zA-Z0-9_]`).ReplaceAllString(strings.TrimSuffix(file, ".json")+"_"+p.Title, "_"), i),
-					Expr:   strings.ReplaceAll(tg.Expr, "$node", "node-1"),
+					Expr:   dashboardVariables.Replace(tg.Expr),
 				})
 			}
 		}

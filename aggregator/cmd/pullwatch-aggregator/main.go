@@ -256,6 +256,8 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		if compat != metrics.CompatOff {
 			collectorCfg.Owners = watcher
 		}
+		collectorCfg.APINodes = apiNodes(watcher)
+		collectorCfg.NeverReportedAfter = opts.FirstReportTimeout
 		if opts.NodeCondition {
 			nc := nodecondition.New(client, log)
 			anOpts.OnAnalysis = nc.Observe
@@ -478,4 +480,17 @@ func statusPage(an *analyzer.Analyzer, store *state.Store, log *slog.Logger) *we
 	p := web.NewStatusPage(an, store, log)
 	p.Risk = an.Risk
 	return p
+}
+
+// apiNodes adapts the watcher's Nodes for the never-reporting nodes of
+// the metrics.
+func apiNodes(w *kubewatch.Watcher) func() ([]metrics.APINode, bool) {
+	return func() ([]metrics.APINode, bool) {
+		facts, synced := w.Nodes()
+		out := make([]metrics.APINode, len(facts))
+		for i, f := range facts {
+			out[i] = metrics.APINode{Name: f.Name, Zone: f.Zone, Created: f.Created, Ready: f.Ready, Windows: f.Windows}
+		}
+		return out, synced
+	}
 }

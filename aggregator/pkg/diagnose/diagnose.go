@@ -173,6 +173,22 @@ type ImageFinding struct {
 	InUse bool
 }
 
+// RegistryFinding is the diagnosis of a registry's reachability: the
+// live nodes from which no endpoint of the registry answered any image.
+type RegistryFinding struct {
+	Registry string
+	// Scope is ScopeNode, ScopeZone or ScopeCluster; ScopeNone when every
+	// live node that uses the registry reaches it.
+	Scope Scope
+	// Nodes is how many live nodes have results for the registry.
+	Nodes int
+	// Failing are the live nodes that lost the registry, as indexes
+	// into Report.Nodes, in node order.
+	Failing []int
+	// Zones are the zones that lost it as a whole (ScopeZone only).
+	Zones []string
+}
+
 // statusSlots is one more than the highest ImageStatus value this build
 // knows, so that Counts can be indexed by status.
 const statusSlots = int(pullwatchv1.ImageStatus_IMAGE_STATUS_UNKNOWN) + 1
@@ -190,6 +206,9 @@ type Report struct {
 	// Images has one finding per image on a live node, ordered by
 	// reference, healthy ones included.
 	Images []ImageFinding
+	// Registries has one finding per registry some live node has
+	// results for, ordered by host, healthy ones (ScopeNone) included.
+	Registries []RegistryFinding
 	// Live is the number of live nodes.
 	Live int
 }
@@ -253,6 +272,7 @@ func Diagnose(nodes []Node) *Report {
 	}
 	r.Endpoints = a.endpointFindings(nodes, r.Live)
 	r.Images = a.imageFindings(nodes, r.Live)
+	r.Registries = a.registryFindings(nodes, r.Live)
 	return r
 }
 
@@ -396,6 +416,17 @@ func (a *aggregation) imageFindings(nodes []Node, live int) []ImageFinding {
 		out = append(out, *f)
 	}
 	slices.SortFunc(out, func(x, y ImageFinding) int { return strings.Compare(x.Image, y.Image) })
+	return out
+}
+
+func (a *aggregation) registryFindings(nodes []Node, live int) []RegistryFinding {
+	out := make([]RegistryFinding, 0, len(a.registries))
+	for name, ra := range a.registries {
+		f := RegistryFinding{Registry: name, Nodes: len(ra.nodes), Failing: ra.down}
+		f.Scope, f.Zones = spread(nodes, ra.down, ra.nodes, live)
+		out = append(out, f)
+	}
+	slices.SortFunc(out, func(x, y RegistryFinding) int { return strings.Compare(x.Registry, y.Registry) })
 	return out
 }
 

@@ -365,3 +365,36 @@ func BenchmarkDiagnose(b *testing.B) {
 		}
 	}
 }
+
+func TestRegistryScope(t *testing.T) {
+	tests := []struct {
+		name  string
+		nodes []Node
+		want  want
+	}{
+		{"reached everywhere", []Node{healthy("a", "z1"), healthy("b", "z2")}, want{scope: ScopeNone}},
+		{"one node lost it", []Node{healthy("a", "z1"), cutOff("b", "z1"), healthy("c", "z2")}, want{ScopeNode, []string{"b"}, nil}},
+		{"a zone lost it", []Node{cutOff("a", "z1"), cutOff("b", "z1"), healthy("c", "z2")}, want{ScopeZone, []string{"a", "b"}, []string{"z1"}}},
+		{"every node lost it", []Node{cutOff("a", "z1"), cutOff("b", "z2")}, want{ScopeCluster, []string{"a", "b"}, nil}},
+		{"a mirror down is not the registry lost", []Node{node("a", "z1", image("registry.example/app:1", available, mirrorDwn, upOK)), healthy("b", "z2")},
+			want{scope: ScopeNone}},
+		{"stale nodes do not count", []Node{stale(cutOff("a", "z1")), healthy("b", "z1")}, want{scope: ScopeNone}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Diagnose(tt.nodes)
+			if len(r.Registries) != 1 || r.Registries[0].Registry != "registry.example" {
+				t.Fatalf("registries = %+v, want one for registry.example", r.Registries)
+			}
+			f := r.Registries[0]
+			var failing []string
+			for _, i := range f.Failing {
+				failing = append(failing, r.Nodes[i].Name)
+			}
+			got := want{f.Scope, failing, f.Zones}
+			if got.scope != tt.want.scope || !slices.Equal(got.failing, tt.want.failing) || !slices.Equal(got.zones, tt.want.zones) {
+				t.Errorf("finding = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}

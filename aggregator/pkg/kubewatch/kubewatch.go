@@ -38,7 +38,6 @@ import (
 const ZoneLabel = corev1.LabelTopologyZone
 
 var (
-	nodesResource       = corev1.SchemeGroupVersion.WithResource("nodes")
 	replicaSetsResource = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "replicasets"}
 	jobsResource        = schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: "jobs"}
 	namespacesResource  = corev1.SchemeGroupVersion.WithResource("namespaces")
@@ -64,6 +63,9 @@ type Watcher struct {
 
 	metaFactory metadatainformer.SharedInformerFactory
 	podFactory  informers.SharedInformerFactory
+	// nodeFactory holds Nodes typed (their Ready condition is status,
+	// which metadata informers do not carry), stripped by stripNode.
+	nodeFactory informers.SharedInformerFactory
 
 	nodes       cache.SharedIndexInformer
 	pods        cache.SharedIndexInformer // nil without Owners
@@ -97,7 +99,8 @@ func NewForClients(kube kubernetes.Interface, meta metadata.Interface, log *slog
 	w := &Watcher{log: log, opts: opts}
 	// No periodic resync: nothing here reconciles, the caches only answer.
 	w.metaFactory = metadatainformer.NewSharedInformerFactoryWithOptions(meta, 0, metadatainformer.WithTransform(stripMetadata))
-	w.nodes = w.metaFactory.ForResource(nodesResource).Informer()
+	w.nodeFactory = informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTransform(stripNode))
+	w.nodes = w.nodeFactory.Core().V1().Nodes().Informer()
 	if _, err := w.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: w.nodeDeleted}); err != nil {
 		// Only possible once the informer has stopped.
 		log.Error("node informer refused its handler", logging.ErrKey, err)
@@ -125,6 +128,7 @@ func (w *Watcher) PodInformer() cache.SharedIndexInformer { return w.pods }
 // are logged when they happen. Start stops everything when ctx ends.
 func (w *Watcher) Start(ctx context.Context) {
 	w.metaFactory.Start(ctx.Done())
+	w.nodeFactory.Start(ctx.Done())
 	if w.podFactory != nil {
 		w.podFactory.Start(ctx.Done())
 	}
@@ -184,6 +188,68 @@ func (w *Watcher) Node(name string) (zone string, exists, synced bool) {
 		return "", true, true
 	}
 	return m.GetLabels()[ZoneLabel], true, true
+}
+
+// NodeFacts is what the aggregator needs of a Node to know whether an
+// agent should report from it.
+type NodeFacts struct {
+	// Name and Zone (topology.kubernetes.io/zone, empty if none).
+	Name, Zone string
+	// Created is the Node's creation time.
+	Created time.Time
+	// Ready is the Node's Ready condition.
+	Ready bool
+	// Windows: labelled kubernetes.io/os=windows, where no agent runs.
+	Windows bool
+}
+
+// Nodes returns every Node of the API (unordered), and false until the
+// node list has been loaded.
+func (w *Watcher) Nodes() ([]NodeFacts, bool) {
+	if !w.nodesSynced.Load() {
+		return nil, false
+	}
+	objs := w.nodes.GetStore().List()
+	out := make([]NodeFacts, 0, len(objs))
+	for _, obj := range objs {
+		n, ok := obj.(*corev1.Node)
+		if !ok {
+			continue
+		}
+		f := NodeFacts{Name: n.Name, Zone: n.Labels[ZoneLabel], Created: n.CreationTimestamp.Time, Windows: n.Labels[corev1.LabelOSStable] == "windows"}
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				f.Ready = c.Status == corev1.ConditionTrue
+			}
+		}
+		out = append(out, f)
+	}
+	return out, true
+}
+
+// stripNode keeps a Node's name, its zone and OS labels and its Ready
+// condition: images, addresses, annotations and managed fields are most
+// of a Node, and 5,000 of them are held.
+func stripNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil // a DeletedFinalStateUnknown: keep as is
+	}
+	out := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, CreationTimestamp: n.CreationTimestamp}}
+	for _, k := range []string{ZoneLabel, corev1.LabelOSStable} {
+		if v, ok := n.Labels[k]; ok {
+			if out.Labels == nil {
+				out.Labels = map[string]string{}
+			}
+			out.Labels[k] = v
+		}
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			out.Status.Conditions = []corev1.NodeCondition{{Type: c.Type, Status: c.Status}}
+		}
+	}
+	return out, nil
 }
 
 // PodContainer is one container of a pod as its spec writes it.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -78,17 +80,35 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+func kubeNode(name string, labels map[string]string, ready corev1.ConditionStatus) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels, Annotations: map[string]string{"big": "x"}}}
+	if ready != "" {
+		n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse}, {Type: corev1.NodeReady, Status: ready}}
+	}
+	n.Status.Images = []corev1.ContainerImage{{Names: []string{"big"}}}
+	return n
+}
+
 func TestNodes(t *testing.T) {
 	var mu sync.Mutex
 	var deleted []string
-	w, client := started(t, Options{OnNodeDeleted: func(name string) {
+	kube := kubefake.NewClientset(
+		kubeNode("node-a", map[string]string{ZoneLabel: "zone-1", "other": "x"}, corev1.ConditionTrue),
+		kubeNode("node-b", nil, corev1.ConditionFalse),
+		kubeNode("win-1", map[string]string{corev1.LabelOSStable: "windows"}, corev1.ConditionTrue),
+	)
+	w := NewForClients(kube, metafake.NewSimpleMetadataClient(testScheme(t)), slog.New(slog.NewTextHandler(io.Discard, nil)), Options{OnNodeDeleted: func(name string) {
 		mu.Lock()
 		defer mu.Unlock()
 		deleted = append(deleted, name)
-	}}, nil,
-		meta("v1", "Node", "", "node-a", map[string]string{ZoneLabel: "zone-1", "other": "x"}, nil),
-		meta("v1", "Node", "", "node-b", nil, nil),
-	)
+	}})
+	if _, synced := w.Nodes(); synced {
+		t.Error("Nodes says synced before Start")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	w.Start(ctx)
+	waitUntil(t, "nodes synced", func() bool { _, _, synced := w.Node("x"); return synced })
 	tests := []struct {
 		node   string
 		zone   string
@@ -104,8 +124,18 @@ func TestNodes(t *testing.T) {
 			t.Errorf("Node(%s) = %q, %v, %v; want %q, %v, true", tt.node, zone, exists, synced, tt.zone, tt.exists)
 		}
 	}
+	facts, synced := w.Nodes()
+	slices.SortFunc(facts, func(a, b NodeFacts) int { return strings.Compare(a.Name, b.Name) })
+	want := []NodeFacts{{Name: "node-a", Zone: "zone-1", Ready: true}, {Name: "node-b"}, {Name: "win-1", Ready: true, Windows: true}}
+	if !synced || !slices.Equal(facts, want) {
+		t.Errorf("Nodes() = %+v, %v; want %+v, true", facts, synced, want)
+	}
+	obj, _, _ := w.nodes.GetIndexer().GetByKey("node-a")
+	if n := obj.(*corev1.Node); len(n.Status.Images) != 0 || len(n.Annotations) != 0 || len(n.Labels) != 1 || len(n.Status.Conditions) != 1 {
+		t.Errorf("the cache keeps more of node-a than its zone and Ready condition: %+v", n)
+	}
 
-	if err := client.Resource(nodesResource).Delete(context.Background(), "node-b", metav1.DeleteOptions{}); err != nil {
+	if err := kube.CoreV1().Nodes().Delete(context.Background(), "node-b", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, "node-b deleted", func() bool {

@@ -11,6 +11,7 @@ import (
 	"context"
 	"math"
 	"slices"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -86,6 +87,38 @@ var (
 		"Where a registry endpoint that does not answer some live node fails: scope node, zone, mirror (a mirror down from every node while the upstream answers) "+
 			"or cluster. Value: the number of live nodes it does not answer. One series per failing endpoint; none for endpoints that answer everywhere.",
 		[]string{"registry", "endpoint", "scope"}, nil)
+	registryUnreachableNodesDesc = prometheus.NewDesc(
+		"pullwatch_registry_unreachable_nodes",
+		"Live nodes from which no endpoint of the registry answers (they lost the registry), per zone of those nodes (empty: no zone), "+
+			"and where the loss lies: scope node, zone or cluster. One series per registry and zone with such nodes; none while every node reaches it.",
+		[]string{"registry", "zone", "scope"}, nil)
+	nodeUnreachableRegistriesDesc = prometheus.NewDesc(
+		"pullwatch_node_unreachable_registries",
+		"Registries the live node lost (no endpoint answers it), by the scope of each registry's loss (node, zone or cluster). "+
+			"Only nodes that lost one; select scope=\"node\" for the nodes whose own path fails.",
+		[]string{"node", "zone", "scope"}, nil)
+	nodeFailingImagesDesc = prometheus.NewDesc(
+		"pullwatch_node_failing_images",
+		"In-use images not available on the live node, by the scope of each image's failure (node, zone, cluster or image). "+
+			"Only nodes with such images; select scope=\"node\" for failures of the node's own.",
+		[]string{"node", "zone", "scope"}, nil)
+	imageFailureInUseDesc = prometheus.NewDesc(
+		"pullwatch_image_failure_in_use_nodes",
+		"Live nodes where the image is not available and a container uses it, with the image's registry and failure scope as in pullwatch_image_failure. "+
+			"Only failing images some container uses.",
+		[]string{"image", "registry", "scope"}, nil)
+	nodeNotReportingDesc = prometheus.NewDesc(
+		"pullwatch_node_not_reporting",
+		"1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after) "+
+			"or never (with the Kubernetes API: a Ready, non-Windows Node whose agent never reported). Only such nodes have a series.",
+		[]string{"node", "reason"}, nil)
+	apiNodesDesc = prometheus.NewDesc(
+		"pullwatch_api_nodes",
+		"The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale; or too early to tell: "+
+			"the aggregator or the Node younger than --first-report-timeout), not_reporting (Ready Linux nodes "+
+			"whose agent never reported), not_ready (NotReady nodes without a report), windows (not monitored: no agent runs there). "+
+			"Per zone (topology.kubernetes.io/zone; empty: none). Only with the API, once its node list is loaded.",
+		[]string{"state", "zone"}, nil)
 )
 
 // Owners resolves the workload behind a pod for the compatibility
@@ -148,6 +181,63 @@ type Config struct {
 	// Owners resolves pods to workloads for Compat; nil without the
 	// Kubernetes API (kind pod, name the pod).
 	Owners Owners
+	// APINodes returns the Kubernetes API's Nodes, and false until they
+	// are loaded; nil without the API (no never-reporting nodes known).
+	APINodes func() ([]APINode, bool)
+	// NeverReportedAfter is how long the aggregator must have run, and a
+	// Node have existed, before a Node without a report counts as never
+	// reporting (the aggregator's --first-report-timeout: agents send a
+	// snapshot as soon as they connect, also to a restarted aggregator).
+	NeverReportedAfter time.Duration
+	// Now is the clock (time.Now if nil).
+	Now func() time.Time
+}
+
+// APINode is a Node of the Kubernetes API as pullwatch_api_nodes and
+// pullwatch_node_not_reporting{reason="never"} need it.
+type APINode struct {
+	Name, Zone string
+	// Created is the Node's creation time.
+	Created time.Time
+	// Ready is its Ready condition; Windows, kubernetes.io/os=windows.
+	Ready, Windows bool
+}
+
+// The states of pullwatch_api_nodes.
+var apiNodeStates = []string{"reporting", "not_reporting", "not_ready", "windows"}
+
+// collectAPINodes emits pullwatch_api_nodes and the never-reporting
+// nodes: Nodes of the API without a report from their agent, once the
+// aggregator has run, and the Node existed, for longer than grace before
+// now (until then they count as reporting: too early to tell).
+func collectAPINodes(ch chan<- prometheus.Metric, r *diagnose.Report, nodes []APINode, started, now time.Time, grace time.Duration) {
+	early := now.Sub(started) < grace
+	reported := make(map[string]bool, len(r.Nodes))
+	for i := range r.Nodes {
+		reported[r.Nodes[i].Name] = true
+	}
+	type stateZone struct{ state, zone string }
+	counts := map[stateZone]int{}
+	zones := map[string]bool{}
+	for _, n := range nodes {
+		zones[n.Zone] = true
+		switch {
+		case reported[n.Name] || early || now.Sub(n.Created) < grace:
+			counts[stateZone{"reporting", n.Zone}]++
+		case n.Windows:
+			counts[stateZone{"windows", n.Zone}]++
+		case !n.Ready:
+			counts[stateZone{"not_ready", n.Zone}]++
+		default:
+			counts[stateZone{"not_reporting", n.Zone}]++
+			ch <- prometheus.MustNewConstMetric(nodeNotReportingDesc, prometheus.GaugeValue, 1, n.Name, "never")
+		}
+	}
+	for z := range zones {
+		for _, st := range apiNodeStates {
+			ch <- prometheus.MustNewConstMetric(apiNodesDesc, prometheus.GaugeValue, float64(counts[stateZone{st, z}]), st, z)
+		}
+	}
 }
 
 // Analyzer is what the Collector reads: analyzer.Analyzer.
@@ -161,11 +251,15 @@ type Collector struct {
 	store    *state.Store
 	analyzer Analyzer
 	cfg      Config
+	started  time.Time
 }
 
 // NewCollector returns a Collector reading store through analyzer.
 func NewCollector(store *state.Store, analyzer Analyzer, cfg Config) *Collector {
-	return &Collector{store: store, analyzer: analyzer, cfg: cfg}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Collector{store: store, analyzer: analyzer, cfg: cfg, started: cfg.Now()}
 }
 
 // Describe implements prometheus.Collector.
@@ -175,6 +269,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		endpointUpDesc, endpointLatencyDesc, endpointLatencyQuantileDesc, agentsConnectedDesc, agentStreamsDesc, nodesDesc,
 		imageNodesDesc, imageFailureDesc, registryFailureDesc, imageStatusSinceDesc,
 		containerAtRiskDesc, workloadRiskNodesDesc, containersSafeDesc,
+		registryUnreachableNodesDesc, nodeUnreachableRegistriesDesc, nodeFailingImagesDesc,
+		imageFailureInUseDesc, nodeNotReportingDesc, apiNodesDesc,
 	} {
 		ch <- d
 	}
@@ -229,11 +325,89 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(registryFailureDesc, prometheus.GaugeValue, float64(len(f.Failing)), f.Registry, f.URL, string(f.Scope))
 		}
 	}
+	collectScopes(ch, r)
+	if c.cfg.APINodes != nil {
+		if nodes, synced := c.cfg.APINodes(); synced {
+			collectAPINodes(ch, r, nodes, c.started, c.cfg.Now(), c.cfg.NeverReportedAfter)
+		}
+	}
 	if current, legacy := c.cfg.compat(); (current || legacy) && (c.cfg.Owners == nil || c.cfg.Owners.OwnersSynced()) {
 		collectCompat(ch, r, c.cfg.Owners, current, legacy)
 	}
 	if c.cfg.Risk != nil {
 		collectRisk(ch, c.cfg.Risk())
+	}
+}
+
+// scopeCounts counts something per diagnosis scope.
+type scopeCounts map[diagnose.Scope]int
+
+// collectScopes emits the families that tell scopes apart per node and
+// per zone, so that alerts select one scope's series (a handful during
+// an incident) instead of reading every node's image series.
+func collectScopes(ch chan<- prometheus.Metric, r *diagnose.Report) {
+	type regZone struct {
+		registry, zone string
+		scope          diagnose.Scope
+	}
+	byZone := map[regZone]int{}
+	lostRegs := map[int]scopeCounts{} // node index → registries lost, by scope
+	for _, f := range r.Registries {
+		if f.Scope == diagnose.ScopeNone {
+			continue
+		}
+		for _, i := range f.Failing {
+			byZone[regZone{f.Registry, r.Nodes[i].Zone, f.Scope}]++
+			if lostRegs[i] == nil {
+				lostRegs[i] = scopeCounts{}
+			}
+			lostRegs[i][f.Scope]++
+		}
+	}
+	for k, n := range byZone {
+		ch <- prometheus.MustNewConstMetric(registryUnreachableNodesDesc, prometheus.GaugeValue, float64(n), k.registry, k.zone, string(k.scope))
+	}
+	imageScope := make(map[string]diagnose.Scope, len(r.Images))
+	for i := range r.Images {
+		if f := &r.Images[i]; f.Scope != diagnose.ScopeNone {
+			imageScope[f.Image] = f.Scope
+		}
+	}
+	failing := scopeCounts{}
+	inUse := map[string]int{} // failing image → live nodes where it is in use
+	for i := range r.Nodes {
+		n := &r.Nodes[i]
+		if n.State() == diagnose.NodeStale {
+			ch <- prometheus.MustNewConstMetric(nodeNotReportingDesc, prometheus.GaugeValue, 1, n.Name, "stale")
+		}
+		if !n.Live() {
+			continue
+		}
+		emitScopes(ch, nodeUnreachableRegistriesDesc, n, lostRegs[i])
+		clear(failing)
+		for _, im := range n.Images {
+			if im.GetInUse() && im.GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
+				if sc, ok := imageScope[im.GetImage()]; ok {
+					failing[sc]++
+					inUse[im.GetImage()]++
+				}
+			}
+		}
+		emitScopes(ch, nodeFailingImagesDesc, n, failing)
+	}
+	for i := range r.Images {
+		f := &r.Images[i]
+		if n := inUse[f.Image]; n > 0 {
+			ch <- prometheus.MustNewConstMetric(imageFailureInUseDesc, prometheus.GaugeValue, float64(n), f.Image, f.Registry, string(f.Scope))
+		}
+	}
+}
+
+func emitScopes(ch chan<- prometheus.Metric, desc *prometheus.Desc, n *diagnose.Node, counts scopeCounts) {
+	for _, sc := range diagnose.Scopes() {
+		if v := counts[sc]; v > 0 {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(v), n.Name, n.Zone, string(sc))
+		}
 	}
 }
 

@@ -141,6 +141,9 @@ pullwatch_node_image_in_use{image="quay.io/org/c:1",node="node-b"} 0
 pullwatch_node_image_status{image="docker.io/library/a:1",node="node-a",status="available"} 1
 pullwatch_node_image_status{image="docker.io/library/b:1",node="node-a",status="absent"} 1
 pullwatch_node_image_status{image="quay.io/org/c:1",node="node-b",status="rate_limited"} 1
+# HELP pullwatch_node_not_reporting 1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after) or never (with the Kubernetes API: a Ready, non-Windows Node whose agent never reported). Only such nodes have a series.
+# TYPE pullwatch_node_not_reporting gauge
+pullwatch_node_not_reporting{node="node-b",reason="stale"} 1
 # HELP pullwatch_node_stale 1 if the node's agent has not reported for longer than --stale-after, else 0.
 # TYPE pullwatch_node_stale gauge
 pullwatch_node_stale{node="node-a"} 0
@@ -416,5 +419,109 @@ func BenchmarkScrape(b *testing.B) {
 			}
 			b.ReportMetric(float64(size), "bytes/scrape")
 		})
+	}
+}
+
+// TestScopeFamilies: a zone that lost a registry is one series per
+// registry and zone in pullwatch_registry_unreachable_nodes; the per-node
+// scope families carry each live node's count under its failure's scope,
+// so that rules select scope="node" without reading the zone's nodes.
+func TestScopeFamilies(t *testing.T) {
+	s := state.New(3*time.Minute, state.WithClock(func() time.Time { return t0 }))
+	report := func(name, zone string, st pullwatchv1.ImageStatus, httpStatus int32) {
+		s.ApplySnapshot(&pullwatchv1.NodeSnapshot{
+			Node: &pullwatchv1.Node{Name: name, Labels: map[string]string{"topology.kubernetes.io/zone": zone}},
+			Images: []*pullwatchv1.ImageReport{{
+				Image: "reg.example/app:1", Registry: "reg.example", Status: st, InUse: true,
+				Endpoints: []*pullwatchv1.EndpointResult{endpoint("https://reg.example/v2", upstream, st, httpStatus, 0)},
+			}},
+		})
+	}
+	report("n1", "z1", unreachable, 0)
+	report("n2", "z1", unreachable, 0)
+	report("n3", "z2", available, 200)
+	report("n4", "z2", available, 200)
+	const want = `
+# HELP pullwatch_image_failure_in_use_nodes Live nodes where the image is not available and a container uses it, with the image's registry and failure scope as in pullwatch_image_failure. Only failing images some container uses.
+# TYPE pullwatch_image_failure_in_use_nodes gauge
+pullwatch_image_failure_in_use_nodes{image="reg.example/app:1",registry="reg.example",scope="zone"} 2
+# HELP pullwatch_node_failing_images In-use images not available on the live node, by the scope of each image's failure (node, zone, cluster or image). Only nodes with such images; select scope="node" for failures of the node's own.
+# TYPE pullwatch_node_failing_images gauge
+pullwatch_node_failing_images{node="n1",scope="zone",zone="z1"} 1
+pullwatch_node_failing_images{node="n2",scope="zone",zone="z1"} 1
+# HELP pullwatch_node_unreachable_registries Registries the live node lost (no endpoint answers it), by the scope of each registry's loss (node, zone or cluster). Only nodes that lost one; select scope="node" for the nodes whose own path fails.
+# TYPE pullwatch_node_unreachable_registries gauge
+pullwatch_node_unreachable_registries{node="n1",scope="zone",zone="z1"} 1
+pullwatch_node_unreachable_registries{node="n2",scope="zone",zone="z1"} 1
+# HELP pullwatch_registry_unreachable_nodes Live nodes from which no endpoint of the registry answers (they lost the registry), per zone of those nodes (empty: no zone), and where the loss lies: scope node, zone or cluster. One series per registry and zone with such nodes; none while every node reaches it.
+# TYPE pullwatch_registry_unreachable_nodes gauge
+pullwatch_registry_unreachable_nodes{registry="reg.example",scope="zone",zone="z1"} 2
+`
+	names := []string{"pullwatch_node_failing_images", "pullwatch_image_failure_in_use_nodes", "pullwatch_node_unreachable_registries", "pullwatch_registry_unreachable_nodes"}
+	if err := testutil.CollectAndCompare(newCollector(s), strings.NewReader(want), names...); err != nil {
+		t.Error(err)
+	}
+	// n2 gets its path back: n1 alone is a node-scoped loss.
+	report("n2", "z1", available, 200)
+	const want2 = `
+# HELP pullwatch_image_failure_in_use_nodes Live nodes where the image is not available and a container uses it, with the image's registry and failure scope as in pullwatch_image_failure. Only failing images some container uses.
+# TYPE pullwatch_image_failure_in_use_nodes gauge
+pullwatch_image_failure_in_use_nodes{image="reg.example/app:1",registry="reg.example",scope="node"} 1
+# HELP pullwatch_node_failing_images In-use images not available on the live node, by the scope of each image's failure (node, zone, cluster or image). Only nodes with such images; select scope="node" for failures of the node's own.
+# TYPE pullwatch_node_failing_images gauge
+pullwatch_node_failing_images{node="n1",scope="node",zone="z1"} 1
+# HELP pullwatch_node_unreachable_registries Registries the live node lost (no endpoint answers it), by the scope of each registry's loss (node, zone or cluster). Only nodes that lost one; select scope="node" for the nodes whose own path fails.
+# TYPE pullwatch_node_unreachable_registries gauge
+pullwatch_node_unreachable_registries{node="n1",scope="node",zone="z1"} 1
+# HELP pullwatch_registry_unreachable_nodes Live nodes from which no endpoint of the registry answers (they lost the registry), per zone of those nodes (empty: no zone), and where the loss lies: scope node, zone or cluster. One series per registry and zone with such nodes; none while every node reaches it.
+# TYPE pullwatch_registry_unreachable_nodes gauge
+pullwatch_registry_unreachable_nodes{registry="reg.example",scope="node",zone="z1"} 1
+`
+	if err := testutil.CollectAndCompare(newCollector(s), strings.NewReader(want2), names...); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestNeverReportingNodes: with the API's Nodes, a Ready Linux node
+// without a report is not_reporting (and has a series of its own); a
+// NotReady one and a Windows one are only counted.
+func TestNeverReportingNodes(t *testing.T) {
+	now := t0
+	cfg := Config{NodeImageSeries: NodeImageSeriesFailing, NeverReportedAfter: time.Minute, Now: func() time.Time { return now }, APINodes: func() ([]APINode, bool) {
+		return []APINode{
+			{Name: "node-a", Ready: true}, {Name: "node-b", Ready: true}, // both reported (node-b is stale)
+			{Name: "node-c", Ready: true}, {Name: "node-d"}, {Name: "win-1", Zone: "z1", Ready: true, Windows: true},
+			{Name: "node-new", Ready: true, Created: t0.Add(30 * time.Second)}, // too young to tell
+		}, true
+	}}
+	c := newCollector(testStore(), cfg)
+	// Right after the aggregator starts, no node counts as never reporting:
+	// agents reconnect and send their snapshot within --first-report-timeout.
+	if n := testutil.CollectAndCount(c, "pullwatch_node_not_reporting"); n != 1 { // node-b, stale
+		t.Errorf("%d pullwatch_node_not_reporting series at the aggregator's start, want only the stale node's", n)
+	}
+	now = t0.Add(70 * time.Second)
+	const want = `
+# HELP pullwatch_api_nodes The Kubernetes API's Nodes by whether their agent reports: reporting (a report, fresh or stale; or too early to tell: the aggregator or the Node younger than --first-report-timeout), not_reporting (Ready Linux nodes whose agent never reported), not_ready (NotReady nodes without a report), windows (not monitored: no agent runs there). Per zone (topology.kubernetes.io/zone; empty: none). Only with the API, once its node list is loaded.
+# TYPE pullwatch_api_nodes gauge
+pullwatch_api_nodes{state="not_ready",zone=""} 1
+pullwatch_api_nodes{state="not_reporting",zone=""} 1
+pullwatch_api_nodes{state="reporting",zone=""} 3
+pullwatch_api_nodes{state="windows",zone=""} 0
+pullwatch_api_nodes{state="not_ready",zone="z1"} 0
+pullwatch_api_nodes{state="not_reporting",zone="z1"} 0
+pullwatch_api_nodes{state="reporting",zone="z1"} 0
+pullwatch_api_nodes{state="windows",zone="z1"} 1
+# HELP pullwatch_node_not_reporting 1 for a node whose agent should report and does not: reason stale (it reported, then went silent for longer than --stale-after) or never (with the Kubernetes API: a Ready, non-Windows Node whose agent never reported). Only such nodes have a series.
+# TYPE pullwatch_node_not_reporting gauge
+pullwatch_node_not_reporting{node="node-b",reason="stale"} 1
+pullwatch_node_not_reporting{node="node-c",reason="never"} 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "pullwatch_api_nodes", "pullwatch_node_not_reporting"); err != nil {
+		t.Error(err)
+	}
+	cfg.APINodes = func() ([]APINode, bool) { return nil, false }
+	if n := testutil.CollectAndCount(newCollector(testStore(), cfg), "pullwatch_api_nodes"); n != 0 {
+		t.Errorf("%d pullwatch_api_nodes series before the node list is loaded, want none", n)
 	}
 }
