@@ -54,7 +54,7 @@ func TestGRPCClient(t *testing.T) {
 	}
 
 	conn, err := grpc.NewClient("kubernetes:///svc.ns:grpc",
-		grpc.WithResolvers(NewBuilder(cs, slog.New(slog.NewTextHandler(io.Discard, nil)))),
+		grpc.WithResolvers(NewBuilder(fakeAPI(cs), slog.New(slog.NewTextHandler(io.Discard, nil)))),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -17,8 +17,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 )
 
 // recorder is the ClientConn of a resolver under test: it turns each call
@@ -74,7 +76,7 @@ func build(t *testing.T, cs *fake.Clientset, target string, cc resolver.ClientCo
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	return NewBuilder(cs, log).Build(resolver.Target{URL: *u}, cc, resolver.BuildOptions{})
+	return NewBuilder(fakeAPI(cs), log).Build(resolver.Target{URL: *u}, cc, resolver.BuildOptions{})
 }
 
 func TestResolverFollowsEndpointSlices(t *testing.T) {
@@ -197,5 +199,24 @@ func TestBuildRejectsBadTargets(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Build(%q): %v, want %q", target, err, want)
 		}
+	}
+}
+
+// fakeAPI reads EndpointSlices through a fake clientset, as NewAPI does
+// through the API server. The fake does not stream a watch's initial list
+// (watch-list), and says so, as the clientset's own informers do.
+func fakeAPI(cs *fake.Clientset) API {
+	return func(namespace, labelSelector string) cache.ListerWatcher {
+		slices := cs.DiscoveryV1().EndpointSlices(namespace)
+		return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				o.LabelSelector = labelSelector
+				return slices.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				o.LabelSelector = labelSelector
+				return slices.Watch(ctx, o)
+			},
+		}, cs)
 	}
 }
