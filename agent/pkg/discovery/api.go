@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -20,17 +19,19 @@ type API func(namespace, labelSelector string) cache.ListerWatcher
 
 // NewAPI returns the API of the Kubernetes API server that cfg
 // configures: a REST client of discovery.k8s.io/v1 that knows only the
-// EndpointSlice types, rather than the clientset of every API group (whose
-// types and informers are most of client-go's weight in the binary).
+// package's own EndpointSlice types (slices.go), rather than the clientset
+// of every API group (whose types and informers are most of client-go's
+// weight in the binary). It asks for JSON, as the clientset does
+// by default.
 func NewAPI(cfg *rest.Config) (API, error) {
 	scheme := runtime.NewScheme()
-	if err := discoveryv1.AddToScheme(scheme); err != nil {
-		return nil, fmt.Errorf("EndpointSlice types: %w", err)
-	}
+	addToScheme(scheme)
 	c := *cfg
-	c.GroupVersion = &discoveryv1.SchemeGroupVersion
+	c.GroupVersion = &groupVersion
 	c.APIPath = "/apis"
 	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	// The types decode from JSON only (not protobuf or CBOR).
+	c.ContentType, c.AcceptContentTypes = "application/json", "application/json"
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}

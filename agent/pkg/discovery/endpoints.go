@@ -5,9 +5,6 @@ import (
 	"net"
 	"slices"
 	"strconv"
-
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 )
 
 // isReady is whether an endpoint takes traffic: its ready condition is not
@@ -16,7 +13,7 @@ import (
 // ready, as the API says, and a terminating endpoint is never ready
 // (serving, which may be true while terminating, is not used: the agent
 // should move away from an aggregator that is shutting down, not to it).
-func isReady(c discoveryv1.EndpointConditions) bool {
+func isReady(c EndpointConditions) bool {
 	return c.Ready == nil || *c.Ready
 }
 
@@ -26,7 +23,7 @@ func isReady(c discoveryv1.EndpointConditions) bool {
 // port name looked up among each slice's TCP ports. Slices of address type
 // FQDN are skipped: they would need DNS, which this package is there to
 // avoid. When there is no address, why says what the slices lacked.
-func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (addrs []string, why string) {
+func readyAddresses(endpointSlices []*EndpointSlice, port string) (addrs []string, why string) {
 	number, err := portNumber(port)
 	if err != nil {
 		return nil, err.Error()
@@ -34,7 +31,7 @@ func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (a
 	seen := map[string]bool{}
 	endpoints, noPort := 0, 0
 	for _, s := range endpointSlices {
-		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
+		if s.AddressType != addressTypeIPv4 && s.AddressType != addressTypeIPv6 {
 			continue
 		}
 		p := number
@@ -78,12 +75,12 @@ func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (a
 }
 
 // namedPort is the number of the TCP port called name, or 0.
-func namedPort(ports []discoveryv1.EndpointPort, name string) int32 {
+func namedPort(ports []EndpointPort, name string) int32 {
 	for _, p := range ports {
 		if p.Name == nil || *p.Name != name || p.Port == nil {
 			continue
 		}
-		if p.Protocol == nil || *p.Protocol == corev1.ProtocolTCP {
+		if p.Protocol == nil || *p.Protocol == "TCP" {
 			return *p.Port
 		}
 	}

@@ -146,7 +146,7 @@ func TestReadyAddresses(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, why := readyAddresses(tc.slices, tc.port)
+			got, why := readyAddresses(owns(tc.slices), tc.port)
 			if !slices.Equal(got, tc.want) || why != tc.why {
 				t.Errorf("readyAddresses = %q, %q; want %q, %q", got, why, tc.want, tc.why)
 			}

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 
 	"google.golang.org/grpc/resolver"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/tools/cache"
@@ -123,9 +122,11 @@ type endpointsResolver struct {
 
 func startWatch(client API, target Target, out sink, log *slog.Logger) *endpointsResolver {
 	ctx, cancel := context.WithCancel(context.Background())
-	selector := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: target.Service})
-	informer := cache.NewSharedIndexInformer(client(target.Namespace, selector.String()),
-		&discoveryv1.EndpointSlice{}, 0, cache.Indexers{})
+	selector := labels.SelectorFromSet(labels.Set{labelServiceName: target.Service})
+	// The description names the type in the reflector's errors (and so
+	// in what the resolver reports) as it names k8s.io/api's.
+	informer := cache.NewSharedIndexInformerWithOptions(client(target.Namespace, selector.String()),
+		&EndpointSlice{}, cache.SharedIndexInformerOptions{ObjectDescription: "*v1.EndpointSlice"})
 	r := &endpointsResolver{
 		target:   target,
 		out:      out,
@@ -184,9 +185,9 @@ func (r *endpointsResolver) run(ctx context.Context, informer cache.SharedIndexI
 func (r *endpointsResolver) update() {
 	// The list and watch ask for the namespace and selector already; the
 	// check keeps a client that does not filter (a fake) from adding others.
-	var list []*discoveryv1.EndpointSlice
+	var list []*EndpointSlice
 	for _, o := range r.informer.GetStore().List() {
-		s, ok := o.(*discoveryv1.EndpointSlice)
+		s, ok := o.(*EndpointSlice)
 		if ok && s.Namespace == r.target.Namespace && r.selector.Matches(labels.Set(s.Labels)) {
 			list = append(list, s)
 		}
