@@ -125,9 +125,9 @@ func endpointSlice(name, ip string, port int32, ready bool) *discoveryv1.Endpoin
 	}
 }
 
-// agentClient is a clientset with a real token of the agent's
-// ServiceAccount.
-func agentClient(t *testing.T, ctx context.Context, c *kubeapi.Cluster) kubernetes.Interface {
+// agentClient is the agent's EndpointSlice client (discovery.NewAPI, as
+// pullwatch-agent makes it) with a real token of its ServiceAccount.
+func agentClient(t *testing.T, ctx context.Context, c *kubeapi.Cluster) discovery.API {
 	t.Helper()
 	if err := c.EnsureServiceAccount(ctx, namespace, agentSA); err != nil {
 		t.Fatal(err)
@@ -136,7 +136,7 @@ func agentClient(t *testing.T, ctx context.Context, c *kubeapi.Cluster) kubernet
 	if err != nil {
 		t.Fatal(err)
 	}
-	cs, err := kubernetes.NewForConfig(&rest.Config{
+	api, err := discovery.NewAPI(&rest.Config{
 		Host:            c.URL(),
 		BearerToken:     token,
 		TLSClientConfig: rest.TLSClientConfig{CAData: c.CAData()},
@@ -144,7 +144,7 @@ func agentClient(t *testing.T, ctx context.Context, c *kubeapi.Cluster) kubernet
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cs
+	return api
 }
 
 func applyAgentRBAC(t *testing.T, ctx context.Context, admin kubernetes.Interface) {

@@ -8,7 +8,6 @@ import (
 	"slices"
 
 	"google.golang.org/grpc"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/pullwatch/pullwatch/agent/pkg/discovery"
 	"github.com/pullwatch/pullwatch/pkg/kubeapi"
@@ -29,7 +28,7 @@ type replicaWatch struct {
 	// verifies the aggregator's certificate against.
 	authority string
 	// client and target make the lending channel's resolver (lenderConn).
-	client kubernetes.Interface
+	client discovery.API
 	target discovery.Target
 }
 
@@ -55,7 +54,7 @@ func (c *common) aggregatorReplicas(log *slog.Logger, aggregator string) (*repli
 	}
 	cfg := *kube.Rest
 	cfg.UserAgent = "pullwatch-agent/" + Version
-	client, err := kubernetes.NewForConfig(&cfg)
+	client, err := discovery.NewAPI(&cfg)
 	if err != nil {
 		return nil, fmt.Errorf("--aggregator %s: Kubernetes API client (%s): %w", aggregator, kube.Source, err)
 	}

@@ -73,6 +73,8 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	ctx, log := newLogger(ctx, env, &f.common)
+	setMemoryLimit(log)
+	setGCPercent()
 	replicas, err := f.aggregatorReplicas(log, f.aggregator)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pullwatch-agent run: %v\n", err)

@@ -46,7 +46,7 @@ func TestGRPCClient(t *testing.T) {
 	a := slice("a", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("grpc", ports[0])}, ready("127.0.0.1"))
 	b := slice("b", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("grpc", ports[1])}, ready("127.0.0.1"))
 	cs := fake.NewClientset(a, b)
-	addrs, _ := readyAddresses([]*discoveryv1.EndpointSlice{a, b}, "grpc")
+	addrs, _ := readyAddresses(owns([]*discoveryv1.EndpointSlice{a, b}), "grpc")
 	first, second := addrs[0], addrs[1]
 	firstSlice := a
 	if !strings.HasSuffix(first, ":"+strconv.Itoa(int(ports[0]))) {
@@ -54,7 +54,7 @@ func TestGRPCClient(t *testing.T) {
 	}
 
 	conn, err := grpc.NewClient("kubernetes:///svc.ns:grpc",
-		grpc.WithResolvers(NewBuilder(cs, slog.New(slog.NewTextHandler(io.Discard, nil)))),
+		grpc.WithResolvers(NewBuilder(fakeAPI(cs), slog.New(slog.NewTextHandler(io.Discard, nil)))),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

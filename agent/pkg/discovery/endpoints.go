@@ -5,9 +5,6 @@ import (
 	"net"
 	"slices"
 	"strconv"
-
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 )
 
 // ControllerName is the value of the EndpointSlice controller's
@@ -23,13 +20,13 @@ const ControllerName = "endpointslice-controller.k8s.io"
 const MaxAddresses = 16
 
 // fromController reports whether the EndpointSlice controller wrote s.
-func fromController(s *discoveryv1.EndpointSlice) bool {
-	return s.Labels[discoveryv1.LabelManagedBy] == ControllerName
+func fromController(s *EndpointSlice) bool {
+	return s.Labels[labelManagedBy] == ControllerName
 }
 
 // targetsPod reports whether ep is a pod of the slice's namespace, as the
 // controller's endpoints for a Service's selector are.
-func targetsPod(s *discoveryv1.EndpointSlice, ep discoveryv1.Endpoint) bool {
+func targetsPod(s *EndpointSlice, ep Endpoint) bool {
 	ref := ep.TargetRef
 	return ref != nil && ref.Kind == "Pod" && (ref.Namespace == "" || ref.Namespace == s.Namespace)
 }
@@ -40,7 +37,7 @@ func targetsPod(s *discoveryv1.EndpointSlice, ep discoveryv1.Endpoint) bool {
 // ready, as the API says, and a terminating endpoint is never ready
 // (serving, which may be true while terminating, is not used: the agent
 // should move away from an aggregator that is shutting down, not to it).
-func isReady(c discoveryv1.EndpointConditions) bool {
+func isReady(c EndpointConditions) bool {
 	return c.Ready == nil || *c.Ready
 }
 
@@ -52,7 +49,7 @@ func isReady(c discoveryv1.EndpointConditions) bool {
 // endpoints that are pods. Slices of address type FQDN are skipped: they
 // would need DNS, which this package is there to avoid. When there is no
 // address, why says what the slices lacked.
-func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (addrs []string, why string) {
+func readyAddresses(endpointSlices []*EndpointSlice, port string) (addrs []string, why string) {
 	number, err := portNumber(port)
 	if err != nil {
 		return nil, err.Error()
@@ -64,7 +61,7 @@ func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (a
 			foreign++
 			continue
 		}
-		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
+		if s.AddressType != addressTypeIPv4 && s.AddressType != addressTypeIPv6 {
 			continue
 		}
 		p := number
@@ -100,7 +97,7 @@ func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (a
 	case len(endpointSlices) == 0:
 		return nil, "no EndpointSlices (no such Service, or it has no selector)"
 	case foreign == len(endpointSlices):
-		return nil, fmt.Sprintf("its EndpointSlices are not managed by the EndpointSlice controller (label %s=%s); they are not trusted", discoveryv1.LabelManagedBy, ControllerName)
+		return nil, fmt.Sprintf("its EndpointSlices are not managed by the EndpointSlice controller (label %s=%s); they are not trusted", labelManagedBy, ControllerName)
 	case endpoints == 0 && noPort > 0:
 		return nil, fmt.Sprintf("no TCP port named %q in its EndpointSlices", port)
 	case endpoints == 0:
@@ -113,12 +110,12 @@ func readyAddresses(endpointSlices []*discoveryv1.EndpointSlice, port string) (a
 }
 
 // namedPort is the number of the TCP port called name, or 0.
-func namedPort(ports []discoveryv1.EndpointPort, name string) int32 {
+func namedPort(ports []EndpointPort, name string) int32 {
 	for _, p := range ports {
 		if p.Name == nil || *p.Name != name || p.Port == nil {
 			continue
 		}
-		if p.Protocol == nil || *p.Protocol == corev1.ProtocolTCP {
+		if p.Protocol == nil || *p.Protocol == "TCP" {
 			return *p.Port
 		}
 	}

@@ -150,7 +150,7 @@ func TestReadyAddresses(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, why := readyAddresses(tc.slices, tc.port)
+			got, why := readyAddresses(owns(tc.slices), tc.port)
 			if !slices.Equal(got, tc.want) || why != tc.why {
 				t.Errorf("readyAddresses = %q, %q; want %q, %q", got, why, tc.want, tc.why)
 			}
@@ -174,11 +174,11 @@ func TestReadyAddressesOnlyFromTheController(t *testing.T) {
 	noPod.Endpoints[0].TargetRef = nil
 	noPod.Endpoints[1].TargetRef.Kind = "Node"
 	noPod.Endpoints[2].TargetRef.Namespace = "elsewhere"
-	got, _ := readyAddresses([]*discoveryv1.EndpointSlice{forged, unmanaged, mirrored, noPod}, "grpc")
+	got, _ := readyAddresses(owns([]*discoveryv1.EndpointSlice{forged, unmanaged, mirrored, noPod}), "grpc")
 	if !slices.Equal(got, []string{"10.0.0.1:9400"}) {
 		t.Errorf("readyAddresses = %q, want only the controller's pod 10.0.0.1:9400", got)
 	}
-	if _, why := readyAddresses([]*discoveryv1.EndpointSlice{forged}, "grpc"); !strings.Contains(why, "not managed by") {
+	if _, why := readyAddresses(owns([]*discoveryv1.EndpointSlice{forged}), "grpc"); !strings.Contains(why, "not managed by") {
 		t.Errorf("why = %q, want it to say the slice is not the controller's", why)
 	}
 
@@ -186,7 +186,7 @@ func TestReadyAddressesOnlyFromTheController(t *testing.T) {
 	for i := range 3 * MaxAddresses {
 		many = append(many, ready(fmt.Sprintf("10.1.%d.%d", i/250, i%250)))
 	}
-	got, _ = readyAddresses([]*discoveryv1.EndpointSlice{slice("big", v4, grpcPort, many...)}, "grpc")
+	got, _ = readyAddresses(owns([]*discoveryv1.EndpointSlice{slice("big", v4, grpcPort, many...)}), "grpc")
 	if len(got) != MaxAddresses {
 		t.Errorf("%d addresses from %d ready endpoints, want the cap %d", len(got), 3*MaxAddresses, MaxAddresses)
 	}

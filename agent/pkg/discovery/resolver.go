@@ -9,13 +9,8 @@ import (
 	"sync/atomic"
 
 	"google.golang.org/grpc/resolver"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -31,13 +26,13 @@ import (
 // client drops its connections and fails calls with "no ready aggregator
 // endpoints in SERVICE.NAMESPACE" until one is ready again.
 type Builder struct {
-	client kubernetes.Interface
+	client API
 	log    *slog.Logger
 }
 
 // NewBuilder returns a Builder whose resolvers read the API through client
 // and log to log.
-func NewBuilder(client kubernetes.Interface, log *slog.Logger) *Builder {
+func NewBuilder(client API, log *slog.Logger) *Builder {
 	return &Builder{client: client, log: log}
 }
 
@@ -102,7 +97,7 @@ func (funcSink) watchFailed(error)                   {} // logged by the watch
 // aggregator replica rather than one gRPC channel over all of them: the
 // agent streams its reports to every replica. Calls of onChange are
 // sequential. Watch returns when ctx ends and the watch has stopped.
-func Watch(ctx context.Context, client kubernetes.Interface, target Target, log *slog.Logger, onChange func(addrs []string)) {
+func Watch(ctx context.Context, client API, target Target, log *slog.Logger, onChange func(addrs []string)) {
 	r := startWatch(client, target, funcSink(onChange), log.With("target", target.String()))
 	<-ctx.Done()
 	r.Close()
@@ -113,12 +108,11 @@ type endpointsResolver struct {
 	target   Target
 	out      sink
 	log      *slog.Logger
-	factory  informers.SharedInformerFactory
-	lister   discoverylisters.EndpointSliceLister
+	informer cache.SharedIndexInformer
 	selector labels.Selector
 	changed  chan struct{} // a slice was added, updated or deleted
 	cancel   context.CancelFunc
-	done     chan struct{} // closed when run returns
+	done     chan struct{} // closed when run and the informer return
 	once     sync.Once
 	// pushed is set once the first complete list has been handed to cc.
 	pushed atomic.Bool
@@ -126,25 +120,23 @@ type endpointsResolver struct {
 	last []string
 }
 
-func startWatch(client kubernetes.Interface, target Target, out sink, log *slog.Logger) *endpointsResolver {
+func startWatch(client API, target Target, out sink, log *slog.Logger) *endpointsResolver {
 	ctx, cancel := context.WithCancel(context.Background())
-	selector := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: target.Service})
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithNamespace(target.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }))
-	slicesInformer := factory.Discovery().V1().EndpointSlices()
+	selector := labels.SelectorFromSet(labels.Set{labelServiceName: target.Service})
+	// The description names the type in the reflector's errors (and so
+	// in what the resolver reports) as it names k8s.io/api's.
+	informer := cache.NewSharedIndexInformerWithOptions(client(target.Namespace, selector.String()),
+		&EndpointSlice{}, cache.SharedIndexInformerOptions{ObjectDescription: "*v1.EndpointSlice"})
 	r := &endpointsResolver{
 		target:   target,
 		out:      out,
 		log:      log,
-		factory:  factory,
-		lister:   slicesInformer.Lister(),
+		informer: informer,
 		selector: selector,
 		changed:  make(chan struct{}, 1),
 		cancel:   cancel,
 		done:     make(chan struct{}),
 	}
-	informer := slicesInformer.Informer()
 	// Neither call fails on an informer that has not started.
 	_ = informer.SetWatchErrorHandlerWithContext(r.watchError)
 	_, _ = informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -152,8 +144,16 @@ func startWatch(client kubernetes.Interface, target Target, out sink, log *slog.
 		UpdateFunc: func(any, any) { r.poke() },
 		DeleteFunc: func(any) { r.poke() },
 	})
-	factory.StartWithContext(ctx)
-	go r.run(ctx, informer)
+	informerDone := make(chan struct{})
+	go func() {
+		defer close(informerDone)
+		informer.RunWithContext(ctx)
+	}()
+	go func() {
+		defer close(r.done)
+		r.run(ctx, informer)
+		<-informerDone
+	}()
 	log.Debug("watching EndpointSlices", "namespace", target.Namespace, "selector", selector.String())
 	return r
 }
@@ -168,7 +168,6 @@ func (r *endpointsResolver) poke() {
 // run pushes the ready addresses once the first list is in, then after
 // every change, until ctx ends.
 func (r *endpointsResolver) run(ctx context.Context, informer cache.SharedIndexInformer) {
-	defer close(r.done)
 	if !cache.WaitFor(ctx, "", informer.HasSyncedChecker()) {
 		return
 	}
@@ -184,10 +183,14 @@ func (r *endpointsResolver) run(ctx context.Context, informer cache.SharedIndexI
 
 // update hands cc the ready addresses, when they changed.
 func (r *endpointsResolver) update() {
-	list, err := r.lister.EndpointSlices(r.target.Namespace).List(r.selector)
-	if err != nil { // the cache's List does not fail; keep the last set if it does
-		r.log.Warn("reading the EndpointSlice cache", "err", err)
-		return
+	// The list and watch ask for the namespace and selector already; the
+	// check keeps a client that does not filter (a fake) from adding others.
+	var list []*EndpointSlice
+	for _, o := range r.informer.GetStore().List() {
+		s, ok := o.(*EndpointSlice)
+		if ok && s.Namespace == r.target.Namespace && r.selector.Matches(labels.Set(s.Labels)) {
+			list = append(list, s)
+		}
 	}
 	addrs, why := readyAddresses(list, r.target.Port)
 	if r.pushed.Load() && slices.Equal(addrs, r.last) {
@@ -228,7 +231,6 @@ func (r *endpointsResolver) ResolveNow(resolver.ResolveNowOptions) {}
 func (r *endpointsResolver) Close() {
 	r.once.Do(func() {
 		r.cancel()
-		r.factory.Shutdown()
 		<-r.done
 	})
 }

@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -17,8 +18,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 )
 
 // recorder is the ClientConn of a resolver under test: it turns each call
@@ -74,7 +77,7 @@ func build(t *testing.T, cs *fake.Clientset, target string, cc resolver.ClientCo
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	return NewBuilder(cs, log).Build(resolver.Target{URL: *u}, cc, resolver.BuildOptions{})
+	return NewBuilder(fakeAPI(cs), log).Build(resolver.Target{URL: *u}, cc, resolver.BuildOptions{})
 }
 
 func TestResolverFollowsEndpointSlices(t *testing.T) {
@@ -198,4 +201,66 @@ func TestBuildRejectsBadTargets(t *testing.T) {
 			t.Errorf("Build(%q): %v, want %q", target, err, want)
 		}
 	}
+}
+
+// fakeAPI reads EndpointSlices through a fake clientset, as NewAPI does
+// through the API server: k8s.io/api's objects turned into the package's
+// own through their JSON, as the API server sends it. The fake does not
+// stream a watch's initial list (watch-list), and says so, as the
+// clientset's own informers do.
+func fakeAPI(cs *fake.Clientset) API {
+	return func(namespace, labelSelector string) cache.ListerWatcher {
+		slices := cs.DiscoveryV1().EndpointSlices(namespace)
+		return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				o.LabelSelector = labelSelector
+				l, err := slices.List(ctx, o)
+				if err != nil {
+					return nil, err
+				}
+				var out EndpointSliceList
+				return &out, viaJSON(l, &out)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				o.LabelSelector = labelSelector
+				w, err := slices.Watch(ctx, o)
+				if err != nil {
+					return nil, err
+				}
+				return watch.Filter(w, func(e watch.Event) (watch.Event, bool) {
+					if s, ok := e.Object.(*discoveryv1.EndpointSlice); ok {
+						e.Object = own(s)
+					}
+					return e, true
+				}), nil
+			},
+		}, cs)
+	}
+}
+
+// viaJSON decodes in's JSON into out.
+func viaJSON(in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, out)
+}
+
+// own is s as the package's own EndpointSlice.
+func own(s *discoveryv1.EndpointSlice) *EndpointSlice {
+	var out EndpointSlice
+	if err := viaJSON(s, &out); err != nil {
+		panic(err)
+	}
+	return &out
+}
+
+// owns is own of every slice.
+func owns(ss []*discoveryv1.EndpointSlice) []*EndpointSlice {
+	out := make([]*EndpointSlice, len(ss))
+	for i, s := range ss {
+		out[i] = own(s)
+	}
+	return out
 }

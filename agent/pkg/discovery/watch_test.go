@@ -22,7 +22,7 @@ func TestWatchHandsOverEveryChange(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		Watch(ctx, cs, Target{Service: "svc", Namespace: "ns", Port: "grpc"}, slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Watch(ctx, fakeAPI(cs), Target{Service: "svc", Namespace: "ns", Port: "grpc"}, slog.New(slog.NewTextHandler(io.Discard, nil)),
 			func(addrs []string) { rec.events <- "addrs " + strings.Join(addrs, ",") })
 	}()
 	rec.next(t, "addrs 10.0.0.1:9400,10.0.0.2:9400")

@@ -1,4 +1,5 @@
-// Package events watches containerd's event stream (containerd v2 client)
+// Package events watches containerd's event stream (its Events gRPC
+// service, through the containerd API module rather than the whole client)
 // so the agent checks a new image or container within seconds instead of
 // waiting for the next interval. The interval still catches everything:
 // events only make rounds happen sooner.
@@ -11,13 +12,26 @@ import (
 	"strings"
 	"time"
 
-	containerd "github.com/containerd/containerd/v2/client"
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+	"github.com/containerd/containerd/api/types"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
 
 // Namespace is where the CRI plugin keeps Kubernetes' images and containers.
 const Namespace = "k8s.io"
+
+// namespaceHeader is the gRPC metadata key that names a request's
+// containerd namespace (containerd's namespaces.GRPCHeader).
+const namespaceHeader = "containerd-namespace"
+
+// connectTimeout bounds a connection attempt and the backoff between them,
+// as containerd's client's WithTimeout does.
+const connectTimeout = 5 * time.Second
 
 // Topics that change what a node has or runs.
 var filters = []string{
@@ -44,11 +58,12 @@ type Watcher struct {
 // ctx ends, or at once with an error when containerd cannot be reached.
 func (w Watcher) Watch(ctx context.Context, trigger func(reason string)) error {
 	address, debounce := strings.TrimPrefix(w.Address, "unix://"), w.Debounce
-	client, err := containerd.New(address, containerd.WithDefaultNamespace(Namespace), containerd.WithTimeout(5*time.Second))
+	conn, err := dial(address)
 	if err != nil {
 		return fmt.Errorf("connect to containerd at %s for events: %w", address, err)
 	}
-	defer client.Close()
+	defer func() { _ = conn.Close() }()
+	client := eventsapi.NewEventsClient(conn)
 	log := w.Log
 	if log == nil {
 		log = logging.FromContext(ctx)
@@ -77,10 +92,49 @@ func (w Watcher) Watch(ctx context.Context, trigger func(reason string)) error {
 	return nil
 }
 
-func watchOnce(ctx context.Context, client *containerd.Client, debounce time.Duration, trigger func(string)) error {
+// dial makes the gRPC channel to containerd's socket the way containerd's
+// client does (it connects on first use).
+func dial(address string) (*grpc.ClientConn, error) {
+	backoffConfig := backoff.DefaultConfig
+	backoffConfig.MaxDelay = connectTimeout
+	return grpc.NewClient("unix://"+address,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoffConfig, MinConnectTimeout: connectTimeout}))
+}
+
+// subscribe starts one subscription to client's events that match filters:
+// the envelopes arrive on the first channel until the stream ends, whose
+// error (never nil) then arrives on the second.
+func subscribe(ctx context.Context, client eventsapi.EventsClient, filters []string) (<-chan *types.Envelope, <-chan error) {
+	envelopes, errs := make(chan *types.Envelope), make(chan error, 1)
+	go func() {
+		stream, err := client.Subscribe(metadata.AppendToOutgoingContext(ctx, namespaceHeader, Namespace),
+			&eventsapi.SubscribeRequest{Filters: filters})
+		if err != nil {
+			errs <- err
+			return
+		}
+		for {
+			env, err := stream.Recv()
+			if err != nil {
+				errs <- err
+				return
+			}
+			select {
+			case envelopes <- env:
+			case <-ctx.Done():
+				errs <- ctx.Err()
+				return
+			}
+		}
+	}()
+	return envelopes, errs
+}
+
+func watchOnce(ctx context.Context, client eventsapi.EventsClient, debounce time.Duration, trigger func(string)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	envelopes, errs := client.Subscribe(ctx, filters...)
+	envelopes, errs := subscribe(ctx, client, filters)
 	var pending string
 	var timer <-chan time.Time
 	for {
