@@ -115,6 +115,10 @@ helm-lint: helm ## helm lint --strict and helm template of deploy/helm/pullwatch
 		--set 'runtime.profiles={k3s,rke2}' >/dev/null
 	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
 		--set 'runtime.profiles={talos}' >/dev/null
+	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
+		--set tls.mode=generate >/dev/null
+	$(HELM_BIN)/helm template pullwatch deploy/helm/pullwatch --namespace pullwatch \
+		--set tls.mode=certManager >/dev/null
 
 runtimes: ## containerd 1.7, 2.0, 2.4 and crictl from their Go modules into .cache/runtimes (cached; minutes when cold)
 	bash scripts/build-runtimes.sh
