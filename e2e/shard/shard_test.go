@@ -186,7 +186,7 @@ func TestShardedProbes(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	lab.WaitFor(t, interval+10*time.Second, "the deleted image absent on every node", func() (bool, string) {
+	lab.WaitFor(t, 4*interval+15*time.Second, "the deleted image absent on every node", func() (bool, string) {
 		_, body := lab.HTTPGet(metricsURL)
 		for _, n := range nodes {
 			if !status(body, n.name, refs[0], "absent") {
@@ -206,7 +206,7 @@ func TestShardedProbes(t *testing.T) {
 		t.Fatal(err)
 	}
 	start = time.Now()
-	lab.WaitFor(t, interval+10*time.Second, "node-c unreachable, the others not", func() (bool, string) {
+	lab.WaitFor(t, 4*interval+15*time.Second, "node-c unreachable, the others not", func() (bool, string) {
 		_, body := lab.HTTPGet(metricsURL)
 		for i, ref := range refs {
 			if !status(body, "node-c", ref, "unreachable") {
