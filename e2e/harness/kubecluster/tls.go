@@ -30,33 +30,24 @@ const (
 // for the Service's name in the Secret pullwatch-aggregator-tls (tls.crt,
 // tls.key, ca.crt) and the CA alone in the ConfigMap
 // pullwatch-aggregator-ca, both in namespace pullwatch. Objects that exist
-// already are kept. Install calls it before applying deploy/.
+// already are kept. Install calls it before applying deploy/. The material
+// is made once per box: a second install (the chart's, after the
+// kustomize one is removed) gets the same CA, which the box's Prometheus
+// already verifies the aggregator with.
 func (c *Cluster) CreateTLS(ctx context.Context) error {
 	if err := c.API.EnsureNamespace(ctx, Namespace); err != nil {
 		return err
 	}
-	ca, caKey, err := certs.CA("pullwatch-ca (kubecluster)")
+	crtPEM, keyPEM, caPEM, err := c.aggregatorTLSFiles()
 	if err != nil {
 		return err
 	}
-	der, key, err := certs.Issue(&x509.Certificate{
-		DNSNames:    []string{AggregatorServerName, AggregatorServerName + ".cluster.local"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, ca, caKey)
-	if err != nil {
-		return err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
-	}
-	caPEM := certs.PEM("CERTIFICATE", ca.Raw)
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: AggregatorTLSSecret},
 		Type:       corev1.SecretTypeTLS,
 		Data: map[string][]byte{
-			corev1.TLSCertKey:       certs.PEM("CERTIFICATE", der),
-			corev1.TLSPrivateKeyKey: certs.PEM("PRIVATE KEY", keyDER),
+			corev1.TLSCertKey:       crtPEM,
+			corev1.TLSPrivateKeyKey: keyPEM,
 			"ca.crt":                caPEM,
 		},
 	}
@@ -129,4 +120,43 @@ func (c *Cluster) AggregatorTLS(ctx context.Context) (*tls.Config, error) {
 		return nil, fmt.Errorf("kubecluster: %s: no certificate", file)
 	}
 	return &tls.Config{RootCAs: pool, ServerName: AggregatorServerName, MinVersion: tls.VersionTLS12}, nil
+}
+
+// aggregatorTLSFiles are the box's aggregator certificate, key and CA (PEM),
+// made on first use and kept in the box's directory.
+func (c *Cluster) aggregatorTLSFiles() (crtPEM, keyPEM, caPEM []byte, err error) {
+	dir := filepath.Join(c.dir, "aggregator-tls")
+	files := []string{filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "ca.crt")}
+	if crtPEM, err = os.ReadFile(files[0]); err == nil {
+		if keyPEM, err = os.ReadFile(files[1]); err == nil {
+			if caPEM, err = os.ReadFile(files[2]); err == nil {
+				return crtPEM, keyPEM, caPEM, nil
+			}
+		}
+	}
+	ca, caKey, err := certs.CA("pullwatch-ca (kubecluster)")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	der, key, err := certs.Issue(&x509.Certificate{
+		DNSNames:    []string{AggregatorServerName, AggregatorServerName + ".cluster.local"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, ca, caKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	crtPEM, keyPEM, caPEM = certs.PEM("CERTIFICATE", der), certs.PEM("PRIVATE KEY", keyDER), certs.PEM("CERTIFICATE", ca.Raw)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, nil, err
+	}
+	for i, b := range [][]byte{crtPEM, keyPEM, caPEM} {
+		if err := os.WriteFile(files[i], b, 0o600); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return crtPEM, keyPEM, caPEM, nil
 }
