@@ -3,7 +3,6 @@ module github.com/pullwatch/pullwatch/aggregator
 go 1.26.6
 
 require (
-	github.com/KimMachineGun/automemlimit v1.0.1
 	github.com/distribution/reference v0.6.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/pullwatch/pullwatch/pkg v0.0.0
@@ -20,6 +19,8 @@ require (
 	k8s.io/utils v0.0.0-20260626114624-be93311217bd
 	sigs.k8s.io/yaml v1.6.0
 )
+
+require github.com/KimMachineGun/automemlimit v1.0.1 // indirect
 
 require (
 	cel.dev/expr v0.25.3 // indirect

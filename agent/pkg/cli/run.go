@@ -19,6 +19,7 @@ import (
 	"github.com/pullwatch/pullwatch/agent/pkg/stream"
 	"github.com/pullwatch/pullwatch/pkg/buildinfo"
 	"github.com/pullwatch/pullwatch/pkg/envflag"
+	"github.com/pullwatch/pullwatch/pkg/gomemlimit"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -73,7 +74,9 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitSetup
 	}
 	ctx, log := newLogger(ctx, env, &f.common)
-	setMemoryLimit(log)
+	// As the aggregator: the garbage collector works harder near the
+	// DaemonSet's memory limit instead of letting the heap double past it.
+	gomemlimit.FromCgroup(log)
 	setGCPercent()
 	replicas, err := f.aggregatorReplicas(log, f.aggregator)
 	if err != nil {

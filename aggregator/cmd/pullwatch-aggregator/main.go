@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"net/http"
 	"os"
@@ -18,9 +17,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/pullwatch/pullwatch/pkg/buildinfo"
+	"github.com/pullwatch/pullwatch/pkg/gomemlimit"
 	"github.com/pullwatch/pullwatch/pkg/kubeapi"
 	"github.com/pullwatch/pullwatch/pkg/logging"
 	"github.com/pullwatch/pullwatch/pkg/tlsfiles"
@@ -72,7 +71,9 @@ func main() {
 	logging.RouteKlog(log)
 	build := buildinfo.Read(version)
 	log.Info("starting "+options.Name, "version", build.Version, "revision", build.Revision, "goversion", build.GoVersion)
-	setMemoryLimit(log)
+	// At 5,000 nodes the live state is about half a gigabyte, and GOGC's
+	// default alone would take the process to 1.8 GiB (docs/benchmarks.md).
+	gomemlimit.FromCgroup(log)
 
 	// Without the API, nodes are never dropped, zones come from the labels
 	// agents send, and the compatibility metrics name pods.
@@ -97,22 +98,6 @@ func main() {
 		log.Error("aggregator failed", logging.ErrKey, err)
 		stop()
 		os.Exit(exitFailure)
-	}
-}
-
-// setMemoryLimit gives the Go runtime a soft memory limit of 90% of the
-// container's (cgroup) memory limit, unless GOMEMLIMIT is set, so that
-// the garbage collector works harder near the limit instead of letting
-// the heap double past it: at 5,000 nodes the live state is about half a
-// gigabyte, and GOGC's default alone would take the process to 1.8 GiB
-// (docs/benchmarks.md). AUTOMEMLIMIT=off turns it off.
-func setMemoryLimit(log *slog.Logger) {
-	limit, err := memlimit.Set(memlimit.WithRatio(0.9), memlimit.WithLogger(slog.New(slog.DiscardHandler)))
-	switch {
-	case err != nil:
-		log.Warn("no soft memory limit from the cgroup", logging.ErrKey, err)
-	case limit > 0 && limit < math.MaxInt64:
-		log.Info("soft memory limit (GOMEMLIMIT)", "bytes", limit)
 	}
 }
 
