@@ -651,6 +651,30 @@ func run(ctx context.Context, name string, args ...string) (string, error) {
 	return string(out), nil
 }
 
+// runJSON runs an `ip -j` listing and decodes its standard output alone:
+// ip writes warnings such as "Device ... does not exist" to standard error
+// when a link goes away while it lists (another test's network being
+// deleted), and those are not JSON. A listing that races a deletion is
+// tried again.
+func runJSON(ctx context.Context, v any, name string, args ...string) error {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var stdout, stderr bytes.Buffer
+		cmd := exec.CommandContext(ctx, name, args...)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err = cmd.Run(); err != nil {
+			err = fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+			continue
+		}
+		if err = json.Unmarshal(stdout.Bytes(), v); err != nil {
+			err = fmt.Errorf("%s %s: %w (stderr: %s)", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+			continue
+		}
+		return nil
+	}
+	return err
+}
+
 func newID() (string, error) {
 	b := make([]byte, 3)
 	if _, err := rand.Read(b); err != nil {
@@ -758,10 +782,6 @@ type usedNet struct {
 // not count.
 func usedNets(ctx context.Context) ([]usedNet, error) {
 	var out []usedNet
-	addrs, err := run(ctx, "ip", "-j", "-4", "addr", "show")
-	if err != nil {
-		return nil, err
-	}
 	var links []struct {
 		Ifname   string `json:"ifname"`
 		AddrInfo []struct {
@@ -769,8 +789,8 @@ func usedNets(ctx context.Context) ([]usedNet, error) {
 			Prefixlen int    `json:"prefixlen"`
 		} `json:"addr_info"`
 	}
-	if err := json.Unmarshal([]byte(addrs), &links); err != nil {
-		return nil, fmt.Errorf("ip -j addr: %w", err)
+	if err := runJSON(ctx, &links, "ip", "-j", "-4", "addr", "show"); err != nil {
+		return nil, err
 	}
 	for _, l := range links {
 		for _, a := range l.AddrInfo {
@@ -779,16 +799,12 @@ func usedNets(ctx context.Context) ([]usedNet, error) {
 			}
 		}
 	}
-	routes, err := run(ctx, "ip", "-j", "-4", "route", "show", "table", "all")
-	if err != nil {
-		return nil, err
-	}
 	var rs []struct {
 		Dst string `json:"dst"`
 		Dev string `json:"dev"`
 	}
-	if err := json.Unmarshal([]byte(routes), &rs); err != nil {
-		return nil, fmt.Errorf("ip -j route: %w", err)
+	if err := runJSON(ctx, &rs, "ip", "-j", "-4", "route", "show", "table", "all"); err != nil {
+		return nil, err
 	}
 	for _, r := range rs {
 		if r.Dst == "" || r.Dst == "default" {
