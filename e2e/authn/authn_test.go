@@ -187,6 +187,19 @@ func applyShippedRBAC(ctx context.Context, c *kubeapi.Cluster) (string, error) {
 				if _, err := c.Client().RbacV1().ClusterRoleBindings().Create(ctx, &rb, metav1.CreateOptions{}); err != nil {
 					return "", err
 				}
+			// The scrape token's objects (metrics-reader.yaml): the
+			// scraper's ServiceAccount, the empty Secret, and the
+			// aggregator's Role on just those two.
+			case "ServiceAccount", "Secret", "Role", "RoleBinding":
+				if f != "metrics-reader.yaml" {
+					continue
+				}
+				if err := c.EnsureNamespace(ctx, namespace); err != nil {
+					return "", err
+				}
+				if err := createShipped(ctx, c, head.Kind, []byte(doc)); err != nil {
+					return "", fmt.Errorf("deploy/%s: %w", f, err)
+				}
 			}
 		}
 	}
@@ -194,6 +207,34 @@ func applyShippedRBAC(ctx context.Context, c *kubeapi.Cluster) (string, error) {
 	// that name and the ServiceAccount groups is the same identity.
 	return c.KubeconfigFor("system:serviceaccount:pullwatch:pullwatch-aggregator",
 		[]string{"system:serviceaccounts", "system:serviceaccounts:pullwatch", "system:authenticated"})
+}
+
+// createShipped creates one namespaced object of deploy/ as it is.
+func createShipped(ctx context.Context, c *kubeapi.Cluster, kind string, doc []byte) error {
+	var err error
+	switch kind {
+	case "ServiceAccount":
+		var o corev1.ServiceAccount
+		if err = yaml.UnmarshalStrict(doc, &o); err == nil {
+			_, err = c.Client().CoreV1().ServiceAccounts(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+		}
+	case "Secret":
+		var o corev1.Secret
+		if err = yaml.UnmarshalStrict(doc, &o); err == nil {
+			_, err = c.Client().CoreV1().Secrets(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+		}
+	case "Role":
+		var o rbacv1.Role
+		if err = yaml.UnmarshalStrict(doc, &o); err == nil {
+			_, err = c.Client().RbacV1().Roles(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+		}
+	case "RoleBinding":
+		var o rbacv1.RoleBinding
+		if err = yaml.UnmarshalStrict(doc, &o); err == nil {
+			_, err = c.Client().RbacV1().RoleBindings(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+		}
+	}
+	return err
 }
 
 // writeServing writes a serving certificate for serverName from ca into
@@ -561,6 +602,69 @@ func TestMetricsAuthorization(t *testing.T) {
 			t.Errorf("status page says authentication is off, with --auth=kubernetes")
 		}
 	}
+}
+
+// TestScrapeTokenSecret: with deploy/'s audience (pullwatch-metrics) and
+// scrape token Secret, the aggregator writes a token of
+// pullwatch-metrics-scraper for that audience into the shipped Secret with
+// the shipped RBAC; that token reads /metrics and the status page and is
+// refused by the Kubernetes API; a reader's token for the API's own
+// audience (what a Prometheus sends from its ServiceAccount) is refused,
+// and the same reader's token for pullwatch-metrics is let in.
+func TestScrapeTokenSecret(t *testing.T) {
+	l := lab.Need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const audience, secret = "pullwatch-metrics", "pullwatch-metrics-token"
+	w := setUp(ctx, t, l, "--http-token-audiences="+audience, "--scrape-token-secret="+namespace+"/"+secret)
+	var token string
+	lab.WaitFor(t, 30*time.Second, "the aggregator's token in Secret "+secret, func() (bool, string) {
+		s, err := w.kube.Client().CoreV1().Secrets(namespace).Get(ctx, secret, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		token = string(s.Data["token"])
+		return token != "", fmt.Sprint(s.Annotations)
+	}, w.agg)
+	base := "http://" + w.httpAddr
+	if code, body := httpGet(t, base+"/metrics", token); code != http.StatusOK {
+		t.Errorf("GET /metrics with the Secret's token: %d\n%.300s", code, body)
+	}
+	if code, _ := httpGet(t, base+"/", token); code != http.StatusOK {
+		t.Errorf("GET / with the Secret's token: %d", code)
+	}
+	// Worthless against the Kubernetes API: not authenticated for the
+	// API server's own audiences.
+	if st, err := w.kube.ReviewToken(ctx, token, nil); err != nil || st.Authenticated {
+		t.Errorf("the Kubernetes API accepts the scrape token: %+v %v", st, err)
+	}
+	if st, err := w.kube.ReviewToken(ctx, token, []string{audience}); err != nil || !st.Authenticated ||
+		st.User.Username != "system:serviceaccount:"+namespace+":pullwatch-metrics-scraper" {
+		t.Errorf("the scrape token reviewed for %s: %+v %v", audience, st, err)
+	}
+	reader := w.scraperToken(ctx, t, "prometheus", true)
+	if code, _ := httpGet(t, base+"/metrics", reader); code != http.StatusUnauthorized {
+		t.Errorf("GET /metrics with a reader's token for the API's audience: %d, want 401", code)
+	}
+	if err := w.kube.EnsureServiceAccount(ctx, "monitoring", "prometheus"); err != nil {
+		t.Fatal(err)
+	}
+	aud, err := w.kube.ServiceAccountToken(ctx, "monitoring", "prometheus", []string{audience}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := httpGet(t, base+"/metrics", aud); code != http.StatusOK {
+		t.Errorf("GET /metrics with the reader's token for %s: %d, want 200", audience, code)
+	}
+	// Deleting the Secret revokes its token (bound to it); the aggregator
+	// cannot create it again (RBAC: update only) and says so.
+	if err := w.kube.Client().CoreV1().Secrets(namespace).Delete(ctx, secret, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lab.WaitFor(t, 30*time.Second, "the deleted Secret's token refused", func() (bool, string) {
+		st, err := w.kube.ReviewToken(ctx, token, []string{audience})
+		return err == nil && !st.Authenticated, fmt.Sprint(st, err)
+	}, w.agg)
 }
 
 // TestMetricsOverTLS: with --http-tls, /metrics, the status page and the

@@ -170,6 +170,10 @@ type serviceMonitor struct {
 			HonorLabels bool `json:"honorLabels,omitempty"`
 			// The scraper's own ServiceAccount token, for --http-auth.
 			BearerTokenFile string `json:"bearerTokenFile,omitempty"`
+			Authorization   *struct {
+				Type        string                    `json:"type,omitempty"`
+				Credentials *corev1.SecretKeySelector `json:"credentials,omitempty"`
+			} `json:"authorization,omitempty"`
 			// https, verified with the aggregator's CA (--http-tls).
 			Scheme    string `json:"scheme,omitempty"`
 			TLSConfig *struct {
@@ -1076,6 +1080,8 @@ func TestRBAC(t *testing.T) {
 		// The agent: nothing cluster-wide, no pods, no secrets (its pull
 		// secrets are lent by the aggregator).
 		agentName: {},
+		// The scraper: get on /metrics and / (checked below), no resource.
+		"pullwatch-metrics-scraper": {},
 	}
 	// The API group of each resource.
 	groups := map[string]string{"nodes": "", "pods": "", "secrets": "", "replicasets": "apps", "jobs": "batch",
@@ -1084,17 +1090,44 @@ func TestRBAC(t *testing.T) {
 	for _, r := range all[*rbacv1.ClusterRole](t) {
 		roles[r.Name] = r
 	}
-	// Namespaced: only the agent's list/watch of the aggregator Service's
-	// EndpointSlices in the pullwatch namespace (--aggregator kubernetes:///).
-	if rs := all[*rbacv1.Role](t); len(rs) != 1 || rs[0].Name != agentName || rs[0].Namespace != namespace ||
-		len(rs[0].Rules) != 1 || !slices.Equal(rs[0].Rules[0].Resources, []string{"endpointslices"}) ||
-		!slices.Equal(rs[0].Rules[0].APIGroups, []string{"discovery.k8s.io"}) || !slices.Equal(rs[0].Rules[0].Verbs, []string{"list", "watch"}) {
-		t.Errorf("Roles: want one, %s in %s: list and watch endpointslices (discovery.k8s.io); got %d", agentName, namespace, len(rs))
+	// Namespaced: the agent's list/watch of the aggregator Service's
+	// EndpointSlices in the pullwatch namespace (--aggregator
+	// kubernetes:///), and the aggregator's scrape token: a token of
+	// pullwatch-metrics-scraper only, written into pullwatch-metrics-token
+	// only (aggregator/pkg/scrapetoken).
+	type rule struct{ group, resource, names, verbs string }
+	wantRoles := map[string][]rule{
+		agentName:                           {{"discovery.k8s.io", "endpointslices", "", "list,watch"}},
+		"pullwatch-aggregator-scrape-token": {{"", "serviceaccounts/token", "pullwatch-metrics-scraper", "create"}, {"", "secrets", "pullwatch-metrics-token", "get,update"}},
 	}
-	if rbs := all[*rbacv1.RoleBinding](t); len(rbs) != 1 || rbs[0].RoleRef.Kind != "Role" || rbs[0].RoleRef.Name != agentName ||
-		len(rbs[0].Subjects) != 1 || rbs[0].Subjects[0].Name != agentName || rbs[0].Subjects[0].Namespace != namespace {
-		t.Errorf("RoleBindings: want one binding Role %s to the ServiceAccount %s/%s; got %d", agentName, namespace, agentName, len(rbs))
+	wantSubject := map[string]string{agentName: agentName, "pullwatch-aggregator-scrape-token": aggregatorName}
+	rs := all[*rbacv1.Role](t)
+	if len(rs) != len(wantRoles) {
+		t.Errorf("Roles: %d, want %d", len(rs), len(wantRoles))
 	}
+	for _, r := range rs {
+		var got []rule
+		for _, x := range r.Rules {
+			for _, res := range x.Resources {
+				got = append(got, rule{strings.Join(x.APIGroups, ","), res, strings.Join(x.ResourceNames, ","), strings.Join(x.Verbs, ",")})
+			}
+		}
+		if w, ok := wantRoles[r.Name]; !ok || r.Namespace != namespace || !slices.Equal(got, w) {
+			t.Errorf("Role %s/%s: %+v, want %+v", r.Namespace, r.Name, got, wantRoles[r.Name])
+		}
+	}
+	rbs := all[*rbacv1.RoleBinding](t)
+	if len(rbs) != len(wantSubject) {
+		t.Errorf("RoleBindings: %d, want %d", len(rbs), len(wantSubject))
+	}
+	for _, rb := range rbs {
+		if sa, ok := wantSubject[rb.RoleRef.Name]; !ok || rb.RoleRef.Kind != "Role" || len(rb.Subjects) != 1 ||
+			rb.Subjects[0].Name != sa || rb.Subjects[0].Namespace != namespace {
+			t.Errorf("RoleBinding %s: roleRef %+v subjects %+v", rb.Name, rb.RoleRef, rb.Subjects)
+		}
+	}
+	// The scraper may read the aggregator's HTTP paths, nothing else.
+	const scraper = "pullwatch-metrics-scraper"
 	got := map[string]map[string][]string{}
 	for sa := range want {
 		got[sa] = map[string][]string{}
@@ -1115,6 +1148,9 @@ func TestRBAC(t *testing.T) {
 				got[s.Name] = map[string][]string{}
 			}
 			for _, r := range role.Rules {
+				if s.Name == scraper && len(r.Resources) == 0 && slices.Equal(r.NonResourceURLs, []string{"/metrics", "/"}) && slices.Equal(r.Verbs, []string{"get"}) {
+					continue
+				}
 				if len(r.NonResourceURLs) > 0 || len(r.ResourceNames) > 0 {
 					t.Errorf("ClusterRole %s: unexpected rule %+v", role.Name, r)
 				}
@@ -1530,10 +1566,20 @@ func TestServiceMonitor(t *testing.T) {
 	if !ep.HonorLabels {
 		t.Errorf("ServiceMonitor endpoint without honorLabels: the operator's namespace, pod and container target labels would rename the metrics' own to exported_*")
 	}
-	// The aggregator authenticates scrapes (--http-auth=kubernetes): the
-	// ServiceMonitor must send Prometheus' token.
-	if ep.BearerTokenFile == "" {
-		t.Errorf("ServiceMonitor endpoint sends no bearer token; the aggregator answers 401 without one")
+	// The aggregator authenticates scrapes (--http-auth=kubernetes) and
+	// wants tokens for audience pullwatch-metrics: the ServiceMonitor sends
+	// the token the aggregator keeps in the shipped Secret (authorization,
+	// not the deprecated bearerTokenFile), of a ServiceAccount bound to
+	// pullwatch-metrics-reader.
+	if ep.BearerTokenFile != "" || ep.Authorization == nil || ep.Authorization.Credentials == nil ||
+		ep.Authorization.Credentials.Name != "pullwatch-metrics-token" || ep.Authorization.Credentials.Key != "token" {
+		t.Errorf("ServiceMonitor endpoint: bearerTokenFile %q, authorization %+v; want authorization.credentials pullwatch-metrics-token/token", ep.BearerTokenFile, ep.Authorization)
+	}
+	only[*corev1.Secret](t, "pullwatch-metrics-token")
+	only[*corev1.ServiceAccount](t, "pullwatch-metrics-scraper")
+	binding := only[*rbacv1.ClusterRoleBinding](t, "pullwatch-metrics-scraper")
+	if binding.RoleRef.Name != "pullwatch-metrics-reader" || len(binding.Subjects) != 1 || binding.Subjects[0].Name != "pullwatch-metrics-scraper" {
+		t.Errorf("ClusterRoleBinding pullwatch-metrics-scraper: %+v %+v", binding.RoleRef, binding.Subjects)
 	}
 	// The token goes over TLS only (--http-tls), to the certificate of the
 	// Service's name under the aggregator's own CA.
@@ -1546,6 +1592,11 @@ func TestServiceMonitor(t *testing.T) {
 	agg := only[*appsv1.Deployment](t, aggregatorName)
 	if c := containerNamed(t, &agg.Spec.Template.Spec, "aggregator"); envValue(c, "PULLWATCH_HTTP_TLS") != "true" || envValue(c, "PULLWATCH_TLS_DIR") == "" {
 		t.Errorf("the aggregator serves /metrics without TLS (PULLWATCH_HTTP_TLS %q): the ServiceMonitor's token would cross the network in the clear", envValue(c, "PULLWATCH_HTTP_TLS"))
+	}
+	c := containerNamed(t, &agg.Spec.Template.Spec, "aggregator")
+	if envValue(c, "PULLWATCH_HTTP_TOKEN_AUDIENCES") != "pullwatch-metrics" || envValue(c, "PULLWATCH_SCRAPE_TOKEN_SECRET") != namespace+"/pullwatch-metrics-token" {
+		t.Errorf("the aggregator's PULLWATCH_HTTP_TOKEN_AUDIENCES %q, PULLWATCH_SCRAPE_TOKEN_SECRET %q: want pullwatch-metrics and %s/pullwatch-metrics-token",
+			envValue(c, "PULLWATCH_HTTP_TOKEN_AUDIENCES"), envValue(c, "PULLWATCH_SCRAPE_TOKEN_SECRET"), namespace)
 	}
 }
 

@@ -600,3 +600,42 @@ func TestHelmDedicatedNodesMatchComponent(t *testing.T) {
 		}
 	}
 }
+
+// TestHelmMetricsAuthOff: metricsAuth.audience "" renders no scrape token
+// (no scraper account, Secret or Role), no audience on the aggregator, and a
+// ServiceMonitor that sends Prometheus' own token (bearerTokenFile), for a
+// Prometheus that can send nothing else.
+func TestHelmMetricsAuthOff(t *testing.T) {
+	out := helmTemplate(t, "--set", "metricsAuth.audience=")
+	maps, err := decodeMaps("helm template (metricsAuth off)", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, m := range maps {
+		md, _ := m["metadata"].(map[string]any)
+		switch name, _ := md["name"].(string); name {
+		case "pullwatch-metrics-scraper", "pullwatch-metrics-token", "pullwatch-aggregator-scrape-token":
+			t.Errorf("%s rendered with metricsAuth.audience empty", k)
+		}
+		if m["kind"] == "ServiceMonitor" {
+			spec, _ := m["spec"].(map[string]any)
+			eps, _ := spec["endpoints"].([]any)
+			ep, _ := eps[0].(map[string]any)
+			if ep["bearerTokenFile"] == nil || ep["authorization"] != nil {
+				t.Errorf("ServiceMonitor endpoint %v: want bearerTokenFile, no authorization", ep)
+			}
+		}
+	}
+	objs, err := decodeAll("helm template (metricsAuth off)", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if d, ok := o.obj.(*appsv1.Deployment); ok {
+			c := containerNamed(t, &d.Spec.Template.Spec, "aggregator")
+			if v := envValue(c, "PULLWATCH_HTTP_TOKEN_AUDIENCES") + envValue(c, "PULLWATCH_SCRAPE_TOKEN_SECRET"); v != "" {
+				t.Errorf("aggregator env with metricsAuth off: %q", v)
+			}
+		}
+	}
+}

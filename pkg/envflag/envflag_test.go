@@ -83,6 +83,19 @@ func TestKeyValues(t *testing.T) {
 	}
 }
 
+func TestList(t *testing.T) {
+	var l List
+	if err := l.Set(" pullwatch-metrics, ,other "); err != nil || len(l) != 2 || l[0] != "pullwatch-metrics" || l[1] != "other" {
+		t.Fatalf("Set: %q %v", l, err)
+	}
+	if l.String() != "pullwatch-metrics,other" {
+		t.Errorf("String = %q", l.String())
+	}
+	if err := l.Set(""); err != nil || len(l) != 0 {
+		t.Errorf("Set(\"\") = %q %v", l, err)
+	}
+}
+
 func TestFloatRange(t *testing.T) {
 	var v float64
 	r := &FloatRange{Value: &v, Min: 0.5, Max: 100}

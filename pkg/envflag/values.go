@@ -164,3 +164,21 @@ func (kv *KeyValues) Set(s string) error {
 	*kv.Value = m
 	return nil
 }
+
+// List is a comma-separated list of words; blanks around them and empty
+// entries are dropped.
+type List []string
+
+func (l *List) String() string { return strings.Join(*l, ",") }
+
+// Set implements flag.Value.
+func (l *List) Set(s string) error {
+	var out []string
+	for _, w := range strings.Split(s, ",") {
+		if w = strings.TrimSpace(w); w != "" {
+			out = append(out, w)
+		}
+	}
+	*l = out
+	return nil
+}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,6 +39,7 @@ import (
 	"github.com/pullwatch/pullwatch/aggregator/pkg/metrics"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/nodecondition"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/options"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/scrapetoken"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/shard"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/state"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/web"
@@ -249,9 +251,19 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 			go nc.Run(ctx)
 			log.Info("writing the " + string(nodecondition.Type) + " condition on Nodes, with Events on changes")
 		}
+		if opts.ScrapeTokenSecret != "" {
+			ns, name, _ := strings.Cut(opts.ScrapeTokenSecret, "/")
+			go scrapetoken.New(client, scrapetoken.Options{
+				Namespace: ns, Secret: name, ServiceAccount: opts.ScrapeTokenServiceAccount,
+				Audience: opts.HTTPTokenAudiences[0], Log: log.With("component", "scrapetoken"),
+			}).Run(ctx)
+		}
 	} else {
 		if opts.NodeCondition {
 			log.Warn("--node-condition needs the Kubernetes API; off")
+		}
+		if opts.ScrapeTokenSecret != "" {
+			log.Warn("--scrape-token-secret needs the Kubernetes API; off")
 		}
 		if filter.SelectsNamespaces() {
 			log.Warn("--namespace-label needs the Kubernetes API; no namespace is selected without it")
@@ -305,9 +317,12 @@ func newServers(ctx context.Context, log *slog.Logger, opts *options.Options, ku
 		if err != nil {
 			return nil, err
 		}
-		guard, err := authn.NewHTTP(httpClient, log)
+		guard, err := authn.NewHTTP(httpClient, opts.HTTPTokenAudiences, log)
 		if err != nil {
 			return nil, err
+		}
+		if len(opts.HTTPTokenAudiences) > 0 {
+			log.Info("HTTP callers' tokens must be for one of these audiences", "audiences", strings.Join(opts.HTTPTokenAudiences, ","))
 		}
 		// The kubelet's probes carry no token.
 		handler = guard.Wrap(handler, "/healthz", "/readyz")

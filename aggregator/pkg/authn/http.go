@@ -28,7 +28,12 @@ import (
 type HTTP struct {
 	authn authenticator.Request
 	authz authorizer.Authorizer
-	log   *slog.Logger
+	// audiences, when set, are asked for in each TokenReview (through the
+	// request's context, as kube-rbac-proxy does): the webhook
+	// authenticator then refuses a token the review does not find valid
+	// for one of them.
+	audiences authenticator.Audiences
+	log       *slog.Logger
 }
 
 // webhookBackoff is the API server's own retry backoff for its
@@ -36,8 +41,10 @@ type HTTP struct {
 var webhookBackoff = webhook.DefaultRetryBackoffWithInitialDelay(500 * time.Millisecond)
 
 // NewHTTP returns the guard over client's TokenReview and
-// SubjectAccessReview APIs.
-func NewHTTP(client kubernetes.Interface, log *slog.Logger) (*HTTP, error) {
+// SubjectAccessReview APIs. With audiences, the TokenReview asks for them
+// and a token valid for none of them is refused (401); without, the API
+// server's own audiences apply.
+func NewHTTP(client kubernetes.Interface, audiences []string, log *slog.Logger) (*HTTP, error) {
 	an, _, err := authenticatorfactory.DelegatingAuthenticatorConfig{
 		Anonymous:                &apiserver.AnonymousAuthConfig{Enabled: false},
 		TokenAccessReviewClient:  client.AuthenticationV1(),
@@ -57,7 +64,7 @@ func NewHTTP(client kubernetes.Interface, log *slog.Logger) (*HTTP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("HTTP authorization: %w", err)
 	}
-	return &HTTP{authn: an, authz: az, log: log}, nil
+	return &HTTP{authn: an, authz: az, audiences: audiences, log: log}, nil
 }
 
 // Wrap returns next behind the guard, except for the paths in open (the
@@ -68,6 +75,9 @@ func (h *HTTP) Wrap(next http.Handler, open ...string) http.Handler {
 		if slices.Contains(open, r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
+		}
+		if len(h.audiences) > 0 {
+			r = r.WithContext(authenticator.WithAudiences(r.Context(), h.audiences))
 		}
 		res, ok, err := h.authn.AuthenticateRequest(r)
 		if err != nil || !ok {

@@ -80,6 +80,15 @@ type Options struct {
 	AuthBurst int
 	// HTTPAuth guards /metrics and the status page, as Auth ("" likewise).
 	HTTPAuth string
+	// HTTPTokenAudiences are the audiences an HTTP caller's token must
+	// have one of (empty: the API server's own, as kube-rbac-proxy's
+	// audience option).
+	HTTPTokenAudiences []string
+	// ScrapeTokenSecret ("namespace/name") is the Secret the aggregator
+	// keeps a token of ScrapeTokenServiceAccount in, for the first of
+	// HTTPTokenAudiences (a ServiceMonitor's authorization names it).
+	ScrapeTokenSecret         string
+	ScrapeTokenServiceAccount string
 	// TLSDir holds tls.crt and tls.key for the gRPC listener; Insecure
 	// serves plaintext instead. One of them must be given.
 	TLSDir   string
@@ -273,6 +282,16 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 		"Who may read /metrics and the status page: `kubernetes` (a bearer token authenticated with a TokenReview and authorized with a SubjectAccessReview of get on the URL path, "+
 			"as kube-rbac-proxy does: no token 401, not allowed 403) or none (anyone). /healthz and /readyz are always open. "+
 			"Default: kubernetes when the Kubernetes API is configured; without it, none must be given explicitly.")
+	s.Var((*envflag.List)(&o.HTTPTokenAudiences), "http-token-audiences",
+		"Comma-separated `audiences`: with --http-auth=kubernetes an HTTP caller's token must be valid for one of them (asked in the TokenReview, as kube-rbac-proxy's audience option), "+
+			"so a token that reads /metrics is worthless against the Kubernetes API. Empty: any token the API server accepts for its own audiences (a Prometheus' ServiceAccount token). "+
+			"deploy/ sets pullwatch-metrics.")
+	s.StringVar(&o.ScrapeTokenSecret, "scrape-token-secret", "",
+		"`namespace/name` of a Secret the aggregator keeps a token in (key token): a TokenRequest for --scrape-token-service-account, audience the first of --http-token-audiences, "+
+			"bound to the Secret, valid 24h and renewed every 8h. A Prometheus operator's ServiceMonitor names it in authorization.credentials. Needs the Kubernetes API and RBAC "+
+			"create serviceaccounts/token on that account and get, update on that Secret (deploy/aggregator.yaml). Empty: off.")
+	s.StringVar(&o.ScrapeTokenServiceAccount, "scrape-token-service-account", "pullwatch-metrics-scraper",
+		"The ServiceAccount, in --scrape-token-secret's namespace, whose token the Secret holds; bind it to the pullwatch-metrics-reader ClusterRole.")
 	s.StringVar(&o.TLSDir, "tls-dir", "",
 		"`directory` with tls.crt and tls.key (a kubernetes.io/tls Secret volume, as cert-manager writes it) for TLS on --grpc-listen; read again when the files change. "+
 			"Required unless --insecure.")
@@ -300,6 +319,18 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	}
 	if ns, name, ok := strings.Cut(o.AgentServiceAccount, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
 		return nil, fmt.Errorf("--agent-service-account %q: want namespace/name", o.AgentServiceAccount)
+	}
+	if o.ScrapeTokenSecret != "" {
+		if ns, name, ok := strings.Cut(o.ScrapeTokenSecret, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return nil, fmt.Errorf("--scrape-token-secret (env PULLWATCH_SCRAPE_TOKEN_SECRET) %q: want namespace/name", o.ScrapeTokenSecret)
+		}
+		if len(o.HTTPTokenAudiences) == 0 {
+			return nil, fmt.Errorf("--scrape-token-secret %s needs --http-token-audiences (env PULLWATCH_HTTP_TOKEN_AUDIENCES): "+
+				"a token for the API server's own audience would be one the Kubernetes API accepts too", o.ScrapeTokenSecret)
+		}
+		if o.ScrapeTokenServiceAccount == "" || strings.Contains(o.ScrapeTokenServiceAccount, "/") {
+			return nil, fmt.Errorf("--scrape-token-service-account %q: want a ServiceAccount name (in --scrape-token-secret's namespace)", o.ScrapeTokenServiceAccount)
+		}
 	}
 	return o, nil
 }

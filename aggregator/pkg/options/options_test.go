@@ -43,8 +43,10 @@ func TestParse(t *testing.T) {
 		AuthQPS:             20,
 		AuthBurst:           40,
 		ProbeReplicas:       2,
-		RegistryBudgets:     shard.Budgets{"docker.io": 600},
-		AgentInterval:       time.Minute,
+
+		ScrapeTokenServiceAccount: "pullwatch-metrics-scraper",
+		RegistryBudgets:           shard.Budgets{"docker.io": 600},
+		AgentInterval:             time.Minute,
 	}
 	with := func(edit func(*Options)) Options {
 		o := defaults
@@ -68,7 +70,7 @@ func TestParse(t *testing.T) {
 			GRPCListen: "127.0.0.1:19400", HTTPListen: ":18080", StaleAfter: 90 * time.Second,
 			MaxReportBytes: 1 << 20, ShutdownTimeout: 3 * time.Second, LogLevel: slog.LevelDebug, LogFormat: "json",
 			Kubeconfig: "/tmp/kc", NodeImageSeries: "all", NodeEndpointSeries: "failing", CompatMetrics: "off", AgentServiceAccount: "pullwatch/pullwatch-agent", LendCredentials: "unverified-lab",
-			AuthQPS: 20, AuthBurst: 40,
+			AuthQPS: 20, AuthBurst: 40, ScrapeTokenServiceAccount: "pullwatch-metrics-scraper",
 			ForgetAfter: 15 * time.Minute, MaxNodeImages: 5000, MaxNodeEndpoints: 256, MaxNodeBytes: 4 << 20, MaxConcurrentStreams: 16, FirstReportTimeout: time.Minute,
 		}},
 		{"bounds", []string{"--forget-after=1h", "--max-node-images=10", "--max-node-endpoints=3", "--max-concurrent-streams=2", "--first-report-timeout=5s", "--max-node-bytes=65536"}, nil,
@@ -80,6 +82,11 @@ func TestParse(t *testing.T) {
 			with(func(o *Options) { o.AuthQPS, o.AuthBurst = 5.5, 11 })},
 		{"authentication's API client in environment", nil, map[string]string{"PULLWATCH_AUTH_QPS": "50", "PULLWATCH_AUTH_BURST": "100"},
 			with(func(o *Options) { o.AuthQPS, o.AuthBurst = 50, 100 })},
+		{"scrape audience and token", []string{"--http-token-audiences=pullwatch-metrics, other", "--scrape-token-secret=pullwatch/pullwatch-metrics-token"},
+			map[string]string{"PULLWATCH_SCRAPE_TOKEN_SERVICE_ACCOUNT": "scraper"},
+			with(func(o *Options) {
+				o.HTTPTokenAudiences, o.ScrapeTokenSecret, o.ScrapeTokenServiceAccount = []string{"pullwatch-metrics", "other"}, "pullwatch/pullwatch-metrics-token", "scraper"
+			})},
 		{"byte budget in environment", nil, map[string]string{"PULLWATCH_MAX_NODE_BYTES": "1048576"},
 			with(func(o *Options) { o.MaxNodeBytes = 1 << 20 })},
 		{"security", []string{"--auth=kubernetes", "--http-auth=none", "--agent-service-account=ops/agent", "--tls-dir=/tls"}, nil,
@@ -145,6 +152,8 @@ func TestParseRefuses(t *testing.T) {
 		{"forget before stale", []string{"--stale-after=5m", "--forget-after=5m"}, nil, []string{"--forget-after", "longer than --stale-after"}},
 		{"bad auth", []string{"--auth=off"}, nil, []string{"-auth", "want kubernetes or none"}},
 		{"bad agent account", []string{"--agent-service-account=pullwatch-agent"}, nil, []string{"-agent-service-account", "namespace/name"}},
+		{"scrape token secret not namespace/name", []string{"--http-token-audiences=a", "--scrape-token-secret=token"}, nil, []string{"--scrape-token-secret", "namespace/name"}},
+		{"scrape token without an audience", nil, map[string]string{"PULLWATCH_SCRAPE_TOKEN_SECRET": "pullwatch/t"}, []string{"--scrape-token-secret", "PULLWATCH_HTTP_TOKEN_AUDIENCES"}},
 		{"positional argument", []string{"serve"}, nil, []string{`"serve"`, "all settings are flags"}},
 	}
 	for _, tt := range tests {

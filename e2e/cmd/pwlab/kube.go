@@ -216,8 +216,8 @@ func kubeServe(args []string) error {
 	// The aggregator authorizes every HTTP reader (--http-auth).
 	// HTTPS (PULLWATCH_HTTP_TLS), verified with the installed CA.
 	caFile, _ := c.AggregatorCA(startCtx)
-	fmt.Fprintf(&b, "  then: curl --cacert %s --resolve %s:8080:127.0.0.1 -H \"Authorization: Bearer $(cat %s)\" https://%s:8080/ (as %s, bound to pullwatch-metrics-reader)\n",
-		caFile, kubecluster.AggregatorServerName, c.ScrapeTokenFile(), kubecluster.AggregatorServerName, kubecluster.ScraperUser)
+	fmt.Fprintf(&b, "  then: curl --cacert %s --resolve %s:8080:127.0.0.1 -H \"Authorization: Bearer $(cat %s)\" https://%s:8080/ (the token the aggregator keeps in Secret %s: pullwatch-metrics-scraper, audience pullwatch-metrics)\n",
+		caFile, kubecluster.AggregatorServerName, c.ScrapeTokenFile(), kubecluster.AggregatorServerName, kubecluster.ScrapeTokenSecret)
 	fmt.Fprintf(&b, "KUBECONFIG=%s\n", c.Kubeconfig)
 	fmt.Fprintf(&b, "kubectl: %s\nrunning until: make demo-down\n", filepath.Join(c.BinDir(), "kubectl"))
 	if err := os.WriteFile(f.summary(), []byte(b.String()), 0o644); err != nil {

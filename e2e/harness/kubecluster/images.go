@@ -32,7 +32,7 @@ func (c *Cluster) PushImages(ctx context.Context, agentSrc, aggregatorSrc, tag s
 }
 
 // ScrapeTokenFile holds the token StartPrometheus scrapes the aggregator
-// with (ScraperUser's); a person reading the status page can use it too.
+// with (the aggregator's own, from ScrapeTokenSecret); a person reading the status page can use it too.
 func (c *Cluster) ScrapeTokenFile() string { return filepath.Join(c.dir, "prometheus", "scrape-token") }
 
 // StartPrometheus runs Prometheus (3.x, from the kube bin directory) on this machine with the usual
@@ -47,16 +47,13 @@ func (c *Cluster) StartPrometheus(ctx context.Context, rules string) (*prometheu
 	if err := os.WriteFile(tokenFile, []byte(c.API.AdminToken()), 0o600); err != nil {
 		return nil, err
 	}
-	// Scrapes carry a token allowed by deploy/'s pullwatch-metrics-reader
-	// (the aggregator runs --http-auth=kubernetes).
-	scrapeToken, err := c.bindScraper(ctx)
-	if err != nil {
+	// Scrapes carry the token the installed aggregator keeps for its
+	// audience (pullwatch-metrics) in deploy/'s Secret, as the
+	// ServiceMonitor's authorization does.
+	if err := c.syncScrapeToken(ctx); err != nil {
 		return nil, err
 	}
 	scrapeTokenFile := c.ScrapeTokenFile()
-	if err := os.WriteFile(scrapeTokenFile, []byte(scrapeToken), 0o600); err != nil {
-		return nil, err
-	}
 	// The aggregator serves /metrics over TLS (PULLWATCH_HTTP_TLS): verify
 	// it with the installed CA for the Service's name, as the
 	// ServiceMonitor does.

@@ -139,6 +139,8 @@ type Cluster struct {
 	procs []*proc.Process
 	// Kubeconfig is the admin's kubeconfig, usable from this machine.
 	Kubeconfig string
+	// stopSync ends syncScrapeToken's loop.
+	stopSync []context.CancelFunc
 }
 
 // Zone is node i's zone (1-based): zone-a, zone-b, zone-a, ...
@@ -293,7 +295,6 @@ func (c *Cluster) startControlPlane(ctx context.Context, gw net.IP) error {
 		BinDir:            c.bin,
 		AuthorizationMode: "Node,RBAC",
 		ServingIPs:        []net.IP{gw},
-		Users:             map[string][]string{ScraperUser: nil},
 		FullCluster:       true,
 		APIServerArgs: []string{
 			// Reachable from the nodes on the bridge, advertised there as
@@ -532,6 +533,11 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
 // the network.
 func (c *Cluster) Stop() error {
 	var errs []error
+	c.mu.Lock()
+	for _, cancel := range c.stopSync {
+		cancel()
+	}
+	c.mu.Unlock()
 	for _, n := range c.Nodes {
 		if err := n.Stop(); err != nil {
 			errs = append(errs, err)

@@ -7,13 +7,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/certs"
+	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
 
 // The objects deploy/ mounts for TLS between the agents and the
@@ -66,27 +67,66 @@ func (c *Cluster) CreateTLS(ctx context.Context) error {
 	return nil
 }
 
-// ScraperUser is the static-token user the box's Prometheus scrapes the
-// aggregator as (--http-auth=kubernetes): bound to deploy/'s
-// pullwatch-metrics-reader ClusterRole by bindScraper.
-const ScraperUser = "pullwatch-e2e-prometheus"
+// ScrapeTokenSecret is the Secret the installed aggregator keeps its
+// scraper's token in (deploy/metrics-reader.yaml, PULLWATCH_SCRAPE_TOKEN_SECRET):
+// a token of pullwatch-metrics-scraper for audience pullwatch-metrics, the
+// one the Prometheus operator's ServiceMonitor sends.
+const ScrapeTokenSecret = "pullwatch-metrics-token"
 
-// bindScraper binds ScraperUser to the shipped pullwatch-metrics-reader
-// ClusterRole and returns its token.
-func (c *Cluster) bindScraper(ctx context.Context) (string, error) {
-	_, err := c.Client().RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "pullwatch-metrics-reader-e2e"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "pullwatch-metrics-reader"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: ScraperUser}},
-	}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return "", fmt.Errorf("kubecluster: bind %s to pullwatch-metrics-reader: %w", ScraperUser, err)
+// syncScrapeToken waits (up to a minute) for the aggregator to write its
+// token into ScrapeTokenSecret, writes it to ScrapeTokenFile, and then keeps
+// the file equal to the Secret every 2 s until the cluster stops, as the
+// operator re-renders Prometheus' configuration when the Secret changes (a
+// reinstall deletes the Secret, revoking the token bound to it, and the
+// new aggregator writes another).
+func (c *Cluster) syncScrapeToken(ctx context.Context) error {
+	file := c.ScrapeTokenFile()
+	var last string
+	write := func(ctx context.Context) error {
+		s, err := c.Client().CoreV1().Secrets(Namespace).Get(ctx, ScrapeTokenSecret, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		tok := string(s.Data["token"])
+		if tok == "" {
+			return fmt.Errorf("secret %s/%s has no token yet", Namespace, ScrapeTokenSecret)
+		}
+		if tok == last {
+			return nil
+		}
+		tmp := file + ".tmp"
+		if err := os.WriteFile(tmp, []byte(tok), 0o600); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, file); err != nil {
+			return err
+		}
+		last = tok
+		c.logf("scrape token from Secret %s/%s (expires %s)", Namespace, ScrapeTokenSecret, s.Annotations["pullwatch.io/token-expires"])
+		return nil
 	}
-	tok, ok := c.API.Token(ScraperUser)
-	if !ok {
-		return "", fmt.Errorf("kubecluster: no token for %s", ScraperUser)
+	if err := proc.Poll(ctx, time.Minute, time.Second, func() error { return write(ctx) }); err != nil {
+		return fmt.Errorf("kubecluster: the aggregator's scrape token: %w", err)
 	}
-	return tok, nil
+	sctx, cancel := context.WithCancel(context.Background())
+	c.mu.Lock()
+	c.stopSync = append(c.stopSync, cancel)
+	c.mu.Unlock()
+	go func() {
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-t.C:
+				rctx, rcancel := context.WithTimeout(sctx, 5*time.Second)
+				_ = write(rctx) // missing during a reinstall: the next tick
+				rcancel()
+			}
+		}
+	}()
+	return nil
 }
 
 // AggregatorCA writes the CA of the ConfigMap pullwatch-aggregator-ca (as
