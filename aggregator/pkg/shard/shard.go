@@ -244,8 +244,6 @@ type Planner struct {
 	recomputes uint64
 	// scratch is rechoose's candidate list, kept between calls.
 	scratch []Scored
-	// canon shares identical folded reports between nodes.
-	canon *canon
 }
 
 // New returns an empty Planner.
@@ -272,7 +270,6 @@ func New(opts Options) *Planner {
 		factor:  map[string]float64{},
 		watch:   map[string]map[chan struct{}]struct{}{},
 		fresh:   map[Key]bool{},
-		canon:   newCanon(),
 	}
 }
 
@@ -315,8 +312,8 @@ func (p *Planner) Watch(node string) (<-chan struct{}, func()) {
 
 // Ingest takes a node's message before it is applied: for a snapshot
 // (images is then the whole node) or an update (upserts and removed
-// references). Delegated images in images are replaced by their shared
-// result (the slice is modified in place), apply is called (it applies
+// references). Delegated images in images get their shared result folded
+// in (the reports are modified in place), apply is called (it applies
 // the message to the store) and the results the message brings are
 // folded into the other nodes holding the same keys. Everything runs under
 // the planner's lock, so a result folded in is never overwritten by an
@@ -373,7 +370,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	// The node's answers and 429s, weighed once the probers are chosen
 	// again: only a key's picked probers speak for the other members.
 	var answers, limited []keyed
-	for i, im := range images {
+	for _, im := range images {
 		im.SharedFrom = "" // the aggregator's field, never the agent's
 		intern(im)
 		k := KeyOf(im)
@@ -417,8 +414,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 		}
 		if e.delegated {
 			if r, ok := p.results[k]; ok && r.node != node {
-				foldInto(im, r) // not applied yet: ours to change
-				images[i] = p.canon.of(im)
+				foldInto(im, r) // not applied yet: ours to change (the store shares it, nodeimage.Table)
 			}
 			continue
 		}
@@ -722,7 +718,7 @@ func (p *Planner) share(k Key) {
 			if !old.GetDelegated() || KeyOf(old) != k {
 				return nil
 			}
-			return p.canon.of(fold(old, r))
+			return fold(old, r)
 		})
 	}
 }
