@@ -262,8 +262,8 @@ func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageRep
 	}
 	old := n.sorted[i]
 	im := fn(old.ImageReport)
-	if im == nil {
-		return true
+	if im == nil || im == old.ImageReport {
+		return true // unchanged (and a shared report is never the store's to change)
 	}
 	im.Containers = old.Containers
 	// A copy, not an in-place edit: NodeViews handed out earlier may still
