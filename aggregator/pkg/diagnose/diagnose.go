@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -69,7 +70,7 @@ type Node struct {
 	Unregistered bool
 	// Images are the node's latest results, ordered by reference.
 	// Shared with the state store: never modified.
-	Images []*pullwatchv1.ImageReport
+	Images []nodeimage.Image
 	// Info and LastReport are carried for the report's readers (metrics,
 	// status page); Diagnose does not look at them.
 	Info       *pullwatchv1.Node
@@ -433,7 +434,7 @@ func (a *aggregation) registryFindings(nodes []Node, live int) []RegistryFinding
 // roleMirror is the word of a mirror endpoint's role in EndpointKey.
 var roleMirror = pullwatchv1.EndpointRole_ENDPOINT_ROLE_MIRROR.Word()
 
-func addImage(images map[string]*imageAgg, i int, n *Node, im *pullwatchv1.ImageReport) {
+func addImage(images map[string]*imageAgg, i int, n *Node, im nodeimage.Image) {
 	agg := images[im.GetImage()]
 	if agg == nil {
 		agg = &imageAgg{f: &ImageFinding{Image: im.GetImage(), Registry: im.GetRegistry(), Worst: im.GetStatus(), Reason: im.GetReason()},

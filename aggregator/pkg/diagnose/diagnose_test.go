@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -46,7 +47,7 @@ func image(ref string, st pullwatchv1.ImageStatus, eps ...*pullwatchv1.EndpointR
 }
 
 func node(name, zone string, images ...*pullwatchv1.ImageReport) Node {
-	return Node{Name: name, Zone: zone, Images: images}
+	return Node{Name: name, Zone: zone, Images: nodeimage.All(images...)}
 }
 
 func stale(n Node) Node        { n.Stale = true; return n }

@@ -11,9 +11,9 @@ import (
 	"regexp"
 	"strings"
 
-	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -119,17 +119,17 @@ func (f *Filter) Namespace(name string) bool {
 	return ok && f.selector.Matches(labels.Set(l))
 }
 
-// Report returns the image report as watched: nil when the image is not
-// watched; with a namespace selector, only the containers of selected
-// namespaces (a copy when some are dropped), and nil when none is left,
-// so an image is watched when a selected namespace uses it. The report
-// itself is never modified (the state store shares it).
-func (f *Filter) Report(im *pb.ImageReport) *pb.ImageReport {
+// Report returns the image report as watched: false when the image is
+// not watched; with a namespace selector, only the containers of selected
+// namespaces (a new slice when some are dropped), and false when none is
+// left, so an image is watched when a selected namespace uses it. The
+// report itself is never modified (the state store shares it).
+func (f *Filter) Report(im nodeimage.Image) (nodeimage.Image, bool) {
 	if !f.Image(im.GetImage()) {
-		return nil
+		return nodeimage.Image{}, false
 	}
 	if f.selector == nil {
-		return im
+		return im, true
 	}
 	kept := make([]*pb.ContainerRef, 0, len(im.GetContainers()))
 	for _, c := range im.GetContainers() {
@@ -139,24 +139,23 @@ func (f *Filter) Report(im *pb.ImageReport) *pb.ImageReport {
 	}
 	switch len(kept) {
 	case 0:
-		return nil
+		return nodeimage.Image{}, false
 	case len(im.GetContainers()):
-		return im
+		return im, true
 	}
-	out := proto.CloneOf(im)
-	out.Containers = kept
-	return out
+	im.Containers = kept
+	return im, true
 }
 
 // Reports filters a node's reports (see Report). It returns images
 // itself when nothing is dropped.
-func (f *Filter) Reports(images []*pb.ImageReport) []*pb.ImageReport {
+func (f *Filter) Reports(images []nodeimage.Image) []nodeimage.Image {
 	if !f.Active() {
 		return images
 	}
-	out := make([]*pb.ImageReport, 0, len(images))
+	out := make([]nodeimage.Image, 0, len(images))
 	for _, im := range images {
-		if kept := f.Report(im); kept != nil {
+		if kept, ok := f.Report(im); ok {
 			out = append(out, kept)
 		}
 	}

@@ -3,6 +3,7 @@ package imagefilter
 import (
 	"testing"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -42,11 +43,11 @@ func TestReportsNamespaces(t *testing.T) {
 	}
 	im := &pb.ImageReport{Image: "reg/app:v1", Containers: []*pb.ContainerRef{{Namespace: "a"}, {Namespace: "b"}}}
 	unused := &pb.ImageReport{Image: "reg/cached:v1"}
-	if got := f.Reports([]*pb.ImageReport{im, unused}); len(got) != 0 {
+	if got := f.Reports(nodeimage.All(im, unused)); len(got) != 0 {
 		t.Errorf("before namespaces are known: %v, want nothing", got)
 	}
 	f.SetNamespaces(namespaces{"a": {"team": "a"}, "b": {"team": "b"}})
-	got := f.Reports([]*pb.ImageReport{im, unused})
+	got := f.Reports(nodeimage.All(im, unused))
 	if len(got) != 1 || len(got[0].GetContainers()) != 1 || got[0].GetContainers()[0].GetNamespace() != "a" {
 		t.Fatalf("Reports = %v, want app with namespace a's container only", got)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
 )
 
 // BenchmarkAssess: 1,000 nodes × 50 images (one registry, down from every
@@ -22,7 +23,7 @@ func BenchmarkAssess(b *testing.B) {
 	for i := range in {
 		n := diagnose.Node{Name: fmt.Sprintf("node-%04d", i)}
 		for j := range images {
-			n.Images = append(n.Images, img(fmt.Sprintf("reg.example:5000/app-%02d:v1", j), unreachable, j%2 == 0))
+			n.Images = append(n.Images, nodeimage.Of(img(fmt.Sprintf("reg.example:5000/app-%02d:v1", j), unreachable, j%2 == 0)))
 		}
 		in[i] = n
 	}

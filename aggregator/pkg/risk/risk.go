@@ -35,6 +35,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
 )
 
 // Reason says why a container is at risk.
@@ -145,7 +146,7 @@ func defaultPolicy(named reference.Named) corev1.PullPolicy {
 type nodeFacts struct {
 	name   string
 	zone   string
-	images map[string]*pb.ImageReport
+	images map[string]nodeimage.Image
 	// reach[registry] is true when some endpoint of the registry
 	// answered the node, false when it tried some and none did.
 	reach map[string]bool
@@ -162,7 +163,7 @@ func Assess(r *diagnose.Report, pods []kubewatch.PodFacts, filter Filter) *Asses
 		if !n.Live() {
 			continue
 		}
-		f := &nodeFacts{name: n.Name, zone: n.Zone, images: make(map[string]*pb.ImageReport, len(n.Images)), reach: map[string]bool{}}
+		f := &nodeFacts{name: n.Name, zone: n.Zone, images: make(map[string]nodeimage.Image, len(n.Images)), reach: map[string]bool{}}
 		for _, im := range n.Images {
 			f.images[im.GetImage()] = im
 		}
@@ -228,7 +229,7 @@ func Assess(r *diagnose.Report, pods []kubewatch.PodFacts, filter Filter) *Asses
 			}
 			ct := Container{Node: p.Node, Namespace: p.Namespace, Pod: p.Name, Container: c.Name, Image: ref, Spec: c.Image,
 				Kind: p.Kind, Workload: p.Workload, PullPolicy: policy, Cached: cached, Status: st}
-			if im := n.images[ref]; im != nil && im.GetStatusSince() != nil {
+			if im := n.images[ref]; im.ImageReport != nil && im.GetStatusSince() != nil {
 				ct.Since = im.GetStatusSince().AsTime()
 			}
 			if reason, at := fails(st, cached, known, policy); at {
@@ -274,7 +275,7 @@ func fails(st pb.ImageStatus, cached, known bool, policy corev1.PullPolicy) (Rea
 // status is the image's status from node n, whether n has it cached, and
 // whether anything is known (see the package comment).
 func status(n *nodeFacts, ref, registry string, f *diagnose.ImageFinding) (st pb.ImageStatus, cached, known bool) {
-	if im := n.images[ref]; im != nil {
+	if im := n.images[ref]; im.ImageReport != nil {
 		return im.GetStatus(), im.GetImageId() != "", true
 	}
 	if f != nil && f.Scope == diagnose.ScopeImage {

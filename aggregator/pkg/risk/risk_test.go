@@ -9,6 +9,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/diagnose"
 	"github.com/pullwatch/pullwatch/aggregator/pkg/kubewatch"
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
 )
 
 const (
@@ -40,9 +41,9 @@ func TestAssess(t *testing.T) {
 	const app, latest, gone = "reg.example:5000/app:v1", "reg.example:5000/app:latest", "reg.example:5000/gone:v1"
 	// The registry is down from node-a and node-b; node-c reaches it.
 	nodes := []diagnose.Node{
-		{Name: "node-a", Images: []*pb.ImageReport{img(app, unreachable, true), img(latest, unreachable, true)}},
-		{Name: "node-b", Images: []*pb.ImageReport{img(app, unreachable, false)}},
-		{Name: "node-c", Images: []*pb.ImageReport{img(gone, absent, true), img("reg.example:5000/other:v1", available, true)}},
+		{Name: "node-a", Images: nodeimage.All(img(app, unreachable, true), img(latest, unreachable, true))},
+		{Name: "node-b", Images: nodeimage.All(img(app, unreachable, false))},
+		{Name: "node-c", Images: nodeimage.All(img(gone, absent, true), img("reg.example:5000/other:v1", available, true))},
 	}
 	r := diagnose.Diagnose(nodes)
 	pods := []kubewatch.PodFacts{
@@ -115,7 +116,7 @@ func (o onlyNamespace) Image(string) bool          { return true }
 func (o onlyNamespace) Namespace(name string) bool { return name == string(o) }
 
 func TestAssessFilter(t *testing.T) {
-	r := diagnose.Diagnose([]diagnose.Node{{Name: "n", Images: []*pb.ImageReport{img("reg.example:5000/app:v1", unreachable, false)}}})
+	r := diagnose.Diagnose([]diagnose.Node{{Name: "n", Images: nodeimage.All(img("reg.example:5000/app:v1", unreachable, false))}})
 	pods := []kubewatch.PodFacts{
 		pod("a", "p", "n", kubewatch.PodContainer{Name: "c", Image: "reg.example:5000/app:v1"}),
 		pod("b", "p", "n", kubewatch.PodContainer{Name: "c", Image: "reg.example:5000/app:v1"}),

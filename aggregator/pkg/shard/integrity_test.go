@@ -2,6 +2,7 @@ package shard
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -201,5 +202,46 @@ func TestPlannerPrunesRegistries(t *testing.T) {
 	st = p.Stats()
 	if len(st.Load)+len(st.RateLimitRemaining)+len(st.Holds)+len(st.Factor) != 0 {
 		t.Errorf("after the node left: %+v", st)
+	}
+}
+
+// The probers a planner keeps while nodes join one by one (rechoosing a
+// key only when the joining member can move its picks) are the ones a
+// pick over all the members chooses, in every zone layout: three zones,
+// one, none, and zones with a single node, where picks fall back.
+func TestIncrementalPicksMatchChoose(t *testing.T) {
+	layouts := map[string]func(n int) string{
+		"three zones": func(n int) string { return fmt.Sprintf("z%d", n%3) },
+		"one zone":    func(int) string { return "z0" },
+		"no zones":    func(int) string { return "" },
+		"lopsided": func(n int) string {
+			if n%17 == 0 {
+				return "rare"
+			}
+			return "common"
+		},
+	}
+	for name, zoneOf := range layouts {
+		t.Run(name, func(t *testing.T) {
+			for _, k := range []int{1, 2, 3} {
+				p := New(Options{Replicas: k})
+				size := benchSize{nodes: 300, perNode: 20, distinct: 200}
+				zones := map[string]string{}
+				for _, n := range rand.New(rand.NewPCG(uint64(k), 9)).Perm(size.nodes) {
+					name := fmt.Sprintf("node-%d", n)
+					zones[name] = zoneOf(n)
+					p.Ingest(name, node(name, zones[name]), true, size.images(n), nil, func() {})
+				}
+				for key, g := range p.groups {
+					var all []Candidate
+					for m := range g.members {
+						all = append(all, Candidate{Node: m, Zone: zones[m]})
+					}
+					if want := Choose(string(key), all, k); !slices.Equal(g.chosen[:g.picked], want) {
+						t.Fatalf("k=%d %s: probers %v, Choose over all %d members %v", k, imageOf(key), g.chosen[:g.picked], len(all), want)
+					}
+				}
+			}
+		})
 	}
 }

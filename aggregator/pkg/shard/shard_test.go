@@ -302,43 +302,76 @@ func TestBudgetsFlag(t *testing.T) {
 	}
 }
 
-// Recomputing the plan when a node joins a 5,000-node cluster is cheap:
-// only its own keys are rechosen.
+// Recomputing the plan when a node joins a 5,000- or 15,000-node cluster
+// is cheap: only its own keys are rechosen.
 func BenchmarkNodeJoins(b *testing.B) {
-	benchOnce.Do(func() { benchPlanner = bigPlanner() })
-	p := benchPlanner
-	b.ResetTimer()
-	for i := range b.N {
-		name := fmt.Sprintf("new-%d", i)
-		p.Ingest(name, node(name, "z0"), true, benchImages(i), nil, func() {})
-		_ = p.DirectiveSince(name, "")
-		p.Forget(name)
+	for _, size := range benchSizes {
+		b.Run(size.String(), func(b *testing.B) {
+			p := size.planner()
+			b.ResetTimer()
+			for i := range b.N {
+				name := fmt.Sprintf("new-%d", i)
+				p.Ingest(name, node(name, "z0"), true, size.images(i), nil, func() {})
+				_ = p.DirectiveSince(name, "")
+				p.Forget(name)
+			}
+		})
 	}
 }
 
-var (
-	benchOnce    sync.Once
-	benchPlanner *Planner
-)
+// BenchmarkPlannerFill is the planner's part of an aggregator restart:
+// every node of the cluster joins with a snapshot, one after another, and
+// gets its plan.
+func BenchmarkPlannerFill(b *testing.B) {
+	for _, size := range benchSizes {
+		b.Run(size.String(), func(b *testing.B) {
+			for range b.N {
+				p := New(Options{Replicas: 2, Budgets: DefaultBudgets()})
+				for n := range size.nodes {
+					name := fmt.Sprintf("node-%d", n)
+					p.Ingest(name, node(name, fmt.Sprintf("z%d", n%3)), true, size.images(n), nil, func() {})
+					_ = p.DirectiveSince(name, "")
+				}
+			}
+		})
+	}
+}
 
-const benchNodes, benchPerNode, benchDistinct = 5000, 100, 2000
+// benchSize is a cluster for the benchmarks: nodes × perNode images,
+// distinct of them over distinct/100 registries, in three zones.
+type benchSize struct{ nodes, perNode, distinct int }
 
-func benchImages(n int) []*pb.ImageReport {
-	ims := make([]*pb.ImageReport, benchPerNode)
+var benchSizes = []benchSize{{5000, 100, 2000}, {15000, 100, 6000}}
+
+func (s benchSize) String() string { return fmt.Sprintf("%dx%d", s.nodes, s.perNode) }
+
+func (s benchSize) images(n int) []*pb.ImageReport {
+	ims := make([]*pb.ImageReport, s.perNode)
 	for j := range ims {
-		r := (n*37 + j*13) % benchDistinct
-		ims[j] = image(fmt.Sprintf("reg-%d:5000/img-%d:v1", r%20, r), pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)
+		r := (n*37 + j*13) % s.distinct
+		ims[j] = image(fmt.Sprintf("reg-%d:5000/img-%d:v1", r%(s.distinct/100), r), pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)
 	}
 	return ims
 }
 
-// bigPlanner is 5,000 nodes × 100 images (2,000 distinct over 20
-// registries) in three zones, built once for the benchmarks.
-func bigPlanner() *Planner {
-	p := New(Options{Replicas: 2, Budgets: DefaultBudgets()})
-	for n := range benchNodes {
-		name := fmt.Sprintf("node-%d", n)
-		p.Ingest(name, node(name, fmt.Sprintf("z%d", n%3)), true, benchImages(n), nil, func() {})
+var (
+	benchMu       sync.Mutex
+	benchPlanners = map[benchSize]*Planner{}
+)
+
+// planner is the cluster's planner in three zones, built once for the
+// benchmarks.
+func (s benchSize) planner() *Planner {
+	benchMu.Lock()
+	defer benchMu.Unlock()
+	if p := benchPlanners[s]; p != nil {
+		return p
 	}
+	p := New(Options{Replicas: 2, Budgets: DefaultBudgets()})
+	for n := range s.nodes {
+		name := fmt.Sprintf("node-%d", n)
+		p.Ingest(name, node(name, fmt.Sprintf("z%d", n%3)), true, s.images(n), nil, func() {})
+	}
+	benchPlanners[s] = p
 	return p
 }

@@ -12,19 +12,22 @@ import (
 	"sync"
 	"time"
 
-	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
+	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
 // Store is the in-memory state of all nodes. It is safe for concurrent use.
 //
 // Ownership: the Apply methods keep the messages they are given (no deep
-// copy) and never modify them afterwards; NodeViews hand the same pointers
-// out. Callers therefore must not modify a message after applying it, nor
-// anything reached through a NodeView. gRPC allocates a fresh message per
-// Recv, so the ingest path satisfies this for free, and a scrape of 50,000
-// images does not have to clone 50,000 protos.
+// copy) and never modify them afterwards, but for taking a folded image
+// report's containers apart (nodeimage.Table.Keep) before they keep it;
+// NodeViews hand the same pointers out. Callers therefore must not modify
+// or read a message after applying it, nor modify anything reached
+// through a NodeView. gRPC allocates a fresh message per Recv, so the
+// ingest path satisfies this for free, and a scrape of 50,000 images does
+// not have to clone 50,000 protos.
 type Store struct {
 	staleAfter  time.Duration
 	forgetAfter time.Duration // 0: never
@@ -38,6 +41,8 @@ type Store struct {
 	// cache what they compute from it; onChange is told of each.
 	version  uint64
 	onChange []func()
+	// shared keeps one copy of the folded reports nodes have in common.
+	shared *nodeimage.Table
 }
 
 // OnChange registers f to be called after every change of what Nodes
@@ -69,7 +74,7 @@ type node struct {
 	// sorted are the node's images ordered by reference; replaced, never
 	// modified in place. There is no map by reference beside it: lookups
 	// search it, and at 5,000 nodes × 100 images a map would hold 30 MB.
-	sorted     []*pullwatchv1.ImageReport
+	sorted     []nodeimage.Image
 	lastReport time.Time
 	observedAt time.Time
 	interval   time.Duration
@@ -98,6 +103,7 @@ func New(staleAfter time.Duration, opts ...Option) *Store {
 		now:        time.Now,
 		nodes:      make(map[string]*node),
 		agents:     make(map[string]*attachment),
+		shared:     nodeimage.NewTable(),
 	}
 	for _, o := range opts {
 		o(s)
@@ -110,7 +116,7 @@ func New(staleAfter time.Duration, opts ...Option) *Store {
 func (s *Store) ApplySnapshot(snap *pullwatchv1.NodeSnapshot) {
 	n := &node{
 		info:       snap.GetNode(),
-		sorted:     sortedImages(snap.GetImages()),
+		sorted:     sortedImages(s.keep(snap.GetImages())),
 		observedAt: timeOf(snap.GetObservedAt()),
 		interval:   snap.GetInterval().AsDuration(),
 	}
@@ -130,7 +136,7 @@ type Limits struct {
 	// images may name together.
 	Endpoints int
 	// Bytes is the most bytes a node's image reports may take, as
-	// encoded (proto.Size).
+	// encoded (proto.Size; nodeimage.Image.Size).
 	Bytes int
 }
 
@@ -155,13 +161,17 @@ func (e *LimitError) Error() string {
 
 // Check returns a *LimitError when images, all of one node, exceed lim.
 func (lim Limits) Check(nodeName string, images []*pullwatchv1.ImageReport) error {
+	return lim.check(nodeName, nodeimage.All(images...))
+}
+
+func (lim Limits) check(nodeName string, images []nodeimage.Image) error {
 	if lim.Images > 0 && len(images) > lim.Images {
 		return &LimitError{What: LimitImages, Have: len(images), Max: lim.Images, NodeName: nodeName}
 	}
 	if lim.Bytes > 0 {
 		size := 0
 		for _, im := range images {
-			if size += proto.Size(im); size > lim.Bytes {
+			if size += im.Size(); size > lim.Bytes {
 				return &LimitError{What: LimitBytes, Have: size, Max: lim.Bytes, NodeName: nodeName}
 			}
 		}
@@ -191,8 +201,8 @@ func (s *Store) ApplyUpdateWithin(u *pullwatchv1.NodeUpdate, lim Limits) (known 
 	if !ok {
 		return false, nil
 	}
-	next := updated(n.sorted, u)
-	if err := lim.Check(u.GetNodeName(), next); err != nil {
+	next := updated(n.sorted, u, s.keep(u.GetUpserts()))
+	if err := lim.check(u.GetNodeName(), next); err != nil {
 		return true, err
 	}
 	s.applyUpdated(n, u, next)
@@ -217,11 +227,11 @@ func (s *Store) ApplyUpdate(u *pullwatchv1.NodeUpdate) bool {
 func (s *Store) applyUpdate(n *node, u *pullwatchv1.NodeUpdate) {
 	// A fresh slice rather than an in-place edit: NodeViews handed out
 	// earlier may still be iterating the old one without the lock.
-	s.applyUpdated(n, u, updated(n.sorted, u))
+	s.applyUpdated(n, u, updated(n.sorted, u, s.keep(u.GetUpserts())))
 }
 
 // applyUpdated makes next, updated(n.sorted, u), n's images; s.mu is held.
-func (s *Store) applyUpdated(n *node, u *pullwatchv1.NodeUpdate, next []*pullwatchv1.ImageReport) {
+func (s *Store) applyUpdated(n *node, u *pullwatchv1.NodeUpdate, next []nodeimage.Image) {
 	n.sorted = next
 	n.lastReport = s.now()
 	if u.GetObservedAt() != nil {
@@ -234,8 +244,11 @@ func (s *Store) applyUpdated(n *node, u *pullwatchv1.NodeUpdate, next []*pullwat
 
 // ReplaceImage replaces the node's report of ref with fn(old) when the
 // node has ref and fn returns non-nil (probe sharding folds another node's
-// result into this node's view this way; see aggregator/pkg/shard). The
-// node's freshness is unchanged. It reports whether the node has ref.
+// result into this node's view this way; see aggregator/pkg/shard). fn
+// is given the report without the node's containers when the node shares
+// it (nodeimage.Table), and what it returns is the store's: the node keeps
+// its containers. The node's freshness is unchanged. It reports whether
+// the node has ref.
 func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageReport) *pullwatchv1.ImageReport) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -243,18 +256,20 @@ func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageRep
 	if !ok {
 		return false
 	}
-	i, found := slices.BinarySearchFunc(n.sorted, ref, func(a *pullwatchv1.ImageReport, r string) int { return strings.Compare(a.GetImage(), r) })
+	i, found := slices.BinarySearchFunc(n.sorted, ref, func(a nodeimage.Image, r string) int { return strings.Compare(a.GetImage(), r) })
 	if !found {
 		return false
 	}
-	im := fn(n.sorted[i])
-	if im == nil {
-		return true
+	old := n.sorted[i]
+	im := fn(old.ImageReport)
+	if im == nil || im == old.ImageReport {
+		return true // unchanged (and a shared report is never the store's to change)
 	}
+	im.Containers = old.Containers
 	// A copy, not an in-place edit: NodeViews handed out earlier may still
 	// be iterating the old slice.
 	sorted := slices.Clone(n.sorted)
-	sorted[i] = im
+	sorted[i] = s.shared.Keep(im)
 	n.sorted = sorted
 	s.changed() // what Nodes returns changed: the analyzer diagnoses again
 	return true
@@ -334,24 +349,34 @@ func timeOf(ts *timestamppb.Timestamp) time.Time {
 	return ts.AsTime()
 }
 
-// sortedImages returns a copy of images ordered by reference; of images
-// with the same reference, the last one given is kept.
-func sortedImages(images []*pullwatchv1.ImageReport) []*pullwatchv1.ImageReport {
-	out := slices.Clone(images)
+// keep is images as the store keeps them (nodeimage.Table.Keep), in a
+// new slice.
+func (s *Store) keep(images []*pullwatchv1.ImageReport) []nodeimage.Image {
+	out := make([]nodeimage.Image, len(images))
+	for i, im := range images {
+		out[i] = s.shared.Keep(im)
+	}
+	return out
+}
+
+// sortedImages returns images ordered by reference (sorted in place); of
+// images with the same reference, the last one given is kept.
+func sortedImages(out []nodeimage.Image) []nodeimage.Image {
 	slices.SortStableFunc(out, byImage)
 	// Keep the last of equal references: reverse runs are rare (only a
 	// report validation let through), so compact from the end.
 	slices.Reverse(out)
-	out = slices.CompactFunc(out, func(a, b *pullwatchv1.ImageReport) bool { return a.GetImage() == b.GetImage() })
+	out = slices.CompactFunc(out, func(a, b nodeimage.Image) bool { return a.GetImage() == b.GetImage() })
 	slices.Reverse(out)
 	return slices.Clip(out)
 }
 
-func byImage(a, b *pullwatchv1.ImageReport) int { return strings.Compare(a.GetImage(), b.GetImage()) }
+func byImage(a, b nodeimage.Image) int { return strings.Compare(a.GetImage(), b.GetImage()) }
 
 // updated returns a new sorted list: sorted (ordered by reference) with
-// u's upserts put in and its removed references taken out.
-func updated(sorted []*pullwatchv1.ImageReport, u *pullwatchv1.NodeUpdate) []*pullwatchv1.ImageReport {
+// u's upserts (kept: upserts, in u's order) put in and its removed
+// references taken out.
+func updated(sorted []nodeimage.Image, u *pullwatchv1.NodeUpdate, upserts []nodeimage.Image) []nodeimage.Image {
 	if len(u.GetUpserts())+len(u.GetRemovedImages()) == 0 {
 		return sorted
 	}
@@ -362,7 +387,7 @@ func updated(sorted []*pullwatchv1.ImageReport, u *pullwatchv1.NodeUpdate) []*pu
 	for _, im := range u.GetUpserts() {
 		removed[im.GetImage()] = true // replaced by the upsert
 	}
-	out := make([]*pullwatchv1.ImageReport, 0, len(sorted)+len(u.GetUpserts()))
+	out := make([]nodeimage.Image, 0, len(sorted)+len(u.GetUpserts()))
 	for _, im := range sorted {
 		if !removed[im.GetImage()] {
 			out = append(out, im)
@@ -374,7 +399,7 @@ func updated(sorted []*pullwatchv1.ImageReport, u *pullwatchv1.NodeUpdate) []*pu
 	for _, ref := range u.GetRemovedImages() {
 		gone[ref] = true
 	}
-	for _, im := range u.GetUpserts() {
+	for _, im := range upserts {
 		if !gone[im.GetImage()] {
 			out = append(out, im)
 		}
@@ -439,7 +464,7 @@ type NodeView struct {
 	// Info is the node description from the latest snapshot.
 	Info *pullwatchv1.Node
 	// Images is ordered by reference. Shared with the store: do not modify.
-	Images []*pullwatchv1.ImageReport
+	Images []nodeimage.Image
 	// LastReport is when the aggregator last accepted a message for the node.
 	LastReport time.Time
 	// ObservedAt is when the agent finished the round last reported.
