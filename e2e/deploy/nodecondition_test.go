@@ -3,22 +3,16 @@ package deploy_test
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
-	"regexp"
 	"testing"
 	"time"
 
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/yaml"
 
 	"github.com/pullwatch/pullwatch/e2e/harness/kubeapi"
 	"github.com/pullwatch/pullwatch/e2e/harness/lab"
-	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 )
 
 // TestNodeConditionAdmissionPolicy: the node-condition component's example
@@ -60,29 +54,6 @@ func TestNodeConditionAdmissionPolicy(t *testing.T) {
 		t.Logf("without the policy, RBAC lets the aggregator set a label (%q) and Ready=%s through nodes/status", n.Labels["pullwatch.io/aggregator"], ready)
 	}
 
-	data, err := os.ReadFile(filepath.Join(root(t), "deploy", "components", "node-condition", "admission-policy.example.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	docs := regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1)
-	if len(docs) != 2 {
-		t.Fatalf("the example holds %d documents, want the policy and its binding", len(docs))
-	}
-	var policy admissionv1.ValidatingAdmissionPolicy
-	var binding admissionv1.ValidatingAdmissionPolicyBinding
-	if err := yaml.UnmarshalStrict([]byte(docs[0]), &policy); err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.UnmarshalStrict([]byte(docs[1]), &binding); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, &policy, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, &binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-
 	condition := func(typ corev1.NodeConditionType, st corev1.ConditionStatus) []byte {
 		now := metav1.NewTime(time.Now())
 		b, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{
@@ -96,20 +67,17 @@ func TestNodeConditionAdmissionPolicy(t *testing.T) {
 		_, err := agg.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
 		return err
 	}
-	// The policy takes effect once the API server has loaded it: wait for
-	// the first refusal of a dry run (which changes nothing, so that every
+	// The policy takes effect once the API server has loaded it: the
+	// first refusal of a dry run (which changes nothing, so that every
 	// patch below still finds the node as registered).
 	readyFalse := condition(corev1.NodeReady, corev1.ConditionFalse)
-	err = proc.Poll(ctx, time.Minute, 500*time.Millisecond, func() error {
+	lab.ApplyAdmissionPolicy(ctx, t, cluster, "components/node-condition/admission-policy.example.yaml", func() error {
 		_, err := agg.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, readyFalse, dry, "status")
 		if !apierrors.IsForbidden(err) && !apierrors.IsInvalid(err) {
 			return &notRefused{err}
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatalf("the aggregator's patch of Ready was never refused: %v", err)
-	}
 
 	for _, tc := range []struct {
 		name  string

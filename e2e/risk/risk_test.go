@@ -10,7 +10,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -85,7 +87,9 @@ func syntheticNode(name, reg, image string, reaches bool) *pullwatchv1.NodeSnaps
 // cache later). The registry stops: only "always" is at risk, "cached" and
 // "rmi" are safe; "rmi" is at risk once its image is removed. A second
 // node losing its path to the registry moves the workload's count. The
-// node gets RegistryReachable=False and an Event, then True again.
+// node gets RegistryReachable=False and an Event, then True again, written
+// by the aggregator under the node-condition component's example
+// ValidatingAdmissionPolicy, which refuses it any other change to a Node.
 func TestRisk(t *testing.T) {
 	l := lab.Need(t)
 	top := t // processes started in subtests live as long as the test
@@ -114,6 +118,22 @@ func TestRisk(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The policy as deploy/components/node-condition ships it, enforced
+	// once a dry run of what it forbids (the aggregator setting the
+	// kubelet's Ready) is refused: the condition writer below runs under it.
+	aggregatorClient, err := cluster.ClientFor("system:serviceaccount:pullwatch:pullwatch-aggregator",
+		[]string{"system:serviceaccounts", "system:serviceaccounts:pullwatch", "system:authenticated"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab.ApplyAdmissionPolicy(ctx, t, cluster, "components/node-condition/admission-policy.example.yaml", func() error {
+		_, err := aggregatorClient.CoreV1().Nodes().Patch(ctx, nodeName, types.StrategicMergePatchType,
+			[]byte(`{"status":{"conditions":[{"type":"Ready","status":"False"}]}}`), metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}, "status")
+		if !apierrors.IsForbidden(err) && !apierrors.IsInvalid(err) {
+			return fmt.Errorf("the aggregator's dry-run patch of Ready was not refused: %v", err)
+		}
+		return nil
+	})
 	if _, err := cluster.CreatePod(ctx, kubeapi.PodOptions{Namespace: ns, Name: podName, NodeName: nodeName, Containers: []corev1.Container{
 		{Name: "cached", Image: refs["cached"], ImagePullPolicy: corev1.PullIfNotPresent},
 		{Name: "always", Image: refs["always"], ImagePullPolicy: corev1.PullAlways},

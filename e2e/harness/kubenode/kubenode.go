@@ -448,23 +448,38 @@ func (n *Node) StartKubelet(ctx context.Context) error {
 	return n.startKubelet(ctx)
 }
 
+// ctr is Debian's ctr (1.6) against the node's containerd, in the
+// Kubernetes namespace: it does the same on every runtime, since
+// containerd 2.x still serves the v1 containers and tasks APIs it speaks.
+var ctr = []string{"ctr", "--address", "/run/containerd/containerd.sock", "-n", "k8s.io"}
+
+// containers are the ids of the node's Kubernetes containers whose image
+// reference contains image.
+func (n *Node) containers(ctx context.Context, image string) ([]string, error) {
+	out, err := n.Exec(ctx, append(ctr, "containers", "ls", "-q")...)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, id := range strings.Fields(out) {
+		info, err := n.Exec(ctx, append(ctr, "containers", "info", id)...)
+		if err == nil && strings.Contains(info, image) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
 // KillContainers SIGKILLs the task of every Kubernetes container on the
 // node whose image reference contains image, through the node's own
-// containerd, and returns how many it killed. Debian's ctr (1.6) does it on
-// every runtime: containerd 2.x still serves the v1 containers and tasks
-// APIs it speaks.
+// containerd, and returns how many it killed.
 func (n *Node) KillContainers(ctx context.Context, image string) (int, error) {
-	ctr := []string{"ctr", "--address", "/run/containerd/containerd.sock", "-n", "k8s.io"}
-	out, err := n.Exec(ctx, append(ctr, "containers", "ls", "-q")...)
+	ids, err := n.containers(ctx, image)
 	if err != nil {
 		return 0, err
 	}
 	killed := 0
-	for _, id := range strings.Fields(out) {
-		info, err := n.Exec(ctx, append(ctr, "containers", "info", id)...)
-		if err != nil || !strings.Contains(info, image) {
-			continue
-		}
+	for _, id := range ids {
 		if _, err := n.Exec(ctx, append(ctr, "tasks", "kill", "-s", "SIGKILL", id)...); err != nil {
 			if strings.Contains(err.Error(), "not found") {
 				continue // an exited container: no task
@@ -474,6 +489,102 @@ func (n *Node) KillContainers(ctx context.Context, image string) (int, error) {
 		killed++
 	}
 	return killed, nil
+}
+
+// PauseContainers freezes the running task of every Kubernetes container
+// on the node whose image (the IMAGE of ctr containers ls, not the pod's
+// sandbox or labels) contains image (ctr tasks pause: the cgroup
+// freezer), as root on the node can: its processes stop where they are,
+// their sockets stay open, and the kubelet restarts nothing until a
+// liveness probe has failed its threshold. It returns the paused
+// containers' ids, for ResumeContainers.
+func (n *Node) PauseContainers(ctx context.Context, image string) ([]string, error) {
+	out, err := n.Exec(ctx, append(ctr, "containers", "ls")...)
+	if err != nil {
+		return nil, err
+	}
+	tasks, err := n.Exec(ctx, append(ctr, "tasks", "ls")...)
+	if err != nil {
+		return nil, err
+	}
+	running := map[string]bool{}
+	for _, line := range strings.Split(tasks, "\n") {
+		// TASK PID STATUS
+		if f := strings.Fields(line); len(f) == 3 && f[2] == "RUNNING" {
+			running[f[0]] = true
+		}
+	}
+	var paused []string
+	for _, line := range strings.Split(out, "\n") {
+		// CONTAINER IMAGE RUNTIME
+		f := strings.Fields(line)
+		if len(f) < 2 || !running[f[0]] || !strings.Contains(f[1], image) {
+			continue
+		}
+		if _, err := n.Exec(ctx, append(ctr, "tasks", "pause", f[0])...); err != nil {
+			return paused, fmt.Errorf("%s: pause container %s: %w", n.opts.Name, f[0], err)
+		}
+		paused = append(paused, f[0])
+	}
+	return paused, nil
+}
+
+// ResumeContainers thaws the tasks PauseContainers froze.
+func (n *Node) ResumeContainers(ctx context.Context, ids []string) error {
+	var errs []error
+	for _, id := range ids {
+		if _, err := n.Exec(ctx, append(ctr, "tasks", "resume", id)...); err != nil {
+			errs = append(errs, fmt.Errorf("%s: resume container %s: %w", n.opts.Name, id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// PodMemory is what the pod with uid holds in memory, from its memory
+// cgroup on this node (cgroup v1, as the kubelet's cgroupfs driver makes
+// it under the node's cgroup root): rss now (memory.stat total_rss), the
+// highest usage so far (memory.max_usage_in_bytes, page cache included)
+// and the pod's limit (memory.limit_in_bytes).
+func (n *Node) PodMemory(uid string) (rss, peak, limit int64, err error) {
+	root := filepath.Join("/sys/fs/cgroup", "memory", strings.TrimPrefix(n.cgroup, "/"))
+	dir := ""
+	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if d.Name() == "pod"+uid {
+			dir = p
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	if dir == "" {
+		return 0, 0, 0, fmt.Errorf("%s: no memory cgroup of pod %s under %s", n.opts.Name, uid, root)
+	}
+	read := func(file string) (int64, error) {
+		b, err := os.ReadFile(filepath.Join(dir, file))
+		if err != nil {
+			return 0, err
+		}
+		return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	}
+	if peak, err = read("memory.max_usage_in_bytes"); err != nil {
+		return 0, 0, 0, err
+	}
+	if limit, err = read("memory.limit_in_bytes"); err != nil {
+		return 0, 0, 0, err
+	}
+	stat, err := os.ReadFile(filepath.Join(dir, "memory.stat"))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	for _, line := range strings.Split(string(stat), "\n") {
+		if v, ok := strings.CutPrefix(line, "total_rss "); ok {
+			rss, err = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return rss, peak, limit, err
+		}
+	}
+	return 0, 0, 0, fmt.Errorf("%s: %s/memory.stat has no total_rss", n.opts.Name, dir)
 }
 
 // Stop stops the kubelet, kube-proxy and containerd (and every container

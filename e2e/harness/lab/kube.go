@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"testing"
+	"time"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
@@ -115,4 +117,54 @@ func ApplyShippedRBAC(ctx context.Context, t testing.TB, c *kubeapi.Cluster, fil
 		t.Fatal(err)
 	}
 	return kc
+}
+
+// ApplyAdmissionPolicy creates the ValidatingAdmissionPolicies and their
+// bindings of file under deploy/ exactly as shipped, and returns once the
+// API server enforces them: it loads a new policy a moment after its
+// creation, so refused is called every half second until it returns nil
+// (it sends, as a dry run, a request the policy must refuse and says
+// whether it was).
+func ApplyAdmissionPolicy(ctx context.Context, t testing.TB, c *kubeapi.Cluster, file string, refused func() error) {
+	t.Helper()
+	root, err := checkout.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "deploy", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := c.Client().AdmissionregistrationV1()
+	policies := 0
+	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(b), -1) {
+		var head struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
+			t.Fatalf("deploy/%s: %v", file, err)
+		}
+		switch head.Kind {
+		case "ValidatingAdmissionPolicy":
+			var o admissionv1.ValidatingAdmissionPolicy
+			if err = yaml.UnmarshalStrict([]byte(doc), &o); err == nil {
+				_, err = cs.ValidatingAdmissionPolicies().Create(ctx, &o, metav1.CreateOptions{})
+				policies++
+			}
+		case "ValidatingAdmissionPolicyBinding":
+			var o admissionv1.ValidatingAdmissionPolicyBinding
+			if err = yaml.UnmarshalStrict([]byte(doc), &o); err == nil {
+				_, err = cs.ValidatingAdmissionPolicyBindings().Create(ctx, &o, metav1.CreateOptions{})
+			}
+		default:
+			err = errors.New("not an admission policy or its binding")
+		}
+		if err != nil {
+			t.Fatalf("deploy/%s %s: %v", file, head.Kind, err)
+		}
+	}
+	if policies == 0 {
+		t.Fatalf("deploy/%s: no ValidatingAdmissionPolicy", file)
+	}
+	if err := proc.Poll(ctx, time.Minute, 500*time.Millisecond, refused); err != nil {
+		t.Fatalf("deploy/%s: the API server never enforced it: %v", file, err)
+	}
 }
