@@ -64,6 +64,28 @@ func (im Image) Size() int {
 	return proto.Size(im.ImageReport) - containersSize(im.ImageReport.GetContainers()) + containersSize(im.Containers)
 }
 
+// What one repeated element costs in memory beyond its encoding, once
+// decoded (measured by TestHeldSizeCoversDecoding): a message is a Go
+// struct behind a pointer (its state, size cache, unknown fields and a
+// string header per field, rounded up to a size class), where an empty
+// one is two bytes on the wire; a string is a 16-byte header.
+const (
+	heldPerMessage = 176
+	heldPerString  = 16
+)
+
+// HeldSize is Size plus what the report's repeated elements cost in
+// memory beyond their encoding: the aggregator's per-node byte budget
+// (--max-node-bytes) counts this, so that 4 MiB of empty container
+// entries (2 bytes each on the wire) cannot decode to 300 MB.
+func (im Image) HeldSize() int {
+	if im.ImageReport == nil {
+		return 0
+	}
+	return im.Size() + heldPerMessage*(len(im.Containers)+len(im.ImageReport.GetEndpoints())) +
+		heldPerString*len(im.ImageReport.GetRepoDigests())
+}
+
 // containersSize is what cs add to an encoded ImageReport: each a
 // length-delimited field 9 (one byte of tag).
 func containersSize(cs []*pb.ContainerRef) int {

@@ -251,7 +251,7 @@ func Parse(args []string, getenv func(string) string, out io.Writer) (*Options, 
 	s.Var(&envflag.IntRange{Value: &o.MaxNodeEndpoints, Min: 1, Max: 100_000}, "max-node-endpoints",
 		"Most distinct registry endpoint URLs one node's images may name (`count`); a report over it is refused (reason node_endpoint_limit).")
 	s.Var(&envflag.IntRange{Value: &o.MaxNodeBytes, Min: 64 << 10, Max: 1 << 30}, "max-node-bytes",
-		"Most `bytes` of image reports (as encoded) the aggregator keeps for one node, 65536 to 1073741824; a report that would take a node over it is refused "+
+		"Most `bytes` of image reports the aggregator keeps for one node (as encoded, plus what each container, endpoint and repo digest costs in memory beyond its encoding), 65536 to 1073741824; a report that would take a node over it is refused "+
 			"(reason node_byte_limit) and the node's last good state kept. A real node with 5,000 images stays far below the default 4 MiB; one node cannot grow the aggregator past it.")
 	s.Var(&envflag.IntRange{Value: &o.MaxConcurrentStreams, Min: 1, Max: 10_000}, "max-concurrent-streams",
 		"Most gRPC streams on one agent connection (`count`); an agent needs one.")

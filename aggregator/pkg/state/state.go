@@ -135,8 +135,9 @@ type Limits struct {
 	// Endpoints is the most distinct registry endpoint URLs a node's
 	// images may name together.
 	Endpoints int
-	// Bytes is the most bytes a node's image reports may take, as
-	// encoded (proto.Size; nodeimage.Image.Size).
+	// Bytes is the most bytes a node's image reports may take: as
+	// encoded, plus what each container, endpoint and repo digest costs in
+	// memory beyond its encoding (nodeimage.Image.HeldSize).
 	Bytes int
 }
 
@@ -171,7 +172,7 @@ func (lim Limits) check(nodeName string, images []nodeimage.Image) error {
 	if lim.Bytes > 0 {
 		size := 0
 		for _, im := range images {
-			if size += im.Size(); size > lim.Bytes {
+			if size += im.HeldSize(); size > lim.Bytes {
 				return &LimitError{What: LimitBytes, Have: size, Max: lim.Bytes, NodeName: nodeName}
 			}
 		}
