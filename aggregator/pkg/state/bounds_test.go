@@ -3,8 +3,11 @@ package state
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"go.uber.org/goleak"
@@ -108,4 +111,28 @@ func TestRunSweeperStopsWithContext(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestByteBudgetCountsWhatIsHeld: 400 images of 5,000 empty containers are
+// under 4 MiB on the wire (2 bytes each) but some 300 MB once decoded; the
+// byte budget counts them as held and refuses them.
+func TestByteBudgetCountsWhatIsHeld(t *testing.T) {
+	empty := make([]*pullwatchv1.ContainerRef, 5000)
+	for i := range empty {
+		empty[i] = &pullwatchv1.ContainerRef{}
+	}
+	var images []*pullwatchv1.ImageReport
+	wire := 0
+	for i := range 400 {
+		im := &pullwatchv1.ImageReport{Image: fmt.Sprintf("registry.example/crowd:%d", i), Registry: "registry.example", Containers: empty}
+		wire += proto.Size(im)
+		images = append(images, im)
+	}
+	if wire > 4<<20 {
+		t.Fatalf("the crowd is %d bytes on the wire: not under the budget it is meant to slip past", wire)
+	}
+	var le *LimitError
+	if err := (Limits{Bytes: 4 << 20}).Check("node-a", images); !errors.As(err, &le) || le.What != LimitBytes {
+		t.Fatalf("Check of %d bytes on the wire that hold ~300 MB: %v, want a bytes LimitError", wire, err)
+	}
 }
