@@ -1374,6 +1374,7 @@ func dockerfileFor(t *testing.T, bin string) string {
 var (
 	goBuildRe  = regexp.MustCompile(`\bgo build\b.*\s-o\s+(\S+)\s+(\./cmd/\S+)\s*$`)
 	ldflagsXRe = regexp.MustCompile(`-X\s+([^=\s"]+)=`)
+	tagsRe     = regexp.MustCompile(`\s-tags[= ]"?([^\s"]+)`)
 	replaceRe  = regexp.MustCompile(`(?m)^\s*(?:replace\s+)?\S+(?:\s+\S+)?\s+=>\s+\.\./([A-Za-z0-9_.-]+)\s*$`)
 )
 
@@ -1467,6 +1468,18 @@ func TestDockerfiles(t *testing.T) {
 				t.Errorf("stage %s: no -X <version variable> in ldflags", from)
 			case mx[1] != dx[1]:
 				t.Errorf("ldflags -X %s, the Makefile stamps %s", dx[1], mx[1])
+			}
+			// The same build tags (the agent's grpcnotrace, which keeps
+			// x/net/trace and html/template out of the binary).
+			var mt, dt string
+			if m := tagsRe.FindStringSubmatch(makeLine); m != nil {
+				mt = m[1]
+			}
+			if m := tagsRe.FindStringSubmatch(run); m != nil {
+				dt = m[1]
+			}
+			if mt != dt {
+				t.Errorf("stage %s builds with -tags %q, the Makefile with -tags %q", from, dt, mt)
 			}
 
 			// Every local module the binary's module replaces is in the build
