@@ -23,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 
 	"github.com/pullwatch/pullwatch/pkg/logging"
 )
@@ -113,7 +114,7 @@ func (k *Keeper) Ensure(ctx context.Context) error {
 	tr, err := k.client.CoreV1().ServiceAccounts(k.o.Namespace).CreateToken(ctx, k.o.ServiceAccount, &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{
 			Audiences:         []string{k.o.Audience},
-			ExpirationSeconds: ptr(int64(k.o.TTL / time.Second)),
+			ExpirationSeconds: ptr.To(int64(k.o.TTL / time.Second)),
 			BoundObjectRef: &authenticationv1.BoundObjectReference{
 				APIVersion: "v1", Kind: "Secret", Name: s.Name, UID: s.UID,
 			},
@@ -158,5 +159,3 @@ func (k *Keeper) needsRenewal(s *corev1.Secret) bool {
 	}
 	return exp.Sub(k.now()) <= k.o.TTL/3
 }
-
-func ptr[T any](v T) *T { return &v }
