@@ -2,6 +2,7 @@ package nodeimage
 
 import (
 	"sync"
+	"time"
 	"weak"
 
 	"google.golang.org/protobuf/proto"
@@ -31,17 +32,50 @@ type Table struct {
 // NewTable returns an empty Table.
 func NewTable() *Table { return &Table{table: map[string]weak.Pointer[pb.ImageReport]{}} }
 
-// Keep is im as the store keeps it: a folded report's containers taken
-// out (im is changed: it must be the caller's to change, a message not
-// yet applied) and the rest shared with an equal report kept before. A
-// report of the node's own check is kept as it is.
+// Keep is im as the store keeps it: its containers taken out (im is
+// changed: it must be the caller's to change, a message not yet applied)
+// and the rest shared with an equal report kept before. A folded report
+// is shared as it is. A report of the node's own check is shared without
+// what is the node's alone: its endpoints' latencies are kept beside it
+// (Image.Latencies), and the check times and rate-limit answers (the
+// report's and its endpoints' checked_at, ratelimit_remaining,
+// retry_after), which no reader of the state looks at once the probe
+// planner has read the message, are left out of the shared copy.
 func (t *Table) Keep(im *pb.ImageReport) Image {
-	if im.GetSharedFrom() == "" {
-		return Of(im)
-	}
 	cs := im.Containers
 	im.Containers = nil
-	return Image{ImageReport: t.of(im), Containers: cs}
+	if im.GetSharedFrom() != "" {
+		return Image{ImageReport: t.of(im), Containers: cs}
+	}
+	return Image{ImageReport: t.of(nodeless(im)), Containers: cs, Latencies: latencies(im.GetEndpoints())}
+}
+
+// nodeless is a copy of a node's own report without what is the node's
+// alone (see Keep). im is not changed: the probe planner may hold it as a
+// prober's answer.
+func nodeless(im *pb.ImageReport) *pb.ImageReport {
+	out := proto.CloneOf(im)
+	out.CheckedAt = nil
+	for _, e := range out.Endpoints {
+		e.Latency, e.CheckedAt, e.RatelimitRemaining, e.RetryAfter = nil, nil, "", nil
+	}
+	return out
+}
+
+// latencies are the endpoints' latencies by index (-1: none measured), or
+// nil when there are no endpoints.
+func latencies(eps []*pb.EndpointResult) []time.Duration {
+	if len(eps) == 0 {
+		return nil
+	}
+	out := make([]time.Duration, len(eps))
+	for i, e := range eps {
+		out[i] = -1
+		if l := e.GetLatency(); l != nil {
+			out[i] = l.AsDuration()
+		}
+	}
+	return out
 }
 
 // of returns the canonical copy of im: an earlier report equal to it, or
