@@ -47,7 +47,7 @@ func TestTableKeepsContainersApart(t *testing.T) {
 		got  Image
 		want *pb.ImageReport
 	}{{ka, wantA}, {kb, wantB}} {
-		if got := c.got.GetContainers()[0].GetPod(); got != c.want.GetContainers()[0].GetPod() {
+		if got := c.got.GetContainers()[0].Pod; got != c.want.GetContainers()[0].GetPod() {
 			t.Errorf("containers of %s: pod %s", c.want.GetContainers()[0].GetPod(), got)
 		}
 		if !proto.Equal(c.got.Proto(), c.want) {
@@ -65,7 +65,8 @@ func TestTableKeepsContainersApart(t *testing.T) {
 func TestOfKeepsTheReport(t *testing.T) {
 	im := folded(pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "pod")
 	got := Of(im)
-	if got.ImageReport != im || got.Proto() != im || got.Size() != proto.Size(im) || len(got.GetContainers()) != 1 {
+	if got.ImageReport != im || !proto.Equal(got.Proto(), im) || got.Size() != proto.Size(im) || len(got.GetContainers()) != 1 ||
+		got.HeldSize() != HeldSizeOf(im) || len(im.GetContainers()) != 1 {
 		t.Errorf("Of(%v) = %v", im, got)
 	}
 }
