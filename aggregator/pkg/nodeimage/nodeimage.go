@@ -37,7 +37,8 @@ type Image struct {
 // Container is a pb.ContainerRef as the store keeps it: a value, without
 // the container id (no reader uses it; ingest drops it before storing).
 // The namespace, container name and state are interned by the probe
-// planner (aggregator/pkg/shard) before the report is stored.
+// planner (aggregator/pkg/shard), when sharding is on, before the report
+// is stored.
 type Container struct {
 	Namespace, Pod, PodUID, Container, State string
 }

@@ -68,23 +68,23 @@ type key struct {
 // stamp is a timestamp or duration by value; set tells an unset one from
 // a zero one.
 type stamp struct {
-	set     bool
 	seconds int64
 	nanos   int32
+	set     bool
 }
 
 func stampOf(ts *timestamppb.Timestamp) (stamp, bool) {
 	if ts == nil {
 		return stamp{}, true
 	}
-	return stamp{true, ts.GetSeconds(), ts.GetNanos()}, len(ts.ProtoReflect().GetUnknown()) == 0
+	return stamp{ts.GetSeconds(), ts.GetNanos(), true}, len(ts.ProtoReflect().GetUnknown()) == 0
 }
 
 func spanOf(d *durationpb.Duration) (stamp, bool) {
 	if d == nil {
 		return stamp{}, true
 	}
-	return stamp{true, d.GetSeconds(), d.GetNanos()}, len(d.ProtoReflect().GetUnknown()) == 0
+	return stamp{d.GetSeconds(), d.GetNanos(), true}, len(d.ProtoReflect().GetUnknown()) == 0
 }
 
 // endpoint is an EndpointResult by value, but for its unknown fields.
