@@ -70,7 +70,7 @@ func TestTableSharesOwnChecks(t *testing.T) {
 		if l, ok := c.got.EndpointLatency(0); !ok || l != c.want {
 			t.Errorf("%s: latency %v %v, want %v", c.pod, l, ok, c.want)
 		}
-		if got := c.got.GetContainers()[0].GetPod(); got != c.pod {
+		if got := c.got.GetContainers()[0].Pod; got != c.pod {
 			t.Errorf("%s: containers %v", c.pod, c.got.GetContainers())
 		}
 		if l := c.got.Proto().GetEndpoints()[0].GetLatency().AsDuration(); l != c.want {
@@ -104,7 +104,7 @@ func TestTableKeepsContainersApart(t *testing.T) {
 		got  Image
 		want *pb.ImageReport
 	}{{ka, wantA}, {kb, wantB}} {
-		if got := c.got.GetContainers()[0].GetPod(); got != c.want.GetContainers()[0].GetPod() {
+		if got := c.got.GetContainers()[0].Pod; got != c.want.GetContainers()[0].GetPod() {
 			t.Errorf("containers of %s: pod %s", c.want.GetContainers()[0].GetPod(), got)
 		}
 		if !proto.Equal(c.got.Proto(), c.want) {
@@ -122,7 +122,8 @@ func TestTableKeepsContainersApart(t *testing.T) {
 func TestOfKeepsTheReport(t *testing.T) {
 	im := folded(pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "pod")
 	got := Of(im)
-	if got.ImageReport != im || got.Proto() != im || got.Size() != proto.Size(im) || len(got.GetContainers()) != 1 {
+	if got.ImageReport != im || !proto.Equal(got.Proto(), im) || got.Size() != proto.Size(im) || len(got.GetContainers()) != 1 ||
+		got.HeldSize()+heldPerLatency*len(im.GetEndpoints()) != HeldSizeOf(im) || len(im.GetContainers()) != 1 {
 		t.Errorf("Of(%v) = %v", im, got)
 	}
 }
