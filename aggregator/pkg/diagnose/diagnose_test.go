@@ -8,6 +8,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -319,6 +320,28 @@ func TestNodeEndpoints(t *testing.T) {
 	for i := range want {
 		if !slices.Equal(r.NodeEndpoints[i], want[i]) {
 			t.Errorf("node %s endpoints = %+v, want %+v", r.Nodes[i].Name, r.NodeEndpoints[i], want[i])
+		}
+	}
+}
+
+// A node's own checks are kept shared between nodes with the latencies
+// beside them (nodeimage.Table): each node's endpoint latency is its own.
+func TestNodeEndpointLatencyOfSharedChecks(t *testing.T) {
+	tb := nodeimage.NewTable()
+	kept := func(name string, latency time.Duration) Node {
+		ep := proto.CloneOf(upOK)
+		ep.Latency = durationpb.New(latency)
+		return Node{Name: name, Images: []nodeimage.Image{
+			tb.Keep(&pullwatchv1.ImageReport{Image: "registry.example/app:1", Registry: reg, Status: available, Endpoints: []*pullwatchv1.EndpointResult{ep}})}}
+	}
+	a, b := kept("a", 30*time.Millisecond), kept("b", 70*time.Millisecond)
+	if a.Images[0].ImageReport != b.Images[0].ImageReport {
+		t.Fatal("the two nodes' checks are not shared")
+	}
+	r := Diagnose([]Node{a, b})
+	for i, want := range []float64{0.03, 0.07} {
+		if got := r.NodeEndpoints[i]; len(got) != 1 || !got[0].HasLatency || got[0].MaxLatency != want {
+			t.Errorf("node %s endpoints = %+v, want latency %v", r.Nodes[i].Name, got, want)
 		}
 	}
 }

@@ -102,7 +102,9 @@ const wireSlack = 1 << 20
 // messages over maxReportBytes.
 func NewGRPCServer(srv *Server, maxReportBytes int, opts ...grpc.ServerOption) *grpc.Server {
 	srv.maxReportBytes = maxReportBytes
-	srv.gate = newGate(gateSlots())
+	if srv.gate == nil {
+		srv.gate = newGate(gateSlots())
+	}
 	base := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxReportBytes + wireSlack),
 		grpc.ForceServerCodecV2(newGatedCodec(srv.gate)),
