@@ -232,16 +232,82 @@ func TestIncrementalPicksMatchChoose(t *testing.T) {
 					zones[name] = zoneOf(n)
 					p.Ingest(name, node(name, zones[name]), true, size.images(n), nil, func() {})
 				}
-				for key, g := range p.groups {
+				p.groups.each(func(_ groupID, g *group) {
 					var all []Candidate
 					for m := range g.members {
-						all = append(all, Candidate{Node: m, Zone: zones[m]})
+						name := p.nodes.name(m)
+						all = append(all, Candidate{Node: name, Zone: zones[name]})
 					}
-					if want := Choose(string(key), all, k); !slices.Equal(g.chosen[:g.picked], want) {
-						t.Fatalf("k=%d %s: probers %v, Choose over all %d members %v", k, imageOf(key), g.chosen[:g.picked], len(all), want)
+					if got, want := p.names(g.chosen[:g.picked]), Choose(string(g.key), all, k); !slices.Equal(got, want) {
+						t.Fatalf("k=%d %s: probers %v, Choose over all %d members %v", k, imageOf(g.key), got, len(all), want)
 					}
-				}
+				})
 			}
 		})
+	}
+}
+
+// names are the nodes' names.
+func (p *Planner) names(ids []nodeID) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = p.nodes.name(id)
+	}
+	return out
+}
+
+// A message that first settles a key whose probers disagreed (its
+// sender, joining, takes the dissenting prober's place) and then splits
+// it again (the sender's own answer disagrees) shares nothing: the
+// delegated nodes keep the result they had, never an empty one.
+func TestPlannerSettleAndSplitInOneMessage(t *testing.T) {
+	s := store{}
+	p := New(Options{Replicas: 3, Sink: s})
+	const ref = "reg:5000/app:v1"
+	key := string(KeyOf(image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)))
+	names := []string{"n1", "n2", "n3", "n4", "n5", "n6"}
+	for _, n := range names {
+		ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)}
+		p.Ingest(n, node(n, ""), true, ims, nil, s.apply(n, ims))
+	}
+	var all []Candidate
+	for _, n := range names {
+		all = append(all, Candidate{Node: n})
+	}
+	probers := Choose(key, all, 3)
+	var delegating []string
+	for _, n := range names {
+		if !slices.Contains(probers, n) {
+			delegating = append(delegating, n)
+			ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, true)}
+			p.Ingest(n, nil, true, ims, nil, s.apply(n, ims))
+		}
+	}
+	// The probers agree (available, shared), then the last of them,
+	// the lowest score, dissents.
+	for _, n := range probers {
+		ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)}
+		p.Ingest(n, nil, true, ims, nil, s.apply(n, ims))
+	}
+	dissent := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_ABSENT, false)}
+	p.Ingest(probers[2], nil, true, dissent, nil, s.apply(probers[2], dissent))
+	// A node scoring above every prober joins saying absent: the picks
+	// are it and the two that agree, which settles the key, and then
+	// its own answer splits it.
+	joiner := ""
+	for i := 0; joiner == ""; i++ {
+		if n := fmt.Sprintf("x%d", i); score(key, n) > score(key, probers[0]) {
+			joiner = n
+		}
+	}
+	gone := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_ABSENT, false)}
+	p.Ingest(joiner, node(joiner, ""), true, gone, nil, s.apply(joiner, gone))
+	if d := p.DirectiveSince(delegating[0], ""); len(d.GetAssigned()) != 1 {
+		t.Fatalf("%s's plan %v: want the key assigned while its probers disagree", delegating[0], d)
+	}
+	for _, n := range delegating {
+		if got := s[n][ref]; got.GetStatus() != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || len(got.GetEndpoints()) != 1 {
+			t.Errorf("%s's image after the probers split again: %v", n, got)
+		}
 	}
 }
