@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -309,5 +310,54 @@ func TestPlannerSettleAndSplitInOneMessage(t *testing.T) {
 		if got := s[n][ref]; got.GetStatus() != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || len(got.GetEndpoints()) != 1 {
 			t.Errorf("%s's image after the probers split again: %v", n, got)
 		}
+	}
+}
+
+// Nodes, images, registries and zones that come and go leave nothing in
+// the planner: their numbers are reused, so that a churn of names (a
+// 15,000-node cluster replacing every node, images replaced by new tags)
+// does not grow its tables.
+func TestPlannerChurnReusesNumbers(t *testing.T) {
+	p := New(Options{Replicas: 2})
+	slots := func() [5]int {
+		return [5]int{len(p.nodes.slots), len(p.refs.slots), len(p.groups.slots), len(p.hosts.slots), len(p.zones.slots)}
+	}
+	var first [5]int
+	for wave := range 4 {
+		size := benchSize{nodes: 300, perNode: 20, distinct: 200}
+		var stops []func()
+		for n := range size.nodes {
+			name := fmt.Sprintf("wave-%d-node-%d", wave, n)
+			ims := size.images(n)
+			for _, im := range ims { // new tags, registries and zones every wave
+				im.Image = strings.Replace(im.Image, ":v1", fmt.Sprintf(":w%d", wave), 1)
+				im.Registry = fmt.Sprintf("w%d-%s", wave, im.Registry)
+			}
+			if n%2 == 0 {
+				_, stop := p.Watch(name)
+				stops = append(stops, stop)
+			}
+			p.Ingest(name, node(name, fmt.Sprintf("w%d-z%d", wave, n%3)), true, ims, nil, func() {})
+		}
+		if wave == 0 {
+			first = slots()
+		}
+		for _, stop := range stops {
+			stop()
+		}
+		for n := range size.nodes {
+			p.Forget(fmt.Sprintf("wave-%d-node-%d", wave, n))
+		}
+		if n := p.nodes.len() + p.refs.len() + p.groups.len() + p.hosts.len(); n != 0 || p.zones.len() != 1 {
+			t.Fatalf("wave %d gone: %d nodes, %d references, %d keys, %d hosts, %d zones left", wave,
+				p.nodes.len(), p.refs.len(), p.groups.len(), p.hosts.len(), p.zones.len())
+		}
+		if got := slots(); got != first {
+			t.Fatalf("wave %d: tables %v long, %v after the first wave", wave, got, first)
+		}
+	}
+	st := p.Stats()
+	if st.Keys+st.Members+len(st.Load)+len(st.Factor)+len(st.Holds)+len(st.RateLimitRemaining) != 0 {
+		t.Errorf("after every wave left: %+v", st)
 	}
 }
