@@ -149,11 +149,23 @@ func (p *Planner) member(node string) (nodeID, *member) {
 // set makes e the node's entry for reference r (whose use the entry
 // holds: the caller acquired it), replacing old when the node had one.
 func (p *Planner) set(m *member, r refID, e entry, old entry, had bool) {
-	if had {
-		p.unhost(m, (*p.groups.at(old.g)).host)
+	h := (*p.groups.at(e.g)).host
+	if had && (*p.groups.at(old.g)).host == h {
+		// The same host: its count stays, but an image counted again
+		// forgets the host's ratelimit-remaining when it was the host's
+		// only one, as unhost and counting it again would.
+		if len(m.ratelimit) > 0 && m.hosts[h] == 1 {
+			delete(m.ratelimit, h)
+		}
+	} else {
+		if had {
+			p.unhost(m, (*p.groups.at(old.g)).host)
+		}
+		m.hosts[h]++
 	}
-	m.images[r] = e
-	m.hosts[(*p.groups.at(e.g)).host]++
+	if !had || e != old {
+		m.images[r] = e
+	}
 }
 
 // remove drops the node's entry for reference r.
@@ -196,6 +208,10 @@ type group struct {
 	// are members that cannot reach the key); fellBack is pick's.
 	picked   int
 	fellBack bool
+	// picks are the picked members' candidates (chosen[:picked]), for
+	// unmoved: a change to one of them (its zone, its reach, its leaving)
+	// rechooses the group before another message asks.
+	picks []candidate
 	// answers are the latest answers of the picked probers (chosen[:picked],
 	// so at most k): only they may speak for the other members.
 	answers []answer
@@ -271,9 +287,8 @@ func (g *group) unmoved(c candidate, k int) bool {
 		return false
 	}
 	zoneTaken := false
-	for _, n := range g.chosen[:g.picked] {
-		p, ok := g.members[n]
-		if !ok || c.score >= p.score {
+	for _, p := range g.picks {
+		if c.score >= p.score {
 			return false
 		}
 		if c.zone != noZone && p.zone == c.zone {
@@ -339,6 +354,7 @@ type Planner struct {
 	// folded into the members (flush).
 	fresh      []*group
 	recomputes uint64
+	interner   *interner
 
 	// What one operation (Ingest, removeLocked) works with, kept between
 	// them: the nodes whose plan may have changed (affected, marked with
@@ -372,18 +388,19 @@ func New(opts Options) *Planner {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	p := &Planner{
-		opts:   opts,
-		nodes:  newTable[nodeID, *member](),
-		refs:   newTable[refID, groupID](),
-		groups: newTable[groupID, *group](),
-		hosts:  newTable[hostID, struct{}](),
-		zones:  newTable[zone, struct{}](),
-		holds:  map[string]time.Time{},
-		load:   map[string]int{},
-		factor: map[string]float64{},
-		watch:  map[string]map[chan struct{}]struct{}{},
-		seen:   map[refID]struct{}{},
-		checks: map[string]int{},
+		opts:     opts,
+		nodes:    newTable[nodeID, *member](),
+		refs:     newTable[refID, groupID](),
+		groups:   newTable[groupID, *group](),
+		hosts:    newTable[hostID, struct{}](),
+		zones:    newTable[zone, struct{}](),
+		holds:    map[string]time.Time{},
+		load:     map[string]int{},
+		factor:   map[string]float64{},
+		watch:    map[string]map[chan struct{}]struct{}{},
+		seen:     map[refID]struct{}{},
+		checks:   map[string]int{},
+		interner: newInterner(),
 	}
 	p.zones.acquire("") // noZone, for good
 	return p
@@ -532,6 +549,9 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 			}
 		}
 	}
+	if snapshot && len(m.images) == 0 && len(images) > 8 {
+		m.images = make(map[refID]entry, len(images)) // the node's first: sized once, not grown
+	}
 	dropped := p.dropped[:0]
 	for _, ref := range removed {
 		if r, ok := p.refs.lookup(ref); ok {
@@ -568,14 +588,15 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	var answers, limited []keyed
 	for _, im := range images {
 		im.SharedFrom = "" // the aggregator's field, never the agent's
-		intern(im)
+		p.interner.report(im)
 		r := p.refs.acquire(im.GetImage())
 		old, had := m.images[r]
 		if had {
 			p.refs.release(r) // the entry holds a use already
 		}
 		gid, g := p.groupOf(r, im, old, had)
-		if _, in := g.members[id]; in && (!had || old.g != gid) {
+		c, in := g.members[id]
+		if in && (!had || old.g != gid) {
 			// Another of the node's references has this one's key (a
 			// reference or credential source with a NUL in it spells
 			// another's): the node checks this one itself, unplanned,
@@ -598,7 +619,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 			}
 		}
 		p.set(m, r, e, old, had)
-		if c, ok := g.members[id]; !ok {
+		if !in {
 			c = candidate{score: score(string(g.key), node), zone: m.zoneID, bad: e.bad}
 			if !g.unmoved(c, p.opts.Replicas) || len(g.members) == 1 || g.split {
 				p.touch(gid)
@@ -830,14 +851,16 @@ func (p *Planner) rechoose(gid groupID) {
 		slices.Sort(bad)
 		taken, fellBack := pick(cands, p.opts.Replicas)
 		next = make([]nodeID, len(taken), len(taken)+len(bad))
+		g.picks = g.picks[:0]
 		for i, j := range taken {
 			next[i] = ids[j]
+			g.picks = append(g.picks, g.members[ids[j]])
 		}
 		p.scratch, p.scratchIDs = cands[:0], ids[:0]
 		g.picked, g.fellBack = len(next), fellBack
 		next = append(next, bad...)
 	} else {
-		g.picked, g.fellBack = 0, false
+		g.picked, g.fellBack, g.picks = 0, false, nil
 	}
 	old := g.chosen
 	g.chosen = next
