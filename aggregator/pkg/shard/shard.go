@@ -16,6 +16,7 @@
 package shard
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -138,9 +139,10 @@ type member struct {
 	// streams counts the node's live streams (Watch).
 	streams int
 	images  map[refID]entry
-	// hosts counts the node's images per registry host: a host the node
+	// hosts counts the node's images per registry host, by host number (a
+	// short sorted list: a node names tens of hosts): a host the node
 	// names no more leaves ratelimit.
-	hosts map[hostID]int32
+	hosts []hostCount
 	// ratelimit is Docker Hub's ratelimit-remaining per registry host, as
 	// the node's own last HEAD got it (nil until one did).
 	ratelimit map[hostID]string
@@ -153,13 +155,46 @@ type member struct {
 	gone bool
 }
 
+type hostCount struct {
+	h hostID
+	n int32
+}
+
+func cmpHost(c hostCount, h hostID) int { return cmp.Compare(c.h, h) }
+
+// hostCount is the node's count of images on host h.
+func (m *member) hostCount(h hostID) int32 {
+	if i, ok := slices.BinarySearchFunc(m.hosts, h, cmpHost); ok {
+		return m.hosts[i].n
+	}
+	return 0
+}
+
+// countHost adds d to the node's count of images on host h and returns
+// it; a host counted down to 0 leaves the list.
+func (m *member) countHost(h hostID, d int32) int32 {
+	i, ok := slices.BinarySearchFunc(m.hosts, h, cmpHost)
+	if !ok {
+		if d <= 0 {
+			return 0
+		}
+		m.hosts = slices.Insert(m.hosts, i, hostCount{h, 0})
+	}
+	m.hosts[i].n += d
+	n := m.hosts[i].n
+	if n <= 0 {
+		m.hosts = slices.Delete(m.hosts, i, i+1)
+	}
+	return n
+}
+
 // member is node's member, made on first sight.
 func (p *Planner) member(node string) (nodeID, *member) {
 	if id, ok := p.nodes.lookup(node); ok {
 		return id, *p.nodes.at(id)
 	}
 	id := p.nodes.acquire(node)
-	m := &member{name: p.nodes.name(id), images: map[refID]entry{}, hosts: map[hostID]int32{}}
+	m := &member{name: p.nodes.name(id), images: map[refID]entry{}}
 	*p.nodes.at(id) = m
 	return id, m
 }
@@ -172,14 +207,14 @@ func (p *Planner) set(m *member, r refID, e entry, old entry, had bool) {
 		// The same host: its count stays, but an image counted again
 		// forgets the host's ratelimit-remaining when it was the host's
 		// only one, as unhost and counting it again would.
-		if len(m.ratelimit) > 0 && m.hosts[h] == 1 {
+		if len(m.ratelimit) > 0 && m.hostCount(h) == 1 {
 			delete(m.ratelimit, h)
 		}
 	} else {
 		if had {
 			p.unhost(m, (*p.groups.at(old.group())).host)
 		}
-		m.hosts[h]++
+		m.countHost(h, 1)
 	}
 	if !had || e != old {
 		m.images[r] = e
@@ -196,8 +231,7 @@ func (p *Planner) remove(m *member, r refID) {
 }
 
 func (p *Planner) unhost(m *member, h hostID) {
-	if m.hosts[h]--; m.hosts[h] <= 0 {
-		delete(m.hosts, h)
+	if m.countHost(h, -1) <= 0 {
 		delete(m.ratelimit, h)
 	}
 }
@@ -984,7 +1018,7 @@ func (p *Planner) hostMembers(host string, fn func(nodeID)) {
 		return
 	}
 	p.nodes.each(func(id nodeID, m *member) {
-		if !m.gone && m.hosts[h] > 0 {
+		if !m.gone && m.hostCount(h) > 0 {
 			fn(id)
 		}
 	})
