@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -359,5 +360,39 @@ func TestPlannerChurnReusesNumbers(t *testing.T) {
 	st := p.Stats()
 	if st.Keys+st.Members+len(st.Load)+len(st.Factor)+len(st.Holds)+len(st.RateLimitRemaining) != 0 {
 		t.Errorf("after every wave left: %+v", st)
+	}
+}
+
+// A reference or credential source with a NUL in it can spell another
+// reference's key: the node's second image of the key is left out of the
+// plan (the node checks it itself) rather than joining the key twice, and
+// the node leaves nothing behind.
+func TestPlannerKeySpelledTwiceByOneNode(t *testing.T) {
+	p := New(Options{Replicas: 2})
+	a := image("reg:5000/a", pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)
+	a.CredentialSource = "b\x00c"
+	b := image("reg:5000/a\x00b", pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)
+	b.CredentialSource = "c"
+	if KeyOf(a) != KeyOf(b) {
+		t.Fatalf("keys %q and %q differ", KeyOf(a), KeyOf(b))
+	}
+	both := func() []*pb.ImageReport {
+		return []*pb.ImageReport{proto.Clone(a).(*pb.ImageReport), proto.Clone(b).(*pb.ImageReport)}
+	}
+	// Alone with the key, the node drops one of the two images and then
+	// reports the other again.
+	p.Ingest("n1", node("n1", ""), true, both(), nil, func() {})
+	p.Ingest("n1", nil, false, nil, []string{"reg:5000/a"}, func() {})
+	p.Ingest("n1", nil, true, []*pb.ImageReport{proto.Clone(b).(*pb.ImageReport)}, nil, func() {})
+	p.Ingest("n2", node("n2", ""), true, both(), nil, func() {})
+	p.Ingest("n1", nil, true, both(), nil, func() {})
+	for _, n := range []string{"n1", "n2"} {
+		if d := p.DirectiveSince(n, ""); len(d.GetAssigned())+len(d.GetDelegated()) > 1 {
+			t.Errorf("%s's plan %v: the key at most once", n, d)
+		}
+		p.Forget(n)
+	}
+	if p.nodes.len()+p.refs.len()+p.groups.len()+p.hosts.len() != 0 {
+		t.Errorf("left: %d nodes, %d references, %d keys, %d hosts", p.nodes.len(), p.refs.len(), p.groups.len(), p.hosts.len())
 	}
 }
