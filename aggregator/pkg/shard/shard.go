@@ -91,7 +91,9 @@ type (
 	groupID uint32
 	hostID  uint32
 	// zone is a zone's number: a candidate holds it rather than the
-	// name, 1.5 million candidates at 15,000 nodes × 100 images.
+	// name, 1.5 million candidates at 15,000 nodes × 100 images. Below
+	// 2^31 (there are fewer zones than nodes): the top bit of a
+	// candidate's is its bad flag.
 	zone uint32
 )
 
