@@ -297,7 +297,7 @@ func (a *aggregation) scan(i int, n *Node) []NodeEndpoint {
 	var eps []NodeEndpoint
 	for _, im := range n.Images {
 		reg := a.regs[im.GetRegistry()]
-		for _, ep := range im.GetEndpoints() {
+		for e, ep := range im.GetEndpoints() {
 			if ep.GetSkipped() {
 				continue
 			}
@@ -318,8 +318,8 @@ func (a *aggregation) scan(i int, n *Node) []NodeEndpoint {
 			} else if ne.Reason == "" {
 				ne.Reason = cmp.Or(ep.GetReason(), ep.GetStatus().Word())
 			}
-			if ep.GetLatency() != nil {
-				ne.MaxLatency = max(ne.MaxLatency, ep.GetLatency().AsDuration().Seconds())
+			if l, ok := im.EndpointLatency(e); ok {
+				ne.MaxLatency = max(ne.MaxLatency, l.Seconds())
 				ne.HasLatency = true
 			}
 		}

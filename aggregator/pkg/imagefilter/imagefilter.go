@@ -14,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
-	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
 // Namespaces answers a namespace's labels (kubewatch.Watcher).
@@ -131,9 +130,9 @@ func (f *Filter) Report(im nodeimage.Image) (nodeimage.Image, bool) {
 	if f.selector == nil {
 		return im, true
 	}
-	kept := make([]*pb.ContainerRef, 0, len(im.GetContainers()))
+	kept := make([]nodeimage.Container, 0, len(im.GetContainers()))
 	for _, c := range im.GetContainers() {
-		if f.Namespace(c.GetNamespace()) {
+		if f.Namespace(c.Namespace) {
 			kept = append(kept, c)
 		}
 	}

@@ -48,7 +48,7 @@ func TestReportsNamespaces(t *testing.T) {
 	}
 	f.SetNamespaces(namespaces{"a": {"team": "a"}, "b": {"team": "b"}})
 	got := f.Reports(nodeimage.All(im, unused))
-	if len(got) != 1 || len(got[0].GetContainers()) != 1 || got[0].GetContainers()[0].GetNamespace() != "a" {
+	if len(got) != 1 || len(got[0].GetContainers()) != 1 || got[0].GetContainers()[0].Namespace != "a" {
 		t.Fatalf("Reports = %v, want app with namespace a's container only", got)
 	}
 	if len(im.GetContainers()) != 2 {

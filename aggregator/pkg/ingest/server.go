@@ -75,6 +75,10 @@ type Server struct {
 
 	// lender answers Credentials (credentials.go); nil: none lent.
 	lender Lender
+
+	// gate bounds the messages decoded and not yet applied (gate.go); nil
+	// when the server was not made by NewGRPCServer.
+	gate *gate
 }
 
 // NewServer returns a Server applying reports to store.
@@ -98,8 +102,10 @@ const wireSlack = 1 << 20
 // messages over maxReportBytes.
 func NewGRPCServer(srv *Server, maxReportBytes int, opts ...grpc.ServerOption) *grpc.Server {
 	srv.maxReportBytes = maxReportBytes
+	srv.gate = newGate(gateSlots())
 	base := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxReportBytes + wireSlack),
+		grpc.ForceServerCodecV2(newGatedCodec(srv.gate)),
 		// Agents keep one stream open for as long as they run. Pinging
 		// quiet connections notices a node that vanished without closing
 		// TCP, so its stream (and pullwatch_agents_connected) is released
@@ -189,7 +195,7 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 
 	done := make(chan struct{})
 	defer close(done)
-	msgs := receive(rs, done)
+	msgs := s.receive(rs, done)
 	for {
 		select {
 		case <-s.draining:
@@ -207,6 +213,9 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 				return s.recvError(ctx, st, r.err)
 			}
 			ack, verr := s.accept(ctx, st, r.msg)
+			if r.counted {
+				s.gate.leave() // applied (or refused): the next message may be decoded
+			}
 			if verr != nil {
 				s.obs.ReportRejected(string(verr.Reason))
 				s.logRefusal(ctx, st.log, "node", st.node, "sequence", r.msg.GetSequence(), "reason", verr.Reason, logging.ErrKey, verr.Error())
@@ -232,6 +241,9 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 type received struct {
 	msg *pullwatchv1.AgentMessage
 	err error
+	// counted: msg holds a slot of the server's gate, which Report frees
+	// once it applied msg.
+	counted bool
 }
 
 // receive reads the stream in its own goroutine so that Report can also
@@ -240,14 +252,40 @@ type received struct {
 // done; the stream's context is no signal here, because gRPC may cancel it
 // before Report has seen the Recv error that explains why. The goroutine
 // ends after the first error, or once done is closed: Report has returned,
-// so gRPC cancels the stream and Recv fails soon.
-func receive(rs pullwatchv1.ReportService_ReportServer, done <-chan struct{}) <-chan received {
+// so gRPC cancels the stream and Recv fails soon. A message that holds a
+// slot of the gate gives it up when it is not delivered, or not taken
+// within handoverWait.
+func (s *Server) receive(rs pullwatchv1.ReportService_ReportServer, done <-chan struct{}) <-chan received {
 	ch := make(chan received)
 	go func() {
+		var wait *time.Timer
+		defer func() {
+			if wait != nil {
+				wait.Stop()
+			}
+		}()
 		for {
 			msg, err := rs.Recv()
+			r := received{msg: msg, err: err, counted: err == nil && s.gate != nil}
+			if r.counted {
+				if wait == nil {
+					wait = time.NewTimer(handoverWait)
+				} else {
+					wait.Reset(handoverWait)
+				}
+				select {
+				case ch <- r:
+					continue
+				case <-wait.C:
+					s.gate.leave()
+					r.counted = false
+				case <-done:
+					s.gate.leave()
+					return
+				}
+			}
 			select {
-			case ch <- received{msg, err}:
+			case ch <- r:
 			case <-done:
 				return
 			}

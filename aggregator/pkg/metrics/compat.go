@@ -80,17 +80,18 @@ func collectCompat(ch chan<- prometheus.Metric, r *diagnose.Report, owners Owner
 			continue
 		}
 		for _, im := range n.Images {
-			for _, ct := range im.GetContainers() {
-				if ct.GetNamespace() == "" || ct.GetPod() == "" || ct.GetContainer() == "" {
+			for i := range im.Containers {
+				ct := &im.Containers[i]
+				if ct.Namespace == "" || ct.Pod == "" || ct.Container == "" {
 					continue
 				}
-				if place != nil && !place.PodOn(ct.GetNamespace(), ct.GetPod(), ct.GetPodUid(), n.Name) {
+				if place != nil && !place.PodOn(ct.Namespace, ct.Pod, ct.PodUID, n.Name) {
 					continue // not a pod of this node's, as far as the API knows
 				}
-				k := compatKey{namespace: ct.GetNamespace(), container: ct.GetContainer(), image: im.GetImage(), kind: "pod", name: ct.GetPod()}
+				k := compatKey{namespace: ct.Namespace, container: ct.Container, image: im.GetImage(), kind: "pod", name: ct.Pod}
 				if owners != nil {
-					k.kind, k.name = owners.Workload(k.namespace, ct.GetPod())
-					if spec := owners.ContainerImage(k.namespace, ct.GetPod(), k.container); spec != "" {
+					k.kind, k.name = owners.Workload(k.namespace, ct.Pod)
+					if spec := owners.ContainerImage(k.namespace, ct.Pod, k.container); spec != "" {
 						k.image = spec
 					}
 				}

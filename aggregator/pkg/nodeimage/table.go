@@ -1,10 +1,15 @@
 package nodeimage
 
 import (
+	"hash/maphash"
+	"slices"
 	"sync"
+	"time"
 	"weak"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
@@ -23,43 +28,197 @@ import (
 // more is collected, and its entry swept. Safe for concurrent use.
 type Table struct {
 	mu    sync.Mutex
-	buf   []byte
-	table map[string]weak.Pointer[pb.ImageReport]
+	seed  maphash.Seed
+	table map[key]weak.Pointer[pb.ImageReport]
 	added int
 }
 
 // NewTable returns an empty Table.
-func NewTable() *Table { return &Table{table: map[string]weak.Pointer[pb.ImageReport]{}} }
+func NewTable() *Table {
+	return &Table{seed: maphash.MakeSeed(), table: map[key]weak.Pointer[pb.ImageReport]{}}
+}
 
-// Keep is im as the store keeps it: a folded report's containers taken
-// out (im is changed: it must be the caller's to change, a message not
-// yet applied) and the rest shared with an equal report kept before. A
-// report of the node's own check is kept as it is.
+// Keep is im as the store keeps it: its containers taken out into
+// Image.Containers (im is changed: it must be the caller's to change, a
+// message not yet applied)
+// and the rest shared with an equal report kept before. A folded report
+// is shared as it is. A report of the node's own check is shared without
+// what is the node's alone: its endpoints' latencies are kept beside it
+// (Image.Latencies), and the check times and rate-limit answers (the
+// report's and its endpoints' checked_at, ratelimit_remaining,
+// retry_after), which no reader of the state looks at once the probe
+// planner has read the message, are left out of the shared copy.
 func (t *Table) Keep(im *pb.ImageReport) Image {
-	if im.GetSharedFrom() == "" {
-		return Of(im)
-	}
-	cs := im.Containers
+	cs := containersOf(im.GetContainers())
 	im.Containers = nil
-	return Image{ImageReport: t.of(im), Containers: cs}
+	if im.GetSharedFrom() != "" {
+		return Image{ImageReport: t.of(im), Containers: cs}
+	}
+	return Image{ImageReport: t.of(nodeless(im)), Containers: cs, Latencies: latencies(im.GetEndpoints())}
+}
+
+// nodeless is a copy of a node's own report without what is the node's
+// alone (see Keep). im is not changed: the probe planner may hold it as a
+// prober's answer.
+func nodeless(im *pb.ImageReport) *pb.ImageReport {
+	out := proto.CloneOf(im)
+	out.CheckedAt = nil
+	for _, e := range out.Endpoints {
+		e.Latency, e.CheckedAt, e.RatelimitRemaining, e.RetryAfter = nil, nil, "", nil
+	}
+	return out
+}
+
+// latencies are the endpoints' latencies by index (-1: none measured), or
+// nil when there are no endpoints.
+func latencies(eps []*pb.EndpointResult) []time.Duration {
+	if len(eps) == 0 {
+		return nil
+	}
+	out := make([]time.Duration, len(eps))
+	for i, e := range eps {
+		out[i] = -1
+		if l := e.GetLatency(); l != nil {
+			out[i] = l.AsDuration()
+		}
+	}
+	return out
+}
+
+// key is what tells two reports (containers taken out) apart: every field
+// of ImageReport, the repeated ones as a hash of their content (equalRest
+// compares them when keys match). TestKeyCoversEveryField holds it to
+// the message's fields.
+type key struct {
+	image, imageID, digest, reason, registry, registryDigest, credentialSource, sharedFrom string
+	status                                                                                 pb.ImageStatus
+	inUse, degraded, drifted, delegated                                                    bool
+	checkedAt, statusSince                                                                 stamp
+	// rest is a hash of the endpoints and repo digests.
+	rest uint64
+	// unknown are fields of a newer agent's report, as encoded.
+	unknown string
+}
+
+// stamp is a timestamp or duration by value; set tells an unset one from
+// a zero one.
+type stamp struct {
+	seconds int64
+	nanos   int32
+	set     bool
+}
+
+func stampOf(ts *timestamppb.Timestamp) (stamp, bool) {
+	if ts == nil {
+		return stamp{}, true
+	}
+	return stamp{ts.GetSeconds(), ts.GetNanos(), true}, len(ts.ProtoReflect().GetUnknown()) == 0
+}
+
+func spanOf(d *durationpb.Duration) (stamp, bool) {
+	if d == nil {
+		return stamp{}, true
+	}
+	return stamp{d.GetSeconds(), d.GetNanos(), true}, len(d.ProtoReflect().GetUnknown()) == 0
+}
+
+// endpoint is an EndpointResult by value, but for its unknown fields.
+type endpoint struct {
+	url, reason, ratelimitRemaining string
+	role                            pb.EndpointRole
+	status                          pb.ImageStatus
+	httpStatus                      int32
+	skipped                         bool
+	latency, checkedAt, retryAfter  stamp
+}
+
+// endpointOf is e by value; ok is false when e (or a timestamp in it) has
+// fields this aggregator does not know.
+func endpointOf(e *pb.EndpointResult) (endpoint, bool) {
+	latency, ok1 := spanOf(e.GetLatency())
+	checkedAt, ok2 := stampOf(e.GetCheckedAt())
+	retryAfter, ok3 := spanOf(e.GetRetryAfter())
+	return endpoint{url: e.GetUrl(), reason: e.GetReason(), ratelimitRemaining: e.GetRatelimitRemaining(),
+			role: e.GetRole(), status: e.GetStatus(), httpStatus: e.GetHttpStatus(), skipped: e.GetSkipped(),
+			latency: latency, checkedAt: checkedAt, retryAfter: retryAfter},
+		ok1 && ok2 && ok3 && e != nil && len(e.ProtoReflect().GetUnknown()) == 0
+}
+
+// keyOf is im's key; ok is false when im cannot be shared: it has a
+// message this aggregator does not know all of below the report itself
+// (rare enough not to be worth a key), or a nil endpoint.
+func (t *Table) keyOf(im *pb.ImageReport) (key, bool) {
+	checkedAt, ok1 := stampOf(im.GetCheckedAt())
+	statusSince, ok2 := stampOf(im.GetStatusSince())
+	if !ok1 || !ok2 {
+		return key{}, false
+	}
+	k := key{image: im.GetImage(), imageID: im.GetImageId(), digest: im.GetDigest(), reason: im.GetReason(),
+		registry: im.GetRegistry(), registryDigest: im.GetRegistryDigest(), credentialSource: im.GetCredentialSource(),
+		sharedFrom: im.GetSharedFrom(), status: im.GetStatus(), inUse: im.GetInUse(), degraded: im.GetDegraded(),
+		drifted: im.GetDrifted(), delegated: im.GetDelegated(), checkedAt: checkedAt, statusSince: statusSince}
+	if u := im.ProtoReflect().GetUnknown(); len(u) > 0 {
+		k.unknown = string(u)
+	}
+	var h maphash.Hash
+	h.SetSeed(t.seed)
+	for _, e := range im.GetEndpoints() {
+		v, ok := endpointOf(e)
+		if !ok {
+			return key{}, false
+		}
+		maphash.WriteComparable(&h, v)
+	}
+	h.WriteByte(0)
+	for _, d := range im.GetRepoDigests() {
+		h.WriteString(d)
+		h.WriteByte(0)
+	}
+	k.rest = h.Sum64()
+	return k, true
+}
+
+// equalRest reports whether a and b, of equal keys, have the same
+// endpoints and repo digests (not merely the same hash of them).
+func equalRest(a, b *pb.ImageReport) bool {
+	if !slices.Equal(a.GetRepoDigests(), b.GetRepoDigests()) {
+		return false
+	}
+	ea, eb := a.GetEndpoints(), b.GetEndpoints()
+	if len(ea) != len(eb) {
+		return false
+	}
+	if len(ea) == 0 || &ea[0] == &eb[0] {
+		return true // one slice: folded from one result
+	}
+	for i := range ea {
+		va, _ := endpointOf(ea[i])
+		vb, _ := endpointOf(eb[i])
+		if va != vb {
+			return false
+		}
+	}
+	return true
 }
 
 // of returns the canonical copy of im: an earlier report equal to it, or
 // im itself, remembered for the next.
 func (t *Table) of(im *pb.ImageReport) *pb.ImageReport {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	b, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend(t.buf[:0], im)
-	if err != nil {
+	k, ok := t.keyOf(im)
+	if !ok {
 		return im
 	}
-	t.buf = b
-	if w, ok := t.table[string(b)]; ok {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if w, ok := t.table[k]; ok {
 		if v := w.Value(); v != nil {
-			return v
+			if equalRest(v, im) {
+				return v
+			}
+			return im // a hash collision: keep the first, do not share
 		}
 	}
-	t.table[string(b)] = weak.Make(im)
+	t.table[k] = weak.Make(im)
 	if t.added++; t.added > len(t.table) {
 		// As many added since the last sweep as the table holds: sweep
 		// the entries whose report was collected (amortized O(1)).

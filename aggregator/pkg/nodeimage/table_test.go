@@ -2,8 +2,11 @@ package nodeimage
 
 import (
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
@@ -26,10 +29,64 @@ func TestTableSharesEqualReports(t *testing.T) {
 	if other := folded(pb.ImageStatus_IMAGE_STATUS_ABSENT, ""); tb.Keep(other).ImageReport != other {
 		t.Error("a different report was replaced")
 	}
-	own := folded(pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "")
-	own.SharedFrom = ""
-	if got := tb.Keep(own); got.ImageReport != own {
-		t.Error("a report of the node's own check was shared")
+}
+
+// own is a node's own check of the image: its endpoint's latency, the
+// check times and rate-limit answers are the node's.
+func own(pod string, latency time.Duration) *pb.ImageReport {
+	im := folded(pb.ImageStatus_IMAGE_STATUS_AVAILABLE, pod)
+	im.SharedFrom, im.Delegated = "", false
+	im.CheckedAt = timestamppb.New(time.Unix(1700000000, int64(latency)))
+	im.Endpoints[0].Latency = durationpb.New(latency)
+	im.Endpoints[0].CheckedAt = im.CheckedAt
+	im.Endpoints[0].RatelimitRemaining = "100;w=21600"
+	im.Endpoints[0].RetryAfter = durationpb.New(latency)
+	return im
+}
+
+// Nodes' own checks of an image that differ only in what is the node's
+// alone share one report; each node keeps its containers and latencies,
+// and the message given to Keep keeps its endpoints (the planner may hold
+// it as a prober's answer).
+func TestTableSharesOwnChecks(t *testing.T) {
+	tb := NewTable()
+	a, b := own("pod-a", 3*time.Millisecond), own("pod-b", 5*time.Millisecond)
+	ka, kb := tb.Keep(a), tb.Keep(b)
+	if ka.ImageReport != kb.ImageReport {
+		t.Fatal("own checks equal but for the node's own fields are not shared")
+	}
+	if ka.ImageReport == a || ka.GetCheckedAt() != nil || ka.GetEndpoints()[0].GetLatency() != nil ||
+		ka.GetEndpoints()[0].GetRatelimitRemaining() != "" || ka.GetEndpoints()[0].GetRetryAfter() != nil {
+		t.Errorf("the shared copy keeps a node's own fields: %v", ka.ImageReport)
+	}
+	if a.GetEndpoints()[0].GetLatency().AsDuration() != 3*time.Millisecond || a.GetEndpoints()[0].GetRatelimitRemaining() == "" {
+		t.Errorf("Keep changed the message's endpoints: %v", a.GetEndpoints())
+	}
+	for _, c := range []struct {
+		got  Image
+		pod  string
+		want time.Duration
+	}{{ka, "pod-a", 3 * time.Millisecond}, {kb, "pod-b", 5 * time.Millisecond}} {
+		if l, ok := c.got.EndpointLatency(0); !ok || l != c.want {
+			t.Errorf("%s: latency %v %v, want %v", c.pod, l, ok, c.want)
+		}
+		if got := c.got.GetContainers()[0].Pod; got != c.pod {
+			t.Errorf("%s: containers %v", c.pod, c.got.GetContainers())
+		}
+		if l := c.got.Proto().GetEndpoints()[0].GetLatency().AsDuration(); l != c.want {
+			t.Errorf("%s: Proto's latency %v", c.pod, l)
+		}
+	}
+	if other := own("pod-c", time.Millisecond); func() bool {
+		other.Status = pb.ImageStatus_IMAGE_STATUS_ABSENT
+		return tb.Keep(other).ImageReport == ka.ImageReport
+	}() {
+		t.Error("own checks with different answers share a report")
+	}
+	unmeasured := own("pod-d", 0)
+	unmeasured.Endpoints[0].Latency = nil
+	if _, ok := tb.Keep(unmeasured).EndpointLatency(0); ok {
+		t.Error("an endpoint without a latency has one")
 	}
 }
 
@@ -47,7 +104,7 @@ func TestTableKeepsContainersApart(t *testing.T) {
 		got  Image
 		want *pb.ImageReport
 	}{{ka, wantA}, {kb, wantB}} {
-		if got := c.got.GetContainers()[0].GetPod(); got != c.want.GetContainers()[0].GetPod() {
+		if got := c.got.GetContainers()[0].Pod; got != c.want.GetContainers()[0].GetPod() {
 			t.Errorf("containers of %s: pod %s", c.want.GetContainers()[0].GetPod(), got)
 		}
 		if !proto.Equal(c.got.Proto(), c.want) {
@@ -65,7 +122,8 @@ func TestTableKeepsContainersApart(t *testing.T) {
 func TestOfKeepsTheReport(t *testing.T) {
 	im := folded(pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "pod")
 	got := Of(im)
-	if got.ImageReport != im || got.Proto() != im || got.Size() != proto.Size(im) || len(got.GetContainers()) != 1 {
+	if got.ImageReport != im || !proto.Equal(got.Proto(), im) || got.Size() != proto.Size(im) || len(got.GetContainers()) != 1 ||
+		got.HeldSize()+heldPerLatency*len(im.GetEndpoints()) != HeldSizeOf(im) || len(im.GetContainers()) != 1 {
 		t.Errorf("Of(%v) = %v", im, got)
 	}
 }

@@ -114,8 +114,9 @@ func TestRunSweeperStopsWithContext(t *testing.T) {
 }
 
 // TestByteBudgetCountsWhatIsHeld: 400 images of 5,000 empty containers are
-// under 4 MiB on the wire (2 bytes each) but some 300 MB once decoded; the
-// byte budget counts them as held and refuses them.
+// under 4 MiB on the wire (2 bytes each) but some 300 MB once decoded and
+// 160 MB as the store keeps them (nodeimage.Container values); the byte
+// budget counts them as held and refuses them.
 func TestByteBudgetCountsWhatIsHeld(t *testing.T) {
 	empty := make([]*pullwatchv1.ContainerRef, 5000)
 	for i := range empty {
@@ -133,6 +134,6 @@ func TestByteBudgetCountsWhatIsHeld(t *testing.T) {
 	}
 	var le *LimitError
 	if err := (Limits{Bytes: 4 << 20}).Check("node-a", images); !errors.As(err, &le) || le.What != LimitBytes {
-		t.Fatalf("Check of %d bytes on the wire that hold ~300 MB: %v, want a bytes LimitError", wire, err)
+		t.Fatalf("Check of %d bytes on the wire that hold ~160 MB: %v, want a bytes LimitError", wire, err)
 	}
 }

@@ -56,7 +56,7 @@ func TestStoreSharesFoldedReports(t *testing.T) {
 	if b.GetSharedFrom() != "a" || !b.GetInUse() {
 		t.Errorf("b's report %v, want shared from a, in use", b.ImageReport)
 	}
-	if b.GetContainers()[0].GetPod() != "pod-b" || c.GetContainers()[0].GetPod() != "pod-c" {
+	if b.GetContainers()[0].Pod != "pod-b" || c.GetContainers()[0].Pod != "pod-c" {
 		t.Errorf("containers b %v, c %v", b.GetContainers(), c.GetContainers())
 	}
 	if d, e := viewOf(t, s, "d").Images[0], viewOf(t, s, "e").Images[0]; d.ImageReport != e.ImageReport || d.ImageReport == b.ImageReport || len(d.GetContainers()) != 0 {
@@ -78,7 +78,7 @@ func TestStoreSharesFoldedReports(t *testing.T) {
 	if b.ImageReport != c.ImageReport || b.GetStatus() != pb.ImageStatus_IMAGE_STATUS_ABSENT {
 		t.Errorf("after the fold: b %v, c %v, want one absent report", b.ImageReport, c.ImageReport)
 	}
-	if b.GetContainers()[0].GetPod() != "pod-b" || c.GetContainers()[0].GetPod() != "pod-c" {
+	if b.GetContainers()[0].Pod != "pod-b" || c.GetContainers()[0].Pod != "pod-c" {
 		t.Errorf("after the fold: containers b %v, c %v", b.GetContainers(), c.GetContainers())
 	}
 }

@@ -21,8 +21,8 @@ import (
 // Store is the in-memory state of all nodes. It is safe for concurrent use.
 //
 // Ownership: the Apply methods keep the messages they are given (no deep
-// copy) and never modify them afterwards, but for taking a folded image
-// report's containers apart (nodeimage.Table.Keep) before they keep it;
+// copy) and never modify them afterwards, but for taking an image
+// report's containers out (nodeimage.Table.Keep) before they keep it;
 // NodeViews hand the same pointers out. Callers therefore must not modify
 // or read a message after applying it, nor modify anything reached
 // through a NodeView. gRPC allocates a fresh message per Recv, so the
@@ -162,17 +162,21 @@ func (e *LimitError) Error() string {
 
 // Check returns a *LimitError when images, all of one node, exceed lim.
 func (lim Limits) Check(nodeName string, images []*pullwatchv1.ImageReport) error {
-	return lim.check(nodeName, nodeimage.All(images...))
+	return check(lim, nodeName, images, nodeimage.HeldSizeOf)
 }
 
-func (lim Limits) check(nodeName string, images []nodeimage.Image) error {
+// check is Check of images as received (*pullwatchv1.ImageReport) or as
+// kept (nodeimage.Image), heldSize the size of one.
+func check[I interface {
+	GetEndpoints() []*pullwatchv1.EndpointResult
+}](lim Limits, nodeName string, images []I, heldSize func(I) int) error {
 	if lim.Images > 0 && len(images) > lim.Images {
 		return &LimitError{What: LimitImages, Have: len(images), Max: lim.Images, NodeName: nodeName}
 	}
 	if lim.Bytes > 0 {
 		size := 0
 		for _, im := range images {
-			if size += im.HeldSize(); size > lim.Bytes {
+			if size += heldSize(im); size > lim.Bytes {
 				return &LimitError{What: LimitBytes, Have: size, Max: lim.Bytes, NodeName: nodeName}
 			}
 		}
@@ -203,7 +207,7 @@ func (s *Store) ApplyUpdateWithin(u *pullwatchv1.NodeUpdate, lim Limits) (known 
 		return false, nil
 	}
 	next := updated(n.sorted, u, s.keep(u.GetUpserts()))
-	if err := lim.check(u.GetNodeName(), next); err != nil {
+	if err := check(lim, u.GetNodeName(), next, nodeimage.Image.HeldSize); err != nil {
 		return true, err
 	}
 	s.applyUpdated(n, u, next)
@@ -266,11 +270,12 @@ func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageRep
 	if im == nil || im == old.ImageReport {
 		return true // unchanged (and a shared report is never the store's to change)
 	}
-	im.Containers = old.Containers
+	kept := s.shared.Keep(im)
+	kept.Containers = old.Containers
 	// A copy, not an in-place edit: NodeViews handed out earlier may still
 	// be iterating the old slice.
 	sorted := slices.Clone(n.sorted)
-	sorted[i] = s.shared.Keep(im)
+	sorted[i] = kept
 	n.sorted = sorted
 	s.changed() // what Nodes returns changed: the analyzer diagnoses again
 	return true

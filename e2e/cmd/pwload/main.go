@@ -8,6 +8,13 @@
 //
 //	go run ./e2e/cmd/pwload --aggregator-bin bin/pullwatch-aggregator --nodes 5000 --images 100 --distinct 2000 --registries 20
 //
+// Every message a phase sends is built and encoded before the phase's clock
+// starts, so that the times measure the aggregator and the wire, not the
+// generator: real agents build their reports on their own nodes. pwload's
+// own CPU during each phase is printed beside the aggregator's. A
+// GOMEMLIMIT in pwload's environment is the aggregator's (it inherits it);
+// pwload itself runs without one.
+//
 // The simulated agents do not talk to registries: a sharded agent "HEADs"
 // exactly the images its assignments leave to it (and the images no
 // assignment names yet) and pings each registry endpoint it uses once per
@@ -23,10 +30,12 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,6 +45,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -75,6 +85,9 @@ func main() {
 	flag.StringVar(&c.heapFile, "heap-profile", "", "write the aggregator's heap profile (after a GC) to this `file` once the rounds are ingested (go tool pprof)")
 	flag.StringVar(&c.cpuFile, "cpu-profile", "", "write the aggregator's CPU profile of the first full round (10 s from its start) to this `file`")
 	flag.Parse()
+	// GOMEMLIMIT is for the aggregator (the child inherits the
+	// environment); pwload holds every phase's encoded messages at once.
+	debug.SetMemoryLimit(math.MaxInt64)
 	if err := run(context.Background(), c); err != nil {
 		fmt.Fprintln(os.Stderr, "pwload:", err)
 		os.Exit(1)
@@ -136,7 +149,10 @@ func run(ctx context.Context, c config) error {
 
 	// Round 0: every agent connects and sends its snapshot (it has no
 	// assignments yet: it HEADs everything, as a fresh cluster does).
-	start, cpu0 := time.Now(), cpu(pid)
+	if err := parallel(agents, func(a *agent) error { return a.prepare(true) }); err != nil {
+		return err
+	}
+	start, cpu0, own0 := time.Now(), cpu(pid), cpu(os.Getpid())
 	var wg sync.WaitGroup
 	errs := make(chan error, c.nodes)
 	sem := make(chan struct{}, 500)
@@ -149,7 +165,7 @@ func run(ctx context.Context, c config) error {
 				errs <- err
 				return
 			}
-			if err := a.send(true); err != nil {
+			if err := a.send(); err != nil {
 				errs <- err
 			}
 		}()
@@ -159,7 +175,7 @@ func run(ctx context.Context, c config) error {
 	for err := range errs {
 		return err
 	}
-	fmt.Printf("\nconnect + first snapshot of every agent: %v, aggregator CPU %v (RSS %s)\n", time.Since(start).Round(time.Millisecond), cpu(pid)-cpu0, rss(pid))
+	fmt.Printf("\nconnect + first snapshot of every agent: %v, aggregator CPU %v (RSS %s), pwload CPU %v\n", time.Since(start).Round(time.Millisecond), cpu(pid)-cpu0, rss(pid), cpu(os.Getpid())-own0)
 	time.Sleep(c.settle)
 	naive, sharded, pings, delegated, assigned := world.requests(agents)
 	fmt.Printf("assignments: %d agents got a directive; %d delegated, %d assigned keys in all\n", world.directed(agents), delegated, assigned)
@@ -175,20 +191,23 @@ func run(ctx context.Context, c config) error {
 	}
 	for r := range c.rounds {
 		snapshot := r == 0
-		start, cpu0 := time.Now(), cpu(pid)
 		if err := parallel(agents, func(a *agent) error {
 			if r > 0 {
 				a.churn(world)
 			}
-			return a.send(snapshot)
+			return a.prepare(snapshot)
 		}); err != nil {
+			return err
+		}
+		start, cpu0, own0 := time.Now(), cpu(pid), cpu(os.Getpid())
+		if err := parallel(agents, (*agent).send); err != nil {
 			return err
 		}
 		kind := "updates (1% of images changed per node)"
 		if snapshot {
 			kind = "snapshots with delegated images"
 		}
-		fmt.Printf("full round %d, %s: ingested in %v, aggregator CPU %v (RSS %s)\n", r+1, kind, time.Since(start).Round(time.Millisecond), cpu(pid)-cpu0, rss(pid))
+		fmt.Printf("full round %d, %s: ingested in %v, aggregator CPU %v (RSS %s), pwload CPU %v\n", r+1, kind, time.Since(start).Round(time.Millisecond), cpu(pid)-cpu0, rss(pid), cpu(os.Getpid())-own0)
 	}
 
 	if profiled != nil {
@@ -235,8 +254,11 @@ func run(ctx context.Context, c config) error {
 	if err := j.connect(ctx, conns[0]); err != nil {
 		return err
 	}
+	if err := j.prepare(true); err != nil {
+		return err
+	}
 	start = time.Now()
-	if err := j.send(true); err != nil {
+	if err := j.send(); err != nil {
 		return err
 	}
 	select {
@@ -298,6 +320,7 @@ type agent struct {
 	w        *world
 	st       pb.ReportService_ReportClient
 	seq      uint64
+	next     rawMessage // the encoded message send sends (prepare)
 	acks     chan uint64
 	directed chan struct{}
 
@@ -331,7 +354,7 @@ func (w *world) agent(i int) *agent {
 func (w *world) distinctSeen() int { return len(w.seen) }
 
 func (a *agent) connect(ctx context.Context, conn *grpc.ClientConn) error {
-	st, err := pb.NewReportServiceClient(conn).Report(ctx)
+	st, err := pb.NewReportServiceClient(conn).Report(ctx, grpc.ForceCodec(rawCodec{}))
 	if err != nil {
 		return fmt.Errorf("%s: open stream: %w", a.name, err)
 	}
@@ -420,7 +443,9 @@ func (a *agent) churn(w *world) {
 	}
 }
 
-func (a *agent) send(snapshot bool) error {
+// prepare builds and encodes the agent's next message: a snapshot, or an
+// update of the images churn changed.
+func (a *agent) prepare(snapshot bool) error {
 	a.seq++
 	msg := &pb.AgentMessage{Sequence: a.seq}
 	s := a.snapshot()
@@ -436,21 +461,33 @@ func (a *agent) send(snapshot bool) error {
 		}
 		msg.Body = &pb.AgentMessage_Update{Update: u}
 	}
-	if err := a.st.Send(msg); err != nil {
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		return fmt.Errorf("%s: encode: %w", a.name, err)
+	}
+	a.next = b
+	return nil
+}
+
+// send sends the prepared message and waits for its ack.
+func (a *agent) send() error {
+	msg, seq := a.next, a.seq
+	a.next = nil
+	if err := a.st.SendMsg(msg); err != nil {
 		return fmt.Errorf("%s: send: %w", a.name, err)
 	}
 	timeout := time.After(60 * time.Second)
 	for {
 		select {
-		case seq, ok := <-a.acks:
+		case got, ok := <-a.acks:
 			if !ok {
 				return fmt.Errorf("%s: stream ended", a.name)
 			}
-			if seq == a.seq {
+			if got == seq {
 				return nil
 			}
 		case <-timeout:
-			return fmt.Errorf("%s: no ack for %d within 60s", a.name, a.seq)
+			return fmt.Errorf("%s: no ack for %d within 60s", a.name, seq)
 		}
 	}
 }
@@ -610,3 +647,18 @@ func hwm(pid int) string { return fmt.Sprintf("%d MiB", usage(pid).HWMKiB/1024) 
 
 // cpu is the process's user + system CPU time so far.
 func cpu(pid int) time.Duration { return usage(pid).CPU }
+
+// rawCodec sends a rawMessage as it is (encoded by prepare, before the
+// clock starts) and decodes the aggregator's messages as protobuf.
+type rawCodec struct{}
+
+type rawMessage []byte
+
+func (rawCodec) Marshal(v any) ([]byte, error) {
+	if r, ok := v.(rawMessage); ok {
+		return r, nil
+	}
+	return proto.Marshal(v.(proto.Message))
+}
+func (rawCodec) Unmarshal(data []byte, v any) error { return proto.Unmarshal(data, v.(proto.Message)) }
+func (rawCodec) Name() string                       { return "proto" }
