@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
@@ -232,16 +234,165 @@ func TestIncrementalPicksMatchChoose(t *testing.T) {
 					zones[name] = zoneOf(n)
 					p.Ingest(name, node(name, zones[name]), true, size.images(n), nil, func() {})
 				}
-				for key, g := range p.groups {
+				p.groups.each(func(_ groupID, g *group) {
 					var all []Candidate
 					for m := range g.members {
-						all = append(all, Candidate{Node: m, Zone: zones[m]})
+						name := p.nodes.name(m)
+						all = append(all, Candidate{Node: name, Zone: zones[name]})
 					}
-					if want := Choose(string(key), all, k); !slices.Equal(g.chosen[:g.picked], want) {
-						t.Fatalf("k=%d %s: probers %v, Choose over all %d members %v", k, imageOf(key), g.chosen[:g.picked], len(all), want)
+					if got, want := p.names(g.chosen[:g.picked]), Choose(string(g.key), all, k); !slices.Equal(got, want) {
+						t.Fatalf("k=%d %s: probers %v, Choose over all %d members %v", k, imageOf(g.key), got, len(all), want)
 					}
-				}
+				})
 			}
 		})
+	}
+}
+
+// names are the nodes' names.
+func (p *Planner) names(ids []nodeID) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = p.nodes.name(id)
+	}
+	return out
+}
+
+// A message that first settles a key whose probers disagreed (its
+// sender, joining, takes the dissenting prober's place) and then splits
+// it again (the sender's own answer disagrees) shares nothing: the
+// delegated nodes keep the result they had, never an empty one.
+func TestPlannerSettleAndSplitInOneMessage(t *testing.T) {
+	s := store{}
+	p := New(Options{Replicas: 3, Sink: s})
+	const ref = "reg:5000/app:v1"
+	key := string(KeyOf(image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)))
+	names := []string{"n1", "n2", "n3", "n4", "n5", "n6"}
+	for _, n := range names {
+		ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)}
+		p.Ingest(n, node(n, ""), true, ims, nil, s.apply(n, ims))
+	}
+	var all []Candidate
+	for _, n := range names {
+		all = append(all, Candidate{Node: n})
+	}
+	probers := Choose(key, all, 3)
+	var delegating []string
+	for _, n := range names {
+		if !slices.Contains(probers, n) {
+			delegating = append(delegating, n)
+			ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, true)}
+			p.Ingest(n, nil, true, ims, nil, s.apply(n, ims))
+		}
+	}
+	// The probers agree (available, shared), then the last of them,
+	// the lowest score, dissents.
+	for _, n := range probers {
+		ims := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)}
+		p.Ingest(n, nil, true, ims, nil, s.apply(n, ims))
+	}
+	dissent := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_ABSENT, false)}
+	p.Ingest(probers[2], nil, true, dissent, nil, s.apply(probers[2], dissent))
+	// A node scoring above every prober joins saying absent: the picks
+	// are it and the two that agree, which settles the key, and then
+	// its own answer splits it.
+	joiner := ""
+	for i := 0; joiner == ""; i++ {
+		if n := fmt.Sprintf("x%d", i); score(key, n) > score(key, probers[0]) {
+			joiner = n
+		}
+	}
+	gone := []*pb.ImageReport{image(ref, pb.ImageStatus_IMAGE_STATUS_ABSENT, false)}
+	p.Ingest(joiner, node(joiner, ""), true, gone, nil, s.apply(joiner, gone))
+	if d := p.DirectiveSince(delegating[0], ""); len(d.GetAssigned()) != 1 {
+		t.Fatalf("%s's plan %v: want the key assigned while its probers disagree", delegating[0], d)
+	}
+	for _, n := range delegating {
+		if got := s[n][ref]; got.GetStatus() != pb.ImageStatus_IMAGE_STATUS_AVAILABLE || len(got.GetEndpoints()) != 1 {
+			t.Errorf("%s's image after the probers split again: %v", n, got)
+		}
+	}
+}
+
+// Nodes, images, registries and zones that come and go leave nothing in
+// the planner: their numbers are reused, so that a churn of names (a
+// 15,000-node cluster replacing every node, images replaced by new tags)
+// does not grow its tables.
+func TestPlannerChurnReusesNumbers(t *testing.T) {
+	p := New(Options{Replicas: 2})
+	slots := func() [5]int {
+		return [5]int{len(p.nodes.slots), len(p.refs.slots), len(p.groups.slots), len(p.hosts.slots), len(p.zones.slots)}
+	}
+	var first [5]int
+	for wave := range 4 {
+		size := benchSize{nodes: 300, perNode: 20, distinct: 200}
+		var stops []func()
+		for n := range size.nodes {
+			name := fmt.Sprintf("wave-%d-node-%d", wave, n)
+			ims := size.images(n)
+			for _, im := range ims { // new tags, registries and zones every wave
+				im.Image = strings.Replace(im.Image, ":v1", fmt.Sprintf(":w%d", wave), 1)
+				im.Registry = fmt.Sprintf("w%d-%s", wave, im.Registry)
+			}
+			if n%2 == 0 {
+				_, stop := p.Watch(name)
+				stops = append(stops, stop)
+			}
+			p.Ingest(name, node(name, fmt.Sprintf("w%d-z%d", wave, n%3)), true, ims, nil, func() {})
+		}
+		if wave == 0 {
+			first = slots()
+		}
+		for _, stop := range stops {
+			stop()
+		}
+		for n := range size.nodes {
+			p.Forget(fmt.Sprintf("wave-%d-node-%d", wave, n))
+		}
+		if n := p.nodes.len() + p.refs.len() + p.groups.len() + p.hosts.len(); n != 0 || p.zones.len() != 1 {
+			t.Fatalf("wave %d gone: %d nodes, %d references, %d keys, %d hosts, %d zones left", wave,
+				p.nodes.len(), p.refs.len(), p.groups.len(), p.hosts.len(), p.zones.len())
+		}
+		if got := slots(); got != first {
+			t.Fatalf("wave %d: tables %v long, %v after the first wave", wave, got, first)
+		}
+	}
+	st := p.Stats()
+	if st.Keys+st.Members+len(st.Load)+len(st.Factor)+len(st.Holds)+len(st.RateLimitRemaining) != 0 {
+		t.Errorf("after every wave left: %+v", st)
+	}
+}
+
+// A reference or credential source with a NUL in it can spell another
+// reference's key: the node's second image of the key is left out of the
+// plan (the node checks it itself) rather than joining the key twice, and
+// the node leaves nothing behind.
+func TestPlannerKeySpelledTwiceByOneNode(t *testing.T) {
+	p := New(Options{Replicas: 2})
+	a := image("reg:5000/a", pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)
+	a.CredentialSource = "b\x00c"
+	b := image("reg:5000/a\x00b", pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)
+	b.CredentialSource = "c"
+	if KeyOf(a) != KeyOf(b) {
+		t.Fatalf("keys %q and %q differ", KeyOf(a), KeyOf(b))
+	}
+	both := func() []*pb.ImageReport {
+		return []*pb.ImageReport{proto.Clone(a).(*pb.ImageReport), proto.Clone(b).(*pb.ImageReport)}
+	}
+	// Alone with the key, the node drops one of the two images and then
+	// reports the other again.
+	p.Ingest("n1", node("n1", ""), true, both(), nil, func() {})
+	p.Ingest("n1", nil, false, nil, []string{"reg:5000/a"}, func() {})
+	p.Ingest("n1", nil, true, []*pb.ImageReport{proto.Clone(b).(*pb.ImageReport)}, nil, func() {})
+	p.Ingest("n2", node("n2", ""), true, both(), nil, func() {})
+	p.Ingest("n1", nil, true, both(), nil, func() {})
+	for _, n := range []string{"n1", "n2"} {
+		if d := p.DirectiveSince(n, ""); len(d.GetAssigned())+len(d.GetDelegated()) > 1 {
+			t.Errorf("%s's plan %v: the key at most once", n, d)
+		}
+		p.Forget(n)
+	}
+	if p.nodes.len()+p.refs.len()+p.groups.len()+p.hosts.len() != 0 {
+		t.Errorf("left: %d nodes, %d references, %d keys, %d hosts", p.nodes.len(), p.refs.len(), p.groups.len(), p.hosts.len())
 	}
 }

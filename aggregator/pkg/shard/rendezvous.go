@@ -1,7 +1,6 @@
 package shard
 
 import (
-	"hash/fnv"
 	"slices"
 )
 
@@ -18,17 +17,46 @@ type Candidate struct {
 // input: every aggregator replica computes the same scores (hash/maphash
 // would not: its seed is random per process).
 func score(key, node string) uint64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(key))
-	_, _ = h.Write([]byte{0})
-	_, _ = h.Write([]byte(node))
-	x := h.Sum64()
+	h := newFNV()
+	h.writeString(key)
+	h.writeByte(0)
+	h.writeString(node)
+	x := uint64(h)
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
 	x ^= x >> 27
 	x *= 0x94d049bb133111eb
 	x ^= x >> 31
 	return x
+}
+
+// fnv64a is FNV-1a, 64 bits (hash/fnv's New64a), over strings without
+// converting them to byte slices: score runs for every image a node
+// joins with, 1.5 million times when 15,000 nodes reconnect.
+type fnv64a uint64
+
+func newFNV() fnv64a { return 14695981039346656037 }
+
+func (h *fnv64a) writeString(s string) {
+	x := *h
+	for i := 0; i < len(s); i++ {
+		x ^= fnv64a(s[i])
+		x *= 1099511628211
+	}
+	*h = x
+}
+
+func (h *fnv64a) writeByte(c byte) {
+	*h ^= fnv64a(c)
+	*h *= 1099511628211
+}
+
+// Write implements io.Writer, for fmt.Fprintf.
+func (h *fnv64a) Write(b []byte) (int, error) {
+	for _, c := range b {
+		h.writeByte(c)
+	}
+	return len(b), nil
 }
 
 // Choose picks k of the candidates for key by rendezvous hashing: the
@@ -43,7 +71,11 @@ func Choose(key string, candidates []Candidate, k int) []string {
 	for i, c := range candidates {
 		all[i] = Scored{c, score(key, c.Node)}
 	}
-	out, _ := pick(all, k)
+	idx, _ := pick(all, k)
+	out := make([]string, len(idx))
+	for i, j := range idx {
+		out[i] = all[j].Node
+	}
 	return out
 }
 
@@ -60,20 +92,21 @@ func better(a, b Scored) bool {
 	return a.Node < b.Node
 }
 
-// pick is Choose over scored candidates: k passes of a linear scan (k is
-// small), no sort. fellBack says whether a pick had to take a zone already
-// chosen because no candidate of another zone was left.
-func pick(all []Scored, k int) (out []string, fellBack bool) {
+// pick is Choose over scored candidates: the indexes in all of the
+// candidates chosen, in the order of choice. k passes of a linear scan (k
+// is small), no sort. fellBack says whether a pick had to take a zone
+// already chosen because no candidate of another zone was left.
+func pick(all []Scored, k int) (taken []int, fellBack bool) {
 	if k <= 0 || len(all) == 0 {
 		return nil, false
 	}
 	k = min(k, len(all))
-	out = make([]string, 0, k)
 	// k is small: the indexes taken and the zones chosen are short lists,
 	// not a slice as long as all and a map.
-	taken := make([]int, 0, k)
-	zones := make([]string, 0, k)
-	for len(out) < k {
+	taken = make([]int, 0, k)
+	var zonesBuf [4]string
+	zones := zonesBuf[:0]
+	for len(taken) < k {
 		best, bestAny := -1, -1
 		for i, c := range all {
 			if slices.Contains(taken, i) {
@@ -93,7 +126,6 @@ func pick(all []Scored, k int) (out []string, fellBack bool) {
 		if z := all[best].Zone; z != "" {
 			zones = append(zones, z)
 		}
-		out = append(out, all[best].Node)
 	}
-	return out, fellBack
+	return taken, fellBack
 }

@@ -16,8 +16,8 @@
 package shard
 
 import (
+	"cmp"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"maps"
 	"math"
@@ -83,86 +83,244 @@ type Options struct {
 	Log  *slog.Logger
 }
 
+// The planner numbers what its per-image structures refer to (table):
+// nodes, image references, keys (their groups), registry hosts and zones.
+type (
+	nodeID  uint32
+	refID   uint32
+	groupID uint32
+	hostID  uint32
+	// zone is a zone's number: a candidate holds it rather than the
+	// name, 1.5 million candidates at 15,000 nodes × 100 images. Below
+	// 2^31 (there are fewer zones than nodes): the top bit of a
+	// candidate's is its bad flag.
+	zone uint32
+)
+
+// noZone is the zone of a node without one ("", never released).
+const noZone zone = 0
+
+// noNode stands for no node where a nodeID is asked for (decide's last).
+const noNode = ^nodeID(0)
+
 // entry is one image of a member: its key's group (whose key and host
 // are the entry's: a member of a group has the group's key, and the
 // registry host is part of the reference the key names), not the key and
-// host strings, so that an entry is 16 bytes: 1.5 million of them at
-// 15,000 nodes × 100 images (issue 21).
-type entry struct {
-	g         *group
-	delegated bool
-	// bad: the node checked the key itself and could not reach its
+// host strings, with two flags in its top bits (groupIDs stay below
+// 2^30). 4 bytes and no pointer, 1.5 million of them at 15,000 nodes ×
+// 100 images (issue 21).
+type entry uint32
+
+const (
+	entryDelegated entry = 1 << 31
+	// entryBad: the node checked the key itself and could not reach its
 	// endpoints; it is no candidate for the key until it can again.
-	bad bool
+	entryBad   entry = 1 << 30
+	entryGroup entry = entryBad - 1
+)
+
+func newEntry(g groupID, delegated, bad bool) entry {
+	e := entry(g) & entryGroup
+	if delegated {
+		e |= entryDelegated
+	}
+	if bad {
+		e |= entryBad
+	}
+	return e
 }
+
+func (e entry) group() groupID  { return groupID(e & entryGroup) }
+func (e entry) delegated() bool { return e&entryDelegated != 0 }
+func (e entry) bad() bool       { return e&entryBad != 0 }
 
 type member struct {
-	zone    string
+	name   string
+	zone   string
+	zoneID zone
+	// streams counts the node's live streams (Watch).
 	streams int
-	images  map[string]entry // by reference
-	// hosts counts the node's images per registry host: a host the node
+	images  map[refID]entry
+	// hosts counts the node's images per registry host, by host number (a
+	// short sorted list: a node names tens of hosts): a host the node
 	// names no more leaves ratelimit.
-	hosts map[string]int
+	hosts []hostCount
 	// ratelimit is Docker Hub's ratelimit-remaining per registry host, as
-	// the node's own last HEAD got it.
-	ratelimit map[string]string
+	// the node's own last HEAD got it (nil until one did).
+	ratelimit map[hostID]string
 	// holds counts the registry holds the node's 429s set.
 	holds uint64
+	// mark is the operation that last added the node to Planner.affected.
+	mark uint64
+	// gone: the node is being removed (removeLocked); its number is
+	// still valid until the nodes are told.
+	gone bool
 }
 
-func newMember() *member {
-	return &member{images: map[string]entry{}, hosts: map[string]int{}, ratelimit: map[string]string{}}
+type hostCount struct {
+	h hostID
+	n int32
 }
 
-// set makes e the node's entry for ref.
-func (m *member) set(ref string, e entry) {
-	if old, ok := m.images[ref]; ok {
-		m.unhost(old.g.host)
+func cmpHost(c hostCount, h hostID) int { return cmp.Compare(c.h, h) }
+
+// hostCount is the node's count of images on host h.
+func (m *member) hostCount(h hostID) int32 {
+	if i, ok := slices.BinarySearchFunc(m.hosts, h, cmpHost); ok {
+		return m.hosts[i].n
 	}
-	m.images[ref] = e
-	m.hosts[e.g.host]++
+	return 0
 }
 
-// remove drops the node's entry for ref.
-func (m *member) remove(ref string) {
-	if old, ok := m.images[ref]; ok {
-		delete(m.images, ref)
-		m.unhost(old.g.host)
+// countHost adds d to the node's count of images on host h and returns
+// it; a host counted down to 0 leaves the list.
+func (m *member) countHost(h hostID, d int32) int32 {
+	i, ok := slices.BinarySearchFunc(m.hosts, h, cmpHost)
+	if !ok {
+		if d <= 0 {
+			return 0
+		}
+		m.hosts = slices.Insert(m.hosts, i, hostCount{h, 0})
+	}
+	m.hosts[i].n += d
+	n := m.hosts[i].n
+	if n <= 0 {
+		m.hosts = slices.Delete(m.hosts, i, i+1)
+	}
+	return n
+}
+
+// member is node's member, made on first sight.
+func (p *Planner) member(node string) (nodeID, *member) {
+	if id, ok := p.nodes.lookup(node); ok {
+		return id, *p.nodes.at(id)
+	}
+	id := p.nodes.acquire(node)
+	m := &member{name: p.nodes.name(id), images: map[refID]entry{}}
+	*p.nodes.at(id) = m
+	return id, m
+}
+
+// set makes e the node's entry for reference r (whose use the entry
+// holds: the caller acquired it), replacing old when the node had one.
+func (p *Planner) set(m *member, r refID, e entry, old entry, had bool) {
+	h := (*p.groups.at(e.group())).host
+	if had && (*p.groups.at(old.group())).host == h {
+		// The same host: its count stays, but an image counted again
+		// forgets the host's ratelimit-remaining when it was the host's
+		// only one, as unhost and counting it again would.
+		if len(m.ratelimit) > 0 && m.hostCount(h) == 1 {
+			delete(m.ratelimit, h)
+		}
+	} else {
+		if had {
+			p.unhost(m, (*p.groups.at(old.group())).host)
+		}
+		m.countHost(h, 1)
+	}
+	if !had || e != old {
+		m.images[r] = e
 	}
 }
 
-func (m *member) unhost(host string) {
-	if m.hosts[host]--; m.hosts[host] <= 0 {
-		delete(m.hosts, host)
-		delete(m.ratelimit, host)
+// remove drops the node's entry for reference r.
+func (p *Planner) remove(m *member, r refID) {
+	if old, ok := m.images[r]; ok {
+		delete(m.images, r)
+		p.unhost(m, (*p.groups.at(old.group())).host)
+		p.refs.release(r)
+	}
+}
+
+func (p *Planner) unhost(m *member, h hostID) {
+	if m.countHost(h, -1) <= 0 {
+		delete(m.ratelimit, h)
+	}
+}
+
+// setZone moves the node to zone z.
+func (p *Planner) setZone(m *member, z string) {
+	old := m.zoneID
+	m.zone, m.zoneID = z, noZone
+	if z != "" {
+		m.zoneID = p.zones.acquire(z)
+	}
+	if old != noZone {
+		p.zones.release(old)
 	}
 }
 
 type group struct {
 	key  Key
-	host string
-	// members by node name: values, not pointers, so that 500,000
-	// memberships (5,000 nodes × 100 images) are not 500,000 objects for
-	// the garbage collector to trace.
-	members map[string]candidate
-	chosen  []string
+	host hostID
+	// members by node: values without pointers, so that 1.5 million
+	// memberships (15,000 nodes × 100 images) are not objects, nor
+	// strings, for the garbage collector to trace.
+	members map[nodeID]candidate
+	chosen  []nodeID
 	// picked is how many of chosen were picked by rendezvous (the rest
 	// are members that cannot reach the key); fellBack is pick's.
 	picked   int
 	fellBack bool
-	// answers are the latest answers of the picked probers (chosen[:picked]),
-	// by node: only they may speak for the other members.
-	answers map[string]result
+	// picks are the picked members' candidates (chosen[:picked]), for
+	// unmoved: a change to one of them (its zone, its reach, its leaving)
+	// rechooses the group before another message asks.
+	picks []candidate
+	// answers are the latest answers of the picked probers (chosen[:picked],
+	// so at most k): only they may speak for the other members.
+	answers []answer
+	// result is the key's shared result, when has.
+	result result
+	has    bool
 	// split: the picked probers disagree, so nobody's answer is shared
 	// and every member checks the key itself until they agree again.
 	split bool
 	// planned is what the group adds to its host's load.
 	planned int
+	// touched: the group is in Planner.touched; fresh: in Planner.fresh.
+	touched, fresh bool
+	// pk is the key as DirectiveSince sends it, made once and shared by
+	// every node's plan (immutable).
+	pk *pb.ProbeKey
+}
+
+type answer struct {
+	node nodeID
+	r    result
+}
+
+// answer is node's latest answer, or nil.
+func (g *group) answer(node nodeID) *result {
+	for i := range g.answers {
+		if g.answers[i].node == node {
+			return &g.answers[i].r
+		}
+	}
+	return nil
+}
+
+func (g *group) setAnswer(node nodeID, r result) {
+	if a := g.answer(node); a != nil {
+		*a = r
+		return
+	}
+	g.answers = append(g.answers, answer{node, r})
+}
+
+func (g *group) dropAnswer(node nodeID) {
+	g.answers = slices.DeleteFunc(g.answers, func(a answer) bool { return a.node == node })
 }
 
 // prober reports whether node is one of the key's picked probers.
-func (g *group) prober(node string) bool {
+func (g *group) prober(node nodeID) bool {
 	return g != nil && slices.Contains(g.chosen[:g.picked], node)
+}
+
+func (g *group) probeKey() *pb.ProbeKey {
+	if g.pk == nil {
+		g.pk = g.key.proto()
+	}
+	return g.pk
 }
 
 // unmoved reports whether a reachable candidate c joining g leaves its
@@ -179,47 +337,53 @@ func (g *group) prober(node string) bool {
 // rechose the key over all its members, which made filling a 15,000-node
 // cluster after a restart quadratic in the members per key.
 func (g *group) unmoved(c candidate, k int) bool {
-	if c.bad || g.picked < k {
+	if c.bad() || g.picked < k {
 		return false
 	}
 	zoneTaken := false
-	for _, n := range g.chosen[:g.picked] {
-		p, ok := g.members[n]
-		if !ok || c.score >= p.score {
+	for _, p := range g.picks {
+		if c.score() >= p.score() {
 			return false
 		}
-		if c.zone != noZone && p.zone == c.zone {
+		if c.zone() != noZone && p.zone() == c.zone() {
 			zoneTaken = true
 		}
 	}
 	return zoneTaken || !g.fellBack
 }
 
-// zone is a zone's number in the planner (Planner.zoneID): a candidate
-// holds it rather than the name, 1.5 million candidates at 15,000 nodes
-// × 100 images.
-type zone uint16
-
-// noZone is the zone of a node without one.
-const noZone zone = 0
-
-// zoneID is z's number, given on first sight ("" is noZone).
-func (p *Planner) zoneID(z string) zone {
-	if id, ok := p.zoneIDs[z]; ok {
-		return id
-	}
-	id := zone(len(p.zoneNames))
-	p.zoneIDs[z] = id
-	p.zoneNames = append(p.zoneNames, z)
-	return id
+// candidate is one member of a group as rechoose needs it, kept up to date
+// by Ingest so that rechoose looks nothing else up: its rendezvous score
+// for the key (computed once on joining), its zone and, in the zone's top
+// bit, whether it is bad. 12 bytes, 4-aligned, so that a members map's
+// slot with its nodeID is 16 bytes, not 24 (1.5 million of them).
+type candidate struct {
+	hi, lo uint32
+	zb     uint32
 }
 
-// candidate is one member of a group as rechoose needs it, kept up to date
-// by Ingest so that rechoose looks nothing else up.
-type candidate struct {
-	score uint64 // rendezvous score for the key, computed once on joining
-	zone  zone
-	bad   bool
+const candidateBad = 1 << 31
+
+func newCandidate(score uint64, z zone, bad bool) candidate {
+	c := candidate{hi: uint32(score >> 32), lo: uint32(score)}
+	return c.withZone(z).withBad(bad)
+}
+
+func (c candidate) score() uint64 { return uint64(c.hi)<<32 | uint64(c.lo) }
+func (c candidate) zone() zone    { return zone(c.zb &^ candidateBad) }
+func (c candidate) bad() bool     { return c.zb&candidateBad != 0 }
+
+func (c candidate) withZone(z zone) candidate {
+	c.zb = c.zb&candidateBad | uint32(z)&^candidateBad
+	return c
+}
+
+func (c candidate) withBad(bad bool) candidate {
+	c.zb &^= candidateBad
+	if bad {
+		c.zb |= candidateBad
+	}
+	return c
 }
 
 type result struct {
@@ -253,23 +417,40 @@ func newResult(node string, im *pb.ImageReport) result {
 type Planner struct {
 	opts Options
 
-	mu      sync.Mutex
-	nodes   map[string]*member
-	groups  map[Key]*group
-	results map[Key]result
-	holds   map[string]time.Time // registry host → no HEADs before
-	load    map[string]int       // registry host → HEADs per interval the plan asks for
-	factor  map[string]float64   // registry host → budget factor (1, 1/2, 1/4, ...)
-	watch   map[string]map[chan struct{}]struct{}
-	// fresh are the keys whose shared result changed and is yet to be
+	mu sync.Mutex
+	// nodes, refs, groups (by key), hosts and zones number the names
+	// the per-image structures refer to (table). A reference's v is the
+	// group last found for it, a hint checked against the key.
+	nodes  table[nodeID, *member]
+	refs   table[refID, groupID]
+	groups table[groupID, *group]
+	hosts  table[hostID, struct{}]
+	zones  table[zone, struct{}]
+	holds  map[string]time.Time // registry host → no HEADs before
+	load   map[string]int       // registry host → HEADs per interval the plan asks for
+	factor map[string]float64   // registry host → budget factor (1, 1/2, 1/4, ...)
+	watch  map[string]map[chan struct{}]struct{}
+	// fresh are the groups whose shared result changed and is yet to be
 	// folded into the members (flush).
-	fresh      map[Key]bool
+	fresh      []*group
 	recomputes uint64
-	// scratch is rechoose's candidate list, kept between calls.
-	scratch []Scored
-	// zoneIDs and zoneNames number the zones (zoneID).
-	zoneIDs   map[string]zone
-	zoneNames []string
+	interner   *interner
+
+	// What one operation (Ingest, removeLocked) works with, kept between
+	// them: the nodes whose plan may have changed (affected, marked with
+	// epoch), the groups to rechoose (touched), a snapshot's references
+	// (seen), the references it drops (dropped).
+	affected []nodeID
+	epoch    uint64
+	touched  []groupID
+	seen     map[refID]struct{}
+	dropped  []refID
+	// scratch and scratchIDs are rechoose's candidate list, kept between
+	// calls; sorted and checks are DirectiveSince's.
+	scratch    []Scored
+	scratchIDs []nodeID
+	sorted     []refID
+	checks     map[string]int
 }
 
 // New returns an empty Planner.
@@ -286,19 +467,23 @@ func New(opts Options) *Planner {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Planner{
-		opts:      opts,
-		nodes:     map[string]*member{},
-		groups:    map[Key]*group{},
-		results:   map[Key]result{},
-		holds:     map[string]time.Time{},
-		load:      map[string]int{},
-		factor:    map[string]float64{},
-		watch:     map[string]map[chan struct{}]struct{}{},
-		fresh:     map[Key]bool{},
-		zoneIDs:   map[string]zone{"": noZone},
-		zoneNames: []string{""},
+	p := &Planner{
+		opts:     opts,
+		nodes:    newTable[nodeID, *member](),
+		refs:     newTable[refID, groupID](),
+		groups:   newTable[groupID, *group](),
+		hosts:    newTable[hostID, struct{}](),
+		zones:    newTable[zone, struct{}](),
+		holds:    map[string]time.Time{},
+		load:     map[string]int{},
+		factor:   map[string]float64{},
+		watch:    map[string]map[chan struct{}]struct{}{},
+		seen:     map[refID]struct{}{},
+		checks:   map[string]int{},
+		interner: newInterner(),
 	}
+	p.zones.acquire("") // noZone, for good
+	return p
 }
 
 // Watch returns a channel that receives a value whenever node's plan may
@@ -312,13 +497,8 @@ func (p *Planner) Watch(node string) (<-chan struct{}, func()) {
 		p.watch[node] = map[chan struct{}]struct{}{}
 	}
 	p.watch[node][ch] = struct{}{}
-	if m := p.nodes[node]; m != nil {
-		m.streams++
-	} else {
-		m := newMember()
-		m.streams = 1
-		p.nodes[node] = m
-	}
+	_, m := p.member(node)
+	m.streams++
 	return ch, func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
@@ -326,16 +506,96 @@ func (p *Planner) Watch(node string) (<-chan struct{}, func()) {
 		if len(p.watch[node]) == 0 {
 			delete(p.watch, node)
 		}
-		if m := p.nodes[node]; m != nil {
+		if id, ok := p.nodes.lookup(node); ok {
+			m := *p.nodes.at(id)
 			m.streams--
 			if m.streams <= 0 {
 				// The node's last stream ended: it checks nothing for
 				// others any more.
-				p.notify(p.removeLocked(node))
+				p.removeLocked(node)
 				p.flush()
 			}
 		}
 	}
+}
+
+// begin starts an operation: no node affected, no group touched yet.
+func (p *Planner) begin() {
+	p.epoch++
+	p.affected = p.affected[:0]
+}
+
+// affect adds node to the nodes whose plan may have changed.
+func (p *Planner) affect(node nodeID) {
+	if m := *p.nodes.at(node); m.mark != p.epoch {
+		m.mark = p.epoch
+		p.affected = append(p.affected, node)
+	}
+}
+
+// touch adds g to the groups to rechoose.
+func (p *Planner) touch(gid groupID) {
+	if g := *p.groups.at(gid); !g.touched {
+		g.touched = true
+		p.touched = append(p.touched, gid)
+	}
+}
+
+// rechooseTouched rechooses the touched groups.
+func (p *Planner) rechooseTouched() {
+	for _, gid := range p.touched {
+		(*p.groups.at(gid)).touched = false
+		p.rechoose(gid)
+	}
+	p.touched = p.touched[:0]
+}
+
+// groupOf is the group of im's key, made on first sight; r is im's
+// reference and old the node's entry for it, if it had one. The key is
+// looked for among the groups the node's entry and the reference name
+// before it is spelt out (KeyOf) and looked up.
+func (p *Planner) groupOf(r refID, im *pb.ImageReport, old entry, had bool) (groupID, *group) {
+	if had {
+		if g := *p.groups.at(old.group()); g.key.matches(im) {
+			return old.group(), g
+		}
+	}
+	hint := p.refs.at(r)
+	if p.groups.live(*hint) {
+		if g := *p.groups.at(*hint); g.key.matches(im) {
+			return *hint, g
+		}
+	}
+	k := KeyOf(im)
+	gid, ok := p.groups.lookup(string(k))
+	if !ok {
+		gid = p.groups.acquire(string(k))
+		// One copy of the key for the table and the group.
+		*p.groups.at(gid) = &group{key: Key(p.groups.name(gid)), host: p.hosts.acquire(im.GetRegistry()), members: map[nodeID]candidate{}}
+	}
+	*p.refs.at(r) = gid
+	return gid, *p.groups.at(gid)
+}
+
+// matches reports whether im's key is k (KeyOf(im) == k) without spelling
+// it out.
+func (k Key) matches(im *pb.ImageReport) bool {
+	s, ok := strings.CutPrefix(string(k), im.GetImage())
+	if !ok || s == "" || s[0] != 0 {
+		return false
+	}
+	if s, ok = strings.CutPrefix(s[1:], im.GetCredentialSource()); !ok {
+		return false
+	}
+	for _, e := range im.GetEndpoints() {
+		if s == "" || s[0] != 0 {
+			return false
+		}
+		if s, ok = strings.CutPrefix(s[1:], e.GetUrl()); !ok {
+			return false
+		}
+	}
+	return s == ""
 }
 
 // Ingest takes a node's message before it is applied: for a snapshot
@@ -350,45 +610,54 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.opts.Now()
-	m := p.nodes[node]
-	if m == nil {
-		// Ingest without Watch (a test, or a stream that has not started
-		// watching): the node is a member until Forget.
-		m = newMember()
-		p.nodes[node] = m
-	}
-	affected := map[string]bool{node: true}
-	touched := map[Key]bool{}
+	// Ingest without Watch (a test, or a stream that has not started
+	// watching): the node is a member until Forget.
+	id, m := p.member(node)
+	node = m.name
+	p.begin()
+	p.affect(id)
 	if info != nil {
 		if z := info.GetLabels()[ZoneLabel]; z != m.zone {
-			m.zone = z
-			zone := p.zoneID(z)
+			p.setZone(m, z)
 			for _, e := range m.images {
-				if c, ok := e.g.members[node]; ok {
-					c.zone = zone
-					e.g.members[node] = c
+				g := *p.groups.at(e.group())
+				if c, ok := g.members[id]; ok {
+					c = c.withZone(m.zoneID)
+					g.members[id] = c
 				}
-				touched[e.g.key] = true
+				p.touch(e.group())
 			}
+		}
+	}
+	if snapshot && len(m.images) == 0 && len(images) > 8 {
+		m.images = make(map[refID]entry, len(images)) // the node's first: sized once, not grown
+	}
+	dropped := p.dropped[:0]
+	for _, ref := range removed {
+		if r, ok := p.refs.lookup(ref); ok {
+			dropped = append(dropped, r)
 		}
 	}
 	if snapshot {
-		keep := make(map[string]bool, len(images))
+		clear(p.seen)
 		for _, im := range images {
-			keep[im.GetImage()] = true
+			if r, ok := p.refs.lookup(im.GetImage()); ok {
+				p.seen[r] = struct{}{}
+			}
 		}
-		for ref := range m.images {
-			if !keep[ref] {
-				removed = append(removed, ref)
+		for r := range m.images {
+			if _, ok := p.seen[r]; !ok {
+				dropped = append(dropped, r)
 			}
 		}
 	}
-	for _, ref := range removed {
-		if e, ok := m.images[ref]; ok {
-			m.remove(ref)
-			p.leave(node, e.g.key, touched)
+	for _, r := range dropped {
+		if e, ok := m.images[r]; ok {
+			p.remove(m, r)
+			p.leave(id, e.group())
 		}
 	}
+	p.dropped = dropped[:0]
 	for h, until := range p.holds {
 		if !until.After(now) {
 			delete(p.holds, h)
@@ -399,47 +668,62 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	var answers, limited []keyed
 	for _, im := range images {
 		im.SharedFrom = "" // the aggregator's field, never the agent's
-		intern(im)
-		k := KeyOf(im)
-		g := p.groups[k]
-		if g == nil {
-			g = &group{key: k, host: im.GetRegistry(), members: map[string]candidate{}, answers: map[string]result{}}
-			p.groups[k] = g
+		p.interner.report(im)
+		r := p.refs.acquire(im.GetImage())
+		old, had := m.images[r]
+		if had {
+			p.refs.release(r) // the entry holds a use already
 		}
-		k = g.key // one copy of the key for all members
-		e := entry{g: g, delegated: im.GetDelegated(),
-			bad: !im.GetDelegated() && im.GetStatus() == pb.ImageStatus_IMAGE_STATUS_UNREACHABLE}
-		if old, ok := m.images[im.GetImage()]; ok {
-			if old.g != g {
-				p.leave(node, old.g.key, touched)
-			} else if old.bad != e.bad {
-				touched[k] = true
+		gid, g := p.groupOf(r, im, old, had)
+		c, in := g.members[id]
+		if in && (!had || old.group() != gid) {
+			// Another of the node's references has this one's key (a
+			// reference or credential source with a NUL in it spells
+			// another's): the node checks this one itself, unplanned,
+			// so that a node is in a group through one entry only.
+			if had {
+				p.remove(m, r)
+				p.leave(id, old.group())
+			} else {
+				p.refs.release(r)
+			}
+			continue
+		}
+		e := newEntry(gid, im.GetDelegated(), !im.GetDelegated() && im.GetStatus() == pb.ImageStatus_IMAGE_STATUS_UNREACHABLE)
+		if had {
+			if old.group() != gid {
+				p.leave(id, old.group())
+			} else if old.bad() != e.bad() {
+				p.touch(gid)
 			}
 		}
-		m.set(im.GetImage(), e)
-		if c, ok := g.members[node]; !ok {
-			c = candidate{score: score(string(k), node), zone: p.zoneID(m.zone), bad: e.bad}
+		p.set(m, r, e, old, had)
+		if !in {
+			c = newCandidate(score(string(g.key), node), m.zoneID, e.bad())
 			if !g.unmoved(c, p.opts.Replicas) || len(g.members) == 1 || g.split {
-				touched[k] = true
+				p.touch(gid)
 			}
-			g.members[node] = c
-		} else if c.bad != e.bad {
-			c.bad = e.bad
-			g.members[node] = c
+			g.members[id] = c
+		} else if c.bad() != e.bad() {
+			c = c.withBad(e.bad())
+			g.members[id] = c
 		}
-		if !e.delegated {
+		if !e.delegated() {
 			for _, ep := range im.GetEndpoints() {
 				if r := ep.GetRatelimitRemaining(); r != "" {
+					if m.ratelimit == nil {
+						m.ratelimit = map[hostID]string{}
+					}
 					m.ratelimit[g.host] = r
 				}
 				if ep.GetRetryAfter() != nil && ep.GetHttpStatus() == 429 {
-					limited = append(limited, keyed{k, ep.GetRetryAfter().AsDuration(), im})
+					limited = append(limited, keyed{g, ep.GetRetryAfter().AsDuration(), im})
 				}
 			}
 		}
-		if e.delegated {
-			if r, ok := p.results[k]; ok && r.node != node {
-				foldInto(im, r) // not applied yet: ours to change (the store shares it, nodeimage.Table)
+		if e.delegated() {
+			if g.has && g.result.node != node {
+				foldInto(im, g.result) // not applied yet: ours to change (the store shares it, nodeimage.Table)
 			}
 			continue
 		}
@@ -449,108 +733,120 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 			// refusal to answer): the prober's last answer stands.
 			continue
 		}
-		if !e.bad { // unreachable is the node's own: nothing to share
-			answers = append(answers, keyed{key: k, im: im})
+		if !e.bad() { // unreachable is the node's own: nothing to share
+			answers = append(answers, keyed{g: g, im: im})
 		}
 	}
-	for k := range touched {
-		p.rechoose(k, affected)
-	}
-	holdHosts := map[string]bool{}
+	p.rechooseTouched()
+	// A group rechosen empty is gone: its chosen is empty, so it has no
+	// prober below.
+	var holdHosts []string
 	for _, l := range limited {
-		g := p.groups[l.key]
-		if !g.prober(node) || l.retryAfter <= 0 {
+		g := l.g
+		if !g.prober(id) || l.retryAfter <= 0 {
 			continue // a node that is no prober of the key does not HEAD it for anyone
 		}
 		until := now.Add(min(l.retryAfter, MaxHold))
 		m.holds++
-		if until.After(p.holds[g.host]) {
-			p.holds[g.host] = until
-			holdHosts[g.host] = true
+		host := p.hosts.name(g.host)
+		if until.After(p.holds[host]) {
+			p.holds[host] = until
+			if !slices.Contains(holdHosts, host) {
+				holdHosts = append(holdHosts, host)
+			}
 		}
 	}
 	for _, a := range answers {
-		g := p.groups[a.key]
-		if !g.prober(node) {
+		g := a.g
+		if !g.prober(id) {
 			continue // its own view, never the other members'
 		}
-		g.answers[node] = newResult(node, a.im)
-		p.decide(g, node, affected)
+		g.setAnswer(id, newResult(node, a.im))
+		p.decide(g, id)
 	}
-	for h := range holdHosts {
+	for _, h := range holdHosts {
 		p.opts.Log.Info("registry rate-limited a node; holding its manifest checks cluster-wide", "registry", h, "node", node,
 			"until", p.holds[h].UTC().Format(time.RFC3339))
-		p.hostMembers(h, affected)
+		p.hostMembers(h, p.affect)
 	}
 	apply()
 	p.flush()
-	p.notify(affected)
+	p.notify(p.affected)
 }
 
 // keyed is one image report of a message, for a key: an answer, or a 429
 // with its Retry-After.
 type keyed struct {
-	key        Key
+	g          *group
 	retryAfter time.Duration
 	im         *pb.ImageReport
 }
 
-// decide weighs the picked probers' answers of g after one of them, last,
-// answered or the probers changed: all of them agree (and at least two, or
-// the one there is, answered) and the key's shared result is theirs; they
-// disagree and nobody's is shared, every member checking the key itself
-// until they agree again. Members whose role changes are added to
+// decide weighs the picked probers' answers of g after one of them, last
+// (noNode: none), answered or the probers changed: all of them agree (and
+// at least two, or the one there is, answered) and the key's shared result
+// is theirs; they disagree and nobody's is shared, every member checking
+// the key itself until they agree again. Members whose role changes are
 // affected; a changed result is folded into the members on flush.
-func (p *Planner) decide(g *group, last string, affected map[string]bool) {
+func (p *Planner) decide(g *group, last nodeID) {
 	var first *result
 	n, split := 0, false
-	for _, name := range g.chosen[:g.picked] {
-		a, ok := g.answers[name]
-		if !ok {
+	for _, id := range g.chosen[:g.picked] {
+		a := g.answer(id)
+		if a == nil {
 			continue
 		}
 		n++
 		if first == nil {
-			first = &a
+			first = a
 		} else if !agree(first.im, a.im) {
 			split = true
 		}
 	}
 	if split != g.split {
 		g.split = split
-		for name := range g.members {
-			affected[name] = true
+		for id := range g.members {
+			p.affect(id)
 		}
 		p.countLoad(g)
 		if split {
+			probers := make([]string, g.picked)
+			for i, id := range g.chosen[:g.picked] {
+				probers[i] = p.nodes.name(id)
+			}
 			p.opts.Log.Info("the probers of an image disagree; every node that has it checks it itself until they agree",
-				"image", imageOf(g.key), "probers", g.chosen[:g.picked])
+				"image", imageOf(g.key), "probers", probers)
 		}
 	}
 	if split {
-		delete(p.results, g.key)
+		g.result, g.has = result{}, false
 		return
 	}
 	if n == 0 || n < min(2, g.picked) {
 		return // pending: the last agreed result stands
 	}
 	r := *first
-	if a, ok := g.answers[last]; ok {
-		r = a
+	if a := g.answer(last); a != nil {
+		r = *a
 	}
-	old, had := p.results[g.key]
-	p.results[g.key] = r
-	if !had || !sameResult(old.im, r.im) {
-		p.fresh[g.key] = true
+	old, had := g.result, g.has
+	g.result, g.has = r, true
+	if (!had || !sameResult(old.im, r.im)) && !g.fresh {
+		g.fresh = true
+		p.fresh = append(p.fresh, g)
 	}
 }
 
-// flush folds the keys' changed results into their members.
+// flush folds the groups' changed results into their members.
 func (p *Planner) flush() {
-	for k := range p.fresh {
-		p.share(k)
+	for _, g := range p.fresh {
+		if g.fresh {
+			g.fresh = false
+			p.share(g)
+		}
 	}
 	clear(p.fresh)
+	p.fresh = p.fresh[:0]
 }
 
 // countLoad moves g's host load to what g plans now: its chosen probers,
@@ -562,112 +858,116 @@ func (p *Planner) countLoad(g *group) {
 	}
 	d := planned - g.planned
 	g.planned = planned
-	p.setLoad(g.host, d)
+	p.setLoad(p.hosts.name(g.host), d)
 }
 
 // Forget drops a node (deleted from the cluster, or no stream left).
 func (p *Planner) Forget(node string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.notify(p.removeLocked(node))
+	p.removeLocked(node)
 	p.flush()
 }
 
-func (p *Planner) removeLocked(node string) map[string]bool {
-	affected := map[string]bool{}
-	m := p.nodes[node]
-	if m == nil {
-		return affected
-	}
-	delete(p.nodes, node)
-	touched := map[Key]bool{}
-	for _, e := range m.images {
-		p.leave(node, e.g.key, touched)
-	}
-	for k := range touched {
-		p.rechoose(k, affected)
-	}
-	return affected
-}
-
-// leave takes node out of key's group.
-func (p *Planner) leave(node string, k Key, touched map[Key]bool) {
-	g := p.groups[k]
-	if g == nil {
+// removeLocked drops node from every group and tells the nodes whose plan
+// may have changed; its number is free afterwards.
+func (p *Planner) removeLocked(node string) {
+	id, ok := p.nodes.lookup(node)
+	if !ok {
 		return
 	}
+	m := *p.nodes.at(id)
+	m.gone = true
+	p.begin()
+	for r, e := range m.images {
+		p.leave(id, e.group())
+		p.refs.release(r)
+	}
+	p.rechooseTouched()
+	p.notify(p.affected)
+	if m.zoneID != noZone {
+		p.zones.release(m.zoneID)
+	}
+	p.nodes.release(id)
+}
+
+// leave takes node out of group gid.
+func (p *Planner) leave(node nodeID, gid groupID) {
+	g := *p.groups.at(gid)
 	delete(g.members, node)
-	delete(g.answers, node)
+	g.dropAnswer(node)
 	// A member that was no prober leaving changes no pick (but the load
 	// of a key whose probers disagree: every member checks it).
 	if slices.Contains(g.chosen, node) || len(g.members) <= 1 || g.split {
-		touched[k] = true
+		p.touch(gid)
 	}
-	if r, ok := p.results[k]; ok && r.node == node {
-		delete(p.results, k) // another prober's result replaces it soon
+	if g.has && g.result.node == p.nodes.name(node) {
+		g.result, g.has = result{}, false // another prober's result replaces it soon
 	}
 }
 
-// rechoose recomputes key's probers and adds the nodes whose role changed
-// to affected. The probers are k of the members that can reach the key's
-// endpoints, plus every member that cannot (it checks the key itself
-// anyway, to report its own unreachable).
-func (p *Planner) rechoose(k Key, affected map[string]bool) {
+// rechoose recomputes the group's probers and adds the nodes whose role
+// changed to affected. The probers are k of the members that can reach
+// the key's endpoints, plus every member that cannot (it checks the key
+// itself anyway, to report its own unreachable). A group left without
+// members is dropped.
+func (p *Planner) rechoose(gid groupID) {
 	p.recomputes++
-	g := p.groups[k]
-	if g == nil {
-		return
-	}
-	var next []string
+	g := *p.groups.at(gid)
+	var next []nodeID
 	if len(g.members) > 0 {
-		cands := p.scratch[:0] // reused: rechoose runs for every key a node joins
-		var bad []string
-		for n, c := range g.members {
-			if c.bad {
-				bad = append(bad, n)
+		// Reused: rechoose runs for every key a node joins.
+		cands, ids := p.scratch[:0], p.scratchIDs[:0]
+		var bad []nodeID
+		for id, c := range g.members {
+			if c.bad() {
+				bad = append(bad, id)
 			} else {
-				cands = append(cands, Scored{Candidate{Node: n, Zone: p.zoneNames[c.zone]}, c.score})
+				cands = append(cands, Scored{Candidate{Node: p.nodes.name(id), Zone: p.zones.name(c.zone())}, c.score()})
+				ids = append(ids, id)
 			}
 		}
 		slices.Sort(bad)
-		next, g.fellBack = pick(cands, p.opts.Replicas)
-		p.scratch = cands[:0]
-		g.picked = len(next)
+		taken, fellBack := pick(cands, p.opts.Replicas)
+		next = make([]nodeID, len(taken), len(taken)+len(bad))
+		g.picks = g.picks[:0]
+		for i, j := range taken {
+			next[i] = ids[j]
+			g.picks = append(g.picks, g.members[ids[j]])
+		}
+		p.scratch, p.scratchIDs = cands[:0], ids[:0]
+		g.picked, g.fellBack = len(next), fellBack
 		next = append(next, bad...)
 	} else {
-		g.picked, g.fellBack = 0, false
+		g.picked, g.fellBack, g.picks = 0, false, nil
 	}
 	old := g.chosen
 	g.chosen = next
 	for _, n := range old {
 		if !slices.Contains(next, n) {
-			affected[n] = true
+			p.affect(n)
 		}
 	}
 	for _, n := range next {
 		if !slices.Contains(old, n) {
-			affected[n] = true
+			p.affect(n)
 		}
 	}
 	if len(g.members) == 2 { // it may have had one: the other's plan lists it now
 		for n := range g.members {
-			affected[n] = true
+			p.affect(n)
 		}
 	}
 	// Only the picked probers' answers count.
-	for n := range g.answers {
-		if !g.prober(n) {
-			delete(g.answers, n)
-		}
-	}
+	g.answers = slices.DeleteFunc(g.answers, func(a answer) bool { return !g.prober(a.node) })
 	if len(g.members) > 0 {
-		p.decide(g, "", affected)
+		p.decide(g, noNode)
 	}
 	p.countLoad(g)
 	if len(g.members) == 0 {
-		delete(p.groups, k)
-		delete(p.results, k)
-		delete(p.fresh, k)
+		g.result, g.has, g.fresh = result{}, false, false
+		p.hosts.release(g.host)
+		p.groups.release(gid)
 	}
 }
 
@@ -697,9 +997,7 @@ func (p *Planner) setLoad(host string, d int) {
 	f := budgetFactor(float64(p.load[host]), budget)
 	if old, ok := p.factor[host]; !ok || old != f {
 		p.factor[host] = f
-		aff := map[string]bool{}
-		p.hostMembers(host, aff)
-		p.notify(aff)
+		p.hostMembers(host, p.notifyNode)
 	}
 }
 
@@ -715,32 +1013,38 @@ func budgetFactor(load, budget float64) float64 {
 	return f
 }
 
-// hostMembers adds every node with a key on host to affected.
-func (p *Planner) hostMembers(host string, affected map[string]bool) {
-	for n, m := range p.nodes {
-		if m.hosts[host] > 0 {
-			affected[n] = true
-		}
-	}
-}
-
-// share folds key's new result into every other member whose stored
-// report of it is delegated.
-func (p *Planner) share(k Key) {
-	g, r := p.groups[k], p.results[k]
-	if g == nil || p.opts.Sink == nil {
+// hostMembers calls fn for every node with a key on host.
+func (p *Planner) hostMembers(host string, fn func(nodeID)) {
+	h, ok := p.hosts.lookup(host)
+	if !ok {
 		return
 	}
-	ref := imageOf(k)
+	p.nodes.each(func(id nodeID, m *member) {
+		if !m.gone && m.hostCount(h) > 0 {
+			fn(id)
+		}
+	})
+}
+
+// share folds g's new result into every other member whose stored report
+// of it is delegated.
+func (p *Planner) share(g *group) {
+	if p.opts.Sink == nil || !g.has {
+		return
+	}
+	r := g.result
+	ref := imageOf(g.key)
+	rid, ok := p.refs.lookup(ref)
+	if !ok {
+		return // no node has the reference
+	}
 	for n := range g.members {
-		if n == r.node {
+		m := *p.nodes.at(n)
+		if m.name == r.node || !m.images[rid].delegated() {
 			continue
 		}
-		if m := p.nodes[n]; m == nil || !m.images[ref].delegated {
-			continue
-		}
-		p.opts.Sink.ReplaceImage(n, ref, func(old *pb.ImageReport) *pb.ImageReport {
-			if !old.GetDelegated() || KeyOf(old) != k {
+		p.opts.Sink.ReplaceImage(m.name, ref, func(old *pb.ImageReport) *pb.ImageReport {
+			if !old.GetDelegated() || !g.key.matches(old) {
 				return nil
 			}
 			return fold(old, r)
@@ -748,13 +1052,18 @@ func (p *Planner) share(k Key) {
 	}
 }
 
-func (p *Planner) notify(affected map[string]bool) {
-	for n := range affected {
-		for ch := range p.watch[n] {
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
+// notify tells the nodes their plan may have changed.
+func (p *Planner) notify(nodes []nodeID) {
+	for _, n := range nodes {
+		p.notifyNode(n)
+	}
+}
+
+func (p *Planner) notifyNode(n nodeID) {
+	for ch := range p.watch[p.nodes.name(n)] {
+		select {
+		case ch <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -837,33 +1146,40 @@ func sameResult(a, b *pb.ImageReport) bool {
 func (p *Planner) DirectiveSince(node, since string) *pb.ProbeAssignments {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	m := p.nodes[node]
-	if m == nil {
+	id, ok := p.nodes.lookup(node)
+	if !ok {
 		return nil
 	}
+	m := *p.nodes.at(id)
 	now := p.opts.Now()
-	refs := slices.Sorted(maps.Keys(m.images))
+	refs := p.sorted[:0]
+	for r := range m.images {
+		refs = append(refs, r)
+	}
+	slices.SortFunc(refs, func(a, b refID) int { return strings.Compare(p.refs.name(a), p.refs.name(b)) })
+	p.sorted = refs[:0]
 	// role[i]: 0 checks itself (a key no other node has), 1 assigned, 2
 	// delegated.
 	role := make([]byte, len(refs))
-	checks := map[string]int{}
-	h := fnv.New64a()
-	for i, ref := range refs {
-		e := m.images[ref]
-		g := e.g
+	checks := p.checks
+	clear(checks)
+	h := newFNV()
+	for i, r := range refs {
+		g := *p.groups.at(m.images[r].group())
+		host := p.hosts.name(g.host)
 		switch {
-		case g == nil || len(g.members) <= 1:
-			checks[g.host]++
+		case len(g.members) <= 1:
+			checks[host]++
 			continue
-		case g.split || slices.Contains(g.chosen, node):
+		case g.split || slices.Contains(g.chosen, id):
 			role[i] = 1
-			checks[g.host]++
+			checks[host]++
 		default:
 			role[i] = 2
 		}
-		_, _ = h.Write([]byte{role[i]})
-		_, _ = h.Write([]byte(g.key))
-		_, _ = h.Write([]byte{0})
+		h.writeByte(role[i])
+		h.writeString(string(g.key))
+		h.writeByte(0)
 	}
 	hosts := slices.Sorted(maps.Keys(checks))
 	var budgets []*pb.RegistryBudget
@@ -878,22 +1194,22 @@ func (p *Planner) DirectiveSince(node, since string) *pb.ProbeAssignments {
 		}
 		if b.RequestsPerInterval > 0 || b.HoldUntil != nil {
 			budgets = append(budgets, b)
-			_, _ = fmt.Fprintf(h, "%s\x00%g\x00%d\x00", host, b.RequestsPerInterval, hold.UnixNano())
+			_, _ = fmt.Fprintf(&h, "%s\x00%g\x00%d\x00", host, b.RequestsPerInterval, hold.UnixNano())
 		}
 	}
 	phase := time.Duration(score("phase", node) % uint64(p.opts.Interval))
-	_, _ = fmt.Fprintf(h, "%d", phase)
-	gen := strconv.FormatUint(h.Sum64(), 16)
+	h.writeString(strconv.FormatInt(int64(phase), 10))
+	gen := strconv.FormatUint(uint64(h), 16)
 	if gen == since {
 		return nil
 	}
 	pa := &pb.ProbeAssignments{Budgets: budgets, Phase: durationpb.New(phase), Generation: gen}
-	for i, ref := range refs {
+	for i, r := range refs {
 		switch role[i] {
 		case 1:
-			pa.Assigned = append(pa.Assigned, m.images[ref].g.key.proto())
+			pa.Assigned = append(pa.Assigned, (*p.groups.at(m.images[r].group())).probeKey())
 		case 2:
-			pa.Delegated = append(pa.Delegated, m.images[ref].g.key.proto())
+			pa.Delegated = append(pa.Delegated, (*p.groups.at(m.images[r].group())).probeKey())
 		}
 	}
 	return pa
@@ -922,7 +1238,7 @@ func (p *Planner) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.opts.Now()
-	s := Stats{Keys: len(p.groups), Members: len(p.nodes), Load: maps.Clone(p.load), Factor: maps.Clone(p.factor),
+	s := Stats{Keys: p.groups.len(), Members: p.nodes.len(), Load: maps.Clone(p.load), Factor: maps.Clone(p.factor),
 		Holds: map[string]time.Duration{}, RateLimitRemaining: map[[2]string]float64{}, HoldsByNode: map[string]uint64{},
 		Recomputes: p.recomputes}
 	for h, until := range p.holds {
@@ -930,17 +1246,17 @@ func (p *Planner) Stats() Stats {
 			s.Holds[h] = d
 		}
 	}
-	for n, m := range p.nodes {
+	p.nodes.each(func(_ nodeID, m *member) {
 		if m.holds > 0 {
-			s.HoldsByNode[n] = m.holds
+			s.HoldsByNode[m.name] = m.holds
 		}
 		for h, v := range m.ratelimit {
 			num, _, _ := strings.Cut(v, ";")
 			if f, err := strconv.ParseFloat(strings.TrimSpace(num), 64); err == nil {
-				s.RateLimitRemaining[[2]string{n, h}] = f
+				s.RateLimitRemaining[[2]string{m.name, p.hosts.name(h)}] = f
 			}
 		}
-	}
+	})
 	return s
 }
 

@@ -2,6 +2,7 @@ package shard
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -349,7 +350,9 @@ func (s benchSize) images(n int) []*pb.ImageReport {
 	ims := make([]*pb.ImageReport, s.perNode)
 	for j := range ims {
 		r := (n*37 + j*13) % s.distinct
-		ims[j] = image(fmt.Sprintf("reg-%d:5000/img-%d:v1", r%(s.distinct/100), r), pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)
+		reg := fmt.Sprintf("reg-%d:5000", r%max(1, s.distinct/100))
+		ims[j] = image(fmt.Sprintf("%s/img-%d:v1", reg, r), pb.ImageStatus_IMAGE_STATUS_AVAILABLE, false)
+		ims[j].Registry, ims[j].Endpoints[0].Url = reg, "http://"+reg+"/v2"
 	}
 	return ims
 }
@@ -374,4 +377,63 @@ func (s benchSize) planner() *Planner {
 	}
 	benchPlanners[s] = p
 	return p
+}
+
+// BenchmarkPlannerRound is the planner's part of an aggregator restart at
+// 15,000 nodes × 100 images and of the round of snapshots after it, as
+// pwload sends them: every node joins with a snapshot and gets its plan
+// (fill), then sends its snapshot again with its delegated images marked
+// (round). It reports the heap the planner keeps per image after a GC and
+// the time per image ingested in each phase (building the reports
+// included, the same before and after a change).
+//
+//	cd aggregator && go test -run '^$' -bench PlannerRound -benchtime=1x ./pkg/shard/
+func BenchmarkPlannerRound(b *testing.B) {
+	size := benchSize{15000, 100, 6000}
+	images := float64(size.nodes * size.perNode)
+	for range b.N {
+		before := heapAlloc()
+		p := New(Options{Replicas: 2, Budgets: DefaultBudgets()})
+		start := time.Now()
+		delegated := make([]map[string]bool, size.nodes)
+		for n := range size.nodes {
+			name := fmt.Sprintf("node-%d", n)
+			p.Ingest(name, node(name, fmt.Sprintf("z%d", n%3)), true, size.images(n), nil, func() {})
+			_ = p.DirectiveSince(name, "")
+		}
+		fill := time.Since(start)
+		for n := range size.nodes {
+			delegated[n] = map[string]bool{}
+			for _, k := range p.DirectiveSince(fmt.Sprintf("node-%d", n), "").GetDelegated() {
+				delegated[n][k.KeyString()] = true
+			}
+		}
+		start = time.Now()
+		for n := range size.nodes {
+			name := fmt.Sprintf("node-%d", n)
+			ims := size.images(n)
+			for _, im := range ims {
+				if delegated[n][pb.ProbeKeyOf(im)] {
+					im.Delegated = true
+				}
+			}
+			p.Ingest(name, nil, true, ims, nil, func() {})
+			_ = p.DirectiveSince(name, "")
+		}
+		round := time.Since(start)
+		delegated = nil
+		after := heapAlloc()
+		b.ReportMetric(float64(fill.Nanoseconds())/images, "fill-ns/image")
+		b.ReportMetric(float64(round.Nanoseconds())/images, "round-ns/image")
+		b.ReportMetric(float64(after-before)/images, "B/image")
+		runtime.KeepAlive(p)
+	}
+}
+
+func heapAlloc() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }
