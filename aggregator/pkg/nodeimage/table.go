@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unique"
 	"weak"
 
 	"google.golang.org/protobuf/proto"
@@ -52,9 +53,9 @@ func (t *Table) Keep(im *pb.ImageReport) Image {
 	cs := containersOf(im.GetContainers())
 	im.Containers = nil
 	if im.GetSharedFrom() != "" {
-		return Image{ImageReport: t.of(im), Containers: cs}
+		return Image{ImageReport: t.of(im, false), Containers: cs}
 	}
-	return Image{ImageReport: t.of(nodeless(im)), Containers: cs, Latencies: latencies(im.GetEndpoints())}
+	return Image{ImageReport: t.of(nodeless(im), true), Containers: cs, Latencies: latencies(im.GetEndpoints())}
 }
 
 // nodeless is a copy of a node's own report without what is the node's
@@ -203,7 +204,7 @@ func equalRest(a, b *pb.ImageReport) bool {
 
 // of returns the canonical copy of im: an earlier report equal to it, or
 // im itself, remembered for the next.
-func (t *Table) of(im *pb.ImageReport) *pb.ImageReport {
+func (t *Table) of(im *pb.ImageReport, ownEndpoints bool) *pb.ImageReport {
 	k, ok := t.keyOf(im)
 	if !ok {
 		return im
@@ -218,6 +219,8 @@ func (t *Table) of(im *pb.ImageReport) *pb.ImageReport {
 			return im // a hash collision: keep the first, do not share
 		}
 	}
+	intern(im, ownEndpoints)
+	k, _ = t.keyOf(im) // the same key, holding the interned strings rather than the message's
 	t.table[k] = weak.Make(im)
 	if t.added++; t.added > len(t.table) {
 		// As many added since the last sweep as the table holds: sweep
@@ -230,4 +233,37 @@ func (t *Table) of(im *pb.ImageReport) *pb.ImageReport {
 		t.added = 0
 	}
 	return im
+}
+
+// intern replaces the strings of a report kept as a new shared copy with
+// one canonical copy (package unique): the reports of different images,
+// and of one image with different answers, repeat registries, digests,
+// reasons and endpoint URLs. Only its own endpoints are changed (a folded
+// report's are its probers' result's, shared and never changed). The
+// key's strings are equal before and after, so the entry stays found.
+func intern(im *pb.ImageReport, ownEndpoints bool) {
+	im.Image = u(im.Image)
+	im.ImageId = u(im.ImageId)
+	im.Digest = u(im.Digest)
+	im.Reason = u(im.Reason)
+	im.Registry = u(im.Registry)
+	im.RegistryDigest = u(im.RegistryDigest)
+	im.CredentialSource = u(im.CredentialSource)
+	im.SharedFrom = u(im.SharedFrom)
+	for i, d := range im.RepoDigests {
+		im.RepoDigests[i] = u(d)
+	}
+	if ownEndpoints {
+		for _, e := range im.Endpoints {
+			e.Url = u(e.Url)
+			e.Reason = u(e.Reason)
+		}
+	}
+}
+
+func u(s string) string {
+	if s == "" {
+		return s
+	}
+	return unique.Make(s).Value()
 }

@@ -1,8 +1,10 @@
 package nodeimage
 
 import (
+	"runtime/debug"
 	"testing"
 	"time"
+	"unsafe"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -125,5 +127,24 @@ func TestOfKeepsTheReport(t *testing.T) {
 	if got.ImageReport != im || !proto.Equal(got.Proto(), im) || got.Size() != proto.Size(im) || len(got.GetContainers()) != 1 ||
 		got.HeldSize()+heldPerLatency*len(im.GetEndpoints()) != HeldSizeOf(im) || len(im.GetContainers()) != 1 {
 		t.Errorf("Of(%v) = %v", im, got)
+	}
+}
+
+// The reports kept as new shared copies hold one copy of the strings they
+// repeat (the registry here), not the messages' own.
+func TestTableInternsKeptReports(t *testing.T) {
+	// unique drops a value at a collection once no handle holds it.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	tb := NewTable()
+	reg := func() string { return string([]byte("registry.example:5000")) } // a new copy each time
+	a, b := own("pod-a", time.Millisecond), own("pod-b", time.Millisecond)
+	a.Image, a.Registry = "registry.example:5000/a:1", reg()
+	b.Image, b.Registry = "registry.example:5000/b:1", reg()
+	ka, kb := tb.Keep(a), tb.Keep(b)
+	if ka.ImageReport == kb.ImageReport {
+		t.Fatal("two images' reports shared")
+	}
+	if unsafe.StringData(ka.GetRegistry()) != unsafe.StringData(kb.GetRegistry()) {
+		t.Error("the kept reports hold two copies of one registry name")
 	}
 }
