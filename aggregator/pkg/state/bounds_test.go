@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"go.uber.org/goleak"
@@ -136,4 +137,55 @@ func TestByteBudgetCountsWhatIsHeld(t *testing.T) {
 	if err := (Limits{Bytes: 4 << 20}).Check("node-a", images); !errors.As(err, &le) || le.What != LimitBytes {
 		t.Fatalf("Check of %d bytes on the wire that hold ~160 MB: %v, want a bytes LimitError", wire, err)
 	}
+}
+
+// The byte budget of an update counts the node's images from a running
+// sum (an update does not size the node's other images): after updates
+// that add, replace and remove images, and a folded result put in, the sum
+// is what sizing every image gives.
+func TestHeldSumFollowsChanges(t *testing.T) {
+	s := New(time.Minute)
+	lim := Limits{Bytes: 1 << 20}
+	withEndpoint := func(ref string, n int) *pullwatchv1.ImageReport {
+		im := image(ref, available)
+		for range n {
+			im.Endpoints = append(im.Endpoints, &pullwatchv1.EndpointResult{Url: "https://r/v2", Latency: durationpb.New(time.Millisecond)})
+		}
+		return im
+	}
+	s.ApplySnapshot(snapshot("n1", withEndpoint("a:1", 1), withEndpoint("b:1", 2), image("c:1", available)))
+	want := func(step string) {
+		t.Helper()
+		n := s.nodes["n1"]
+		sum := 0
+		for _, im := range n.sorted {
+			sum += im.HeldSize()
+		}
+		if n.held != sum {
+			t.Errorf("%s: running sum %d, sizing every image %d", step, n.held, sum)
+		}
+	}
+	for i, u := range []*pullwatchv1.NodeUpdate{
+		{Upserts: []*pullwatchv1.ImageReport{withEndpoint("d:1", 3)}},
+		{Upserts: []*pullwatchv1.ImageReport{withEndpoint("a:1", 4), withEndpoint("a:1", 1)}, RemovedImages: []string{"c:1"}},
+		{Upserts: []*pullwatchv1.ImageReport{withEndpoint("e:1", 1)}, RemovedImages: []string{"e:1", "b:1", "nope:1"}},
+	} {
+		u.NodeName = "n1"
+		if _, err := s.ApplyUpdateWithin(u, lim); err != nil {
+			t.Fatal(err)
+		}
+		want(fmt.Sprintf("update %d", i))
+	}
+	s.ReplaceImage("n1", "d:1", func(old *pullwatchv1.ImageReport) *pullwatchv1.ImageReport {
+		out := proto.CloneOf(old)
+		out.SharedFrom, out.Endpoints = "prober", nil
+		return out
+	})
+	want("folded")
+	lim.Bytes = s.nodes["n1"].held + 10
+	var le *LimitError
+	if _, err := s.ApplyUpdateWithin(&pullwatchv1.NodeUpdate{NodeName: "n1", Upserts: []*pullwatchv1.ImageReport{withEndpoint("f:1", 1)}}, lim); !errors.As(err, &le) || le.What != LimitBytes {
+		t.Errorf("an update past the budget: %v, want a bytes LimitError", err)
+	}
+	want("refused")
 }

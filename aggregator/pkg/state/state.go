@@ -74,7 +74,11 @@ type node struct {
 	// sorted are the node's images ordered by reference; replaced, never
 	// modified in place. There is no map by reference beside it: lookups
 	// search it, and at 5,000 nodes × 100 images a map would hold 30 MB.
-	sorted     []nodeimage.Image
+	sorted []nodeimage.Image
+	// held is the sum of sorted's HeldSize, kept up to date by each change
+	// once an update's byte budget needed it (-1 until then), so that an
+	// update of one image does not size the node's hundred others.
+	held       int
 	lastReport time.Time
 	observedAt time.Time
 	interval   time.Duration
@@ -117,6 +121,7 @@ func (s *Store) ApplySnapshot(snap *pullwatchv1.NodeSnapshot) {
 	n := &node{
 		info:       snap.GetNode(),
 		sorted:     sortedImages(s.keep(snap.GetImages())),
+		held:       -1,
 		observedAt: timeOf(snap.GetObservedAt()),
 		interval:   snap.GetInterval().AsDuration(),
 	}
@@ -207,12 +212,59 @@ func (s *Store) ApplyUpdateWithin(u *pullwatchv1.NodeUpdate, lim Limits) (known 
 		return false, nil
 	}
 	next := updated(n.sorted, u, s.keep(u.GetUpserts()))
-	if err := check(lim, u.GetNodeName(), next, nodeimage.Image.HeldSize); err != nil {
+	if lim.Images > 0 && len(next) > lim.Images {
+		return true, &LimitError{What: LimitImages, Have: len(next), Max: lim.Images, NodeName: u.GetNodeName()}
+	}
+	held := -1
+	if lim.Bytes > 0 {
+		held = n.heldSize() + heldDelta(n.sorted, next, u)
+		if held > lim.Bytes {
+			return true, &LimitError{What: LimitBytes, Have: held, Max: lim.Bytes, NodeName: u.GetNodeName()}
+		}
+	}
+	if err := check(Limits{Endpoints: lim.Endpoints}, u.GetNodeName(), next, nodeimage.Image.HeldSize); err != nil {
 		return true, err
 	}
 	s.applyUpdated(n, u, next)
+	n.held = held
 	return true, nil
 }
+
+// heldSize is the sum of n's images' HeldSize, computed once.
+func (n *node) heldSize() int {
+	if n.held < 0 {
+		n.held = 0
+		for _, im := range n.sorted {
+			n.held += im.HeldSize()
+		}
+	}
+	return n.held
+}
+
+// heldDelta is what next, updated(sorted, u, ...), holds more than sorted
+// (HeldSize): the images u replaces or removes out, its upserts kept in.
+// Both lists are ordered by reference; only u's references are sized.
+func heldDelta(sorted, next []nodeimage.Image, u *pullwatchv1.NodeUpdate) int {
+	refs := make(map[string]bool, len(u.GetUpserts())+len(u.GetRemovedImages()))
+	for _, ref := range u.GetRemovedImages() {
+		refs[ref] = true
+	}
+	for _, im := range u.GetUpserts() {
+		refs[im.GetImage()] = true
+	}
+	d := 0
+	for ref := range refs {
+		if i, ok := slices.BinarySearchFunc(sorted, ref, byRef); ok {
+			d -= sorted[i].HeldSize()
+		}
+		if i, ok := slices.BinarySearchFunc(next, ref, byRef); ok {
+			d += next[i].HeldSize()
+		}
+	}
+	return d
+}
+
+func byRef(a nodeimage.Image, ref string) int { return strings.Compare(a.GetImage(), ref) }
 
 // ApplyUpdate upserts the update's images (matched by reference) and
 // deletes its removed images. It returns false, changing nothing, when the
@@ -238,6 +290,7 @@ func (s *Store) applyUpdate(n *node, u *pullwatchv1.NodeUpdate) {
 // applyUpdated makes next, updated(n.sorted, u), n's images; s.mu is held.
 func (s *Store) applyUpdated(n *node, u *pullwatchv1.NodeUpdate, next []nodeimage.Image) {
 	n.sorted = next
+	n.held = -1 // ApplyUpdateWithin sets it after
 	n.lastReport = s.now()
 	if u.GetObservedAt() != nil {
 		n.observedAt = u.GetObservedAt().AsTime()
@@ -261,7 +314,7 @@ func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageRep
 	if !ok {
 		return false
 	}
-	i, found := slices.BinarySearchFunc(n.sorted, ref, func(a nodeimage.Image, r string) int { return strings.Compare(a.GetImage(), r) })
+	i, found := slices.BinarySearchFunc(n.sorted, ref, byRef)
 	if !found {
 		return false
 	}
@@ -277,6 +330,9 @@ func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageRep
 	sorted := slices.Clone(n.sorted)
 	sorted[i] = kept
 	n.sorted = sorted
+	if n.held >= 0 {
+		n.held += kept.HeldSize() - old.HeldSize()
+	}
 	s.changed() // what Nodes returns changed: the analyzer diagnoses again
 	return true
 }
