@@ -44,6 +44,9 @@ type Image struct {
 	// node's own check and shared (Table.Keep); nil when the endpoints
 	// carry their own (EndpointLatency says which).
 	Latencies []time.Duration
+	// reportSize is the encoded size of the report without containers, as
+	// a Table keeps it (0: not known, Size computes it).
+	reportSize int32
 }
 
 // Container is a pb.ContainerRef as the store keeps it: a value, without
@@ -123,13 +126,18 @@ func (im Image) Proto() *pb.ImageReport {
 	return out
 }
 
-// Size is the report's encoded size (proto.Size of Proto), without
-// building it.
+// Size is the encoded size of the report as kept, with the node's
+// containers (proto.Size of Proto but for the latencies kept beside a
+// shared own check), without building it; a Table's image knows its
+// report's size, so that a byte budget need not size it again.
 func (im Image) Size() int {
 	if im.ImageReport == nil {
 		return 0
 	}
-	n := proto.Size(im.ImageReport)
+	n := int(im.reportSize)
+	if n == 0 {
+		n = proto.Size(im.ImageReport)
+	}
 	for _, c := range im.ImageReport.GetContainers() {
 		s := proto.Size(c)
 		n -= 1 + protowire.SizeVarint(uint64(s)) + s

@@ -30,13 +30,20 @@ import (
 type Table struct {
 	mu    sync.Mutex
 	seed  maphash.Seed
-	table map[key]weak.Pointer[pb.ImageReport]
+	table map[key]kept
 	added int
+}
+
+// kept is a shared report in the table, and its encoded size (computed
+// once: every node holding it counts it in its byte budget).
+type kept struct {
+	report weak.Pointer[pb.ImageReport]
+	size   int32
 }
 
 // NewTable returns an empty Table.
 func NewTable() *Table {
-	return &Table{seed: maphash.MakeSeed(), table: map[key]weak.Pointer[pb.ImageReport]{}}
+	return &Table{seed: maphash.MakeSeed(), table: map[key]kept{}}
 }
 
 // Keep is im as the store keeps it: its containers taken out into
@@ -53,9 +60,11 @@ func (t *Table) Keep(im *pb.ImageReport) Image {
 	cs := containersOf(im.GetContainers())
 	im.Containers = nil
 	if im.GetSharedFrom() != "" {
-		return Image{ImageReport: t.of(im, false), Containers: cs}
+		r, size := t.of(im, false)
+		return Image{ImageReport: r, Containers: cs, reportSize: size}
 	}
-	return Image{ImageReport: t.of(nodeless(im), true), Containers: cs, Latencies: latencies(im.GetEndpoints())}
+	r, size := t.of(nodeless(im), true)
+	return Image{ImageReport: r, Containers: cs, Latencies: latencies(im.GetEndpoints()), reportSize: size}
 }
 
 // nodeless is a copy of a node's own report without what is the node's
@@ -204,35 +213,36 @@ func equalRest(a, b *pb.ImageReport) bool {
 
 // of returns the canonical copy of im: an earlier report equal to it, or
 // im itself, remembered for the next.
-func (t *Table) of(im *pb.ImageReport, ownEndpoints bool) *pb.ImageReport {
+func (t *Table) of(im *pb.ImageReport, ownEndpoints bool) (*pb.ImageReport, int32) {
 	k, ok := t.keyOf(im)
 	if !ok {
-		return im
+		return im, int32(proto.Size(im))
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if w, ok := t.table[k]; ok {
-		if v := w.Value(); v != nil {
+	if e, ok := t.table[k]; ok {
+		if v := e.report.Value(); v != nil {
 			if equalRest(v, im) {
-				return v
+				return v, e.size
 			}
-			return im // a hash collision: keep the first, do not share
+			return im, int32(proto.Size(im)) // a hash collision: keep the first, do not share
 		}
 	}
 	intern(im, ownEndpoints)
 	k, _ = t.keyOf(im) // the same key, holding the interned strings rather than the message's
-	t.table[k] = weak.Make(im)
+	size := int32(proto.Size(im))
+	t.table[k] = kept{report: weak.Make(im), size: size}
 	if t.added++; t.added > len(t.table) {
 		// As many added since the last sweep as the table holds: sweep
 		// the entries whose report was collected (amortized O(1)).
-		for k, w := range t.table {
-			if w.Value() == nil {
+		for k, e := range t.table {
+			if e.report.Value() == nil {
 				delete(t.table, k)
 			}
 		}
 		t.added = 0
 	}
-	return im
+	return im, size
 }
 
 // intern replaces the strings of a report kept as a new shared copy with
