@@ -282,6 +282,8 @@ type group struct {
 	// pk is the key as DirectiveSince sends it, made once and shared by
 	// every node's plan (immutable).
 	pk *pb.ProbeKey
+	// kh is keyHash's, once made.
+	kh uint64
 }
 
 type answer struct {
@@ -314,6 +316,17 @@ func (g *group) dropAnswer(node nodeID) {
 // prober reports whether node is one of the key's picked probers.
 func (g *group) prober(node nodeID) bool {
 	return g != nil && slices.Contains(g.chosen[:g.picked], node)
+}
+
+// keyHash is a hash of the group's key, made once (DirectiveSince's
+// generation adds up its members' keys).
+func (g *group) keyHash() uint64 {
+	if g.kh == 0 {
+		h := newFNV()
+		h.writeString(string(g.key))
+		g.kh = uint64(h) | 1 // 0 is "not made yet"
+	}
+	return g.kh
 }
 
 func (g *group) probeKey() *pb.ProbeKey {
@@ -1152,35 +1165,32 @@ func (p *Planner) DirectiveSince(node, since string) *pb.ProbeAssignments {
 	}
 	m := *p.nodes.at(id)
 	now := p.opts.Now()
-	refs := p.sorted[:0]
-	for r := range m.images {
-		refs = append(refs, r)
-	}
-	slices.SortFunc(refs, func(a, b refID) int { return strings.Compare(p.refs.name(a), p.refs.name(b)) })
-	p.sorted = refs[:0]
-	// role[i]: 0 checks itself (a key no other node has), 1 assigned, 2
-	// delegated.
-	role := make([]byte, len(refs))
+	// The generation: a hash of each image's role and key, added up so
+	// that it needs no order (a node's message asks for its plan, and the
+	// plan most often has not changed: the references are sorted only to
+	// build a new one), then the budgets and the phase.
 	checks := p.checks
 	clear(checks)
-	h := newFNV()
-	for i, r := range refs {
-		g := *p.groups.at(m.images[r].group())
+	var sum uint64
+	for _, e := range m.images {
+		g := *p.groups.at(e.group())
 		host := p.hosts.name(g.host)
+		var role uint64
 		switch {
 		case len(g.members) <= 1:
 			checks[host]++
 			continue
 		case g.split || slices.Contains(g.chosen, id):
-			role[i] = 1
+			role = 1
 			checks[host]++
 		default:
-			role[i] = 2
+			role = 2
 		}
-		h.writeByte(role[i])
-		h.writeString(string(g.key))
-		h.writeByte(0)
+		sum += mix(g.keyHash() + role)
 	}
+	h := newFNV()
+	h.writeString(strconv.FormatUint(sum, 16))
+	h.writeByte(0)
 	hosts := slices.Sorted(maps.Keys(checks))
 	var budgets []*pb.RegistryBudget
 	for _, host := range hosts {
@@ -1204,15 +1214,35 @@ func (p *Planner) DirectiveSince(node, since string) *pb.ProbeAssignments {
 		return nil
 	}
 	pa := &pb.ProbeAssignments{Budgets: budgets, Phase: durationpb.New(phase), Generation: gen}
-	for i, r := range refs {
-		switch role[i] {
-		case 1:
-			pa.Assigned = append(pa.Assigned, (*p.groups.at(m.images[r].group())).probeKey())
-		case 2:
-			pa.Delegated = append(pa.Delegated, (*p.groups.at(m.images[r].group())).probeKey())
+	refs := p.sorted[:0]
+	for r := range m.images {
+		refs = append(refs, r)
+	}
+	slices.SortFunc(refs, func(a, b refID) int { return strings.Compare(p.refs.name(a), p.refs.name(b)) })
+	p.sorted = refs[:0]
+	for _, r := range refs {
+		g := *p.groups.at(m.images[r].group())
+		switch {
+		case len(g.members) <= 1:
+		case g.split || slices.Contains(g.chosen, id):
+			pa.Assigned = append(pa.Assigned, g.probeKey())
+		default:
+			pa.Delegated = append(pa.Delegated, g.probeKey())
 		}
 	}
 	return pa
+}
+
+// mix is a 64-bit finalizer (splitmix64's): the sum of mixed hashes does
+// not cancel out as a sum of the raw ones would for keys that differ in
+// one role.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
 }
 
 // Stats are the planner's numbers for metrics and the benchmark.
