@@ -34,6 +34,7 @@ import (
 
 	"github.com/pullwatch/pullwatch/e2e/cluster"
 	"github.com/pullwatch/pullwatch/e2e/harness/agentcheck"
+	"github.com/pullwatch/pullwatch/e2e/harness/grpcraw"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubecluster"
 	"github.com/pullwatch/pullwatch/e2e/harness/kubenode"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
@@ -688,21 +689,6 @@ func encode(t *testing.T, m proto.Message) []byte {
 	return b
 }
 
-// rawCodec sends a rawMessage as it is (the forged agent's messages are
-// encoded once, not once per send) and everything else as protobuf.
-type rawCodec struct{}
-
-type rawMessage []byte
-
-func (rawCodec) Marshal(v any) ([]byte, error) {
-	if r, ok := v.(rawMessage); ok {
-		return r, nil
-	}
-	return proto.Marshal(v.(proto.Message))
-}
-func (rawCodec) Unmarshal(data []byte, v any) error { return proto.Unmarshal(data, v.(proto.Message)) }
-func (rawCodec) Name() string                       { return "proto" }
-
 // forger is the forged agent toward one replica: one stream at a time,
 // each message waited for until its Ack (or the stream's end).
 type forger struct {
@@ -730,7 +716,7 @@ func newForger(addr string, tc *tls.Config, token string) (*forger, error) {
 // open opens a new stream (the messages' sequence starts again at 1).
 func (f *forger) open(ctx context.Context) error {
 	sctx, cancel := context.WithCancel(ctx)
-	st, err := pb.NewReportServiceClient(f.conn).Report(sctx, grpc.ForceCodec(rawCodec{}))
+	st, err := pb.NewReportServiceClient(f.conn).Report(sctx, grpc.ForceCodec(grpcraw.Codec{}))
 	if err != nil {
 		cancel()
 		return err
@@ -748,7 +734,7 @@ func (f *forger) opened() bool { return f.cancel != nil }
 func (f *forger) send(msg []byte) error {
 	f.seq++
 	seq := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), f.seq)
-	if err := f.st.SendMsg(rawMessage(append(seq, msg...))); err != nil && !errors.Is(err, io.EOF) {
+	if err := f.st.SendMsg(grpcraw.Message(append(seq, msg...))); err != nil && !errors.Is(err, io.EOF) {
 		f.close()
 		return err
 	}

@@ -21,7 +21,14 @@ func score(key, node string) uint64 {
 	h.writeString(key)
 	h.writeByte(0)
 	h.writeString(node)
-	x := uint64(h)
+	return mix(uint64(h))
+}
+
+// mix is splitmix64's 64-bit finalizer: score's spread over the whole
+// range, and a plan's generation (DirectiveSince) a sum of mixed hashes
+// that does not cancel out as a sum of raw ones would for keys that differ
+// in one role.
+func mix(x uint64) uint64 {
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
 	x ^= x >> 27

@@ -1233,18 +1233,6 @@ func (p *Planner) DirectiveSince(node, since string) *pb.ProbeAssignments {
 	return pa
 }
 
-// mix is a 64-bit finalizer (splitmix64's): the sum of mixed hashes does
-// not cancel out as a sum of the raw ones would for keys that differ in
-// one role.
-func mix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
-}
-
 // Stats are the planner's numbers for metrics and the benchmark.
 type Stats struct {
 	Keys    int

@@ -49,6 +49,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/pullwatch/pullwatch/e2e/harness/grpcraw"
 	"github.com/pullwatch/pullwatch/e2e/harness/proc"
 	pb "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
@@ -320,7 +321,7 @@ type agent struct {
 	w        *world
 	st       pb.ReportService_ReportClient
 	seq      uint64
-	next     rawMessage // the encoded message send sends (prepare)
+	next     grpcraw.Message // the encoded message send sends (prepare)
 	acks     chan uint64
 	directed chan struct{}
 
@@ -354,7 +355,7 @@ func (w *world) agent(i int) *agent {
 func (w *world) distinctSeen() int { return len(w.seen) }
 
 func (a *agent) connect(ctx context.Context, conn *grpc.ClientConn) error {
-	st, err := pb.NewReportServiceClient(conn).Report(ctx, grpc.ForceCodec(rawCodec{}))
+	st, err := pb.NewReportServiceClient(conn).Report(ctx, grpc.ForceCodec(grpcraw.Codec{}))
 	if err != nil {
 		return fmt.Errorf("%s: open stream: %w", a.name, err)
 	}
@@ -647,18 +648,3 @@ func hwm(pid int) string { return fmt.Sprintf("%d MiB", usage(pid).HWMKiB/1024) 
 
 // cpu is the process's user + system CPU time so far.
 func cpu(pid int) time.Duration { return usage(pid).CPU }
-
-// rawCodec sends a rawMessage as it is (encoded by prepare, before the
-// clock starts) and decodes the aggregator's messages as protobuf.
-type rawCodec struct{}
-
-type rawMessage []byte
-
-func (rawCodec) Marshal(v any) ([]byte, error) {
-	if r, ok := v.(rawMessage); ok {
-		return r, nil
-	}
-	return proto.Marshal(v.(proto.Message))
-}
-func (rawCodec) Unmarshal(data []byte, v any) error { return proto.Unmarshal(data, v.(proto.Message)) }
-func (rawCodec) Name() string                       { return "proto" }
