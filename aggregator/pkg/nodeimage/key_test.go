@@ -156,3 +156,45 @@ func changed(fd protoreflect.FieldDescriptor, v protoreflect.Value) protoreflect
 	}
 	panic(fmt.Sprintf("%s: kind %s", fd.FullName(), fd.Kind()))
 }
+
+// TestFoldedAgrees holds the reports kept by result (Table.folded) to
+// the table's key: for each variant of one field of a folded report
+// (folded from the same result: one endpoints slice, unless the variant
+// changes the endpoints), the report kept for the first is kept for the
+// second exactly when the table, looked up without them, shares the two.
+func TestFoldedAgrees(t *testing.T) {
+	base := &pb.ImageReport{}
+	fill(base.ProtoReflect())
+	base.SharedFrom = "prober"
+	vs := variants(base.ProtoReflect().Descriptor())
+	vs = append(vs, variant{"nothing", func(protoreflect.Message) {}})
+	for _, v := range vs {
+		a, b := proto.CloneOf(base), proto.CloneOf(base)
+		v.apply(b.ProtoReflect())
+		if b.GetSharedFrom() == "" {
+			continue // a node's own report: not folded
+		}
+		if len(a.Endpoints) == len(b.Endpoints) && func() bool {
+			for i := range a.Endpoints {
+				if !proto.Equal(a.Endpoints[i], b.Endpoints[i]) {
+					return false
+				}
+			}
+			return true
+		}() {
+			b.Endpoints = a.Endpoints
+		}
+		wa, wb := proto.CloneOf(a), proto.CloneOf(b)
+		tb := NewTable()
+		ka := tb.Keep(a) // a itself, kept by its result
+		got := tb.Keep(b).ImageReport == ka.ImageReport
+
+		tb = NewTable()
+		ka = tb.Keep(wa)
+		clear(tb.byResult)
+		want := tb.Keep(wb).ImageReport == ka.ImageReport
+		if got != want {
+			t.Errorf("%s: kept by result %v, by the table %v", v.path, got, want)
+		}
+	}
+}

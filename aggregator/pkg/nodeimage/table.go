@@ -32,6 +32,10 @@ type Table struct {
 	seed  maphash.Seed
 	table map[key]kept
 	added int
+	// byResult are the folded reports kept lately, by the endpoint results
+	// they were folded with (one slice per prober's result, shared by every
+	// report it is folded into: its first element stands for it).
+	byResult map[*pb.EndpointResult][]sized
 }
 
 // kept is a shared report in the table, and its encoded size (computed
@@ -43,7 +47,7 @@ type kept struct {
 
 // NewTable returns an empty Table.
 func NewTable() *Table {
-	return &Table{seed: maphash.MakeSeed(), table: map[key]kept{}}
+	return &Table{seed: maphash.MakeSeed(), table: map[key]kept{}, byResult: map[*pb.EndpointResult][]sized{}}
 }
 
 // Keep is im as the store keeps it: its containers taken out into
@@ -60,11 +64,98 @@ func (t *Table) Keep(im *pb.ImageReport) Image {
 	cs := containersOf(im.GetContainers())
 	im.Containers = nil
 	if im.GetSharedFrom() != "" {
-		r, size := t.of(im, false)
+		r, size := t.folded(im)
 		return Image{ImageReport: r, Containers: cs, reportSize: size}
 	}
 	r, size := t.of(nodeless(im), true)
 	return Image{ImageReport: r, Containers: cs, Latencies: latencies(im.GetEndpoints()), reportSize: size}
+}
+
+// maxByResult bounds Table.byResult: the results folded lately, and the
+// reports kept for each.
+const maxByResult, maxPerResult = 1 << 14, 8
+
+// sized is a report kept, and its encoded size.
+type sized struct {
+	report *pb.ImageReport
+	size   int32
+}
+
+// folded is of for a folded report, found first among those kept for the
+// same result. A prober's result is folded into every node that delegated
+// the key, one after the other, and a new result comes with every check:
+// the reports folded from one result differ only in what is the node's
+// own (a digest, in use or not), and comparing with those few costs a
+// fraction of a key's hash and a look in a table of millions
+// (docs/benchmarks.md, issue 21).
+func (t *Table) folded(im *pb.ImageReport) (*pb.ImageReport, int32) {
+	eps := im.GetEndpoints()
+	if len(eps) == 0 {
+		return t.of(im, false)
+	}
+	t.mu.Lock()
+	for _, c := range t.byResult[eps[0]] {
+		if sameFolded(c.report, im) {
+			t.mu.Unlock()
+			return c.report, c.size
+		}
+	}
+	t.mu.Unlock()
+	r, size := t.of(im, false)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.byResult) >= maxByResult {
+		clear(t.byResult) // the results of checks before the last few thousand
+	}
+	if cs := t.byResult[eps[0]]; len(cs) < maxPerResult {
+		t.byResult[eps[0]] = append(cs, sized{r, size})
+	}
+	return r, size
+}
+
+// sameFolded reports whether the folded report im is kept as kept: equal
+// in every field the key covers. It compares the fields one by one rather
+// than building both keys (fieldsOf): what a fold puts in (the result's
+// reason, check time, endpoints) is one value in both, found equal by its
+// pointer. TestFoldedAgrees holds it to the key.
+func sameFolded(kept, im *pb.ImageReport) bool {
+	if kept.GetStatus() != im.GetStatus() || kept.GetInUse() != im.GetInUse() || kept.GetDegraded() != im.GetDegraded() ||
+		kept.GetDrifted() != im.GetDrifted() || kept.GetDelegated() != im.GetDelegated() ||
+		kept.GetImage() != im.GetImage() || kept.GetImageId() != im.GetImageId() || kept.GetDigest() != im.GetDigest() ||
+		kept.GetReason() != im.GetReason() || kept.GetRegistry() != im.GetRegistry() ||
+		kept.GetRegistryDigest() != im.GetRegistryDigest() || kept.GetCredentialSource() != im.GetCredentialSource() ||
+		kept.GetSharedFrom() != im.GetSharedFrom() ||
+		!sameStamp(kept.GetCheckedAt(), im.GetCheckedAt()) || !sameStamp(kept.GetStatusSince(), im.GetStatusSince()) ||
+		!slices.Equal(kept.GetRepoDigests(), im.GetRepoDigests()) ||
+		string(kept.ProtoReflect().GetUnknown()) != string(im.ProtoReflect().GetUnknown()) {
+		return false
+	}
+	ea, eb := kept.GetEndpoints(), im.GetEndpoints()
+	if len(ea) != len(eb) {
+		return false
+	}
+	if len(ea) == 0 || &ea[0] == &eb[0] {
+		return true // one slice: folded from one result
+	}
+	for i := range ea {
+		va, ok1 := endpointOf(ea[i])
+		vb, ok2 := endpointOf(eb[i])
+		if !ok1 || !ok2 || va != vb {
+			return false
+		}
+	}
+	return true
+}
+
+// sameStamp reports whether a and b are one timestamp, as the key tells
+// them apart (stampOf).
+func sameStamp(a, b *timestamppb.Timestamp) bool {
+	if a == b {
+		return true
+	}
+	sa, ok1 := stampOf(a)
+	sb, ok2 := stampOf(b)
+	return ok1 && ok2 && sa == sb
 }
 
 // nodeless is a copy of a node's own report without what is the node's
@@ -158,17 +249,9 @@ func endpointOf(e *pb.EndpointResult) (endpoint, bool) {
 // message this aggregator does not know all of below the report itself
 // (rare enough not to be worth a key), or a nil endpoint.
 func (t *Table) keyOf(im *pb.ImageReport) (key, bool) {
-	checkedAt, ok1 := stampOf(im.GetCheckedAt())
-	statusSince, ok2 := stampOf(im.GetStatusSince())
-	if !ok1 || !ok2 {
+	k, ok := fieldsOf(im)
+	if !ok {
 		return key{}, false
-	}
-	k := key{image: im.GetImage(), imageID: im.GetImageId(), digest: im.GetDigest(), reason: im.GetReason(),
-		registry: im.GetRegistry(), registryDigest: im.GetRegistryDigest(), credentialSource: im.GetCredentialSource(),
-		sharedFrom: im.GetSharedFrom(), status: im.GetStatus(), inUse: im.GetInUse(), degraded: im.GetDegraded(),
-		drifted: im.GetDrifted(), delegated: im.GetDelegated(), checkedAt: checkedAt, statusSince: statusSince}
-	if u := im.ProtoReflect().GetUnknown(); len(u) > 0 {
-		k.unknown = string(u)
 	}
 	var h maphash.Hash
 	h.SetSeed(t.seed)
@@ -185,6 +268,24 @@ func (t *Table) keyOf(im *pb.ImageReport) (key, bool) {
 		h.WriteByte(0)
 	}
 	k.rest = h.Sum64()
+	return k, true
+}
+
+// fieldsOf is im's key but for rest; ok is false when a timestamp of the
+// report has fields this aggregator does not know.
+func fieldsOf(im *pb.ImageReport) (key, bool) {
+	checkedAt, ok1 := stampOf(im.GetCheckedAt())
+	statusSince, ok2 := stampOf(im.GetStatusSince())
+	if !ok1 || !ok2 {
+		return key{}, false
+	}
+	k := key{image: im.GetImage(), imageID: im.GetImageId(), digest: im.GetDigest(), reason: im.GetReason(),
+		registry: im.GetRegistry(), registryDigest: im.GetRegistryDigest(), credentialSource: im.GetCredentialSource(),
+		sharedFrom: im.GetSharedFrom(), status: im.GetStatus(), inUse: im.GetInUse(), degraded: im.GetDegraded(),
+		drifted: im.GetDrifted(), delegated: im.GetDelegated(), checkedAt: checkedAt, statusSince: statusSince}
+	if u := im.ProtoReflect().GetUnknown(); len(u) > 0 {
+		k.unknown = string(u)
+	}
 	return k, true
 }
 

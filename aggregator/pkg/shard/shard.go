@@ -313,6 +313,12 @@ func (g *group) dropAnswer(node nodeID) {
 	g.answers = slices.DeleteFunc(g.answers, func(a answer) bool { return a.node == node })
 }
 
+// hasMember reports whether node is one of g's members.
+func (g *group) hasMember(node nodeID) bool {
+	_, ok := g.members[node]
+	return ok
+}
+
 // prober reports whether node is one of the key's picked probers.
 func (g *group) prober(node nodeID) bool {
 	return g != nil && slices.Contains(g.chosen[:g.picked], node)
@@ -688,8 +694,13 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 			p.refs.release(r) // the entry holds a use already
 		}
 		gid, g := p.groupOf(r, im, old, had)
-		c, in := g.members[id]
-		if in && (!had || old.group() != gid) {
+		// A node is in a group through one entry only, and its
+		// candidate's bad is its entry's: the node's entry says whether
+		// it is in the group, without a look in the group's members
+		// (one of thousands for a common image, and that look was a
+		// sixth of a round of snapshots at 15,000 nodes).
+		in := had && old.group() == gid
+		if !in && g.hasMember(id) {
 			// Another of the node's references has this one's key (a
 			// reference or credential source with a NUL in it spells
 			// another's): the node checks this one itself, unplanned,
@@ -712,14 +723,13 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 		}
 		p.set(m, r, e, old, had)
 		if !in {
-			c = newCandidate(score(string(g.key), node), m.zoneID, e.bad())
+			c := newCandidate(score(string(g.key), node), m.zoneID, e.bad())
 			if !g.unmoved(c, p.opts.Replicas) || len(g.members) == 1 || g.split {
 				p.touch(gid)
 			}
 			g.members[id] = c
-		} else if c.bad() != e.bad() {
-			c = c.withBad(e.bad())
-			g.members[id] = c
+		} else if old.bad() != e.bad() {
+			g.members[id] = g.members[id].withBad(e.bad())
 		}
 		if !e.delegated() {
 			for _, ep := range im.GetEndpoints() {

@@ -120,7 +120,7 @@ func New(staleAfter time.Duration, opts ...Option) *Store {
 func (s *Store) ApplySnapshot(snap *pullwatchv1.NodeSnapshot) {
 	n := &node{
 		info:       snap.GetNode(),
-		sorted:     sortedImages(s.keep(snap.GetImages())),
+		sorted:     s.keepSorted(snap.GetImages()),
 		held:       -1,
 		observedAt: timeOf(snap.GetObservedAt()),
 		interval:   snap.GetInterval().AsDuration(),
@@ -417,6 +417,24 @@ func (s *Store) keep(images []*pullwatchv1.ImageReport) []nodeimage.Image {
 	out := make([]nodeimage.Image, len(images))
 	for i, im := range images {
 		out[i] = s.shared.Keep(im)
+	}
+	return out
+}
+
+// keepSorted is a snapshot's images as the store keeps them (keep),
+// ordered by reference; of images with the same reference, the last one
+// given is kept. The message's slice is not reordered: its pointers are
+// sorted (cheaper to move than kept images) and the duplicates skipped
+// before they are kept.
+func (s *Store) keepSorted(images []*pullwatchv1.ImageReport) []nodeimage.Image {
+	ims := slices.Clone(images)
+	slices.SortStableFunc(ims, func(a, b *pullwatchv1.ImageReport) int { return strings.Compare(a.GetImage(), b.GetImage()) })
+	out := make([]nodeimage.Image, 0, len(ims))
+	for i, im := range ims {
+		if i+1 < len(ims) && ims[i+1].GetImage() == im.GetImage() {
+			continue // a later report of the reference replaces this one
+		}
+		out = append(out, s.shared.Keep(im))
 	}
 	return out
 }

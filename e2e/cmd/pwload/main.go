@@ -186,10 +186,6 @@ func run(ctx context.Context, c config) error {
 	// Full rounds: every agent sends a snapshot (its delegated images
 	// marked), then rounds of updates.
 	var profiled chan error
-	if c.cpuFile != "" {
-		profiled = make(chan error, 1)
-		go func() { profiled <- saveProfile(base+"/debug/pprof/profile?seconds=10", c.cpuFile) }()
-	}
 	for r := range c.rounds {
 		snapshot := r == 0
 		if err := parallel(agents, func(a *agent) error {
@@ -199,6 +195,12 @@ func run(ctx context.Context, c config) error {
 			return a.prepare(snapshot)
 		}); err != nil {
 			return err
+		}
+		if r == 0 && c.cpuFile != "" {
+			// From the round's start: the messages are encoded ahead
+			// of it (prepare), while the aggregator is idle.
+			profiled = make(chan error, 1)
+			go func() { profiled <- saveProfile(base+"/debug/pprof/profile?seconds=10", c.cpuFile) }()
 		}
 		start, cpu0, own0 := time.Now(), cpu(pid), cpu(os.Getpid())
 		if err := parallel(agents, (*agent).send); err != nil {
