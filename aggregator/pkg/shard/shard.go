@@ -464,6 +464,7 @@ type Planner struct {
 	touched  []groupID
 	seen     map[refID]struct{}
 	dropped  []refID
+	refIDs   []refID
 	// scratch and scratchIDs are rechoose's candidate list, kept between
 	// calls; sorted and checks are DirectiveSince's.
 	scratch    []Scored
@@ -657,12 +658,15 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 			dropped = append(dropped, r)
 		}
 	}
+	// A snapshot's references are numbered (a use each) before what it
+	// drops is dropped, so that each is looked up once.
+	refs := p.refIDs[:0]
 	if snapshot {
 		clear(p.seen)
 		for _, im := range images {
-			if r, ok := p.refs.lookup(im.GetImage()); ok {
-				p.seen[r] = struct{}{}
-			}
+			r := p.refs.acquire(im.GetImage())
+			refs = append(refs, r)
+			p.seen[r] = struct{}{}
 		}
 		for r := range m.images {
 			if _, ok := p.seen[r]; !ok {
@@ -685,10 +689,15 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	// The node's answers and 429s, weighed once the probers are chosen
 	// again: only a key's picked probers speak for the other members.
 	var answers, limited []keyed
-	for _, im := range images {
+	for i, im := range images {
 		im.SharedFrom = "" // the aggregator's field, never the agent's
 		p.interner.report(im)
-		r := p.refs.acquire(im.GetImage())
+		var r refID
+		if snapshot {
+			r = refs[i]
+		} else {
+			r = p.refs.acquire(im.GetImage())
+		}
 		old, had := m.images[r]
 		if had {
 			p.refs.release(r) // the entry holds a use already
@@ -760,6 +769,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 			answers = append(answers, keyed{g: g, im: im})
 		}
 	}
+	p.refIDs = refs[:0]
 	p.rechooseTouched()
 	// A group rechosen empty is gone: its chosen is empty, so it has no
 	// prober below.
