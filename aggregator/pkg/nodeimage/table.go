@@ -35,7 +35,7 @@ type Table struct {
 	// byResult are the folded reports kept lately, by the endpoint results
 	// they were folded with (one slice per prober's result, shared by every
 	// report it is folded into: its first element stands for it).
-	byResult map[*pb.EndpointResult][]sized
+	byResult map[*pb.EndpointResult]keptForResult
 }
 
 // kept is a shared report in the table, and its encoded size (computed
@@ -47,7 +47,7 @@ type kept struct {
 
 // NewTable returns an empty Table.
 func NewTable() *Table {
-	return &Table{seed: maphash.MakeSeed(), table: map[key]kept{}, byResult: map[*pb.EndpointResult][]sized{}}
+	return &Table{seed: maphash.MakeSeed(), table: map[key]kept{}, byResult: map[*pb.EndpointResult]keptForResult{}}
 }
 
 // Keep is im as the store keeps it: its containers taken out into
@@ -81,6 +81,14 @@ type sized struct {
 	size   int32
 }
 
+// keptForResult are the reports kept for one result: the first in the
+// table's map itself (most results have one: a look costs no more
+// memory reads than the map's), others, a digest or in-use apart, beside.
+type keptForResult struct {
+	first sized
+	more  []sized
+}
+
 // folded is of for a folded report, found first among those kept for the
 // same result. A prober's result is folded into every node that delegated
 // the key, one after the other, and a new result comes with every check:
@@ -94,7 +102,12 @@ func (t *Table) folded(im *pb.ImageReport) (*pb.ImageReport, int32) {
 		return t.of(im, false)
 	}
 	t.mu.Lock()
-	for _, c := range t.byResult[eps[0]] {
+	rk, ok := t.byResult[eps[0]]
+	if ok && sameFolded(rk.first.report, im) {
+		t.mu.Unlock()
+		return rk.first.report, rk.first.size
+	}
+	for _, c := range rk.more {
 		if sameFolded(c.report, im) {
 			t.mu.Unlock()
 			return c.report, c.size
@@ -107,8 +120,13 @@ func (t *Table) folded(im *pb.ImageReport) (*pb.ImageReport, int32) {
 	if len(t.byResult) >= maxByResult {
 		clear(t.byResult) // the results of checks before the last few thousand
 	}
-	if cs := t.byResult[eps[0]]; len(cs) < maxPerResult {
-		t.byResult[eps[0]] = append(cs, sized{r, size})
+	rk, ok = t.byResult[eps[0]]
+	switch {
+	case !ok:
+		t.byResult[eps[0]] = keptForResult{first: sized{r, size}}
+	case len(rk.more) < maxPerResult-1:
+		rk.more = append(rk.more, sized{r, size})
+		t.byResult[eps[0]] = rk
 	}
 	return r, size
 }
@@ -314,7 +332,7 @@ func equalRest(a, b *pb.ImageReport) bool {
 
 // of returns the canonical copy of im: an earlier report equal to it, or
 // im itself, remembered for the next.
-func (t *Table) of(im *pb.ImageReport, ownEndpoints bool) (*pb.ImageReport, int32) {
+func (t *Table) of(im *pb.ImageReport, own bool) (*pb.ImageReport, int32) {
 	k, ok := t.keyOf(im)
 	if !ok {
 		return im, int32(proto.Size(im))
@@ -329,7 +347,7 @@ func (t *Table) of(im *pb.ImageReport, ownEndpoints bool) (*pb.ImageReport, int3
 			return im, int32(proto.Size(im)) // a hash collision: keep the first, do not share
 		}
 	}
-	intern(im, ownEndpoints)
+	intern(im, own)
 	k, _ = t.keyOf(im) // the same key, holding the interned strings rather than the message's
 	size := int32(proto.Size(im))
 	t.table[k] = kept{report: weak.Make(im), size: size}
@@ -349,22 +367,25 @@ func (t *Table) of(im *pb.ImageReport, ownEndpoints bool) (*pb.ImageReport, int3
 // intern replaces the strings of a report kept as a new shared copy with
 // one canonical copy (package unique): the reports of different images,
 // and of one image with different answers, repeat registries, digests,
-// reasons and endpoint URLs. Only its own endpoints are changed (a folded
-// report's are its probers' result's, shared and never changed). The
-// key's strings are equal before and after, so the entry stays found.
-func intern(im *pb.ImageReport, ownEndpoints bool) {
+// reasons and endpoint URLs. A folded report's (not own) endpoints,
+// reason and shared_from are its probers' result's, shared by every
+// report folded from it and never changed: they are left as they are, so
+// that comparing the next fold with it finds them equal at once
+// (sameFolded). The key's strings are equal before and after, so the
+// entry stays found.
+func intern(im *pb.ImageReport, own bool) {
 	im.Image = u(im.Image)
 	im.ImageId = u(im.ImageId)
 	im.Digest = u(im.Digest)
-	im.Reason = u(im.Reason)
 	im.Registry = u(im.Registry)
 	im.RegistryDigest = u(im.RegistryDigest)
 	im.CredentialSource = u(im.CredentialSource)
-	im.SharedFrom = u(im.SharedFrom)
 	for i, d := range im.RepoDigests {
 		im.RepoDigests[i] = u(d)
 	}
-	if ownEndpoints {
+	if own {
+		im.Reason = u(im.Reason)
+		im.SharedFrom = u(im.SharedFrom)
 		for _, e := range im.Endpoints {
 			e.Url = u(e.Url)
 			e.Reason = u(e.Reason)

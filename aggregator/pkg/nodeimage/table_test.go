@@ -33,6 +33,30 @@ func TestTableSharesEqualReports(t *testing.T) {
 	}
 }
 
+// The reports folded from one result (one endpoints slice) on nodes with
+// different digests of the image are kept apart, each shared with the
+// nodes that have its digest.
+func TestTableKeepsAResultsFoldsApart(t *testing.T) {
+	tb := NewTable()
+	shared := folded(pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "").Endpoints
+	fold := func(digest string) *pb.ImageReport {
+		im := folded(pb.ImageStatus_IMAGE_STATUS_AVAILABLE, "")
+		im.Digest, im.Endpoints = digest, shared
+		return im
+	}
+	var kept []*pb.ImageReport
+	for _, d := range []string{"sha256:1", "sha256:2", "sha256:1", "sha256:3", "sha256:2", "sha256:3"} {
+		im := tb.Keep(fold(d)).ImageReport
+		if im.GetDigest() != d {
+			t.Fatalf("digest %s kept as %s", d, im.GetDigest())
+		}
+		kept = append(kept, im)
+	}
+	if kept[0] != kept[2] || kept[1] != kept[4] || kept[3] != kept[5] || kept[0] == kept[1] || kept[1] == kept[3] {
+		t.Errorf("folds of one result not shared by digest: %p", kept)
+	}
+}
+
 // own is a node's own check of the image: its endpoint's latency, the
 // check times and rate-limit answers are the node's.
 func own(pod string, latency time.Duration) *pb.ImageReport {
