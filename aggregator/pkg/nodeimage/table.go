@@ -144,25 +144,10 @@ func sameFolded(kept, im *pb.ImageReport) bool {
 		kept.GetRegistryDigest() != im.GetRegistryDigest() || kept.GetCredentialSource() != im.GetCredentialSource() ||
 		kept.GetSharedFrom() != im.GetSharedFrom() ||
 		!sameStamp(kept.GetCheckedAt(), im.GetCheckedAt()) || !sameStamp(kept.GetStatusSince(), im.GetStatusSince()) ||
-		!slices.Equal(kept.GetRepoDigests(), im.GetRepoDigests()) ||
 		string(kept.ProtoReflect().GetUnknown()) != string(im.ProtoReflect().GetUnknown()) {
 		return false
 	}
-	ea, eb := kept.GetEndpoints(), im.GetEndpoints()
-	if len(ea) != len(eb) {
-		return false
-	}
-	if len(ea) == 0 || &ea[0] == &eb[0] {
-		return true // one slice: folded from one result
-	}
-	for i := range ea {
-		va, ok1 := endpointOf(ea[i])
-		vb, ok2 := endpointOf(eb[i])
-		if !ok1 || !ok2 || va != vb {
-			return false
-		}
-	}
-	return true
+	return equalRest(kept, im)
 }
 
 // sameStamp reports whether a and b are one timestamp, as the key tells
@@ -307,8 +292,9 @@ func fieldsOf(im *pb.ImageReport) (key, bool) {
 	return k, true
 }
 
-// equalRest reports whether a and b, of equal keys, have the same
-// endpoints and repo digests (not merely the same hash of them).
+// equalRest reports whether a and b, of equal keys or fields, have the
+// same endpoints and repo digests (not merely the same hash of them); an
+// endpoint with fields this aggregator does not know is equal to none.
 func equalRest(a, b *pb.ImageReport) bool {
 	if !slices.Equal(a.GetRepoDigests(), b.GetRepoDigests()) {
 		return false
@@ -321,9 +307,9 @@ func equalRest(a, b *pb.ImageReport) bool {
 		return true // one slice: folded from one result
 	}
 	for i := range ea {
-		va, _ := endpointOf(ea[i])
-		vb, _ := endpointOf(eb[i])
-		if va != vb {
+		va, ok1 := endpointOf(ea[i])
+		vb, ok2 := endpointOf(eb[i])
+		if !ok1 || !ok2 || va != vb {
 			return false
 		}
 	}
