@@ -407,11 +407,7 @@ func (c candidate) withBad(bad bool) candidate {
 
 type result struct {
 	node string
-	// by is node's number when the result was made (numbers are reused
-	// once a node is gone: it tells most other nodes apart without
-	// comparing names).
-	by nodeID
-	im *pb.ImageReport
+	im   *pb.ImageReport
 	// endpoints is what every node the result is folded into shows: the
 	// prober's endpoint results without its ratelimit-remaining (that is
 	// its egress budget, not theirs). One slice shared by all of them
@@ -419,8 +415,8 @@ type result struct {
 	endpoints []*pb.EndpointResult
 }
 
-func newResult(id nodeID, node string, im *pb.ImageReport) result {
-	r := result{node: node, by: id, im: im, endpoints: im.GetEndpoints()}
+func newResult(node string, im *pb.ImageReport) result {
+	r := result{node: node, im: im, endpoints: im.GetEndpoints()}
 	cloned := false
 	for i, e := range im.GetEndpoints() {
 		if e.GetRatelimitRemaining() != "" {
@@ -758,7 +754,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 			}
 		}
 		if e.delegated() {
-			if g.has && (g.result.by != id || g.result.node != node) {
+			if g.has && g.result.node != node {
 				foldInto(im, g.result) // not applied yet: ours to change (the store shares it, nodeimage.Table)
 			}
 			continue
@@ -798,7 +794,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 		if !g.prober(id) {
 			continue // its own view, never the other members'
 		}
-		g.setAnswer(id, newResult(id, node, a.im))
+		g.setAnswer(id, newResult(node, a.im))
 		p.decide(g, id)
 	}
 	for _, h := range holdHosts {
