@@ -39,9 +39,9 @@ var roundDone = regexp.MustCompile(`(?m) level=INFO msg="round done" `)
 // TestAgentFootprint runs the real agent daemon (reporting to a real
 // aggregator, the only node, so it probes every image of its own) on a
 // real containerd with 200 images behind a TLS registry with token auth,
-// and counts, for each round after the warm-up rounds (warmupRounds): exactly one manifest HEAD
-// per image, answered 200 (the token cache warm: no HEAD is sent without
-// a valid token); no manifest GET (the images are single-platform
+// and counts, for each round after the warm-up rounds (warmupRounds):
+// exactly one manifest HEAD per image, answered 200 (the token cache
+// warm: no HEAD is sent without a valid token); no manifest GET (the images are single-platform
 // manifests, so the platform check has no index to read); at most one
 // /v2/ ping (cached 30 s per endpoint); no blob. Token requests over the
 // measured rounds are at most one per repository per token lifetime begun.

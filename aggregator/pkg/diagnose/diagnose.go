@@ -299,7 +299,6 @@ func (a *aggregation) scan(i int, n *Node) []NodeEndpoint {
 	clear(a.epIndex)
 	clear(a.regs)
 	eps := a.eps[:0]
-	defer func() { a.eps = eps[:0] }()
 	for _, im := range n.Images {
 		reg := a.regs[im.GetRegistry()]
 		for e, ep := range im.GetEndpoints() {
@@ -334,6 +333,7 @@ func (a *aggregation) scan(i int, n *Node) []NodeEndpoint {
 		}
 	}
 	slices.SortFunc(eps, func(x, y NodeEndpoint) int { return x.compare(y.EndpointKey) })
+	a.eps = eps[:0]
 	if len(eps) == 0 {
 		return nil
 	}

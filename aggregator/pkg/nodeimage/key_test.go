@@ -2,6 +2,7 @@ package nodeimage
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -174,14 +175,7 @@ func TestFoldedAgrees(t *testing.T) {
 		if b.GetSharedFrom() == "" {
 			continue // a node's own report: not folded
 		}
-		if len(a.Endpoints) == len(b.Endpoints) && func() bool {
-			for i := range a.Endpoints {
-				if !proto.Equal(a.Endpoints[i], b.Endpoints[i]) {
-					return false
-				}
-			}
-			return true
-		}() {
+		if slices.EqualFunc(a.Endpoints, b.Endpoints, func(x, y *pb.EndpointResult) bool { return proto.Equal(x, y) }) {
 			b.Endpoints = a.Endpoints
 		}
 		wa, wb := proto.CloneOf(a), proto.CloneOf(b)

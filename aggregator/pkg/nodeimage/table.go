@@ -133,7 +133,7 @@ func (t *Table) folded(im *pb.ImageReport) (*pb.ImageReport, int32) {
 
 // sameFolded reports whether the folded report im is kept as kept: equal
 // in every field the key covers. It compares the fields one by one rather
-// than building both keys (fieldsOf): what a fold puts in (the result's
+// than building both keys (keyOf): what a fold puts in (the result's
 // reason, check time, endpoints) is one value in both, found equal by its
 // pointer. TestFoldedAgrees holds it to the key.
 func sameFolded(kept, im *pb.ImageReport) bool {
@@ -252,9 +252,17 @@ func endpointOf(e *pb.EndpointResult) (endpoint, bool) {
 // message this aggregator does not know all of below the report itself
 // (rare enough not to be worth a key), or a nil endpoint.
 func (t *Table) keyOf(im *pb.ImageReport) (key, bool) {
-	k, ok := fieldsOf(im)
-	if !ok {
+	checkedAt, ok1 := stampOf(im.GetCheckedAt())
+	statusSince, ok2 := stampOf(im.GetStatusSince())
+	if !ok1 || !ok2 {
 		return key{}, false
+	}
+	k := key{image: im.GetImage(), imageID: im.GetImageId(), digest: im.GetDigest(), reason: im.GetReason(),
+		registry: im.GetRegistry(), registryDigest: im.GetRegistryDigest(), credentialSource: im.GetCredentialSource(),
+		sharedFrom: im.GetSharedFrom(), status: im.GetStatus(), inUse: im.GetInUse(), degraded: im.GetDegraded(),
+		drifted: im.GetDrifted(), delegated: im.GetDelegated(), checkedAt: checkedAt, statusSince: statusSince}
+	if u := im.ProtoReflect().GetUnknown(); len(u) > 0 {
+		k.unknown = string(u)
 	}
 	var h maphash.Hash
 	h.SetSeed(t.seed)
@@ -271,24 +279,6 @@ func (t *Table) keyOf(im *pb.ImageReport) (key, bool) {
 		h.WriteByte(0)
 	}
 	k.rest = h.Sum64()
-	return k, true
-}
-
-// fieldsOf is im's key but for rest; ok is false when a timestamp of the
-// report has fields this aggregator does not know.
-func fieldsOf(im *pb.ImageReport) (key, bool) {
-	checkedAt, ok1 := stampOf(im.GetCheckedAt())
-	statusSince, ok2 := stampOf(im.GetStatusSince())
-	if !ok1 || !ok2 {
-		return key{}, false
-	}
-	k := key{image: im.GetImage(), imageID: im.GetImageId(), digest: im.GetDigest(), reason: im.GetReason(),
-		registry: im.GetRegistry(), registryDigest: im.GetRegistryDigest(), credentialSource: im.GetCredentialSource(),
-		sharedFrom: im.GetSharedFrom(), status: im.GetStatus(), inUse: im.GetInUse(), degraded: im.GetDegraded(),
-		drifted: im.GetDrifted(), delegated: im.GetDelegated(), checkedAt: checkedAt, statusSince: statusSince}
-	if u := im.ProtoReflect().GetUnknown(); len(u) > 0 {
-		k.unknown = string(u)
-	}
 	return k, true
 }
 
