@@ -108,6 +108,7 @@ func NewGRPCServer(srv *Server, maxReportBytes int, opts ...grpc.ServerOption) *
 	base := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxReportBytes + wireSlack),
 		grpc.ForceServerCodecV2(newGatedCodec(srv.gate)),
+		grpc.StatsHandler(wireSizes{}),
 		// Agents keep one stream open for as long as they run. Pinging
 		// quiet connections notices a node that vanished without closing
 		// TCP, so its stream (and pullwatch_agents_connected) is released
@@ -214,7 +215,7 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 			if r.err != nil {
 				return s.recvError(ctx, st, r.err)
 			}
-			ack, verr := s.accept(ctx, st, r.msg)
+			ack, verr := s.accept(ctx, st, r.msg, r.size)
 			if r.counted {
 				s.gate.leave() // applied (or refused): the next message may be decoded
 			}
@@ -242,7 +243,9 @@ func (s *Server) Report(rs pullwatchv1.ReportService_ReportServer) (err error) {
 
 type received struct {
 	msg *pullwatchv1.AgentMessage
-	err error
+	// size is msg's encoded size as received (-1: not known).
+	size int
+	err  error
 	// counted: msg holds a slot of the server's gate, which Report frees
 	// once it applied msg.
 	counted bool
@@ -268,7 +271,7 @@ func (s *Server) receive(rs pullwatchv1.ReportService_ReportServer, done <-chan 
 		}()
 		for {
 			msg, err := rs.Recv()
-			r := received{msg: msg, err: err, counted: err == nil && s.gate != nil}
+			r := received{msg: msg, size: receivedSize(rs.Context()), err: err, counted: err == nil && s.gate != nil}
 			if r.counted {
 				if wait == nil {
 					wait = time.NewTimer(handoverWait)
@@ -313,10 +316,13 @@ func (s *Server) recvError(ctx context.Context, st *stream, err error) error {
 	return fmt.Errorf("receive: %w", err)
 }
 
-// accept checks one message against the stream, applies it and returns
-// its Ack.
-func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentMessage) (*pullwatchv1.Ack, *Error) {
-	if size := proto.Size(msg); s.maxReportBytes > 0 && size > s.maxReportBytes {
+// accept checks one message, of size bytes as received (-1: not known),
+// against the stream, applies it and returns its Ack.
+func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentMessage, size int) (*pullwatchv1.Ack, *Error) {
+	if size < 0 {
+		size = proto.Size(msg)
+	}
+	if s.maxReportBytes > 0 && size > s.maxReportBytes {
 		return nil, fail(ReasonTooLarge, "message", "%d bytes, larger than max %d (the aggregator's --max-report-bytes)", size, s.maxReportBytes)
 	}
 	refused, err := Screen(msg)
