@@ -192,3 +192,32 @@ func TestFoldedAgrees(t *testing.T) {
 		}
 	}
 }
+
+// TestOwnKeyIsItsNodelessCopys holds the key of a node's own report
+// looked at as its nodeless copy (keyOf and equalRest with own, which Keep
+// uses to find a kept copy without making one) to the key of the copy
+// itself: for each variant of one field, Keep shares two own reports
+// exactly when the table shares their nodeless copies.
+func TestOwnKeyIsItsNodelessCopys(t *testing.T) {
+	base := &pb.ImageReport{}
+	fill(base.ProtoReflect())
+	base.SharedFrom = ""
+	vs := variants(base.ProtoReflect().Descriptor())
+	vs = append(vs, variant{"nothing", func(protoreflect.Message) {}})
+	for _, v := range vs {
+		a, b := proto.CloneOf(base), proto.CloneOf(base)
+		v.apply(b.ProtoReflect())
+		if b.GetSharedFrom() != "" {
+			continue // folded: TestFoldedAgrees
+		}
+		tb := NewTable()
+		got := tb.Keep(proto.CloneOf(a)).ImageReport == tb.Keep(proto.CloneOf(b)).ImageReport
+
+		tb = NewTable()
+		ra, _ := tb.of(nodeless(a), false)
+		rb, _ := tb.of(nodeless(b), false)
+		if want := ra == rb; got != want {
+			t.Errorf("%s: shared as own reports %v, as their nodeless copies %v", v.path, got, want)
+		}
+	}
+}

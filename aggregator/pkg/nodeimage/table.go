@@ -67,7 +67,7 @@ func (t *Table) Keep(im *pb.ImageReport) Image {
 		r, size := t.folded(im)
 		return Image{ImageReport: r, Containers: cs, reportSize: size}
 	}
-	r, size := t.of(nodeless(im), true)
+	r, size := t.of(im, true)
 	return Image{ImageReport: r, Containers: cs, Latencies: latencies(im.GetEndpoints()), reportSize: size}
 }
 
@@ -147,7 +147,7 @@ func sameFolded(kept, im *pb.ImageReport) bool {
 		string(kept.ProtoReflect().GetUnknown()) != string(im.ProtoReflect().GetUnknown()) {
 		return false
 	}
-	return equalRest(kept, im)
+	return equalRest(kept, im, false)
 }
 
 // sameStamp reports whether a and b are one timestamp, as the key tells
@@ -162,8 +162,10 @@ func sameStamp(a, b *timestamppb.Timestamp) bool {
 }
 
 // nodeless is a copy of a node's own report without what is the node's
-// alone (see Keep). im is not changed: the probe planner may hold it as a
-// prober's answer.
+// alone (see Keep): the shared copy of it, made only when no equal one is
+// kept (keyOf and equalRest look at a report as its nodeless copy would
+// be, without making it). im is not changed: the probe planner may hold
+// it as a prober's answer.
 func nodeless(im *pb.ImageReport) *pb.ImageReport {
 	out := proto.CloneOf(im)
 	out.CheckedAt = nil
@@ -236,23 +238,33 @@ type endpoint struct {
 	latency, checkedAt, retryAfter  stamp
 }
 
-// endpointOf is e by value; ok is false when e (or a timestamp in it) has
-// fields this aggregator does not know.
-func endpointOf(e *pb.EndpointResult) (endpoint, bool) {
-	latency, ok1 := spanOf(e.GetLatency())
-	checkedAt, ok2 := stampOf(e.GetCheckedAt())
-	retryAfter, ok3 := spanOf(e.GetRetryAfter())
-	return endpoint{url: e.GetUrl(), reason: e.GetReason(), ratelimitRemaining: e.GetRatelimitRemaining(),
-			role: e.GetRole(), status: e.GetStatus(), httpStatus: e.GetHttpStatus(), skipped: e.GetSkipped(),
-			latency: latency, checkedAt: checkedAt, retryAfter: retryAfter},
-		ok1 && ok2 && ok3 && e != nil && len(e.ProtoReflect().GetUnknown()) == 0
+// endpointOf is e by value, or, own, as in a nodeless copy of its report
+// (without its latency, check time and rate-limit answers); ok is false
+// when e (or a timestamp in it) has fields this aggregator does not know.
+func endpointOf(e *pb.EndpointResult, own bool) (endpoint, bool) {
+	v := endpoint{url: e.GetUrl(), reason: e.GetReason(), role: e.GetRole(), status: e.GetStatus(),
+		httpStatus: e.GetHttpStatus(), skipped: e.GetSkipped()}
+	ok := e != nil && len(e.ProtoReflect().GetUnknown()) == 0
+	if own {
+		return v, ok
+	}
+	var ok1, ok2, ok3 bool
+	v.latency, ok1 = spanOf(e.GetLatency())
+	v.checkedAt, ok2 = stampOf(e.GetCheckedAt())
+	v.retryAfter, ok3 = spanOf(e.GetRetryAfter())
+	v.ratelimitRemaining = e.GetRatelimitRemaining()
+	return v, ok && ok1 && ok2 && ok3
 }
 
-// keyOf is im's key; ok is false when im cannot be shared: it has a
-// message this aggregator does not know all of below the report itself
-// (rare enough not to be worth a key), or a nil endpoint.
-func (t *Table) keyOf(im *pb.ImageReport) (key, bool) {
+// keyOf is im's key, or, own, its nodeless copy's (nodeless); ok is false
+// when im cannot be shared: it has a message this aggregator does not know
+// all of below the report itself (rare enough not to be worth a key), or a
+// nil endpoint.
+func (t *Table) keyOf(im *pb.ImageReport, own bool) (key, bool) {
 	checkedAt, ok1 := stampOf(im.GetCheckedAt())
+	if own {
+		checkedAt, ok1 = stamp{}, true
+	}
 	statusSince, ok2 := stampOf(im.GetStatusSince())
 	if !ok1 || !ok2 {
 		return key{}, false
@@ -267,7 +279,7 @@ func (t *Table) keyOf(im *pb.ImageReport) (key, bool) {
 	var h maphash.Hash
 	h.SetSeed(t.seed)
 	for _, e := range im.GetEndpoints() {
-		v, ok := endpointOf(e)
+		v, ok := endpointOf(e, own)
 		if !ok {
 			return key{}, false
 		}
@@ -283,9 +295,11 @@ func (t *Table) keyOf(im *pb.ImageReport) (key, bool) {
 }
 
 // equalRest reports whether a and b, of equal keys or fields, have the
-// same endpoints and repo digests (not merely the same hash of them); an
-// endpoint with fields this aggregator does not know is equal to none.
-func equalRest(a, b *pb.ImageReport) bool {
+// same endpoints and repo digests (not merely the same hash of them), or,
+// own, whether their nodeless copies have (a kept copy of an own report is
+// one already); an endpoint with fields this aggregator does not know is
+// equal to none.
+func equalRest(a, b *pb.ImageReport, own bool) bool {
 	if !slices.Equal(a.GetRepoDigests(), b.GetRepoDigests()) {
 		return false
 	}
@@ -297,8 +311,8 @@ func equalRest(a, b *pb.ImageReport) bool {
 		return true // one slice: folded from one result
 	}
 	for i := range ea {
-		va, ok1 := endpointOf(ea[i])
-		vb, ok2 := endpointOf(eb[i])
+		va, ok1 := endpointOf(ea[i], own)
+		vb, ok2 := endpointOf(eb[i], own)
 		if !ok1 || !ok2 || va != vb {
 			return false
 		}
@@ -306,25 +320,32 @@ func equalRest(a, b *pb.ImageReport) bool {
 	return true
 }
 
-// of returns the canonical copy of im: an earlier report equal to it, or
-// im itself, remembered for the next.
+// of returns the canonical copy of im, or, own, of its nodeless copy: an
+// earlier report equal to it, or im itself (its nodeless copy), remembered
+// for the next. The nodeless copy is made only then: every node's own check
+// of an image is the same report as the first node's but for what nodeless
+// drops, and cloning each to find it kept was a fourth of an aggregator
+// restart's apply at 15,000 nodes (docs/benchmarks.md, issue 21).
 func (t *Table) of(im *pb.ImageReport, own bool) (*pb.ImageReport, int32) {
-	k, ok := t.keyOf(im)
+	k, ok := t.keyOf(im, own)
 	if !ok {
-		return im, int32(proto.Size(im))
+		return unshared(im, own)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if e, ok := t.table[k]; ok {
 		if v := e.report.Value(); v != nil {
-			if equalRest(v, im) {
+			if equalRest(v, im, own) {
 				return v, e.size
 			}
-			return im, int32(proto.Size(im)) // a hash collision: keep the first, do not share
+			return unshared(im, own) // a hash collision: keep the first, do not share
 		}
 	}
+	if own {
+		im = nodeless(im)
+	}
 	intern(im, own)
-	k, _ = t.keyOf(im) // the same key, holding the interned strings rather than the message's
+	k, _ = t.keyOf(im, own) // the same key, holding the interned strings rather than the message's
 	size := int32(proto.Size(im))
 	t.table[k] = kept{report: weak.Make(im), size: size}
 	if t.added++; t.added > len(t.table) {
@@ -367,6 +388,15 @@ func intern(im *pb.ImageReport, own bool) {
 			e.Reason = u(e.Reason)
 		}
 	}
+}
+
+// unshared is im as kept when it is not shared: im itself, or, own, its
+// nodeless copy.
+func unshared(im *pb.ImageReport, own bool) (*pb.ImageReport, int32) {
+	if own {
+		im = nodeless(im)
+	}
+	return im, int32(proto.Size(im))
 }
 
 func u(s string) string {
