@@ -355,7 +355,7 @@ func (s *Server) accept(ctx context.Context, st *stream, msg *pullwatchv1.AgentM
 		if err := s.admitVersion(body.Snapshot.GetNode().GetAgentVersion()); err != nil {
 			return nil, err
 		}
-		if err := s.bounds.PerNode.Check(name, body.Snapshot.GetImages()); err != nil {
+		if err := s.bounds.PerNode.CheckEncoded(name, body.Snapshot.GetImages(), size); err != nil {
 			return nil, limitError("snapshot.images", err)
 		}
 		if s.sharder != nil {

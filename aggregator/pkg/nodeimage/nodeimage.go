@@ -193,6 +193,12 @@ func HeldSizeOf(im *pb.ImageReport) int {
 	if im == nil {
 		return 0
 	}
-	return proto.Size(im) + heldPerContainer*len(im.GetContainers()) + (heldPerMessage+heldPerLatency)*len(im.GetEndpoints()) +
+	return proto.Size(im) + HeldBeyondEncoding(im)
+}
+
+// HeldBeyondEncoding is HeldSizeOf(im) less im's encoded size: what its
+// repeated elements hold in memory beyond their encoding.
+func HeldBeyondEncoding(im *pb.ImageReport) int {
+	return heldPerContainer*len(im.GetContainers()) + (heldPerMessage+heldPerLatency)*len(im.GetEndpoints()) +
 		heldPerString*len(im.GetRepoDigests())
 }

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 	"go.uber.org/goleak"
 )
@@ -136,6 +137,37 @@ func TestByteBudgetCountsWhatIsHeld(t *testing.T) {
 	var le *LimitError
 	if err := (Limits{Bytes: 4 << 20}).Check("node-a", images); !errors.As(err, &le) || le.What != LimitBytes {
 		t.Fatalf("Check of %d bytes on the wire that hold ~160 MB: %v, want a bytes LimitError", wire, err)
+	}
+	if err := (Limits{Bytes: 4 << 20}).CheckEncoded("node-a", images, wire); !errors.As(err, &le) || le.What != LimitBytes {
+		t.Fatalf("CheckEncoded of %d bytes on the wire that hold ~160 MB: %v, want a bytes LimitError", wire, err)
+	}
+}
+
+// CheckEncoded skips measuring each report only while the message's size
+// bounds them: its verdict is Check's on either side of the budget, and
+// with the size not known.
+func TestCheckEncodedIsCheck(t *testing.T) {
+	var images []*pullwatchv1.ImageReport
+	wire := 0
+	for i := range 100 {
+		im := image(fmt.Sprintf("registry.example/app:%d", i), available)
+		im.Containers = []*pullwatchv1.ContainerRef{{Namespace: "ns", Pod: fmt.Sprintf("pod-%d", i)}}
+		wire += proto.Size(im) + 3 // the tag and length of each in its message
+		images = append(images, im)
+	}
+	held := 0
+	for _, im := range images {
+		held += nodeimage.HeldSizeOf(im)
+	}
+	for _, budget := range []int{held - 1, held, held + 1, wire, 4 << 20} {
+		lim := Limits{Bytes: budget}
+		want := lim.Check("node-a", images)
+		for _, encoded := range []int{-1, wire} {
+			got := lim.CheckEncoded("node-a", images, encoded)
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("budget %d, message of %d bytes: CheckEncoded %v, Check %v", budget, encoded, got, want)
+			}
+		}
 	}
 }
 

@@ -36,6 +36,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -68,6 +69,7 @@ type config struct {
 	settle     time.Duration
 	heapFile   string
 	cpuFile    string
+	ownCPUFile string
 }
 
 func main() {
@@ -85,6 +87,7 @@ func main() {
 	flag.DurationVar(&c.settle, "settle", 5*time.Second, "wait after connecting before measuring rounds")
 	flag.StringVar(&c.heapFile, "heap-profile", "", "write the aggregator's heap profile (after a GC) to this `file` once the rounds are ingested (go tool pprof)")
 	flag.StringVar(&c.cpuFile, "cpu-profile", "", "write the aggregator's CPU profile of the first full round (10 s from its start) to this `file`")
+	flag.StringVar(&c.ownCPUFile, "own-cpu-profile", "", "write pwload's own CPU profile of the first full round (its senders, the load generator's share of the machine) to this `file`")
 	flag.Parse()
 	// GOMEMLIMIT is for the aggregator (the child inherits the
 	// environment); pwload holds every phase's encoded messages at once.
@@ -202,9 +205,20 @@ func run(ctx context.Context, c config) error {
 			profiled = make(chan error, 1)
 			go func() { profiled <- saveProfile(base+"/debug/pprof/profile?seconds=10", c.cpuFile) }()
 		}
+		if r == 0 && c.ownCPUFile != "" {
+			stop, err := profileSelf(c.ownCPUFile)
+			if err != nil {
+				return err
+			}
+			defer stop()
+		}
 		start, cpu0, own0 := time.Now(), cpu(pid), cpu(os.Getpid())
 		if err := parallel(agents, (*agent).send); err != nil {
 			return err
+		}
+		if r == 0 && c.ownCPUFile != "" {
+			pprof.StopCPUProfile()
+			fmt.Printf("pwload's own CPU profile of the first round: %s\n", c.ownCPUFile)
 		}
 		kind := "updates (1% of images changed per node)"
 		if snapshot {
@@ -533,6 +547,19 @@ func (w *world) requests(agents []*agent) (naive, sharded, pings, delegated, ass
 }
 
 // saveProfile writes one of the aggregator's profiles (--pprof) to file.
+// profileSelf starts pwload's own CPU profile into file; stop closes it.
+func profileSelf(file string) (stop func(), err error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("own CPU profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
+}
+
 func saveProfile(url, file string) error {
 	resp, err := http.Get(url)
 	if err != nil {
