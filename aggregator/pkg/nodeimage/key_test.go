@@ -164,14 +164,8 @@ func changed(fd protoreflect.FieldDescriptor, v protoreflect.Value) protoreflect
 // changes the endpoints), the report kept for the first is kept for the
 // second exactly when the table, looked up without them, shares the two.
 func TestFoldedAgrees(t *testing.T) {
-	base := &pb.ImageReport{}
-	fill(base.ProtoReflect())
-	base.SharedFrom = "prober"
-	vs := variants(base.ProtoReflect().Descriptor())
-	vs = append(vs, variant{"nothing", func(protoreflect.Message) {}})
-	for _, v := range vs {
-		a, b := proto.CloneOf(base), proto.CloneOf(base)
-		v.apply(b.ProtoReflect())
+	for _, pair := range variantPairs("prober") {
+		a, b := pair.a, pair.b
 		if b.GetSharedFrom() == "" {
 			continue // a node's own report: not folded
 		}
@@ -188,7 +182,7 @@ func TestFoldedAgrees(t *testing.T) {
 		clear(tb.byResult)
 		want := tb.Keep(wb).ImageReport == ka.ImageReport
 		if got != want {
-			t.Errorf("%s: kept by result %v, by the table %v", v.path, got, want)
+			t.Errorf("%s: kept by result %v, by the table %v", pair.path, got, want)
 		}
 	}
 }
@@ -199,14 +193,8 @@ func TestFoldedAgrees(t *testing.T) {
 // itself: for each variant of one field, Keep shares two own reports
 // exactly when the table shares their nodeless copies.
 func TestOwnKeyIsItsNodelessCopys(t *testing.T) {
-	base := &pb.ImageReport{}
-	fill(base.ProtoReflect())
-	base.SharedFrom = ""
-	vs := variants(base.ProtoReflect().Descriptor())
-	vs = append(vs, variant{"nothing", func(protoreflect.Message) {}})
-	for _, v := range vs {
-		a, b := proto.CloneOf(base), proto.CloneOf(base)
-		v.apply(b.ProtoReflect())
+	for _, pair := range variantPairs("") {
+		a, b := pair.a, pair.b
 		if b.GetSharedFrom() != "" {
 			continue // folded: TestFoldedAgrees
 		}
@@ -217,7 +205,31 @@ func TestOwnKeyIsItsNodelessCopys(t *testing.T) {
 		ra, _ := tb.of(nodeless(a), false)
 		rb, _ := tb.of(nodeless(b), false)
 		if want := ra == rb; got != want {
-			t.Errorf("%s: shared as own reports %v, as their nodeless copies %v", v.path, got, want)
+			t.Errorf("%s: shared as own reports %v, as their nodeless copies %v", pair.path, got, want)
 		}
 	}
+}
+
+// variantPair is a filled report (a) and a copy of it with one field
+// changed by the variant at path (b).
+type variantPair struct {
+	path string
+	a, b *pb.ImageReport
+}
+
+// variantPairs are the pairs of every variant of a filled report whose
+// shared_from is sharedFrom, and of none ("nothing": b equal to a).
+func variantPairs(sharedFrom string) []variantPair {
+	base := &pb.ImageReport{}
+	fill(base.ProtoReflect())
+	base.SharedFrom = sharedFrom
+	vs := variants(base.ProtoReflect().Descriptor())
+	vs = append(vs, variant{"nothing", func(protoreflect.Message) {}})
+	out := make([]variantPair, len(vs))
+	for i, v := range vs {
+		a, b := proto.CloneOf(base), proto.CloneOf(base)
+		v.apply(b.ProtoReflect())
+		out[i] = variantPair{v.path, a, b}
+	}
+	return out
 }
