@@ -136,8 +136,7 @@ func (e entry) delegated() bool { return e&entryDelegated != 0 }
 func (e entry) bad() bool       { return e&entryBad != 0 }
 
 type member struct {
-	name string
-	// handle is name's unique handle (result.node).
+	// handle is the node's name, as a unique handle (result.node).
 	handle unique.Handle[string]
 	zone   string
 	zoneID zone
@@ -159,6 +158,9 @@ type member struct {
 	// still valid until the nodes are told.
 	gone bool
 }
+
+// name is the node's name.
+func (m *member) name() string { return m.handle.Value() }
 
 type hostCount struct {
 	h hostID
@@ -199,7 +201,7 @@ func (p *Planner) member(node string) (nodeID, *member) {
 		return id, *p.nodes.at(id)
 	}
 	id := p.nodes.acquire(node)
-	m := &member{name: p.nodes.name(id), handle: unique.Make(p.nodes.name(id)), images: map[refID]entry{}}
+	m := &member{handle: unique.Make(p.nodes.name(id)), images: map[refID]entry{}}
 	*p.nodes.at(id) = m
 	return id, m
 }
@@ -642,7 +644,7 @@ func (p *Planner) Ingest(node string, info *pb.Node, snapshot bool, images []*pb
 	// Ingest without Watch (a test, or a stream that has not started
 	// watching): the node is a member until Forget.
 	id, m := p.member(node)
-	node = m.name
+	node = m.name()
 	p.begin()
 	p.affect(id)
 	if info != nil {
@@ -1085,7 +1087,7 @@ func (p *Planner) share(g *group) {
 		if m.handle == r.node || !m.images[rid].delegated() {
 			continue
 		}
-		p.opts.Sink.ReplaceImage(m.name, ref, func(old *pb.ImageReport) *pb.ImageReport {
+		p.opts.Sink.ReplaceImage(m.name(), ref, func(old *pb.ImageReport) *pb.ImageReport {
 			if !old.GetDelegated() || !g.key.matches(old) {
 				return nil
 			}
@@ -1295,12 +1297,12 @@ func (p *Planner) Stats() Stats {
 	}
 	p.nodes.each(func(_ nodeID, m *member) {
 		if m.holds > 0 {
-			s.HoldsByNode[m.name] = m.holds
+			s.HoldsByNode[m.name()] = m.holds
 		}
 		for h, v := range m.ratelimit {
 			num, _, _ := strings.Cut(v, ";")
 			if f, err := strconv.ParseFloat(strings.TrimSpace(num), 64); err == nil {
-				s.RateLimitRemaining[[2]string{m.name, p.hosts.name(h)}] = f
+				s.RateLimitRemaining[[2]string{m.name(), p.hosts.name(h)}] = f
 			}
 		}
 	})

@@ -205,19 +205,19 @@ func run(ctx context.Context, c config) error {
 			profiled = make(chan error, 1)
 			go func() { profiled <- saveProfile(base+"/debug/pprof/profile?seconds=10", c.cpuFile) }()
 		}
+		var stopOwn func()
 		if r == 0 && c.ownCPUFile != "" {
-			stop, err := profileSelf(c.ownCPUFile)
-			if err != nil {
+			if stopOwn, err = profileSelf(c.ownCPUFile); err != nil {
 				return err
 			}
-			defer stop()
+			defer stopOwn()
 		}
 		start, cpu0, own0 := time.Now(), cpu(pid), cpu(os.Getpid())
 		if err := parallel(agents, (*agent).send); err != nil {
 			return err
 		}
-		if r == 0 && c.ownCPUFile != "" {
-			pprof.StopCPUProfile()
+		if stopOwn != nil {
+			stopOwn()
 			fmt.Printf("pwload's own CPU profile of the first round: %s\n", c.ownCPUFile)
 		}
 		kind := "updates (1% of images changed per node)"
@@ -546,8 +546,8 @@ func (w *world) requests(agents []*agent) (naive, sharded, pings, delegated, ass
 	return
 }
 
-// saveProfile writes one of the aggregator's profiles (--pprof) to file.
-// profileSelf starts pwload's own CPU profile into file; stop closes it.
+// profileSelf starts pwload's own CPU profile into file; stop ends it and
+// closes the file (once, however often it is called).
 func profileSelf(file string) (stop func(), err error) {
 	f, err := os.Create(file)
 	if err != nil {
@@ -557,9 +557,10 @@ func profileSelf(file string) (stop func(), err error) {
 		_ = f.Close()
 		return nil, fmt.Errorf("own CPU profile: %w", err)
 	}
-	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
+	return sync.OnceFunc(func() { pprof.StopCPUProfile(); _ = f.Close() }), nil
 }
 
+// saveProfile writes one of the aggregator's profiles (--pprof) to file.
 func saveProfile(url, file string) error {
 	resp, err := http.Get(url)
 	if err != nil {
