@@ -251,7 +251,10 @@ type nodeRegistry struct {
 }
 
 // Diagnose computes the findings for nodes. It does not modify them.
-func Diagnose(nodes []Node) *Report {
+func Diagnose(nodes []Node) *Report { return diagnose(nodes, maxViews) }
+
+// diagnose is Diagnose with at most maxViews reports' views kept.
+func diagnose(nodes []Node, maxViews int) *Report {
 	r := &Report{Nodes: nodes, NodeEndpoints: make([][]NodeEndpoint, len(nodes))}
 	for i := range nodes {
 		if nodes[i].Live() {
@@ -262,14 +265,13 @@ func Diagnose(nodes []Node) *Report {
 		endpoints:  map[EndpointKey]*endpointAgg{},
 		images:     map[string]*imageAgg{},
 		registries: map[string]*registryAgg{},
-		epIndex:    map[EndpointKey]int{},
-		regs:       map[string]nodeRegistry{},
+		views:      map[*pullwatchv1.ImageReport]*reportView{},
+		regIDs:     map[string]int32{},
+		epIDs:      map[EndpointKey]int32{},
+		maxViews:   maxViews,
 	}
 	for i := range nodes {
 		r.NodeEndpoints[i] = a.scan(i, &nodes[i])
-		if nodes[i].Live() {
-			a.addLive(i, &nodes[i], r.NodeEndpoints[i])
-		}
 	}
 	r.Endpoints = a.endpointFindings(nodes, r.Live)
 	r.Images = a.imageFindings(nodes, r.Live)
@@ -282,77 +284,222 @@ type aggregation struct {
 	endpoints  map[EndpointKey]*endpointAgg
 	images     map[string]*imageAgg
 	registries map[string]*registryAgg
-	// The node being scanned: its endpoints' indexes and its view of
-	// each registry. Reused per node.
-	epIndex map[EndpointKey]int
-	regs    map[string]nodeRegistry
+	// views are the reports scanned so far, read once each: the store
+	// keeps one copy of equal reports (nodeimage.Table), so at 15,000
+	// nodes × 100 images a few thousand reports stand for 1.5 million
+	// images, and a look by pointer replaces, for each image, looks by
+	// registry, endpoint and reference in maps keyed by strings (hashing
+	// and comparing those strings was most of a diagnosis).
+	views    map[*pullwatchv1.ImageReport]*reportView
+	maxViews int
+	// Registries and endpoints are numbered as views meet them; the
+	// slices are indexed by those numbers.
+	regIDs   map[string]int32
+	regNames []string
+	regAggs  []*registryAgg
+	epIDs    map[EndpointKey]int32
+	epKeys   []EndpointKey
+	epAggs   []*endpointAgg
+	// The node being scanned: its view of each registry and its
+	// endpoints' indexes in eps, valid where the slot's gen is the
+	// node's (gen counts the nodes scanned, so nothing is cleared
+	// between nodes), and the registries it touched.
+	gen     uint32
+	regSeen []regSlot
+	epSeen  []epSlot
+	touched []int32
 	// eps is scan's scratch: a node's endpoints are gathered here and
 	// copied out once, at their size (grown by append for each of 15,000
-	// nodes, they were a tenth of what the aggregator allocates).
-	eps []NodeEndpoint
+	// nodes, they were a tenth of what the aggregator allocates); epOf
+	// numbers them.
+	eps     []NodeEndpoint
+	epOf    []int32
+	failing []failingImage
+	scratch reportView
 }
 
-// scan returns what node i saw of each endpoint, ordered by key, and
-// records its view of each registry in a.regs; a live node's images go
-// into the image findings.
+// failingImage is an image of the node being scanned that is not
+// available: its registry's number and its image's aggregate.
+type failingImage struct {
+	reg int32
+	agg *imageAgg
+}
+
+type regSlot struct {
+	gen uint32
+	nodeRegistry
+}
+
+type epSlot struct {
+	gen uint32
+	j   int32
+}
+
+// reportView is what scan reads of one report, the same on every node
+// that holds it.
+type reportView struct {
+	reg int32 // a registry's number
+	eps []endpointView
+	// The report's status and whether a container uses the image: what
+	// scan reads of every image (the report itself is a cache miss or
+	// more away).
+	status pullwatchv1.ImageStatus
+	inUse  bool
+	// agg is the image's aggregate, once a live node had the report.
+	agg *imageAgg
+}
+
+// endpointView is one endpoint of a report.
+type endpointView struct {
+	ep                 int32 // an endpoint's number; -1 when the runtime skipped it
+	answered, upstream bool
+	// reason is what a node that never reached the endpoint says of it.
+	reason string
+	// latency is the report's own (hasLatency false: none): a node's
+	// image with latencies of its own (nodeimage.Image.Latencies) has
+	// them instead.
+	latency    time.Duration
+	hasLatency bool
+}
+
+// maxViews bounds aggregation.views: reports nobody shares (a newer
+// agent's, with fields the store cannot key) would otherwise each get a
+// view, 1.5 million at 15,000 nodes. Past it, a report's view is made in
+// a scratch one, valid until the next.
+const maxViews = 1 << 16
+
+// view is im's reportView, made the first time im is met.
+func (a *aggregation) view(im *pullwatchv1.ImageReport) *reportView {
+	if v, ok := a.views[im]; ok {
+		return v
+	}
+	v := &a.scratch
+	if len(a.views) < a.maxViews {
+		v = &reportView{}
+		a.views[im] = v
+	}
+	*v = reportView{reg: a.registry(im.GetRegistry()), status: im.GetStatus(), inUse: im.GetInUse(),
+		eps: slices.Grow(v.eps[:0], len(im.GetEndpoints()))}
+	for e, ep := range im.GetEndpoints() {
+		ev := endpointView{ep: -1}
+		if !ep.GetSkipped() {
+			ev = endpointView{
+				ep:       a.endpoint(EndpointKey{Registry: im.GetRegistry(), URL: ep.GetUrl(), Role: ep.GetRole().Word()}),
+				answered: ep.Answered(),
+				upstream: ep.GetRole() == pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM,
+				reason:   cmp.Or(ep.GetReason(), ep.GetStatus().Word()),
+			}
+			ev.latency, ev.hasLatency = nodeimage.Image{ImageReport: im}.EndpointLatency(e)
+		}
+		v.eps = append(v.eps, ev)
+	}
+	return v
+}
+
+// registry is the number of the registry named.
+func (a *aggregation) registry(name string) int32 {
+	id, ok := a.regIDs[name]
+	if !ok {
+		id = int32(len(a.regNames))
+		a.regIDs[name] = id
+		a.regNames = append(a.regNames, name)
+		a.regAggs = append(a.regAggs, nil)
+		a.regSeen = append(a.regSeen, regSlot{})
+	}
+	return id
+}
+
+// endpoint is the number of the endpoint k.
+func (a *aggregation) endpoint(k EndpointKey) int32 {
+	id, ok := a.epIDs[k]
+	if !ok {
+		id = int32(len(a.epKeys))
+		a.epIDs[k] = id
+		a.epKeys = append(a.epKeys, k)
+		a.epAggs = append(a.epAggs, nil)
+		a.epSeen = append(a.epSeen, epSlot{})
+	}
+	return id
+}
+
+// scan returns what node i saw of each endpoint, ordered by key; a live
+// node is counted in the endpoint, registry and image aggregates.
 func (a *aggregation) scan(i int, n *Node) []NodeEndpoint {
-	clear(a.epIndex)
-	clear(a.regs)
-	eps := a.eps[:0]
+	a.gen++
+	live := n.Live()
+	touched, eps, epOf, failing := a.touched[:0], a.eps[:0], a.epOf[:0], a.failing[:0]
 	for _, im := range n.Images {
-		reg := a.regs[im.GetRegistry()]
-		for e, ep := range im.GetEndpoints() {
-			if ep.GetSkipped() {
+		v := a.view(im.ImageReport)
+		reg := &a.regSeen[v.reg]
+		if reg.gen != a.gen {
+			*reg = regSlot{gen: a.gen}
+			touched = append(touched, v.reg)
+		}
+		for e, ev := range v.eps {
+			if ev.ep < 0 {
 				continue
 			}
-			key := EndpointKey{Registry: im.GetRegistry(), URL: ep.GetUrl(), Role: ep.GetRole().Word()}
-			j, ok := a.epIndex[key]
-			if !ok {
-				j = len(eps)
-				a.epIndex[key] = j
-				eps = append(eps, NodeEndpoint{EndpointKey: key})
+			slot := &a.epSeen[ev.ep]
+			if slot.gen != a.gen {
+				*slot = epSlot{gen: a.gen, j: int32(len(eps))}
+				eps = append(eps, NodeEndpoint{EndpointKey: a.epKeys[ev.ep]})
+				epOf = append(epOf, ev.ep)
 			}
-			ne := &eps[j]
-			if ep.Answered() {
+			ne := &eps[slot.j]
+			if ev.answered {
 				ne.Up = true
 				reg.answered = true
-				if ep.GetRole() == pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM {
+				if ev.upstream {
 					reg.upstreamAnswered = true
 				}
 			} else if ne.Reason == "" {
-				ne.Reason = cmp.Or(ep.GetReason(), ep.GetStatus().Word())
+				ne.Reason = ev.reason
 			}
-			if l, ok := im.EndpointLatency(e); ok {
+			l, ok := ev.latency, ev.hasLatency
+			if im.Latencies != nil {
+				l, ok = im.EndpointLatency(e)
+			}
+			if ok {
 				ne.MaxLatency = max(ne.MaxLatency, l.Seconds())
 				ne.HasLatency = true
 			}
 		}
-		a.regs[im.GetRegistry()] = reg
-		if n.Live() {
-			addImage(a.images, i, n, im)
+		if live {
+			a.addImage(v, i, n, im)
+			if v.status != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
+				failing = append(failing, failingImage{v.reg, v.agg})
+			}
 		}
 	}
-	slices.SortFunc(eps, func(x, y NodeEndpoint) int { return x.compare(y.EndpointKey) })
-	a.eps = eps[:0]
+	if live {
+		a.addLive(i, eps, epOf, touched, failing)
+	}
+	clear(failing)
+	a.touched, a.eps, a.epOf, a.failing = touched[:0], eps[:0], epOf[:0], failing[:0]
 	if len(eps) == 0 {
 		return nil
 	}
-	return slices.Clone(eps)
+	out := slices.Clone(eps)
+	slices.SortFunc(out, func(x, y NodeEndpoint) int { return x.compare(y.EndpointKey) })
+	return out
 }
 
 // addLive counts live node i, just scanned, in the endpoint and registry
-// aggregates.
-func (a *aggregation) addLive(i int, n *Node, eps []NodeEndpoint) {
-	for _, ne := range eps {
-		agg := a.endpoints[ne.EndpointKey]
+// aggregates: eps are its endpoints, epOf their numbers, touched the
+// registries it has results for, failing its images that are not
+// available.
+func (a *aggregation) addLive(i int, eps []NodeEndpoint, epOf, touched []int32, failing []failingImage) {
+	for j, ne := range eps {
+		agg := a.epAggs[epOf[j]]
 		if agg == nil {
 			agg = &endpointAgg{}
+			a.epAggs[epOf[j]] = agg
 			a.endpoints[ne.EndpointKey] = agg
 		}
 		agg.tried = append(agg.tried, i)
 		if !ne.Up {
 			agg.failing = append(agg.failing, i)
-			if a.regs[ne.Registry].upstreamAnswered {
+			if a.regSeen[a.regIDs[ne.Registry]].upstreamAnswered {
 				agg.upstreamUp++
 			}
 			if agg.reason == "" {
@@ -360,22 +507,23 @@ func (a *aggregation) addLive(i int, n *Node, eps []NodeEndpoint) {
 			}
 		}
 	}
-	for name, reg := range a.regs {
-		ra := a.registries[name]
+	for _, r := range touched {
+		ra := a.regAggs[r]
 		if ra == nil {
 			ra = &registryAgg{}
-			a.registries[name] = ra
+			a.regAggs[r] = ra
+			a.registries[a.regNames[r]] = ra
 		}
 		ra.nodes = append(ra.nodes, i)
-		if !reg.answered {
+		if !a.regSeen[r].answered {
 			ra.down = append(ra.down, i)
 		}
 	}
 	// A failing image whose node still reached the registry fails
 	// for a reason of its own, not the registry's reachability.
-	for _, im := range n.Images {
-		if im.GetStatus() != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE && a.regs[im.GetRegistry()].answered {
-			a.images[im.GetImage()].regUp = true
+	for _, f := range failing {
+		if a.regSeen[f.reg].answered {
+			f.agg.regUp = true
 		}
 	}
 }
@@ -442,22 +590,27 @@ func (a *aggregation) registryFindings(nodes []Node, live int) []RegistryFinding
 // roleMirror is the word of a mirror endpoint's role in EndpointKey.
 var roleMirror = pullwatchv1.EndpointRole_ENDPOINT_ROLE_MIRROR.Word()
 
-func addImage(images map[string]*imageAgg, i int, n *Node, im nodeimage.Image) {
-	agg := images[im.GetImage()]
+// addImage counts im, of live node i, in its image's aggregate; v is
+// im's view.
+func (a *aggregation) addImage(v *reportView, i int, n *Node, im nodeimage.Image) {
+	agg := v.agg
 	if agg == nil {
-		agg = &imageAgg{f: &ImageFinding{Image: im.GetImage(), Registry: im.GetRegistry(), Worst: im.GetStatus(), Reason: im.GetReason()},
-			stated: map[string]bool{}, answerers: map[string]bool{}}
-		images[im.GetImage()] = agg
+		if agg = a.images[im.GetImage()]; agg == nil {
+			agg = &imageAgg{f: &ImageFinding{Image: im.GetImage(), Registry: im.GetRegistry(), Worst: im.GetStatus(), Reason: im.GetReason()},
+				stated: map[string]bool{}, answerers: map[string]bool{}}
+			a.images[im.GetImage()] = agg
+		}
+		v.agg = agg
 	}
 	f := agg.f
-	st := im.GetStatus()
+	st := v.status
 	if int(st) >= 0 && int(st) < statusSlots {
 		f.Counts[st]++
 	}
 	if st.Worse(f.Worst) {
 		f.Worst, f.Reason = st, im.GetReason()
 	}
-	f.InUse = f.InUse || im.GetInUse()
+	f.InUse = f.InUse || v.inUse
 	agg.nodes = append(agg.nodes, i)
 	if st != pullwatchv1.ImageStatus_IMAGE_STATUS_AVAILABLE {
 		agg.failing = append(agg.failing, i)

@@ -2,7 +2,10 @@ package diagnose
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -363,30 +366,136 @@ func TestNodeState(t *testing.T) {
 	}
 }
 
-// BenchmarkDiagnose: 1000 nodes in 3 zones with 50 images each, two
+// BenchmarkDiagnose: 1,000 nodes in 3 zones with 50 images each, two
 // endpoints per image (a mirror down everywhere, an upstream that answers),
-// one node cut off from the registry. Reproduce with:
+// one node cut off from the registry; the reports kept as the store keeps
+// them (one copy of equal ones, nodeimage.Table), or each node's its own.
+// And at 15,000 nodes × 100 images (of 6,000, over 60 registries), kept:
+// issue 21's scale, where the reports no longer fit in the CPU's caches.
+// Reproduce with:
 //
 //	cd aggregator && go test -run '^$' -bench BenchmarkDiagnose -benchmem ./pkg/diagnose
 func BenchmarkDiagnose(b *testing.B) {
-	nodes := make([]Node, 1000)
-	for n := range nodes {
-		images := make([]*pullwatchv1.ImageReport, 50)
-		for i := range images {
-			st, up := available, upOK
-			if n == 7 {
-				st, up = unreachable, upDown
+	for _, c := range []struct {
+		name                          string
+		nodes, images, distinct, regs int
+		kept                          bool
+	}{
+		{"kept", 1000, 50, 50, 1, true},
+		{"unshared", 1000, 50, 50, 1, false},
+		{"15000x100", 15000, 100, 6000, 60, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			tb := nodeimage.NewTable()
+			nodes := make([]Node, c.nodes)
+			for n := range nodes {
+				images := make([]*pullwatchv1.ImageReport, c.images)
+				for i := range images {
+					idx := (n*7 + i*131) % c.distinct
+					if c.distinct == c.images {
+						idx = i
+					}
+					st, up := available, upOK
+					if n == 7 {
+						st, up = unreachable, upDown
+					}
+					images[i] = image(fmt.Sprintf("registry.example/team-%d/app:%d", idx%10, idx), st, proto.CloneOf(mirrorDwn), proto.CloneOf(up))
+					images[i].Registry = fmt.Sprintf("reg-%d.example", idx%c.regs)
+				}
+				nodes[n] = node(fmt.Sprintf("node-%05d", n), fmt.Sprintf("zone-%d", n%3), images...)
+				if c.kept {
+					for i, im := range nodes[n].Images {
+						nodes[n].Images[i] = tb.Keep(im.ImageReport)
+					}
+				}
 			}
-			images[i] = image(fmt.Sprintf("registry.example/team-%d/app:%d", i%10, i), st, mirrorDwn, up)
-		}
-		nodes[n] = node(fmt.Sprintf("node-%04d", n), fmt.Sprintf("zone-%d", n%3), images...)
+			b.ReportAllocs()
+			for b.Loop() {
+				r := Diagnose(nodes)
+				if len(r.Images) != c.distinct || r.Live != c.nodes {
+					b.Fatalf("unexpected report: %d images, %d live", len(r.Images), r.Live)
+				}
+			}
+		})
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		r := Diagnose(nodes)
-		if len(r.Images) != 50 || r.Images[0].Scope != ScopeNode {
-			b.Fatalf("unexpected report: %d images, scope %q", len(r.Images), r.Images[0].Scope)
+}
+
+// TestSharedReportsDiagnoseAsCopies: the diagnosis reads a report shared
+// by many nodes once (aggregation.views); its findings are those of the
+// same nodes each holding a copy of its own, for a mix of statuses,
+// mirrors, skipped endpoints, zones, stale nodes, and latencies of the
+// node's own or of the report.
+func TestSharedReportsDiagnoseAsCopies(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	eps := [][]*pullwatchv1.EndpointResult{{upOK}, {upAbsent}, {upDenied}, {upDown}, {up503}, {mirrorOK, upOK}, {mirrorDwn, upOK},
+		{mirrorDwn, upDown}, {skipped, upOK}, {mirrorDwn, upAbsent}}
+	statuses := []pullwatchv1.ImageStatus{available, absent, unauthz, forbidden, rateLimited, unreachable, platform, badFormat, unknown}
+	var pool []*pullwatchv1.ImageReport
+	for i := range 40 {
+		im := image(fmt.Sprintf("registry.example/app:%d", i%12), statuses[rng.IntN(len(statuses))], eps[rng.IntN(len(eps))]...)
+		if i%5 == 0 {
+			im.Registry = "other.example"
 		}
+		if i%3 == 0 {
+			im.SharedFrom = fmt.Sprintf("node-%d", i%4)
+		}
+		pool = append(pool, im)
+	}
+	shared := make([]Node, 30)
+	for n := range shared {
+		var ims []nodeimage.Image
+		seen := map[string]bool{}
+		for range 8 {
+			im := pool[rng.IntN(len(pool))]
+			if seen[im.GetImage()] {
+				continue
+			}
+			seen[im.GetImage()] = true
+			lat := make([]time.Duration, len(im.GetEndpoints()))
+			for e := range lat {
+				lat[e] = time.Duration(rng.IntN(3)-1) * time.Millisecond // -1: none measured
+			}
+			if rng.IntN(3) == 0 {
+				lat = nil // a shared result's: the report's own latencies
+			}
+			ims = append(ims, nodeimage.Image{ImageReport: im, Latencies: lat})
+		}
+		slices.SortFunc(ims, func(a, b nodeimage.Image) int { return strings.Compare(a.GetImage(), b.GetImage()) })
+		shared[n] = Node{Name: fmt.Sprintf("node-%02d", n), Zone: fmt.Sprintf("zone-%d", n%3), Images: ims, Stale: n%7 == 6}
+	}
+	copies := make([]Node, len(shared))
+	for n, sn := range shared {
+		copies[n] = sn
+		copies[n].Images = make([]nodeimage.Image, len(sn.Images))
+		for i, im := range sn.Images {
+			copies[n].Images[i] = nodeimage.Image{ImageReport: proto.CloneOf(im.ImageReport), Latencies: im.Latencies}
+		}
+	}
+	want := Diagnose(copies)
+	// All views kept, a few, none (each made in the scratch one).
+	for _, views := range []int{maxViews, 5, 0} {
+		t.Run(fmt.Sprintf("views=%d", views), func(t *testing.T) { sameDiagnosis(t, diagnose(shared, views), want) })
+	}
+}
+
+func sameDiagnosis(t *testing.T, got, want *Report) {
+	t.Helper()
+	if !reflect.DeepEqual(got.NodeEndpoints, want.NodeEndpoints) {
+		t.Errorf("node endpoints of shared reports:\n%+v\nof copies:\n%+v", got.NodeEndpoints, want.NodeEndpoints)
+	}
+	if !reflect.DeepEqual(got.Endpoints, want.Endpoints) || !reflect.DeepEqual(got.Images, want.Images) ||
+		!reflect.DeepEqual(got.Registries, want.Registries) || got.Live != want.Live {
+		t.Errorf("findings of shared reports:\n%+v\n%+v\n%+v\nof copies:\n%+v\n%+v\n%+v",
+			got.Endpoints, got.Images, got.Registries, want.Endpoints, want.Images, want.Registries)
+	}
+	scoped := 0
+	for _, f := range got.Images {
+		if f.Scope != ScopeNone {
+			scoped++
+		}
+	}
+	if scoped == 0 || len(got.Endpoints) < 3 || len(got.Registries) != 2 {
+		t.Fatalf("the mix found %d failing images, %d endpoints, %d registries: it tests too little", scoped, len(got.Endpoints), len(got.Registries))
 	}
 }
 
