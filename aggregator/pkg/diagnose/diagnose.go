@@ -266,8 +266,8 @@ func diagnose(nodes []Node, maxViews int) *Report {
 		images:     map[string]*imageAgg{},
 		registries: map[string]*registryAgg{},
 		views:      map[*pullwatchv1.ImageReport]*reportView{},
-		regIDs:     map[string]int32{},
-		epIDs:      map[EndpointKey]int32{},
+		regNums:    numbering[string, registryAgg, regSlot]{ids: map[string]int32{}},
+		epNums:     numbering[EndpointKey, endpointAgg, epSlot]{ids: map[EndpointKey]int32{}},
 		maxViews:   maxViews,
 	}
 	for i := range nodes {
@@ -292,21 +292,14 @@ type aggregation struct {
 	// and comparing those strings was most of a diagnosis).
 	views    map[*pullwatchv1.ImageReport]*reportView
 	maxViews int
-	// Registries and endpoints are numbered as views meet them; the
-	// slices are indexed by those numbers.
-	regIDs   map[string]int32
-	regNames []string
-	regAggs  []*registryAgg
-	epIDs    map[EndpointKey]int32
-	epKeys   []EndpointKey
-	epAggs   []*endpointAgg
-	// The node being scanned: its view of each registry and its
+	// Registries and endpoints, numbered as views meet them. Their
+	// slots are the node being scanned's view of each registry and its
 	// endpoints' indexes in eps, valid where the slot's gen is the
 	// node's (gen counts the nodes scanned, so nothing is cleared
-	// between nodes), and the registries it touched.
+	// between nodes); touched are the registries it has results for.
+	regNums numbering[string, registryAgg, regSlot]
+	epNums  numbering[EndpointKey, endpointAgg, epSlot]
 	gen     uint32
-	regSeen []regSlot
-	epSeen  []epSlot
 	touched []int32
 	// eps is scan's scratch: a node's endpoints are gathered here and
 	// copied out once, at their size (grown by append for each of 15,000
@@ -378,13 +371,13 @@ func (a *aggregation) view(im *pullwatchv1.ImageReport) *reportView {
 		v = &reportView{}
 		a.views[im] = v
 	}
-	*v = reportView{reg: a.registry(im.GetRegistry()), status: im.GetStatus(), inUse: im.GetInUse(),
+	*v = reportView{reg: a.regNums.of(im.GetRegistry()), status: im.GetStatus(), inUse: im.GetInUse(),
 		eps: slices.Grow(v.eps[:0], len(im.GetEndpoints()))}
 	for e, ep := range im.GetEndpoints() {
 		ev := endpointView{ep: -1}
 		if !ep.GetSkipped() {
 			ev = endpointView{
-				ep:       a.endpoint(EndpointKey{Registry: im.GetRegistry(), URL: ep.GetUrl(), Role: ep.GetRole().Word()}),
+				ep:       a.epNums.of(EndpointKey{Registry: im.GetRegistry(), URL: ep.GetUrl(), Role: ep.GetRole().Word()}),
 				answered: ep.Answered(),
 				upstream: ep.GetRole() == pullwatchv1.EndpointRole_ENDPOINT_ROLE_UPSTREAM,
 				reason:   cmp.Or(ep.GetReason(), ep.GetStatus().Word()),
@@ -396,28 +389,25 @@ func (a *aggregation) view(im *pullwatchv1.ImageReport) *reportView {
 	return v
 }
 
-// registry is the number of the registry named.
-func (a *aggregation) registry(name string) int32 {
-	id, ok := a.regIDs[name]
-	if !ok {
-		id = int32(len(a.regNames))
-		a.regIDs[name] = id
-		a.regNames = append(a.regNames, name)
-		a.regAggs = append(a.regAggs, nil)
-		a.regSeen = append(a.regSeen, regSlot{})
-	}
-	return id
+// numbering numbers the registries or endpoints (K) as the views meet
+// them; by number, each one's key, its aggregate (A, once a live node
+// has it) and the scanned node's slot (S).
+type numbering[K comparable, A, S any] struct {
+	ids  map[K]int32
+	keys []K
+	aggs []*A
+	seen []S
 }
 
-// endpoint is the number of the endpoint k.
-func (a *aggregation) endpoint(k EndpointKey) int32 {
-	id, ok := a.epIDs[k]
+// of is k's number.
+func (n *numbering[K, A, S]) of(k K) int32 {
+	id, ok := n.ids[k]
 	if !ok {
-		id = int32(len(a.epKeys))
-		a.epIDs[k] = id
-		a.epKeys = append(a.epKeys, k)
-		a.epAggs = append(a.epAggs, nil)
-		a.epSeen = append(a.epSeen, epSlot{})
+		id = int32(len(n.keys))
+		n.ids[k] = id
+		n.keys = append(n.keys, k)
+		n.aggs = append(n.aggs, nil)
+		n.seen = append(n.seen, *new(S))
 	}
 	return id
 }
@@ -430,7 +420,7 @@ func (a *aggregation) scan(i int, n *Node) []NodeEndpoint {
 	touched, eps, epOf, failing := a.touched[:0], a.eps[:0], a.epOf[:0], a.failing[:0]
 	for _, im := range n.Images {
 		v := a.view(im.ImageReport)
-		reg := &a.regSeen[v.reg]
+		reg := &a.regNums.seen[v.reg]
 		if reg.gen != a.gen {
 			*reg = regSlot{gen: a.gen}
 			touched = append(touched, v.reg)
@@ -439,10 +429,10 @@ func (a *aggregation) scan(i int, n *Node) []NodeEndpoint {
 			if ev.ep < 0 {
 				continue
 			}
-			slot := &a.epSeen[ev.ep]
+			slot := &a.epNums.seen[ev.ep]
 			if slot.gen != a.gen {
 				*slot = epSlot{gen: a.gen, j: int32(len(eps))}
-				eps = append(eps, NodeEndpoint{EndpointKey: a.epKeys[ev.ep]})
+				eps = append(eps, NodeEndpoint{EndpointKey: a.epNums.keys[ev.ep]})
 				epOf = append(epOf, ev.ep)
 			}
 			ne := &eps[slot.j]
@@ -490,16 +480,16 @@ func (a *aggregation) scan(i int, n *Node) []NodeEndpoint {
 // available.
 func (a *aggregation) addLive(i int, eps []NodeEndpoint, epOf, touched []int32, failing []failingImage) {
 	for j, ne := range eps {
-		agg := a.epAggs[epOf[j]]
+		agg := a.epNums.aggs[epOf[j]]
 		if agg == nil {
 			agg = &endpointAgg{}
-			a.epAggs[epOf[j]] = agg
+			a.epNums.aggs[epOf[j]] = agg
 			a.endpoints[ne.EndpointKey] = agg
 		}
 		agg.tried = append(agg.tried, i)
 		if !ne.Up {
 			agg.failing = append(agg.failing, i)
-			if a.regSeen[a.regIDs[ne.Registry]].upstreamAnswered {
+			if a.regNums.seen[a.regNums.ids[ne.Registry]].upstreamAnswered {
 				agg.upstreamUp++
 			}
 			if agg.reason == "" {
@@ -508,21 +498,21 @@ func (a *aggregation) addLive(i int, eps []NodeEndpoint, epOf, touched []int32, 
 		}
 	}
 	for _, r := range touched {
-		ra := a.regAggs[r]
+		ra := a.regNums.aggs[r]
 		if ra == nil {
 			ra = &registryAgg{}
-			a.regAggs[r] = ra
-			a.registries[a.regNames[r]] = ra
+			a.regNums.aggs[r] = ra
+			a.registries[a.regNums.keys[r]] = ra
 		}
 		ra.nodes = append(ra.nodes, i)
-		if !a.regSeen[r].answered {
+		if !a.regNums.seen[r].answered {
 			ra.down = append(ra.down, i)
 		}
 	}
 	// A failing image whose node still reached the registry fails
 	// for a reason of its own, not the registry's reachability.
 	for _, f := range failing {
-		if a.regSeen[f.reg].answered {
+		if a.regNums.seen[f.reg].answered {
 			f.agg.regUp = true
 		}
 	}
