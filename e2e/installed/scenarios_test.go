@@ -100,7 +100,7 @@ func TestAggregatorRestartNoGap(t *testing.T) {
 }
 
 // completeSince polls Prometheus every second, until ctx ends, for the
-// aggregator pods whose /metrics count nodes fresh nodes, and returns a
+// aggregator pods that have every one of nodes fresh, and returns a
 // function that waits (up to timeout) for pod to be one and says when it
 // was first seen so.
 func completeSince(ctx context.Context, nodes int) func(pod string, timeout time.Duration) (time.Time, error) {
@@ -128,19 +128,17 @@ func completeSince(ctx context.Context, nodes int) func(pod string, timeout time
 		}
 	}()
 	return func(pod string, timeout time.Duration) (time.Time, error) {
-		deadline := time.Now().Add(timeout)
-		for {
+		var at time.Time
+		err := proc.Poll(ctx, timeout, time.Second, func() error {
 			mu.Lock()
-			at, ok := first[pod]
-			mu.Unlock()
-			if ok {
-				return at, nil
+			defer mu.Unlock()
+			var ok bool
+			if at, ok = first[pod]; !ok {
+				return fmt.Errorf("sum(pullwatch_nodes{state=\"fresh\",pod=%q}) has not reached %d", pod, nodes)
 			}
-			if time.Now().After(deadline) || ctx.Err() != nil {
-				return time.Time{}, fmt.Errorf("sum(pullwatch_nodes{state=\"fresh\",pod=%q}) never reached %d within %s", pod, nodes, timeout)
-			}
-			time.Sleep(time.Second)
-		}
+			return nil
+		})
+		return at, err
 	}
 }
 
