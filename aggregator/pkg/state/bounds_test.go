@@ -88,6 +88,22 @@ func TestApplyUpdateWithin(t *testing.T) {
 	if got := imageStatuses(t, s, "n1"); len(got) != 2 || got[1] != "c:1=available" {
 		t.Fatalf("a refused update changed the node: %v", got)
 	}
+	// The bound counts the URLs the node's images name now: r1's image is
+	// gone, so r3 is a second URL, not a third.
+	for i, u := range []*pullwatchv1.NodeUpdate{
+		{Upserts: []*pullwatchv1.ImageReport{ep(image("c:1", available), "https://r2/v2")}},
+		{RemovedImages: []string{"a:1"}},
+		{Upserts: []*pullwatchv1.ImageReport{ep(image("d:1", available), "https://r3/v2")}},
+	} {
+		u.NodeName = "n1"
+		if known, err := s.ApplyUpdateWithin(u, lim); !known || err != nil {
+			t.Fatalf("update %d after r1's image went: %v %v", i, known, err)
+		}
+	}
+	if _, err = s.ApplyUpdateWithin(&pullwatchv1.NodeUpdate{NodeName: "n1", Upserts: []*pullwatchv1.ImageReport{
+		ep(ep(image("d:1", available), "https://r3/v2"), "https://r1/v2")}}, lim); !errors.As(err, &le) || le.What != "endpoints" || le.Have != 3 {
+		t.Fatalf("r1 back beside r2 and r3: %v, want an endpoints LimitError of 3", err)
+	}
 	if known, _ := s.ApplyUpdateWithin(&pullwatchv1.NodeUpdate{NodeName: "nope"}, lim); known {
 		t.Error("unknown node reported known")
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -90,4 +91,38 @@ func loadSnapshot(n, perNode, distinct int, delegated map[string]bool) *pb.NodeS
 		snap.Images = append(snap.Images, im)
 	}
 	return snap
+}
+
+// BenchmarkApplyUpdate is a round of updates as pwload sends them: every
+// node of 2,000 (100 images each, folded as the store keeps them) has one
+// image replaced, under the bounds the aggregator's defaults set. The
+// cost is per update.
+//
+//	cd aggregator && go test -run '^$' -bench ApplyUpdate -benchmem ./pkg/state/
+func BenchmarkApplyUpdate(b *testing.B) {
+	const nodes, perNode = 2000, 100
+	distinct := nodes * 40 / 100
+	s := New(time.Minute)
+	p := shard.New(shard.Options{Replicas: 2, Sink: s})
+	for n := range nodes {
+		snap := loadSnapshot(n, perNode, distinct, nil)
+		p.Ingest(snap.GetNode().GetName(), snap.GetNode(), true, snap.GetImages(), nil, func() { s.ApplySnapshot(snap) })
+	}
+	// Each node's update replaces its first image by another node's.
+	updates := make([][]*pb.ImageReport, nodes)
+	for n := range nodes {
+		other := loadSnapshot((n+1)%nodes, perNode, distinct, nil).GetImages()
+		updates[n] = other
+	}
+	lim := Limits{Images: 10_000, Endpoints: 256, Bytes: 4 << 20}
+	b.ResetTimer()
+	for i := range b.N {
+		n := i % nodes
+		name := fmt.Sprintf("node-%05d", n)
+		im := updates[n][(i/nodes)%perNode]
+		u := &pb.NodeUpdate{NodeName: name, Upserts: []*pb.ImageReport{proto.CloneOf(im)}}
+		if _, err := s.ApplyUpdateWithin(u, lim); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

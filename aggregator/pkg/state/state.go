@@ -78,7 +78,13 @@ type node struct {
 	// held is the sum of sorted's HeldSize, kept up to date by each change
 	// once an update's byte budget needed it (-1 until then), so that an
 	// update of one image does not size the node's hundred others.
-	held       int
+	held int
+	// urls are, sorted, the endpoint URLs the node's images name, or more
+	// (nil until an update's endpoint bound needed them): an update adds
+	// its images' URLs and never takes one out, so that its bound is
+	// checked against its own images' URLs, not its node's hundred others
+	// (endpointsWithin). A snapshot starts the node afresh.
+	urls       []string
 	lastReport time.Time
 	observedAt time.Time
 	interval   time.Duration
@@ -230,7 +236,8 @@ func (s *Store) ApplyUpdateWithin(u *pullwatchv1.NodeUpdate, lim Limits) (known 
 	if !ok {
 		return false, nil
 	}
-	next := updated(n.sorted, u, s.keep(u.GetUpserts()))
+	upserts := s.keep(u.GetUpserts())
+	next := updated(n.sorted, u, upserts)
 	if lim.Images > 0 && len(next) > lim.Images {
 		return true, &LimitError{What: LimitImages, Have: len(next), Max: lim.Images, NodeName: u.GetNodeName()}
 	}
@@ -241,12 +248,52 @@ func (s *Store) ApplyUpdateWithin(u *pullwatchv1.NodeUpdate, lim Limits) (known 
 			return true, &LimitError{What: LimitBytes, Have: held, Max: lim.Bytes, NodeName: u.GetNodeName()}
 		}
 	}
-	if err := check(Limits{Endpoints: lim.Endpoints}, u.GetNodeName(), next, nodeimage.Image.HeldSize); err != nil {
-		return true, err
+	var urls []string
+	if lim.Endpoints > 0 {
+		if urls, err = n.endpointsWithin(u.GetNodeName(), lim.Endpoints, next, upserts); err != nil {
+			return true, err
+		}
 	}
 	s.applyUpdated(n, u, next)
-	n.held = held
+	n.held, n.urls = held, urls
 	return true, nil
+}
+
+// endpointsWithin returns, sorted, the endpoint URLs of next (n's images
+// once upserts are in), or more of them, or a *LimitError when next names
+// more distinct URLs than max. The URLs n had before, with upserts' added,
+// are enough while they are within max; past it, next's own are counted.
+// At 15,000 nodes counting every image's URLs for each update of one
+// image was a seventh of a round of updates' CPU (docs/benchmarks.md).
+func (n *node) endpointsWithin(name string, max int, next, upserts []nodeimage.Image) ([]string, error) {
+	if urls := n.urls; urls != nil {
+		cloned := false
+		for _, im := range upserts {
+			for _, e := range im.GetEndpoints() {
+				if i, ok := slices.BinarySearch(urls, e.GetUrl()); !ok {
+					if !cloned {
+						urls, cloned = slices.Clone(urls), true // n.urls stays as it is if the update is refused
+					}
+					urls = slices.Insert(urls, i, e.GetUrl())
+				}
+			}
+		}
+		if len(urls) <= max {
+			return urls, nil
+		}
+	}
+	var urls []string
+	for _, im := range next {
+		for _, e := range im.GetEndpoints() {
+			urls = append(urls, e.GetUrl())
+		}
+	}
+	slices.Sort(urls)
+	urls = append([]string{}, slices.Compact(urls)...) // as long as it needs to be: the node keeps it
+	if len(urls) > max {
+		return nil, &LimitError{What: LimitEndpoints, Have: len(urls), Max: max, NodeName: name}
+	}
+	return urls, nil
 }
 
 // heldSize is the sum of n's images' HeldSize, computed once.
@@ -309,7 +356,7 @@ func (s *Store) applyUpdate(n *node, u *pullwatchv1.NodeUpdate) {
 // applyUpdated makes next, updated(n.sorted, u), n's images; s.mu is held.
 func (s *Store) applyUpdated(n *node, u *pullwatchv1.NodeUpdate, next []nodeimage.Image) {
 	n.sorted = next
-	n.held = -1 // ApplyUpdateWithin sets it after
+	n.held, n.urls = -1, nil // ApplyUpdateWithin sets them after
 	n.lastReport = s.now()
 	if u.GetObservedAt() != nil {
 		n.observedAt = u.GetObservedAt().AsTime()
@@ -344,6 +391,12 @@ func (s *Store) ReplaceImage(name, ref string, fn func(old *pullwatchv1.ImageRep
 	}
 	kept := s.shared.Keep(im)
 	kept.Containers = old.Containers
+	for _, e := range kept.GetEndpoints() {
+		if _, ok := slices.BinarySearch(n.urls, e.GetUrl()); !ok {
+			n.urls = nil // a URL the node's did not name (a fold names the old report's): counted afresh when needed
+			break
+		}
+	}
 	// A copy, not an in-place edit: NodeViews handed out earlier may still
 	// be iterating the old slice.
 	sorted := slices.Clone(n.sorted)
@@ -458,20 +511,6 @@ func (s *Store) keepSorted(images []*pullwatchv1.ImageReport) []nodeimage.Image 
 	return out
 }
 
-// sortedImages returns images ordered by reference (sorted in place); of
-// images with the same reference, the last one given is kept.
-func sortedImages(out []nodeimage.Image) []nodeimage.Image {
-	slices.SortStableFunc(out, byImage)
-	// Keep the last of equal references: reverse runs are rare (only a
-	// report validation let through), so compact from the end.
-	slices.Reverse(out)
-	out = slices.CompactFunc(out, func(a, b nodeimage.Image) bool { return a.GetImage() == b.GetImage() })
-	slices.Reverse(out)
-	return slices.Clip(out)
-}
-
-func byImage(a, b nodeimage.Image) int { return strings.Compare(a.GetImage(), b.GetImage()) }
-
 // updated returns a new sorted list: sorted (ordered by reference) with
 // u's upserts (kept: upserts, in u's order) put in and its removed
 // references taken out.
@@ -479,31 +518,51 @@ func updated(sorted []nodeimage.Image, u *pullwatchv1.NodeUpdate, upserts []node
 	if len(u.GetUpserts())+len(u.GetRemovedImages()) == 0 {
 		return sorted
 	}
-	removed := make(map[string]bool, len(u.GetRemovedImages())+len(u.GetUpserts()))
-	for _, ref := range u.GetRemovedImages() {
-		removed[ref] = true
+	// The changes, by reference: each removed one, and the last upsert of
+	// each other (an upsert listed and also removed in one update is
+	// removed, as the map version applied upserts first, then removals).
+	gone := slices.Sorted(slices.Values(u.GetRemovedImages()))
+	type change struct {
+		ref string
+		im  *nodeimage.Image // nil: removed
 	}
-	for _, im := range u.GetUpserts() {
-		removed[im.GetImage()] = true // replaced by the upsert
-	}
-	out := make([]nodeimage.Image, 0, len(sorted)+len(u.GetUpserts()))
-	for _, im := range sorted {
-		if !removed[im.GetImage()] {
-			out = append(out, im)
+	changes := make([]change, 0, len(gone)+len(upserts))
+	for i := range upserts {
+		if _, removed := slices.BinarySearch(gone, upserts[i].GetImage()); !removed {
+			changes = append(changes, change{upserts[i].GetImage(), &upserts[i]})
 		}
 	}
-	// An upsert listed and also removed in one update is removed, as
-	// the map version applied upserts first, then removals.
-	gone := make(map[string]bool, len(u.GetRemovedImages()))
-	for _, ref := range u.GetRemovedImages() {
-		gone[ref] = true
+	slices.SortStableFunc(changes, func(a, b change) int { return strings.Compare(a.ref, b.ref) })
+	last := changes[:0]
+	for i, c := range changes {
+		if i+1 < len(changes) && changes[i+1].ref == c.ref {
+			continue // a later upsert of the reference replaces this one
+		}
+		last = append(last, c)
 	}
-	for _, im := range upserts {
-		if !gone[im.GetImage()] {
-			out = append(out, im)
+	changes = last
+	for _, ref := range slices.Compact(gone) {
+		changes = append(changes, change{ref: ref})
+	}
+	slices.SortFunc(changes, func(a, b change) int { return strings.Compare(a.ref, b.ref) })
+	// Each change is found by a binary search of what follows the last
+	// one, and the images between are copied as they are: an update of one
+	// image compares a few references, not its node's hundred (at 15,000
+	// nodes, those hundred references' memory was an eighth of a round of
+	// updates' CPU: docs/benchmarks.md).
+	out := make([]nodeimage.Image, 0, len(sorted)+len(upserts))
+	from := 0
+	for _, c := range changes {
+		i, found := slices.BinarySearchFunc(sorted[from:], c.ref, byRef)
+		out = append(out, sorted[from:from+i]...)
+		if from += i; found {
+			from++ // replaced or removed
+		}
+		if c.im != nil {
+			out = append(out, *c.im)
 		}
 	}
-	return sortedImages(out)
+	return slices.Clip(append(out, sorted[from:]...))
 }
 
 // StreamOpened and StreamClosed count open agent streams, whether or not

@@ -1,11 +1,15 @@
 package state
 
 import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/pullwatch/pullwatch/aggregator/pkg/nodeimage"
 	pullwatchv1 "github.com/pullwatch/pullwatch/proto/pullwatch/v1"
 )
 
@@ -265,5 +269,48 @@ func TestOnChange(t *testing.T) {
 	s.Forget("a")
 	if changes != 3 {
 		t.Errorf("%d calls, want 3 (snapshot, update that removed an image, forget)", changes)
+	}
+}
+
+// updated is the node's images with an update's upserts put in (the last
+// of one reference wins) and then its removed references taken out, in
+// reference order: held here to that plain model over random updates with
+// repeated, replaced and removed references.
+func TestUpdatedIsUpsertsThenRemovals(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	ref := func() string { return fmt.Sprintf("reg/app-%02d:1", rng.IntN(40)) }
+	for round := range 2000 {
+		model := map[string]*pullwatchv1.ImageReport{}
+		for range rng.IntN(30) {
+			im := image(ref(), available)
+			model[im.GetImage()] = im
+		}
+		var sorted []nodeimage.Image
+		for _, r := range slices.Sorted(maps.Keys(model)) {
+			sorted = append(sorted, nodeimage.Of(model[r]))
+		}
+		u := &pullwatchv1.NodeUpdate{NodeName: "n1"}
+		for range rng.IntN(6) {
+			u.Upserts = append(u.Upserts, image(ref(), absent))
+		}
+		for range rng.IntN(4) {
+			u.RemovedImages = append(u.RemovedImages, ref())
+		}
+		for _, im := range u.Upserts {
+			model[im.GetImage()] = im
+		}
+		for _, r := range u.RemovedImages {
+			delete(model, r)
+		}
+		got := updated(sorted, u, nodeimage.All(u.Upserts...))
+		want := slices.Sorted(maps.Keys(model))
+		if len(got) != len(want) {
+			t.Fatalf("round %d: %d images, want %d", round, len(got), len(want))
+		}
+		for i, im := range got {
+			if im.GetImage() != want[i] || im.ImageReport != model[want[i]] {
+				t.Fatalf("round %d: image %d is %s (%p), want %s (%p)", round, i, im.GetImage(), im.ImageReport, want[i], model[want[i]])
+			}
+		}
 	}
 }

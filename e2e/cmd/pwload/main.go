@@ -70,6 +70,7 @@ type config struct {
 	heapFile   string
 	cpuFile    string
 	ownCPUFile string
+	profiled   int
 }
 
 func main() {
@@ -86,9 +87,14 @@ func main() {
 	flag.IntVar(&c.rounds, "rounds", 3, "full rounds to time after the first")
 	flag.DurationVar(&c.settle, "settle", 5*time.Second, "wait after connecting before measuring rounds")
 	flag.StringVar(&c.heapFile, "heap-profile", "", "write the aggregator's heap profile (after a GC) to this `file` once the rounds are ingested (go tool pprof)")
-	flag.StringVar(&c.cpuFile, "cpu-profile", "", "write the aggregator's CPU profile of the first full round (10 s from its start) to this `file`")
-	flag.StringVar(&c.ownCPUFile, "own-cpu-profile", "", "write pwload's own CPU profile of the first full round (its senders, the load generator's share of the machine) to this `file`")
+	flag.StringVar(&c.cpuFile, "cpu-profile", "", "write the aggregator's CPU profile of one full round (10 s from its start; --profile-round) to this `file`")
+	flag.StringVar(&c.ownCPUFile, "own-cpu-profile", "", "write pwload's own CPU profile of one full round (its senders, the load generator's share of the machine; --profile-round) to this `file`")
+	flag.IntVar(&c.profiled, "profile-round", 1, "the full round --cpu-profile and --own-cpu-profile profile: 1 is the round of snapshots, 2 and later rounds of updates")
 	flag.Parse()
+	if (c.cpuFile != "" || c.ownCPUFile != "") && (c.profiled < 1 || c.profiled > c.rounds) {
+		fmt.Fprintf(os.Stderr, "pwload: --profile-round %d: there are %d full rounds (--rounds); profile one of 1 to %d\n", c.profiled, c.rounds, c.rounds)
+		os.Exit(2)
+	}
 	// GOMEMLIMIT is for the aggregator (the child inherits the
 	// environment); pwload holds every phase's encoded messages at once.
 	debug.SetMemoryLimit(math.MaxInt64)
@@ -199,14 +205,14 @@ func run(ctx context.Context, c config) error {
 		}); err != nil {
 			return err
 		}
-		if r == 0 && c.cpuFile != "" {
+		if r == c.profiled-1 && c.cpuFile != "" {
 			// From the round's start: the messages are encoded ahead
 			// of it (prepare), while the aggregator is idle.
 			profiled = make(chan error, 1)
 			go func() { profiled <- saveProfile(base+"/debug/pprof/profile?seconds=10", c.cpuFile) }()
 		}
 		var stopOwn func()
-		if r == 0 && c.ownCPUFile != "" {
+		if r == c.profiled-1 && c.ownCPUFile != "" {
 			if stopOwn, err = profileSelf(c.ownCPUFile); err != nil {
 				return err
 			}
@@ -218,7 +224,7 @@ func run(ctx context.Context, c config) error {
 		}
 		if stopOwn != nil {
 			stopOwn()
-			fmt.Printf("pwload's own CPU profile of the first round: %s\n", c.ownCPUFile)
+			fmt.Printf("pwload's own CPU profile of round %d: %s\n", r+1, c.ownCPUFile)
 		}
 		kind := "updates (1% of images changed per node)"
 		if snapshot {
@@ -231,7 +237,7 @@ func run(ctx context.Context, c config) error {
 		if err := <-profiled; err != nil {
 			return err
 		}
-		fmt.Printf("CPU profile of the first round: %s\n", c.cpuFile)
+		fmt.Printf("CPU profile of round %d: %s\n", c.profiled, c.cpuFile)
 	}
 	// The heap profile's gc=1 collects garbage first: the third scrape's
 	// go_memstats_heap_alloc_bytes below is then about the live state.
