@@ -184,7 +184,7 @@ var otherTools = map[string]string{
 	"kubelet-arg": "k3s", "data-dir": "k3s", "write-kubeconfig-mode": "k3s", "disable": "k3s",
 	"web.enable-lifecycle": "prometheus", "storage.tsdb.path": "prometheus", "config.file": "prometheus",
 	"web.listen-address": "prometheus", "detach": "pwlab", "address": "containerd",
-	"heap-profile": "pwload (e2e/cmd/pwload)", "cpu-profile": "pwload (e2e/cmd/pwload)", "own-cpu-profile": "pwload (e2e/cmd/pwload)", "rounds": "pwload (e2e/cmd/pwload)", "path.rootfs": "node_exporter",
+	"heap-profile": "pwload (e2e/cmd/pwload)", "cpu-profile": "pwload (e2e/cmd/pwload)", "own-cpu-profile": "pwload (e2e/cmd/pwload)", "profile-round": "pwload (e2e/cmd/pwload)", "rounds": "pwload (e2e/cmd/pwload)", "path.rootfs": "node_exporter",
 	"help": "every command", "version": "every command",
 }
 
