@@ -94,9 +94,9 @@ func loadSnapshot(n, perNode, distinct int, delegated map[string]bool) *pb.NodeS
 }
 
 // BenchmarkApplyUpdate is a round of updates as pwload sends them: every
-// node of 2,000 (100 images each, folded as the store keeps them) has one
-// image replaced, under the bounds the aggregator's defaults set. The
-// cost is per update.
+// node of 2,000 (100 images each, folded as the store keeps them) sends
+// one changed image (another node's: new to it, or replacing its own),
+// under the bounds the aggregator's defaults set. The cost is per update.
 //
 //	cd aggregator && go test -run '^$' -bench ApplyUpdate -benchmem ./pkg/state/
 func BenchmarkApplyUpdate(b *testing.B) {
@@ -108,11 +108,10 @@ func BenchmarkApplyUpdate(b *testing.B) {
 		snap := loadSnapshot(n, perNode, distinct, nil)
 		p.Ingest(snap.GetNode().GetName(), snap.GetNode(), true, snap.GetImages(), nil, func() { s.ApplySnapshot(snap) })
 	}
-	// Each node's update replaces its first image by another node's.
+	// Node n's updates are node n+1's images, one by one.
 	updates := make([][]*pb.ImageReport, nodes)
 	for n := range nodes {
-		other := loadSnapshot((n+1)%nodes, perNode, distinct, nil).GetImages()
-		updates[n] = other
+		updates[n] = loadSnapshot((n+1)%nodes, perNode, distinct, nil).GetImages()
 	}
 	lim := Limits{Images: 10_000, Endpoints: 256, Bytes: 4 << 20}
 	b.ResetTimer()
