@@ -499,14 +499,25 @@ func (s *Store) keep(images []*pullwatchv1.ImageReport) []nodeimage.Image {
 // sorted (cheaper to move than kept images) and the duplicates skipped
 // before they are kept.
 func (s *Store) keepSorted(images []*pullwatchv1.ImageReport) []nodeimage.Image {
-	ims := slices.Clone(images)
-	slices.SortStableFunc(ims, func(a, b *pullwatchv1.ImageReport) int { return strings.Compare(a.GetImage(), b.GetImage()) })
-	out := make([]nodeimage.Image, 0, len(ims))
+	ims := lastOfEach(slices.Clone(images), (*pullwatchv1.ImageReport).GetImage)
+	out := make([]nodeimage.Image, len(ims))
 	for i, im := range ims {
-		if i+1 < len(ims) && ims[i+1].GetImage() == im.GetImage() {
-			continue // a later report of the reference replaces this one
+		out[i] = s.shared.Keep(im)
+	}
+	return out
+}
+
+// lastOfEach sorts s stably by ref and keeps, of the items of one
+// reference, the last given: a later report of a reference replaces an
+// earlier one. s is reordered and compacted in place.
+func lastOfEach[T any](s []T, ref func(T) string) []T {
+	slices.SortStableFunc(s, func(a, b T) int { return strings.Compare(ref(a), ref(b)) })
+	out := s[:0]
+	for i, v := range s {
+		if i+1 < len(s) && ref(s[i+1]) == ref(v) {
+			continue
 		}
-		out = append(out, s.shared.Keep(im))
+		out = append(out, v)
 	}
 	return out
 }
@@ -518,8 +529,8 @@ func updated(sorted []nodeimage.Image, u *pullwatchv1.NodeUpdate, upserts []node
 	if len(u.GetUpserts())+len(u.GetRemovedImages()) == 0 {
 		return sorted
 	}
-	// The changes, by reference: each removed one, and the last upsert of
-	// each other (an upsert listed and also removed in one update is
+	// The changes, by reference: the last upsert of each, and each
+	// removed one (an upsert listed and also removed in one update is
 	// removed, as the map version applied upserts first, then removals).
 	gone := slices.Sorted(slices.Values(u.GetRemovedImages()))
 	type change struct {
@@ -532,19 +543,10 @@ func updated(sorted []nodeimage.Image, u *pullwatchv1.NodeUpdate, upserts []node
 			changes = append(changes, change{upserts[i].GetImage(), &upserts[i]})
 		}
 	}
-	slices.SortStableFunc(changes, func(a, b change) int { return strings.Compare(a.ref, b.ref) })
-	last := changes[:0]
-	for i, c := range changes {
-		if i+1 < len(changes) && changes[i+1].ref == c.ref {
-			continue // a later upsert of the reference replaces this one
-		}
-		last = append(last, c)
-	}
-	changes = last
-	for _, ref := range slices.Compact(gone) {
+	for _, ref := range gone {
 		changes = append(changes, change{ref: ref})
 	}
-	slices.SortFunc(changes, func(a, b change) int { return strings.Compare(a.ref, b.ref) })
+	changes = lastOfEach(changes, func(c change) string { return c.ref })
 	// Each change is found by a binary search of what follows the last
 	// one, and the images between are copied as they are: an update of one
 	// image compares a few references, not its node's hundred (at 15,000
